@@ -1,0 +1,554 @@
+"""The module file format: pydantic models for disease modules and rules files.
+
+A module file is data. It is parsed as YAML, validated by these models (unknown keys are
+errors), checked as a graph (``checks.py``) and compiled to arrays (``compiler.py``).
+Nothing in a file is ever evaluated as code.
+
+Times in files always carry a unit; rates are per year; ages are in years.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+TimeUnit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
+DAYS_PER_UNIT: dict[str, float] = {
+    "minutes": 1 / 1440,
+    "hours": 1 / 24,
+    "days": 1.0,
+    "weeks": 7.0,
+    "months": 365.25 / 12,
+    "years": 365.25,
+}
+CODE_SYSTEMS: dict[str, str] = {
+    "SNOMED": "http://snomed.info/sct",
+    "LOINC": "http://loinc.org",
+    "RxNorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "CVX": "http://hl7.org/fhir/sid/cvx",
+    "ActCode": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+    "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
+}
+ENCOUNTER_CLASSES = ("wellness", "ambulatory", "emergency", "inpatient", "icu")
+OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "survey", "social-history", "exam")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _int_to_str(value: object) -> object:
+    """YAML reads an unquoted SNOMED code as an int; a code is text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Code(Strict):
+    """A coded concept: system short name, code, official display."""
+
+    system: Literal["SNOMED", "LOINC", "RxNorm", "CVX", "ActCode", "CDCREC"]
+    code: Annotated[str, BeforeValidator(_int_to_str), Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")]
+    display: Annotated[str, Field(min_length=1)]
+
+
+# --- distributions -------------------------------------------------------------------------------
+
+
+class _Dist(Strict):
+    unit: TimeUnit | None = None
+    source: Name | None = None
+
+
+class Exact(_Dist):
+    distribution: Literal["exact"]
+    value: float
+
+
+class Uniform(_Dist):
+    distribution: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low (got low={self.low}, high={self.high})")
+        return self
+
+
+class Normal(_Dist):
+    distribution: Literal["normal"]
+    mean: float
+    sd: Annotated[float, Field(ge=0)]
+
+
+class Exponential(_Dist):
+    distribution: Literal["exponential"]
+    mean: Annotated[float, Field(gt=0)]
+
+
+class LogNormal(_Dist):
+    """Log-normal given by its median and the standard deviation of log(x)."""
+
+    distribution: Literal["lognormal"]
+    median: Annotated[float, Field(gt=0)]
+    sigma: Annotated[float, Field(ge=0)]
+
+
+class Gamma(_Dist):
+    distribution: Literal["gamma"]
+    shape: Annotated[float, Field(gt=0)]
+    scale: Annotated[float, Field(gt=0)]
+
+
+Distribution = Annotated[
+    Exact | Uniform | Normal | Exponential | LogNormal | Gamma, Field(discriminator="distribution")
+]
+
+
+# --- guards --------------------------------------------------------------------------------------
+
+Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
+
+
+class AgeGuard(Strict):
+    age_years: Comparison
+    value: Annotated[float, Field(ge=0)]
+
+
+class SexGuard(Strict):
+    sex: Literal["M", "F"]
+
+
+class RaceGuard(Strict):
+    race: list[Name] = Field(min_length=1)
+
+
+class EthnicityGuard(Strict):
+    ethnicity: list[Name] = Field(min_length=1)
+
+
+class AttributeGuard(Strict):
+    attribute: Name
+    op: Comparison
+    value: float
+
+
+class ConditionGuard(Strict):
+    condition: Name
+    status: Literal["active", "diagnosed"] = "active"
+
+
+class MedicationGuard(Strict):
+    medication: Name
+
+
+class ObservationGuard(Strict):
+    """Latest value of an observable; false while the patient has none."""
+
+    observation: Name
+    op: Comparison
+    value: float
+
+
+class SinceGuard(Strict):
+    """Time since this module last entered `state`; false if it never did."""
+
+    since: Name
+    op: Comparison
+    value: Annotated[float, Field(ge=0)]
+    unit: TimeUnit
+
+
+class AllGuard(Strict):
+    all: list[Guard] = Field(min_length=1)
+
+
+class AnyGuard(Strict):
+    any: list[Guard] = Field(min_length=1)
+
+
+class NotGuard(Strict):
+    not_: Guard = Field(alias="not")
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+GUARD_KEYS: dict[str, str] = {
+    "age_years": "age",
+    "sex": "sex",
+    "race": "race",
+    "ethnicity": "ethnicity",
+    "attribute": "attribute",
+    "condition": "condition",
+    "medication": "medication",
+    "observation": "observation",
+    "since": "since",
+    "all": "all",
+    "any": "any",
+    "not": "not",
+}
+
+
+def _guard_tag(value: object) -> str | None:
+    """Pick the guard kind from the one key that names it, so errors speak of that kind only."""
+    if isinstance(value, dict):
+        for key, tag in GUARD_KEYS.items():
+            if key in value:
+                return tag
+    elif isinstance(value, BaseModel):
+        return _GUARD_TAG_BY_CLASS.get(type(value))
+    return None
+
+
+Guard = Annotated[
+    Annotated[AgeGuard, Tag("age")]
+    | Annotated[SexGuard, Tag("sex")]
+    | Annotated[RaceGuard, Tag("race")]
+    | Annotated[EthnicityGuard, Tag("ethnicity")]
+    | Annotated[AttributeGuard, Tag("attribute")]
+    | Annotated[ConditionGuard, Tag("condition")]
+    | Annotated[MedicationGuard, Tag("medication")]
+    | Annotated[ObservationGuard, Tag("observation")]
+    | Annotated[SinceGuard, Tag("since")]
+    | Annotated[AllGuard, Tag("all")]
+    | Annotated[AnyGuard, Tag("any")]
+    | Annotated[NotGuard, Tag("not")],
+    Discriminator(
+        _guard_tag,
+        custom_error_type="invalid_guard",
+        custom_error_message="a guard needs one of the keys " + ", ".join(GUARD_KEYS),
+    ),
+]
+_GUARD_TAG_BY_CLASS: dict[type, str] = {
+    AgeGuard: "age",
+    SexGuard: "sex",
+    RaceGuard: "race",
+    EthnicityGuard: "ethnicity",
+    AttributeGuard: "attribute",
+    ConditionGuard: "condition",
+    MedicationGuard: "medication",
+    ObservationGuard: "observation",
+    SinceGuard: "since",
+    AllGuard: "all",
+    AnyGuard: "any",
+    NotGuard: "not",
+}
+AllGuard.model_rebuild()
+AnyGuard.model_rebuild()
+NotGuard.model_rebuild()
+
+
+# --- state actions -------------------------------------------------------------------------------
+
+
+class SetAttribute(Strict):
+    """Set an attribute to a value, add to it, or draw it; `per_year` makes it drift with time."""
+
+    attribute: Name
+    to: float | None = None
+    add: float | None = None
+    draw: Distribution | None = None
+    per_year: float = 0.0
+    source: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SetAttribute:
+        given = [k for k in ("to", "add", "draw") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of to, add, draw (got {', '.join(given) or 'none'})")
+        return self
+
+
+class EncounterStart(Strict):
+    """Start an encounter. With `duration` it closes itself; without, a later state ends it."""
+
+    encounter_class: Literal["wellness", "ambulatory", "emergency", "inpatient", "icu"] = Field(alias="class")
+    code: Code
+    duration: Distribution | None = None
+    reason: Name | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class Symptom(Strict):
+    code: Code
+    severity: Distribution
+    source: Name
+
+
+class Death(Strict):
+    cause: Code
+
+
+# --- transitions ---------------------------------------------------------------------------------
+
+
+class Branch(Strict):
+    to: Name
+    probability: Annotated[float, Field(ge=0, le=1)]
+    source: Name
+
+
+class Case(Strict):
+    when: Guard
+    to: Name
+
+
+class RateTable(Strict):
+    """Rate per year, piecewise constant in age: band i starts at ages[i]; zero before ages[0]."""
+
+    ages: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    male: list[Annotated[float, Field(ge=0)]]
+    female: list[Annotated[float, Field(ge=0)]]
+
+    @model_validator(mode="after")
+    def _shape(self) -> RateTable:
+        if any(b <= a for a, b in zip(self.ages, self.ages[1:], strict=False)):
+            raise ValueError("ages must be strictly increasing")
+        for sex in ("male", "female"):
+            if len(getattr(self, sex)) != len(self.ages):
+                raise ValueError(f"{sex} must have one rate per age band ({len(self.ages)}), got {len(getattr(self, sex))}")
+        return self
+
+
+class HazardRatio(Strict):
+    when: Guard
+    ratio: Annotated[float, Field(gt=0)]
+    source: Name
+
+
+class Hazard(Strict):
+    """A competing time-to-event transition: rate per year by age band and sex, times hazard ratios."""
+
+    to: Name
+    rate_per_year: Annotated[float, Field(ge=0)] | RateTable
+    hazard_ratios: list[HazardRatio] = Field(default_factory=list)
+    source: Name
+
+
+class State(Strict):
+    """One node of a module's graph: what happens on entry, then how the module leaves it.
+
+    Actions run in this order: encounter, set, onset, diagnose, resolve, start_medication,
+    stop_medication, procedure, immunization, observe, symptom, end_encounter, death.
+    Then the exit: `next`, `branches` or `cases` (optionally after a delay, or at the next wellness
+    visit), or `hazards`; a state with none of them is terminal.
+    """
+
+    description: str | None = None
+    encounter: EncounterStart | None = None
+    set: list[SetAttribute] = Field(default_factory=list)
+    onset: list[Name] = Field(default_factory=list)
+    diagnose: list[Name] = Field(default_factory=list)
+    resolve: list[Name] = Field(default_factory=list)
+    start_medication: list[Name] = Field(default_factory=list)
+    stop_medication: list[Name] = Field(default_factory=list)
+    procedure: list[Code] = Field(default_factory=list)
+    immunization: list[Code] = Field(default_factory=list)
+    observe: list[Name] = Field(default_factory=list)
+    symptom: list[Symptom] = Field(default_factory=list)
+    end_encounter: bool = False
+    death: Death | None = None
+
+    after: Distribution | None = None
+    wait_for: Literal["wellness"] | None = None
+    next: Name | None = None
+    branches: list[Branch] | None = None
+    cases: list[Case] | None = None
+    otherwise: Name | None = None
+    hazards: list[Hazard] | None = None
+
+    @model_validator(mode="after")
+    def _exit_shape(self) -> State:
+        exits = [k for k in ("next", "branches", "cases", "hazards") if getattr(self, k) is not None]
+        if len(exits) > 1:
+            raise ValueError(f"a state leaves by one of next, branches, cases, hazards (got {', '.join(exits)})")
+        if self.otherwise is not None and self.cases is None:
+            raise ValueError("otherwise is only allowed with cases")
+        if self.after is not None and self.wait_for is not None:
+            raise ValueError("use either after or wait_for, not both")
+        if self.hazards is not None and (self.after is not None or self.wait_for is not None):
+            raise ValueError("hazards already wait; after and wait_for cannot be combined with them")
+        if (self.after is not None or self.wait_for is not None) and not exits:
+            raise ValueError("after/wait_for needs an exit (next, branches or cases)")
+        if self.after is not None and self.after.unit is None:
+            raise ValueError("after: a delay needs a unit (minutes, hours, days, weeks, months, years)")
+        if self.after is not None and self.after.source is None:
+            raise ValueError("after: a delay needs a source")
+        if self.death is not None and exits:
+            raise ValueError("death is terminal: a state with death has no exit")
+        if self.encounter is not None and self.encounter.duration is not None:
+            if self.encounter.duration.unit is None:
+                raise ValueError("encounter.duration needs a unit")
+            if self.encounter.duration.source is None:
+                raise ValueError("encounter.duration needs a source")
+        return self
+
+    @property
+    def is_terminal(self) -> bool:
+        return all(getattr(self, k) is None for k in ("next", "branches", "cases", "hazards"))
+
+    def targets(self) -> list[str]:
+        """Names of the states this state can move to."""
+        out: list[str] = []
+        if self.next is not None:
+            out.append(self.next)
+        for branch in self.branches or []:
+            out.append(branch.to)
+        for case in self.cases or []:
+            out.append(case.to)
+        if self.otherwise is not None:
+            out.append(self.otherwise)
+        for hazard in self.hazards or []:
+            out.append(hazard.to)
+        return out
+
+
+# --- declarations --------------------------------------------------------------------------------
+
+
+class AgeCurve(Strict):
+    """A value by age and sex, linearly interpolated between the given ages, flat outside them."""
+
+    ages: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    male: list[float]
+    female: list[float]
+
+    @model_validator(mode="after")
+    def _shape(self) -> AgeCurve:
+        if any(b <= a for a, b in zip(self.ages, self.ages[1:], strict=False)):
+            raise ValueError("ages must be strictly increasing")
+        for sex in ("male", "female"):
+            if len(getattr(self, sex)) != len(self.ages):
+                raise ValueError(f"{sex} must have one value per age ({len(self.ages)}), got {len(getattr(self, sex))}")
+        return self
+
+
+class Derived(Strict):
+    """value = scale * product(latest(observable) ** power): e.g. BMI from weight and height."""
+
+    scale: float = 1.0
+    product: dict[Name, float] = Field(min_length=1)
+
+
+class Observable(Strict):
+    """A measured quantity (lab, vital sign, score) and how its values are drawn.
+
+    value = mean(age, sex) + sum(coefficient * attribute) + sd(age, sex) * (sqrt(p) * z_patient
+    + sqrt(1 - p) * z_visit), clipped to limits and rounded; p is `persistence`, the share of the
+    variance that belongs to the patient and stays with them for life. Attributes declare which
+    observables they shift (`Attribute.affects`), so a disease module moves a vital sign defined in
+    rules/ without the rules knowing about the module.
+    """
+
+    code: Code
+    category: Literal["vital-signs", "laboratory", "survey", "social-history", "exam"]
+    unit: Annotated[str, Field(min_length=1)]
+    mean: float | AgeCurve | None = None
+    sd: Annotated[float, Field(ge=0)] | AgeCurve = 0.0
+    persistence: Annotated[float, Field(ge=0, le=1)] = 0.0
+    derived: Derived | None = None
+    limits: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    decimals: Annotated[int, Field(ge=0, le=6)] = 1
+    source: Name
+
+    @model_validator(mode="after")
+    def _mean_or_derived(self) -> Observable:
+        if (self.mean is None) == (self.derived is None):
+            raise ValueError("give exactly one of mean and derived")
+        if self.limits is not None and self.limits[1] < self.limits[0]:
+            raise ValueError("limits must be [low, high] with low <= high")
+        return self
+
+
+class Attribute(Strict):
+    """A per-patient number (flags are 0/1). `affects` adds coefficient * value to observables."""
+
+    description: str
+    initial: float = 0.0
+    affects: dict[Name, float] = Field(default_factory=dict)
+    source: Name | None = None
+
+
+class Condition(Strict):
+    code: Code
+
+
+class Medication(Strict):
+    code: Code
+
+
+class DiseaseModule(Strict):
+    """One module file: declarations, sources, and a state graph entered at `start`."""
+
+    name: Name
+    title: str
+    version: Annotated[int, Field(ge=1)] = 1
+    description: str = ""
+    sources: dict[Name, Annotated[str, Field(min_length=5)]] = Field(default_factory=dict)
+    attributes: dict[Name, Attribute] = Field(default_factory=dict)
+    conditions: dict[Name, Condition] = Field(default_factory=dict)
+    medications: dict[Name, Medication] = Field(default_factory=dict)
+    observables: dict[Name, Observable] = Field(default_factory=dict)
+    start: Name | None = None
+    states: dict[Name, State] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _start(self) -> DiseaseModule:
+        if self.states and self.start is None:
+            raise ValueError("a module with states needs start")
+        if self.start is not None and not self.states:
+            raise ValueError("start given but the module has no states")
+        return self
+
+
+# --- rules files ---------------------------------------------------------------------------------
+
+
+class Category(Strict):
+    name: Name
+    code: Code
+    share: Annotated[float, Field(ge=0, le=1)]
+
+
+class Demographics(Strict):
+    """Who the population is: age/sex pyramid, race and ethnicity shares, reference date."""
+
+    reference_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    population_csv: str
+    race: list[Category] = Field(min_length=1)
+    ethnicity: list[Category] = Field(min_length=1)
+    sources: dict[Name, str]
+    source: Name
+
+
+class Mortality(Strict):
+    """Background mortality: single-year life tables by sex (columns age, qx)."""
+
+    male_csv: str
+    female_csv: str
+    total_csv: str
+    cause: Code
+    source: str
+
+
+class City(Strict):
+    city: str
+    state: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    zip: Annotated[str, Field(pattern=r"^\d{5}$")]
+
+
+class Names(Strict):
+    """Lists that synthetic names and addresses are drawn from (uniformly)."""
+
+    given_male: list[str] = Field(min_length=1)
+    given_female: list[str] = Field(min_length=1)
+    family: list[str] = Field(min_length=1)
+    streets: list[str] = Field(min_length=1)
+    street_suffixes: list[str] = Field(min_length=1)
+    cities: list[City] = Field(min_length=1)
+    sources: dict[Name, str]
