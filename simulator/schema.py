@@ -246,13 +246,14 @@ NotGuard.model_rebuild()
 
 
 class SetAttribute(Strict):
-    """Set an attribute to a value, add to it, or draw it; `per_year` makes it drift with time."""
+    """Set an attribute to a value, add to it, or draw it; `per_year` makes it drift with time
+    from now on (unset: `to`/`draw` stop any drift, `add` keeps the current drift)."""
 
     attribute: Name
     to: float | None = None
     add: float | None = None
     draw: Distribution | None = None
-    per_year: float = 0.0
+    per_year: float | None = None
     source: Name | None = None
 
     @model_validator(mode="after")
@@ -336,7 +337,7 @@ class State(Strict):
     Actions run in this order: encounter, set, onset, diagnose, resolve, start_medication,
     stop_medication, procedure, immunization, observe, symptom, end_encounter, death.
     Then the exit: `next`, `branches` or `cases` (optionally after a delay, or at the next wellness
-    visit), or `hazards`; a state with none of them is terminal.
+    visit), or `hazards`; a state without exit says `terminal: true` (or dies).
     """
 
     description: str | None = None
@@ -361,10 +362,15 @@ class State(Strict):
     cases: list[Case] | None = None
     otherwise: Name | None = None
     hazards: list[Hazard] | None = None
+    terminal: bool = False
 
     @model_validator(mode="after")
     def _exit_shape(self) -> State:
         exits = [k for k in ("next", "branches", "cases", "hazards") if getattr(self, k) is not None]
+        if not exits and not self.terminal and self.death is None:
+            raise ValueError("the state has no exit: give next, branches, cases or hazards, or mark it terminal: true")
+        if exits and self.terminal:
+            raise ValueError(f"a terminal state has no exit (got {', '.join(exits)})")
         if len(exits) > 1:
             raise ValueError(f"a state leaves by one of next, branches, cases, hazards (got {', '.join(exits)})")
         if self.otherwise is not None and self.cases is None:

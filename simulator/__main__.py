@@ -1,0 +1,5 @@
+"""`python -m simulator` is the `ehrsim` command."""
+
+from simulator.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""Cross-file and graph checks on validated modules: everything that can be caught at load time.
+
+Names: every referenced state, attribute, condition, medication, observable, race, ethnicity and
+source exists (closest valid name suggested). Graph (networkx): every state reachable from start,
+branch probabilities sum to 1, no cycle that can loop without time passing, encounter-bound
+actions (diagnosis, prescriptions, procedures, immunizations, observations) happen inside an
+encounter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+from pydantic import BaseModel
+
+from simulator.loading import LoadError, Located, Problem, suggest
+from simulator.schema import (
+    AllGuard,
+    AnyGuard,
+    AttributeGuard,
+    ConditionGuard,
+    DiseaseModule,
+    EthnicityGuard,
+    Exact,
+    MedicationGuard,
+    NotGuard,
+    ObservationGuard,
+    RaceGuard,
+    SinceGuard,
+    State,
+)
+
+if TYPE_CHECKING:
+    from simulator.library import Library
+
+Path = tuple[str | int, ...]
+KINDS = ("attributes", "conditions", "medications", "observables")
+
+
+def walk(obj: Any, path: Path = ()) -> Iterator[tuple[Path, BaseModel]]:
+    """Every model nested in `obj`, with its path as it is written in the file."""
+    if isinstance(obj, BaseModel):
+        yield path, obj
+        for name, info in type(obj).model_fields.items():
+            yield from walk(getattr(obj, name), (*path, info.alias or name))
+    elif isinstance(obj, list | tuple):
+        for i, item in enumerate(obj):
+            yield from walk(item, (*path, i))
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from walk(item, (*path, key))
+
+
+def guard_atoms(guard: BaseModel, path: Path) -> Iterator[tuple[Path, BaseModel]]:
+    """The leaf guards of a guard tree."""
+    if isinstance(guard, AllGuard | AnyGuard):
+        items = guard.all if isinstance(guard, AllGuard) else guard.any
+        key = "all" if isinstance(guard, AllGuard) else "any"
+        for i, item in enumerate(items):
+            yield from guard_atoms(item, (*path, key, i))
+    elif isinstance(guard, NotGuard):
+        yield from guard_atoms(guard.not_, (*path, "not"))
+    else:
+        yield path, guard
+
+
+def state_guards(state: State, path: Path) -> Iterator[tuple[Path, BaseModel]]:
+    """(path, guard) for every guard of a state."""
+    for i, case in enumerate(state.cases or []):
+        yield (*path, "cases", i, "when"), case.when
+    for i, hazard in enumerate(state.hazards or []):
+        for j, ratio in enumerate(hazard.hazard_ratios):
+            yield (*path, "hazards", i, "hazard_ratios", j, "when"), ratio.when
+
+
+def check_library(library: Library) -> None:
+    """Raise LoadError with every cross-reference and graph problem of the library."""
+    problems: list[Problem] = []
+    declared = _declarations(library, problems)
+    races = {c.name for c in library.demographics.race}
+    ethnicities = {c.name for c in library.demographics.ethnicity}
+    for module in library.modules:
+        doc = library.document(module.name)
+        problems += _check_references(module, doc, declared, races, ethnicities)
+        problems += _check_graph(module, doc)
+    if problems:
+        raise LoadError(problems)
+
+
+def _declarations(library: Library, problems: list[Problem]) -> dict[str, dict[str, str]]:
+    """name -> declaring module, per kind; duplicates across modules are problems."""
+    declared: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+    for module in library.modules:
+        for kind in KINDS:
+            for name in getattr(module, kind):
+                for other_kind in KINDS:
+                    owner = declared[other_kind].get(name)
+                    if owner is not None:
+                        doc = library.document(module.name)
+                        problems.append(
+                            doc.problem((kind, name), f"'{name}' is already declared in module '{owner}' ({other_kind})", True)
+                        )
+                declared[kind].setdefault(name, module.name)
+    return declared
+
+
+def _check_references(
+    module: DiseaseModule,
+    doc: Located,
+    declared: dict[str, dict[str, str]],
+    races: set[str],
+    ethnicities: set[str],
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def need(name: str, kind: str, path: Path, valid: set[str] | None = None) -> None:
+        pool = valid if valid is not None else set(declared[kind])
+        if name not in pool:
+            what = kind[:-1] if kind.endswith("s") else kind
+            problems.append(doc.problem(path, f"unknown {what} '{name}'{suggest(name, pool)}"))
+
+    for path, model in walk(module):
+        source = getattr(model, "source", None)
+        if isinstance(source, str) and path[:1] != ("sources",):
+            need(source, "sources", (*path, "source"), set(module.sources))
+    for name, attribute in module.attributes.items():
+        for target in attribute.affects:
+            need(target, "observables", ("attributes", name, "affects", target))
+    for name, observable in module.observables.items():
+        if observable.derived is not None:
+            for target in observable.derived.product:
+                need(target, "observables", ("observables", name, "derived", "product", target))
+    states = set(module.states)
+    if module.start is not None:
+        need(module.start, "states", ("start",), states)
+    for name, state in module.states.items():
+        base: Path = ("states", name)
+        for key, kind in (
+            ("onset", "conditions"),
+            ("diagnose", "conditions"),
+            ("resolve", "conditions"),
+            ("start_medication", "medications"),
+            ("stop_medication", "medications"),
+            ("observe", "observables"),
+        ):
+            for i, ref in enumerate(getattr(state, key)):
+                need(ref, kind, (*base, key, i))
+        for i, setter in enumerate(state.set):
+            need(setter.attribute, "attributes", (*base, "set", i, "attribute"))
+        if state.encounter is not None and state.encounter.reason is not None:
+            need(state.encounter.reason, "conditions", (*base, "encounter", "reason"))
+        if state.next is not None:
+            need(state.next, "states", (*base, "next"), states)
+        for i, branch in enumerate(state.branches or []):
+            need(branch.to, "states", (*base, "branches", i, "to"), states)
+        for i, case in enumerate(state.cases or []):
+            need(case.to, "states", (*base, "cases", i, "to"), states)
+        if state.otherwise is not None:
+            need(state.otherwise, "states", (*base, "otherwise"), states)
+        for i, hazard in enumerate(state.hazards or []):
+            need(hazard.to, "states", (*base, "hazards", i, "to"), states)
+        for gpath, guard in state_guards(state, base):
+            for apath, atom in guard_atoms(guard, gpath):
+                if isinstance(atom, AttributeGuard):
+                    need(atom.attribute, "attributes", (*apath, "attribute"))
+                elif isinstance(atom, ConditionGuard):
+                    need(atom.condition, "conditions", (*apath, "condition"))
+                elif isinstance(atom, MedicationGuard):
+                    need(atom.medication, "medications", (*apath, "medication"))
+                elif isinstance(atom, ObservationGuard):
+                    need(atom.observation, "observables", (*apath, "observation"))
+                elif isinstance(atom, SinceGuard):
+                    need(atom.since, "states", (*apath, "since"), states)
+                elif isinstance(atom, RaceGuard):
+                    for j, race in enumerate(atom.race):
+                        need(race, "race", (*apath, "race", j), races)
+                elif isinstance(atom, EthnicityGuard):
+                    for j, ethnicity in enumerate(atom.ethnicity):
+                        need(ethnicity, "ethnicity", (*apath, "ethnicity", j), ethnicities)
+    return problems
+
+
+def passes_time(state: State) -> bool:
+    """Whether leaving this state always takes time (so a cycle through it cannot spin)."""
+    if state.hazards is not None or state.wait_for is not None:
+        return True
+    if state.after is not None:
+        return not (isinstance(state.after, Exact) and state.after.value <= 0)
+    return False
+
+
+def _check_graph(module: DiseaseModule, doc: Located) -> list[Problem]:
+    problems: list[Problem] = []
+    if not module.states:
+        return problems
+    graph = nx.DiGraph()
+    graph.add_nodes_from(module.states)
+    for name, state in module.states.items():
+        for target in state.targets():
+            if target in module.states:
+                graph.add_edge(name, target, instant=not passes_time(state))
+        total = sum(b.probability for b in state.branches or [])
+        if state.branches is not None and abs(total - 1.0) > 1e-9:
+            problems.append(
+                doc.problem(("states", name, "branches"), f"branch probabilities must sum to 1 (got {total:g})")
+            )
+    if module.start in module.states:
+        reachable = nx.descendants(graph, module.start) | {module.start}
+        for name in module.states:
+            if name not in reachable:
+                problems.append(doc.problem(("states", name), f"state '{name}' cannot be reached from start", True))
+    instant = graph.edge_subgraph([(a, b) for a, b, d in graph.edges(data=True) if d["instant"]])
+    for component in nx.strongly_connected_components(instant):
+        first = min(component)
+        if len(component) > 1 or instant.has_edge(first, first):
+            cycle = [a for a, _ in nx.find_cycle(instant.subgraph(component), first)]
+            loop = " -> ".join([*cycle, cycle[0]])
+            problems.append(doc.problem(("states", first), f"cycle without time passing: {loop}", True))
+    problems += _check_encounters(module, doc)
+    return problems
+
+
+CLOSED, CHAIN, OPEN = 1, 2, 4  # no encounter; one that closes itself once time passes; open-ended
+NEEDS_ENCOUNTER = ("diagnose", "start_medication", "procedure", "immunization", "observe")
+
+
+def _check_encounters(module: DiseaseModule, doc: Located) -> list[Problem]:
+    """Forward dataflow of which encounter a module may have open when it enters each state."""
+    status_in: dict[str, int] = {name: 0 for name in module.states}
+    if module.start not in status_in:
+        return []
+    status_in[module.start] = CLOSED
+    work = [module.start]
+    while work:
+        name = work.pop()
+        state = module.states[name]
+        status = _after_actions(state, status_in[name])
+        if state.after is not None or state.hazards is not None:
+            status = (status & OPEN) | (CLOSED if status & (CHAIN | CLOSED) else 0)
+        elif state.wait_for is not None:
+            status = CHAIN | (status & OPEN)
+        elif state.cases is not None and state.otherwise is None and status & CHAIN:
+            status |= CLOSED  # waiting for a case may let time pass
+        for target in state.targets():
+            if target in status_in and status_in[target] | status != status_in[target]:
+                status_in[target] |= status
+                work.append(target)
+
+    problems: list[Problem] = []
+    for name, state in module.states.items():
+        incoming = status_in[name]
+        if not incoming:
+            continue
+        base: Path = ("states", name)
+        if state.encounter is not None and incoming & (CHAIN | OPEN):
+            problems.append(doc.problem((*base, "encounter"), "starts an encounter while another may still be open"))
+        if state.wait_for is not None and _after_actions(state, incoming) & OPEN:
+            problems.append(doc.problem((*base, "wait_for"), "waits for a wellness visit while an encounter is open"))
+        inside = CHAIN if state.encounter is not None else incoming
+        for key in NEEDS_ENCOUNTER:
+            if getattr(state, key) and inside & CLOSED:
+                problems.append(
+                    doc.problem(
+                        (*base, key),
+                        f"{key} needs an encounter, but this state can be entered with none open "
+                        "(start one here or earlier without time passing, or wait_for: wellness)",
+                        True,
+                    )
+                )
+        if state.end_encounter and (inside & ~OPEN or state.encounter is not None):
+            problems.append(
+                doc.problem((*base, "end_encounter"), "end_encounter needs an open-ended encounter (one without duration)")
+            )
+    return problems
+
+
+def _after_actions(state: State, status: int) -> int:
+    if state.encounter is not None:
+        status = CHAIN if state.encounter.duration is not None else OPEN
+    if state.end_encounter or state.death is not None:
+        status = CLOSED
+    return status

@@ -1,0 +1,149 @@
+"""The `ehrsim` command: a thin layer over the library API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from simulator.library import load_library
+from simulator.loading import LoadError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ehrsim: synthetic EHR populations from calibrated disease modules.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+ModulesOption = Annotated[Path | None, typer.Option("--modules", help="Directory of module files (default: the shipped modules).")]
+RulesOption = Annotated[Path | None, typer.Option("--rules", help="Directory of rules files (default: the shipped rules).")]
+
+
+def _fail(exc: Exception) -> None:
+    """Report an input problem without a traceback and exit non-zero."""
+    if isinstance(exc, LoadError):
+        for problem in exc.problems:
+            err.print(str(problem), markup=False)
+        err.print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found", markup=False)
+    else:
+        err.print(f"error: {exc}", markup=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def generate(
+    patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed and inputs give the same output.")] = 0,
+    output: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out"),
+    mode: Annotated[str, typer.Option(help="population (alive at the reference date) or lifetime (birth cohort).")] = "population",
+    reference_date: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the demographics file's).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Patients simulated per chunk (bounds memory).")] = 10_000,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: all cores).")] = None,
+    modules: ModulesOption = None,
+    rules: RulesOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate a population: out/patients.parquet, out/events.parquet, out/manifest.json."""
+    from simulator.run import generate as run_generate
+
+    try:
+        ref = date.fromisoformat(reference_date) if reference_date else None
+        population = run_generate(
+            patients, seed, out=output, mode=mode, reference_date=ref,  # type: ignore[arg-type]
+            chunk_size=chunk_size, threads=threads, modules_dir=modules, rules_dir=rules, progress=not quiet,
+        )
+    except (LoadError, ValueError) as exc:
+        _fail(exc)
+        return
+    counts = population.manifest["counts"]
+    timings = population.manifest["timings_s"]
+    seconds = timings.get("simulate_and_write_s", 0.0)
+    rate = counts.get("patients", 0) / seconds if seconds else 0.0
+    out.print(f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
+              f"{counts.get('deaths', 0)} deaths in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/")
+
+
+@app.command()
+def check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Module files or directories (default: the shipped modules).")] = None,
+    rules: RulesOption = None,
+) -> None:
+    """Validate module and rules files; report every problem as file:line:col: path: message."""
+    try:
+        library = load_library(_module_source(paths), rules)
+    except LoadError as exc:
+        _fail(exc)
+        return
+    n_states = sum(len(m.states) for m in library.modules)
+    out.print(f"ok: {len(library.modules)} modules, {n_states} states, {len(library.file_sha256)} files checked")
+
+
+def _module_source(paths: list[Path] | None) -> list[Path] | None:
+    """Module files named on the command line (directories expand to their .yaml files)."""
+    if not paths:
+        return None
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    return files
+
+
+@app.command("modules")
+def list_modules(modules: ModulesOption = None, rules: RulesOption = None) -> None:
+    """List the modules with their states and what they emit."""
+    try:
+        library = load_library(modules, rules)
+    except LoadError as exc:
+        _fail(exc)
+        return
+    table = Table("module", "title", "states", "conditions", "medications", "observables")
+    for module in library.modules:
+        table.add_row(module.name, module.title, str(len(module.states)),
+                      ", ".join(module.conditions) or "-", ", ".join(module.medications) or "-",
+                      ", ".join(module.observables) or "-")
+    out.print(table)
+
+
+@app.command()
+def graph(
+    name: Annotated[str, typer.Argument(help="Module name.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Image file: .svg, .png or .pdf.")] = Path("module.svg"),
+    modules: ModulesOption = None,
+    rules: RulesOption = None,
+) -> None:
+    """Draw a module's state graph."""
+    from simulator.drawing import draw_module
+    from simulator.loading import suggest
+
+    try:
+        library = load_library(modules, rules)
+        names = [m.name for m in library.modules]
+        if name not in names:
+            raise ValueError(f"no module named '{name}'{suggest(name, names)}")
+        draw_module(library.module(name), output)
+    except (LoadError, ValueError) as exc:
+        _fail(exc)
+        return
+    out.print(f"wrote {output}")
+
+
+@app.command()
+def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None) -> None:
+    """Print the JSON Schema of module files (for editors)."""
+    from simulator.schema import DiseaseModule
+
+    text = json.dumps(DiseaseModule.model_json_schema(by_alias=True), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+
+
+def main() -> None:
+    app()
+

@@ -1,0 +1,504 @@
+"""Compile a validated Library into immutable numpy arrays the kernel runs on. No RNG, no I/O.
+
+Everything is indexed globally: states, attributes, conditions, medications, observables, codes,
+distributions and guard programs get one integer id across all modules. Variable-length parts
+(actions of a state, branches, hazards, guard instructions, curves) live in flat arrays addressed
+by `*_start` / `*_n` pairs. Guards are compiled to postfix programs evaluated with a small stack.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from simulator.library import Library
+from simulator.schema import (
+    DAYS_PER_UNIT,
+    ENCOUNTER_CLASSES,
+    AgeCurve,
+    AgeGuard,
+    AllGuard,
+    AnyGuard,
+    AttributeGuard,
+    Code,
+    ConditionGuard,
+    DiseaseModule,
+    EthnicityGuard,
+    Exact,
+    Exponential,
+    Gamma,
+    LogNormal,
+    MedicationGuard,
+    Normal,
+    NotGuard,
+    ObservationGuard,
+    RaceGuard,
+    RateTable,
+    SexGuard,
+    SinceGuard,
+    State,
+    Uniform,
+)
+
+# action kinds
+A_ENC_START, A_SET_TO, A_SET_ADD, A_SET_DRAW, A_ONSET, A_DIAGNOSE, A_RESOLVE = 0, 1, 2, 3, 4, 5, 6
+A_MED_START, A_MED_STOP, A_PROCEDURE, A_IMMUNIZATION, A_OBSERVE, A_SYMPTOM = 7, 8, 9, 10, 11, 12
+A_ENC_END, A_DEATH = 13, 14
+# exit kinds
+X_TERMINAL, X_NEXT, X_BRANCHES, X_CASES, X_HAZARDS = 0, 1, 2, 3, 4
+# distribution kinds
+D_EXACT, D_UNIFORM, D_NORMAL, D_EXPONENTIAL, D_LOGNORMAL, D_GAMMA = 0, 1, 2, 3, 4, 5
+# guard instructions
+G_AGE, G_SEX, G_RACE, G_ETHNICITY, G_ATTR, G_COND_ACTIVE, G_COND_DIAGNOSED = 0, 1, 2, 3, 4, 5, 6
+G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT = 7, 8, 9, 10, 11, 12
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+SEXES = ("M", "F")
+DAYS_PER_YEAR = 365.25
+
+
+class CompiledModel(NamedTuple):
+    """The whole library as arrays (see module docstring for the addressing scheme)."""
+
+    # modules and states
+    module_start: np.ndarray  # int32[n_modules]: global index of each module's start state
+    state_module: np.ndarray  # int32[n_states]
+    state_act_start: np.ndarray  # int32[n_states]
+    state_act_n: np.ndarray  # int32[n_states]
+    state_exit: np.ndarray  # int8[n_states]: X_*
+    state_delay: np.ndarray  # int32[n_states]: distribution of `after`, -1 none
+    state_wait_wellness: np.ndarray  # bool[n_states]
+    state_next: np.ndarray  # int32[n_states]: target of next / otherwise (-1: wait)
+    state_sub_start: np.ndarray  # int32[n_states]: first branch / case / hazard
+    state_sub_n: np.ndarray  # int32[n_states]
+    state_band_start: np.ndarray  # int32[n_states]: first age edge of the merged hazard bands
+    state_band_n: np.ndarray  # int32[n_states]
+    # actions
+    act_kind: np.ndarray  # int8[n_actions]: A_*
+    act_i0: np.ndarray  # int32: attribute / condition / medication / observable / code / class
+    act_i1: np.ndarray  # int32: code / distribution
+    act_i2: np.ndarray  # int32: duration distribution (encounters)
+    act_i3: np.ndarray  # int32: reason condition (encounters)
+    act_f0: np.ndarray  # float64: value / amount
+    act_f1: np.ndarray  # float64: per-year drift (NaN: keep / none)
+    # branches and cases
+    branch_prob: np.ndarray  # float64[n_branches]
+    branch_to: np.ndarray  # int32[n_branches]
+    case_guard: np.ndarray  # int32[n_cases]
+    case_to: np.ndarray  # int32[n_cases]
+    # hazards: rates per merged band, per sex
+    hazard_to: np.ndarray  # int32[n_hazards]
+    hazard_rate_start: np.ndarray  # int32[n_hazards] into rate_male / rate_female
+    hazard_ratio_start: np.ndarray  # int32[n_hazards]
+    hazard_ratio_n: np.ndarray  # int32[n_hazards]
+    band_edge_years: np.ndarray  # float64[n_edges]
+    rate_male: np.ndarray  # float64[n_rates], per year
+    rate_female: np.ndarray  # float64[n_rates]
+    ratio_guard: np.ndarray  # int32[n_ratios]
+    ratio_value: np.ndarray  # float64[n_ratios]
+    # guards
+    guard_start: np.ndarray  # int32[n_guards]
+    guard_n: np.ndarray  # int32[n_guards]
+    ginst_op: np.ndarray  # int8[n_inst]: G_*
+    ginst_i0: np.ndarray  # int32: operand (index, or child count for and/or)
+    ginst_cmp: np.ndarray  # int8: index into COMPARISONS
+    ginst_f0: np.ndarray  # float64: value (days for since)
+    # distributions (values in days when they carry a unit)
+    dist_kind: np.ndarray  # int8[n_dists]
+    dist_p0: np.ndarray  # float64
+    dist_p1: np.ndarray  # float64
+    dist_scale: np.ndarray  # float64: unit in days (1 when unitless)
+    # attributes, conditions, medications
+    attr_initial: np.ndarray  # float64[n_attributes]
+    cond_code: np.ndarray  # int32[n_conditions]
+    med_code: np.ndarray  # int32[n_medications]
+    # observables
+    obs_code: np.ndarray  # int32[n_observables]
+    obs_mean_start: np.ndarray  # int32: curve of the mean (-1 when derived)
+    obs_sd_start: np.ndarray  # int32: curve of the sd
+    obs_persistence: np.ndarray  # float64
+    obs_low: np.ndarray  # float64 (-inf: none)
+    obs_high: np.ndarray  # float64 (+inf: none)
+    obs_decimals: np.ndarray  # int32
+    obs_effect_start: np.ndarray  # int32: attribute effects
+    obs_effect_n: np.ndarray  # int32
+    effect_attr: np.ndarray  # int32[n_effects]
+    effect_coef: np.ndarray  # float64[n_effects]
+    obs_derived_start: np.ndarray  # int32
+    obs_derived_n: np.ndarray  # int32 (0: not derived)
+    obs_derived_scale: np.ndarray  # float64
+    derived_obs: np.ndarray  # int32[n_factors]
+    derived_power: np.ndarray  # float64[n_factors]
+    curve_start: np.ndarray  # int32[n_curves] into curve_age / curve_male / curve_female
+    curve_n: np.ndarray  # int32[n_curves]
+    curve_age: np.ndarray  # float64
+    curve_male: np.ndarray  # float64
+    curve_female: np.ndarray  # float64
+    # scalars
+    wellness_class: int  # ENCOUNTER_CLASSES index of wellness
+    death_code: int  # code of background (life-table) death
+    max_hazards: int  # most competing hazards in one state
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the integer ids mean, for the table layer (never needed by the kernel)."""
+
+    modules: tuple[str, ...]
+    states: tuple[str, ...]  # "module.state"
+    state_names: tuple[str, ...]  # bare state names
+    attributes: tuple[str, ...]
+    conditions: tuple[str, ...]
+    medications: tuple[str, ...]
+    observables: tuple[str, ...]
+    observable_units: tuple[str, ...]
+    observable_categories: tuple[str, ...]
+    codes: tuple[Code, ...]
+    races: tuple[str, ...]
+    ethnicities: tuple[str, ...]
+
+
+class _Builder:
+    """Accumulates flat tables while walking the modules."""
+
+    def __init__(self, library: Library):
+        self.library = library
+        self.modules = [m for m in library.modules if m.states]
+        self.state_index: dict[tuple[str, str], int] = {}
+        for module in self.modules:
+            for name in module.states:
+                self.state_index[(module.name, name)] = len(self.state_index)
+        self.attributes = _index(m.attributes for m in library.modules)
+        self.conditions = _index(m.conditions for m in library.modules)
+        self.medications = _index(m.medications for m in library.modules)
+        self.observables = _index(m.observables for m in library.modules)
+        self.races = [c.name for c in library.demographics.race]
+        self.ethnicities = [c.name for c in library.demographics.ethnicity]
+        self.codes: dict[tuple[str, str], int] = {}
+        self.code_list: list[Code] = []
+        self.t: dict[str, list] = {}
+
+    def code(self, code: Code) -> int:
+        key = (code.system, code.code)
+        if key not in self.codes:
+            self.codes[key] = len(self.code_list)
+            self.code_list.append(code)
+        return self.codes[key]
+
+    def add(self, table: str, **columns: object) -> int:
+        """Append one row to a flat table; return its index."""
+        rows = self.t.setdefault(table, [])
+        rows.append(columns)
+        return len(rows) - 1
+
+    def size(self, table: str) -> int:
+        return len(self.t.get(table, []))
+
+    def column(self, table: str, name: str, dtype: type) -> np.ndarray:
+        values = [row[name] for row in self.t.get(table, [])]
+        array = np.array(values, dtype=dtype) if values else np.zeros(0, dtype=dtype)
+        array.setflags(write=False)
+        return array
+
+    # --- pieces ----------------------------------------------------------------------------------
+
+    def distribution(self, dist: object) -> int:
+        scale = DAYS_PER_UNIT[dist.unit] if dist.unit else 1.0  # type: ignore[attr-defined]
+        if isinstance(dist, Exact):
+            kind, p0, p1 = D_EXACT, dist.value, 0.0
+        elif isinstance(dist, Uniform):
+            kind, p0, p1 = D_UNIFORM, dist.low, dist.high
+        elif isinstance(dist, Normal):
+            kind, p0, p1 = D_NORMAL, dist.mean, dist.sd
+        elif isinstance(dist, Exponential):
+            kind, p0, p1 = D_EXPONENTIAL, dist.mean, 0.0
+        elif isinstance(dist, LogNormal):
+            kind, p0, p1 = D_LOGNORMAL, math.log(dist.median), dist.sigma
+        elif isinstance(dist, Gamma):
+            kind, p0, p1 = D_GAMMA, dist.shape, dist.scale
+        else:  # pragma: no cover - the schema admits no other
+            raise TypeError(type(dist))
+        return self.add("dist", kind=kind, p0=p0, p1=p1, scale=scale)
+
+    def curve(self, value: float | AgeCurve) -> int:
+        if isinstance(value, AgeCurve):
+            ages, male, female = value.ages, value.male, value.female
+        else:
+            ages, male, female = [0.0], [float(value)], [float(value)]
+        start = self.size("curve")
+        for age, m, f in zip(ages, male, female, strict=True):
+            self.add("curve", age=age, male=m, female=f)
+        return self.add("curves", start=start, n=len(ages))
+
+    def guard(self, guard: object, module: DiseaseModule) -> int:
+        start = self.size("ginst")
+        self._emit_guard(guard, module)
+        return self.add("guards", start=start, n=self.size("ginst") - start)
+
+    def _inst(self, op: int, i0: int = 0, cmp: str = "==", f0: float = 0.0) -> None:
+        self.add("ginst", op=op, i0=i0, cmp=COMPARISONS.index(cmp), f0=f0)
+
+    def _emit_guard(self, g: object, module: DiseaseModule) -> None:
+        if isinstance(g, AllGuard | AnyGuard):
+            items = g.all if isinstance(g, AllGuard) else g.any
+            for item in items:
+                self._emit_guard(item, module)
+            self._inst(G_AND if isinstance(g, AllGuard) else G_OR, len(items))
+        elif isinstance(g, NotGuard):
+            self._emit_guard(g.not_, module)
+            self._inst(G_NOT)
+        elif isinstance(g, AgeGuard):
+            self._inst(G_AGE, 0, g.age_years, g.value)
+        elif isinstance(g, SexGuard):
+            self._inst(G_SEX, SEXES.index(g.sex))
+        elif isinstance(g, RaceGuard | EthnicityGuard):
+            names, pool, op = (g.race, self.races, G_RACE) if isinstance(g, RaceGuard) else (
+                g.ethnicity, self.ethnicities, G_ETHNICITY)
+            for name in names:
+                self._inst(op, pool.index(name))
+            self._inst(G_OR, len(names))
+        elif isinstance(g, AttributeGuard):
+            self._inst(G_ATTR, self.attributes[g.attribute], g.op, g.value)
+        elif isinstance(g, ConditionGuard):
+            op = G_COND_ACTIVE if g.status == "active" else G_COND_DIAGNOSED
+            self._inst(op, self.conditions[g.condition])
+        elif isinstance(g, MedicationGuard):
+            self._inst(G_MED, self.medications[g.medication])
+        elif isinstance(g, ObservationGuard):
+            self._inst(G_OBS, self.observables[g.observation], g.op, g.value)
+        elif isinstance(g, SinceGuard):
+            state = self.state_index[(module.name, g.since)]
+            self._inst(G_SINCE, state, g.op, g.value * DAYS_PER_UNIT[g.unit])
+        else:  # pragma: no cover
+            raise TypeError(type(g))
+
+    def action(self, kind: int, i0: int = -1, i1: int = -1, i2: int = -1, i3: int = -1,
+               f0: float = 0.0, f1: float = math.nan) -> None:
+        self.add("act", kind=kind, i0=i0, i1=i1, i2=i2, i3=i3, f0=f0, f1=f1)
+
+    def state(self, module: DiseaseModule, state: State) -> None:
+        act_start = self.size("act")
+        if state.encounter is not None:
+            enc = state.encounter
+            duration = self.distribution(enc.duration) if enc.duration is not None else -1
+            reason = self.conditions[enc.reason] if enc.reason is not None else -1
+            self.action(A_ENC_START, ENCOUNTER_CLASSES.index(enc.encounter_class), self.code(enc.code), duration, reason)
+        for setter in state.set:
+            attr = self.attributes[setter.attribute]
+            drift = math.nan if setter.per_year is None else setter.per_year
+            if setter.to is not None:
+                self.action(A_SET_TO, attr, f0=setter.to, f1=0.0 if setter.per_year is None else drift)
+            elif setter.add is not None:
+                self.action(A_SET_ADD, attr, f0=setter.add, f1=drift)
+            else:
+                dist = self.distribution(setter.draw)
+                self.action(A_SET_DRAW, attr, dist, f1=0.0 if setter.per_year is None else drift)
+        for key, kind in (("onset", A_ONSET), ("diagnose", A_DIAGNOSE), ("resolve", A_RESOLVE)):
+            for name in getattr(state, key):
+                self.action(kind, self.conditions[name])
+        for name in state.start_medication:
+            self.action(A_MED_START, self.medications[name])
+        for name in state.stop_medication:
+            self.action(A_MED_STOP, self.medications[name])
+        for code in state.procedure:
+            self.action(A_PROCEDURE, self.code(code))
+        for code in state.immunization:
+            self.action(A_IMMUNIZATION, self.code(code))
+        for name in state.observe:
+            self.action(A_OBSERVE, self.observables[name])
+        for symptom in state.symptom:
+            self.action(A_SYMPTOM, self.code(symptom.code), self.distribution(symptom.severity))
+        if state.end_encounter:
+            self.action(A_ENC_END)
+        if state.death is not None:
+            self.action(A_DEATH, self.code(state.death.cause))
+        act_n = self.size("act") - act_start
+
+        target = lambda name: self.state_index[(module.name, name)]  # noqa: E731
+        exit_kind, nxt, sub_start, sub_n, band_start, band_n = X_TERMINAL, -1, 0, 0, 0, 0
+        if state.next is not None:
+            exit_kind, nxt = X_NEXT, target(state.next)
+        elif state.branches is not None:
+            exit_kind, sub_start, sub_n = X_BRANCHES, self.size("branch"), len(state.branches)
+            for branch in state.branches:
+                self.add("branch", prob=branch.probability, to=target(branch.to))
+        elif state.cases is not None:
+            exit_kind, sub_start, sub_n = X_CASES, self.size("case"), len(state.cases)
+            guards = [self.guard(case.when, module) for case in state.cases]
+            for case, guard in zip(state.cases, guards, strict=True):
+                self.add("case", guard=guard, to=target(case.to))
+            nxt = target(state.otherwise) if state.otherwise is not None else -1
+        elif state.hazards is not None:
+            exit_kind, sub_n = X_HAZARDS, len(state.hazards)
+            edges = sorted({0.0, *(a for h in state.hazards if isinstance(h.rate_per_year, RateTable)
+                                   for a in h.rate_per_year.ages)})
+            band_start, band_n = self.size("edge"), len(edges)
+            for edge in edges:
+                self.add("edge", age=edge)
+            ratios = [[(self.guard(r.when, module), r.ratio) for r in h.hazard_ratios] for h in state.hazards]
+            sub_start = self.size("hazard")
+            for hazard, hazard_ratios in zip(state.hazards, ratios, strict=True):
+                ratio_start = self.size("ratio")
+                for guard, value in hazard_ratios:
+                    self.add("ratio", guard=guard, value=value)
+                rate_start = self.size("rate")
+                for edge in edges:
+                    self.add("rate", male=_rate_at(hazard.rate_per_year, "male", edge),
+                             female=_rate_at(hazard.rate_per_year, "female", edge))
+                self.add("hazard", to=target(hazard.to), rate_start=rate_start,
+                         ratio_start=ratio_start, ratio_n=len(hazard_ratios))
+        delay = self.distribution(state.after) if state.after is not None else -1
+        self.add("state", module=self.modules.index(module), act_start=act_start, act_n=act_n,
+                 exit=exit_kind, delay=delay, wait_wellness=state.wait_for == "wellness", next=nxt,
+                 sub_start=sub_start, sub_n=sub_n, band_start=band_start, band_n=band_n)
+
+
+def _index(mappings: object) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for mapping in mappings:  # type: ignore[attr-defined]
+        for name in mapping:
+            out.setdefault(name, len(out))
+    return out
+
+
+def _rate_at(rate: float | RateTable, sex: str, age: float) -> float:
+    """The rate of a hazard in the band that starts at `age` (zero before its first band)."""
+    if not isinstance(rate, RateTable):
+        return float(rate)
+    values = getattr(rate, sex)
+    current = 0.0
+    for lower, value in zip(rate.ages, values, strict=True):
+        if lower <= age:
+            current = value
+    return current
+
+
+def compile_library(library: Library) -> tuple[CompiledModel, Names]:
+    """Validated library -> (arrays for the kernel, names for the tables)."""
+    b = _Builder(library)
+    for module in b.modules:
+        for state in module.states.values():
+            b.state(module, state)
+
+    attr_all = {n: a for m in library.modules for n, a in m.attributes.items()}
+    cond_all = {n: c for m in library.modules for n, c in m.conditions.items()}
+    med_all = {n: d for m in library.modules for n, d in m.medications.items()}
+    obs_all = {n: o for m in library.modules for n, o in m.observables.items()}
+    effects: dict[str, list[tuple[int, float]]] = {name: [] for name in obs_all}
+    for attr_name, attribute in attr_all.items():
+        for obs_name, coef in attribute.affects.items():
+            effects[obs_name].append((b.attributes[attr_name], coef))
+    for name, obs in obs_all.items():
+        effect_start = b.size("effect")
+        for attr, coef in effects[name]:
+            b.add("effect", attr=attr, coef=coef)
+        derived_start = b.size("factor")
+        if obs.derived is not None:
+            for factor, power in obs.derived.product.items():
+                b.add("factor", obs=b.observables[factor], power=power)
+        low, high = obs.limits if obs.limits is not None else (-math.inf, math.inf)
+        b.add("obs", code=b.code(obs.code),
+              mean=b.curve(obs.mean) if obs.mean is not None else -1, sd=b.curve(obs.sd),
+              persistence=obs.persistence, low=low, high=high, decimals=obs.decimals,
+              effect_start=effect_start, effect_n=len(effects[name]),
+              derived_start=derived_start, derived_n=b.size("factor") - derived_start,
+              derived_scale=obs.derived.scale if obs.derived is not None else 1.0)
+    cond_codes = [b.code(c.code) for c in cond_all.values()]
+    med_codes = [b.code(d.code) for d in med_all.values()]
+    death_code = b.code(library.mortality.cause)
+
+    i32, i8, f8 = np.int32, np.int8, np.float64
+    model = CompiledModel(
+        module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
+        state_module=b.column("state", "module", i32),
+        state_act_start=b.column("state", "act_start", i32),
+        state_act_n=b.column("state", "act_n", i32),
+        state_exit=b.column("state", "exit", i8),
+        state_delay=b.column("state", "delay", i32),
+        state_wait_wellness=b.column("state", "wait_wellness", np.bool_),
+        state_next=b.column("state", "next", i32),
+        state_sub_start=b.column("state", "sub_start", i32),
+        state_sub_n=b.column("state", "sub_n", i32),
+        state_band_start=b.column("state", "band_start", i32),
+        state_band_n=b.column("state", "band_n", i32),
+        act_kind=b.column("act", "kind", i8),
+        act_i0=b.column("act", "i0", i32),
+        act_i1=b.column("act", "i1", i32),
+        act_i2=b.column("act", "i2", i32),
+        act_i3=b.column("act", "i3", i32),
+        act_f0=b.column("act", "f0", f8),
+        act_f1=b.column("act", "f1", f8),
+        branch_prob=b.column("branch", "prob", f8),
+        branch_to=b.column("branch", "to", i32),
+        case_guard=b.column("case", "guard", i32),
+        case_to=b.column("case", "to", i32),
+        hazard_to=b.column("hazard", "to", i32),
+        hazard_rate_start=b.column("hazard", "rate_start", i32),
+        hazard_ratio_start=b.column("hazard", "ratio_start", i32),
+        hazard_ratio_n=b.column("hazard", "ratio_n", i32),
+        band_edge_years=b.column("edge", "age", f8),
+        rate_male=b.column("rate", "male", f8),
+        rate_female=b.column("rate", "female", f8),
+        ratio_guard=b.column("ratio", "guard", i32),
+        ratio_value=b.column("ratio", "value", f8),
+        guard_start=b.column("guards", "start", i32),
+        guard_n=b.column("guards", "n", i32),
+        ginst_op=b.column("ginst", "op", i8),
+        ginst_i0=b.column("ginst", "i0", i32),
+        ginst_cmp=b.column("ginst", "cmp", i8),
+        ginst_f0=b.column("ginst", "f0", f8),
+        dist_kind=b.column("dist", "kind", i8),
+        dist_p0=b.column("dist", "p0", f8),
+        dist_p1=b.column("dist", "p1", f8),
+        dist_scale=b.column("dist", "scale", f8),
+        attr_initial=_frozen([a.initial for a in attr_all.values()], f8),
+        cond_code=_frozen(cond_codes, i32),
+        med_code=_frozen(med_codes, i32),
+        obs_code=b.column("obs", "code", i32),
+        obs_mean_start=b.column("obs", "mean", i32),
+        obs_sd_start=b.column("obs", "sd", i32),
+        obs_persistence=b.column("obs", "persistence", f8),
+        obs_low=b.column("obs", "low", f8),
+        obs_high=b.column("obs", "high", f8),
+        obs_decimals=b.column("obs", "decimals", i32),
+        obs_effect_start=b.column("obs", "effect_start", i32),
+        obs_effect_n=b.column("obs", "effect_n", i32),
+        effect_attr=b.column("effect", "attr", i32),
+        effect_coef=b.column("effect", "coef", f8),
+        obs_derived_start=b.column("obs", "derived_start", i32),
+        obs_derived_n=b.column("obs", "derived_n", i32),
+        obs_derived_scale=b.column("obs", "derived_scale", f8),
+        derived_obs=b.column("factor", "obs", i32),
+        derived_power=b.column("factor", "power", f8),
+        curve_start=b.column("curves", "start", i32),
+        curve_n=b.column("curves", "n", i32),
+        curve_age=b.column("curve", "age", f8),
+        curve_male=b.column("curve", "male", f8),
+        curve_female=b.column("curve", "female", f8),
+        wellness_class=ENCOUNTER_CLASSES.index("wellness"),
+        death_code=death_code,
+        max_hazards=max([len(s.hazards or []) for m in b.modules for s in m.states.values()], default=0),
+    )
+    names = Names(
+        modules=tuple(m.name for m in b.modules),
+        states=tuple(f"{m}.{s}" for m, s in b.state_index),
+        state_names=tuple(s for _, s in b.state_index),
+        attributes=tuple(b.attributes),
+        conditions=tuple(b.conditions),
+        medications=tuple(b.medications),
+        observables=tuple(b.observables),
+        observable_units=tuple(o.unit for o in obs_all.values()),
+        observable_categories=tuple(o.category for o in obs_all.values()),
+        codes=tuple(b.code_list),
+        races=tuple(b.races),
+        ethnicities=tuple(b.ethnicities),
+    )
+    return model, names
+
+
+def _frozen(values: list, dtype: type) -> np.ndarray:
+    array = np.array(values, dtype=dtype) if values else np.zeros(0, dtype=dtype)
+    array.setflags(write=False)
+    return array

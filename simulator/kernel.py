@@ -1,0 +1,872 @@
+"""The event kernel: compiled arrays + people -> per-patient event buffers. The only numba layer.
+
+Semantics (DESIGN.md, "Simulation semantics"): continuous time in float days since 1970-01-01;
+each patient is simulated alone, event by event, from birth to the end of their window or death.
+Every random number for patient i comes from a SplitMix64 stream derived from (seed, i, stream)
+alone, so output never depends on chunking or threads. Per patient the next event is the earliest
+of: scheduled encounter ends, module wake-ups (delays, hazards, guard re-evaluation) and
+background death; ties go to encounter ends, then modules in order, then death.
+
+Draw order for one patient (the reference implementation follows it exactly): one normal per
+observable (persistent component), then whatever the events consume as they happen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from simulator import compiler as c
+
+# --- random numbers: SplitMix64 ------------------------------------------------------------------
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
+STREAM_PEOPLE, STREAM_EVENTS = 0, 1
+
+
+@njit(cache=True, inline="always")
+def _mix(z: np.uint64) -> np.uint64:
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def stream_state(seed: int, index: int, stream: int) -> np.uint64:
+    """Starting state of the stream for (seed, patient index, stream number)."""
+    z = _mix(np.uint64(seed) + GOLDEN)
+    z = _mix(z ^ (np.uint64(index) * GOLDEN + np.uint64(0x632BE59BD9B4E019)))
+    return _mix(z + np.uint64(stream) * GOLDEN)
+
+
+@njit(cache=True, inline="always")
+def next_u64(rng: np.ndarray) -> np.uint64:
+    rng[0] += GOLDEN
+    return _mix(rng[0])
+
+
+@njit(cache=True, inline="always")
+def uniform(rng: np.ndarray) -> float:
+    """Uniform on [0, 1)."""
+    return float(next_u64(rng) >> np.uint64(11)) * TO_UNIT
+
+
+@njit(cache=True)
+def normal(rng: np.ndarray) -> float:
+    """Standard normal by Box-Muller (one of the pair; two uniforms per call)."""
+    u1 = 1.0 - uniform(rng)
+    u2 = uniform(rng)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(cache=True)
+def exponential(rng: np.ndarray) -> float:
+    """Standard exponential (mean 1)."""
+    return -math.log(1.0 - uniform(rng))
+
+
+@njit(cache=True)
+def gamma(rng: np.ndarray, shape: float) -> float:
+    """Gamma(shape, 1) by Marsaglia-Tsang; shape < 1 by the u**(1/shape) boost."""
+    boost = 1.0
+    if shape < 1.0:
+        boost = uniform(rng) ** (1.0 / shape)
+        shape += 1.0
+    d = shape - 1.0 / 3.0
+    k = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        x = normal(rng)
+        v = (1.0 + k * x) ** 3
+        if v <= 0.0:
+            continue
+        u = uniform(rng)
+        if math.log(1.0 - u) < 0.5 * x * x + d - d * v + d * math.log(v):
+            return d * v * boost
+
+
+@njit(cache=True)
+def draw(model: c.CompiledModel, dist: int, rng: np.ndarray) -> float:
+    """One value of a compiled distribution, times its unit in days (1 when unitless)."""
+    kind = model.dist_kind[dist]
+    p0 = model.dist_p0[dist]
+    p1 = model.dist_p1[dist]
+    if kind == c.D_EXACT:
+        value = p0
+    elif kind == c.D_UNIFORM:
+        value = p0 + (p1 - p0) * uniform(rng)
+    elif kind == c.D_NORMAL:
+        value = p0 + p1 * normal(rng)
+    elif kind == c.D_EXPONENTIAL:
+        value = p0 * exponential(rng)
+    elif kind == c.D_LOGNORMAL:
+        value = math.exp(p0 + p1 * normal(rng))
+    else:
+        value = p1 * gamma(rng, p0)
+    return value * model.dist_scale[dist]
+
+
+# --- per-patient working memory ------------------------------------------------------------------
+
+EPS_DAYS = 1e-6  # guard re-evaluation lands just past a threshold so it is decided
+MAX_PENDING = 32  # encounters one patient can have open at once
+MAX_STEPS = 100_000  # state entries within one instant before we call it a runaway loop
+STACK = 64
+# counters (Scratch.ctr)
+C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR = 0, 1, 2, 3, 4, 5, 6
+# error bits
+E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
+# event kinds
+K_ENCOUNTER_START, K_ENCOUNTER_END, K_ONSET, K_DIAGNOSIS, K_RESOLVED = 0, 1, 2, 3, 4
+K_MED_START, K_MED_STOP, K_PROCEDURE, K_IMMUNIZATION, K_OBSERVATION, K_SYMPTOM, K_DEATH = 5, 6, 7, 8, 9, 10, 11
+EVENT_KINDS = (
+    "encounter_start", "encounter_end", "condition_onset", "condition_diagnosis", "condition_resolved",
+    "medication_start", "medication_stop", "procedure", "immunization", "observation", "symptom", "death",
+)
+# wake kinds
+W_NONE, W_FIRE, W_REEVALUATE = 0, 1, 2
+# wait kinds
+WAIT_NONE, WAIT_WELLNESS, WAIT_CASES = 0, 1, 2
+
+
+class Scratch(NamedTuple):
+    rng: np.ndarray  # uint64[1]
+    ctr: np.ndarray  # int64[8]
+    cur_state: np.ndarray  # int32[n_modules]
+    wake_t: np.ndarray  # float64[n_modules]
+    wake_kind: np.ndarray  # int8[n_modules]
+    wake_band: np.ndarray  # int32[n_modules]
+    wait_kind: np.ndarray  # int8[n_modules]
+    hz_mult: np.ndarray  # float64[n_modules, max_hazards]
+    joining: np.ndarray  # bool[n_modules]
+    enc_cur: np.ndarray  # int32[n_modules]: encounter the module's events attach to
+    enc_open: np.ndarray  # bool[n_modules]: that encounter is open-ended
+    enc_t: np.ndarray  # float64[n_modules]: when the module attached
+    pend_t: np.ndarray  # float64[MAX_PENDING]: scheduled end (inf: open-ended)
+    pend_id: np.ndarray  # int32[MAX_PENDING]
+    pend_module: np.ndarray  # int32[MAX_PENDING]
+    pend_state: np.ndarray  # int32[MAX_PENDING]
+    pend_code: np.ndarray  # int32[MAX_PENDING]
+    pend_class: np.ndarray  # int32[MAX_PENDING]
+    attr_level: np.ndarray  # float64[n_attributes]
+    attr_slope: np.ndarray  # float64[n_attributes], per year
+    attr_t0: np.ndarray  # float64[n_attributes]
+    cond_active: np.ndarray  # bool[n_conditions]
+    cond_diagnosed: np.ndarray  # bool[n_conditions]
+    med_active: np.ndarray  # bool[n_medications]
+    obs_latest: np.ndarray  # float64[n_observables]
+    obs_z: np.ndarray  # float64[n_observables]
+    entered_t: np.ndarray  # float64[n_states]
+    stack: np.ndarray  # bool[STACK]
+
+
+class Person(NamedTuple):
+    """One patient's fixed inputs, and where their events go."""
+
+    index: int
+    birth_t: float
+    sex: int
+    race: int
+    ethnicity: int
+    t_end: float
+    death_t: float  # background death
+    base: int  # first row of the patient's region in the event buffers
+    capacity: int
+
+
+class Events(NamedTuple):
+    """Flat event buffers; each patient writes its own region."""
+
+    t: np.ndarray  # float64 days since 1970-01-01
+    kind: np.ndarray  # int8: K_*
+    code: np.ndarray  # int32: code table index
+    value: np.ndarray  # float64: observation value / symptom severity (NaN otherwise)
+    encounter: np.ndarray  # int32: per-patient encounter number (-1 none)
+    state: np.ndarray  # int32: global state that emitted it (-1: background)
+    aux: np.ndarray  # int32: encounter class / observable / condition / medication index
+    reason: np.ndarray  # int32: reason condition of an encounter (-1 none)
+
+
+@njit(cache=True)
+def new_scratch(model: c.CompiledModel) -> Scratch:
+    n_modules = model.module_start.shape[0]
+    return Scratch(
+        np.zeros(1, np.uint64), np.zeros(8, np.int64),
+        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.float64), np.zeros(n_modules, np.int8),
+        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.int8),
+        np.zeros((n_modules, max(model.max_hazards, 1)), np.float64), np.zeros(n_modules, np.bool_),
+        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.bool_), np.zeros(n_modules, np.float64),
+        np.zeros(MAX_PENDING, np.float64), np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32),
+        np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32),
+        np.zeros(model.attr_initial.shape[0], np.float64), np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.cond_code.shape[0], np.bool_), np.zeros(model.cond_code.shape[0], np.bool_),
+        np.zeros(model.med_code.shape[0], np.bool_),
+        np.zeros(model.obs_code.shape[0], np.float64), np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.state_module.shape[0], np.float64), np.zeros(STACK, np.bool_),
+    )
+
+
+@njit(cache=True)
+def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
+    sc.rng[0] = stream_state(seed, p.index, STREAM_EVENTS)
+    sc.ctr[:] = 0
+    sc.cur_state[:] = -1
+    sc.wake_t[:] = np.inf
+    sc.wake_kind[:] = W_NONE
+    sc.wait_kind[:] = WAIT_NONE
+    sc.enc_cur[:] = -1
+    sc.attr_level[:] = model.attr_initial
+    sc.attr_slope[:] = 0.0
+    sc.attr_t0[:] = p.birth_t
+    sc.cond_active[:] = False
+    sc.cond_diagnosed[:] = False
+    sc.med_active[:] = False
+    sc.obs_latest[:] = np.nan
+    sc.entered_t[:] = -np.inf
+    sc.hz_mult[:] = -1.0
+    for o in range(sc.obs_z.shape[0]):
+        sc.obs_z[o] = normal(sc.rng)
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def age_years(p: Person, t: float) -> float:
+    return (t - p.birth_t) / c.DAYS_PER_YEAR
+
+
+@njit(cache=True, inline="always")
+def attr_value(sc: Scratch, a: int, t: float) -> float:
+    return sc.attr_level[a] + sc.attr_slope[a] * (t - sc.attr_t0[a]) / c.DAYS_PER_YEAR
+
+
+@njit(cache=True, inline="always")
+def compare(x: float, cmp: int, v: float) -> bool:
+    if cmp == 0:
+        return x < v
+    if cmp == 1:
+        return x <= v
+    if cmp == 2:
+        return x > v
+    if cmp == 3:
+        return x >= v
+    if cmp == 4:
+        return x == v
+    return x != v
+
+
+@njit(cache=True)
+def curve_at(model: c.CompiledModel, curve: int, sex: int, age: float) -> float:
+    """Linear interpolation in a curve for this sex (flat outside its ages)."""
+    start = model.curve_start[curve]
+    n = model.curve_n[curve]
+    values = model.curve_male if sex == 0 else model.curve_female
+    if age <= model.curve_age[start] or n == 1:
+        return values[start]
+    for k in range(start + 1, start + n):
+        if age < model.curve_age[k]:
+            a0 = model.curve_age[k - 1]
+            w = (age - a0) / (model.curve_age[k] - a0)
+            return values[k - 1] + w * (values[k] - values[k - 1])
+    return values[start + n - 1]
+
+
+@njit(cache=True)
+def emit(ev: Events, sc: Scratch, p: Person, t: float, kind: int, code: int, value: float,
+         encounter: int, state: int, aux: int, reason: int) -> None:
+    """Append one event to the patient's region; past capacity, only count it."""
+    k = sc.ctr[C_EVENTS]
+    if k < p.capacity:
+        row = p.base + k
+        ev.t[row] = t
+        ev.kind[row] = kind
+        ev.code[row] = code
+        ev.value[row] = value
+        ev.encounter[row] = encounter
+        ev.state[row] = state
+        ev.aux[row] = aux
+        ev.reason[row] = reason
+    sc.ctr[C_EVENTS] = k + 1
+
+
+@njit(cache=True)
+def attached(sc: Scratch, m: int, t: float) -> int:
+    """The encounter module m's events belong to now: an open-ended one, or one joined this instant."""
+    enc = sc.enc_cur[m]
+    if enc >= 0 and (sc.enc_open[m] or sc.enc_t[m] == t):
+        return enc
+    return -1
+
+
+@njit(cache=True)
+def need_encounter(sc: Scratch, m: int, t: float) -> int:
+    enc = attached(sc, m, t)
+    if enc < 0:
+        sc.ctr[C_ERROR] |= E_NO_ENCOUNTER
+    return enc
+
+
+# --- guards --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> bool:
+    """Run a postfix guard program on a small boolean stack."""
+    top = 0
+    for k in range(model.guard_start[g], model.guard_start[g] + model.guard_n[g]):
+        op = model.ginst_op[k]
+        i0 = model.ginst_i0[k]
+        cmp = model.ginst_cmp[k]
+        f0 = model.ginst_f0[k]
+        if op == c.G_AND or op == c.G_OR:
+            result = op == c.G_AND
+            for _ in range(i0):
+                top -= 1
+                result = (result and sc.stack[top]) if op == c.G_AND else (result or sc.stack[top])
+            value = result
+        elif op == c.G_NOT:
+            top -= 1
+            value = not sc.stack[top]
+        elif op == c.G_AGE:
+            value = compare(age_years(p, t), cmp, f0)
+        elif op == c.G_SEX:
+            value = p.sex == i0
+        elif op == c.G_RACE:
+            value = p.race == i0
+        elif op == c.G_ETHNICITY:
+            value = p.ethnicity == i0
+        elif op == c.G_ATTR:
+            value = compare(attr_value(sc, i0, t), cmp, f0)
+        elif op == c.G_COND_ACTIVE:
+            value = sc.cond_active[i0]
+        elif op == c.G_COND_DIAGNOSED:
+            value = sc.cond_diagnosed[i0]
+        elif op == c.G_MED:
+            value = sc.med_active[i0]
+        elif op == c.G_OBS:
+            latest = sc.obs_latest[i0]
+            value = (not math.isnan(latest)) and compare(latest, cmp, f0)
+        else:  # G_SINCE
+            entered = sc.entered_t[i0]
+            value = entered > -np.inf and compare(t - entered, cmp, f0)
+        sc.stack[top] = value
+        top += 1
+    return sc.stack[0]
+
+
+@njit(cache=True)
+def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
+    """Earliest time after t at which a continuously changing operand of guard g crosses its
+    threshold (age, time since a state, a drifting attribute); inf if none."""
+    best = np.inf
+    for k in range(model.guard_start[g], model.guard_start[g] + model.guard_n[g]):
+        op = model.ginst_op[k]
+        f0 = model.ginst_f0[k]
+        at = np.inf
+        if op == c.G_AGE:
+            at = p.birth_t + f0 * c.DAYS_PER_YEAR
+        elif op == c.G_SINCE:
+            entered = sc.entered_t[model.ginst_i0[k]]
+            if entered > -np.inf:
+                at = entered + f0
+        elif op == c.G_ATTR:
+            a = model.ginst_i0[k]
+            slope = sc.attr_slope[a]
+            if slope != 0.0:
+                at = sc.attr_t0[a] + (f0 - sc.attr_level[a]) / slope * c.DAYS_PER_YEAR
+        at += EPS_DAYS
+        if t < at < best:
+            best = at
+    return best
+
+
+# --- hazards -------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def hazard_multipliers(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> bool:
+    """Recompute the hazard-ratio products of state s into hz_mult[m]; True if any changed."""
+    changed = False
+    for k in range(model.state_sub_n[s]):
+        h = model.state_sub_start[s] + k
+        mult = 1.0
+        for r in range(model.hazard_ratio_start[h], model.hazard_ratio_start[h] + model.hazard_ratio_n[h]):
+            if eval_guard(model, sc, p, model.ratio_guard[r], t):
+                mult *= model.ratio_value[r]
+        if sc.hz_mult[m, k] != mult:
+            changed = True
+        sc.hz_mult[m, k] = mult
+    return changed
+
+
+@njit(cache=True)
+def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int) -> float:
+    """Total rate per year of state s's competing hazards in one age band."""
+    rates = model.rate_male if p.sex == 0 else model.rate_female
+    total = 0.0
+    for k in range(model.state_sub_n[s]):
+        h = model.state_sub_start[s] + k
+        total += sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+    return total
+
+
+@njit(cache=True)
+def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
+    the age bands; wake earlier if a hazard ratio's guard may flip before then."""
+    hazard_multipliers(model, sc, p, m, s, t)
+    remaining = exponential(sc.rng)
+    start = model.state_band_start[s]
+    n_bands = model.state_band_n[s]
+    age = age_years(p, t)
+    band = 0
+    while band + 1 < n_bands and model.band_edge_years[start + band + 1] <= age:
+        band += 1
+    hit_t = np.inf
+    while True:
+        rate = band_rate(model, sc, p, m, s, band)
+        end = model.band_edge_years[start + band + 1] if band + 1 < n_bands else np.inf
+        if rate > 0.0 and rate * (end - age) >= remaining:
+            hit_t = p.birth_t + (age + remaining / rate) * c.DAYS_PER_YEAR
+            break
+        if end == np.inf:
+            break
+        remaining -= rate * (end - age)
+        age = end
+        band += 1
+    recheck = np.inf
+    for k in range(model.state_sub_n[s]):
+        h = model.state_sub_start[s] + k
+        for r in range(model.hazard_ratio_start[h], model.hazard_ratio_start[h] + model.hazard_ratio_n[h]):
+            recheck = min(recheck, next_crossing(model, sc, p, model.ratio_guard[r], t))
+    if recheck < hit_t:
+        sc.wake_t[m] = recheck
+        sc.wake_kind[m] = W_REEVALUATE
+    else:
+        sc.wake_t[m] = hit_t
+        sc.wake_kind[m] = W_FIRE if hit_t < np.inf else W_NONE
+        sc.wake_band[m] = band
+
+
+@njit(cache=True)
+def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int) -> int:
+    """Which competing hazard fired: chosen in proportion to the rates in the band it fired in."""
+    rates = model.rate_male if p.sex == 0 else model.rate_female
+    band = sc.wake_band[m]
+    pick = uniform(sc.rng) * band_rate(model, sc, p, m, s, band)
+    last = model.state_sub_start[s]
+    for k in range(model.state_sub_n[s]):
+        h = model.state_sub_start[s] + k
+        rate = sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+        if rate > 0.0:
+            last = h
+            if pick < rate:
+                return model.hazard_to[h]
+            pick -= rate
+    return model.hazard_to[last]
+
+
+# --- observations --------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
+    """A value from the observable's model (NaN when a derived input was never measured)."""
+    n_factors = model.obs_derived_n[o]
+    if n_factors > 0:
+        value = model.obs_derived_scale[o]
+        for k in range(model.obs_derived_start[o], model.obs_derived_start[o] + n_factors):
+            value *= sc.obs_latest[model.derived_obs[k]] ** model.derived_power[k]
+    else:
+        age = age_years(p, t)
+        value = curve_at(model, model.obs_mean_start[o], p.sex, age)
+        for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
+            value += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
+        sd = curve_at(model, model.obs_sd_start[o], p.sex, age)
+        share = model.obs_persistence[o]
+        value += sd * (math.sqrt(share) * sc.obs_z[o] + math.sqrt(1.0 - share) * normal(sc.rng))
+    if math.isnan(value):
+        return value
+    value = min(max(value, model.obs_low[o]), model.obs_high[o])
+    scale = 10.0 ** model.obs_decimals[o]
+    return math.floor(value * scale + 0.5) / scale
+
+
+# --- state machine -------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
+    """Close every open encounter at t, then record death; nothing happens after this."""
+    for k in range(sc.ctr[C_PENDING]):
+        emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k],
+             sc.pend_class[k], -1)
+    sc.ctr[C_PENDING] = 0
+    emit(ev, sc, p, t, K_DEATH, cause, np.nan, -1, state, -1, -1)
+    sc.ctr[C_DEAD] = 1
+    sc.wake_t[:] = np.inf
+
+
+@njit(cache=True)
+def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
+    """Emit the end of pending encounter k and drop it from the list (order kept)."""
+    emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k],
+         sc.pend_class[k], -1)
+    m = sc.pend_module[k]
+    if sc.enc_cur[m] == sc.pend_id[k]:
+        sc.enc_cur[m] = -1
+    n = sc.ctr[C_PENDING]
+    for j in range(k, n - 1):
+        sc.pend_t[j] = sc.pend_t[j + 1]
+        sc.pend_id[j] = sc.pend_id[j + 1]
+        sc.pend_module[j] = sc.pend_module[j + 1]
+        sc.pend_state[j] = sc.pend_state[j + 1]
+        sc.pend_code[j] = sc.pend_code[j + 1]
+        sc.pend_class[j] = sc.pend_class[j + 1]
+    sc.ctr[C_PENDING] = n - 1
+
+
+@njit(cache=True)
+def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
+        kind = model.act_kind[a]
+        i0 = model.act_i0[a]
+        if kind == c.A_ENC_START:
+            enc = sc.ctr[C_ENCOUNTERS]
+            sc.ctr[C_ENCOUNTERS] = enc + 1
+            code = model.act_i1[a]
+            emit(ev, sc, p, t, K_ENCOUNTER_START, code, np.nan, enc, s, i0, model.act_i3[a])
+            n = sc.ctr[C_PENDING]
+            if n == MAX_PENDING:
+                sc.ctr[C_ERROR] |= E_OVERLOAD
+                continue
+            duration = model.act_i2[a]
+            sc.pend_t[n] = t + max(0.0, draw(model, duration, sc.rng)) if duration >= 0 else np.inf
+            sc.pend_id[n] = enc
+            sc.pend_module[n] = m
+            sc.pend_state[n] = s
+            sc.pend_code[n] = code
+            sc.pend_class[n] = i0
+            sc.ctr[C_PENDING] = n + 1
+            sc.enc_cur[m] = enc
+            sc.enc_open[m] = duration < 0
+            sc.enc_t[m] = t
+            if i0 == model.wellness_class:
+                sc.ctr[C_JOIN] = enc + 1
+        elif kind == c.A_SET_TO or kind == c.A_SET_ADD or kind == c.A_SET_DRAW:
+            current = attr_value(sc, i0, t)
+            if kind == c.A_SET_TO:
+                level = model.act_f0[a]
+            elif kind == c.A_SET_ADD:
+                level = current + model.act_f0[a]
+            else:
+                level = draw(model, model.act_i1[a], sc.rng)
+            drift = model.act_f1[a]
+            sc.attr_level[i0] = level
+            sc.attr_t0[i0] = t
+            if not math.isnan(drift):
+                sc.attr_slope[i0] = drift
+            sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_ONSET or kind == c.A_DIAGNOSE:
+            code = model.cond_code[i0]
+            if not sc.cond_active[i0]:
+                sc.cond_active[i0] = True
+                sc.cond_diagnosed[i0] = False
+                emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+            if kind == c.A_DIAGNOSE and not sc.cond_diagnosed[i0]:
+                sc.cond_diagnosed[i0] = True
+                emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_RESOLVE:
+            if sc.cond_active[i0]:
+                sc.cond_active[i0] = False
+                sc.cond_diagnosed[i0] = False
+                emit(ev, sc, p, t, K_RESOLVED, model.cond_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_MED_START:
+            if not sc.med_active[i0]:
+                sc.med_active[i0] = True
+                emit(ev, sc, p, t, K_MED_START, model.med_code[i0], np.nan, need_encounter(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_MED_STOP:
+            if sc.med_active[i0]:
+                sc.med_active[i0] = False
+                emit(ev, sc, p, t, K_MED_STOP, model.med_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_PROCEDURE or kind == c.A_IMMUNIZATION:
+            event_kind = K_PROCEDURE if kind == c.A_PROCEDURE else K_IMMUNIZATION
+            emit(ev, sc, p, t, event_kind, i0, np.nan, need_encounter(sc, m, t), s, -1, -1)
+        elif kind == c.A_OBSERVE:
+            value = observe(model, sc, p, i0, t)
+            if not math.isnan(value):
+                sc.obs_latest[i0] = value
+                emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[i0], value, need_encounter(sc, m, t), s, i0, -1)
+                sc.ctr[C_DIRTY] = 1
+        elif kind == c.A_SYMPTOM:
+            severity = draw(model, model.act_i1[a], sc.rng)
+            emit(ev, sc, p, t, K_SYMPTOM, i0, severity, attached(sc, m, t), s, -1, -1)
+        elif kind == c.A_ENC_END:
+            for k in range(sc.ctr[C_PENDING]):
+                if sc.pend_module[k] == m and sc.pend_t[k] == np.inf:
+                    end_pending(ev, sc, p, k, t)
+                    break
+        else:  # A_DEATH
+            die(ev, sc, p, t, i0, s)
+            return
+
+
+@njit(cache=True)
+def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
+    """Target of a next/branches/cases exit at time t (-1: no case holds yet, keep waiting)."""
+    kind = model.state_exit[s]
+    if kind == c.X_NEXT:
+        return model.state_next[s]
+    start = model.state_sub_start[s]
+    if kind == c.X_BRANCHES:
+        pick = uniform(sc.rng)
+        for k in range(start, start + model.state_sub_n[s]):
+            if pick < model.branch_prob[k]:
+                return model.branch_to[k]
+            pick -= model.branch_prob[k]
+        return model.branch_to[start + model.state_sub_n[s] - 1]
+    for k in range(start, start + model.state_sub_n[s]):
+        if eval_guard(model, sc, p, model.case_guard[k], t):
+            return model.case_to[k]
+    return model.state_next[s]
+
+
+@njit(cache=True)
+def wait_for_cases(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    sc.wait_kind[m] = WAIT_CASES
+    recheck = np.inf
+    for k in range(model.state_sub_start[s], model.state_sub_start[s] + model.state_sub_n[s]):
+        recheck = min(recheck, next_crossing(model, sc, p, model.case_guard[k], t))
+    sc.wake_t[m] = recheck
+    sc.wake_kind[m] = W_REEVALUATE if recheck < np.inf else W_NONE
+
+
+@njit(cache=True)
+def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    """Enter state s of module m at time t and follow instantaneous exits until the module waits."""
+    for _ in range(MAX_STEPS):
+        sc.cur_state[m] = s
+        sc.entered_t[s] = t
+        sc.wait_kind[m] = WAIT_NONE
+        sc.wake_t[m] = np.inf
+        sc.wake_kind[m] = W_NONE
+        run_actions(model, ev, sc, p, m, s, t)
+        if sc.ctr[C_DEAD]:
+            return
+        kind = model.state_exit[s]
+        if kind == c.X_TERMINAL:
+            return
+        if kind == c.X_HAZARDS:
+            schedule_hazards(model, sc, p, m, s, t)
+            return
+        if model.state_delay[s] >= 0:
+            sc.wake_t[m] = t + max(0.0, draw(model, model.state_delay[s], sc.rng))
+            sc.wake_kind[m] = W_FIRE
+            return
+        if model.state_wait_wellness[s]:
+            sc.wait_kind[m] = WAIT_WELLNESS
+            return
+        target = choose(model, sc, p, s, t)
+        if target < 0:
+            wait_for_cases(model, sc, p, m, s, t)
+            return
+        s = target
+    sc.ctr[C_ERROR] |= E_RUNAWAY
+    sc.wake_t[m] = np.inf
+
+
+@njit(cache=True)
+def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
+    """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
+    s = sc.cur_state[m]
+    if model.state_exit[s] == c.X_HAZARDS:
+        if sc.wake_kind[m] == W_REEVALUATE:
+            schedule_hazards(model, sc, p, m, s, t)
+            return
+        target = fired_hazard(model, sc, p, m, s)
+    else:
+        target = choose(model, sc, p, s, t)
+        if target < 0:
+            wait_for_cases(model, sc, p, m, s, t)
+            return
+    enter(model, ev, sc, p, m, target, t)
+
+
+@njit(cache=True)
+def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
+    """After anything changed at t: let waiting modules join a wellness visit that just started,
+    re-check waiting cases, and re-draw hazards whose ratios changed; repeat until quiet."""
+    n_modules = model.module_start.shape[0]
+    for _ in range(MAX_STEPS):
+        if sc.ctr[C_DEAD]:
+            return
+        join = sc.ctr[C_JOIN] - 1
+        sc.ctr[C_JOIN] = 0
+        if join >= 0:
+            for m in range(n_modules):
+                sc.joining[m] = sc.wait_kind[m] == WAIT_WELLNESS
+            for m in range(n_modules):
+                if sc.joining[m] and not sc.ctr[C_DEAD]:
+                    sc.enc_cur[m] = join
+                    sc.enc_open[m] = False
+                    sc.enc_t[m] = t
+                    sc.wait_kind[m] = WAIT_NONE
+                    leave(model, ev, sc, p, m, t)
+            continue
+        if not sc.ctr[C_DIRTY]:
+            return
+        sc.ctr[C_DIRTY] = 0
+        for m in range(n_modules):
+            if sc.ctr[C_DEAD]:
+                return
+            s = sc.cur_state[m]
+            if sc.wait_kind[m] == WAIT_CASES:
+                leave(model, ev, sc, p, m, t)
+            elif model.state_exit[s] == c.X_HAZARDS and sc.wake_t[m] > t:
+                if hazard_multipliers(model, sc, p, m, s, t):
+                    schedule_hazards(model, sc, p, m, s, t)
+    sc.ctr[C_ERROR] |= E_RUNAWAY
+
+
+@njit(cache=True)
+def simulate_patient(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
+    reset(model, sc, p, seed)
+    t = p.birth_t
+    n_modules = model.module_start.shape[0]
+    for m in range(n_modules):
+        if not sc.ctr[C_DEAD]:
+            enter(model, ev, sc, p, m, model.module_start[m], t)
+    settle(model, ev, sc, p, t)
+    while not sc.ctr[C_DEAD]:
+        t_next = np.inf
+        what = -1  # 0: encounter end, 1: module, 2: background death
+        which = -1
+        for k in range(sc.ctr[C_PENDING]):
+            if sc.pend_t[k] < t_next:
+                t_next, what, which = sc.pend_t[k], 0, k
+        for m in range(n_modules):
+            if sc.wake_t[m] < t_next:
+                t_next, what, which = sc.wake_t[m], 1, m
+        if p.death_t < t_next:
+            t_next, what = p.death_t, 2
+        if t_next >= p.t_end or what < 0:
+            return
+        t = t_next
+        if what == 0:
+            end_pending(ev, sc, p, which, t)
+        elif what == 1:
+            sc.wake_t[which] = np.inf
+            leave(model, ev, sc, p, which, t)
+        else:
+            die(ev, sc, p, t, model.death_code, -1)
+            return
+        settle(model, ev, sc, p, t)
+
+
+@njit(cache=True, parallel=True)
+def simulate(model: c.CompiledModel, seed: int, index: np.ndarray, birth_t: np.ndarray, sex: np.ndarray, race: np.ndarray,
+             ethnicity: np.ndarray, t_end: np.ndarray, death_t: np.ndarray,
+             base: np.ndarray, capacity: np.ndarray, ev: Events,
+             n_events: np.ndarray, error: np.ndarray) -> None:
+    """Simulate patients `index` (int64[n]) into their regions [base, base + capacity) of `ev`.
+
+    Writes n_events[i] (the patient's true count, which may exceed capacity: then rerun that
+    patient with more room) and error[i] (E_* bits). Deaths are the K_DEATH events.
+    """
+    n = index.shape[0]
+    n_blocks = min(n, 256)
+    for b in prange(n_blocks):
+        sc = new_scratch(model)
+        for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
+            p = Person(index[i], birth_t[i], sex[i], race[i], ethnicity[i], t_end[i], death_t[i],
+                       base[i], capacity[i])
+            simulate_patient(model, ev, sc, p, seed)
+            n_events[i] = sc.ctr[C_EVENTS]
+            error[i] = sc.ctr[C_ERROR]
+
+
+# --- people --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
+    """Age (years) at which the cumulative hazard reaches target; cum_hazard[k] is H(k), linear
+    within each year, constant rate tail_rate past the last age."""
+    last = cum_hazard.shape[0] - 1
+    if target >= cum_hazard[last]:
+        return last + (target - cum_hazard[last]) / tail_rate
+    lo = 0
+    while cum_hazard[lo + 1] < target:
+        lo += 1
+    span = cum_hazard[lo + 1] - cum_hazard[lo]
+    return lo + ((target - cum_hazard[lo]) / span if span > 0 else 0.0)
+
+
+@njit(cache=True)
+def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
+    last = cum_hazard.shape[0] - 1
+    if age >= last:
+        return cum_hazard[last] + (age - last) * tail_rate
+    k = int(age)
+    return cum_hazard[k] + (age - k) * (cum_hazard[k + 1] - cum_hazard[k])
+
+
+@njit(cache=True)
+def _pick(cdf: np.ndarray, u: float) -> int:
+    k = 0
+    while k < cdf.shape[0] - 1 and cdf[k] <= u:
+        k += 1
+    return k
+
+
+@njit(cache=True, parallel=True)
+def sample_people(seed: int, index: np.ndarray, lifetime: bool, reference_t: float,
+                  age_sex_cdf: np.ndarray, race_cdf: np.ndarray, ethnicity_cdf: np.ndarray,
+                  cum_hazard: np.ndarray, tail_rate: np.ndarray, n_name_lists: np.ndarray,
+                  birth_t: np.ndarray, sex: np.ndarray, race: np.ndarray, ethnicity: np.ndarray,
+                  death_t: np.ndarray, picks: np.ndarray, id_bits: np.ndarray) -> None:
+    """Draw who each patient is from their own people stream.
+
+    age_sex_cdf: cumulative shares over (sex, single year of age): male ages 0..A, then female.
+    Population mode: the age at `reference_t` follows the pyramid and background death is drawn
+    conditional on being alive then. Lifetime mode: born in the year before `reference_t`, sexes
+    as at age 0, background death from birth. cum_hazard: float64[2, A+2], H at whole ages per
+    sex; tail_rate[2]: hazard past the table. picks[i, k] chooses from name list k.
+    """
+    n_ages = age_sex_cdf.shape[0] // 2
+    for i in prange(index.shape[0]):
+        rng = np.zeros(1, np.uint64)
+        rng[0] = stream_state(seed, index[i], STREAM_PEOPLE)
+        cell = _pick(age_sex_cdf, uniform(rng))
+        within = uniform(rng)
+        s = 0 if cell < n_ages else 1
+        if lifetime:
+            age = within
+            newborn_male = age_sex_cdf[0] / (age_sex_cdf[0] + age_sex_cdf[n_ages] - age_sex_cdf[n_ages - 1])
+            s = 0 if uniform(rng) < newborn_male else 1
+        else:
+            age = (cell % n_ages) + within
+            uniform(rng)
+        sex[i] = s
+        birth_t[i] = reference_t - age * c.DAYS_PER_YEAR
+        race[i] = _pick(race_cdf, uniform(rng))
+        ethnicity[i] = _pick(ethnicity_cdf, uniform(rng))
+        start = 0.0 if lifetime else age
+        target = _cumulative_at(cum_hazard[s], tail_rate[s], start) + exponential(rng)
+        death_t[i] = birth_t[i] + _inverse_cumulative(cum_hazard[s], tail_rate[s], target) * c.DAYS_PER_YEAR
+        for k in range(n_name_lists.shape[0]):
+            picks[i, k] = int(uniform(rng) * n_name_lists[k])
+        id_bits[i, 0] = next_u64(rng)
+        id_bits[i, 1] = next_u64(rng)

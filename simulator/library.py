@@ -1,0 +1,137 @@
+"""Find and load the module and rules files a run uses: the `files -> validated models` step."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.loading import LoadError, Located, Problem, parse_yaml, validate
+from simulator.schema import Demographics, DiseaseModule, Mortality, Names
+
+RULES_FILES = {"demographics.yaml": Demographics, "mortality.yaml": Mortality, "names.yaml": Names}
+
+
+def data_root() -> Path:
+    """Where the default modules/ and rules/ live: inside the installed wheel, else the checkout."""
+    packaged = Path(__file__).parent / "_data"
+    if (packaged / "modules").is_dir():
+        return packaged
+    return Path(__file__).parent.parent
+
+
+def default_modules_dir() -> Path:
+    return data_root() / "modules"
+
+
+def default_rules_dir() -> Path:
+    return data_root() / "rules"
+
+
+@dataclass(frozen=True)
+class Library:
+    """Every validated file of a run, with the parsed documents (for error positions) and hashes."""
+
+    modules: tuple[DiseaseModule, ...]
+    demographics: Demographics
+    mortality: Mortality
+    names: Names
+    rules_dir: Path
+    documents: dict[str, Located] = field(repr=False)
+    file_sha256: dict[str, str]
+
+    def module(self, name: str) -> DiseaseModule:
+        for module in self.modules:
+            if module.name == name:
+                return module
+        raise KeyError(name)
+
+    def document(self, module_name: str) -> Located:
+        return self.documents[module_name]
+
+
+def _display(path: Path) -> str:
+    """A short, stable name for messages: relative to the working directory when possible."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def module_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.name not in RULES_FILES)
+
+
+def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | None = None) -> Library:
+    """Load, validate and cross-check every file; raise LoadError listing all problems found.
+
+    `modules` is a directory of module files or a list of files (default: the shipped modules);
+    the rules directory's own module files (vital signs, wellness) are always included.
+    """
+    from simulator.checks import check_library
+
+    rules_dir = Path(rules_dir) if rules_dir is not None else default_rules_dir()
+    if isinstance(modules, list):
+        files = [Path(p) for p in modules]
+        missing = [p for p in files if not p.is_file()]
+    else:
+        directory = Path(modules) if modules is not None else default_modules_dir()
+        files = module_files(directory) if directory.is_dir() else []
+        missing = [] if directory.is_dir() else [directory]
+    if not rules_dir.is_dir():
+        missing.append(rules_dir)
+    if missing:
+        raise LoadError([Problem(_display(p), 1, 1, "", "no such file or directory") for p in missing])
+
+    problems: list[Problem] = []
+    hashes: dict[str, str] = {}
+    documents: dict[str, Located] = {}
+    modules: list[DiseaseModule] = []
+    rules: dict[str, object] = {}
+    paths = [(p, DiseaseModule) for p in module_files(rules_dir) + files]
+    paths += [(rules_dir / name, model) for name, model in RULES_FILES.items()]
+    for path, model in paths:
+        display = _display(path)
+        try:
+            document = parse_yaml(path, display)
+            hashes[display] = hashlib.sha256(path.read_bytes()).hexdigest()
+            loaded = validate(document, model)
+        except LoadError as exc:
+            problems.extend(exc.problems)
+            continue
+        if isinstance(loaded, DiseaseModule):
+            if loaded.name in documents:
+                where = documents[loaded.name].file
+                problems.append(document.problem(("name",), f"module name '{loaded.name}' is also used by {where}"))
+                continue
+            modules.append(loaded)
+            documents[loaded.name] = document
+        else:
+            rules[path.name] = loaded
+            documents[path.name] = document
+    if problems:
+        raise LoadError(problems)
+    library = Library(
+        modules=tuple(modules),
+        demographics=rules["demographics.yaml"],  # type: ignore[arg-type]
+        mortality=rules["mortality.yaml"],  # type: ignore[arg-type]
+        names=rules["names.yaml"],  # type: ignore[arg-type]
+        rules_dir=rules_dir,
+        documents=documents,
+        file_sha256=hashes,
+    )
+    check_library(library)
+    _hash_tables(library)
+    return library
+
+
+def _hash_tables(library: Library) -> None:
+    """Add the CSV tables the rules point to, so the manifest covers every input byte."""
+    for name in (
+        library.demographics.population_csv,
+        library.mortality.male_csv,
+        library.mortality.female_csv,
+        library.mortality.total_csv,
+    ):
+        path = library.rules_dir / name
+        library.file_sha256[_display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()

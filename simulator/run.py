@@ -1,0 +1,370 @@
+"""A run: load -> compile -> simulate chunk by chunk -> tables, streamed to Parquet with a manifest.
+
+Chunks are independent (every patient has their own random streams), so memory is bounded by the
+chunk size and the output is the same whatever the chunk size or thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numba
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simulator import kernel
+from simulator.compiler import CompiledModel, Names, compile_library
+from simulator.library import Library, load_library
+from simulator.population import PeopleTables, build_people_tables, patient_table, reference_date_of, sample
+from simulator.tables import event_table
+
+Mode = Literal["population", "lifetime"]
+LIFETIME_HORIZON_YEARS = 130.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run simulates. `population`: a cross-section alive at the reference date, each patient
+    followed from birth to that date. `lifetime`: a birth cohort born in the year before the
+    reference date, followed until death."""
+
+    patients: int = 1000
+    seed: int = 0
+    mode: Mode = "population"
+    reference_date: date | None = None  # default: the demographics file's
+    chunk_size: int = 10_000
+    threads: int | None = None  # default: numba's (all cores)
+    modules_dir: Path | None = None
+    rules_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.patients < 0:
+            raise ValueError(f"patients must be >= 0 (got {self.patients})")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1 (got {self.seed})")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (got {self.chunk_size})")
+        if self.mode not in ("population", "lifetime"):
+            raise ValueError(f"mode must be 'population' or 'lifetime' (got {self.mode!r})")
+
+
+@dataclass
+class Chunk:
+    patients: pd.DataFrame
+    events: pd.DataFrame
+
+
+@dataclass
+class Simulator:
+    """A loaded, compiled library ready to simulate any number of patients."""
+
+    library: Library
+    model: CompiledModel
+    names: Names
+    people_tables: PeopleTables
+    config: RunConfig
+    capacity: int = 512  # events per patient in the first pass; grows with what patients need
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: RunConfig, library: Library | None = None) -> Simulator:
+        started = time.perf_counter()
+        library = library or load_library(config.modules_dir, config.rules_dir)
+        loaded = time.perf_counter()
+        model, names = compile_library(library)
+        reference = config.reference_date or reference_date_of(library)
+        tables = build_people_tables(library, reference)
+        sim = cls(library, model, names, tables, config)
+        sim.timings["load_s"] = loaded - started
+        sim.timings["compile_s"] = time.perf_counter() - loaded
+        return sim
+
+    @property
+    def reference_t(self) -> float:
+        return self.people_tables.reference_t
+
+    def simulate(self, index: np.ndarray) -> tuple[kernel.Events, np.ndarray, np.ndarray, object]:
+        """Kernel only: events of patients `index` as flat buffers (patient order), the patient of
+        each event, per-patient error bits, and the drawn people."""
+        lifetime = self.config.mode == "lifetime"
+        people = sample(self.people_tables, self.config.seed, index, lifetime)
+        n = len(index)
+        t_end = np.full(n, np.inf if lifetime else self.reference_t)
+        if lifetime:
+            t_end = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
+        capacity = np.full(n, self.capacity, np.int64)
+        events, counts, errors = self._run(index, people, t_end, capacity)
+        over = counts > capacity
+        if over.any():
+            capacity2 = counts[over]
+            events2, counts2, errors2 = self._run(index[over], _subset(people, over), t_end[over], capacity2)
+            events = _merge(events, capacity, counts, events2, capacity2, over)
+            errors[over] = errors2
+            self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
+        else:
+            events = _compact(events, capacity, counts)
+        patient = np.repeat(index.astype(np.int64), counts)
+        return events, patient, errors, people
+
+    def _run(self, index, people, t_end, capacity):  # noqa: ANN001, ANN202 - thin wrapper
+        n = len(index)
+        base = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
+        total = int(capacity.sum())
+        events = kernel.Events(
+            np.empty(total), np.empty(total, np.int8), np.empty(total, np.int32), np.empty(total),
+            np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.int32),
+            np.empty(total, np.int32),
+        )
+        counts = np.zeros(n, np.int64)
+        errors = np.zeros(n, np.int64)
+        kernel.simulate(self.model, self.config.seed, index.astype(np.int64), people.birth_t,
+                        people.sex, people.race, people.ethnicity, t_end, people.death_t,
+                        base, capacity.astype(np.int64), events, counts, errors)
+        return events, counts, errors
+
+    def chunk(self, start: int, stop: int) -> Chunk:
+        """Patients [start, stop) as tables."""
+        index = np.arange(start, stop, dtype=np.int64)
+        events, patient, errors, people = self.simulate(index)
+        if errors.any():
+            bad = index[errors != 0]
+            raise RuntimeError(f"the kernel flagged {len(bad)} patients (first index {bad[0]}, "
+                               f"error bits {int(errors[errors != 0][0])}); this is a bug in ehrsim or a module")
+        is_death = events.kind == kernel.K_DEATH
+        death_t = np.full(len(index), np.nan)
+        death_code = np.full(len(index), -1, np.int64)
+        death_t[patient[is_death] - start] = events.t[is_death]
+        death_code[patient[is_death] - start] = events.code[is_death]
+        patients = patient_table(self.library, people, death_t, death_code, self.names.codes, self.config.seed)
+        return Chunk(patients, event_table(events, patient, self.names))
+
+    def chunks(self) -> Iterator[Chunk]:
+        if self.config.threads:
+            numba.set_num_threads(self.config.threads)
+        for start in range(0, self.config.patients, self.config.chunk_size):
+            yield self.chunk(start, min(start + self.config.chunk_size, self.config.patients))
+
+
+def _subset(people, mask):  # noqa: ANN001, ANN202
+    return type(people)(**{k: v[mask] for k, v in people.__dict__.items()})
+
+
+def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Row numbers of each patient's first `lengths` rows, patient after patient."""
+    total = int(lengths.sum())
+    starts = np.repeat(base - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return starts + np.arange(total)
+
+
+def _compact(events: kernel.Events, capacity: np.ndarray, counts: np.ndarray) -> kernel.Events:
+    base = np.concatenate([[0], np.cumsum(capacity)[:-1]])
+    rows = _gather_index(base, counts)
+    return kernel.Events(*(column[rows] for column in events))
+
+
+def _merge(first: kernel.Events, capacity: np.ndarray, counts: np.ndarray, second: kernel.Events,
+           capacity2: np.ndarray, over: np.ndarray) -> kernel.Events:
+    """Patients that overflowed take their rows from the rerun, the others from the first pass."""
+    base = np.concatenate([[0], np.cumsum(capacity)[:-1]])
+    offset = int(capacity.sum())
+    base2 = offset + np.concatenate([[0], np.cumsum(capacity2)[:-1]])
+    base = base.copy()
+    base[over] = base2
+    rows = _gather_index(base, counts)
+    return kernel.Events(*(np.concatenate([a, b])[rows] for a, b in zip(first, second, strict=True)))
+
+
+# --- the public result ---------------------------------------------------------------------------
+
+
+@dataclass
+class Population:
+    """A generated population: `patients` and `events` DataFrames and the run manifest.
+
+    When the run was written to disk, the tables are read back from Parquet on first use."""
+
+    manifest: dict
+    out: Path | None = None
+    _patients: pd.DataFrame | None = None
+    _events: pd.DataFrame | None = None
+
+    @cached_property
+    def patients(self) -> pd.DataFrame:
+        return self._patients if self._patients is not None else pd.read_parquet(self.out / "patients.parquet")
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        return self._events if self._events is not None else pd.read_parquet(self.out / "events.parquet")
+
+
+def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
+    from simulator import __version__
+
+    config = {k: (str(v) if isinstance(v, Path | date) else v) for k, v in asdict(sim.config).items()}
+    config["reference_date"] = str(reference_date_of(sim.library) if sim.config.reference_date is None
+                                   else sim.config.reference_date)
+    return {
+        "ehrsim_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": sim.config.seed,
+        "config": config,
+        "inputs_sha256": dict(sorted(sim.library.file_sha256.items())),
+        "modules": [{"name": m.name, "version": m.version} for m in sim.library.modules],
+        "counts": counts,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "files": files,
+        "platform": {"python": platform.python_version(), "numba": numba.__version__,
+                     "threads": numba.get_num_threads()},
+    }
+
+
+def _count(counts: dict, chunk: Chunk) -> None:
+    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
+    counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
+    counts["events"] = counts.get("events", 0) + len(chunk.events)
+    by_kind = counts.setdefault("events_by_kind", {})
+    for kind, n in chunk.events["kind"].value_counts(sort=False).items():
+        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
+
+
+def generate(
+    patients: int = 1000,
+    seed: int = 0,
+    *,
+    out: str | Path | None = None,
+    mode: Mode = "population",
+    reference_date: date | None = None,
+    chunk_size: int = 10_000,
+    threads: int | None = None,
+    modules_dir: str | Path | None = None,
+    rules_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Population:
+    """Generate a synthetic population.
+
+    Without `out`, the tables are returned in memory. With `out`, they are streamed chunk by chunk
+    to `out/patients.parquet` and `out/events.parquet` (written under temporary names and renamed
+    when complete) with `out/manifest.json`, and read back lazily.
+    """
+    config = RunConfig(patients=patients, seed=seed, mode=mode, reference_date=reference_date,
+                       chunk_size=chunk_size, threads=threads,
+                       modules_dir=Path(modules_dir) if modules_dir else None,
+                       rules_dir=Path(rules_dir) if rules_dir else None)
+    sim = Simulator.build(config)
+    counts: dict = {}
+    started = time.perf_counter()
+    bar = _progress(progress, patients)
+    if out is None:
+        frames = []
+        for chunk in sim.chunks():
+            frames.append(chunk)
+            _count(counts, chunk)
+            bar(len(chunk.patients))
+        bar(None)
+        timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
+        manifest = _manifest(sim, counts, timings, {})
+        return Population(
+            manifest,
+            _patients=pd.concat([f.patients for f in frames], ignore_index=True) if frames else _empty(sim).patients,
+            _events=pd.concat([f.events for f in frames], ignore_index=True) if frames else _empty(sim).events,
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = _ParquetFiles(out, ("patients", "events"))
+    try:
+        wrote_any = False
+        for chunk in sim.chunks():
+            writers.write("patients", chunk.patients)
+            writers.write("events", chunk.events)
+            wrote_any = True
+            _count(counts, chunk)
+            bar(len(chunk.patients))
+        if not wrote_any:
+            empty = _empty(sim)
+            writers.write("patients", empty.patients)
+            writers.write("events", empty.events)
+        bar(None)
+        files = writers.finish()
+    except BaseException:
+        writers.abort()
+        raise
+    timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
+    manifest = _manifest(sim, counts, timings, files)
+    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
+    return Population(manifest, out=out)
+
+
+def _empty(sim: Simulator) -> Chunk:
+    return sim.chunk(0, 0)
+
+
+class _ParquetFiles:
+    """Parquet files written chunk by chunk under `.partial` names, renamed only when complete."""
+
+    def __init__(self, out: Path, names: tuple[str, ...]):
+        self.out = out
+        self.names = names
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.rows: dict[str, int] = dict.fromkeys(names, 0)
+
+    def partial(self, name: str) -> Path:
+        return self.out / f".{name}.parquet.partial"
+
+    def write(self, name: str, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.partial(name), table.schema)
+        else:
+            table = table.cast(self.writers[name].schema)
+        self.writers[name].write_table(table)
+        self.rows[name] += len(frame)
+
+    def finish(self) -> dict:
+        files = {}
+        for name in self.names:
+            self.writers[name].close()
+            final = self.out / f"{name}.parquet"
+            os.replace(self.partial(name), final)
+            files[final.name] = {"rows": self.rows[name], "bytes": final.stat().st_size}
+        return files
+
+    def abort(self) -> None:
+        for name, writer in self.writers.items():
+            writer.close()
+            self.partial(name).unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _progress(enabled: bool, total: int):  # noqa: ANN202
+    """A callable advancing a rich progress bar by n patients (None: finish)."""
+    if not enabled:
+        return lambda n: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    task = bar.add_task("patients", total=total)
+    bar.start()
+
+    def advance(n: int | None) -> None:
+        if n is None:
+            bar.stop()
+        else:
+            bar.advance(task, n)
+
+    return advance
