@@ -1,8 +1,8 @@
 """ehrsim: a synthetic EHR simulator driven by calibrated disease-progression modules.
 
-    import simulator
-    pop = simulator.generate(patients=10_000, seed=42)
-    pop.patients, pop.events
+import simulator
+pop = simulator.generate(patients=10_000, seed=42)
+pop.patients, pop.events
 """
 
 from importlib.metadata import PackageNotFoundError, version

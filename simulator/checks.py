@@ -100,7 +100,9 @@ def _declarations(library: Library, problems: list[Problem]) -> dict[str, dict[s
                     if owner is not None:
                         doc = library.document(module.name)
                         problems.append(
-                            doc.problem((kind, name), f"'{name}' is already declared in module '{owner}' ({other_kind})", True)
+                            doc.problem(
+                                (kind, name), f"'{name}' is already declared in module '{owner}' ({other_kind})", True
+                            )
                         )
                 declared[kind].setdefault(name, module.name)
     return declared
@@ -271,7 +273,9 @@ def _check_encounters(module: DiseaseModule, doc: Located) -> list[Problem]:
                 )
         if state.end_encounter and (inside & ~OPEN or state.encounter is not None):
             problems.append(
-                doc.problem((*base, "end_encounter"), "end_encounter needs an open-ended encounter (one without duration)")
+                doc.problem(
+                    (*base, "end_encounter"), "end_encounter needs an open-ended encounter (one without duration)"
+                )
             )
     return problems
 

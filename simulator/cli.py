@@ -15,13 +15,21 @@ from rich.table import Table
 from simulator.library import load_library
 from simulator.loading import LoadError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="ehrsim: synthetic EHR populations from calibrated disease modules.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ehrsim: synthetic EHR populations from calibrated disease modules.",
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-ModulesOption = Annotated[Path | None, typer.Option("--modules", help="Directory of module files (default: the shipped modules).")]
-RulesOption = Annotated[Path | None, typer.Option("--rules", help="Directory of rules files (default: the shipped rules).")]
+ModulesOption = Annotated[
+    Path | None, typer.Option("--modules", help="Directory of module files (default: the shipped modules).")
+]
+RulesOption = Annotated[
+    Path | None, typer.Option("--rules", help="Directory of rules files (default: the shipped rules).")
+]
 
 
 def _fail(exc: Exception) -> None:
@@ -40,7 +48,9 @@ def generate(
     patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and inputs give the same output.")] = 0,
     output: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out"),
-    mode: Annotated[str, typer.Option(help="population (alive at the reference date) or lifetime (birth cohort).")] = "population",
+    mode: Annotated[
+        str, typer.Option(help="population (alive at the reference date) or lifetime (birth cohort).")
+    ] = "population",
     reference_date: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the demographics file's).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Patients simulated per chunk (bounds memory).")] = 10_000,
     threads: Annotated[int | None, typer.Option(help="Threads (default: all cores).")] = None,
@@ -54,8 +64,16 @@ def generate(
     try:
         ref = date.fromisoformat(reference_date) if reference_date else None
         population = run_generate(
-            patients, seed, out=output, mode=mode, reference_date=ref,  # type: ignore[arg-type]
-            chunk_size=chunk_size, threads=threads, modules_dir=modules, rules_dir=rules, progress=not quiet,
+            patients,
+            seed,
+            out=output,
+            mode=mode,
+            reference_date=ref,  # type: ignore[arg-type]
+            chunk_size=chunk_size,
+            threads=threads,
+            modules_dir=modules,
+            rules_dir=rules,
+            progress=not quiet,
         )
     except (LoadError, ValueError) as exc:
         _fail(exc)
@@ -64,13 +82,17 @@ def generate(
     timings = population.manifest["timings_s"]
     seconds = timings.get("simulate_and_write_s", 0.0)
     rate = counts.get("patients", 0) / seconds if seconds else 0.0
-    out.print(f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
-              f"{counts.get('deaths', 0)} deaths in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/")
+    out.print(
+        f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
+        f"{counts.get('deaths', 0)} deaths in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/"
+    )
 
 
 @app.command()
 def check(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Module files or directories (default: the shipped modules).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Module files or directories (default: the shipped modules).")
+    ] = None,
     rules: RulesOption = None,
 ) -> None:
     """Validate module and rules files; report every problem as file:line:col: path: message."""
@@ -103,9 +125,14 @@ def list_modules(modules: ModulesOption = None, rules: RulesOption = None) -> No
         return
     table = Table("module", "title", "states", "conditions", "medications", "observables")
     for module in library.modules:
-        table.add_row(module.name, module.title, str(len(module.states)),
-                      ", ".join(module.conditions) or "-", ", ".join(module.medications) or "-",
-                      ", ".join(module.observables) or "-")
+        table.add_row(
+            module.name,
+            module.title,
+            str(len(module.states)),
+            ", ".join(module.conditions) or "-",
+            ", ".join(module.medications) or "-",
+            ", ".join(module.observables) or "-",
+        )
     out.print(table)
 
 
@@ -146,4 +173,3 @@ def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File
 
 def main() -> None:
     app()
-

@@ -254,8 +254,11 @@ class _Builder:
         elif isinstance(g, SexGuard):
             self._inst(G_SEX, SEXES.index(g.sex))
         elif isinstance(g, RaceGuard | EthnicityGuard):
-            names, pool, op = (g.race, self.races, G_RACE) if isinstance(g, RaceGuard) else (
-                g.ethnicity, self.ethnicities, G_ETHNICITY)
+            names, pool, op = (
+                (g.race, self.races, G_RACE)
+                if isinstance(g, RaceGuard)
+                else (g.ethnicity, self.ethnicities, G_ETHNICITY)
+            )
             for name in names:
                 self._inst(op, pool.index(name))
             self._inst(G_OR, len(names))
@@ -274,8 +277,9 @@ class _Builder:
         else:  # pragma: no cover
             raise TypeError(type(g))
 
-    def action(self, kind: int, i0: int = -1, i1: int = -1, i2: int = -1, i3: int = -1,
-               f0: float = 0.0, f1: float = math.nan) -> None:
+    def action(
+        self, kind: int, i0: int = -1, i1: int = -1, i2: int = -1, i3: int = -1, f0: float = 0.0, f1: float = math.nan
+    ) -> None:
         self.add("act", kind=kind, i0=i0, i1=i1, i2=i2, i3=i3, f0=f0, f1=f1)
 
     def state(self, module: DiseaseModule, state: State) -> None:
@@ -284,7 +288,9 @@ class _Builder:
             enc = state.encounter
             duration = self.distribution(enc.duration) if enc.duration is not None else -1
             reason = self.conditions[enc.reason] if enc.reason is not None else -1
-            self.action(A_ENC_START, ENCOUNTER_CLASSES.index(enc.encounter_class), self.code(enc.code), duration, reason)
+            self.action(
+                A_ENC_START, ENCOUNTER_CLASSES.index(enc.encounter_class), self.code(enc.code), duration, reason
+            )
         for setter in state.set:
             attr = self.attributes[setter.attribute]
             drift = math.nan if setter.per_year is None else setter.per_year
@@ -332,8 +338,12 @@ class _Builder:
             nxt = target(state.otherwise) if state.otherwise is not None else -1
         elif state.hazards is not None:
             exit_kind, sub_n = X_HAZARDS, len(state.hazards)
-            edges = sorted({0.0, *(a for h in state.hazards if isinstance(h.rate_per_year, RateTable)
-                                   for a in h.rate_per_year.ages)})
+            edges = sorted(
+                {
+                    0.0,
+                    *(a for h in state.hazards if isinstance(h.rate_per_year, RateTable) for a in h.rate_per_year.ages),
+                }
+            )
             band_start, band_n = self.size("edge"), len(edges)
             for edge in edges:
                 self.add("edge", age=edge)
@@ -345,14 +355,33 @@ class _Builder:
                     self.add("ratio", guard=guard, value=value)
                 rate_start = self.size("rate")
                 for edge in edges:
-                    self.add("rate", male=_rate_at(hazard.rate_per_year, "male", edge),
-                             female=_rate_at(hazard.rate_per_year, "female", edge))
-                self.add("hazard", to=target(hazard.to), rate_start=rate_start,
-                         ratio_start=ratio_start, ratio_n=len(hazard_ratios))
+                    self.add(
+                        "rate",
+                        male=_rate_at(hazard.rate_per_year, "male", edge),
+                        female=_rate_at(hazard.rate_per_year, "female", edge),
+                    )
+                self.add(
+                    "hazard",
+                    to=target(hazard.to),
+                    rate_start=rate_start,
+                    ratio_start=ratio_start,
+                    ratio_n=len(hazard_ratios),
+                )
         delay = self.distribution(state.after) if state.after is not None else -1
-        self.add("state", module=self.modules.index(module), act_start=act_start, act_n=act_n,
-                 exit=exit_kind, delay=delay, wait_wellness=state.wait_for == "wellness", next=nxt,
-                 sub_start=sub_start, sub_n=sub_n, band_start=band_start, band_n=band_n)
+        self.add(
+            "state",
+            module=self.modules.index(module),
+            act_start=act_start,
+            act_n=act_n,
+            exit=exit_kind,
+            delay=delay,
+            wait_wellness=state.wait_for == "wellness",
+            next=nxt,
+            sub_start=sub_start,
+            sub_n=sub_n,
+            band_start=band_start,
+            band_n=band_n,
+        )
 
 
 def _index(mappings: object) -> dict[str, int]:
@@ -399,12 +428,21 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             for factor, power in obs.derived.product.items():
                 b.add("factor", obs=b.observables[factor], power=power)
         low, high = obs.limits if obs.limits is not None else (-math.inf, math.inf)
-        b.add("obs", code=b.code(obs.code),
-              mean=b.curve(obs.mean) if obs.mean is not None else -1, sd=b.curve(obs.sd),
-              persistence=obs.persistence, low=low, high=high, decimals=obs.decimals,
-              effect_start=effect_start, effect_n=len(effects[name]),
-              derived_start=derived_start, derived_n=b.size("factor") - derived_start,
-              derived_scale=obs.derived.scale if obs.derived is not None else 1.0)
+        b.add(
+            "obs",
+            code=b.code(obs.code),
+            mean=b.curve(obs.mean) if obs.mean is not None else -1,
+            sd=b.curve(obs.sd),
+            persistence=obs.persistence,
+            low=low,
+            high=high,
+            decimals=obs.decimals,
+            effect_start=effect_start,
+            effect_n=len(effects[name]),
+            derived_start=derived_start,
+            derived_n=b.size("factor") - derived_start,
+            derived_scale=obs.derived.scale if obs.derived is not None else 1.0,
+        )
     cond_codes = [b.code(c.code) for c in cond_all.values()]
     med_codes = [b.code(d.code) for d in med_all.values()]
     death_code = b.code(library.mortality.cause)

@@ -19,8 +19,17 @@ def module_graph(module: DiseaseModule) -> nx.DiGraph:
     """The module's states as a directed graph with edge labels (probability, rate, guard)."""
     graph = nx.DiGraph()
     for name, state in module.states.items():
-        kind = ("death" if state.death else "terminal" if state.terminal else "hazards" if state.hazards
-                else "encounter" if state.encounter else "other")
+        kind = (
+            "death"
+            if state.death
+            else "terminal"
+            if state.terminal
+            else "hazards"
+            if state.hazards
+            else "encounter"
+            if state.encounter
+            else "other"
+        )
         graph.add_node(name, kind=kind)
         for branch in state.branches or []:
             graph.add_edge(name, branch.to, label=f"p={branch.probability:g}")
@@ -48,10 +57,12 @@ def draw_module(module: DiseaseModule, path: Path) -> None:
     colors = [COLORS[graph.nodes[n]["kind"]] for n in graph]
     nx.draw_networkx_nodes(graph, positions, node_color=colors, node_size=900, alpha=0.25, ax=ax)
     nx.draw_networkx_labels(graph, positions, font_size=8, ax=ax)
-    nx.draw_networkx_edges(graph, positions, arrows=True, arrowsize=12, node_size=900,
-                           connectionstyle="arc3,rad=0.08", ax=ax)
-    nx.draw_networkx_edge_labels(graph, positions, edge_labels=nx.get_edge_attributes(graph, "label"),
-                                 font_size=6, ax=ax)
+    nx.draw_networkx_edges(
+        graph, positions, arrows=True, arrowsize=12, node_size=900, connectionstyle="arc3,rad=0.08", ax=ax
+    )
+    nx.draw_networkx_edge_labels(
+        graph, positions, edge_labels=nx.get_edge_attributes(graph, "label"), font_size=6, ax=ax
+    )
     ax.set_title(f"{module.title} ({module.name})")
     ax.axis("off")
     fig.tight_layout()

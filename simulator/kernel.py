@@ -125,8 +125,18 @@ E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
 K_ENCOUNTER_START, K_ENCOUNTER_END, K_ONSET, K_DIAGNOSIS, K_RESOLVED = 0, 1, 2, 3, 4
 K_MED_START, K_MED_STOP, K_PROCEDURE, K_IMMUNIZATION, K_OBSERVATION, K_SYMPTOM, K_DEATH = 5, 6, 7, 8, 9, 10, 11
 EVENT_KINDS = (
-    "encounter_start", "encounter_end", "condition_onset", "condition_diagnosis", "condition_resolved",
-    "medication_start", "medication_stop", "procedure", "immunization", "observation", "symptom", "death",
+    "encounter_start",
+    "encounter_end",
+    "condition_onset",
+    "condition_diagnosis",
+    "condition_resolved",
+    "medication_start",
+    "medication_stop",
+    "procedure",
+    "immunization",
+    "observation",
+    "symptom",
+    "death",
 )
 # wake kinds
 W_NONE, W_FIRE, W_REEVALUATE = 0, 1, 2
@@ -196,19 +206,34 @@ class Events(NamedTuple):
 def new_scratch(model: c.CompiledModel) -> Scratch:
     n_modules = model.module_start.shape[0]
     return Scratch(
-        np.zeros(1, np.uint64), np.zeros(8, np.int64),
-        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.float64), np.zeros(n_modules, np.int8),
-        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.int8),
-        np.zeros((n_modules, max(model.max_hazards, 1)), np.float64), np.zeros(n_modules, np.bool_),
-        np.zeros(n_modules, np.int32), np.zeros(n_modules, np.bool_), np.zeros(n_modules, np.float64),
-        np.zeros(MAX_PENDING, np.float64), np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32),
-        np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32), np.zeros(MAX_PENDING, np.int32),
-        np.zeros(model.attr_initial.shape[0], np.float64), np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(1, np.uint64),
+        np.zeros(8, np.int64),
+        np.zeros(n_modules, np.int32),
+        np.zeros(n_modules, np.float64),
+        np.zeros(n_modules, np.int8),
+        np.zeros(n_modules, np.int32),
+        np.zeros(n_modules, np.int8),
+        np.zeros((n_modules, max(model.max_hazards, 1)), np.float64),
+        np.zeros(n_modules, np.bool_),
+        np.zeros(n_modules, np.int32),
+        np.zeros(n_modules, np.bool_),
+        np.zeros(n_modules, np.float64),
+        np.zeros(MAX_PENDING, np.float64),
+        np.zeros(MAX_PENDING, np.int32),
+        np.zeros(MAX_PENDING, np.int32),
+        np.zeros(MAX_PENDING, np.int32),
+        np.zeros(MAX_PENDING, np.int32),
+        np.zeros(MAX_PENDING, np.int32),
         np.zeros(model.attr_initial.shape[0], np.float64),
-        np.zeros(model.cond_code.shape[0], np.bool_), np.zeros(model.cond_code.shape[0], np.bool_),
+        np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.cond_code.shape[0], np.bool_),
+        np.zeros(model.cond_code.shape[0], np.bool_),
         np.zeros(model.med_code.shape[0], np.bool_),
-        np.zeros(model.obs_code.shape[0], np.float64), np.zeros(model.obs_code.shape[0], np.float64),
-        np.zeros(model.state_module.shape[0], np.float64), np.zeros(STACK, np.bool_),
+        np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.state_module.shape[0], np.float64),
+        np.zeros(STACK, np.bool_),
     )
 
 
@@ -279,8 +304,19 @@ def curve_at(model: c.CompiledModel, curve: int, sex: int, age: float) -> float:
 
 
 @njit(cache=True)
-def emit(ev: Events, sc: Scratch, p: Person, t: float, kind: int, code: int, value: float,
-         encounter: int, state: int, aux: int, reason: int) -> None:
+def emit(
+    ev: Events,
+    sc: Scratch,
+    p: Person,
+    t: float,
+    kind: int,
+    code: int,
+    value: float,
+    encounter: int,
+    state: int,
+    aux: int,
+    reason: int,
+) -> None:
     """Append one event to the patient's region; past capacity, only count it."""
     k = sc.ctr[C_EVENTS]
     if k < p.capacity:
@@ -506,8 +542,19 @@ def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) ->
 def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Close every open encounter at t, then record death; nothing happens after this."""
     for k in range(sc.ctr[C_PENDING]):
-        emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k],
-             sc.pend_class[k], -1)
+        emit(
+            ev,
+            sc,
+            p,
+            t,
+            K_ENCOUNTER_END,
+            sc.pend_code[k],
+            np.nan,
+            sc.pend_id[k],
+            sc.pend_state[k],
+            sc.pend_class[k],
+            -1,
+        )
     sc.ctr[C_PENDING] = 0
     emit(ev, sc, p, t, K_DEATH, cause, np.nan, -1, state, -1, -1)
     sc.ctr[C_DEAD] = 1
@@ -517,8 +564,7 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
 @njit(cache=True)
 def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Emit the end of pending encounter k and drop it from the list (order kept)."""
-    emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k],
-         sc.pend_class[k], -1)
+    emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k], sc.pend_class[k], -1)
     m = sc.pend_module[k]
     if sc.enc_cur[m] == sc.pend_id[k]:
         sc.enc_cur[m] = -1
@@ -776,10 +822,22 @@ def simulate_patient(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person,
 
 
 @njit(cache=True, parallel=True)
-def simulate(model: c.CompiledModel, seed: int, index: np.ndarray, birth_t: np.ndarray, sex: np.ndarray, race: np.ndarray,
-             ethnicity: np.ndarray, t_end: np.ndarray, death_t: np.ndarray,
-             base: np.ndarray, capacity: np.ndarray, ev: Events,
-             n_events: np.ndarray, error: np.ndarray) -> None:
+def simulate(
+    model: c.CompiledModel,
+    seed: int,
+    index: np.ndarray,
+    birth_t: np.ndarray,
+    sex: np.ndarray,
+    race: np.ndarray,
+    ethnicity: np.ndarray,
+    t_end: np.ndarray,
+    death_t: np.ndarray,
+    base: np.ndarray,
+    capacity: np.ndarray,
+    ev: Events,
+    n_events: np.ndarray,
+    error: np.ndarray,
+) -> None:
     """Simulate patients `index` (int64[n]) into their regions [base, base + capacity) of `ev`.
 
     Writes n_events[i] (the patient's true count, which may exceed capacity: then rerun that
@@ -790,8 +848,7 @@ def simulate(model: c.CompiledModel, seed: int, index: np.ndarray, birth_t: np.n
     for b in prange(n_blocks):
         sc = new_scratch(model)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
-            p = Person(index[i], birth_t[i], sex[i], race[i], ethnicity[i], t_end[i], death_t[i],
-                       base[i], capacity[i])
+            p = Person(index[i], birth_t[i], sex[i], race[i], ethnicity[i], t_end[i], death_t[i], base[i], capacity[i])
             simulate_patient(model, ev, sc, p, seed)
             n_events[i] = sc.ctr[C_EVENTS]
             error[i] = sc.ctr[C_ERROR]
@@ -832,11 +889,25 @@ def _pick(cdf: np.ndarray, u: float) -> int:
 
 
 @njit(cache=True, parallel=True)
-def sample_people(seed: int, index: np.ndarray, lifetime: bool, reference_t: float,
-                  age_sex_cdf: np.ndarray, race_cdf: np.ndarray, ethnicity_cdf: np.ndarray,
-                  cum_hazard: np.ndarray, tail_rate: np.ndarray, n_name_lists: np.ndarray,
-                  birth_t: np.ndarray, sex: np.ndarray, race: np.ndarray, ethnicity: np.ndarray,
-                  death_t: np.ndarray, picks: np.ndarray, id_bits: np.ndarray) -> None:
+def sample_people(
+    seed: int,
+    index: np.ndarray,
+    lifetime: bool,
+    reference_t: float,
+    age_sex_cdf: np.ndarray,
+    race_cdf: np.ndarray,
+    ethnicity_cdf: np.ndarray,
+    cum_hazard: np.ndarray,
+    tail_rate: np.ndarray,
+    n_name_lists: np.ndarray,
+    birth_t: np.ndarray,
+    sex: np.ndarray,
+    race: np.ndarray,
+    ethnicity: np.ndarray,
+    death_t: np.ndarray,
+    picks: np.ndarray,
+    id_bits: np.ndarray,
+) -> None:
     """Draw who each patient is from their own people stream.
 
     age_sex_cdf: cumulative shares over (sex, single year of age): male ages 0..A, then female.

@@ -83,7 +83,13 @@ class Located:
         node = self.data
         out: list[str | int] = []
         for part in loc:
-            if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            if (
+                isinstance(node, dict)
+                and part in node
+                or isinstance(node, list)
+                and isinstance(part, int)
+                and 0 <= part < len(node)
+            ):
                 out.append(part)
                 node = node[part]
             elif isinstance(node, dict) and isinstance(part, str) and part not in node and _is_field_name(part):
@@ -132,9 +138,7 @@ def parse_yaml(path: Path, display_name: str | None = None) -> Located:
     return Located(name, data)
 
 
-def _message(
-    error: dict[str, Any], model: type[BaseModel], path: tuple[str | int, ...]
-) -> tuple[str, bool]:
+def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | int, ...]) -> tuple[str, bool]:
     """A readable message for one pydantic error, and whether it points at a key."""
     kind = error["type"]
     if kind == "extra_forbidden":

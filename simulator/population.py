@@ -63,8 +63,15 @@ def build_people_tables(library: Library, reference_date: date) -> PeopleTables:
         hazards.append(cum)
         tails.append(tail)
     names = library.names
-    lengths = [len(names.given_male), len(names.given_female), len(names.family), MAX_STREET_NUMBER,
-               len(names.streets), len(names.street_suffixes), len(names.cities)]
+    lengths = [
+        len(names.given_male),
+        len(names.given_female),
+        len(names.family),
+        MAX_STREET_NUMBER,
+        len(names.streets),
+        len(names.street_suffixes),
+        len(names.cities),
+    ]
     return PeopleTables(
         reference_t=days_since_epoch(reference_date),
         age_sex_cdf=_cdf(list(counts)),
@@ -103,9 +110,23 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         id_bits=np.empty((n, 2), np.uint64),
     )
     kernel.sample_people(
-        seed, people.index, lifetime, tables.reference_t, tables.age_sex_cdf, tables.race_cdf,
-        tables.ethnicity_cdf, tables.cum_hazard, tables.tail_rate, tables.n_name_lists,
-        people.birth_t, people.sex, people.race, people.ethnicity, people.death_t, people.picks, people.id_bits,
+        seed,
+        people.index,
+        lifetime,
+        tables.reference_t,
+        tables.age_sex_cdf,
+        tables.race_cdf,
+        tables.ethnicity_cdf,
+        tables.cum_hazard,
+        tables.tail_rate,
+        tables.n_name_lists,
+        people.birth_t,
+        people.sex,
+        people.race,
+        people.ethnicity,
+        people.death_t,
+        people.picks,
+        people.id_bits,
     )
     return people
 
@@ -121,43 +142,53 @@ def to_datetime(t_days: np.ndarray) -> pd.Series:
     return pd.Series(pd.to_datetime(ms, unit="ms", utc=True))
 
 
-def patient_table(library: Library, people: People, death_t: np.ndarray, death_code: np.ndarray,
-                  codes: tuple, seed: int) -> pd.DataFrame:
+def patient_table(
+    library: Library, people: People, death_t: np.ndarray, death_code: np.ndarray, codes: tuple, seed: int
+) -> pd.DataFrame:
     """One row per patient: identity, demographics, synthetic name and address, death."""
     names = library.names
     picks = people.picks
     male = people.sex == 0
-    given = np.where(male, np.asarray(names.given_male, dtype=object)[picks[:, 0]],
-                     np.asarray(names.given_female, dtype=object)[picks[:, 1]])
+    given = np.where(
+        male,
+        np.asarray(names.given_male, dtype=object)[picks[:, 0]],
+        np.asarray(names.given_female, dtype=object)[picks[:, 1]],
+    )
     cities = names.cities
     city_pick = picks[:, 6]
     races = library.demographics.race
     ethnicities = library.demographics.ethnicity
-    street = (pd.Series(picks[:, 3] + 1).astype(str) + " "
-              + pd.Series(np.asarray(names.streets, dtype=object)[picks[:, 4]]) + " "
-              + pd.Series(np.asarray(names.street_suffixes, dtype=object)[picks[:, 5]]))
+    street = (
+        pd.Series(picks[:, 3] + 1).astype(str)
+        + " "
+        + pd.Series(np.asarray(names.streets, dtype=object)[picks[:, 4]])
+        + " "
+        + pd.Series(np.asarray(names.street_suffixes, dtype=object)[picks[:, 5]])
+    )
     dead = np.isfinite(death_t)
     cause = np.where(dead, death_code, -1)
-    return pd.DataFrame({
-        "id": patient_ids(people.id_bits),
-        "index": people.index,
-        "seed": np.full(len(people.index), seed, dtype=np.int64),
-        "birth_time": to_datetime(people.birth_t),
-        "sex": pd.Categorical.from_codes(people.sex, ["M", "F"]),
-        "race": pd.Categorical.from_codes(people.race, [r.name for r in races]),
-        "race_code": pd.Categorical.from_codes(people.race, [r.code.code for r in races]),
-        "ethnicity": pd.Categorical.from_codes(people.ethnicity, [e.name for e in ethnicities]),
-        "ethnicity_code": pd.Categorical.from_codes(people.ethnicity, [e.code.code for e in ethnicities]),
-        "given_name": given,
-        "family_name": np.asarray(names.family, dtype=object)[picks[:, 2]],
-        "address": street.to_numpy(),
-        "city": [cities[k].city for k in city_pick],
-        "state": [cities[k].state for k in city_pick],
-        "zip": [cities[k].zip for k in city_pick],
-        "death_time": to_datetime(np.where(dead, death_t, np.nan)),
-        "death_cause_code": [codes[k].code if k >= 0 else None for k in cause],
-        "death_cause_display": [codes[k].display if k >= 0 else None for k in cause],
-    })
+    return pd.DataFrame(
+        {
+            "id": patient_ids(people.id_bits),
+            "index": people.index,
+            "seed": np.full(len(people.index), seed, dtype=np.int64),
+            "birth_time": to_datetime(people.birth_t),
+            "sex": pd.Categorical.from_codes(people.sex, ["M", "F"]),
+            "race": pd.Categorical.from_codes(people.race, [r.name for r in races]),
+            "race_code": pd.Categorical.from_codes(people.race, [r.code.code for r in races]),
+            "ethnicity": pd.Categorical.from_codes(people.ethnicity, [e.name for e in ethnicities]),
+            "ethnicity_code": pd.Categorical.from_codes(people.ethnicity, [e.code.code for e in ethnicities]),
+            "given_name": given,
+            "family_name": np.asarray(names.family, dtype=object)[picks[:, 2]],
+            "address": street.to_numpy(),
+            "city": [cities[k].city for k in city_pick],
+            "state": [cities[k].state for k in city_pick],
+            "zip": [cities[k].zip for k in city_pick],
+            "death_time": to_datetime(np.where(dead, death_t, np.nan)),
+            "death_cause_code": [codes[k].code if k >= 0 else None for k in cause],
+            "death_cause_display": [codes[k].display if k >= 0 else None for k in cause],
+        }
+    )
 
 
 def reference_date_of(library: Library) -> date:

@@ -122,15 +122,33 @@ class Simulator:
         base = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
         total = int(capacity.sum())
         events = kernel.Events(
-            np.empty(total), np.empty(total, np.int8), np.empty(total, np.int32), np.empty(total),
-            np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.int32),
+            np.empty(total),
+            np.empty(total, np.int8),
+            np.empty(total, np.int32),
+            np.empty(total),
+            np.empty(total, np.int32),
+            np.empty(total, np.int32),
+            np.empty(total, np.int32),
             np.empty(total, np.int32),
         )
         counts = np.zeros(n, np.int64)
         errors = np.zeros(n, np.int64)
-        kernel.simulate(self.model, self.config.seed, index.astype(np.int64), people.birth_t,
-                        people.sex, people.race, people.ethnicity, t_end, people.death_t,
-                        base, capacity.astype(np.int64), events, counts, errors)
+        kernel.simulate(
+            self.model,
+            self.config.seed,
+            index.astype(np.int64),
+            people.birth_t,
+            people.sex,
+            people.race,
+            people.ethnicity,
+            t_end,
+            people.death_t,
+            base,
+            capacity.astype(np.int64),
+            events,
+            counts,
+            errors,
+        )
         return events, counts, errors
 
     def chunk(self, start: int, stop: int) -> Chunk:
@@ -139,8 +157,10 @@ class Simulator:
         events, patient, errors, people = self.simulate(index)
         if errors.any():
             bad = index[errors != 0]
-            raise RuntimeError(f"the kernel flagged {len(bad)} patients (first index {bad[0]}, "
-                               f"error bits {int(errors[errors != 0][0])}); this is a bug in ehrsim or a module")
+            raise RuntimeError(
+                f"the kernel flagged {len(bad)} patients (first index {bad[0]}, "
+                f"error bits {int(errors[errors != 0][0])}); this is a bug in ehrsim or a module"
+            )
         is_death = events.kind == kernel.K_DEATH
         death_t = np.full(len(index), np.nan)
         death_code = np.full(len(index), -1, np.int64)
@@ -173,8 +193,14 @@ def _compact(events: kernel.Events, capacity: np.ndarray, counts: np.ndarray) ->
     return kernel.Events(*(column[rows] for column in events))
 
 
-def _merge(first: kernel.Events, capacity: np.ndarray, counts: np.ndarray, second: kernel.Events,
-           capacity2: np.ndarray, over: np.ndarray) -> kernel.Events:
+def _merge(
+    first: kernel.Events,
+    capacity: np.ndarray,
+    counts: np.ndarray,
+    second: kernel.Events,
+    capacity2: np.ndarray,
+    over: np.ndarray,
+) -> kernel.Events:
     """Patients that overflowed take their rows from the rerun, the others from the first pass."""
     base = np.concatenate([[0], np.cumsum(capacity)[:-1]])
     offset = int(capacity.sum())
@@ -212,8 +238,9 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
     from simulator import __version__
 
     config = {k: (str(v) if isinstance(v, Path | date) else v) for k, v in asdict(sim.config).items()}
-    config["reference_date"] = str(reference_date_of(sim.library) if sim.config.reference_date is None
-                                   else sim.config.reference_date)
+    config["reference_date"] = str(
+        reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
+    )
     return {
         "ehrsim_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -224,8 +251,11 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
         "counts": counts,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "files": files,
-        "platform": {"python": platform.python_version(), "numba": numba.__version__,
-                     "threads": numba.get_num_threads()},
+        "platform": {
+            "python": platform.python_version(),
+            "numba": numba.__version__,
+            "threads": numba.get_num_threads(),
+        },
     }
 
 
@@ -257,10 +287,16 @@ def generate(
     to `out/patients.parquet` and `out/events.parquet` (written under temporary names and renamed
     when complete) with `out/manifest.json`, and read back lazily.
     """
-    config = RunConfig(patients=patients, seed=seed, mode=mode, reference_date=reference_date,
-                       chunk_size=chunk_size, threads=threads,
-                       modules_dir=Path(modules_dir) if modules_dir else None,
-                       rules_dir=Path(rules_dir) if rules_dir else None)
+    config = RunConfig(
+        patients=patients,
+        seed=seed,
+        mode=mode,
+        reference_date=reference_date,
+        chunk_size=chunk_size,
+        threads=threads,
+        modules_dir=Path(modules_dir) if modules_dir else None,
+        rules_dir=Path(rules_dir) if rules_dir else None,
+    )
     sim = Simulator.build(config)
     counts: dict = {}
     started = time.perf_counter()

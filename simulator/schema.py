@@ -312,7 +312,9 @@ class RateTable(Strict):
             raise ValueError("ages must be strictly increasing")
         for sex in ("male", "female"):
             if len(getattr(self, sex)) != len(self.ages):
-                raise ValueError(f"{sex} must have one rate per age band ({len(self.ages)}), got {len(getattr(self, sex))}")
+                raise ValueError(
+                    f"{sex} must have one rate per age band ({len(self.ages)}), got {len(getattr(self, sex))}"
+                )
         return self
 
 

@@ -11,8 +11,20 @@ from simulator.population import to_datetime
 from simulator.schema import CODE_SYSTEMS, ENCOUNTER_CLASSES
 
 EVENT_COLUMNS = (
-    "patient", "time", "kind", "system", "code", "display", "value", "unit", "category",
-    "encounter", "encounter_class", "reason", "module", "state",
+    "patient",
+    "time",
+    "kind",
+    "system",
+    "code",
+    "display",
+    "value",
+    "unit",
+    "category",
+    "encounter",
+    "encounter_class",
+    "reason",
+    "module",
+    "state",
 )
 
 
@@ -36,19 +48,21 @@ def event_table(events: Events, patient: np.ndarray, names: Names) -> pd.DataFra
     observable = np.where(kind == K_OBSERVATION, aux, -1)
     is_encounter = (kind == K_ENCOUNTER_START) | (kind == K_ENCOUNTER_END)
     state_module = [s.split(".", 1)[0] for s in names.states]
-    return pd.DataFrame({
-        "patient": patient,
-        "time": to_datetime(events.t),
-        "kind": pd.Categorical.from_codes(kind, EVENT_KINDS),
-        "system": labelled(code, [CODE_SYSTEMS[c.system] for c in names.codes]),
-        "code": labelled(code, [c.code for c in names.codes]),
-        "display": labelled(code, [c.display for c in names.codes]),
-        "value": events.value,
-        "unit": labelled(observable, names.observable_units),
-        "category": labelled(observable, names.observable_categories),
-        "encounter": events.encounter,
-        "encounter_class": labelled(np.where(is_encounter, aux, -1), ENCOUNTER_CLASSES),
-        "reason": labelled(events.reason.astype(np.int64), names.conditions),
-        "module": labelled(state, state_module),
-        "state": labelled(state, names.state_names),
-    })
+    return pd.DataFrame(
+        {
+            "patient": patient,
+            "time": to_datetime(events.t),
+            "kind": pd.Categorical.from_codes(kind, EVENT_KINDS),
+            "system": labelled(code, [CODE_SYSTEMS[c.system] for c in names.codes]),
+            "code": labelled(code, [c.code for c in names.codes]),
+            "display": labelled(code, [c.display for c in names.codes]),
+            "value": events.value,
+            "unit": labelled(observable, names.observable_units),
+            "category": labelled(observable, names.observable_categories),
+            "encounter": events.encounter,
+            "encounter_class": labelled(np.where(is_encounter, aux, -1), ENCOUNTER_CLASSES),
+            "reason": labelled(events.reason.astype(np.int64), names.conditions),
+            "module": labelled(state, state_module),
+            "state": labelled(state, names.state_names),
+        }
+    )
