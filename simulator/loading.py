@@ -157,11 +157,12 @@ def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | in
         valid = ["exact", "uniform", "normal", "exponential", "lognormal", "gamma"]
         return f"unknown distribution '{tag}'{suggest(str(tag), valid)}; expected one of {', '.join(valid)}", False
     message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
     if kind == "literal_error":
         expected = [x.strip(" '") for x in error["ctx"]["expected"].replace(" or ", ", ").split(",")]
-        message += f" (got {error['input']!r}){suggest(str(error['input']), expected)}"
-    elif kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
-        message += f" (got {error['input']!r})"
+        message += f" (got {value!r}){suggest(str(value), expected)}"
+    elif not kind.startswith("value_error") and isinstance(value, str | int | float | bool):
+        message += f" (got {value!r})"
     return message, False
 
 
