@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from simulator.library import load_library
 from simulator.loading import LoadError
@@ -123,17 +122,12 @@ def list_modules(modules: ModulesOption = None, rules: RulesOption = None) -> No
     except LoadError as exc:
         _fail(exc)
         return
-    table = Table("module", "title", "states", "conditions", "medications", "observables")
     for module in library.modules:
-        table.add_row(
-            module.name,
-            module.title,
-            str(len(module.states)),
-            ", ".join(module.conditions) or "-",
-            ", ".join(module.medications) or "-",
-            ", ".join(module.observables) or "-",
-        )
-    out.print(table)
+        out.print(f"{module.name}  {module.title}  ({len(module.states)} states)  {library.document(module.name).file}")
+        for kind in ("conditions", "medications", "observables", "attributes"):
+            names = ", ".join(getattr(module, kind))
+            if names:
+                out.print(f"  {kind + ':':13}{names}")
 
 
 @app.command()

@@ -109,25 +109,26 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         picks=np.empty((n, len(NAME_LISTS)), np.int64),
         id_bits=np.empty((n, 2), np.uint64),
     )
-    kernel.sample_people(
-        seed,
-        people.index,
-        lifetime,
-        tables.reference_t,
-        tables.age_sex_cdf,
-        tables.race_cdf,
-        tables.ethnicity_cdf,
-        tables.cum_hazard,
-        tables.tail_rate,
-        tables.n_name_lists,
-        people.birth_t,
-        people.sex,
-        people.race,
-        people.ethnicity,
-        people.death_t,
-        people.picks,
-        people.id_bits,
-    )
+    with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
+        kernel.sample_people(
+            seed,
+            people.index,
+            lifetime,
+            tables.reference_t,
+            tables.age_sex_cdf,
+            tables.race_cdf,
+            tables.ethnicity_cdf,
+            tables.cum_hazard,
+            tables.tail_rate,
+            tables.n_name_lists,
+            people.birth_t,
+            people.sex,
+            people.race,
+            people.ethnicity,
+            people.death_t,
+            people.picks,
+            people.id_bits,
+        )
     return people
 
 

@@ -133,22 +133,23 @@ class Simulator:
         )
         counts = np.zeros(n, np.int64)
         errors = np.zeros(n, np.int64)
-        kernel.simulate(
-            self.model,
-            self.config.seed,
-            index.astype(np.int64),
-            people.birth_t,
-            people.sex,
-            people.race,
-            people.ethnicity,
-            t_end,
-            people.death_t,
-            base,
-            capacity.astype(np.int64),
-            events,
-            counts,
-            errors,
-        )
+        with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
+            kernel.simulate(
+                self.model,
+                self.config.seed,
+                index.astype(np.int64),
+                people.birth_t,
+                people.sex,
+                people.race,
+                people.ethnicity,
+                t_end,
+                people.death_t,
+                base,
+                capacity.astype(np.int64),
+                events,
+                counts,
+                errors,
+            )
         return events, counts, errors
 
     def chunk(self, start: int, stop: int) -> Chunk:

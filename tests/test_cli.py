@@ -1,0 +1,68 @@
+"""The `ehrsim` command through typer's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from simulator.cli import app
+from simulator.schema import DiseaseModule
+
+runner = CliRunner()
+
+
+def test_generate_writes_tables_and_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--patients", "120", "--seed", "42", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "120 patients" in result.stdout
+    patients = pd.read_parquet(out / "patients.parquet")
+    events = pd.read_parquet(out / "events.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(patients) == 120 and patients["id"].is_unique
+    assert manifest["seed"] == 42
+    assert manifest["counts"]["patients"] == 120
+    assert manifest["counts"]["events"] == len(events)
+    assert manifest["files"]["events.parquet"]["rows"] == len(events)
+    assert any(name.endswith("type2_diabetes.yaml") for name in manifest["inputs_sha256"])
+    assert all(len(digest) == 64 for digest in manifest["inputs_sha256"].values())
+    assert not list(out.glob(".*partial"))
+
+
+def test_python_module_entry_point_is_the_same_app(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "simulator", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "generate" in result.stdout
+
+
+def test_check_passes_on_the_shipped_files() -> None:
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: ")
+
+
+def test_modules_lists_every_module() -> None:
+    result = runner.invoke(app, ["modules"], terminal_width=200)
+    assert result.exit_code == 0
+    for name in ("type2_diabetes", "hypertension", "wellness"):
+        assert name in result.stdout
+
+
+def test_graph_draws_an_svg(tmp_path: Path) -> None:
+    out = tmp_path / "t2d.svg"
+    result = runner.invoke(app, ["graph", "type2_diabetes", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and "t2d_diagnosis" in text
+
+
+def test_schema_is_current_and_valid_json(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["schema"])
+    shipped = Path(__file__).resolve().parent.parent / "simulator" / "module.schema.json"
+    assert json.loads(result.stdout) == DiseaseModule.model_json_schema(by_alias=True)
+    assert result.stdout == shipped.read_text(), "regenerate with: ehrsim schema --out simulator/module.schema.json"
