@@ -245,9 +245,10 @@ def _relevant(errors: list[Any]) -> list[Any]:
         structured = isinstance(error["input"], dict | list)
         if scalar_branch and structured:
             continue
-        if error["type"] in ("model_type", "dict_type", "model_attributes_type") and not structured:
-            if any(e is not error and e["loc"][: len(error["loc"]) - 1] == error["loc"][:-1] for e in errors):
-                continue
+        structure_branch = error["type"] in ("model_type", "dict_type", "model_attributes_type")
+        has_sibling = any(e is not error and e["loc"][:-1] == error["loc"][:-1] for e in errors)
+        if structure_branch and not structured and has_sibling:
+            continue
         out.append(error)
     return out
 
