@@ -30,14 +30,14 @@ TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
 STREAM_PEOPLE, STREAM_EVENTS = 0, 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _mix(z: np.uint64) -> np.uint64:
     z = (z ^ (z >> np.uint64(30))) * MIX1
     z = (z ^ (z >> np.uint64(27))) * MIX2
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def stream_state(seed: int, index: int, stream: int) -> np.uint64:
     """Starting state of the stream for (seed, patient index, stream number)."""
     z = _mix(np.uint64(seed) + GOLDEN)
@@ -45,19 +45,19 @@ def stream_state(seed: int, index: int, stream: int) -> np.uint64:
     return _mix(z + np.uint64(stream) * GOLDEN)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def next_u64(rng: np.ndarray) -> np.uint64:
     rng[0] += GOLDEN
     return _mix(rng[0])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def uniform(rng: np.ndarray) -> float:
     """Uniform on [0, 1)."""
     return float(next_u64(rng) >> np.uint64(11)) * TO_UNIT
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def normal(rng: np.ndarray) -> float:
     """Standard normal by Box-Muller (one of the pair; two uniforms per call)."""
     u1 = 1.0 - uniform(rng)
@@ -65,13 +65,13 @@ def normal(rng: np.ndarray) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def exponential(rng: np.ndarray) -> float:
     """Standard exponential (mean 1)."""
     return -math.log(1.0 - uniform(rng))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def gamma(rng: np.ndarray, shape: float) -> float:
     """Gamma(shape, 1) by Marsaglia-Tsang; shape < 1 by the u**(1/shape) boost."""
     boost = 1.0
@@ -90,7 +90,7 @@ def gamma(rng: np.ndarray, shape: float) -> float:
             return d * v * boost
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def draw(model: c.CompiledModel, dist: int, rng: np.ndarray) -> float:
     """One value of a compiled distribution, times its unit in days (1 when unitless)."""
     kind = model.dist_kind[dist]
@@ -113,6 +113,9 @@ def draw(model: c.CompiledModel, dist: int, rng: np.ndarray) -> float:
 
 # --- per-patient working memory ------------------------------------------------------------------
 
+# Helpers are compiled without Numba's reference counting (_nrt=False): they never allocate, and
+# counting the ~100 arrays of the model and scratch tuples on every call cost 4x in throughput.
+# Only the parallel entry points (which allocate per-block scratch) keep it.
 EPS_DAYS = 1e-6  # guard re-evaluation lands just past a threshold so it is decided
 MAX_PENDING = 32  # encounters one patient can have open at once
 MAX_STEPS = 100_000  # state entries within one instant before we call it a runaway loop
@@ -237,7 +240,7 @@ def new_scratch(model: c.CompiledModel) -> Scratch:
     )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.rng[0] = stream_state(seed, p.index, STREAM_EVENTS)
     sc.ctr[:] = 0
@@ -246,7 +249,8 @@ def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.wake_kind[:] = W_NONE
     sc.wait_kind[:] = WAIT_NONE
     sc.enc_cur[:] = -1
-    sc.attr_level[:] = model.attr_initial
+    for a in range(model.attr_initial.shape[0]):
+        sc.attr_level[a] = model.attr_initial[a]
     sc.attr_slope[:] = 0.0
     sc.attr_t0[:] = p.birth_t
     sc.cond_active[:] = False
@@ -262,17 +266,17 @@ def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
 # --- small helpers -------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def age_years(p: Person, t: float) -> float:
     return (t - p.birth_t) / c.DAYS_PER_YEAR
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def attr_value(sc: Scratch, a: int, t: float) -> float:
     return sc.attr_level[a] + sc.attr_slope[a] * (t - sc.attr_t0[a]) / c.DAYS_PER_YEAR
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def compare(x: float, cmp: int, v: float) -> bool:
     if cmp == 0:
         return x < v
@@ -287,7 +291,7 @@ def compare(x: float, cmp: int, v: float) -> bool:
     return x != v
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def curve_at(model: c.CompiledModel, curve: int, sex: int, age: float) -> float:
     """Linear interpolation in a curve for this sex (flat outside its ages)."""
     start = model.curve_start[curve]
@@ -303,7 +307,7 @@ def curve_at(model: c.CompiledModel, curve: int, sex: int, age: float) -> float:
     return values[start + n - 1]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def emit(
     ev: Events,
     sc: Scratch,
@@ -332,7 +336,7 @@ def emit(
     sc.ctr[C_EVENTS] = k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def attached(sc: Scratch, m: int, t: float) -> int:
     """The encounter module m's events belong to now: an open-ended one, or one joined this instant."""
     enc = sc.enc_cur[m]
@@ -341,7 +345,7 @@ def attached(sc: Scratch, m: int, t: float) -> int:
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def need_encounter(sc: Scratch, m: int, t: float) -> int:
     enc = attached(sc, m, t)
     if enc < 0:
@@ -352,7 +356,7 @@ def need_encounter(sc: Scratch, m: int, t: float) -> int:
 # --- guards --------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> bool:
     """Run a postfix guard program on a small boolean stack."""
     top = 0
@@ -397,7 +401,7 @@ def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float)
     return sc.stack[0]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
     """Earliest time after t at which a continuously changing operand of guard g crosses its
     threshold (age, time since a state, a drifting attribute); inf if none."""
@@ -426,7 +430,7 @@ def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: flo
 # --- hazards -------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def hazard_multipliers(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> bool:
     """Recompute the hazard-ratio products of state s into hz_mult[m]; True if any changed."""
     changed = False
@@ -442,7 +446,7 @@ def hazard_multipliers(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s
     return changed
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int) -> float:
     """Total rate per year of state s's competing hazards in one age band."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
@@ -453,7 +457,7 @@ def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, ba
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
     the age bands; wake earlier if a hazard ratio's guard may flip before then."""
@@ -491,7 +495,7 @@ def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: 
         sc.wake_band[m] = band
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int) -> int:
     """Which competing hazard fired: chosen in proportion to the rates in the band it fired in."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
@@ -512,7 +516,7 @@ def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int)
 # --- observations --------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A value from the observable's model (NaN when a derived input was never measured)."""
     n_factors = model.obs_derived_n[o]
@@ -538,7 +542,7 @@ def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) ->
 # --- state machine -------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Close every open encounter at t, then record death; nothing happens after this."""
     for k in range(sc.ctr[C_PENDING]):
@@ -561,7 +565,7 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
     sc.wake_t[:] = np.inf
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Emit the end of pending encounter k and drop it from the list (order kept)."""
     emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k], sc.pend_class[k], -1)
@@ -579,7 +583,7 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     sc.ctr[C_PENDING] = n - 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
         kind = model.act_kind[a]
@@ -669,7 +673,7 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
             return
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
     """Target of a next/branches/cases exit at time t (-1: no case holds yet, keep waiting)."""
     kind = model.state_exit[s]
@@ -689,7 +693,7 @@ def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> 
     return model.state_next[s]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def wait_for_cases(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     sc.wait_kind[m] = WAIT_CASES
     recheck = np.inf
@@ -699,7 +703,7 @@ def wait_for_cases(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: in
     sc.wake_kind[m] = W_REEVALUATE if recheck < np.inf else W_NONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Enter state s of module m at time t and follow instantaneous exits until the module waits."""
     for _ in range(MAX_STEPS):
@@ -733,7 +737,7 @@ def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s:
     sc.wake_t[m] = np.inf
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
@@ -750,7 +754,7 @@ def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t:
     enter(model, ev, sc, p, m, target, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
     """After anything changed at t: let waiting modules join a wellness visit that just started,
     re-check waiting cases, and re-draw hazards whose ratios changed; repeat until quiet."""
@@ -789,7 +793,7 @@ def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float)
     sc.ctr[C_ERROR] |= E_RUNAWAY
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def simulate_patient(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
     reset(model, sc, p, seed)
     t = p.birth_t
@@ -860,7 +864,7 @@ def simulate(
 # --- people --------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
     """Age (years) at which the cumulative hazard reaches target; cum_hazard[k] is H(k), linear
     within each year, constant rate tail_rate past the last age."""
@@ -874,7 +878,7 @@ def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float)
     return lo + ((target - cum_hazard[lo]) / span if span > 0 else 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
     last = cum_hazard.shape[0] - 1
     if age >= last:
@@ -883,7 +887,7 @@ def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> floa
     return cum_hazard[k] + (age - k) * (cum_hazard[k + 1] - cum_hazard[k])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pick(cdf: np.ndarray, u: float) -> int:
     k = 0
     while k < cdf.shape[0] - 1 and cdf[k] <= u:
