@@ -48,8 +48,18 @@ def _child(mode: str, patients: int, chunk_size: int) -> None:
             seconds = time.perf_counter() - warm
             events = population.manifest["counts"]["events"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "patients": patients, "seconds": seconds, "events": events,
-                      "warmup_s": warm - started, "peak_mb": peak_mb}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "patients": patients,
+                "seconds": seconds,
+                "events": events,
+                "warmup_s": warm - started,
+                "peak_mb": peak_mb,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -63,15 +73,20 @@ def main() -> None:
         _child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     print(f"ehrsim throughput on {os.cpu_count()} cores, chunk size {args.chunk_size}")
-    print(f"{'mode':8} {'patients':>10} {'seconds':>9} {'patients/s':>11} {'events/s':>12} "
-          f"{'events/patient':>14} {'peak MB':>8} {'warm-up s':>9}")
+    print(
+        f"{'mode':8} {'patients':>10} {'seconds':>9} {'patients/s':>11} {'events/s':>12} "
+        f"{'events/patient':>14} {'peak MB':>8} {'warm-up s':>9}"
+    )
     for size in args.sizes:
         for mode in args.modes:
             command = [sys.executable, __file__, "--child", mode, str(size), str(args.chunk_size)]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             seconds = result["seconds"]
-            print(f"{mode:8} {size:>10,} {seconds:>9.2f} {size / seconds:>11,.0f} {result['events'] / seconds:>12,.0f} "
-                  f"{result['events'] / size:>14.0f} {result['peak_mb']:>8.0f} {result['warmup_s']:>9.1f}", flush=True)
+            print(
+                f"{mode:8} {size:>10,} {seconds:>9.2f} {size / seconds:>11,.0f} {result['events'] / seconds:>12,.0f} "
+                f"{result['events'] / size:>14.0f} {result['peak_mb']:>8.0f} {result['warmup_s']:>9.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

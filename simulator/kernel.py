@@ -784,11 +784,7 @@ def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float)
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif (
-                model.state_exit[s] == c.X_HAZARDS
-                and sc.wake_t[m] > t
-                and hazard_multipliers(model, sc, p, m, s, t)
-            ):
+            elif model.state_exit[s] == c.X_HAZARDS and sc.wake_t[m] > t and hazard_multipliers(model, sc, p, m, s, t):
                 schedule_hazards(model, sc, p, m, s, t)
     sc.ctr[C_ERROR] |= E_RUNAWAY
 

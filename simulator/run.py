@@ -86,8 +86,11 @@ class Simulator:
         reference = config.reference_date or reference_date_of(library)
         tables = build_people_tables(library, reference)
         sim = cls(library, model, names, tables, config)
+        compiled = time.perf_counter()
+        sim.simulate(np.zeros(1, np.int64))  # JIT-compiles the kernel on a first run, else loads Numba's cache
         sim.timings["load_s"] = loaded - started
-        sim.timings["compile_s"] = time.perf_counter() - loaded
+        sim.timings["compile_s"] = compiled - loaded
+        sim.timings["kernel_warmup_s"] = time.perf_counter() - compiled
         return sim
 
     @property
@@ -298,7 +301,14 @@ def generate(
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
     )
-    sim = Simulator.build(config)
+    if progress:
+        from rich.console import Console
+
+        status = "loading modules; a first run also compiles the simulation kernel (minutes, cached afterwards)"
+        with Console(stderr=True).status(status):
+            sim = Simulator.build(config)
+    else:
+        sim = Simulator.build(config)
     counts: dict = {}
     started = time.perf_counter()
     bar = _progress(progress, patients)

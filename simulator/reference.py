@@ -1,0 +1,598 @@
+"""A slow, obvious Python reference of the event kernel's semantics, for tests on small cohorts.
+
+It walks the validated pydantic models of a library (never the compiled arrays), keeps each patient
+in plain objects and dicts, and follows the semantics documented in DESIGN.md and schema.py. From
+the kernel it takes only the random-number primitives and the event-kind constants, and it consumes
+random numbers in exactly the kernel's order, so for the same people it emits the same events.
+
+Time is float days since 1970-01-01. Per patient, the next event is the earliest of: the scheduled
+end of an open encounter (ties: the one started first), a module's wake-up (ties: modules in library
+order) and background death; ties between the three go in that order. Nothing happens at or after
+the patient's `t_end` (encounters still open then are left open); death closes every open encounter.
+After anything happens at time t the patient "settles": modules waiting for a wellness visit join
+one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
+product of its hazard ratios changed; repeat until nothing changes.
+
+Draw order. Every draw comes from the patient's events stream, stream_state(seed, index, 1):
+  1. one standard normal per observable, in library order: the persistent component z_patient;
+  2. then, as things happen, in the order they happen:
+     - an encounter with a duration: its duration (drawn after the start event is recorded);
+     - `set` with `draw`: that distribution;
+     - `observe` of a measured (not derived) observable: one normal, the visit component;
+     - `symptom`: its severity;
+     - a state with `after`, once its actions ran: the delay;
+     - leaving by `branches`: one uniform;
+     - scheduling a state's hazards (on entry, at a re-evaluation wake-up, or when settling finds a
+       changed hazard-ratio product): one exponential, the cumulative hazard to reach;
+     - a hazard firing: one uniform, which of the competing hazards it was.
+  Distributions: exact draws nothing; uniform and exponential one uniform; normal and lognormal one
+  normal (two uniforms, Box-Muller); gamma follows kernel.gamma (Marsaglia-Tsang, with one extra
+  uniform first when shape < 1). Values with a unit are in days.
+
+Not modelled here: the kernel's capacity limits (open encounters per patient, steps per instant,
+event buffer size). Compare only patients the kernel did not flag.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from simulator import schema
+from simulator.kernel import EVENT_KINDS, STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
+from simulator.library import Library
+from simulator.population import People
+from simulator.schema import DAYS_PER_UNIT, AgeCurve, Code, DiseaseModule, RateTable, State
+
+DAYS_PER_YEAR = 365.25
+EPS_DAYS = 1e-6  # a guard re-check lands this far past the threshold, so the guard is decided
+INF = math.inf
+COLUMNS = ("patient", "t", "kind", "code", "value", "encounter", "module", "state")
+COMPARE = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def code_text(code: Code) -> str:
+    return f"{code.system}|{code.code}"
+
+
+def draw(dist: object, rng: np.ndarray) -> float:
+    """One value of a distribution, in days when it has a unit."""
+    if isinstance(dist, schema.Exact):
+        value = dist.value
+    elif isinstance(dist, schema.Uniform):
+        value = dist.low + (dist.high - dist.low) * uniform(rng)
+    elif isinstance(dist, schema.Normal):
+        value = dist.mean + dist.sd * normal(rng)
+    elif isinstance(dist, schema.Exponential):
+        value = dist.mean * exponential(rng)
+    elif isinstance(dist, schema.LogNormal):
+        value = math.exp(math.log(dist.median) + dist.sigma * normal(rng))
+    elif isinstance(dist, schema.Gamma):
+        value = dist.scale * gamma(rng, float(dist.shape))
+    else:
+        raise TypeError(type(dist))
+    unit = dist.unit  # type: ignore[attr-defined]
+    return value * (DAYS_PER_UNIT[unit] if unit else 1.0)
+
+
+def curve(value: float | AgeCurve, sex: str, age: float) -> float:
+    """A value by age: linear between the given ages, flat outside them."""
+    if not isinstance(value, AgeCurve):
+        return float(value)
+    ages, ys = value.ages, (value.male if sex == "M" else value.female)
+    if age <= ages[0] or len(ages) == 1:
+        return ys[0]
+    for k in range(1, len(ages)):
+        if age < ages[k]:
+            w = (age - ages[k - 1]) / (ages[k] - ages[k - 1])
+            return ys[k - 1] + w * (ys[k] - ys[k - 1])
+    return ys[-1]
+
+
+def atoms(guard: object) -> Iterator[object]:
+    """The leaf guards of a guard tree."""
+    if isinstance(guard, schema.AllGuard | schema.AnyGuard):
+        for item in guard.all if isinstance(guard, schema.AllGuard) else guard.any:
+            yield from atoms(item)
+    elif isinstance(guard, schema.NotGuard):
+        yield from atoms(guard.not_)
+    else:
+        yield guard
+
+
+def band_edges(state: State) -> list[float]:
+    """Ages (years) where any of the state's hazard rates may change: the merged age bands."""
+    edges = {0.0}
+    for hazard in state.hazards or []:
+        if isinstance(hazard.rate_per_year, RateTable):
+            edges.update(hazard.rate_per_year.ages)
+    return sorted(edges)
+
+
+def rate_at(rate: float | RateTable, sex: str, age: float) -> float:
+    """Rate per year at an age: the band of the table that contains it, zero before its first band."""
+    if not isinstance(rate, RateTable):
+        return float(rate)
+    values = rate.male if sex == "M" else rate.female
+    inside = [value for lower, value in zip(rate.ages, values, strict=True) if lower <= age]
+    return inside[-1] if inside else 0.0
+
+
+@dataclass
+class Attribute:
+    level: float
+    slope_per_year: float
+    t0: float
+
+    def at(self, t: float) -> float:
+        return self.level + self.slope_per_year * (t - self.t0) / DAYS_PER_YEAR
+
+
+@dataclass
+class Pending:
+    """An open encounter and when it ends by itself (inf: a later state ends it)."""
+
+    t_end: float
+    encounter: int
+    module: str
+    state: str
+    code: Code
+
+
+@dataclass
+class Track:
+    """Where one disease module is for this patient, and what it waits for."""
+
+    module: DiseaseModule
+    state: str = ""
+    wake_t: float = INF
+    wake: str = ""  # "fire" | "reevaluate" | "" (no wake-up scheduled)
+    band: int = 0  # the age band a scheduled hazard fires in
+    waiting: str = ""  # "wellness" | "cases" | ""
+    multipliers: list[float] = field(default_factory=list)  # hazard-ratio product per hazard
+    encounter: int = -1  # the encounter this module's events attach to
+    encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
+    encounter_t: float = 0.0
+
+
+@dataclass
+class Event:
+    t: float
+    kind: str  # one of kernel.EVENT_KINDS
+    code: Code
+    value: float
+    encounter: int
+    module: str
+    state: str
+
+    def __post_init__(self) -> None:
+        assert self.kind in EVENT_KINDS, self.kind
+
+
+@dataclass(frozen=True)
+class Person:
+    index: int
+    birth_t: float
+    sex: str  # "M" | "F"
+    race: str
+    ethnicity: str
+    t_end: float  # nothing happens at or after it
+    death_t: float  # background death (life tables)
+
+
+class PatientRun:
+    """One patient simulated from birth to t_end or death."""
+
+    def __init__(self, library: Library, seed: int, person: Person) -> None:
+        self.library, self.index = library, person.index
+        self.birth_t, self.sex, self.race, self.ethnicity = person.birth_t, person.sex, person.race, person.ethnicity
+        self.t_end, self.death_t = person.t_end, person.death_t
+        self.rng = np.zeros(1, np.uint64)
+        self.rng[0] = stream_state(seed, person.index, STREAM_EVENTS)
+        declared = library.modules
+        self.attribute_models = {n: a for m in declared for n, a in m.attributes.items()}
+        self.observables = {n: o for m in declared for n, o in m.observables.items()}
+        self.conditions = {n: c.code for m in declared for n, c in m.conditions.items()}
+        self.medications = {n: d.code for m in declared for n, d in m.medications.items()}
+        self.attributes = {n: Attribute(a.initial, 0.0, self.birth_t) for n, a in self.attribute_models.items()}
+        self.active: set[str] = set()  # conditions
+        self.diagnosed: set[str] = set()
+        self.taking: set[str] = set()  # medications
+        self.latest = dict.fromkeys(self.observables, math.nan)
+        self.z = {name: normal(self.rng) for name in self.observables}
+        self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
+        self.pending: list[Pending] = []  # in the order they started
+        self.tracks = [Track(m) for m in declared if m.states]
+        self.track_of = {track.module.name: track for track in self.tracks}
+        self.n_encounters = 0
+        self.join: int | None = None  # a wellness visit started since the last settle
+        self.dirty = False  # something a guard may read changed since the last settle
+        self.dead = False
+        self.events: list[Event] = []
+
+    # --- the main loop ---------------------------------------------------------------------------
+
+    def run(self) -> list[Event]:
+        t = self.birth_t
+        for track in self.tracks:
+            if not self.dead:
+                self.enter(track, track.module.start, t)  # type: ignore[arg-type]
+        self.settle(t)
+        while not self.dead:
+            ends = [(e.t_end, 0, k) for k, e in enumerate(self.pending)]
+            wakes = [(track.wake_t, 1, k) for k, track in enumerate(self.tracks)]
+            t, what, k = min([*ends, *wakes, (self.death_t, 2, 0)])
+            if t >= self.t_end:
+                break
+            if what == 0:
+                self.end_encounter(k, t)
+            elif what == 1:
+                self.tracks[k].wake_t = INF
+                self.leave(self.tracks[k], t)
+            else:
+                self.die(t, self.library.mortality.cause, "", "")
+            self.settle(t)
+        return self.events
+
+    def settle(self, t: float) -> None:
+        while not self.dead:
+            if self.join is not None:
+                encounter, self.join = self.join, None
+                for track in [track for track in self.tracks if track.waiting == "wellness"]:
+                    if self.dead:
+                        break
+                    track.encounter, track.encounter_open, track.encounter_t = encounter, False, t
+                    track.waiting = ""
+                    self.leave(track, t)
+                continue
+            if not self.dirty:
+                return
+            self.dirty = False
+            for track in self.tracks:
+                if self.dead:
+                    return
+                state = track.module.states[track.state]
+                if track.waiting == "cases":
+                    self.leave(track, t)
+                elif (
+                    state.hazards is not None
+                    and track.wake_t > t
+                    and self.multipliers(track, state, t) != track.multipliers
+                ):
+                    # Only a changed product re-draws. Mirrors the kernel, which is wrong when an attribute
+                    # change moves the time a ratio's guard will flip but not the product (the old wake-up
+                    # stays): see test_reference.py::test_hazard_ratio_follows_a_drift_set_by_another_module.
+                    self.schedule_hazards(track, t)
+
+    # --- states ----------------------------------------------------------------------------------
+
+    def enter(self, track: Track, name: str, t: float) -> None:
+        """Enter a state, run its actions, and follow instantaneous exits until the module waits."""
+        while True:
+            state = track.module.states[name]
+            track.state, track.waiting, track.wake_t, track.wake = name, "", INF, ""
+            self.entered[(track.module.name, name)] = t
+            self.run_actions(track, name, state, t)
+            if self.dead or state.is_terminal:
+                return
+            if state.hazards is not None:
+                self.schedule_hazards(track, t)
+                return
+            if state.after is not None:
+                track.wake_t, track.wake = t + max(0.0, draw(state.after, self.rng)), "fire"
+                return
+            if state.wait_for == "wellness":
+                track.waiting = "wellness"
+                return
+            target = self.choose(track, state, t)
+            if target is None:
+                self.wait_for_cases(track, state, t)
+                return
+            name = target
+
+    def leave(self, track: Track, t: float) -> None:
+        """The module's wait ends at t: take the state's exit, or keep waiting."""
+        state = track.module.states[track.state]
+        if state.hazards is not None:
+            if track.wake == "reevaluate":
+                self.schedule_hazards(track, t)
+                return
+            target = self.fired_hazard(track, state)
+        else:
+            target = self.choose(track, state, t)
+            if target is None:
+                self.wait_for_cases(track, state, t)
+                return
+        self.enter(track, target, t)
+
+    def choose(self, track: Track, state: State, t: float) -> str | None:
+        """Target of a next / branches / cases exit (None: no case holds and no otherwise)."""
+        if state.next is not None:
+            return state.next
+        if state.branches is not None:
+            pick = uniform(self.rng)
+            for branch in state.branches:
+                if pick < branch.probability:
+                    return branch.to
+                pick -= branch.probability
+            return state.branches[-1].to
+        for case in state.cases or []:
+            if self.holds(case.when, track.module.name, t):
+                return case.to
+        return state.otherwise
+
+    def wait_for_cases(self, track: Track, state: State, t: float) -> None:
+        track.waiting = "cases"
+        track.wake_t = min([self.crossing(case.when, track.module.name, t) for case in state.cases or []], default=INF)
+        track.wake = "reevaluate" if track.wake_t < INF else ""
+
+    # --- guards ----------------------------------------------------------------------------------
+
+    def holds(self, guard: object, module: str, t: float) -> bool:
+        if isinstance(guard, schema.AllGuard):
+            return all(self.holds(g, module, t) for g in guard.all)
+        if isinstance(guard, schema.AnyGuard):
+            return any(self.holds(g, module, t) for g in guard.any)
+        if isinstance(guard, schema.NotGuard):
+            return not self.holds(guard.not_, module, t)
+        if isinstance(guard, schema.AgeGuard):
+            return COMPARE[guard.age_years]((t - self.birth_t) / DAYS_PER_YEAR, guard.value)
+        if isinstance(guard, schema.SexGuard):
+            return self.sex == guard.sex
+        if isinstance(guard, schema.RaceGuard):
+            return self.race in guard.race
+        if isinstance(guard, schema.EthnicityGuard):
+            return self.ethnicity in guard.ethnicity
+        if isinstance(guard, schema.AttributeGuard):
+            return COMPARE[guard.op](self.attributes[guard.attribute].at(t), guard.value)
+        if isinstance(guard, schema.ConditionGuard):
+            return guard.condition in (self.active if guard.status == "active" else self.diagnosed)
+        if isinstance(guard, schema.MedicationGuard):
+            return guard.medication in self.taking
+        if isinstance(guard, schema.ObservationGuard):
+            latest = self.latest[guard.observation]
+            return not math.isnan(latest) and COMPARE[guard.op](latest, guard.value)
+        if isinstance(guard, schema.SinceGuard):
+            entered = self.entered.get((module, guard.since))
+            return entered is not None and COMPARE[guard.op](t - entered, guard.value * DAYS_PER_UNIT[guard.unit])
+        raise TypeError(type(guard))
+
+    def crossing(self, guard: object, module: str, t: float) -> float:
+        """Earliest time after t when an operand of the guard that changes with time (age, time since
+        a state, a drifting attribute) crosses its threshold, plus EPS_DAYS; inf if none."""
+        best = INF
+        for atom in atoms(guard):
+            at = INF
+            if isinstance(atom, schema.AgeGuard):
+                at = self.birth_t + atom.value * DAYS_PER_YEAR
+            elif isinstance(atom, schema.SinceGuard) and (module, atom.since) in self.entered:
+                at = self.entered[(module, atom.since)] + atom.value * DAYS_PER_UNIT[atom.unit]
+            elif isinstance(atom, schema.AttributeGuard):
+                attribute = self.attributes[atom.attribute]
+                if attribute.slope_per_year != 0.0:
+                    at = attribute.t0 + (atom.value - attribute.level) / attribute.slope_per_year * DAYS_PER_YEAR
+            at += EPS_DAYS
+            if t < at < best:
+                best = at
+        return best
+
+    # --- hazards ---------------------------------------------------------------------------------
+
+    def multipliers(self, track: Track, state: State, t: float) -> list[float]:
+        """Product of the hazard ratios whose guard holds, per hazard."""
+        out = []
+        for hazard in state.hazards or []:
+            product = 1.0
+            for ratio in hazard.hazard_ratios:
+                if self.holds(ratio.when, track.module.name, t):
+                    product *= ratio.ratio
+            out.append(product)
+        return out
+
+    def rates(self, track: Track, state: State, band_start: float) -> list[float]:
+        """Rate per year of each competing hazard in the band that starts at band_start."""
+        hazards = state.hazards or []
+        return [
+            m * rate_at(h.rate_per_year, self.sex, band_start) for m, h in zip(track.multipliers, hazards, strict=True)
+        ]
+
+    def schedule_hazards(self, track: Track, t: float) -> None:
+        """Draw when the first of the state's competing hazards fires, walking the age bands; wake up
+        earlier to re-draw if a hazard ratio's guard may flip before then."""
+        state = track.module.states[track.state]
+        track.multipliers = self.multipliers(track, state, t)
+        remaining = exponential(self.rng)
+        edges = band_edges(state)
+        age = (t - self.birth_t) / DAYS_PER_YEAR
+        band = max([k for k, edge in enumerate(edges) if edge <= age], default=0)
+        hit_t = INF
+        while True:
+            rate = sum(self.rates(track, state, edges[band]))
+            end = edges[band + 1] if band + 1 < len(edges) else INF
+            if rate > 0.0 and rate * (end - age) >= remaining:
+                hit_t = self.birth_t + (age + remaining / rate) * DAYS_PER_YEAR
+                break
+            if end == INF:
+                break
+            remaining -= rate * (end - age)
+            age, band = end, band + 1
+        guards = [ratio.when for hazard in state.hazards or [] for ratio in hazard.hazard_ratios]
+        recheck = min([self.crossing(g, track.module.name, t) for g in guards], default=INF)
+        if recheck < hit_t:
+            track.wake_t, track.wake = recheck, "reevaluate"
+        else:
+            track.wake_t, track.wake, track.band = hit_t, ("fire" if hit_t < INF else ""), band
+
+    def fired_hazard(self, track: Track, state: State) -> str:
+        """Which hazard fired: chosen in proportion to the rates in the band it fired in."""
+        rates = self.rates(track, state, band_edges(state)[track.band])
+        pick = uniform(self.rng) * sum(rates)
+        hazards = state.hazards or []
+        chosen = hazards[0]
+        for hazard, rate in zip(hazards, rates, strict=True):
+            if rate > 0.0:
+                chosen = hazard
+                if pick < rate:
+                    return hazard.to
+                pick -= rate
+        return chosen.to
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def attached(self, track: Track, t: float) -> int:
+        """The module's encounter now: an open-ended one, or one started or joined at this instant."""
+        if track.encounter >= 0 and (track.encounter_open or track.encounter_t == t):
+            return track.encounter
+        return -1
+
+    def observe(self, name: str, t: float) -> float:
+        """A value of an observable now (NaN when a derived one has an input never measured)."""
+        obs = self.observables[name]
+        if obs.derived is not None:
+            value = obs.derived.scale
+            for factor, power in obs.derived.product.items():
+                value *= self.latest[factor] ** power
+        else:
+            age = (t - self.birth_t) / DAYS_PER_YEAR
+            value = curve(obs.mean, self.sex, age)  # type: ignore[arg-type]
+            for attr_name, attr in self.attribute_models.items():
+                if name in attr.affects:
+                    value += attr.affects[name] * self.attributes[attr_name].at(t)
+            sd, p = curve(obs.sd, self.sex, age), obs.persistence
+            value += sd * (math.sqrt(p) * self.z[name] + math.sqrt(1.0 - p) * normal(self.rng))
+        if math.isnan(value):
+            return value
+        low, high = obs.limits if obs.limits is not None else (-INF, INF)
+        scale = 10.0**obs.decimals
+        return math.floor(min(max(value, low), high) * scale + 0.5) / scale
+
+    def run_actions(self, track: Track, name: str, state: State, t: float) -> None:
+        """A state's actions, in the documented order (schema.State)."""
+        module = track.module.name
+
+        def emit(kind: str, code: Code, value: float = math.nan, encounter: int | None = None) -> None:
+            number = self.attached(track, t) if encounter is None else encounter
+            self.events.append(Event(t, kind, code, value, number, module, name))
+
+        if state.encounter is not None:
+            number, self.n_encounters = self.n_encounters, self.n_encounters + 1
+            emit("encounter_start", state.encounter.code, encounter=number)
+            duration = state.encounter.duration
+            t_end = t + max(0.0, draw(duration, self.rng)) if duration is not None else INF
+            self.pending.append(Pending(t_end, number, module, name, state.encounter.code))
+            track.encounter, track.encounter_open, track.encounter_t = number, duration is None, t
+            if state.encounter.encounter_class == "wellness":
+                self.join = number
+        for setter in state.set:
+            attribute = self.attributes[setter.attribute]
+            if setter.to is not None:
+                level, slope = setter.to, setter.per_year if setter.per_year is not None else 0.0
+            elif setter.add is not None:
+                level, slope = attribute.at(t) + setter.add, setter.per_year  # None: keep the drift
+            else:
+                level, slope = draw(setter.draw, self.rng), setter.per_year if setter.per_year is not None else 0.0
+            attribute.level, attribute.t0 = level, t
+            if slope is not None:
+                attribute.slope_per_year = slope
+            self.dirty = True
+        for condition, is_diagnosis in [*((c, False) for c in state.onset), *((c, True) for c in state.diagnose)]:
+            if condition not in self.active:  # a diagnosis implies onset
+                self.active.add(condition)
+                self.diagnosed.discard(condition)
+                emit("condition_onset", self.conditions[condition])
+                self.dirty = True
+            if is_diagnosis and condition not in self.diagnosed:
+                self.diagnosed.add(condition)
+                emit("condition_diagnosis", self.conditions[condition])
+                self.dirty = True
+        for condition in state.resolve:
+            if condition in self.active:
+                self.active.discard(condition)
+                self.diagnosed.discard(condition)
+                emit("condition_resolved", self.conditions[condition])
+                self.dirty = True
+        for medication in state.start_medication:
+            if medication not in self.taking:
+                self.taking.add(medication)
+                emit("medication_start", self.medications[medication])
+                self.dirty = True
+        for medication in state.stop_medication:
+            if medication in self.taking:
+                self.taking.discard(medication)
+                emit("medication_stop", self.medications[medication])
+                self.dirty = True
+        for code in state.procedure:
+            emit("procedure", code)
+        for code in state.immunization:
+            emit("immunization", code)
+        for observable in state.observe:
+            value = self.observe(observable, t)
+            if not math.isnan(value):
+                self.latest[observable] = value
+                emit("observation", self.observables[observable].code, value)
+                self.dirty = True
+        for symptom in state.symptom:
+            emit("symptom", symptom.code, draw(symptom.severity, self.rng))
+        if state.end_encounter:
+            for k, pending in enumerate(self.pending):
+                if pending.module == module and pending.t_end == INF:
+                    self.end_encounter(k, t)
+                    break
+        if state.death is not None:
+            self.die(t, state.death.cause, module, name)
+
+    def close(self, pending: Pending, t: float) -> None:
+        """Record the end of an encounter (as emitted by the state that started it)."""
+        self.events.append(
+            Event(t, "encounter_end", pending.code, math.nan, pending.encounter, pending.module, pending.state)
+        )
+
+    def end_encounter(self, k: int, t: float) -> None:
+        """End pending encounter k now and drop it from the list."""
+        pending = self.pending.pop(k)
+        self.close(pending, t)
+        track = self.track_of[pending.module]
+        if track.encounter == pending.encounter:
+            track.encounter = -1
+
+    def die(self, t: float, cause: Code, module: str, state: str) -> None:
+        """Close every open encounter at t, then record death; nothing happens after it."""
+        for pending in self.pending:
+            self.close(pending, t)
+        self.pending.clear()
+        self.events.append(Event(t, "death", cause, math.nan, -1, module, state))
+        self.dead = True
+        for track in self.tracks:
+            track.wake_t = INF
+
+
+def simulate(
+    library: Library, seed: int, people: People, t_end: np.ndarray, run_class: type[PatientRun] = PatientRun
+) -> pd.DataFrame:
+    """Events of `people` (as population.sample draws them) up to t_end[i] each, one row per event in
+    the order they happen: patient (index), t (days), kind (an EVENT_KINDS name), code ("SYSTEM|code"),
+    value, encounter (per-patient number, -1 none), module and state ("" for background death)."""
+    races = [c.name for c in library.demographics.race]
+    ethnicities = [c.name for c in library.demographics.ethnicity]
+    rows = []
+    for i, index in enumerate(people.index.tolist()):
+        sex, race, ethnicity = "MF"[int(people.sex[i])], races[people.race[i]], ethnicities[people.ethnicity[i]]
+        person = Person(
+            index, float(people.birth_t[i]), sex, race, ethnicity, float(t_end[i]), float(people.death_t[i])
+        )
+        with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
+            events = run_class(library, seed, person).run()
+        rows += [(index, e.t, e.kind, code_text(e.code), e.value, e.encounter, e.module, e.state) for e in events]
+    return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -1,0 +1,38 @@
+"""The README's commands stay true: CI runs its test command, and the examples run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _readme_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    return re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    test_command = ci_lines[-1]
+    assert "pytest" in test_command
+    assert any(test_command in block for block in _readme_commands()), test_command
+
+
+def test_readme_generate_command_uses_the_real_cli() -> None:
+    blocks = "\n".join(_readme_commands())
+    assert "ehrsim generate --patients" in blocks
+
+
+def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "patient_timeline.py"), "--patients", "1500", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "condition diagnosis" in result.stdout
+    assert "Diabetes mellitus type 2 (disorder)" in result.stdout
+    assert "patient id" in result.stdout.splitlines()[0]
