@@ -458,6 +458,18 @@ def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, ba
 
 
 @njit(cache=True, _nrt=False)
+def hazard_recheck(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> float:
+    """When the first hazard-ratio guard of state s may flip (a threshold of age, time since a state
+    or a drifting attribute); inf if none can."""
+    recheck = np.inf
+    for k in range(model.state_sub_n[s]):
+        h = model.state_sub_start[s] + k
+        for r in range(model.hazard_ratio_start[h], model.hazard_ratio_start[h] + model.hazard_ratio_n[h]):
+            recheck = min(recheck, next_crossing(model, sc, p, model.ratio_guard[r], t))
+    return recheck
+
+
+@njit(cache=True, _nrt=False)
 def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
     the age bands; wake earlier if a hazard ratio's guard may flip before then."""
@@ -481,11 +493,7 @@ def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: 
         remaining -= rate * (end - age)
         age = end
         band += 1
-    recheck = np.inf
-    for k in range(model.state_sub_n[s]):
-        h = model.state_sub_start[s] + k
-        for r in range(model.hazard_ratio_start[h], model.hazard_ratio_start[h] + model.hazard_ratio_n[h]):
-            recheck = min(recheck, next_crossing(model, sc, p, model.ratio_guard[r], t))
+    recheck = hazard_recheck(model, sc, p, s, t)
     if recheck < hit_t:
         sc.wake_t[m] = recheck
         sc.wake_kind[m] = W_REEVALUATE
@@ -757,7 +765,8 @@ def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t:
 @njit(cache=True, _nrt=False)
 def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
     """After anything changed at t: let waiting modules join a wellness visit that just started,
-    re-check waiting cases, and re-draw hazards whose ratios changed; repeat until quiet."""
+    re-check waiting cases, re-draw hazards whose ratios changed and bring forward the re-check of
+    hazards whose ratio guards may now flip sooner; repeat until quiet."""
     n_modules = model.module_start.shape[0]
     for _ in range(MAX_STEPS):
         if sc.ctr[C_DEAD]:
@@ -784,8 +793,14 @@ def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float)
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif model.state_exit[s] == c.X_HAZARDS and sc.wake_t[m] > t and hazard_multipliers(model, sc, p, m, s, t):
-                schedule_hazards(model, sc, p, m, s, t)
+            elif model.state_exit[s] == c.X_HAZARDS and sc.wake_t[m] > t:
+                if hazard_multipliers(model, sc, p, m, s, t):
+                    schedule_hazards(model, sc, p, m, s, t)
+                else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
+                    recheck = hazard_recheck(model, sc, p, s, t)
+                    if recheck < sc.wake_t[m]:
+                        sc.wake_t[m] = recheck
+                        sc.wake_kind[m] = W_REEVALUATE
     sc.ctr[C_ERROR] |= E_RUNAWAY
 
 

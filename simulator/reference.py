@@ -266,15 +266,12 @@ class PatientRun:
                 state = track.module.states[track.state]
                 if track.waiting == "cases":
                     self.leave(track, t)
-                elif (
-                    state.hazards is not None
-                    and track.wake_t > t
-                    and self.multipliers(track, state, t) != track.multipliers
-                ):
-                    # Only a changed product re-draws. Mirrors the kernel, which is wrong when an attribute
-                    # change moves the time a ratio's guard will flip but not the product (the old wake-up
-                    # stays): see test_reference.py::test_hazard_ratio_follows_a_drift_set_by_another_module.
-                    self.schedule_hazards(track, t)
+                elif state.hazards is not None and track.wake_t > t:
+                    if self.multipliers(track, state, t) != track.multipliers:
+                        self.schedule_hazards(track, t)
+                    elif (recheck := self.recheck_time(track, state, t)) < track.wake_t:
+                        # Same ratios, but a guard may flip sooner now (e.g. an attribute began drifting).
+                        track.wake_t, track.wake = recheck, "reevaluate"
 
     # --- states ----------------------------------------------------------------------------------
 
@@ -408,6 +405,11 @@ class PatientRun:
             m * rate_at(h.rate_per_year, self.sex, band_start) for m, h in zip(track.multipliers, hazards, strict=True)
         ]
 
+    def recheck_time(self, track: Track, state: State, t: float) -> float:
+        """When the first of the state's hazard-ratio guards may flip (inf if none can)."""
+        guards = [ratio.when for hazard in state.hazards or [] for ratio in hazard.hazard_ratios]
+        return min([self.crossing(g, track.module.name, t) for g in guards], default=INF)
+
     def schedule_hazards(self, track: Track, t: float) -> None:
         """Draw when the first of the state's competing hazards fires, walking the age bands; wake up
         earlier to re-draw if a hazard ratio's guard may flip before then."""
@@ -428,8 +430,7 @@ class PatientRun:
                 break
             remaining -= rate * (end - age)
             age, band = end, band + 1
-        guards = [ratio.when for hazard in state.hazards or [] for ratio in hazard.hazard_ratios]
-        recheck = min([self.crossing(g, track.module.name, t) for g in guards], default=INF)
+        recheck = self.recheck_time(track, state, t)
         if recheck < hit_t:
             track.wake_t, track.wake = recheck, "reevaluate"
         else:

@@ -67,6 +67,8 @@ def reference_events(
 
 
 def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """Row by row (both are in patient order, then in the order events happened); on a difference,
+    show that patient's events around the first one from both sides."""
     n = min(len(kernel), len(ref))
     same = np.ones(n, dtype=bool)
     for column in EXACT_COLUMNS:
@@ -77,19 +79,15 @@ def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
     if same.all() and len(kernel) == len(ref):
         return
     row = int(np.argmin(same)) if not same.all() else n
-    patient = (kernel if row < len(kernel) else ref)["patient"].iloc[min(row, max(len(kernel), len(ref)) - 1)]
-    show = pd.concat(
-        {
-            "kernel": kernel[kernel["patient"] == patient].reset_index(drop=True),
-            "reference": ref[ref["patient"] == patient].reset_index(drop=True),
-        },
-        axis=1,
-    )
+    patient = (kernel if row < len(kernel) else ref)["patient"].iloc[row]
     first = row - int(np.searchsorted(kernel["patient"].to_numpy(), patient))
+    sides = {"kernel": kernel, "reference": ref}
+    show = pd.concat({k: v[v["patient"] == patient].reset_index(drop=True) for k, v in sides.items()}, axis=1)
+    with pd.option_context("display.precision", 10, "display.width", 250):
+        context = show.iloc[max(0, first - 4) : first + 4].to_string()
     pytest.fail(
         f"kernel and reference differ for patient {patient} at its event {first} "
-        f"({len(kernel)} kernel events, {len(ref)} reference events in all):\n"
-        + show.iloc[max(0, first - 4) : first + 4].to_string()
+        f"({len(kernel)} kernel events, {len(ref)} reference events in all):\n{context}"
     )
 
 
@@ -196,14 +194,14 @@ def test_kernel_matches_reference_on_shipped_library(mode: str, n: int) -> None:
     assert_same_events(kernel_events(sim, index), reference_events(sim, index))
 
 
-# --- known kernel deviations from the documented semantics ---------------------------------------
+# --- regression: a hazard ratio whose guard another module makes flip ------------------------------
 
 EXPOSURE = """
 name: exposure
 title: Exposure that starts at 10 years and then grows by 1 per year
 sources: {a: "assumption: test"}
 attributes:
-  dose: {description: Exposure, in units that grow by one per year from age 10.}
+  dose: {description: "Exposure, in units that grow by one per year from age 10."}
 start: unexposed
 states:
   unexposed:
@@ -233,12 +231,6 @@ states:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel.settle re-draws a pending hazard only when its hazard-ratio product changes; an attribute "
-    "that starts drifting (set by another module) moves the time a ratio's guard will flip without changing "
-    "the product, so the wake-up for that crossing is never scheduled",
-)
 def test_hazard_ratio_follows_a_drift_set_by_another_module(tmp_path: Path) -> None:
     """DESIGN.md: when an attribute a pending hazard depends on changes, the hazard is re-drawn from that
     moment. Here the ratio applies from age 15 (rate 100 per year), so nearly everyone older than 16 has
