@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 from simulator import kernel
 from simulator.compiler import CompiledModel, Names, compile_library
 from simulator.library import Library, load_library
-from simulator.population import PeopleTables, build_people_tables, patient_table, reference_date_of, sample
+from simulator.population import (
+    People,
+    PeopleTables,
+    build_people_tables,
+    patient_table,
+    reference_date_of,
+    sample,
+)
 from simulator.tables import event_table
 
 Mode = Literal["population", "lifetime"]
@@ -97,16 +104,14 @@ class Simulator:
     def reference_t(self) -> float:
         return self.people_tables.reference_t
 
-    def simulate(self, index: np.ndarray) -> tuple[kernel.Events, np.ndarray, np.ndarray, object]:
+    def simulate(self, index: np.ndarray) -> tuple[kernel.Events, np.ndarray, np.ndarray, People]:
         """Kernel only: events of patients `index` as flat buffers (patient order), the patient of
         each event, per-patient error bits, and the drawn people."""
         lifetime = self.config.mode == "lifetime"
         people = sample(self.people_tables, self.config.seed, index, lifetime)
-        n = len(index)
-        t_end = np.full(n, np.inf if lifetime else self.reference_t)
-        if lifetime:
-            t_end = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
-        capacity = np.full(n, self.capacity, np.int64)
+        horizon = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
+        t_end = horizon if lifetime else np.full(len(index), self.reference_t)
+        capacity = np.full(len(index), self.capacity, np.int64)
         events, counts, errors = self._run(index, people, t_end, capacity)
         over = counts > capacity
         if over.any():
@@ -120,7 +125,10 @@ class Simulator:
         patient = np.repeat(index.astype(np.int64), counts)
         return events, patient, errors, people
 
-    def _run(self, index, people, t_end, capacity):  # noqa: ANN001, ANN202 - thin wrapper
+    def _run(
+        self, index: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
+    ) -> tuple[kernel.Events, np.ndarray, np.ndarray]:
+        """One kernel call: patient i writes into its own region of `capacity[i]` rows."""
         n = len(index)
         base = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
         total = int(capacity.sum())
@@ -180,8 +188,8 @@ class Simulator:
             yield self.chunk(start, min(start + self.config.chunk_size, self.config.patients))
 
 
-def _subset(people, mask):  # noqa: ANN001, ANN202
-    return type(people)(**{k: v[mask] for k, v in people.__dict__.items()})
+def _subset(people: People, mask: np.ndarray) -> People:
+    return People(**{k: v[mask] for k, v in people.__dict__.items()})
 
 
 def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -398,7 +406,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def _progress(enabled: bool, total: int):  # noqa: ANN202
+def _progress(enabled: bool, total: int) -> Callable[[int | None], None]:
     """A callable advancing a rich progress bar by n patients (None: finish)."""
     if not enabled:
         return lambda n: None
