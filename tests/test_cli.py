@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from simulator.cli import app
@@ -66,3 +67,24 @@ def test_schema_is_current_and_valid_json(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parent.parent / "simulator" / "module.schema.json"
     assert json.loads(result.stdout) == DiseaseModule.model_json_schema(by_alias=True)
     assert result.stdout == shipped.read_text(), "regenerate with: ehrsim schema --out simulator/module.schema.json"
+
+
+def test_interrupted_run_leaves_no_finished_looking_file(tmp_path: Path, monkeypatch) -> None:
+    import simulator
+    from simulator.run import Simulator
+
+    original = Simulator.chunk
+    calls = []
+
+    def failing_chunk(self, start, stop):
+        calls.append(start)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(self, start, stop)
+
+    monkeypatch.setattr(Simulator, "chunk", failing_chunk)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        simulator.generate(patients=60, seed=1, chunk_size=20, out=out)
+    assert len(calls) == 2
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -36,3 +36,16 @@ def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
     assert "condition diagnosis" in result.stdout
     assert "Diabetes mellitus type 2 (disorder)" in result.stdout
     assert "patient id" in result.stdout.splitlines()[0]
+
+
+def test_readme_module_example_loads_and_runs(tmp_path) -> None:
+    import simulator
+    from simulator.library import load_library
+
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"```yaml\n(name: example.*?)```", readme, flags=re.S).group(1)
+    (tmp_path / "example.yaml").write_text(example)
+    library = load_library(tmp_path)
+    assert [m.name for m in library.modules if m.name == "example"] == ["example"]
+    population = simulator.generate(patients=300, seed=1, modules_dir=tmp_path)
+    assert (population.events["module"] == "example").any()
