@@ -130,7 +130,7 @@ class Simulator:
     ) -> tuple[kernel.Events, np.ndarray, np.ndarray]:
         """One kernel call: patient i writes into its own region of `capacity[i]` rows."""
         n = len(index)
-        base = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int64)
+        base = _starts(capacity)
         total = int(capacity.sum())
         events = kernel.Events(
             np.empty(total),
@@ -192,15 +192,20 @@ def _subset(people: People, mask: np.ndarray) -> People:
     return People(**{k: v[mask] for k, v in people.__dict__.items()})
 
 
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Offset of each block in a buffer of consecutive blocks of these lengths."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
 def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Row numbers of each patient's first `lengths` rows, patient after patient."""
     total = int(lengths.sum())
-    starts = np.repeat(base - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    starts = np.repeat(base - _starts(lengths), lengths)
     return starts + np.arange(total)
 
 
 def _compact(events: kernel.Events, capacity: np.ndarray, counts: np.ndarray) -> kernel.Events:
-    base = np.concatenate([[0], np.cumsum(capacity)[:-1]])
+    base = _starts(capacity)
     rows = _gather_index(base, counts)
     return kernel.Events(*(column[rows] for column in events))
 
@@ -213,14 +218,21 @@ def _merge(
     capacity2: np.ndarray,
     over: np.ndarray,
 ) -> kernel.Events:
-    """Patients that overflowed take their rows from the rerun, the others from the first pass."""
-    base = np.concatenate([[0], np.cumsum(capacity)[:-1]])
-    offset = int(capacity.sum())
-    base2 = offset + np.concatenate([[0], np.cumsum(capacity2)[:-1]])
-    base = base.copy()
-    base[over] = base2
-    rows = _gather_index(base, counts)
-    return kernel.Events(*(np.concatenate([a, b])[rows] for a, b in zip(first, second, strict=True)))
+    """Patients that overflowed take their rows from the rerun, the others from the first pass
+    (gathered straight into the output, without copying either buffer whole)."""
+    out_base = _starts(counts)
+    base = _starts(capacity)
+    base2 = _starts(capacity2)
+    kept = ~over
+    to_kept, from_kept = _gather_index(out_base[kept], counts[kept]), _gather_index(base[kept], counts[kept])
+    to_over, from_over = _gather_index(out_base[over], counts[over]), _gather_index(base2, counts[over])
+    columns = []
+    for a, b in zip(first, second, strict=True):
+        column = np.empty(int(counts.sum()), a.dtype)
+        column[to_kept] = a[from_kept]
+        column[to_over] = b[from_over]
+        columns.append(column)
+    return kernel.Events(*columns)
 
 
 # --- the public result ---------------------------------------------------------------------------
