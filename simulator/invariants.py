@@ -54,10 +54,9 @@ def encounter_spans(events: pd.DataFrame) -> pd.DataFrame:
     return starts.merge(ends, on=["patient", "encounter"], how="outer", indicator=True)
 
 
-def encounters_end(patients: pd.DataFrame, events: pd.DataFrame) -> list[str]:
+def encounters_end(patients: pd.DataFrame, spans: pd.DataFrame) -> list[str]:
     """Every encounter that starts ends after it starts, except one still open at the end of a
-    living patient's record; no encounter ends twice or without starting."""
-    spans = encounter_spans(events)
+    living patient's record; no encounter ends twice or without starting (`spans`: encounter_spans)."""
     out = _first(spans[spans["_merge"] == "right_only"], "encounter end without start")
     dup = spans.groupby(["patient", "encounter"]).size()
     out += _first(dup[dup > 1].reset_index(), "encounter started or ended twice")
@@ -69,13 +68,12 @@ def encounters_end(patients: pd.DataFrame, events: pd.DataFrame) -> list[str]:
     return out
 
 
-def observations_in_encounters(events: pd.DataFrame) -> list[str]:
+def observations_in_encounters(events: pd.DataFrame, spans: pd.DataFrame) -> list[str]:
     """Observations, diagnoses, prescriptions, procedures and immunizations happen during an encounter."""
     bound = events[
         events["kind"].isin(["observation", "condition_diagnosis", "medication_start", "procedure", "immunization"])
     ]
     out = _first(bound[bound["encounter"] < 0], "encounter-bound event outside any encounter")
-    spans = encounter_spans(events)
     merged = bound[bound["encounter"] >= 0].merge(spans, on=["patient", "encounter"], how="left")
     outside = merged[(merged["time"] < merged["start"]) | (merged["end"].notna() & (merged["time"] > merged["end"]))]
     return out + _first(outside[["patient", "kind", "time", "start", "end"]], "event outside its encounter's span")
@@ -119,11 +117,12 @@ def codes_valid(events: pd.DataFrame) -> list[str]:
 
 def check_invariants(patients: pd.DataFrame, events: pd.DataFrame) -> dict[str, list[str]]:
     """Every invariant by name with its violations (all empty for a sound cohort)."""
+    spans = encounter_spans(events)
     return {
         "events_ordered": events_ordered(events),
         "nothing_after_death": nothing_after_death(patients, events),
-        "encounters_end": encounters_end(patients, events),
-        "observations_in_encounters": observations_in_encounters(events),
+        "encounters_end": encounters_end(patients, spans),
+        "observations_in_encounters": observations_in_encounters(events, spans),
         "medications_started_before_stopped": medications_started_before_stopped(events),
         "diagnosis_after_onset": diagnosis_after_onset(events),
         "codes_valid": codes_valid(events),

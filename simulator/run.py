@@ -6,6 +6,7 @@ chunk size and the output is the same whatever the chunk size or thread count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
 
 from simulator import kernel
 from simulator.compiler import CompiledModel, Names, compile_library
@@ -182,9 +184,10 @@ class Simulator:
         return Chunk(patients, event_table(events, patient, self.names))
 
     def chunks(self) -> Iterator[Chunk]:
+        """The run's chunks in patient order; an empty run yields one empty chunk (the tables' shape)."""
         if self.config.threads:
             numba.set_num_threads(self.config.threads)
-        for start in range(0, self.config.patients, self.config.chunk_size):
+        for start in range(0, self.config.patients, self.config.chunk_size) or [0]:
             yield self.chunk(start, min(start + self.config.chunk_size, self.config.patients))
 
 
@@ -194,7 +197,8 @@ def _subset(people: People, mask: np.ndarray) -> People:
 
 def _starts(lengths: np.ndarray) -> np.ndarray:
     """Offset of each block in a buffer of consecutive blocks of these lengths."""
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.cumsum(lengths) - lengths
 
 
 def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -321,13 +325,8 @@ def generate(
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
     )
-    if progress:
-        from rich.console import Console
-
-        status = "loading modules; a first run also compiles the simulation kernel (minutes, cached afterwards)"
-        with Console(stderr=True).status(status):
-            sim = Simulator.build(config)
-    else:
+    status = "loading modules; a first run also compiles the simulation kernel (minutes, cached afterwards)"
+    with Console(stderr=True).status(status) if progress else contextlib.nullcontext():
         sim = Simulator.build(config)
     counts: dict = {}
     started = time.perf_counter()
@@ -343,24 +342,18 @@ def generate(
         manifest = _manifest(sim, counts, timings, {})
         return Population(
             manifest,
-            _patients=pd.concat([f.patients for f in frames], ignore_index=True) if frames else _empty(sim).patients,
-            _events=pd.concat([f.events for f in frames], ignore_index=True) if frames else _empty(sim).events,
+            _patients=pd.concat([f.patients for f in frames], ignore_index=True),
+            _events=pd.concat([f.events for f in frames], ignore_index=True),
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writers = _ParquetFiles(out, ("patients", "events"))
     try:
-        wrote_any = False
         for chunk in sim.chunks():
             writers.write("patients", chunk.patients)
             writers.write("events", chunk.events)
-            wrote_any = True
             _count(counts, chunk)
             bar(len(chunk.patients))
-        if not wrote_any:
-            empty = _empty(sim)
-            writers.write("patients", empty.patients)
-            writers.write("events", empty.events)
         bar(None)
         files = writers.finish()
     except BaseException:
@@ -370,10 +363,6 @@ def generate(
     manifest = _manifest(sim, counts, timings, files)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
     return Population(manifest, out=out)
-
-
-def _empty(sim: Simulator) -> Chunk:
-    return sim.chunk(0, 0)
 
 
 class _ParquetFiles:

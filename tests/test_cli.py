@@ -88,3 +88,14 @@ def test_interrupted_run_leaves_no_finished_looking_file(tmp_path: Path, monkeyp
         simulator.generate(patients=60, seed=1, chunk_size=20, out=out)
     assert len(calls) == 2
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_an_empty_run_gives_empty_tables_of_the_right_shape(tmp_path: Path) -> None:
+    import simulator
+
+    in_memory = simulator.generate(patients=0, seed=1)
+    written = simulator.generate(patients=0, seed=1, out=tmp_path / "out")
+    for population in (in_memory, written):
+        assert len(population.patients) == 0 and len(population.events) == 0
+        assert "id" in population.patients.columns and "kind" in population.events.columns
+    assert written.manifest["counts"]["patients"] == 0
