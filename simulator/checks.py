@@ -4,13 +4,17 @@ Names: every referenced state, attribute, condition, medication, observable, rac
 source exists (closest valid name suggested). Graph (networkx): every state reachable from start,
 branch probabilities sum to 1, no cycle that can loop without time passing, encounter-bound
 actions (diagnosis, prescriptions, procedures, immunizations, observations) happen inside an
-encounter.
+encounter. Codes: every coded concept is in the terminology table of the rules directory
+(`terminology.csv`: system, code, official display), so a mistyped code or display fails at load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+import csv
+import pathlib
 
 import networkx as nx
 from pydantic import BaseModel
@@ -20,6 +24,7 @@ from simulator.schema import (
     AllGuard,
     AnyGuard,
     AttributeGuard,
+    Code,
     ConditionGuard,
     DiseaseModule,
     EthnicityGuard,
@@ -85,8 +90,49 @@ def check_library(library: Library) -> None:
         doc = library.document(module.name)
         problems += _check_references(module, doc, declared, races, ethnicities)
         problems += _check_graph(module, doc)
+    problems += _check_codes(library)
     if problems:
         raise LoadError(problems)
+
+
+TERMINOLOGY_FILE = "terminology.csv"
+
+
+def load_terminology(rules_dir: pathlib.Path) -> dict[tuple[str, str], str] | None:
+    """(system, code) -> official display from the rules' terminology table; None without one."""
+    path = rules_dir / TERMINOLOGY_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {(row["system"], row["code"]): row["display"] for row in csv.DictReader(handle)}
+
+
+def _check_codes(library: Library) -> list[Problem]:
+    """Every code of every module and rules file is in the terminology table, with its display."""
+    terminology = load_terminology(library.rules_dir)
+    if terminology is None:
+        return []
+    table = f"{library.rules_dir.name}/{TERMINOLOGY_FILE}"
+    problems: list[Problem] = []
+    documents = [(m, library.document(m.name)) for m in library.modules]
+    documents += [(library.demographics, library.documents["demographics.yaml"])]
+    documents += [(library.mortality, library.documents["mortality.yaml"])]
+    for model, doc in documents:
+        for path, code in walk(model):
+            if not isinstance(code, Code):
+                continue
+            display = terminology.get((code.system, code.code))
+            if display is None:
+                known = {c for s, c in terminology if s == code.system}
+                problems.append(
+                    doc.problem(
+                        (*path, "code"),
+                        f"{code.system} code '{code.code}' is not in {table}{suggest(code.code, known)}",
+                    )
+                )
+            elif display != code.display:
+                problems.append(doc.problem((*path, "display"), f"display should be '{display}' (as in {table})"))
+    return problems
 
 
 def _declarations(library: Library, problems: list[Problem]) -> dict[str, dict[str, str]]:

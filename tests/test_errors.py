@@ -37,6 +37,7 @@ def test_corpus_covers_the_required_cases() -> None:
         "yaml_syntax",
         "zero_time_cycle",
         "unknown_code_system",
+        "unknown_code",
     }
     assert required <= names
 
