@@ -10,11 +10,10 @@ encounter. Codes: every coded concept is in the terminology table of the rules d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
 import csv
 import pathlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 from pydantic import BaseModel
