@@ -8,6 +8,8 @@ import sys
 
 from conftest import REPO
 
+import simulator
+
 
 def _readme_commands() -> list[str]:
     readme = (REPO / "README.md").read_text()
@@ -36,6 +38,22 @@ def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
     assert "condition diagnosis" in result.stdout
     assert "Diabetes mellitus type 2 (disorder)" in result.stdout
     assert "patient id" in result.stdout.splitlines()[0]
+
+
+def test_patient_timeline_example_has_a_case_for_every_module(shipped_population) -> None:
+    """Each module's example (the script with --module NAME) finds and prints a case in a cohort."""
+    sys.path.insert(0, str(REPO / "examples"))
+    from patient_timeline import case_for_module, describe
+
+    events = shipped_population.events
+    for module in simulator.load_library().modules:
+        if not module.states:  # declarations only (vital_signs): nothing of its own happens
+            continue
+        patient = case_for_module(events, module.name)
+        assert patient is not None, f"no patient has an event of module {module.name}"
+        text = describe(shipped_population, patient)
+        assert "patient id" in text.splitlines()[0]
+        assert (events[events["patient"] == patient]["module"] == module.name).any()
 
 
 def test_readme_module_example_loads_and_runs(tmp_path) -> None:
