@@ -855,14 +855,18 @@ def simulate(
     ev: Events,
     n_events: np.ndarray,
     error: np.ndarray,
+    entered: np.ndarray,
 ) -> None:
     """Simulate patients `index` (int64[n]) into their regions [base, base + capacity) of `ev`.
 
     Writes n_events[i] (the patient's true count, which may exceed capacity: then rerun that
-    patient with more room) and error[i] (E_* bits). Deaths are the K_DEATH events.
+    patient with more room), error[i] (E_* bits) and entered[i] (uint64[n, ceil(n_states / 64)]:
+    bit s of the row is set when the patient ever entered global state s, events or not). Deaths
+    are the K_DEATH events.
     """
     n = index.shape[0]
     n_blocks = min(n, 256)
+    n_states = model.state_module.shape[0]
     for b in prange(n_blocks):
         sc = new_scratch(model)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
@@ -870,6 +874,9 @@ def simulate(
             simulate_patient(model, ev, sc, p, seed)
             n_events[i] = sc.ctr[C_EVENTS]
             error[i] = sc.ctr[C_ERROR]
+            for s in range(n_states):
+                if sc.entered_t[s] > -np.inf:
+                    entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)
 
 
 # --- people --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numba
 import numpy as np
@@ -74,6 +74,24 @@ class Chunk:
     events: pd.DataFrame
 
 
+class Simulated(NamedTuple):
+    """What the kernel made of patients `index`: flat event buffers (patient order), the patient of
+    each event, per-patient error bits, the drawn people, and which states each patient entered
+    (uint64[n, ceil(n_states / 64)], bit s of a row: global state s)."""
+
+    events: kernel.Events
+    patient: np.ndarray
+    errors: np.ndarray
+    people: People
+    entered: np.ndarray
+
+    def state_patients(self) -> np.ndarray:
+        """Number of patients who entered each global state (int64[n_states])."""
+        n_states = self.entered.shape[1] * 64
+        bits = np.unpackbits(self.entered.view(np.uint8), axis=1, bitorder="little")[:, :n_states]
+        return bits.sum(axis=0, dtype=np.int64)
+
+
 @dataclass
 class Simulator:
     """A loaded, compiled library ready to simulate any number of patients."""
@@ -106,30 +124,30 @@ class Simulator:
     def reference_t(self) -> float:
         return self.people_tables.reference_t
 
-    def simulate(self, index: np.ndarray) -> tuple[kernel.Events, np.ndarray, np.ndarray, People]:
-        """Kernel only: events of patients `index` as flat buffers (patient order), the patient of
-        each event, per-patient error bits, and the drawn people."""
+    def simulate(self, index: np.ndarray) -> Simulated:
+        """Kernel only: the events and state entries of patients `index`, without tables."""
         lifetime = self.config.mode == "lifetime"
         people = sample(self.people_tables, self.config.seed, index, lifetime)
         horizon = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
         t_end = horizon if lifetime else np.full(len(index), self.reference_t)
         capacity = np.full(len(index), self.capacity, np.int64)
-        events, counts, errors = self._run(index, people, t_end, capacity)
+        events, counts, errors, entered = self._run(index, people, t_end, capacity)
         over = counts > capacity
         if over.any():
             capacity2 = counts[over]
-            events2, counts2, errors2 = self._run(index[over], _subset(people, over), t_end[over], capacity2)
+            events2, _, errors[over], entered[over] = self._run(
+                index[over], _subset(people, over), t_end[over], capacity2
+            )
             events = _merge(events, capacity, counts, events2, capacity2, over)
-            errors[over] = errors2
             self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
         else:
             events = _compact(events, capacity, counts)
         patient = np.repeat(index.astype(np.int64), counts)
-        return events, patient, errors, people
+        return Simulated(events, patient, errors, people, entered)
 
     def _run(
         self, index: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
-    ) -> tuple[kernel.Events, np.ndarray, np.ndarray]:
+    ) -> tuple[kernel.Events, np.ndarray, np.ndarray, np.ndarray]:
         """One kernel call: patient i writes into its own region of `capacity[i]` rows."""
         n = len(index)
         base = _starts(capacity)
@@ -146,6 +164,7 @@ class Simulator:
         )
         counts = np.zeros(n, np.int64)
         errors = np.zeros(n, np.int64)
+        entered = np.zeros((n, (len(self.names.state_names) + 63) // 64), np.uint64)
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
             kernel.simulate(
                 self.model,
@@ -162,13 +181,14 @@ class Simulator:
                 events,
                 counts,
                 errors,
+                entered,
             )
-        return events, counts, errors
+        return events, counts, errors, entered
 
     def chunk(self, start: int, stop: int) -> Chunk:
         """Patients [start, stop) as tables."""
         index = np.arange(start, stop, dtype=np.int64)
-        events, patient, errors, people = self.simulate(index)
+        events, patient, errors, people, _ = self.simulate(index)
         if errors.any():
             bad = index[errors != 0]
             raise RuntimeError(

@@ -37,7 +37,7 @@ def build(modules_dir: Path, rules_dir: Path, mode: str, seed: int) -> Simulator
 
 def kernel_events(sim: Simulator, index: np.ndarray) -> pd.DataFrame:
     """The kernel's events as the reference writes them (names instead of ids)."""
-    events, patient, errors, _ = sim.simulate(index)
+    events, patient, errors, _, _ = sim.simulate(index)
     assert not errors.any(), f"kernel error bits {np.unique(errors)}"
     codes = np.array([f"{c.system}|{c.code}" for c in sim.names.codes] + [""], dtype=object)
     modules = np.array([s.split(".", 1)[0] for s in sim.names.states] + [""], dtype=object)
@@ -242,7 +242,7 @@ def test_hazard_ratio_follows_a_drift_set_by_another_module(tmp_path: Path) -> N
     (tmp_path / "modules" / "outcome.yaml").write_text(OUTCOME)
     sim = build(tmp_path / "modules", rules, "population", seed=1)
     index = np.arange(300, dtype=np.int64)
-    events, patient, _, people = sim.simulate(index)
+    events, patient, _, people, _ = sim.simulate(index)
     onset_age = np.full(len(index), np.nan)
     is_onset = events.kind == K_ONSET
     onset_age[patient[is_onset]] = (events.t[is_onset] - people.birth_t[patient[is_onset]]) / 365.25
