@@ -56,8 +56,15 @@ def generate(
     modules: ModulesOption = None,
     rules: RulesOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated outputs: ndjson, bundles, csv, parquet.")
+    ] = "ndjson",
+    bundle_request: Annotated[
+        str, typer.Option(help="Bundle entries as POST (server ids) or PUT (stable ids: reloading never duplicates).")
+    ] = "POST",
 ) -> None:
-    """Generate a population: out/patients.parquet, out/events.parquet, out/manifest.json."""
+    """Generate a population: out/fhir/ (FHIR Bulk ndjson), out/bundles/, out/csv/, out/parquet/ as asked,
+    and out/manifest.json."""
     from simulator.run import generate as run_generate
 
     try:
@@ -73,6 +80,8 @@ def generate(
             modules_dir=modules,
             rules_dir=rules,
             progress=not quiet,
+            formats=formats,
+            bundle_method=bundle_request.upper(),  # type: ignore[arg-type]
         )
     except (LoadError, ValueError) as exc:
         _fail(exc)
@@ -83,7 +92,8 @@ def generate(
     rate = counts.get("patients", 0) / seconds if seconds else 0.0
     out.print(
         f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
-        f"{counts.get('deaths', 0)} deaths in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/"
+        f"{counts.get('resources', 0)} FHIR resources, {counts.get('deaths', 0)} deaths "
+        f"in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/"
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -21,12 +20,13 @@ from typing import Literal, NamedTuple
 import numba
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 
 from simulator import kernel
 from simulator.compiler import CompiledModel, Names, compile_library
+from simulator.export import parse_formats
+from simulator.export.bundles import Method
+from simulator.export.writers import Export, ExportContext, write_atomic
 from simulator.library import Library, load_library
 from simulator.population import (
     People,
@@ -266,7 +266,9 @@ def _merge(
 class Population:
     """A generated population: `patients` and `events` DataFrames and the run manifest.
 
-    When the run was written to disk, the tables are read back from Parquet on first use."""
+    When the run was written to disk, the tables are read back on first use from
+    `out/parquet/` (or `out/csv/` when only CSV was written); a run written only as FHIR has no
+    tables to read, and asking for them says so."""
 
     manifest: dict
     out: Path | None = None
@@ -275,11 +277,21 @@ class Population:
 
     @cached_property
     def patients(self) -> pd.DataFrame:
-        return self._patients if self._patients is not None else pd.read_parquet(self.out / "patients.parquet")
+        return self._patients if self._patients is not None else self._read("patients")
 
     @cached_property
     def events(self) -> pd.DataFrame:
-        return self._events if self._events is not None else pd.read_parquet(self.out / "events.parquet")
+        return self._events if self._events is not None else self._read("events")
+
+    def _read(self, name: str) -> pd.DataFrame:
+        assert self.out is not None
+        if (self.out / "parquet" / f"{name}.parquet").exists():
+            return pd.read_parquet(self.out / "parquet" / f"{name}.parquet")
+        if (self.out / "csv" / f"{name}.csv").exists():
+            return pd.read_csv(self.out / "csv" / f"{name}.csv")
+        raise FileNotFoundError(
+            f"{self.out} holds no {name} table: this run wrote only FHIR; generate with formats including 'parquet'"
+        )
 
 
 def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
@@ -328,13 +340,20 @@ def generate(
     modules_dir: str | Path | None = None,
     rules_dir: str | Path | None = None,
     progress: bool = False,
+    formats: str | tuple[str, ...] | list[str] | None = None,
+    bundle_method: Method = "POST",
 ) -> Population:
     """Generate a synthetic population.
 
-    Without `out`, the tables are returned in memory. With `out`, they are streamed chunk by chunk
-    to `out/patients.parquet` and `out/events.parquet` (written under temporary names and renamed
-    when complete) with `out/manifest.json`, and read back lazily.
+    Without `out`, the tables are returned in memory. With `out`, the run is streamed chunk by
+    chunk to the `formats` asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv",
+    "parquet", as a sequence or comma-separated): `out/fhir/`, `out/bundles/` (transaction bundles,
+    entries as POST, or PUT with stable ids), `out/csv/`, `out/parquet/`, each written under a
+    temporary name and renamed when complete, with `out/manifest.json` listing every file.
     """
+    chosen = parse_formats(formats)
+    if bundle_method not in ("POST", "PUT"):
+        raise ValueError(f"bundle_method must be 'POST' or 'PUT' (got {bundle_method!r})")
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -367,64 +386,25 @@ def generate(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    writers = _ParquetFiles(out, ("patients", "events"))
+    request = f"ehrsim generate --patients {patients} --seed {seed} --mode {mode}"
+    export = Export(out, chosen, ExportContext.from_library(sim.library), request, bundle_method)
     try:
         for chunk in sim.chunks():
-            writers.write("patients", chunk.patients)
-            writers.write("events", chunk.events)
+            export.write(chunk.patients, chunk.events)
             _count(counts, chunk)
             bar(len(chunk.patients))
         bar(None)
-        files = writers.finish()
+        files = export.finish()
     except BaseException:
-        writers.abort()
+        export.abort()
         raise
+    counts["resources_by_type"] = dict(sorted(export.resource_counts.items()))
+    counts["resources"] = sum(export.resource_counts.values())
     timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
     manifest = _manifest(sim, counts, timings, files)
-    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
+    manifest["formats"] = list(chosen)
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
     return Population(manifest, out=out)
-
-
-class _ParquetFiles:
-    """Parquet files written chunk by chunk under `.partial` names, renamed only when complete."""
-
-    def __init__(self, out: Path, names: tuple[str, ...]):
-        self.out = out
-        self.names = names
-        self.writers: dict[str, pq.ParquetWriter] = {}
-        self.rows: dict[str, int] = dict.fromkeys(names, 0)
-
-    def partial(self, name: str) -> Path:
-        return self.out / f".{name}.parquet.partial"
-
-    def write(self, name: str, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if name not in self.writers:
-            self.writers[name] = pq.ParquetWriter(self.partial(name), table.schema)
-        else:
-            table = table.cast(self.writers[name].schema)
-        self.writers[name].write_table(table)
-        self.rows[name] += len(frame)
-
-    def finish(self) -> dict:
-        files = {}
-        for name in self.names:
-            self.writers[name].close()
-            final = self.out / f"{name}.parquet"
-            os.replace(self.partial(name), final)
-            files[final.name] = {"rows": self.rows[name], "bytes": final.stat().st_size}
-        return files
-
-    def abort(self) -> None:
-        for name, writer in self.writers.items():
-            writer.close()
-            self.partial(name).unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 def _progress(enabled: bool, total: int) -> Callable[[int | None], None]:

@@ -17,17 +17,20 @@ runner = CliRunner()
 
 def test_generate_writes_tables_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = runner.invoke(app, ["generate", "--patients", "120", "--seed", "42", "--out", str(out), "-q"])
+    args = ["generate", "--patients", "120", "--seed", "42", "--out", str(out), "-q", "--format", "ndjson,parquet"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "120 patients" in result.stdout
-    patients = pd.read_parquet(out / "patients.parquet")
-    events = pd.read_parquet(out / "events.parquet")
+    patients = pd.read_parquet(out / "parquet" / "patients.parquet")
+    events = pd.read_parquet(out / "parquet" / "events.parquet")
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(patients) == 120 and patients["id"].is_unique
     assert manifest["seed"] == 42
     assert manifest["counts"]["patients"] == 120
     assert manifest["counts"]["events"] == len(events)
-    assert manifest["files"]["events.parquet"]["rows"] == len(events)
+    assert manifest["files"]["parquet/events.parquet"]["rows"] == len(events)
+    assert len((out / "fhir" / "Patient.ndjson").read_text().splitlines()) == 120
+    assert manifest["files"]["fhir/Patient.ndjson"]["resources"] == 120
     assert any(name.endswith("type2_diabetes.yaml") for name in manifest["inputs_sha256"])
     assert all(len(digest) == 64 for digest in manifest["inputs_sha256"].values())
     assert not list(out.glob(".*partial"))
@@ -85,7 +88,7 @@ def test_interrupted_run_leaves_no_finished_looking_file(tmp_path: Path, monkeyp
     monkeypatch.setattr(Simulator, "chunk", failing_chunk)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        simulator.generate(patients=60, seed=1, chunk_size=20, out=out)
+        simulator.generate(patients=60, seed=1, chunk_size=20, out=out, formats="ndjson,bundles,csv,parquet")
     assert len(calls) == 2
     assert sorted(p.name for p in out.iterdir()) == []
 
@@ -94,7 +97,7 @@ def test_an_empty_run_gives_empty_tables_of_the_right_shape(tmp_path: Path) -> N
     import simulator
 
     in_memory = simulator.generate(patients=0, seed=1)
-    written = simulator.generate(patients=0, seed=1, out=tmp_path / "out")
+    written = simulator.generate(patients=0, seed=1, out=tmp_path / "out", formats="ndjson,bundles,csv,parquet")
     for population in (in_memory, written):
         assert len(population.patients) == 0 and len(population.events) == 0
         assert "id" in population.patients.columns and "kind" in population.events.columns

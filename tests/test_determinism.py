@@ -37,8 +37,8 @@ def test_different_seeds_differ() -> None:
 
 def test_written_files_are_byte_identical(tmp_path) -> None:
     for name in ("a", "b"):
-        simulator.generate(patients=200, seed=9, out=tmp_path / name, chunk_size=64)
-    for table in ("patients.parquet", "events.parquet"):
+        simulator.generate(patients=200, seed=9, out=tmp_path / name, chunk_size=64, formats="parquet")
+    for table in ("parquet/patients.parquet", "parquet/events.parquet"):
         assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes()
 
 

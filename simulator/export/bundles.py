@@ -1,0 +1,75 @@
+"""FHIR resources of a chunk -> one transaction Bundle per patient (JSON text).
+
+Entries have `urn:uuid:` fullUrls, and every reference points to an entry of the same bundle. The
+shared Organization, Location and Practitioner travel in every bundle: with POST, as conditional
+creates (`ifNoneExist` on their identifier), so loading many bundles creates them once; with PUT,
+at their stable ids, like every other entry, so reloading a bundle never duplicates anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import numpy as np
+import orjson
+
+from simulator.export.fhir_resources import RESOURCE_TYPES, Resources
+
+Method = Literal["POST", "PUT"]
+
+
+def _request(method: Method, resource_type: str, resource_id: str, condition: str | None = None) -> dict:
+    if method == "PUT":
+        return {"method": "PUT", "url": f"{resource_type}/{resource_id}"}
+    request = {"method": "POST", "url": resource_type}
+    if condition:
+        request["ifNoneExist"] = condition
+    return request
+
+
+def shared_entries(shared: Mapping[str, dict], method: Method) -> str:
+    """The shared resources' entries, serialised once for every bundle."""
+    entries = []
+    for resource_type, resource in shared.items():
+        identifier = resource["identifier"][0]
+        condition = f"identifier={identifier['system']}|{identifier['value']}"
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{resource['id']}",
+                "resource": resource,
+                "request": _request(method, resource_type, resource["id"], condition),
+            }
+        )
+    return orjson.dumps(entries).decode()[1:-1]
+
+
+def patient_bundles(
+    resources: Mapping[str, Resources], shared: str, method: Method
+) -> Iterator[tuple[str, int, bytes]]:
+    """(patient id, number of entries, bundle JSON) for each patient of the chunk, in patient order."""
+    entries, patient, rank, order = [], [], [], []
+    for position, resource_type in enumerate(RESOURCE_TYPES):
+        group = resources[resource_type]
+        if method == "PUT":
+            request = [f'{{"method":"PUT","url":"{resource_type}/{i}"}}' for i in group.ids.tolist()]
+        else:
+            request = [f'{{"method":"POST","url":"{resource_type}"}}'] * len(group.json)
+        entries.extend(
+            f'{{"fullUrl":"urn:uuid:{i}","resource":{text},"request":{r}}}'
+            for i, text, r in zip(group.ids.tolist(), group.json, request, strict=True)
+        )
+        patient.append(group.patient)
+        rank.append(np.full(len(group.json), position))
+        order.append(group.order)
+    patient_all = np.concatenate(patient)
+    sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
+    patient_sorted = patient_all[sort]
+    people = resources["Patient"]
+    bounds = np.searchsorted(patient_sorted, people.patient, side="left").tolist() + [len(sort)]
+    ordered = [entries[i] for i in sort.tolist()]
+    n_shared = shared.count('"fullUrl"')
+    for k, patient_id in enumerate(people.ids.tolist()):
+        own = ordered[bounds[k] : bounds[k + 1]]
+        text = '{"resourceType":"Bundle","type":"transaction","entry":[' + shared + "," + ",".join(own) + "]}"
+        yield patient_id, len(own) + n_shared, text.encode()

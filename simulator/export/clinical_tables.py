@@ -1,0 +1,196 @@
+"""The event table of a chunk -> one table per kind of clinical fact, one row per fact.
+
+- encounters: start, end, class, type code, reason (condition code and the Condition it points to)
+- conditions: one row per episode (onset -> resolution) with its diagnosis time and encounter
+- observations, procedures, immunizations, symptoms, deaths: one row per event
+- medications: one row per course (start -> stop)
+
+Every row carries its FHIR resource `id` (see `ids`), the patient's `patient_id` and, where it
+happened in one, its `encounter_id`, so the tables join with each other and with the FHIR output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from simulator.export.ids import resource_ids
+
+# Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
+# here is an error, so a new kind cannot be dropped silently.
+KIND_TABLES = {
+    "encounter_start": "encounters",
+    "encounter_end": "encounters",
+    "condition_onset": "conditions",
+    "condition_diagnosis": "conditions",
+    "condition_resolved": "conditions",
+    "medication_start": "medications",
+    "medication_stop": "medications",
+    "procedure": "procedures",
+    "immunization": "immunizations",
+    "observation": "observations",
+    "symptom": "symptoms",
+    "death": "deaths",
+}
+TABLES = (
+    "encounters",
+    "conditions",
+    "observations",
+    "medications",
+    "procedures",
+    "immunizations",
+    "symptoms",
+    "deaths",
+)
+_CODED = ["system", "code", "display"]
+
+
+def build_tables(
+    patients: pd.DataFrame, events: pd.DataFrame, condition_codes: Mapping[str, tuple[str, str, str]]
+) -> dict[str, pd.DataFrame]:
+    """Per-type tables of one chunk. `condition_codes` maps condition names (the event table's
+    `reason`) to their (system, code, display), to link encounters with the Condition they are for."""
+    unknown = set(events["kind"].cat.categories) - set(KIND_TABLES)
+    if unknown:
+        raise ValueError(f"no exporter for event kinds {sorted(unknown)}")
+    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
+    ev = _with_keys(patients, events)
+    kind = ev["kind"].astype(str).to_numpy()
+    conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
+    encounters = _encounters(ev, kind, seed, conditions, condition_codes)
+    reasons = encounters.set_index("id")["reason_condition_id"]
+    tables = {
+        "encounters": encounters,
+        "conditions": conditions,
+        "observations": _rows(ev[kind == "observation"], seed, "Observation", ["value", "unit", "category"]),
+        "medications": _medications(ev[np.isin(kind, ["medication_start", "medication_stop"])], seed, reasons),
+        "procedures": _rows(ev[kind == "procedure"], seed, "Procedure", []),
+        "immunizations": _rows(ev[kind == "immunization"], seed, "Immunization", []),
+        "symptoms": _rows(ev[kind == "symptom"], seed, "Symptom", ["value"]).rename(columns={"value": "severity"}),
+        "deaths": _rows(ev[kind == "death"], seed, "Death", []),
+    }
+    return tables
+
+
+def _with_keys(patients: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """The events with `row` (position within the patient), `patient_id` and `encounter_id`."""
+    patient = events["patient"].to_numpy()
+    first = np.searchsorted(patient, patient, side="left")
+    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
+    position = np.searchsorted(patients["index"].to_numpy(), patient)
+    encounter = events["encounter"].to_numpy().astype(np.int64)
+    has_encounter = encounter >= 0
+    encounter_id = np.full(len(events), None, dtype=object)
+    encounter_id[has_encounter] = resource_ids(seed, patient[has_encounter], "Encounter", encounter[has_encounter])
+    return events.assign(
+        row=np.arange(len(events)) - first,
+        patient_id=patients["id"].to_numpy()[position] if len(patients) else np.array([], dtype=object),
+        encounter_id=encounter_id,
+    )
+
+
+def _rows(ev: pd.DataFrame, seed: int, tag: str, extra: list[str]) -> pd.DataFrame:
+    """One row per event, with its resource id."""
+    out = ev[["patient", "patient_id", "row", "time", *_CODED, *extra, "encounter_id", "module", "state"]]
+    out = out.reset_index(drop=True)
+    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), tag, out["row"].to_numpy()))
+    return out
+
+
+def _episodes(ev: pd.DataFrame, starts: pd.Series) -> pd.Series:
+    """Episode number of each event within its (patient, code): the count of starts so far - 1."""
+    key = [ev["patient"], ev["code"].astype(str)]
+    return starts.astype(np.int64).groupby(key).cumsum() - 1
+
+
+def _conditions(ev: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per condition episode: onset, diagnosis (time, encounter) and resolution."""
+    kind = ev["kind"].astype(str)
+    episode = _episodes(ev, kind == "condition_onset")
+    ev = ev.assign(episode=episode.to_numpy())
+    keys = ["patient", "code_text", "episode"]
+    ev = ev.assign(code_text=ev["code"].astype(str))
+    onsets = ev[kind == "condition_onset"][
+        ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
+    ].rename(columns={"time": "onset_time", "encounter_id": "onset_encounter_id"})
+    diagnoses = ev[kind == "condition_diagnosis"][[*keys, "time", "encounter_id"]].rename(
+        columns={"time": "diagnosis_time", "encounter_id": "diagnosis_encounter_id"}
+    )
+    resolutions = ev[kind == "condition_resolved"][[*keys, "time"]].rename(columns={"time": "resolution_time"})
+    out = onsets.merge(diagnoses, on=keys, how="left").merge(resolutions, on=keys, how="left")
+    out = out.drop(columns=["code_text", "episode"]).reset_index(drop=True)
+    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "Condition", out["row"].to_numpy()))
+    return out
+
+
+def _encounters(
+    ev: pd.DataFrame,
+    kind: np.ndarray,
+    seed: int,
+    conditions: pd.DataFrame,
+    condition_codes: Mapping[str, tuple[str, str, str]],
+) -> pd.DataFrame:
+    """One row per encounter: start, end (missing while open), class, type, reason."""
+    starts = ev[kind == "encounter_start"]
+    ends = ev[kind == "encounter_end"][["patient", "encounter", "time"]].rename(columns={"time": "end_time"})
+    out = starts[
+        ["patient", "patient_id", "encounter", "row", "time", "encounter_class", *_CODED, "reason", "module", "state"]
+    ].rename(columns={"time": "start_time"})
+    out = out.merge(ends, on=["patient", "encounter"], how="left").reset_index(drop=True)
+    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "Encounter", out["encounter"].to_numpy()))
+    reason = out["reason"].astype(object)
+    for position, column in enumerate(("reason_system", "reason_code", "reason_display")):
+        labels = {name: code[position] for name, code in condition_codes.items()}
+        out[column] = reason.map(labels).astype(object).where(reason.notna(), None)
+    out["reason_condition_id"] = _reason_conditions(out, conditions)
+    return out
+
+
+def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np.ndarray:
+    """The Condition each encounter is for: the patient's episode of the reason's code that was
+    diagnosed at or before the encounter started and not resolved before it (None if none)."""
+    result = np.full(len(encounters), None, dtype=object)
+    wanted = encounters["reason_code"].notna().to_numpy()
+    diagnosed = conditions[conditions["diagnosis_time"].notna()]
+    if not wanted.any() or diagnosed.empty:
+        return result
+    left = pd.DataFrame(
+        {
+            "at": encounters.loc[wanted, "start_time"].to_numpy(),
+            "patient": encounters.loc[wanted, "patient"].to_numpy(),
+            "code": encounters.loc[wanted, "reason_code"].astype(str).to_numpy(),
+            "position": np.flatnonzero(wanted),
+        }
+    ).sort_values("at", kind="stable")
+    right = pd.DataFrame(
+        {
+            "at": diagnosed["diagnosis_time"].to_numpy(),
+            "patient": diagnosed["patient"].to_numpy(),
+            "code": diagnosed["code"].astype(str).to_numpy(),
+            "condition_id": diagnosed["id"].to_numpy(),
+            "resolution_time": diagnosed["resolution_time"].to_numpy(),
+        }
+    ).sort_values("at", kind="stable")
+    matched = pd.merge_asof(left, right, on="at", by=["patient", "code"], direction="backward")
+    still_active = matched["resolution_time"].isna() | (matched["resolution_time"] >= matched["at"])
+    found = matched["condition_id"].notna() & still_active
+    result[matched.loc[found, "position"].to_numpy()] = matched.loc[found, "condition_id"].to_numpy()
+    return result
+
+
+def _medications(ev: pd.DataFrame, seed: int, encounter_reasons: pd.Series) -> pd.DataFrame:
+    """One row per medication course: start (encounter, reason) and stop."""
+    kind = ev["kind"].astype(str)
+    ev = ev.assign(episode=_episodes(ev, kind == "medication_start").to_numpy(), code_text=ev["code"].astype(str))
+    keys = ["patient", "code_text", "episode"]
+    starts = ev[kind == "medication_start"][
+        ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
+    ].rename(columns={"time": "start_time"})
+    stops = ev[kind == "medication_stop"][[*keys, "time"]].rename(columns={"time": "stop_time"})
+    out = starts.merge(stops, on=keys, how="left").drop(columns=["code_text", "episode"]).reset_index(drop=True)
+    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "MedicationRequest", out["row"].to_numpy()))
+    reasons = encounter_reasons.reindex(out["encounter_id"].astype(object)).to_numpy()
+    out["reason_condition_id"] = np.where(pd.isna(reasons), None, reasons)
+    return out

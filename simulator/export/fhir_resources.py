@@ -1,0 +1,719 @@
+"""Per-type clinical tables -> FHIR R4 (4.0.1) resources as JSON text, US Core shaped.
+
+Resources are built a column at a time: every coded concept, category and shared reference is
+serialised once with orjson and reused; per row, an f-string joins the pieces (ids, times and
+numbers need no escaping). The JSON text of each resource is one line, ready for ndjson or for a
+bundle entry. References are literal `Type/id` (ndjson) or `urn:uuid:id` (bundles).
+
+What becomes what:
+- Patient: one per patient (US Core race, ethnicity and birth sex extensions, deceasedDateTime).
+- Encounter: one per encounter (class from v3 ActCode, reason, discharge disposition of stays).
+- Condition: one per diagnosed episode (onset, recordedDate = diagnosis, abatement). Episodes never
+  diagnosed are in the conditions table only: the record does not know about them.
+- Observation: one per observation event, except that a systolic and a diastolic blood pressure
+  taken at the same time in the same encounter become one blood-pressure panel (85354-9); one per
+  symptom (SNOMED CT finding, severity score); one cause of death per death (69453-9).
+- DiagnosticReport: one per encounter and time with laboratory results, pointing to them.
+- MedicationRequest: one per medication course; Procedure, Immunization: one per event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from simulator.export.ids import fhir_dates, fhir_datetimes, resource_ids
+
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+CDCREC = "urn:oid:2.16.840.1.113883.6.238"
+US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
+TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
+ID_SYSTEM = "https://ehrsim.example.org/"
+
+# Resource types in the order a bundle lists them (what is referenced comes first).
+RESOURCE_TYPES = (
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "DiagnosticReport",
+    "MedicationRequest",
+    "Procedure",
+    "Immunization",
+)
+SHARED_TYPES = ("Organization", "Location", "Practitioner")
+
+# v3 ActCode encounter class for each engine encounter class.
+ENCOUNTER_CLASS = {
+    "wellness": ("AMB", "ambulatory"),
+    "ambulatory": ("AMB", "ambulatory"),
+    "emergency": ("EMER", "emergency"),
+    "inpatient": ("IMP", "inpatient encounter"),
+    "icu": ("ACUTE", "inpatient acute"),
+}
+OBSERVATION_CATEGORY = {
+    "vital-signs": "Vital Signs",
+    "laboratory": "Laboratory",
+    "survey": "Survey",
+    "social-history": "Social History",
+    "exam": "Exam",
+}
+# Module unit strings that are not UCUM codes -> their UCUM code. Units already valid UCUM pass
+# through; tests check every unit the shipped modules use is in UCUM_CODES or mapped here.
+UCUM_ALIASES = {
+    "mmHg": "mm[Hg]",
+    "bpm": "/min",
+    "beats/min": "/min",
+    "breaths/min": "/min",
+    "C": "Cel",
+    "°C": "Cel",
+    "kg/m^2": "kg/m2",
+    "mg/dl": "mg/dL",
+    "mmol/l": "mmol/L",
+    "lb": "[lb_av]",
+    "in": "[in_i]",
+}
+UCUM_CODES = frozenset(
+    {"%", "/min", "Cel", "cm", "kg", "g", "kg/m2", "mm[Hg]", "mg/dL", "mg/g", "mmol/L", "g/dL", "mL/min/{1.73_m2}"}
+    | {"mL/min", "U/L", "mg/L", "ng/mL", "pg/mL", "10*3/uL", "10*6/uL", "fL", "pg", "mmol/mol", "mEq/L", "umol/L"}
+    | {"{score}", "1", "h", "d", "a", "mo", "wk", "min", "s", "L", "mL", "[lb_av]", "[in_i]", "[degF]", "ug/dL"}
+)
+# Lab reference ranges (upper limit of normal, exclusive) with the guideline they come from;
+# values at or above it are flagged H. Labs not listed get no range and no interpretation.
+LAB_UPPER_LIMITS = {
+    "4548-4": (5.7, "%", "ADA Standards of Care 2024: normal HbA1c below 5.7%"),
+    "1558-6": (100.0, "mg/dL", "ADA Standards of Care 2024: normal fasting plasma glucose below 100 mg/dL"),
+    "9318-7": (30.0, "mg/g", "KDIGO 2012 CKD guideline: normal to mildly increased albuminuria below 30 mg/g"),
+}
+SYSTOLIC, DIASTOLIC, BP_PANEL = "8480-6", "8462-4", "85354-9"
+
+_NS = uuid.UUID("6f1d5a4e-8c0b-4c55-9b0e-6a3f0e1c7d21")  # ehrsim's namespace for shared resources
+
+
+def _shared_id(name: str) -> str:
+    return str(uuid.uuid5(_NS, name))
+
+
+ORGANIZATION_ID = _shared_id("organization")
+LOCATION_ID = _shared_id("location")
+PRACTITIONER_ID = _shared_id("practitioner")
+_ADDRESS = {"line": ["1 Example Street"], "city": "Springfield", "state": "IL", "postalCode": "62701", "country": "US"}
+
+
+def ucum(unit: str) -> str | None:
+    """The UCUM code for a module's unit string, None if it is not one we know."""
+    code = UCUM_ALIASES.get(unit, unit)
+    return code if code in UCUM_CODES else None
+
+
+@dataclass(frozen=True)
+class References:
+    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles)."""
+
+    urn: bool
+
+    def to(self, resource_type: str, ids: np.ndarray) -> np.ndarray:
+        """'{"reference":...}' JSON for each id ('' where the id is missing)."""
+        ids = np.asarray(ids, dtype=object)
+        prefix = '{"reference":"urn:uuid:' if self.urn else f'{{"reference":"{resource_type}/'
+        present = ~pd.isna(ids)
+        out = np.full(len(ids), "", dtype=object)
+        out[present] = prefix + ids[present].astype(str).astype(object) + '"}'
+        return out
+
+    def one(self, resource_type: str, resource_id: str) -> str:
+        return str(self.to(resource_type, np.array([resource_id], dtype=object))[0])
+
+
+@dataclass
+class Resources:
+    """Resources of one type: the patient index and ordering key of each, and its JSON text."""
+
+    resource_type: str
+    ids: np.ndarray  # str
+    patient: np.ndarray  # int64
+    order: np.ndarray  # int64: the event row within the patient, for a stable order
+    json: list[str]
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _field(name: str, values: np.ndarray) -> np.ndarray:
+    """',"name":value' for each non-empty JSON value, '' otherwise."""
+    values = np.asarray(values, dtype=object)
+    out = np.full(len(values), "", dtype=object)
+    present = values != ""
+    out[present] = f',"{name}":' + values[present]
+    return out
+
+
+def _time_field(name: str, times: pd.Series) -> np.ndarray:
+    text = fhir_datetimes(times).astype(object)
+    present = text != ""
+    out = np.full(len(text), "", dtype=object)
+    out[present] = f',"{name}":"' + text[present] + '"'
+    return out
+
+
+def _concepts(frame: pd.DataFrame, columns: tuple[str, str, str] = ("system", "code", "display")) -> np.ndarray:
+    """CodeableConcept JSON for each row's (system, code, display), serialised once per concept."""
+    keys = pd.MultiIndex.from_arrays([frame[c].astype(str) for c in columns])
+    codes, uniques = pd.factorize(keys)
+    texts = [_dumps({"coding": [{"system": s, "code": c, "display": d}], "text": d}) for s, c, d in uniques]
+    return np.asarray(texts, dtype=object)[codes] if len(texts) else np.array([], dtype=object)
+
+
+def _numbers(values: np.ndarray) -> list[str]:
+    """Shortest round-trip decimal text of each float (JSON numbers)."""
+    return [repr(v) for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _quantities(values: np.ndarray, units: pd.Series) -> np.ndarray:
+    """valueQuantity JSON: the value with its UCUM unit (unit text only when not UCUM)."""
+    unit_text = units.astype(str).to_numpy()
+    unique, inverse = np.unique(unit_text, return_inverse=True)
+    tails = []
+    for unit in unique.tolist():
+        code = ucum(unit)
+        tails.append(
+            f',"unit":{_dumps(code)},"system":"{UCUM}","code":{_dumps(code)}}}' if code else f',"unit":{_dumps(unit)}}}'
+        )
+    tail = np.asarray(tails, dtype=object)[inverse] if len(tails) else np.array([], dtype=object)
+    return np.asarray(['{"value":' + v for v in _numbers(values)], dtype=object) + tail
+
+
+def _build(
+    resource_type: str,
+    frame: pd.DataFrame,
+    order: np.ndarray,
+    parts: list[np.ndarray | str],
+) -> Resources:
+    """Join the parts (arrays of JSON pieces, or constant strings) into one JSON text per row."""
+    columns = [p.tolist() if isinstance(p, np.ndarray) else [p] * len(frame) for p in parts]
+    head = f'{{"resourceType":"{resource_type}","id":"'
+    text = [head + "".join(pieces) + "}" for pieces in zip(*columns, strict=True)] if len(frame) else []
+    ids = frame["id"].to_numpy().astype(str)
+    return Resources(resource_type, ids, frame["patient"].to_numpy(np.int64), np.asarray(order, np.int64), text)
+
+
+def _ids(frame: pd.DataFrame) -> np.ndarray:
+    return frame["id"].astype(str).to_numpy().astype(object) + '"'
+
+
+# --- patients --------------------------------------------------------------------------------------
+
+
+def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs: References) -> Resources:
+    """Patient resources (one orjson dump per patient: they are few next to the events)."""
+    organization = orjson.loads(refs.one("Organization", ORGANIZATION_ID))
+    omb_races = {"1002-5", "2028-9", "2054-5", "2076-8", "2106-3"}
+    birth = fhir_dates(patients["birth_time"])
+    death = fhir_datetimes(patients["death_time"])
+    texts = []
+    rows = zip(
+        patients["id"].tolist(),
+        patients["index"].tolist(),
+        patients["sex"].astype(str).tolist(),
+        patients["race_code"].astype(str).tolist(),
+        patients["ethnicity_code"].astype(str).tolist(),
+        patients["given_name"].tolist(),
+        patients["family_name"].tolist(),
+        patients["address"].tolist(),
+        patients["city"].tolist(),
+        patients["state"].tolist(),
+        patients["zip"].tolist(),
+        birth.tolist(),
+        death.tolist(),
+        strict=True,
+    )
+    for pid, index, sex, race, ethnicity, given, family, line, city, state, zip_code, born, died in rows:
+        race_ext = [{"url": "ombCategory", "valueCoding": {"system": CDCREC, "code": race, "display": displays[race]}}]
+        resource = {
+            "resourceType": "Patient",
+            "id": pid,
+            "extension": [
+                {
+                    "url": US_CORE + "us-core-race",
+                    "extension": [
+                        *(race_ext if race in omb_races else []),
+                        {"url": "text", "valueString": displays[race]},
+                    ],
+                },
+                {
+                    "url": US_CORE + "us-core-ethnicity",
+                    "extension": [
+                        {
+                            "url": "ombCategory",
+                            "valueCoding": {"system": CDCREC, "code": ethnicity, "display": displays[ethnicity]},
+                        },
+                        {"url": "text", "valueString": displays[ethnicity]},
+                    ],
+                },
+                {"url": US_CORE + "us-core-birthsex", "valueCode": sex},
+            ],
+            "identifier": [
+                {
+                    "use": "usual",
+                    "type": {
+                        "coding": [
+                            {"system": TERMINOLOGY + "v2-0203", "code": "MR", "display": "Medical record number"}
+                        ],
+                        "text": "Medical record number",
+                    },
+                    "system": ID_SYSTEM + "patient",
+                    "value": pid,
+                }
+            ],
+            "name": [{"use": "official", "family": family, "given": [given]}],
+            # 555-0100 to 555-0199 are the numbers reserved for fiction
+            "telecom": [{"system": "phone", "value": f"555-01{index % 100:02d}", "use": "home"}],
+            "gender": "male" if sex == "M" else "female",
+            "birthDate": born,
+            **({"deceasedDateTime": died} if died else {}),
+            "address": [
+                {"use": "home", "line": [line], "city": city, "state": state, "postalCode": zip_code, "country": "US"}
+            ],
+            "managingOrganization": organization,
+        }
+        texts.append(_dumps(resource))
+    ids = patients["id"].to_numpy().astype(str)
+    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), np.full(len(patients), -1, np.int64), texts)
+
+
+# --- clinical resources ----------------------------------------------------------------------------
+
+
+def _list_field(name: str, items: np.ndarray) -> np.ndarray:
+    """',"name":[item]' where the item is not empty."""
+    items = np.asarray(items, dtype=object)
+    out = np.full(len(items), "", dtype=object)
+    present = items != ""
+    out[present] = f',"{name}":[' + items[present] + "]"
+    return out
+
+
+def _coding(system: str, code: str, display: str) -> str:
+    return _dumps({"coding": [{"system": system, "code": code, "display": display}]})
+
+
+_PRACTITIONER_PERFORMER = '[{"actor":%s}]'
+
+
+def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: References) -> Resources:
+    klass = encounters["encounter_class"].astype(str)
+    class_json = {
+        name: _dumps({"system": TERMINOLOGY + "v3-ActCode", "code": code, "display": display})
+        for name, (code, display) in ENCOUNTER_CLASS.items()
+    }
+    ended = encounters["end_time"].notna().to_numpy()
+    end = fhir_datetimes(encounters["end_time"]).astype(object)
+    period = '{"start":"' + fhir_datetimes(encounters["start_time"]).astype(object) + '"'
+    period[ended] = period[ended] + ',"end":"' + end[ended] + '"'
+    has_reason = encounters["reason_code"].notna().to_numpy()
+    reason = np.full(len(encounters), "", dtype=object)
+    if has_reason.any():
+        reason[has_reason] = _concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
+    # stays (inpatient, ICU) that ended get a discharge disposition: expired if the patient died then
+    stay = klass.isin(["inpatient", "icu"]).to_numpy() & ended
+    death_at = pd.Series(deaths["time"].to_numpy(), index=deaths["patient"].to_numpy())
+    died_at_end = encounters["end_time"].to_numpy() == death_at.reindex(encounters["patient"]).to_numpy()
+    system = TERMINOLOGY + "discharge-disposition"
+    disposition = np.full(len(encounters), "", dtype=object)
+    disposition[stay] = np.where(
+        died_at_end[stay],
+        '{"dischargeDisposition":' + _coding(system, "exp", "Expired") + "}",
+        '{"dischargeDisposition":' + _coding(system, "home", "Home") + "}",
+    )
+    performer = {"system": TERMINOLOGY + "v3-ParticipationType", "code": "PPRF", "display": "primary performer"}
+    participant = (
+        f'[{{"type":[{{"coding":[{_dumps(performer)}]}}],"individual":{refs.one("Practitioner", PRACTITIONER_ID)}}}]'
+    )
+    return _build(
+        "Encounter",
+        encounters,
+        encounters["row"].to_numpy(),
+        [
+            _ids(encounters),
+            ',"status":',
+            np.where(ended, '"finished"', '"in-progress"').astype(object),
+            ',"class":',
+            klass.map(class_json).to_numpy(dtype=object),
+            ',"type":[',
+            _concepts(encounters),
+            '],"subject":',
+            refs.to("Patient", encounters["patient_id"].to_numpy()),
+            ',"participant":',
+            participant,
+            ',"period":',
+            period + "}",
+            _list_field("reasonCode", reason),
+            _list_field("reasonReference", refs.to("Condition", encounters["reason_condition_id"].to_numpy())),
+            _field("hospitalization", disposition),
+            f',"location":[{{"location":{refs.one("Location", LOCATION_ID)}}}]',
+            ',"serviceProvider":' + refs.one("Organization", ORGANIZATION_ID),
+        ],
+    )
+
+
+def condition_resources(conditions: pd.DataFrame, refs: References) -> Resources:
+    """Diagnosed condition episodes."""
+    diagnosed = conditions[conditions["diagnosis_time"].notna()]
+    resolved = diagnosed["resolution_time"].notna().to_numpy()
+    clinical = TERMINOLOGY + "condition-clinical"
+    category = _coding(TERMINOLOGY + "condition-category", "encounter-diagnosis", "Encounter Diagnosis")
+    return _build(
+        "Condition",
+        diagnosed,
+        diagnosed["row"].to_numpy(),
+        [
+            _ids(diagnosed),
+            ',"clinicalStatus":',
+            np.where(resolved, _coding(clinical, "resolved", "Resolved"), _coding(clinical, "active", "Active")).astype(
+                object
+            ),
+            ',"verificationStatus":',
+            _coding(TERMINOLOGY + "condition-ver-status", "confirmed", "Confirmed"),
+            f',"category":[{category}],"code":',
+            _concepts(diagnosed),
+            ',"subject":',
+            refs.to("Patient", diagnosed["patient_id"].to_numpy()),
+            _field("encounter", refs.to("Encounter", diagnosed["diagnosis_encounter_id"].to_numpy())),
+            _time_field("onsetDateTime", diagnosed["onset_time"]),
+            _time_field("abatementDateTime", diagnosed["resolution_time"]),
+            _time_field("recordedDate", diagnosed["diagnosis_time"]),
+        ],
+    )
+
+
+def _category(names: pd.Series) -> np.ndarray:
+    text = {
+        name: _dumps([{"coding": [{"system": TERMINOLOGY + "observation-category", "code": name, "display": display}]}])
+        for name, display in OBSERVATION_CATEGORY.items()
+    }
+    return names.astype(str).map(text).to_numpy(dtype=object)
+
+
+def _lab_interpretation(observations: pd.DataFrame) -> np.ndarray:
+    """',"interpretation":...,"referenceRange":...' for labs with a known upper limit of normal."""
+    out = np.full(len(observations), "", dtype=object)
+    code = observations["code"].astype(str).to_numpy()
+    is_lab = observations["category"].astype(str).to_numpy() == "laboratory"
+    interpretation = TERMINOLOGY + "v3-ObservationInterpretation"
+    high = f',"interpretation":[{_coding(interpretation, "H", "High")}]'
+    normal = f',"interpretation":[{_coding(interpretation, "N", "Normal")}]'
+    for loinc, (limit, unit, text) in LAB_UPPER_LIMITS.items():
+        rows = is_lab & (code == loinc)
+        if not rows.any():
+            continue
+        ucum_code = ucum(unit)
+        reference = _dumps(
+            [{"high": {"value": limit, "unit": ucum_code, "system": UCUM, "code": ucum_code}, "text": text}]
+        )
+        flag = np.where(observations["value"].to_numpy()[rows] >= limit, high, normal)
+        out[rows] = flag + f',"referenceRange":{reference}'
+    return out
+
+
+def _observation_parts(frame: pd.DataFrame, refs: References) -> list[np.ndarray | str]:
+    """The pieces every Observation starts with: id, status, category, code, subject, encounter, times."""
+    effective = fhir_datetimes(frame["time"]).astype(object)
+    return [
+        _ids(frame),
+        ',"status":"final","category":',
+        _category(frame["category"]),
+        ',"code":',
+        _concepts(frame),
+        ',"subject":',
+        refs.to("Patient", frame["patient_id"].to_numpy()),
+        _field("encounter", refs.to("Encounter", frame["encounter_id"].to_numpy())),
+        ',"effectiveDateTime":"',
+        effective,
+        '","issued":"',
+        effective,
+        '"',
+    ]
+
+
+def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) -> Resources:
+    """Measured observations (blood pressure pairs as panels), symptoms and causes of death."""
+    observations = tables["observations"]
+    code = observations["code"].astype(str).to_numpy()
+    keys = ["patient", "encounter_id", "time"]
+    systolic = observations[code == SYSTOLIC]
+    diastolic = observations[code == DIASTOLIC]
+    pairs = systolic.assign(k=systolic.groupby(keys, sort=False).cumcount()).merge(
+        diastolic.assign(k=diastolic.groupby(keys, sort=False).cumcount())[[*keys, "k", "id", "value"]],
+        on=[*keys, "k"],
+        suffixes=("", "_diastolic"),
+    )
+    paired = np.isin(observations["id"].to_numpy(), np.concatenate([pairs["id"], pairs["id_diastolic"]]))
+    single = observations[~paired]
+    parts = [
+        *_observation_parts(single, refs),
+        ',"valueQuantity":',
+        _quantities(single["value"].to_numpy(), single["unit"]),
+        _lab_interpretation(single),
+    ]
+    measured = _build("Observation", single, single["row"].to_numpy(), parts)
+    panels = _blood_pressure_panels(pairs, refs)
+    symptoms = tables["symptoms"].assign(category="exam")
+    symptom = _build(
+        "Observation",
+        symptoms,
+        symptoms["row"].to_numpy(),
+        [
+            *_observation_parts(symptoms, refs),
+            ',"valueQuantity":',
+            _quantities(symptoms["severity"].round(2).to_numpy(), pd.Series(["{score}"] * len(symptoms))),
+        ],
+    )
+    deaths = tables["deaths"][tables["deaths"]["code"].notna()]
+    cause = _build(
+        "Observation",
+        deaths,
+        deaths["row"].to_numpy(),
+        [
+            _ids(deaths),
+            ',"status":"final","code":',
+            _dumps(
+                {
+                    "coding": [
+                        {
+                            "system": LOINC,
+                            "code": "69453-9",
+                            "display": "Cause of death [US Standard Certificate of Death]",
+                        }
+                    ],
+                    "text": "Cause of death",
+                }
+            ),
+            ',"subject":',
+            refs.to("Patient", deaths["patient_id"].to_numpy()),
+            _field("encounter", refs.to("Encounter", deaths["encounter_id"].to_numpy())),
+            _time_field("effectiveDateTime", deaths["time"]),
+            ',"valueCodeableConcept":',
+            _concepts(deaths),
+        ],
+    )
+    return _concat("Observation", [measured, panels, symptom, cause])
+
+
+def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
+    """US Core blood pressure: one panel (85354-9) with systolic and diastolic components."""
+
+    def component(code: str, display: str, values: np.ndarray) -> np.ndarray:
+        concept = _dumps({"coding": [{"system": LOINC, "code": code, "display": display}], "text": display})
+        return f'{{"code":{concept},"valueQuantity":' + _quantities(values, pd.Series(["mm[Hg]"] * len(values))) + "}"
+
+    panel = _dumps(
+        {
+            "coding": [
+                {"system": LOINC, "code": BP_PANEL, "display": "Blood pressure panel with all children optional"}
+            ],
+            "text": "Blood pressure",
+        }
+    )
+    parts = _observation_parts(pairs, refs)
+    parts[4] = panel
+    return _build(
+        "Observation",
+        pairs,
+        pairs["row"].to_numpy(),
+        [
+            *parts,
+            ',"component":[',
+            component(SYSTOLIC, "Systolic blood pressure", pairs["value"].to_numpy()),
+            ",",
+            component(DIASTOLIC, "Diastolic blood pressure", pairs["value_diastolic"].to_numpy()),
+            "]",
+        ],
+    )
+
+
+def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: References) -> Resources:
+    """One laboratory DiagnosticReport per (encounter, time) with lab results."""
+    labs = observations[observations["category"].astype(str).to_numpy() == "laboratory"]
+    results = pd.Series(refs.to("Observation", labs["id"].to_numpy()), index=labs.index)
+    grouped = labs.assign(result=results).groupby(["patient", "encounter_id", "time"], sort=False)
+    reports = grouped.agg(
+        patient_id=("patient_id", "first"), row=("row", "first"), result=("result", ",".join)
+    ).reset_index()
+    reports.insert(
+        0, "id", resource_ids(seed, reports["patient"].to_numpy(), "DiagnosticReport", reports["row"].to_numpy())
+    )
+    effective = fhir_datetimes(reports["time"]).astype(object)
+    return _build(
+        "DiagnosticReport",
+        reports,
+        reports["row"].to_numpy(),
+        [
+            _ids(reports),
+            ',"status":"final","category":[',
+            _coding(TERMINOLOGY + "v2-0074", "LAB", "Laboratory"),
+            '],"code":',
+            _dumps(
+                {
+                    "coding": [{"system": LOINC, "code": "11502-2", "display": "Laboratory report"}],
+                    "text": "Laboratory report",
+                }
+            ),
+            ',"subject":',
+            refs.to("Patient", reports["patient_id"].to_numpy()),
+            ',"encounter":',
+            refs.to("Encounter", reports["encounter_id"].to_numpy()),
+            ',"effectiveDateTime":"',
+            effective,
+            '","issued":"',
+            effective,
+            '","performer":[',
+            refs.one("Organization", ORGANIZATION_ID),
+            '],"result":[',
+            reports["result"].to_numpy(dtype=object),
+            "]",
+        ],
+    )
+
+
+def medication_resources(medications: pd.DataFrame, refs: References) -> Resources:
+    stopped = medications["stop_time"].notna().to_numpy()
+    start = fhir_datetimes(medications["start_time"]).astype(object)
+    stop = fhir_datetimes(medications["stop_time"]).astype(object)
+    validity = '{"validityPeriod":{"start":"' + start + '"'
+    validity[stopped] = validity[stopped] + ',"end":"' + stop[stopped] + '"'
+    return _build(
+        "MedicationRequest",
+        medications,
+        medications["row"].to_numpy(),
+        [
+            _ids(medications),
+            ',"status":',
+            np.where(stopped, '"stopped"', '"active"').astype(object),
+            ',"intent":"order","medicationCodeableConcept":',
+            _concepts(medications),
+            ',"subject":',
+            refs.to("Patient", medications["patient_id"].to_numpy()),
+            _field("encounter", refs.to("Encounter", medications["encounter_id"].to_numpy())),
+            ',"authoredOn":"',
+            start,
+            '","requester":',
+            refs.one("Practitioner", PRACTITIONER_ID),
+            _list_field("reasonReference", refs.to("Condition", medications["reason_condition_id"].to_numpy())),
+            ',"dispenseRequest":',
+            validity + "}}",
+        ],
+    )
+
+
+def procedure_resources(procedures: pd.DataFrame, refs: References) -> Resources:
+    return _build(
+        "Procedure",
+        procedures,
+        procedures["row"].to_numpy(),
+        [
+            _ids(procedures),
+            ',"status":"completed","code":',
+            _concepts(procedures),
+            ',"subject":',
+            refs.to("Patient", procedures["patient_id"].to_numpy()),
+            _field("encounter", refs.to("Encounter", procedures["encounter_id"].to_numpy())),
+            _time_field("performedDateTime", procedures["time"]),
+            ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
+            ',"location":' + refs.one("Location", LOCATION_ID),
+        ],
+    )
+
+
+def immunization_resources(immunizations: pd.DataFrame, refs: References) -> Resources:
+    return _build(
+        "Immunization",
+        immunizations,
+        immunizations["row"].to_numpy(),
+        [
+            _ids(immunizations),
+            ',"status":"completed","vaccineCode":',
+            _concepts(immunizations),
+            ',"patient":',
+            refs.to("Patient", immunizations["patient_id"].to_numpy()),
+            _field("encounter", refs.to("Encounter", immunizations["encounter_id"].to_numpy())),
+            _time_field("occurrenceDateTime", immunizations["time"]),
+            ',"primarySource":true,"location":' + refs.one("Location", LOCATION_ID),
+            ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
+        ],
+    )
+
+
+def _concat(resource_type: str, parts: list[Resources]) -> Resources:
+    """Resources of one type from several builders, in patient then row order."""
+    ids = np.concatenate([p.ids for p in parts])
+    patient = np.concatenate([p.patient for p in parts])
+    order = np.concatenate([p.order for p in parts])
+    text = [t for p in parts for t in p.json]
+    sort = np.lexsort((order, patient))
+    return Resources(resource_type, ids[sort], patient[sort], order[sort], [text[i] for i in sort.tolist()])
+
+
+def build_resources(
+    patients: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    displays: Mapping[str, str],
+    refs: References,
+) -> dict[str, Resources]:
+    """Every resource of one chunk, by resource type (each in patient then row order).
+    `displays`: CDC race and ethnicity code -> display."""
+    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
+    return {
+        "Patient": patients_resources(patients, displays, refs),
+        "Encounter": encounter_resources(tables["encounters"], tables["deaths"], refs),
+        "Condition": condition_resources(tables["conditions"], refs),
+        "Observation": observation_resources(tables, refs),
+        "DiagnosticReport": diagnostic_report_resources(tables["observations"], seed, refs),
+        "MedicationRequest": medication_resources(tables["medications"], refs),
+        "Procedure": procedure_resources(tables["procedures"], refs),
+        "Immunization": immunization_resources(tables["immunizations"], refs),
+    }
+
+
+def shared_resources(refs: References) -> dict[str, dict]:
+    """The Organization, Location and Practitioner every encounter points to."""
+    organization = {
+        "resourceType": "Organization",
+        "id": ORGANIZATION_ID,
+        "identifier": [{"system": ID_SYSTEM + "organization", "value": "ehrsim-clinic"}],
+        "active": True,
+        "type": [
+            {
+                "coding": [
+                    {"system": TERMINOLOGY + "organization-type", "code": "prov", "display": "Healthcare Provider"}
+                ]
+            }
+        ],
+        "name": "ehrsim Synthetic Clinic",
+        "telecom": [{"system": "phone", "value": "555-0100", "use": "work"}],
+        "address": [_ADDRESS],
+    }
+    location = {
+        "resourceType": "Location",
+        "id": LOCATION_ID,
+        "identifier": [{"system": ID_SYSTEM + "location", "value": "ehrsim-clinic-main"}],
+        "status": "active",
+        "name": "ehrsim Synthetic Clinic, main site",
+        "address": _ADDRESS,
+        "managingOrganization": orjson.loads(refs.one("Organization", ORGANIZATION_ID)),
+    }
+    practitioner = {
+        "resourceType": "Practitioner",
+        "id": PRACTITIONER_ID,
+        "identifier": [{"system": ID_SYSTEM + "practitioner", "value": "ehrsim-clinician-1"}],
+        "active": True,
+        "name": [{"use": "official", "family": "Clinician", "given": ["Synthetic"], "prefix": ["Dr."]}],
+    }
+    return {"Organization": organization, "Location": location, "Practitioner": practitioner}

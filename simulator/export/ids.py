@@ -1,0 +1,74 @@
+"""Deterministic resource ids and FHIR date-times, computed a column at a time.
+
+An id is a version-4-shaped UUID from a SplitMix64 hash of (seed, patient index, resource tag,
+key), where the key is the event's row within its patient (or the encounter number). Rows within
+a patient do not depend on the chunk size, so neither do the ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+# positions of the 32 hex digits in the 36 characters of a UUID (8-4-4-4-12)
+_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+# resource tags: one per kind of derived id, so two resources from one row never share an id
+TAGS = {
+    "Encounter": 1,
+    "Condition": 2,
+    "Observation": 3,
+    "DiagnosticReport": 4,
+    "MedicationRequest": 5,
+    "Procedure": 6,
+    "Immunization": 7,
+    "Symptom": 8,
+    "Death": 9,
+}
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser, element-wise on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Two uint64 columns -> version-4-shaped UUID strings (numpy unicode array)."""
+    n = len(high)
+    raw = np.empty((n, 16), np.uint8)
+    raw[:, :8] = high.astype(">u8").view(np.uint8).reshape(n, 8)
+    raw[:, 8:] = low.astype(">u8").view(np.uint8).reshape(n, 8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    chars = np.full((n, 36), ord("-"), np.uint8)
+    hexed = np.empty((n, 32), np.uint8)
+    hexed[:, 0::2] = _HEX[raw >> 4]
+    hexed[:, 1::2] = _HEX[raw & 0x0F]
+    chars[:, _DIGITS] = hexed
+    return chars.view("S36").ravel().astype("U36")
+
+
+def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
+    """UUIDs for resources of type `tag`, one per (patient index, key)."""
+    with np.errstate(over="ignore"):
+        base = _mix(np.uint64(seed) * _GAMMA + np.uint64(TAGS[tag]))
+        z = _mix(base ^ (np.asarray(patient).astype(np.uint64) * _GAMMA))
+        z = _mix(z ^ (np.asarray(key).astype(np.uint64) + _GAMMA))
+        return uuid_strings(z, _mix(z + _GAMMA))
+
+
+def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' ('' where missing)."""
+    values = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy("datetime64[ms]")
+    text = np.datetime_as_string(values, unit="ms", timezone="UTC")
+    return np.where(np.isnat(values), "", text)
+
+
+def fhir_dates(times: pd.Series) -> np.ndarray:
+    """UTC timestamps -> FHIR date strings (YYYY-MM-DD)."""
+    values = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy("datetime64[D]")
+    return np.datetime_as_string(values, unit="D")

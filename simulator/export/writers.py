@@ -1,0 +1,274 @@
+"""Writing a run chunk by chunk: FHIR ndjson and bundles, CSV and Parquet tables.
+
+Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden staging
+name (`.fhir.partial/`) and renamed only when the whole run is done, so an interrupted run leaves
+nothing that looks finished. Every file is counted and hashed (SHA-256) as it is written, for the
+run manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simulator.export.bundles import Method, patient_bundles, shared_entries
+from simulator.export.clinical_tables import TABLES, build_tables
+from simulator.export.fhir_resources import References, build_resources, shared_resources
+from simulator.library import Library
+from simulator.schema import CODE_SYSTEMS
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What the exporters need from the library: condition codes (for encounter reasons) and the
+    displays of the CDC race and ethnicity codes."""
+
+    condition_codes: dict[str, tuple[str, str, str]]
+    displays: dict[str, str]
+
+    @classmethod
+    def from_library(cls, library: Library) -> ExportContext:
+        conditions = {
+            name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
+            for module in library.modules
+            for name, c in module.conditions.items()
+        }
+        categories = [*library.demographics.race, *library.demographics.ethnicity]
+        return cls(conditions, {c.code.code: c.code.display for c in categories})
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a hidden temporary name, then rename it."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+@dataclass
+class _File:
+    """An output file written in pieces, counted and hashed on the way."""
+
+    path: Path
+    unit: str  # "rows" or "resources"
+    count: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def __post_init__(self) -> None:
+        self.handle = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+
+    def write(self, data: bytes, count: int) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.count += count
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class Staging:
+    """One output directory, written under `.<name>.partial/` and renamed when complete."""
+
+    def __init__(self, out: Path, name: str):
+        self.final = out / name
+        self.dir = out / f".{name}.partial"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.files: dict[str, dict] = {}
+
+    def record(self, name: str, unit: str, count: int, data_path: Path, sha256: str) -> None:
+        entry = {unit: count, "bytes": data_path.stat().st_size, "sha256": sha256}
+        self.files[f"{self.final.name}/{name}"] = entry
+
+    def finish(self) -> None:
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+            os.replace(self.dir, self.final)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.dir, self.final)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NdjsonWriter:
+    """FHIR Bulk Data output: one `<Type>.ndjson` per resource type and a Bulk export manifest."""
+
+    def __init__(self, out: Path, request: str):
+        self.staging = Staging(out, "fhir")
+        self.request = request
+        self.files: dict[str, _File] = {}
+        for resource in shared_resources(References(urn=False)).values():
+            self._append(resource["resourceType"], [orjson.dumps(resource).decode()])
+
+    def _append(self, resource_type: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        if resource_type not in self.files:
+            self.files[resource_type] = _File(self.staging.dir / f"{resource_type}.ndjson", "resources")
+        self.files[resource_type].write(("\n".join(lines) + "\n").encode(), len(lines))
+
+    def write(self, resources: dict) -> None:
+        for resource_type, group in resources.items():
+            self._append(resource_type, group.json)
+
+    def finish(self) -> dict[str, dict]:
+        output = []
+        for resource_type, file in sorted(self.files.items()):
+            file.close()
+            self.staging.record(file.path.name, "resources", file.count, file.path, file.digest.hexdigest())
+            output.append({"type": resource_type, "url": file.path.name, "count": file.count})
+        manifest = {
+            "transactionTime": datetime.now(UTC).isoformat(timespec="seconds"),
+            "request": self.request,
+            "requiresAccessToken": False,
+            "output": output,
+            "error": [],
+        }
+        path = self.staging.dir / "manifest.json"
+        data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+        path.write_bytes(data)
+        self.staging.record(path.name, "files", len(output), path, hashlib.sha256(data).hexdigest())
+        self.staging.finish()
+        return self.staging.files
+
+    def abort(self) -> None:
+        for file in self.files.values():
+            file.close()
+        self.staging.abort()
+
+
+class BundleWriter:
+    """One transaction Bundle per patient: `bundles/<patient id>.json`."""
+
+    def __init__(self, out: Path, method: Method):
+        self.staging = Staging(out, "bundles")
+        self.method = method
+        self.shared = shared_entries(shared_resources(References(urn=True)), method)
+
+    def write(self, resources: dict) -> None:
+        for patient_id, n_entries, data in patient_bundles(resources, self.shared, self.method):
+            path = self.staging.dir / f"{patient_id}.json"
+            path.write_bytes(data)
+            self.staging.record(path.name, "resources", n_entries, path, hashlib.sha256(data).hexdigest())
+
+    def finish(self) -> dict[str, dict]:
+        self.staging.finish()
+        return self.staging.files
+
+    def abort(self) -> None:
+        self.staging.abort()
+
+
+def _arrow_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns as pandas strings, so a chunk where a column is all missing keeps its type."""
+    objects = [c for c in frame.columns if frame[c].dtype == object]
+    return frame.astype(dict.fromkeys(objects, "string")) if objects else frame
+
+
+class TableWriter:
+    """patients, events and the per-type tables as CSV (`csv/<table>.csv`) or Parquet."""
+
+    def __init__(self, out: Path, kind: str):
+        self.staging = Staging(out, kind)
+        self.kind = kind
+        self.csv: dict[str, _File] = {}
+        self.parquet: dict[str, pq.ParquetWriter] = {}
+        self.rows: dict[str, int] = {}
+
+    def write(self, tables: dict[str, pd.DataFrame]) -> None:
+        for name, frame in tables.items():
+            frame = _arrow_ready(frame)
+            if self.kind == "csv":
+                first = name not in self.csv
+                if first:
+                    self.csv[name] = _File(self.staging.dir / f"{name}.csv", "rows")
+                text = frame.to_csv(index=False, header=first, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+                self.csv[name].write(text.encode(), len(frame))
+            else:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if name not in self.parquet:
+                    self.parquet[name] = pq.ParquetWriter(self.staging.dir / f"{name}.parquet", table.schema)
+                else:
+                    table = table.cast(self.parquet[name].schema)
+                self.parquet[name].write_table(table)
+            self.rows[name] = self.rows.get(name, 0) + len(frame)
+
+    def finish(self) -> dict[str, dict]:
+        for file in self.csv.values():
+            file.close()
+            self.staging.record(file.path.name, "rows", file.count, file.path, file.digest.hexdigest())
+        for name, writer in self.parquet.items():
+            writer.close()
+            path = self.staging.dir / f"{name}.parquet"
+            self.staging.record(path.name, "rows", self.rows[name], path, _sha256(path))
+        self.staging.finish()
+        return self.staging.files
+
+    def abort(self) -> None:
+        for file in self.csv.values():
+            file.close()
+        for writer in self.parquet.values():
+            writer.close()
+        self.staging.abort()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Export:
+    """All requested outputs of a run, fed chunk by chunk."""
+
+    def __init__(
+        self, out: Path, formats: tuple[str, ...], context: ExportContext, request: str, method: Method = "POST"
+    ):
+        self.context = context
+        self.ndjson = NdjsonWriter(out, request) if "ndjson" in formats else None
+        self.bundles = BundleWriter(out, method) if "bundles" in formats else None
+        self.tables = [TableWriter(out, kind) for kind in ("csv", "parquet") if kind in formats]
+        self.writers = [w for w in (self.ndjson, self.bundles, *self.tables) if w is not None]
+        self.resource_counts: dict[str, int] = {}
+
+    def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
+        tables = build_tables(patients, events, self.context.condition_codes)
+        for writer in self.tables:
+            writer.write({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
+        if self.ndjson:
+            resources = build_resources(patients, tables, self.context.displays, References(urn=False))
+            self.ndjson.write(resources)
+            self._count(resources)
+        if self.bundles:
+            resources = build_resources(patients, tables, self.context.displays, References(urn=True))
+            self.bundles.write(resources)
+            if not self.ndjson:
+                self._count(resources)
+
+    def _count(self, resources: dict) -> None:
+        for resource_type, group in resources.items():
+            self.resource_counts[resource_type] = self.resource_counts.get(resource_type, 0) + len(group.json)
+
+    def finish(self) -> dict[str, dict]:
+        files: dict[str, dict] = {}
+        for writer in self.writers:
+            files.update(writer.finish())
+        return files
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            writer.abort()
