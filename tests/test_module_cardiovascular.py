@@ -1,0 +1,160 @@
+"""Clinical coherence of the cardiovascular modules (coronary heart disease, heart failure, stroke,
+atrial fibrillation) on one generated cohort of the shipped modules."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import simulator
+
+REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
+CHD = "53741008"
+MI = "22298006"
+HF = "84114007"
+STROKE = "230690007"
+AF = "49436004"
+T2D = "44054006"
+SMOKER = "77176002"
+TROPONIN = "89579-7"
+PCI = "415070008"
+CABG = "232717009"
+HF_ONLY_DRUGS = {"1656349", "313096", "1488569", "313988"}  # ARNI, spironolactone, dapagliflozin, furosemide
+APIXABAN = "1364445"
+CARDIOVASCULAR_DEATHS = {MI, CHD, HF, STROKE}
+
+
+@pytest.fixture(scope="session")
+def cardio_population() -> simulator.Population:
+    """A cohort large enough for a few hundred infarctions and strokes (the shared one has about 100)."""
+    return simulator.generate(patients=8000, seed=21, chunk_size=4000)
+
+
+def first_time(events: pd.DataFrame, kind: str, codes: set[str]) -> pd.Series:
+    """Per patient, the time of the first event of `kind` with one of `codes`."""
+    hits = events[(events.kind == kind) & events.code.isin(codes)]
+    return hits.groupby("patient").time.min()
+
+
+def living_adults(pop: simulator.Population, low: float = 20, high: float = 200) -> pd.DataFrame:
+    """Patients alive at the reference date aged [low, high), with their age."""
+    p = pop.patients
+    alive = p[p.death_time.isna() | (p.death_time > REFERENCE)].copy()
+    alive["age"] = (REFERENCE - alive.birth_time).dt.days / 365.25
+    return alive[(alive.age >= low) & (alive.age < high)]
+
+
+def encounter_classes(events: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
+    """The class of the encounter each row happened in (NaN outside one)."""
+    starts = events[events.kind == "encounter_start"].set_index(["patient", "encounter"]).encounter_class
+    return pd.Series(starts.reindex(pd.MultiIndex.from_arrays([rows.patient, rows.encounter])).to_numpy())
+
+
+def ever_diagnosed(pop: simulator.Population, code: str) -> set[int]:
+    ev = pop.events
+    return set(ev.loc[(ev.kind == "condition_diagnosis") & (ev.code == code) & (ev.time <= REFERENCE), "patient"])
+
+
+def test_revascularisation_only_after_coronary_diagnosis(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    procedures = ev[(ev.kind == "procedure") & ev.code.isin({PCI, CABG})]
+    assert len(procedures) > 50
+    diagnosed = first_time(ev, "condition_diagnosis", {CHD})
+    when = procedures.patient.map(diagnosed)
+    assert when.notna().all(), "PCI/CABG in a patient never diagnosed with CHD"
+    assert (procedures.time >= when).all(), "PCI/CABG before the CHD diagnosis"
+
+
+def test_troponin_measured_and_raised_in_every_infarction_visit(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    mi = ev[(ev.kind == "condition_diagnosis") & (ev.code == MI)]
+    assert len(mi) > 100
+    assert (encounter_classes(ev, mi) == "emergency").all()
+    troponin = ev[(ev.kind == "observation") & (ev.code == TROPONIN)]
+    measured = set(zip(troponin.patient, troponin.encounter, strict=True))
+    assert all(key in measured for key in zip(mi.patient, mi.encounter, strict=True))
+    # Thygesen 2018: infarction means troponin above the 99th percentile limit (about 26 ng/L).
+    in_mi = troponin.merge(mi[["patient", "encounter"]], on=["patient", "encounter"])
+    assert (in_mi.value > 26).mean() > 0.95
+    assert (troponin.unit == "ng/L").all()
+
+
+def test_emergency_visit_then_admission_for_infarction(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    starts = ev[(ev.kind == "encounter_start") & (ev.module == "coronary_heart_disease")]
+    emergency = starts[starts.state == "mi_emergency"]
+    admissions = starts[starts.state == "mi_admission"].set_index("patient").time.groupby(level=0).min()
+    first_ed = emergency.groupby("patient").time.min()
+    gap = (admissions.reindex(first_ed.index) - first_ed).dropna()
+    assert len(gap) > 50
+    assert ((gap - pd.Timedelta(hours=3)).abs() < pd.Timedelta(seconds=1)).all()
+
+
+def test_heart_failure_drugs_only_with_heart_failure(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    starts = ev[(ev.kind == "medication_start") & ev.code.isin(HF_ONLY_DRUGS)]
+    assert len(starts) > 100
+    diagnosed = first_time(ev, "condition_diagnosis", {HF})
+    when = starts.patient.map(diagnosed)
+    assert when.notna().all() and (starts.time >= when).all()
+
+
+def test_heart_failure_values_follow_the_disease(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    lvef = ev[(ev.kind == "observation") & (ev.code == "10230-1")]
+    reduced = set(lvef.loc[lvef.value <= 40, "patient"])
+    arni_or_mra = set(ev.loc[(ev.kind == "medication_start") & ev.code.isin({"1656349", "313096"}), "patient"])
+    assert arni_or_mra <= reduced, "HFrEF drugs given with LVEF > 40%"
+    assert 0.3 < len(reduced) / lvef.patient.nunique() < 0.7  # about half reduced (dunlay2017)
+    probnp = ev[(ev.kind == "observation") & (ev.code == "33762-6")]
+    assert (probnp.value >= 125).mean() > 0.9  # mcdonagh2021 chronic threshold; measured only in heart failure
+
+
+def test_infarction_more_common_with_diabetes_and_smoking(cardio_population: simulator.Population) -> None:
+    """INTERHEART odds ratios 2.37 (diabetes) and 2.87 (current smoking): infarction history is clearly
+    more frequent in adults 50-79 with diabetes or a smoking history, even though both are only part
+    of life and are confounded by age in opposite directions."""
+    adults = living_adults(cardio_population, 50, 80)
+    ev = cardio_population.events
+    mi = set(ev.loc[(ev.kind == "condition_onset") & (ev.code == MI), "patient"])
+    for code in (T2D, SMOKER):
+        exposed = set(ev.loc[(ev.kind == "condition_onset") & (ev.code == code), "patient"])
+        has = adults["index"].isin(exposed)
+        rate_exposed = adults.loc[has, "index"].isin(mi).mean()
+        rate_other = adults.loc[~has, "index"].isin(mi).mean()
+        assert has.sum() > 300
+        assert rate_exposed > 1.3 * rate_other, (code, rate_exposed, rate_other)
+
+
+def test_cardiovascular_deaths_have_valid_causes_and_nothing_after(cardio_population: simulator.Population) -> None:
+    p = cardio_population.patients
+    ev = cardio_population.events
+    dead = p[p.death_cause_code.isin(CARDIOVASCULAR_DEATHS)]
+    assert len(dead) > 30
+    for code in CARDIOVASCULAR_DEATHS & set(dead.death_cause_code):
+        patients = dead.loc[dead.death_cause_code == code, "index"]
+        onset = set(ev.loc[(ev.kind == "condition_onset") & (ev.code == code), "patient"])
+        assert patients.isin(onset).all(), f"death from {code} without its onset"
+    last = ev.groupby("patient").time.max()
+    assert (last.reindex(dead["index"]).to_numpy() <= dead.death_time.to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("code", "low", "high", "target"),
+    [
+        # cohort_targets.csv chd / heart_disease_self_report rows (NHANES 2015-2018; NHIS 2019).
+        (CHD, 20, 200, 7.2),
+        (CHD, 45, 55, 3.6),
+        (CHD, 55, 65, 9.0),
+        (CHD, 65, 75, 14.3),
+        (CHD, 75, 200, 24.2),
+        (MI, 20, 200, 3.1),  # myocardial_infarction_history
+        (HF, 20, 200, 2.2),  # heart_failure
+    ],
+)
+def test_prevalence_within_factor_two_of_targets(
+    cardio_population: simulator.Population, code: str, low: float, high: float, target: float
+) -> None:
+    adults = living_adults(cardio_population, low, high)
+    prevalence = 100 * adults["index"].isin(ever_diagnosed(cardio_population, code)).mean()
+    assert target / 2 < prevalence < target * 2, prevalence
