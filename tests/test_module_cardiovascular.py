@@ -18,6 +18,8 @@ T2D = "44054006"
 SMOKER = "77176002"
 TROPONIN = "89579-7"
 PCI = "415070008"
+HEAD_CT = "303653007"
+THROMBOLYSIS = "426347000"
 CABG = "232717009"
 HF_ONLY_DRUGS = {"1656349", "313096", "1488569", "313988"}  # ARNI, spironolactone, dapagliflozin, furosemide
 APIXABAN = "1364445"
@@ -79,15 +81,50 @@ def test_troponin_measured_and_raised_in_every_infarction_visit(cardio_populatio
     assert (troponin.unit == "ng/L").all()
 
 
-def test_emergency_visit_then_admission_for_infarction(cardio_population: simulator.Population) -> None:
+def test_every_acute_admission_follows_an_emergency_visit(cardio_population: simulator.Population) -> None:
+    """MI, heart failure and stroke admissions start the moment the same module's emergency visit ends."""
     ev = cardio_population.events
-    starts = ev[(ev.kind == "encounter_start") & (ev.module == "coronary_heart_disease")]
-    emergency = starts[starts.state == "mi_emergency"]
-    admissions = starts[starts.state == "mi_admission"].set_index("patient").time.groupby(level=0).min()
-    first_ed = emergency.groupby("patient").time.min()
-    gap = (admissions.reindex(first_ed.index) - first_ed).dropna()
-    assert len(gap) > 50
-    assert ((gap - pd.Timedelta(hours=3)).abs() < pd.Timedelta(seconds=1)).all()
+    acute = {"mi_admission", "hf_admission", "ischaemic_admission", "haemorrhagic_admission"}
+    admissions = ev[(ev.kind == "encounter_start") & ev.state.isin(acute)]
+    assert admissions.state.nunique() == len(acute)
+    emergency_ends = ev[(ev.kind == "encounter_end") & (ev.encounter_class == "emergency")]
+    ends = set(zip(emergency_ends.patient, emergency_ends.module, emergency_ends.time, strict=True))
+    keys = zip(admissions.patient, admissions.module, admissions.time, strict=True)
+    assert all(key in ends for key in keys)
+
+
+def test_stroke_imaged_in_the_emergency_visit(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    stroke = ev[(ev.kind == "condition_diagnosis") & (ev.code == STROKE)]
+    assert len(stroke) > 100
+    assert (encounter_classes(ev, stroke) == "emergency").all()
+    ct = ev[(ev.kind == "procedure") & (ev.code == HEAD_CT)]
+    imaged = set(zip(ct.patient, ct.encounter, strict=True))
+    assert all(key in imaged for key in zip(stroke.patient, stroke.encounter, strict=True))
+    # Thrombolysis only in a stroke emergency visit, for about 10% of ischaemic strokes (87% of strokes).
+    lysis = ev[(ev.kind == "procedure") & (ev.code == THROMBOLYSIS)]
+    assert set(zip(lysis.patient, lysis.encounter, strict=True)) <= imaged
+    ischaemic = (ev.kind == "encounter_start") & (ev.state == "ischaemic_emergency")
+    assert 0.05 < len(lysis) / ischaemic.sum() < 0.15
+
+
+def test_anticoagulant_only_with_atrial_fibrillation(cardio_population: simulator.Population) -> None:
+    ev = cardio_population.events
+    starts = ev[(ev.kind == "medication_start") & (ev.code == APIXABAN)]
+    assert len(starts) > 30
+    diagnosed = first_time(ev, "condition_diagnosis", {AF})
+    when = starts.patient.map(diagnosed)
+    assert when.notna().all() and (starts.time >= when).all()
+
+
+def test_stroke_more_common_with_atrial_fibrillation(cardio_population: simulator.Population) -> None:
+    """Wolf 1991: atrial fibrillation raises stroke risk nearly fivefold (less with apixaban)."""
+    adults = living_adults(cardio_population, 60, 90)
+    ev = cardio_population.events
+    stroke = set(ev.loc[(ev.kind == "condition_onset") & (ev.code == STROKE), "patient"])
+    af = adults["index"].isin(set(ev.loc[(ev.kind == "condition_onset") & (ev.code == AF), "patient"]))
+    assert af.sum() > 50
+    assert adults.loc[af, "index"].isin(stroke).mean() > 1.5 * adults.loc[~af, "index"].isin(stroke).mean()
 
 
 def test_heart_failure_drugs_only_with_heart_failure(cardio_population: simulator.Population) -> None:
@@ -150,6 +187,11 @@ def test_cardiovascular_deaths_have_valid_causes_and_nothing_after(cardio_popula
         (CHD, 75, 200, 24.2),
         (MI, 20, 200, 3.1),  # myocardial_infarction_history
         (HF, 20, 200, 2.2),  # heart_failure
+        # stroke_history rows (NHIS 2016, secondary copy).
+        (STROKE, 18, 45, 0.6),
+        (STROKE, 45, 65, 3.2),
+        (STROKE, 65, 75, 6.6),
+        (STROKE, 75, 200, 11.1),
     ],
 )
 def test_prevalence_within_factor_two_of_targets(
