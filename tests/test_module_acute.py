@@ -1,0 +1,254 @@
+"""Acute care and immunizations: pneumonia and sepsis, acute primary-care problems, vaccine schedules.
+
+Clinical coherence on the shipped cohort (antibiotics only with an infection diagnosis, ICU only for
+severe pneumonia with sepsis, bounded hourly ICU vital signs, infections resolve, symptoms before or
+inside their visit, vaccines inside wellness visits at schedule ages) and rough realism with
+tolerances (incidence, ICU share, case fatality, coverage).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import simulator
+
+INFECTIONS = {
+    "Pneumonia (disorder)",
+    "Otitis media (disorder)",
+    "Urinary tract infectious disease (disorder)",
+}
+ANTIBIOTIC_PREFIXES = ("amoxicillin", "azithromycin", "ceftriaxone", "nitrofurantoin")
+ACUTE_MODULES = ("pneumonia_sepsis", "acute_primary_care")
+VITALS = {"Heart rate", "Respiratory rate", "Systolic blood pressure", "Body temperature"}
+DAY = pd.Timedelta(days=1)
+
+# CVX short description -> (youngest, oldest age in years, most doses): the schedule windows of
+# rules/immunizations.yaml and rules/influenza_vaccination.yaml with a margin for visit timing.
+SCHEDULE: dict[str, tuple[float, float, int]] = {
+    "Hep B, adolescent or pediatric": (0.0, 0.6, 3),
+    "DTaP": (0.15, 4.5, 5),
+    "Hib (PRP-OMP)": (0.15, 1.35, 3),
+    "Pneumococcal conjugate PCV 13": (0.15, 1.35, 4),
+    "IPV": (0.15, 4.5, 4),
+    "MMR": (0.95, 4.5, 2),
+    "varicella": (0.95, 4.5, 2),
+    "Hep A, ped/adol, 2 dose": (0.95, 1.6, 2),
+    "Tdap": (10.9, 11.5, 1),
+    "HPV9": (10.9, 12.5, 2),
+    "meningococcal MCV4P": (10.9, 16.5, 2),
+    "Td (adult) preservative free": (19.0, 130.0, 12),
+    "zoster recombinant": (50.0, 130.0, 2),
+    "pneumococcal polysaccharide PPV23": (65.0, 130.0, 1),
+    "Influenza, seasonal, injectable, preservative free": (0.5, 130.0, 130),
+}
+
+
+def _age_years(pop: simulator.Population, events: pd.DataFrame) -> pd.Series:
+    birth = pop.patients.set_index("index")["birth_time"]
+    delta = events["time"].to_numpy() - birth.loc[events["patient"]].to_numpy()
+    return pd.Series(delta / np.timedelta64(1, "D") / 365.25, index=events.index)
+
+
+def _reference_time(pop: simulator.Population) -> pd.Timestamp:
+    return pd.Timestamp(pop.manifest["config"]["reference_date"], tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def acute(shipped_population) -> pd.DataFrame:
+    events = shipped_population.events
+    return events[events["module"].isin(ACUTE_MODULES)]
+
+
+@pytest.fixture(scope="module")
+def cap(shipped_population) -> pd.DataFrame:
+    events = shipped_population.events
+    return events[events["module"] == "pneumonia_sepsis"]
+
+
+def test_antibiotics_only_with_an_infection_diagnosed_in_the_same_encounter(acute) -> None:
+    starts = acute[(acute["kind"] == "medication_start") & acute["display"].str.startswith(ANTIBIOTIC_PREFIXES)]
+    assert len(starts) > 50
+    diagnosed = acute[(acute["kind"] == "condition_diagnosis") & acute["display"].isin(INFECTIONS)]
+    keys = set(zip(diagnosed["patient"], diagnosed["encounter"], strict=True))
+    missing = [k for k in zip(starts["patient"], starts["encounter"], strict=True) if k not in keys]
+    assert missing == []
+    uri = acute[acute["reason"] == "upper_respiratory_infection"]
+    assert not uri["kind"].eq("medication_start").any()  # no antibiotic for a cold
+
+
+def test_icu_only_for_severe_pneumonia_with_sepsis(cap) -> None:
+    icu = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "icu")]
+    assert len(icu) >= 10
+    assert set(icu["reason"].astype(str)) == {"sepsis"}
+    sepsis = cap[(cap["kind"] == "condition_diagnosis") & (cap["display"] == "Sepsis (disorder)")]
+    first_sepsis = sepsis.groupby("patient")["time"].min()
+    assert (icu["time"].to_numpy() >= first_sepsis.loc[icu["patient"]].to_numpy()).all()
+    # Lactate: septic shock range in the ICU, normal range at the ED visits of patients without sepsis.
+    lactate = cap[cap["display"] == "Lactate [Moles/volume] in Serum or Plasma"]
+    at_icu = lactate[lactate["state"] == "cap_icu_admit"]["value"]
+    septic_patients = set(sepsis["patient"])
+    at_ed_plain = lactate[(lactate["state"] == "cap_ed_visit") & ~lactate["patient"].isin(septic_patients)]["value"]
+    assert at_icu.mean() > 2.0 > at_ed_plain.mean()
+
+
+def test_icu_vital_signs_are_hourly_and_bounded(cap) -> None:
+    rows = cap[(cap["state"] == "cap_icu_vitals") & (cap["display"] == "Heart rate")]
+    starts = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "icu")]
+    icu_keys = set(zip(starts["patient"], starts["encounter"], strict=True))
+    assert len(rows) > 0 and set(zip(rows["patient"], rows["encounter"], strict=True)) <= icu_keys
+    for _, stay in rows.groupby(["patient", "encounter"]):
+        gaps = stay["time"].diff().dropna()
+        assert (gaps == pd.Timedelta(hours=1)).all()
+        assert len(stay) <= 14 * 24 + 1
+    mean_hours = rows.groupby(["patient", "encounter"]).size().mean()
+    assert 24 < mean_hours < 150  # mean stay about 3 days
+
+
+def test_illness_shifts_vital_signs_and_labs(shipped_population, cap) -> None:
+    events = shipped_population.events
+    wellness_temp = events[(events["module"] == "wellness") & (events["display"] == "Body temperature")]["value"]
+    ed = cap[cap["state"] == "cap_ed_visit"]
+    assert ed[ed["display"] == "Body temperature"]["value"].mean() > wellness_temp.mean() + 0.7
+    assert ed[ed["display"].str.startswith("Leukocytes")]["value"].mean() > 10
+    icu_rr = cap[(cap["state"] == "cap_icu_vitals") & (cap["display"] == "Respiratory rate")]["value"]
+    ward_rr = cap[(cap["state"] == "cap_ward_round") & (cap["display"] == "Respiratory rate")]["value"]
+    assert icu_rr.mean() > ward_rr.mean() + 3
+
+
+def test_infections_resolve(shipped_population, acute) -> None:
+    patients = shipped_population.patients.set_index("index")
+    end = patients["death_time"].fillna(_reference_time(shipped_population))
+    for condition in INFECTIONS | {"Upper respiratory infection (disorder)"}:
+        rows = acute[acute["display"] == condition]
+        onsets = rows[rows["kind"] == "condition_onset"]
+        resolved = rows[rows["kind"] == "condition_resolved"]
+        # Every episode that had 60 days to run and did not end in death is resolved.
+        finished = onsets[onsets["time"].to_numpy() < (end.loc[onsets["patient"]] - 60 * DAY).to_numpy()]
+        assert len(finished) > 0, condition
+        died_of_it = patients.index[patients["death_cause_display"].isin(["Pneumonia (disorder)", "Sepsis (disorder)"])]
+        finished = finished[~finished["patient"].isin(died_of_it)]
+        counts = finished.groupby("patient").size()
+        resolved_counts = resolved.groupby("patient").size().reindex(counts.index, fill_value=0)
+        assert (resolved_counts >= counts).all(), condition
+
+
+def test_symptoms_come_before_or_inside_their_visit(shipped_population, acute) -> None:
+    end = shipped_population.patients.set_index("index")["death_time"].fillna(_reference_time(shipped_population))
+    symptoms = acute[acute["kind"] == "symptom"]
+    outside = symptoms[symptoms["encounter"] < 0]
+    inside = symptoms[symptoms["encounter"] >= 0]
+    assert len(outside) > 100 and len(inside) > 0
+    diagnoses = acute[acute["kind"] == "condition_diagnosis"].sort_values("time")
+    matched = pd.merge_asof(
+        outside.sort_values("time"),
+        diagnoses[["time", "patient"]].rename(columns={"time": "dx"}),
+        left_on="time",
+        right_on="dx",
+        by="patient",
+        direction="forward",
+    )
+    has_time = matched["time"].to_numpy() < (end.loc[matched["patient"]] - 4 * DAY).to_numpy()
+    delay = (matched["dx"] - matched["time"])[has_time]
+    assert delay.notna().all() and (delay >= pd.Timedelta(0)).all() and (delay <= 3 * DAY).all()
+
+
+def test_sepsis_only_with_pneumonia_and_deaths_are_coded(shipped_population, cap) -> None:
+    sepsis_onsets = cap[(cap["kind"] == "condition_onset") & (cap["display"] == "Sepsis (disorder)")]
+    pneumonia = cap[cap["display"] == "Pneumonia (disorder)"]
+    assert sepsis_onsets["patient"].isin(pneumonia["patient"]).all()
+    deaths = cap[cap["kind"] == "death"]
+    patients = shipped_population.patients.set_index("index")
+    assert set(patients.loc[deaths["patient"], "death_cause_display"]) <= {"Pneumonia (disorder)", "Sepsis (disorder)"}
+    events = shipped_population.events
+    for patient, died in patients["death_time"].dropna().items():
+        assert (events.loc[events["patient"] == patient, "time"] <= died).all()
+
+
+def test_pneumonia_rates_and_outcomes_are_realistic(shipped_population, cap) -> None:
+    admissions = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "emergency")]
+    icu = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "icu")]
+    share = len(icu) / len(admissions)
+    assert abs(share - 0.21) < 4 * np.sqrt(0.21 * 0.79 / len(admissions))  # cap_hospitalized_icu_share
+    adult = admissions[_age_years(shipped_population, admissions) >= 18]
+    deaths = cap[(cap["kind"] == "death") & (_age_years(shipped_population, cap) >= 18)]
+    fatality = len(deaths) / len(adult)  # derived_case_fatality: 6.6% (ramirez2017: 6.5% in hospital)
+    assert abs(fatality - 0.066) < 4 * np.sqrt(0.066 * 0.934 / len(adult)), fatality
+    # Hospitalized CAP at 65+ in the last 10 years: within a factor of 2 of EPIC (6.3 and 16.4 per 1,000).
+    ref = _reference_time(shipped_population)
+    window = ref - pd.Timedelta(days=3652)
+    recent = admissions[(admissions["time"] >= window) & (_age_years(shipped_population, admissions) >= 65)]
+    patients = shipped_population.patients
+    start = np.maximum(patients["birth_time"] + pd.Timedelta(days=65 * 365.25), window)
+    stop = patients["death_time"].fillna(ref)
+    person_years = ((stop - start).dt.total_seconds().clip(lower=0) / (365.25 * 86400)).sum()
+    rate = 1000 * len(recent) / person_years
+    assert 4.0 < rate < 20.0
+
+
+def test_primary_care_incidence_by_age_and_sex(shipped_population, acute) -> None:
+    dx = acute[acute["kind"] == "condition_diagnosis"]
+    age = _age_years(shipped_population, dx)
+    sex = shipped_population.patients.set_index("index").loc[dx["patient"], "sex"].astype(str).to_numpy()
+    otitis = dx["display"] == "Otitis media (disorder)"
+    assert otitis[age < 3].mean() > 5 * otitis[age >= 18].mean()  # a childhood disease
+    uti = dx["display"] == "Urinary tract infectious disease (disorder)"
+    adult_women, adult_men = (age >= 18) & (sex == "F"), (age >= 18) & (age < 50) & (sex == "M")
+    assert uti[adult_women].sum() > 10 * uti[adult_men].sum()
+    # Under-3 otitis episodes per child-year, against the 0.33-0.52 first-episode rates of kaur2017.
+    patients = shipped_population.patients
+    ref = _reference_time(shipped_population)
+    lived = (
+        np.minimum(patients["death_time"].fillna(ref), patients["birth_time"] + pd.Timedelta(days=3 * 365.25))
+        - patients["birth_time"]
+    ).dt.total_seconds() / (365.25 * 86400)
+    assert 0.2 < otitis[age < 3].sum() / lived.sum() < 0.8
+
+
+def test_vaccines_inside_wellness_visits_at_schedule_ages(shipped_population) -> None:
+    events = shipped_population.events
+    shots = events[events["kind"] == "immunization"]
+    assert set(shots["display"].astype(str)) <= set(SCHEDULE)
+    routine = shots[shots["module"] == "immunizations"]
+    starts = events[events["kind"] == "encounter_start"].set_index(["patient", "encounter"])["encounter_class"]
+    classes = starts.loc[list(zip(routine["patient"], routine["encounter"], strict=True))].astype(str)
+    assert set(classes) == {"wellness"}
+    age = _age_years(shipped_population, shots)
+    for display, (youngest, oldest, most) in SCHEDULE.items():
+        given = shots["display"] == display
+        assert given.any(), display
+        assert age[given].between(youngest, oldest).all(), display
+        assert shots[given].groupby("patient").size().max() <= most, display
+
+
+def test_vaccine_coverage_matches_the_surveys(shipped_population) -> None:
+    events, patients = shipped_population.events, shipped_population.patients
+    ref = _reference_time(shipped_population)
+    alive = patients[patients["death_time"].isna()]
+    age_now = (ref - alive["birth_time"]).dt.total_seconds() / (365.25 * 86400)
+    shots = events[events["kind"] == "immunization"]
+
+    def coverage(
+        display: str, lo: float, hi: float, doses: int = 1, since: pd.Timestamp | None = None
+    ) -> tuple[float, int]:
+        ids = alive.loc[(age_now >= lo) & (age_now < hi), "index"]
+        rows = shots[(shots["display"] == display) & (shots["time"] >= (since or pd.Timestamp(0, tz="UTC")))]
+        counts = rows.groupby("patient").size().reindex(ids, fill_value=0)
+        return float((counts >= doses).mean()), len(ids)
+
+    for display, lo, hi, doses, target in (
+        ("Tdap", 13, 18, 1, 0.887),  # nis_teen_2017
+        ("HPV9", 13, 18, 1, 0.655),
+        ("pneumococcal polysaccharide PPV23", 65, 130, 1, 0.69),  # lu2021
+        ("zoster recombinant", 50, 130, 1, 0.241),
+    ):
+        observed, n = coverage(display, lo, hi, doses)
+        assert abs(observed - target) < 4 * np.sqrt(target * (1 - target) / n) + 0.05, (display, observed)
+    flu = "Influenza, seasonal, injectable, preservative free"
+    last_year = ref - pd.Timedelta(days=365)
+    for lo, hi, target in ((19, 50, 0.342), (65, 130, 0.688)):  # lu2021
+        observed, n = coverage(flu, lo, hi, 1, since=last_year)
+        assert abs(observed - target) < 4 * np.sqrt(target * (1 - target) / n) + 0.03, (lo, observed)
+    never = patients["index"][~patients["index"].isin(shots[shots["module"] == "immunizations"]["patient"])]
+    assert len(never) / len(patients) < 0.05  # 0.9% never vaccinated, plus adults who skip every dose
