@@ -100,7 +100,7 @@ def test_icu_vital_signs_are_hourly_and_bounded(cap) -> None:
     assert len(rows) > 0 and set(zip(rows["patient"], rows["encounter"], strict=True)) <= icu_keys
     for _, stay in rows.groupby(["patient", "encounter"]):
         gaps = stay["time"].diff().dropna()
-        assert (gaps == pd.Timedelta(hours=1)).all()
+        assert ((gaps - pd.Timedelta(hours=1)).abs() <= pd.Timedelta(seconds=1)).all()  # ms rounding
         assert len(stay) <= 14 * 24 + 1
     mean_hours = rows.groupby(["patient", "encounter"]).size().mean()
     assert 24 < mean_hours < 150  # mean stay about 3 days
