@@ -177,3 +177,85 @@ def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File
 
 def main() -> None:
     app()
+
+
+@app.command()
+def validate(
+    run: Annotated[Path | None, typer.Argument(help="Output directory of `ehrsim generate` to validate.")] = None,
+    patients: Annotated[
+        int | None, typer.Option("--patients", "-n", help="Generate this many patients in memory instead.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated cohorts.")] = 0,
+    lifetime_patients: Annotated[
+        int, typer.Option(help="Size of the lifetime cohort for life expectancy (0: none).")
+    ] = 20_000,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report directory (default: RUN/validation or validation/).")
+    ] = None,
+) -> None:
+    """Compare a cohort with rules/targets; write report.html, report.md and report.json."""
+    from simulator.report import summary, write_report
+    from simulator.validation import validate_generated, validate_run
+
+    if (run is None) == (patients is None):
+        _fail(ValueError("give either a run directory or --patients N"))
+    try:
+        if run is not None:
+            result = validate_run(run, lifetime_patients)
+        else:
+            result = validate_generated(patients, seed, min(lifetime_patients, patients))  # type: ignore[arg-type]
+    except (LoadError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    directory = output or (run / "validation" if run is not None else Path("validation"))
+    files = write_report(result, directory)
+    s = summary(result)
+    failed = len(s["failed_primary"])
+    out.print(f"{s['passed_primary']} of {s['compared_primary']} primary targets pass; {failed} fail")
+    if s["life_expectancy_at_birth"]:
+        e0 = s["life_expectancy_at_birth"]
+        out.print(f"life expectancy at birth {e0['simulated']:.2f} years (target {e0['target']:.2f})")
+    out.print(f"invariant violations: {s['invariant_violations']}; wrote {', '.join(str(f) for f in files)}")
+
+
+@app.command()
+def calibrate(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Modules to fit (default: every module with a declaration).")
+    ] = None,
+    patients: Annotated[int, typer.Option("--patients", "-n", help="Patients simulated per evaluation.")] = 4_000,
+    seed: Annotated[int, typer.Option(help="Seed of the fixed cohort (common random numbers).")] = 20_240_701,
+    max_iterations: Annotated[int, typer.Option(help="Optimizer iterations per group of modules.")] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and print, write nothing.")] = False,
+) -> None:
+    """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves."""
+    from simulator.calibration import fit, fit_groups, write_fitted
+    from simulator.loading import suggest
+    from simulator.validation import default_targets
+
+    try:
+        library = load_library()
+        declared = list(library.calibration)
+        for name in names or []:
+            if name not in declared:
+                raise ValueError(f"no calibration declaration for module '{name}'{suggest(name, declared)}")
+        groups = [g for g in fit_groups(library, declared) if not names or set(g) & set(names)]
+        targets = default_targets(library)
+    except (LoadError, ValueError) as exc:
+        _fail(exc)
+        return
+    for group in groups:
+        result = fit(library, targets, library.calibration, group, patients, seed, max_iterations, out.print)
+        out.print(f"{'target':44} {'target':>8} {'before':>8} {'after':>8}")
+        for before, after in zip(result.before, result.after, strict=True):
+            t = before.target
+            out.print(f"{t.id:44} {t.value:8.4f} {before.simulated:8.4f} {after.simulated:8.4f}")
+        out.print(
+            f"loss {result.loss_before:.2f} -> {result.loss_after:.2f}; {result.evaluations} evaluations "
+            f"in {result.seconds:.0f} s"
+        )
+        if dry_run or result.loss_after >= result.loss_before:
+            out.print("nothing written" + ("" if dry_run else ": the fit did not improve the loss"))
+            continue
+        for path in write_fitted(result, library.calibration, patients, seed):
+            out.print(f"wrote {path}")

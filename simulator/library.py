@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simulator.loading import LoadError, Located, Problem, parse_yaml, validate
 from simulator.schema import Demographics, DiseaseModule, Mortality, Names
+
+if TYPE_CHECKING:
+    from simulator.calibration import Declared
 
 RULES_FILES = {"demographics.yaml": Demographics, "mortality.yaml": Mortality, "names.yaml": Names}
 
@@ -39,6 +43,7 @@ class Library:
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]
+    calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
 
     def module(self, name: str) -> DiseaseModule:
         for module in self.modules:
@@ -66,8 +71,11 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     """Load, validate and cross-check every file; raise LoadError listing all problems found.
 
     `modules` is a directory of module files or a list of files (default: the shipped modules);
-    the rules directory's own module files (vital signs, wellness) are always included.
+    the rules directory's own module files (vital signs, wellness) are always included. Fitted
+    calibration values (rules/targets/calibration/*.fitted.yaml) are written into their modules
+    before validation, and the calibration declarations of the loaded modules are checked.
     """
+    from simulator.calibration import apply_fitted, load_fitted
     from simulator.checks import check_library
 
     rules_dir = Path(rules_dir) if rules_dir is not None else default_rules_dir()
@@ -86,6 +94,13 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     problems: list[Problem] = []
     hashes: dict[str, str] = {}
     documents: dict[str, Located] = {}
+    try:
+        fitted = load_fitted(rules_dir, _display)
+    except LoadError as exc:
+        problems.extend(exc.problems)
+        fitted = {}
+    for _, fitted_doc, fitted_path in fitted.values():
+        hashes[fitted_doc.file] = hashlib.sha256(fitted_path.read_bytes()).hexdigest()
     modules: list[DiseaseModule] = []
     rules: dict[str, object] = {}
     paths = [(p, DiseaseModule) for p in module_files(rules_dir) + files]
@@ -95,6 +110,10 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         try:
             document = parse_yaml(path, display)
             hashes[display] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if model is DiseaseModule and document.data.get("name") in fitted:
+                values, fitted_doc, _ = fitted[document.data["name"]]
+                if found := apply_fitted(document, values, fitted_doc):
+                    raise LoadError(found)
             loaded = validate(document, model)
         except LoadError as exc:
             problems.extend(exc.problems)
@@ -122,7 +141,21 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     )
     check_library(library)
     _hash_tables(library)
-    return library
+    return _with_calibration(library)
+
+
+def _with_calibration(library: Library) -> Library:
+    """The library with the checked calibration declarations of its modules (when the rules have targets)."""
+    from dataclasses import replace
+
+    from simulator.calibration import calibration_dir, load_declarations
+    from simulator.targets import load_targets
+
+    directory = library.rules_dir / "targets"
+    if not calibration_dir(library.rules_dir).is_dir():
+        return library
+    targets = load_targets(directory, _display(directory))
+    return replace(library, calibration=load_declarations(library, targets, _display))
 
 
 def _hash_tables(library: Library) -> None:

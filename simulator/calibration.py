@@ -1,0 +1,540 @@
+"""Free parameters of modules, fitted to the targets with the kernel alone under common random numbers.
+
+A declaration, rules/targets/calibration/<module>.yaml, names the module's free parameters (paths into
+the module file, a multiplier `scale` or an absolute `value`, with bounds) and the targets they answer
+to (patterns over target ids). `ehrsim calibrate` fits them with scipy.optimize.least_squares on
+standardized errors and writes <module>.fitted.yaml beside the declaration: the fitted numbers by
+path, with the targets, the loss before and after and the date. load_library applies fitted files
+while loading, so the fitted values ship as data and the module files keep their sourced values.
+
+Modules whose guards read another module's conditions, attributes, medications or observables
+depend on it; declared modules that depend on each other are fitted together, always in the
+full ensemble of loaded modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from simulator.loading import LoadError, Located, Problem, format_path, parse_yaml, validate
+from simulator.schema import DiseaseModule
+from simulator.targets import Z95, Comparison, TargetSet, Vocabulary, compare, needs_of
+
+if TYPE_CHECKING:
+    from simulator.library import Library
+
+CALIBRATION_DIR = Path("targets") / "calibration"
+FITTED_SUFFIX = ".fitted.yaml"
+LOG_STEP = 0.15  # finite-difference step of log(parameter): a 16% change
+PathParts = tuple[str | int, ...]
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Parameter(_Strict):
+    """`scale`: bounds of a multiplier of every number at `paths`; `value`: bounds of the number set at
+    `paths` (and 1 - it at `complement`, for the other branch of a two-way choice)."""
+
+    paths: list[str] = Field(min_length=1)
+    scale: tuple[float, float] | None = None
+    value: tuple[float, float] | None = None
+    complement: list[str] = []
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Parameter:
+        if (self.scale is None) == (self.value is None):
+            raise ValueError("give exactly one of scale or value (the bounds of the fitted number)")
+        lo, hi = self.bounds
+        if not 0 < lo < hi:
+            raise ValueError(f"bounds must satisfy 0 < low < high (got [{lo:g}, {hi:g}])")
+        if self.complement and self.value is None:
+            raise ValueError("complement needs a value parameter (a probability)")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.scale if self.scale is not None else self.value  # type: ignore[return-value]
+
+
+class Declaration(_Strict):
+    module: str
+    targets: list[str] = Field(min_length=1)  # fnmatch patterns over target ids
+    parameters: dict[str, Parameter] = Field(min_length=1)
+
+
+class Fitted(_Strict):
+    module: str
+    fitted: str
+    patients: int
+    seed: int
+    loss_before: float
+    loss_after: float
+    targets: list[str]
+    parameters: dict[str, float]
+    values: dict[str, float | list[float]]
+
+
+_PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*")
+_PART = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
+
+
+def parse_path(text: str) -> PathParts | None:
+    """'states.a.hazards[0].rate_per_year.male[1]' -> parts; None when malformed."""
+    if not _PATH.fullmatch(text):
+        return None
+    return tuple(name if name else int(number) for name, number in _PART.findall(text))
+
+
+def _lookup(data: Any, parts: PathParts) -> Any:
+    for part in parts:
+        if (
+            isinstance(data, CommentedMap)
+            and isinstance(part, str)
+            and part in data
+            or isinstance(data, CommentedSeq)
+            and isinstance(part, int)
+            and part < len(data)
+        ):
+            data = data[part]
+        else:
+            raise KeyError(part)
+    return data
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """The number(s) at a path: a number or a list of numbers; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return [float(value)]
+    if (
+        isinstance(value, CommentedSeq)
+        and value
+        and all(_numbers(v) is not None and not isinstance(v, list) for v in value)
+    ):
+        return [float(v) for v in value]
+    return None
+
+
+def _assign(data: Any, parts: PathParts, numbers: list[float]) -> None:
+    """Write numbers at a path: into the list there, or the single number."""
+    parent = _lookup(data, parts[:-1])
+    current = parent[parts[-1]]
+    if isinstance(current, CommentedSeq):
+        for i, v in enumerate(numbers):
+            current[i] = v
+    else:
+        parent[parts[-1]] = numbers[0]
+
+
+def _path_problems(doc: Located, where: Located, at: PathParts, text: str) -> tuple[PathParts | None, list[Problem]]:
+    parts = parse_path(text)
+    if parts is None:
+        return None, [where.problem(at, f"malformed path '{text}' (expected e.g. states.x.hazards[0].rate_per_year)")]
+    try:
+        found = _lookup(doc.data, parts)
+    except KeyError as missing:
+        return None, [where.problem(at, f"path '{text}' does not exist in {doc.file} (no '{missing.args[0]}')")]
+    if _numbers(found) is None:
+        return None, [where.problem(at, f"path '{text}' in {doc.file} is not a number or a list of numbers")]
+    return parts, []
+
+
+def calibration_dir(rules_dir: Path) -> Path:
+    return rules_dir / CALIBRATION_DIR
+
+
+def load_fitted(rules_dir: Path, display: Callable[[Path], str]) -> dict[str, tuple[Fitted, Located, Path]]:
+    """Every fitted-parameters file of the rules, by module name; raise LoadError on bad files."""
+    out: dict[str, tuple[Fitted, Located, Path]] = {}
+    problems: list[Problem] = []
+    for path in sorted(calibration_dir(rules_dir).glob(f"*{FITTED_SUFFIX}")):
+        try:
+            doc = parse_yaml(path, display(path))
+            fitted = validate(doc, Fitted)
+        except LoadError as exc:
+            problems += exc.problems
+            continue
+        out[fitted.module] = (fitted, doc, path)
+    if problems:
+        raise LoadError(problems)
+    return out
+
+
+def apply_fitted(module_doc: Located, fitted: Fitted, fitted_doc: Located) -> list[Problem]:
+    """Write the fitted numbers into a parsed module (before it is validated); problems located in
+    the fitted file."""
+    problems: list[Problem] = []
+    for text, value in fitted.values.items():
+        parts, found = _path_problems(module_doc, fitted_doc, ("values", text), text)
+        problems += found
+        if parts is None:
+            continue
+        numbers = value if isinstance(value, list) else [value]
+        is_list = isinstance(_lookup(module_doc.data, parts), CommentedSeq)
+        if is_list != isinstance(value, list) or len(_numbers(_lookup(module_doc.data, parts)) or []) != len(numbers):
+            problems.append(fitted_doc.problem(("values", text), f"value does not match the shape at '{text}'"))
+            continue
+        _assign(module_doc.data, parts, numbers)
+    return problems
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A checked declaration: its parameters' parsed paths and the target ids it answers to."""
+
+    declaration: Declaration
+    path: Path
+    document: Located
+    paths: dict[str, tuple[PathParts, ...]]
+    complements: dict[str, tuple[PathParts, ...]]
+    target_ids: tuple[str, ...]
+
+
+def load_declarations(library: Library, targets: TargetSet, display: Callable[[Path], str]) -> dict[str, Declared]:
+    """The declarations of the loaded modules, checked against the modules and the targets."""
+    directory = calibration_dir(library.rules_dir)
+    loaded = {m.name for m in library.modules}
+    ids = [t.id for t in targets.targets]
+    out: dict[str, Declared] = {}
+    problems: list[Problem] = []
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name.endswith(FITTED_SUFFIX):
+            continue
+        try:
+            doc = parse_yaml(path, display(path))
+            declaration = validate(doc, Declaration)
+        except LoadError as exc:
+            problems += exc.problems
+            continue
+        if declaration.module not in loaded:
+            continue  # a module this run does not load
+        module_doc = library.document(declaration.module)
+        paths, complements = {}, {}
+        for name, parameter in declaration.parameters.items():
+            for field, table in (("paths", paths), ("complement", complements)):
+                parsed = []
+                for i, text in enumerate(getattr(parameter, field)):
+                    parts, found = _path_problems(module_doc, doc, ("parameters", name, field, i), text)
+                    problems += found
+                    parsed.append(parts)
+                table[name] = tuple(parsed)
+            if parameter.value is not None:
+                for parts in paths[name]:
+                    current = _numbers(_lookup(module_doc.data, parts)) if parts else None
+                    lo, hi = parameter.value
+                    if current and not all(lo <= v <= hi for v in current):
+                        at = ("parameters", name, "value")
+                        problems.append(doc.problem(at, f"the module's value {current[0]:g} is outside the bounds"))
+        matched: list[str] = []
+        for i, pattern in enumerate(declaration.targets):
+            hits = fnmatch.filter(ids, pattern)
+            if not hits:
+                problems.append(doc.problem(("targets", i), f"pattern '{pattern}' matches no target id"))
+            matched += [h for h in hits if h not in matched]
+        out[declaration.module] = Declared(declaration, path, doc, paths, complements, tuple(matched))
+    if problems:
+        raise LoadError(problems)
+    return out
+
+
+# --- dependencies ----------------------------------------------------------------------------------------
+
+
+def _names_read(module: DiseaseModule) -> set[str]:
+    """Names a module's guards and hazard ratios read (conditions, attributes, medications, observations)."""
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, BaseModel):
+            for key in ("condition", "attribute", "medication", "observation"):
+                value = getattr(node, key, None)
+                if isinstance(value, str):
+                    found.add(value)
+            for name in type(node).model_fields:
+                visit(getattr(node, name))
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                visit(item)
+
+    visit(module.states)
+    return found
+
+
+def fit_groups(library: Library, declared: list[str]) -> list[list[str]]:
+    """Declared modules grouped by dependency (connected components of 'reads a name declared by')."""
+    owner = {}
+    for module in library.modules:
+        for kind in ("conditions", "attributes", "medications"):
+            for name in getattr(module, kind):
+                owner[name] = module.name
+    graph = nx.Graph()
+    graph.add_nodes_from(declared)
+    for module in library.modules:
+        if module.name not in declared:
+            continue
+        for name in _names_read(module):
+            other = owner.get(name)
+            if other in declared and other != module.name:
+                graph.add_edge(module.name, other)
+    order = {name: i for i, name in enumerate(declared)}
+    return sorted((sorted(c, key=order.get) for c in nx.connected_components(graph)), key=lambda g: order[g[0]])
+
+
+# --- fitting -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Free:
+    """One free parameter of a fit, in log space: x = log(multiplier) or log(value)."""
+
+    module: str
+    name: str
+    parameter: Parameter
+    paths: tuple[PathParts, ...]
+    complements: tuple[PathParts, ...]
+    base: tuple[list[float], ...]  # the numbers at `paths` when the fit started
+
+    @property
+    def start(self) -> float:
+        return 0.0 if self.parameter.scale is not None else math.log(self.base[0][0])
+
+    @property
+    def log_bounds(self) -> tuple[float, float]:
+        lo, hi = self.parameter.bounds
+        return math.log(lo), math.log(hi)
+
+    def numbers(self, x: float) -> Iterator[tuple[PathParts, list[float]]]:
+        """(path, numbers to write there) for this parameter at x."""
+        factor = math.exp(x)
+        for parts, base in zip(self.paths, self.base, strict=True):
+            yield parts, [b * factor for b in base] if self.parameter.scale is not None else [factor] * len(base)
+        for parts in self.complements:
+            yield parts, [1.0 - factor]
+
+
+@dataclass
+class FitResult:
+    modules: list[str]
+    names: list[str]
+    x: np.ndarray
+    before: list[Comparison]
+    after: list[Comparison]
+    loss_before: float
+    loss_after: float
+    evaluations: int
+    seconds: float
+    values: dict[str, dict[str, float | list[float]]]
+    parameters: dict[str, dict[str, float]]
+
+
+def residual(c: Comparison) -> float:
+    """Standardized error: simulated minus target over the combined standard error of the simulated
+    value (its 95% interval) and of the target (its interval, else the 10% tolerance as a 95% band)."""
+    t = c.target
+    target_se = (t.ci_hi - t.ci_lo) / (2 * Z95) if t.ci_lo is not None and t.ci_hi is not None else 0.1 * t.value / Z95
+    sim_se = c.standard_error if math.isfinite(c.standard_error) else 0.0
+    scale = math.sqrt(sim_se**2 + target_se**2) or 1.0
+    return (c.simulated - t.value) / scale if math.isfinite(c.simulated) else 10.0
+
+
+class Objective:
+    """Simulated targets as a function of the free parameters, with the patients fixed (common
+    random numbers: the same seed and patient indices at every evaluation)."""
+
+    def __init__(self, library: Library, targets: TargetSet, free: list[Free], target_ids: list[str],
+                 patients: int, seed: int, chunk_size: int = 10_000):  # fmt: skip
+        from simulator.population import build_people_tables, reference_date_of, sample
+
+        self.library = library
+        self.free = free
+        by_id = targets.by_id()
+        self.targets = [by_id[i] for i in target_ids]
+        self.measures = targets.definitions.measures
+        self.vocabulary = Vocabulary.of(library)
+        self.needs = needs_of(targets.definitions, self.vocabulary)
+        self.tables = build_people_tables(library, reference_date_of(library))
+        youngest = min(t.age_lo for t in self.targets)
+        pool = np.arange(int(patients * 2.0) + 100, dtype=np.int64)  # enough indices for `patients` in range
+        people = sample(self.tables, seed, pool, lifetime=False)
+        ages = (self.tables.reference_t - people.birth_t) / 365.25
+        self.index = pool[ages >= youngest][:patients]
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.documents = {f.module: library.document(f.module) for f in free}
+        self.evaluations = 0
+        self.cache: dict[tuple[float, ...], list[Comparison]] = {}
+
+    def library_at(self, x: np.ndarray) -> Library:
+        """The library with the parameters at x (module documents re-validated; the originals restored)."""
+        for f, xi in zip(self.free, x, strict=True):
+            for parts, numbers in f.numbers(float(xi)):
+                _assign(self.documents[f.module].data, parts, numbers)
+        try:
+            modules = tuple(
+                validate(self.documents[m.name], DiseaseModule) if m.name in self.documents else m
+                for m in self.library.modules
+            )
+        finally:
+            self.restore()
+        return dataclasses.replace(self.library, modules=modules)
+
+    def restore(self) -> None:
+        """Put the numbers the fit started from back into the module documents."""
+        for f in self.free:
+            for parts, numbers in f.numbers(f.start):
+                _assign(self.documents[f.module].data, parts, numbers)
+
+    def comparisons(self, x: np.ndarray) -> list[Comparison]:
+        """The targets simulated at x (cached: the optimizer asks for the same point more than once)."""
+        key = tuple(float(v) for v in x)
+        if key not in self.cache:
+            self.cache[key] = self._simulate(x)
+        return self.cache[key]
+
+    def _simulate(self, x: np.ndarray) -> list[Comparison]:
+        from simulator.compiler import compile_library
+        from simulator.run import RunConfig, Simulator
+        from simulator.validation import simulate_cohort
+
+        library = self.library_at(x)
+        model, names = compile_library(library)
+        sim = Simulator(library, model, names, self.tables, RunConfig(patients=len(self.index), seed=self.seed))
+        cohort = simulate_cohort(sim, self.index, self.needs, sim.reference_t, self.chunk_size)
+        self.evaluations += 1
+        return [compare(t, self.measures[t.measure], cohort, self.vocabulary) for t in self.targets]
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        return np.array([residual(c) for c in self.comparisons(x)])
+
+
+def free_parameters(library: Library, declared: dict[str, Declared], modules: list[str]) -> list[Free]:
+    free = []
+    for module in modules:
+        d = declared[module]
+        doc = library.document(module)
+        for name, parameter in d.declaration.parameters.items():
+            paths = d.paths[name]
+            base = tuple(_numbers(_lookup(doc.data, p)) for p in paths)
+            free.append(Free(module, name, parameter, paths, d.complements[name], base))  # type: ignore[arg-type]
+    return free
+
+
+def fit(
+    library: Library,
+    targets: TargetSet,
+    declared: dict[str, Declared],
+    modules: list[str],
+    patients: int = 10_000,
+    seed: int = 20_240_701,
+    max_iterations: int = 8,
+    report: Callable[[str], None] = print,
+) -> FitResult:
+    """Fit the free parameters of `modules` together (least squares on standardized errors)."""
+    from scipy.optimize import least_squares
+
+    started = time.perf_counter()
+    free = free_parameters(library, declared, modules)
+    ids: list[str] = []
+    for module in modules:
+        ids += [i for i in declared[module].target_ids if i not in ids]
+    objective = Objective(library, targets, free, ids, patients, seed)
+    names = [f"{f.module}.{f.name}" for f in free]
+    x0 = np.array([f.start for f in free])
+    lo = np.array([f.log_bounds[0] for f in free])
+    hi = np.array([f.log_bounds[1] for f in free])
+    x0 = np.clip(x0, lo, hi)
+    n = len(objective.index)
+    report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients")
+    report("  eval  loss      " + "  ".join(f"{n.split('.', 1)[1][:14]:>14}" for n in names))
+
+    def traced(x: np.ndarray) -> np.ndarray:
+        r = objective.residuals(x)
+        shown = "  ".join(f"{math.exp(xi):>14.4g}" for xi in x)
+        report(f"  {objective.evaluations:4d}  {float(r @ r):8.2f}  {shown}")
+        return r
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        """Forward differences with a fixed step in log space (a step that resolves a change in a
+        finite cohort; scipy's default relative step vanishes at x = 0), away from the nearer bound."""
+        r0 = traced(x)
+        columns = []
+        for j in range(len(x)):
+            step = LOG_STEP if x[j] + LOG_STEP <= hi[j] else -LOG_STEP
+            moved = x.copy()
+            moved[j] += step
+            columns.append((traced(moved) - r0) / step)
+        return np.array(columns).T
+
+    before = objective.comparisons(x0)
+    solution = least_squares(
+        traced, x0, jac=jacobian, bounds=(lo, hi), max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0
+    )
+    after = objective.comparisons(solution.x)
+    loss = [float(sum(residual(c) ** 2 for c in cs)) for cs in (before, after)]
+    values: dict[str, dict[str, float | list[float]]] = {m: {} for m in modules}
+    parameters: dict[str, dict[str, float]] = {m: {} for m in modules}
+    for f, xi in zip(free, solution.x, strict=True):
+        parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
+        for parts, numbers in f.numbers(float(xi)):
+            is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
+            values[f.module][format_path(parts)] = [round(v, 6) for v in numbers] if is_list else round(numbers[0], 6)
+    return FitResult(
+        modules, names, solution.x, before, after, loss[0], loss[1], objective.evaluations,
+        time.perf_counter() - started, values, parameters,
+    )  # fmt: skip
+
+
+def write_fitted(result: FitResult, declared: dict[str, Declared], patients: int, seed: int) -> list[Path]:
+    """One <module>.fitted.yaml per module of the fit, beside its declaration."""
+    written = []
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    ids = [c.target.id for c in result.after]
+    for module in result.modules:
+        d = declared[module]
+        mine = [i for i in ids if i in d.target_ids]
+        document = {
+            "module": module,
+            "fitted": when,
+            "patients": patients,
+            "seed": seed,
+            "loss_before": round(result.loss_before, 4),
+            "loss_after": round(result.loss_after, 4),
+            "targets": mine,
+            "parameters": result.parameters[module],
+            "values": result.values[module],
+        }
+        path = d.path.with_name(f"{module}{FITTED_SUFFIX}")
+        yaml = YAML()
+        yaml.default_flow_style = None
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(
+                f"# Fitted by `ehrsim calibrate` ({when}); applied by load_library over {module}'s module file.\n"
+                f"# loss = sum of squared standardized errors over the targets (simulator/calibration.py).\n"
+            )
+            yaml.dump(document, handle)
+        written.append(path)
+    return written

@@ -1,0 +1,613 @@
+"""Real cohort statistics as data, and the same statistics computed on a simulated cohort.
+
+rules/targets/targets.csv holds one published figure per row (with its source); definitions.yaml says
+what each measure counts and how the simulated value is computed: crude, at the reference date, among
+the living, on the row's own age band and sex. A cohort (kernel buffers or event tables) is first
+reduced to a per-patient summary (condition status, latest reading, medications taken at the
+reference date) for just the codes the definitions name, so chunks can be summarised one at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from simulator import kernel
+from simulator.loading import LoadError, Problem, parse_yaml, suggest, validate
+from simulator.schema import CODE_SYSTEMS, Code
+
+if TYPE_CHECKING:
+    from simulator.library import Library
+
+TARGETS_FILE = "targets.csv"
+DEFINITIONS_FILE = "definitions.yaml"
+COLUMNS = (
+    "id",
+    "measure",
+    "condition",
+    "statistic",
+    "age_lo",
+    "age_hi",
+    "sex",
+    "value",
+    "unit",
+    "basis",
+    "ci_lo",
+    "ci_hi",
+    "role",
+    "year",
+    "source",
+    "url",
+)
+OPEN_AGE = 120  # age_hi 120 means "and over"
+RELATIVE_TOLERANCE = 0.10
+Z95 = 1.959963984540054
+
+# --- definitions -----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConditionCriterion(_Strict):
+    conditions: list[str] = Field(min_length=1)
+    status: Literal["active", "diagnosed", "undiagnosed", "ever", "ever_diagnosed"]
+
+
+class ObservationCriterion(_Strict):
+    observation: str
+    op: Literal[">=", ">", "<=", "<"]
+    value: float
+
+
+class MedicationCriterion(_Strict):
+    medications: list[str] = Field(min_length=1)
+
+
+class AnyCriterion(_Strict):
+    any: list[Criterion] = Field(min_length=1)
+
+
+class AllCriterion(_Strict):
+    all: list[Criterion] = Field(min_length=1)
+
+
+Criterion = Annotated[
+    ConditionCriterion | ObservationCriterion | MedicationCriterion | AnyCriterion | AllCriterion,
+    Field(union_mode="left_to_right"),
+]
+
+
+class Measure(_Strict):
+    counts: str = ""
+    statistic: Literal["prevalence", "share", "life_expectancy", "unsupported"]
+    numerator: Criterion | None = None
+    measured: str | None = None  # prevalence among people with a reading of this observable
+    reason: str = ""
+
+
+class LabPair(_Strict):
+    observation: str
+    condition: str
+
+
+class Definitions(_Strict):
+    measures: dict[str, Measure]
+    labs: list[LabPair] = []
+
+
+# --- target rows -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One published figure; `value`, `ci_lo`, `ci_hi` are fractions for prevalence and share rows."""
+
+    id: str
+    measure: str
+    condition: str
+    statistic: str
+    age_lo: int
+    age_hi: int
+    sex: Literal["M", "F", "all"]
+    value: float
+    unit: str
+    basis: Literal["crude", "age-adjusted"]
+    ci_lo: float | None
+    ci_hi: float | None
+    role: Literal["primary", "secondary"]
+    year: str
+    source: str
+    url: str
+    line: int
+
+    @property
+    def band(self) -> str:
+        hi = "+" if self.age_hi >= OPEN_AGE else f"-{self.age_hi}"
+        return f"{self.age_lo}{hi}"
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    targets: tuple[Target, ...]
+    definitions: Definitions
+    file: str
+
+    def by_id(self) -> dict[str, Target]:
+        return {t.id: t for t in self.targets}
+
+
+def _scale(unit: str) -> float:
+    return 0.01 if unit.strip().lower().startswith("percent") else 1.0
+
+
+def _number(text: str, name: str, problems: list[Problem], where: tuple[str, int]) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        problems.append(Problem(where[0], where[1], 1, name, f"must be a number (got {text!r})"))
+        return None
+    if not math.isfinite(value):
+        problems.append(Problem(where[0], where[1], 1, name, f"must be finite (got {text!r})"))
+        return None
+    return value
+
+
+def _row(raw: dict[str, str], file: str, line: int, problems: list[Problem]) -> Target | None:
+    """One CSV row -> Target, or None with its problems appended (every problem of the row)."""
+    before = len(problems)
+    where = (file, line)
+    values: dict[str, float | None] = {}
+    for name in ("value", "age_lo", "age_hi"):
+        values[name] = _number(raw[name], name, problems, where) if raw[name].strip() else None
+    if values["value"] is None and not raw["value"].strip():
+        problems.append(Problem(file, line, 1, "value", "required value is missing"))
+    for name in ("ci_lo", "ci_hi"):
+        values[name] = _number(raw[name], name, problems, where) if raw[name].strip() else None
+    choices = {"sex": ("M", "F", "all"), "basis": ("crude", "age-adjusted"), "role": ("primary", "secondary")}
+    for name, valid in choices.items():
+        if raw[name] not in valid:
+            message = f"must be one of {', '.join(valid)} (got {raw[name]!r}){suggest(raw[name], list(valid))}"
+            problems.append(Problem(file, line, 1, name, message))
+    for name in ("id", "measure", "source"):
+        if not raw[name].strip():
+            problems.append(Problem(file, line, 1, name, "required value is missing"))
+    lo, hi = values["age_lo"], values["age_hi"]
+    if lo is not None and hi is not None and lo > hi:
+        problems.append(Problem(file, line, 1, "age_lo", f"age_lo {lo:g} is above age_hi {hi:g}"))
+    if len(problems) > before:
+        return None
+    scale = _scale(raw["unit"])
+    value = values["value"] * scale  # type: ignore[operator]
+    ci_lo = values["ci_lo"] * scale if values["ci_lo"] is not None else None
+    ci_hi = values["ci_hi"] * scale if values["ci_hi"] is not None else None
+    if ci_lo is not None and ci_hi is not None and not ci_lo <= value <= ci_hi:
+        problems.append(Problem(file, line, 1, "ci_lo", "the interval [ci_lo, ci_hi] must contain value"))
+        return None
+    return Target(
+        id=raw["id"],
+        measure=raw["measure"],
+        condition=raw["condition"],
+        statistic=raw["statistic"],
+        age_lo=int(lo) if lo is not None else 0,
+        age_hi=int(hi) if hi is not None else OPEN_AGE,
+        sex=raw["sex"],  # type: ignore[arg-type]
+        value=value,
+        unit=raw["unit"],
+        basis=raw["basis"],  # type: ignore[arg-type]
+        ci_lo=ci_lo,
+        ci_hi=ci_hi,
+        role=raw["role"],  # type: ignore[arg-type]
+        year=raw["year"],
+        source=raw["source"],
+        url=raw["url"],
+        line=line,
+    )
+
+
+def load_targets(directory: Path, display: str | None = None) -> TargetSet:
+    """Read targets.csv and definitions.yaml of `directory`; raise LoadError with every problem."""
+    shown = display or str(directory)
+    csv_path, yaml_path = directory / TARGETS_FILE, directory / DEFINITIONS_FILE
+    csv_name, yaml_name = f"{shown}/{TARGETS_FILE}", f"{shown}/{DEFINITIONS_FILE}"
+    missing = [Problem(n, 1, 1, "", "no such file") for p, n in ((csv_path, csv_name), (yaml_path, yaml_name))]
+    missing = [m for m, p in zip(missing, (csv_path, yaml_path), strict=True) if not p.is_file()]
+    if missing:
+        raise LoadError(missing)
+    definitions = validate(parse_yaml(yaml_path, yaml_name), Definitions)
+    problems: list[Problem] = []
+    targets: list[Target] = []
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        absent = [c for c in COLUMNS if c not in header]
+        if absent:
+            raise LoadError([Problem(csv_name, 1, 1, "", f"missing column(s): {', '.join(absent)}")])
+        seen: dict[str, int] = {}
+        for raw in reader:
+            line = reader.line_num
+            if None in raw or any(raw[c] is None for c in COLUMNS):
+                problems.append(Problem(csv_name, line, 1, "", f"expected {len(header)} fields"))
+                continue
+            target = _row(raw, csv_name, line, problems)
+            if target is None:
+                continue
+            if target.id in seen:
+                problems.append(Problem(csv_name, line, 1, "id", f"duplicate id (first on line {seen[target.id]})"))
+            elif target.basis == "crude" and target.measure not in definitions.measures:
+                hint = suggest(target.measure, set(definitions.measures))
+                message = f"measure '{target.measure}' has no definition in {DEFINITIONS_FILE}{hint}"
+                problems.append(Problem(csv_name, line, 1, "measure", message))
+            else:
+                seen[target.id] = line
+                targets.append(target)
+    if problems:
+        raise LoadError(problems)
+    return TargetSet(tuple(targets), definitions, csv_name)
+
+
+# --- resolving names against a library -----------------------------------------------------------------
+
+
+def code_key(system: str, code: str) -> str:
+    return f"{system}:{code}"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Code keys (SYSTEM:code) of the conditions, observables and medications a library declares."""
+
+    conditions: dict[str, str]
+    observables: dict[str, str]
+    medications: dict[str, str]
+
+    @classmethod
+    def of(cls, library: Library) -> Vocabulary:
+        tables: dict[str, dict[str, str]] = {"conditions": {}, "observables": {}, "medications": {}}
+        for module in library.modules:
+            for kind, table in tables.items():
+                for name, concept in getattr(module, kind).items():
+                    table[name] = code_key(concept.code.system, str(concept.code.code))
+        return cls(**tables)
+
+    def resolve(self, kind: str, names: list[str]) -> tuple[list[str], list[str]]:
+        """(code keys found, names not loaded); a name may also be written SYSTEM:code."""
+        table: dict[str, str] = getattr(self, kind)
+        codes = set(table.values())
+        found: list[str] = []
+        absent: list[str] = []
+        for name in names:
+            key = table.get(name, name if name in codes else None)
+            if key is None:
+                absent.append(name)
+            elif key not in found:
+                found.append(key)
+        return found, absent
+
+
+def _walk(criterion: Criterion | None):
+    if criterion is None:
+        return
+    yield criterion
+    for child in getattr(criterion, "any", None) or getattr(criterion, "all", None) or []:
+        yield from _walk(child)
+
+
+@dataclass
+class Needs:
+    """The code keys a set of definitions reads, by kind."""
+
+    conditions: set[str] = field(default_factory=set)
+    observables: set[str] = field(default_factory=set)
+    medications: set[str] = field(default_factory=set)
+
+
+def needs_of(definitions: Definitions, vocabulary: Vocabulary) -> Needs:
+    needs = Needs()
+    for measure in definitions.measures.values():
+        for c in _walk(measure.numerator):
+            if isinstance(c, ConditionCriterion):
+                needs.conditions.update(vocabulary.resolve("conditions", c.conditions)[0])
+            elif isinstance(c, ObservationCriterion):
+                needs.observables.update(vocabulary.resolve("observables", [c.observation])[0])
+            elif isinstance(c, MedicationCriterion):
+                needs.medications.update(vocabulary.resolve("medications", c.medications)[0])
+        if measure.measured:
+            needs.observables.update(vocabulary.resolve("observables", [measure.measured])[0])
+    for pair in definitions.labs:
+        needs.observables.update(vocabulary.resolve("observables", [pair.observation])[0])
+        needs.conditions.update(vocabulary.resolve("conditions", [pair.condition])[0])
+    return needs
+
+
+# --- per-patient summary of a cohort -------------------------------------------------------------------
+
+EVER, ACTIVE, DIAGNOSED, EVER_DIAGNOSED = 1, 2, 4, 8
+
+
+@dataclass
+class Cohort:
+    """Per-patient state at the reference date `t_ref` (days since 1970-01-01).
+
+    sex: 0 male, 1 female; death_t NaN when alive at the end of the record. conditions: status bits
+    (EVER, ACTIVE, DIAGNOSED, EVER_DIAGNOSED); observations: latest value (NaN: never measured);
+    medications: taken at t_ref. All keyed by SYSTEM:code.
+    """
+
+    t_ref: float
+    birth_t: np.ndarray
+    sex: np.ndarray
+    death_t: np.ndarray
+    conditions: dict[str, np.ndarray]
+    observations: dict[str, np.ndarray]
+    medications: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.birth_t)
+
+    @property
+    def age_years(self) -> np.ndarray:
+        return (self.t_ref - self.birth_t) / 365.25
+
+    @property
+    def alive(self) -> np.ndarray:
+        return ~(self.death_t <= self.t_ref)
+
+    @classmethod
+    def concat(cls, parts: list[Cohort]) -> Cohort:
+        def cat(name: str) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([getattr(p, name)[k] for p in parts]) for k in getattr(parts[0], name)}
+
+        return cls(
+            parts[0].t_ref,
+            np.concatenate([p.birth_t for p in parts]),
+            np.concatenate([p.sex for p in parts]),
+            np.concatenate([p.death_t for p in parts]),
+            cat("conditions"),
+            cat("observations"),
+            cat("medications"),
+        )
+
+
+def _last_row(n: int, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each patient, the largest row number among `rows` (their positions `pos`), -1 if none."""
+    last = np.full(n, -1, np.int64)
+    np.maximum.at(last, pos, rows)
+    return last
+
+
+def _summarise(
+    n: int,
+    pos: np.ndarray,
+    t: np.ndarray,
+    kind: np.ndarray,
+    value: np.ndarray,
+    rows_of: dict[str, np.ndarray],
+    t_ref: float,
+    needs: Needs,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Status at t_ref from events in patient and time order; rows_of[key] are the rows of that code."""
+    conditions, observations, medications = {}, {}, {}
+
+    def last(key: str, k: int) -> np.ndarray:
+        rows = rows_of.get(key, np.zeros(0, np.int64))
+        rows = rows[(kind[rows] == k) & (t[rows] <= t_ref)]
+        return _last_row(n, pos[rows], rows)
+
+    for key in needs.conditions:
+        onset, diagnosis, resolved = (last(key, k) for k in (kernel.K_ONSET, kernel.K_DIAGNOSIS, kernel.K_RESOLVED))
+        active = onset > resolved
+        status = np.where(onset >= 0, EVER, 0) | np.where(active, ACTIVE, 0)
+        status |= np.where(active & (diagnosis > onset), DIAGNOSED, 0) | np.where(diagnosis >= 0, EVER_DIAGNOSED, 0)
+        conditions[key] = status.astype(np.int8)
+    for key in needs.observables:
+        latest = last(key, kernel.K_OBSERVATION)
+        observations[key] = np.where(latest >= 0, value[np.maximum(latest, 0)], np.nan)
+    for key in needs.medications:
+        medications[key] = last(key, kernel.K_MED_START) > last(key, kernel.K_MED_STOP)
+    return conditions, observations, medications
+
+
+def _rows_by_key(keys: np.ndarray, wanted: set[str]) -> dict[str, np.ndarray]:
+    return {key: np.flatnonzero(keys == key) for key in wanted}
+
+
+def cohort_from_kernel(
+    events: kernel.Events, patient: np.ndarray, index: np.ndarray, birth_t: np.ndarray, sex: np.ndarray,
+    codes: tuple[Code, ...], t_ref: float, needs: Needs,
+) -> Cohort:  # fmt: skip
+    """Summary of kernel output (`Simulator.simulate`): `index` ascending, `patient` the index of each event."""
+    n = len(index)
+    pos = np.searchsorted(index, patient)
+    table_keys = np.array([code_key(c.system, str(c.code)) for c in codes] + [""], dtype=object)
+    wanted = needs.conditions | needs.observables | needs.medications
+    code_ids = {key: np.flatnonzero(table_keys == key) for key in wanted}
+    rows_of = {key: np.flatnonzero(np.isin(events.code, ids)) for key, ids in code_ids.items()}
+    is_death = events.kind == kernel.K_DEATH
+    death_t = np.full(n, np.nan)
+    death_t[pos[is_death]] = events.t[is_death]
+    kind = events.kind.astype(np.int64)
+    parts = _summarise(n, pos, events.t, kind, events.value, rows_of, t_ref, needs)
+    return Cohort(t_ref, birth_t.astype(float), sex.astype(np.int8), death_t, *parts)
+
+
+def _kind_ids(kinds: pd.Series) -> np.ndarray:
+    """Event kind names -> kernel kind numbers (through the categories, not row by row)."""
+    categorical = kinds.astype("category")
+    lookup = np.array([kernel.EVENT_KINDS.index(str(c)) for c in categorical.cat.categories] + [-1], np.int64)
+    return lookup[categorical.cat.codes.to_numpy()]
+
+
+def _days(times: pd.Series) -> np.ndarray:
+    """Timestamps (UTC) -> float days since 1970-01-01, NaN where missing."""
+    return ((times - pd.Timestamp(0, tz="UTC")).dt.total_seconds() / 86_400.0).to_numpy(dtype=float)
+
+
+def cohort_from_tables(patients: pd.DataFrame, events: pd.DataFrame, t_ref: float, needs: Needs) -> Cohort:
+    """Summary of the patient and event tables of a run (in memory or read back from Parquet)."""
+    order = np.argsort(patients["index"].to_numpy(), kind="stable")
+    patients = patients.iloc[order]
+    index = patients["index"].to_numpy()
+    pos = np.searchsorted(index, events["patient"].to_numpy())
+    kind = _kind_ids(events["kind"])
+    wanted = needs.conditions | needs.observables | needs.medications
+    rows_of = {}
+    for key in wanted:
+        system, code = key.split(":", 1)
+        is_code = (events["system"] == CODE_SYSTEMS[system]) & (events["code"] == code)
+        rows_of[key] = np.flatnonzero(is_code.to_numpy())
+    t = _days(events["time"])
+    value = events["value"].to_numpy(dtype=float)
+    sex = (patients["sex"].astype(str) == "F").to_numpy().astype(np.int8)
+    parts = _summarise(len(index), pos, t, kind, value, rows_of, t_ref, needs)
+    return Cohort(t_ref, _days(patients["birth_time"]), sex, _days(patients["death_time"]), *parts)
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_STATUS_BITS = {
+    "active": ACTIVE,
+    "diagnosed": DIAGNOSED,
+    "ever": EVER,
+    "ever_diagnosed": EVER_DIAGNOSED,
+}
+
+
+def meets(criterion: Criterion, cohort: Cohort, vocabulary: Vocabulary, absent: set[str]) -> np.ndarray | None:
+    """Whether each patient meets the criterion; None when none of its names is loaded (names
+    not loaded are added to `absent`)."""
+    n = len(cohort)
+    if isinstance(criterion, AnyCriterion | AllCriterion):
+        members = criterion.any if isinstance(criterion, AnyCriterion) else criterion.all
+        children = [meets(c, cohort, vocabulary, absent) for c in members]
+        present = [c for c in children if c is not None]
+        if not present:
+            return None
+        combine = np.logical_or if isinstance(criterion, AnyCriterion) else np.logical_and
+        return combine.reduce(present)
+    if isinstance(criterion, ConditionCriterion):
+        keys, missing = vocabulary.resolve("conditions", criterion.conditions)
+        absent.update(missing)
+        if not keys:
+            return None
+        status = np.bitwise_or.reduce([cohort.conditions[k] for k in keys])
+        if criterion.status == "undiagnosed":
+            return np.logical_or.reduce([(cohort.conditions[k] & (ACTIVE | DIAGNOSED)) == ACTIVE for k in keys])
+        return (status & _STATUS_BITS[criterion.status]) != 0
+    if isinstance(criterion, ObservationCriterion):
+        keys, missing = vocabulary.resolve("observables", [criterion.observation])
+        absent.update(missing)
+        if not keys:
+            return None
+        with np.errstate(invalid="ignore"):
+            return _OPS[criterion.op](cohort.observations[keys[0]], criterion.value)
+    keys, missing = vocabulary.resolve("medications", criterion.medications)
+    absent.update(missing)
+    return np.logical_or.reduce([cohort.medications[k] for k in keys]) if keys else np.zeros(n, bool)
+
+
+@dataclass
+class Comparison:
+    """A target next to its simulated value; `passed` None when not compared."""
+
+    target: Target
+    status: Literal["compared", "not covered", "unsupported", "age-adjusted", "no lifetime cohort"]
+    simulated: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    n: int = 0
+    count: float = 0.0
+    note: str = ""
+
+    @property
+    def difference(self) -> float:
+        return self.simulated - self.target.value
+
+    @property
+    def standard_error(self) -> float:
+        return (self.hi - self.lo) / (2 * Z95)
+
+    @property
+    def passed(self) -> bool | None:
+        if self.status != "compared" or not math.isfinite(self.simulated):
+            return None
+        t = self.target
+        inside_sim = self.lo <= t.value <= self.hi
+        inside_target = t.ci_lo is not None and t.ci_hi is not None and t.ci_lo <= self.simulated <= t.ci_hi
+        return bool(abs(self.difference) <= RELATIVE_TOLERANCE * abs(t.value) or inside_sim or inside_target)
+
+
+def wilson(k: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return min(centre - half, p), max(centre + half, p)  # contains p also when rounding says otherwise
+
+
+def band_mask(cohort: Cohort, target: Target) -> np.ndarray:
+    age = np.floor(cohort.age_years)
+    mask = (age >= target.age_lo) & (age <= target.age_hi if target.age_hi < OPEN_AGE else True)
+    if target.sex != "all":
+        mask &= cohort.sex == "MF".index(target.sex)
+    return mask
+
+
+def compare(
+    target: Target, measure: Measure, cohort: Cohort, vocabulary: Vocabulary, lifetime: Cohort | None = None
+) -> Comparison:
+    """The simulated statistic of one target, computed the way the target counts."""
+    if target.basis != "crude":
+        return Comparison(target, "age-adjusted", note="age-adjusted rates are not compared; the crude rows are")
+    if measure.statistic == "unsupported":
+        return Comparison(target, "unsupported", note=measure.reason)
+    if measure.statistic == "life_expectancy":
+        if lifetime is None:
+            return Comparison(target, "no lifetime cohort")
+        chosen = np.ones(len(lifetime), bool) if target.sex == "all" else lifetime.sex == "MF".index(target.sex)
+        ages = (lifetime.death_t[chosen] - lifetime.birth_t[chosen]) / 365.25
+        alive = int(np.isnan(ages).sum())
+        ages = ages[~np.isnan(ages)]
+        if len(ages) == 0:
+            return Comparison(target, "no lifetime cohort")
+        mean, half = float(ages.mean()), Z95 * float(ages.std(ddof=1) if len(ages) > 1 else 0) / math.sqrt(len(ages))
+        note = f"{alive} members still alive at the horizon were left out" if alive else ""
+        return Comparison(target, "compared", mean, mean - half, mean + half, len(ages), float(ages.sum()), note)
+    living = cohort.alive
+    band = band_mask(cohort, target) & living
+    if measure.statistic == "share":
+        n, k = int(living.sum()), float(band.sum())
+        return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k)
+    absent: set[str] = set()
+    hit = meets(measure.numerator, cohort, vocabulary, absent) if measure.numerator else None
+    note = f"not in the loaded modules: {', '.join(sorted(absent))}" if absent else ""
+    if hit is None:
+        return Comparison(target, "not covered", note=note)
+    if measure.measured:
+        keys, _ = vocabulary.resolve("observables", [measure.measured])
+        if not keys:
+            return Comparison(target, "not covered", note=f"observable '{measure.measured}' is not loaded")
+        band &= ~np.isnan(cohort.observations[keys[0]])
+    n, k = int(band.sum()), float((hit & band).sum())
+    return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, note)
+
+
+def compare_all(
+    targets: TargetSet, cohort: Cohort, vocabulary: Vocabulary, lifetime: Cohort | None = None
+) -> list[Comparison]:
+    unsupported = Measure(statistic="unsupported")
+    measures = targets.definitions.measures
+    return [compare(t, measures.get(t.measure, unsupported), cohort, vocabulary, lifetime) for t in targets.targets]

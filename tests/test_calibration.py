@@ -1,0 +1,128 @@
+"""Calibration recovers known parameters from targets simulated with them, writes them as data that
+load_library applies, and reports bad declarations with file:line."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA, REPO
+
+from simulator.calibration import fit, fit_groups, write_fitted
+from simulator.library import load_library
+from simulator.loading import LoadError
+from simulator.run import RunConfig, Simulator
+from simulator.targets import COLUMNS, Vocabulary, compare, load_targets, needs_of
+from simulator.validation import simulate_cohort
+
+TRUE_RATES = (0.010, 0.030)  # tests/data/calibration/toy.yaml
+BANDS = ((18, 34), (35, 49), (50, 64), (65, 120))
+DECLARATION = """\
+module: toy
+targets: ["toy_prevalence/*"]
+parameters:
+  young:
+    paths: ["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]
+    scale: [0.1, 10.0]
+  old:
+    paths: ["states.healthy.hazards[0].rate_per_year.male[1]", "states.healthy.hazards[0].rate_per_year.female[1]"]
+    scale: [0.1, 10.0]
+"""
+
+
+def _write_targets(directory: Path, values: dict[tuple[int, int], float]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "definitions.yaml").write_text(
+        "measures:\n  toy_prevalence:\n    statistic: prevalence\n"
+        "    numerator: {conditions: [toy_condition], status: active}\n"
+    )
+    with (directory / "targets.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        for (lo, hi), value in values.items():
+            row = dict.fromkeys(COLUMNS, "")
+            row.update(id=f"toy_prevalence/{lo}-{hi}", measure="toy_prevalence", condition="toy", age_lo=lo,
+                       age_hi=hi, statistic="prevalence", sex="all", value=value, unit="fraction", basis="crude",
+                       role="primary", year="2024", source="simulated truth")  # fmt: skip
+            writer.writerow(row)
+
+
+@pytest.fixture()
+def rules(tmp_path: Path) -> Path:
+    """The shipped rules with a toy target table, without the shipped targets and declarations, and
+    without the wellness visits and vital signs (the toy needs neither; the tests run faster)."""
+    rules = tmp_path / "rules"
+    skipped = shutil.ignore_patterns("targets", "wellness.yaml", "vital_signs.yaml")
+    shutil.copytree(REPO / "rules", rules, ignore=skipped)
+    _write_targets(rules / "targets", {band: 0.5 for band in BANDS})
+    return rules
+
+
+def _truth(rules: Path) -> dict[tuple[int, int], float]:
+    """Prevalence by band in a cohort simulated with the true rates (another seed than the fit's)."""
+    library = load_library([DATA / "calibration" / "toy.yaml"], rules)
+    targets = load_targets(rules / "targets")
+    vocabulary = Vocabulary.of(library)
+    sim = Simulator.build(RunConfig(patients=6000, seed=99), library)
+    cohort = simulate_cohort(sim, np.arange(6000), needs_of(targets.definitions, vocabulary), sim.reference_t)
+    measure = targets.definitions.measures["toy_prevalence"]
+    return {(t.age_lo, t.age_hi): compare(t, measure, cohort, vocabulary).simulated for t in targets.targets}
+
+
+def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
+    _write_targets(rules / "targets", _truth(rules))
+    start = tmp_path / "modules"
+    start.mkdir()
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.004, 0.075]"))
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION)
+    library = load_library(start, rules)
+    assert fit_groups(library, list(library.calibration)) == [["toy"]]
+    targets = load_targets(rules / "targets")
+    lines: list[str] = []
+    result = fit(library, targets, library.calibration, ["toy"], patients=2500, seed=7, report=lines.append)
+    assert result.loss_after < result.loss_before / 10
+    assert lines[0].startswith("fitting 2 parameters of toy to 4 targets")
+    fitted = result.values["toy"]
+    young = fitted["states.healthy.hazards[0].rate_per_year.male[0]"]
+    old = fitted["states.healthy.hazards[0].rate_per_year.male[1]"]
+    assert young == pytest.approx(TRUE_RATES[0], rel=0.25)
+    assert old == pytest.approx(TRUE_RATES[1], rel=0.25)
+
+    written = write_fitted(result, library.calibration, 2500, 7)
+    assert [p.name for p in written] == ["toy.fitted.yaml"]
+    reloaded = load_library(start, rules).module("toy").states["healthy"].hazards[0].rate_per_year
+    assert reloaded.male == pytest.approx([young, old]) and reloaded.female == pytest.approx([young, old])
+    assert f"{rules.name}/targets/calibration/toy.fitted.yaml" in " ".join(load_library(start, rules).file_sha256)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("male[0]", "male[9]"), "path 'states.healthy.hazards[0].rate_per_year.male[9]' does not exist"),
+        (("states.healthy.hazards[0].rate", "states..x"), "malformed path 'states..x"),
+        (('"toy_prevalence/*"', '"toy_prevalance/*"'), "pattern 'toy_prevalance/*' matches no target id"),
+        (("scale: [0.1, 10.0]\n  old", "scale: [0.1, 10.0]\n    value: [0.1, 0.9]\n  old"), "exactly one of"),
+        (("scale: [0.1, 10.0]\n  old", "scale: [3, 1]\n  old"), "bounds must satisfy 0 < low < high"),
+    ],
+)
+def test_bad_declarations_are_located(rules: Path, change: tuple[str, str], message: str) -> None:
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION.replace(*change, 1))
+    with pytest.raises(LoadError) as caught:
+        load_library([DATA / "calibration" / "toy.yaml"], rules)
+    assert "toy.yaml:" in str(caught.value) and message in str(caught.value)
+
+
+def test_a_fitted_value_for_a_missing_path_is_an_error(rules: Path) -> None:
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
+        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
+        "targets: []\nparameters: {}\nvalues:\n  states.healthy.hazards[3].rate_per_year: 0.1\n"
+    )
+    with pytest.raises(LoadError, match=r"toy.fitted.yaml:10:\d+: values.*does not exist"):
+        load_library([DATA / "calibration" / "toy.yaml"], rules)

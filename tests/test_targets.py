@@ -1,0 +1,54 @@
+"""Targets as data: the shipped table loads, and bad or missing targets give located, golden errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import DATA, REPO
+
+from simulator.loading import LoadError
+from simulator.targets import load_targets
+
+
+def test_shipped_targets_load_with_sources_and_definitions() -> None:
+    targets = load_targets(REPO / "rules" / "targets")
+    assert len(targets.targets) > 200
+    assert all(t.source for t in targets.targets)
+    by_id = targets.by_id()
+    total = by_id["diabetes_total/18-120/all/2017"]
+    assert total.value == pytest.approx(0.147) and total.role == "primary" and total.basis == "crude"
+    assert by_id["hypertension_130_80/18-120/all/2017"].basis == "age-adjusted"
+    assert by_id["life_expectancy_at_birth/0-0/all/2023"].value == pytest.approx(78.42, abs=0.01)
+    crude = {t.measure for t in targets.targets if t.basis == "crude"}
+    assert crude <= set(targets.definitions.measures)
+
+
+def test_bad_targets_are_reported_with_file_and_line() -> None:
+    with pytest.raises(LoadError) as caught:
+        load_targets(DATA / "targets_broken", "targets_broken")
+    assert str(caught.value) + "\n" == (DATA / "targets_broken" / "expected").read_text()
+
+
+def test_missing_target_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(LoadError) as caught:
+        load_targets(tmp_path, "somewhere")
+    assert str(caught.value) == (
+        "somewhere/definitions.yaml:1:1: no such file\nsomewhere/targets.csv:1:1: no such file"
+    )
+
+
+def test_missing_column_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "definitions.yaml").write_text("measures: {}\n")
+    (tmp_path / "targets.csv").write_text("id,measure,value\nx,y,1\n")
+    with pytest.raises(LoadError, match=r"targets.csv:1:1: missing column\(s\): condition, statistic, age_lo"):
+        load_targets(tmp_path, "t")
+
+
+def test_unknown_definition_key_is_located(tmp_path: Path) -> None:
+    (tmp_path / "definitions.yaml").write_text(
+        "measures:\n  m:\n    statistic: prevalence\n    numerator: {conditions: [a], status: activ}\n"
+    )
+    (tmp_path / "targets.csv").write_text((DATA / "targets_broken" / "targets.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(LoadError, match=r"t/definitions.yaml:4:\d+: measures.m.numerator"):
+        load_targets(tmp_path, "t")

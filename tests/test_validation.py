@@ -1,0 +1,124 @@
+"""The validation report: its numbers agree with an independent computation from the event table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import simulator
+from simulator.report import write_report
+from simulator.targets import Vocabulary, cohort_from_kernel, cohort_from_tables, needs_of
+from simulator.validation import default_targets, validate_run
+
+REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
+ANTIHYPERTENSIVES = {"314076", "979492", "310798", "197361"}  # lisinopril, losartan, HCTZ, amlodipine
+
+
+def _living_band(patients: pd.DataFrame, lo: int, hi: int, sex: str | None = None) -> pd.Series:
+    age = np.floor((REFERENCE - patients["birth_time"]).dt.total_seconds() / 86400 / 365.25)
+    alive = patients["death_time"].isna() | (patients["death_time"] > REFERENCE)
+    chosen = alive & (age >= lo) & (age <= hi)
+    if sex:
+        chosen &= patients["sex"].astype(str) == sex
+    return patients.loc[chosen, "index"]
+
+
+def _last_kind(events: pd.DataFrame, code: str, kinds: tuple[str, ...]) -> pd.Series:
+    """The kind of each patient's last event of `code` among `kinds`."""
+    rows = events[(events["code"].astype(str) == code) & events["kind"].astype(str).isin(kinds)]
+    return rows.groupby("patient")["kind"].last().astype(str)
+
+
+def _latest(events: pd.DataFrame, code: str) -> pd.Series:
+    rows = events[(events["code"].astype(str) == code) & (events["kind"].astype(str) == "observation")]
+    return rows.groupby("patient")["value"].last()
+
+
+def independent_diabetes_total(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int) -> float:
+    people = _living_band(patients, lo, hi)
+    status = _last_kind(events, "44054006", ("condition_onset", "condition_resolved"))
+    active = status[status == "condition_onset"].index
+    return float(people.isin(active).mean())
+
+
+def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str) -> float:
+    systolic, diastolic = _latest(events, "8480-6"), _latest(events, "8462-4")
+    people = _living_band(patients, lo, hi, sex)
+    people = people[people.isin(systolic.index)]
+    taking = set()
+    for code in ANTIHYPERTENSIVES:
+        last = _last_kind(events, code, ("medication_start", "medication_stop"))
+        taking |= set(last[last == "medication_start"].index)
+    high = set(systolic[systolic >= 130].index) | set(diastolic[diastolic >= 80].index) | taking
+    return float(people.isin(high).mean())
+
+
+@pytest.fixture(scope="module")
+def written_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    simulator.generate(patients=700, seed=31, out=out, formats="parquet")
+    return out
+
+
+def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
+    validation = validate_run(written_run, lifetime_patients=200)
+    files = write_report(validation, written_run / "validation")
+    assert [f.name for f in files] == ["report.json", "report.md", "report.html"]
+    report = json.loads(files[0].read_text())
+    by_id = {c["id"]: c for c in report["comparisons"]}
+    population = simulator.Population(json.loads((written_run / "manifest.json").read_text()), out=written_run)
+    patients, events = population.patients, population.events
+    expected = {
+        "diabetes_total/18-120/all/2017": independent_diabetes_total(patients, events, 18, 120),
+        "diabetes_total/45-64/all/2017": independent_diabetes_total(patients, events, 45, 64),
+        "hypertension_130_80/18-39/F/2021": independent_hypertension(patients, events, 18, 39, "F"),
+        "hypertension_130_80/40-59/M/2021": independent_hypertension(patients, events, 40, 59, "M"),
+    }
+    for target_id, value in expected.items():
+        row = by_id[target_id]
+        assert row["status"] == "compared"
+        assert row["simulated"] == pytest.approx(value, abs=1e-6), target_id
+        assert row["simulated_ci"][0] <= value <= row["simulated_ci"][1]
+        assert row["passed"] == (
+            abs(value - row["target"]) <= 0.1 * row["target"]
+            or row["simulated_ci"][0] <= row["target"] <= row["simulated_ci"][1]
+        )
+    e0 = report["summary"]["life_expectancy_at_birth"]["simulated"]
+    ages = (validation.lifetime.death_t - validation.lifetime.birth_t) / 365.25
+    assert e0 == pytest.approx(float(np.mean(ages)), abs=1e-4)
+    assert 40 < e0 < 100
+    assert report["invariants"]["patients_checked"] == 700
+    html = files[2].read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Dataset card" in html
+    assert "diabetes_total/18-120/all/2017" in files[1].read_text()
+
+
+def test_kernel_and_table_summaries_agree() -> None:
+    library = simulator.load_library()
+    targets = default_targets(library)
+    vocabulary = Vocabulary.of(library)
+    needs = needs_of(targets.definitions, vocabulary)
+    sim = simulator.Simulator.build(simulator.RunConfig(patients=600, seed=4), library)
+    index = np.arange(600)
+    run = sim.simulate(index)
+    from_kernel = cohort_from_kernel(
+        run.events, run.patient, index, run.people.birth_t, run.people.sex, sim.names.codes, sim.reference_t, needs
+    )
+    chunk = sim.chunk(0, 600)
+    from_tables = cohort_from_tables(chunk.patients, chunk.events, sim.reference_t, needs)
+    for name in ("conditions", "observations", "medications"):
+        kernel_side, table_side = getattr(from_kernel, name), getattr(from_tables, name)
+        assert kernel_side.keys() == table_side.keys()
+        for key in kernel_side:
+            np.testing.assert_allclose(kernel_side[key].astype(float), table_side[key].astype(float), atol=1e-9)
+    np.testing.assert_allclose(from_kernel.birth_t, from_tables.birth_t, atol=1e-6)
+    np.testing.assert_allclose(from_kernel.death_t, from_tables.death_t, atol=1e-6)
+
+
+def test_a_run_without_tables_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        validate_run(tmp_path)
