@@ -106,7 +106,8 @@ def _card(library: Library, config: dict, n_patients: int, lifetime_patients: in
         "patients": n_patients,
         "lifetime_patients": lifetime_patients,
         "modules": [{"name": m.name, "version": m.version} for m in library.modules],
-        "calibrated_modules": sorted(library.calibration),
+        "calibration_declared": sorted(library.calibration),
+        "fitted_files_applied": sorted(f for f in library.file_sha256 if f.endswith(".fitted.yaml")),
         "intended_uses": [
             "testing software that reads EHR data (pipelines, FHIR servers, decision support)",
             "teaching and demonstrations",

@@ -126,3 +126,13 @@ def test_a_fitted_value_for_a_missing_path_is_an_error(rules: Path) -> None:
     )
     with pytest.raises(LoadError, match=r"toy.fitted.yaml:10:\d+: values.*does not exist"):
         load_library([DATA / "calibration" / "toy.yaml"], rules)
+
+
+def test_calibrate_command_names_an_undeclared_module() -> None:
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    result = CliRunner().invoke(app, ["calibrate", "hypertensoin"])
+    assert result.exit_code == 1
+    assert "no calibration declaration for module 'hypertensoin' (did you mean 'hypertension'?)" in result.output

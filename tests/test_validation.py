@@ -122,3 +122,12 @@ def test_kernel_and_table_summaries_agree() -> None:
 def test_a_run_without_tables_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         validate_run(tmp_path)
+
+
+def test_validate_command_needs_a_run_or_a_size() -> None:
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 1 and "give either a run directory or --patients N" in result.output
