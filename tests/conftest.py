@@ -32,3 +32,44 @@ def shipped_population() -> simulator.Population:
 @pytest.fixture(scope="session")
 def shipped_lifetime() -> simulator.Population:
     return simulator.generate(patients=1000, seed=12, mode="lifetime")
+
+
+# --- FHIR and table export (tests/test_fhir_*.py, tests/test_export_*.py) ---------------------------
+
+ALL_FORMATS = "ndjson,bundles,csv,parquet"
+FIXTURE_LIBRARY = {"modules_dir": DATA / "fixture" / "modules", "rules_dir": DATA / "fixture" / "rules"}
+EXPORT_RUN = {"patients": 200, "seed": 5, "formats": ALL_FORMATS, **FIXTURE_LIBRARY}
+
+
+@pytest.fixture(scope="session")
+def fixture_export(tmp_path_factory) -> Path:
+    """Every output format of 200 patients of the fixture library (which emits every event kind,
+    every encounter class, resolutions, stops and deaths), in chunks of 64."""
+    out = tmp_path_factory.mktemp("fixture_export") / "out"
+    simulator.generate(out=out, chunk_size=64, **EXPORT_RUN)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory) -> Path:
+    """ndjson, bundles and Parquet of 40 patients of the shipped modules and rules."""
+    out = tmp_path_factory.mktemp("shipped_export") / "out"
+    simulator.generate(patients=40, seed=6, out=out, formats="ndjson,bundles,parquet")
+    return out
+
+
+def read_ndjson(out: Path) -> dict[str, list[dict]]:
+    """out/fhir/<Type>.ndjson -> resources by type."""
+    import orjson
+
+    return {
+        path.stem: [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        for path in sorted((out / "fhir").glob("*.ndjson"))
+    }
+
+
+def read_bundles(out: Path) -> dict[str, dict]:
+    """out/bundles/<patient id>.json -> bundles by patient id."""
+    import orjson
+
+    return {path.stem: orjson.loads(path.read_bytes()) for path in sorted((out / "bundles").glob("*.json"))}

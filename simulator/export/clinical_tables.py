@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from simulator.export.ids import resource_ids
+from simulator.export.ids import resource_ids, utc_ms
 
 # Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
 # here is an error, so a new kind cannot be dropped silently.
@@ -84,24 +84,31 @@ def _with_keys(patients: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     has_encounter = encounter >= 0
     encounter_id = np.full(len(events), None, dtype=object)
     encounter_id[has_encounter] = resource_ids(seed, patient[has_encounter], "Encounter", encounter[has_encounter])
+    patient_ids = patients["id"].to_numpy(dtype=object)[position] if len(patients) else np.array([], dtype=object)
     return events.assign(
         row=np.arange(len(events)) - first,
-        patient_id=patients["id"].to_numpy()[position] if len(patients) else np.array([], dtype=object),
-        encounter_id=encounter_id,
+        patient_id=pd.Series(patient_ids, index=events.index, dtype=object),
+        encounter_id=pd.Series(encounter_id, index=events.index, dtype=object),
     )
+
+
+def _insert_ids(frame: pd.DataFrame, seed: int, tag: str, key: str) -> None:
+    """The resource id of each row as the first column (object dtype: it is joined into JSON text)."""
+    ids = resource_ids(seed, frame["patient"].to_numpy(), tag, frame[key].to_numpy())
+    frame.insert(0, "id", pd.Series(ids, index=frame.index, dtype=object))
 
 
 def _rows(ev: pd.DataFrame, seed: int, tag: str, extra: list[str]) -> pd.DataFrame:
     """One row per event, with its resource id."""
     out = ev[["patient", "patient_id", "row", "time", *_CODED, *extra, "encounter_id", "module", "state"]]
     out = out.reset_index(drop=True)
-    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), tag, out["row"].to_numpy()))
+    _insert_ids(out, seed, tag, "row")
     return out
 
 
 def _episodes(ev: pd.DataFrame, starts: pd.Series) -> pd.Series:
     """Episode number of each event within its (patient, code): the count of starts so far - 1."""
-    key = [ev["patient"], ev["code"].astype(str)]
+    key = [ev["patient"], ev["code"].cat.codes]
     return starts.astype(np.int64).groupby(key).cumsum() - 1
 
 
@@ -111,7 +118,7 @@ def _conditions(ev: pd.DataFrame, seed: int) -> pd.DataFrame:
     episode = _episodes(ev, kind == "condition_onset")
     ev = ev.assign(episode=episode.to_numpy())
     keys = ["patient", "code_text", "episode"]
-    ev = ev.assign(code_text=ev["code"].astype(str))
+    ev = ev.assign(code_text=ev["code"].cat.codes)
     onsets = ev[kind == "condition_onset"][
         ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
     ].rename(columns={"time": "onset_time", "encounter_id": "onset_encounter_id"})
@@ -121,7 +128,7 @@ def _conditions(ev: pd.DataFrame, seed: int) -> pd.DataFrame:
     resolutions = ev[kind == "condition_resolved"][[*keys, "time"]].rename(columns={"time": "resolution_time"})
     out = onsets.merge(diagnoses, on=keys, how="left").merge(resolutions, on=keys, how="left")
     out = out.drop(columns=["code_text", "episode"]).reset_index(drop=True)
-    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "Condition", out["row"].to_numpy()))
+    _insert_ids(out, seed, "Condition", "row")
     return out
 
 
@@ -139,12 +146,12 @@ def _encounters(
         ["patient", "patient_id", "encounter", "row", "time", "encounter_class", *_CODED, "reason", "module", "state"]
     ].rename(columns={"time": "start_time"})
     out = out.merge(ends, on=["patient", "encounter"], how="left").reset_index(drop=True)
-    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "Encounter", out["encounter"].to_numpy()))
+    _insert_ids(out, seed, "Encounter", "encounter")
     reason = out["reason"].astype(object)
     for position, column in enumerate(("reason_system", "reason_code", "reason_display")):
         labels = {name: code[position] for name, code in condition_codes.items()}
-        out[column] = reason.map(labels).astype(object).where(reason.notna(), None)
-    out["reason_condition_id"] = _reason_conditions(out, conditions)
+        out[column] = pd.Series(reason.map(labels).to_numpy(dtype=object), dtype=object)
+    out["reason_condition_id"] = pd.Series(_reason_conditions(out, conditions), dtype=object)
     return out
 
 
@@ -158,19 +165,19 @@ def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np
         return result
     left = pd.DataFrame(
         {
-            "at": encounters.loc[wanted, "start_time"].to_numpy(),
+            "at": utc_ms(encounters.loc[wanted, "start_time"]),
             "patient": encounters.loc[wanted, "patient"].to_numpy(),
-            "code": encounters.loc[wanted, "reason_code"].astype(str).to_numpy(),
+            "code": encounters.loc[wanted, "reason_code"].to_numpy(dtype=object),
             "position": np.flatnonzero(wanted),
         }
     ).sort_values("at", kind="stable")
     right = pd.DataFrame(
         {
-            "at": diagnosed["diagnosis_time"].to_numpy(),
+            "at": utc_ms(diagnosed["diagnosis_time"]),
             "patient": diagnosed["patient"].to_numpy(),
-            "code": diagnosed["code"].astype(str).to_numpy(),
-            "condition_id": diagnosed["id"].to_numpy(),
-            "resolution_time": diagnosed["resolution_time"].to_numpy(),
+            "code": diagnosed["code"].to_numpy(dtype=object),
+            "condition_id": diagnosed["id"].to_numpy(dtype=object),
+            "resolution_time": utc_ms(diagnosed["resolution_time"]),
         }
     ).sort_values("at", kind="stable")
     matched = pd.merge_asof(left, right, on="at", by=["patient", "code"], direction="backward")
@@ -183,14 +190,14 @@ def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np
 def _medications(ev: pd.DataFrame, seed: int, encounter_reasons: pd.Series) -> pd.DataFrame:
     """One row per medication course: start (encounter, reason) and stop."""
     kind = ev["kind"].astype(str)
-    ev = ev.assign(episode=_episodes(ev, kind == "medication_start").to_numpy(), code_text=ev["code"].astype(str))
+    ev = ev.assign(episode=_episodes(ev, kind == "medication_start").to_numpy(), code_text=ev["code"].cat.codes)
     keys = ["patient", "code_text", "episode"]
     starts = ev[kind == "medication_start"][
         ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
     ].rename(columns={"time": "start_time"})
     stops = ev[kind == "medication_stop"][[*keys, "time"]].rename(columns={"time": "stop_time"})
     out = starts.merge(stops, on=keys, how="left").drop(columns=["code_text", "episode"]).reset_index(drop=True)
-    out.insert(0, "id", resource_ids(seed, out["patient"].to_numpy(), "MedicationRequest", out["row"].to_numpy()))
-    reasons = encounter_reasons.reindex(out["encounter_id"].astype(object)).to_numpy()
-    out["reason_condition_id"] = np.where(pd.isna(reasons), None, reasons)
+    _insert_ids(out, seed, "MedicationRequest", "row")
+    reasons = encounter_reasons.reindex(out["encounter_id"]).to_numpy(dtype=object)
+    out["reason_condition_id"] = pd.Series(np.where(pd.isna(reasons), None, reasons), dtype=object)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from simulator.export.ids import fhir_dates, fhir_datetimes, resource_ids
+from simulator.export.ids import fhir_dates, fhir_datetimes, resource_ids, utc_ms
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -81,9 +81,11 @@ UCUM_ALIASES = {
     "in": "[in_i]",
 }
 UCUM_CODES = frozenset(
-    {"%", "/min", "Cel", "cm", "kg", "g", "kg/m2", "mm[Hg]", "mg/dL", "mg/g", "mmol/L", "g/dL", "mL/min/{1.73_m2}"}
-    | {"mL/min", "U/L", "mg/L", "ng/mL", "pg/mL", "10*3/uL", "10*6/uL", "fL", "pg", "mmol/mol", "mEq/L", "umol/L"}
-    | {"{score}", "1", "h", "d", "a", "mo", "wk", "min", "s", "L", "mL", "[lb_av]", "[in_i]", "[degF]", "ug/dL"}
+    {"%", "/min", "Cel", "cm", "kg", "g", "kg/m2", "mm[Hg]", "mg/dL", "mg/g", "mg/L", "g/dL", "g/L", "ng/dL"}
+    | {"mmol/L", "umol/L", "nmol/L", "pmol/L", "mmol/mol", "meq/L", "mosm/kg", "[pH]", "U/L", "[IU]/L", "m[IU]/L"}
+    | {"ng/mL", "ng/L", "pg/mL", "ug/L", "ug/dL", "ug/mL", "10*3/uL", "10*6/uL", "10*9/L", "10*12/L", "/uL", "fL"}
+    | {"pg", "mL/min/{1.73_m2}", "mL/min", "mm/h", "{score}", "{ratio}", "1", "s", "min", "h", "d", "wk", "mo", "a"}
+    | {"L", "mL", "L/min", "[lb_av]", "[in_i]", "[degF]"}
 )
 # Lab reference ranges (upper limit of normal, exclusive) with the guideline they come from;
 # values at or above it are flagged H. Labs not listed get no range and no interpretation.
@@ -121,12 +123,9 @@ class References:
 
     def to(self, resource_type: str, ids: np.ndarray) -> np.ndarray:
         """'{"reference":...}' JSON for each id ('' where the id is missing)."""
-        ids = np.asarray(ids, dtype=object)
         prefix = '{"reference":"urn:uuid:' if self.urn else f'{{"reference":"{resource_type}/'
-        present = ~pd.isna(ids)
-        out = np.full(len(ids), "", dtype=object)
-        out[present] = prefix + ids[present].astype(str).astype(object) + '"}'
-        return out
+        values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        return np.asarray([f'{prefix}{i}"}}' if isinstance(i, str) else "" for i in values], dtype=object)
 
     def one(self, resource_type: str, resource_id: str) -> str:
         return str(self.to(resource_type, np.array([resource_id], dtype=object))[0])
@@ -165,11 +164,18 @@ def _time_field(name: str, times: pd.Series) -> np.ndarray:
 
 
 def _concepts(frame: pd.DataFrame, columns: tuple[str, str, str] = ("system", "code", "display")) -> np.ndarray:
-    """CodeableConcept JSON for each row's (system, code, display), serialised once per concept."""
-    keys = pd.MultiIndex.from_arrays([frame[c].astype(str) for c in columns])
-    codes, uniques = pd.factorize(keys)
-    texts = [_dumps({"coding": [{"system": s, "code": c, "display": d}], "text": d}) for s, c, d in uniques]
-    return np.asarray(texts, dtype=object)[codes] if len(texts) else np.array([], dtype=object)
+    """CodeableConcept JSON for each row's (system, code, display), serialised once per concept
+    (rows are told apart by their categorical codes, never compared as strings)."""
+    parts = [pd.Categorical(frame[c]) for c in columns]
+    key = np.zeros(len(frame), np.int64)
+    for part in parts:
+        key = key * (len(part.categories) + 1) + part.codes
+    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    texts = []
+    for row in first.tolist():
+        system, code, display = (str(part[row]) for part in parts)
+        texts.append(_dumps({"coding": [{"system": system, "code": code, "display": display}], "text": display}))
+    return np.asarray(texts, dtype=object)[inverse] if len(unique) else np.array([], dtype=object)
 
 
 def _numbers(values: np.ndarray) -> list[str]:
@@ -198,15 +204,27 @@ def _build(
     parts: list[np.ndarray | str],
 ) -> Resources:
     """Join the parts (arrays of JSON pieces, or constant strings) into one JSON text per row."""
-    columns = [p.tolist() if isinstance(p, np.ndarray) else [p] * len(frame) for p in parts]
+    columns = [p.tolist() if isinstance(p, np.ndarray) else [p] * len(frame) for p in _merge_constants(parts)]
     head = f'{{"resourceType":"{resource_type}","id":"'
     text = [head + "".join(pieces) + "}" for pieces in zip(*columns, strict=True)] if len(frame) else []
-    ids = frame["id"].to_numpy().astype(str)
+    ids = frame["id"].to_numpy(dtype=object)
     return Resources(resource_type, ids, frame["patient"].to_numpy(np.int64), np.asarray(order, np.int64), text)
 
 
+def _merge_constants(parts: list[np.ndarray | str]) -> list[np.ndarray | str]:
+    """Adjacent constant strings joined into one, so each row joins fewer pieces."""
+    merged: list[np.ndarray | str] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return merged
+
+
 def _ids(frame: pd.DataFrame) -> np.ndarray:
-    return frame["id"].astype(str).to_numpy().astype(object) + '"'
+    """The id of each row, closed by its quote (the head of every resource opens it)."""
+    return np.asarray([f'{i}"' for i in frame["id"].tolist()], dtype=object)
 
 
 # --- patients --------------------------------------------------------------------------------------
@@ -285,7 +303,7 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
             "managingOrganization": organization,
         }
         texts.append(_dumps(resource))
-    ids = patients["id"].to_numpy().astype(str)
+    ids = patients["id"].to_numpy(dtype=object)
     return Resources("Patient", ids, patients["index"].to_numpy(np.int64), np.full(len(patients), -1, np.int64), texts)
 
 
@@ -324,8 +342,8 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
         reason[has_reason] = _concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
     # stays (inpatient, ICU) that ended get a discharge disposition: expired if the patient died then
     stay = klass.isin(["inpatient", "icu"]).to_numpy() & ended
-    death_at = pd.Series(deaths["time"].to_numpy(), index=deaths["patient"].to_numpy())
-    died_at_end = encounters["end_time"].to_numpy() == death_at.reindex(encounters["patient"]).to_numpy()
+    death_at = pd.Series(utc_ms(deaths["time"]), index=deaths["patient"].to_numpy())
+    died_at_end = utc_ms(encounters["end_time"]) == death_at.reindex(encounters["patient"]).to_numpy()
     system = TERMINOLOGY + "discharge-disposition"
     disposition = np.full(len(encounters), "", dtype=object)
     disposition[stay] = np.where(
@@ -448,14 +466,16 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
     observations = tables["observations"]
     code = observations["code"].astype(str).to_numpy()
     keys = ["patient", "encounter_id", "time"]
-    systolic = observations[code == SYSTOLIC]
-    diastolic = observations[code == DIASTOLIC]
+    numbered = observations.assign(position=np.arange(len(observations)))
+    systolic, diastolic = numbered[code == SYSTOLIC], numbered[code == DIASTOLIC]
     pairs = systolic.assign(k=systolic.groupby(keys, sort=False).cumcount()).merge(
-        diastolic.assign(k=diastolic.groupby(keys, sort=False).cumcount())[[*keys, "k", "id", "value"]],
+        diastolic.assign(k=diastolic.groupby(keys, sort=False).cumcount())[[*keys, "k", "position", "value"]],
         on=[*keys, "k"],
         suffixes=("", "_diastolic"),
     )
-    paired = np.isin(observations["id"].to_numpy(), np.concatenate([pairs["id"], pairs["id_diastolic"]]))
+    paired = np.zeros(len(observations), bool)
+    paired[pairs["position"].to_numpy()] = True
+    paired[pairs["position_diastolic"].to_numpy()] = True
     single = observations[~paired]
     parts = [
         *_observation_parts(single, refs),
@@ -541,15 +561,22 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
 
 def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: References) -> Resources:
     """One laboratory DiagnosticReport per (encounter, time) with lab results."""
-    labs = observations[observations["category"].astype(str).to_numpy() == "laboratory"]
-    results = pd.Series(refs.to("Observation", labs["id"].to_numpy()), index=labs.index)
-    grouped = labs.assign(result=results).groupby(["patient", "encounter_id", "time"], sort=False)
-    reports = grouped.agg(
-        patient_id=("patient_id", "first"), row=("row", "first"), result=("result", ",".join)
-    ).reset_index()
-    reports.insert(
-        0, "id", resource_ids(seed, reports["patient"].to_numpy(), "DiagnosticReport", reports["row"].to_numpy())
+    labs = observations[observations["category"].to_numpy(dtype=object) == "laboratory"]
+    group, _ = pd.factorize(
+        pd.MultiIndex.from_arrays(
+            [labs["patient"], labs["encounter_id"].fillna(""), utc_ms(labs["time"]).view(np.int64)]
+        )
     )
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order], prepend=-1, append=-2)).tolist()
+    results = refs.to("Observation", labs["id"].to_numpy(dtype=object))[order].tolist()
+    starts = order[bounds[:-1]] if len(labs) else np.array([], np.int64)
+    reports = labs.iloc[starts][["patient", "patient_id", "encounter_id", "time", "row"]].reset_index(drop=True)
+    reports["result"] = pd.Series(
+        [",".join(results[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=object
+    )
+    ids = resource_ids(seed, reports["patient"].to_numpy(), "DiagnosticReport", reports["row"].to_numpy())
+    reports.insert(0, "id", pd.Series(ids, dtype=object))
     effective = fhir_datetimes(reports["time"]).astype(object)
     return _build(
         "DiagnosticReport",

@@ -53,22 +53,28 @@ def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
 
 
 def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
-    """UUIDs for resources of type `tag`, one per (patient index, key)."""
+    """UUIDs for resources of type `tag`, one per (patient index, key), as an object array."""
     with np.errstate(over="ignore"):
         base = _mix(np.uint64(seed) * _GAMMA + np.uint64(TAGS[tag]))
         z = _mix(base ^ (np.asarray(patient).astype(np.uint64) * _GAMMA))
         z = _mix(z ^ (np.asarray(key).astype(np.uint64) + _GAMMA))
-        return uuid_strings(z, _mix(z + _GAMMA))
+        return uuid_strings(z, _mix(z + _GAMMA)).astype(object)
+
+
+def utc_ms(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Timezone-aware timestamps -> datetime64[ms] (UTC), without going through Python objects."""
+    return pd.DatetimeIndex(times).as_unit("ms").asi8.view("datetime64[ms]")
 
 
 def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' ('' where missing)."""
-    values = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy("datetime64[ms]")
-    text = np.datetime_as_string(values, unit="ms", timezone="UTC")
-    return np.where(np.isnat(values), "", text)
+    """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' ('' where missing), as
+    an object array (ready to join with other strings)."""
+    values = utc_ms(times)
+    text = np.datetime_as_string(values, unit="ms", timezone="UTC").astype(object)
+    text[np.isnat(values)] = ""
+    return text
 
 
 def fhir_dates(times: pd.Series) -> np.ndarray:
     """UTC timestamps -> FHIR date strings (YYYY-MM-DD)."""
-    values = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy("datetime64[D]")
-    return np.datetime_as_string(values, unit="D")
+    return np.datetime_as_string(utc_ms(times).astype("datetime64[D]"), unit="D")

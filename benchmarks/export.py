@@ -1,0 +1,82 @@
+"""FHIR and table export throughput: resources written per second (export alone) and
+patient-lifetimes per second end to end (kernel + tables + export), per output format.
+
+    python benchmarks/export.py                      # 10,000 patients, ndjson, then every format
+    python benchmarks/export.py --patients 2000 --formats ndjson,bundles
+
+The kernel is warmed up (compiled or loaded from Numba's cache) before timing. Export time is the
+time spent in the exporter for every chunk; end-to-end time is the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from simulator.export import parse_formats
+from simulator.export.writers import Export, ExportContext
+from simulator.run import RunConfig, Simulator
+
+
+def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int | None) -> dict:
+    sim = Simulator.build(RunConfig(patients=patients, seed=1, chunk_size=chunk_size, threads=threads))
+    out = Path(tempfile.mkdtemp(prefix="ehrsim-export-"))
+    try:
+        export = Export(out, formats, ExportContext.from_library(sim.library), "benchmark")
+        export_s = 0.0
+        started = time.perf_counter()
+        events = 0
+        for chunk in sim.chunks():
+            t0 = time.perf_counter()
+            export.write(chunk.patients, chunk.events)
+            export_s += time.perf_counter() - t0
+            events += len(chunk.events)
+        t0 = time.perf_counter()
+        export.finish()
+        export_s += time.perf_counter() - t0
+        total_s = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    resources = sum(export.resource_counts.values())
+    return {
+        "formats": ",".join(formats),
+        "patients": patients,
+        "events": events,
+        "resources": resources,
+        "export_s": export_s,
+        "total_s": total_s,
+        "resources_per_s": resources / export_s if export_s else 0.0,
+        "patients_per_s": patients / total_s if total_s else 0.0,
+        "mb": size / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--formats", action="append", help="formats of one run (repeatable)")
+    parser.add_argument("--chunk-size", type=int, default=2_000)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    runs = args.formats or ["ndjson", "bundles", "csv,parquet", "ndjson,bundles,csv,parquet"]
+    header = (
+        f"{'formats':28} {'patients':>9} {'resources':>10} {'export s':>9} {'resources/s':>12} "
+        f"{'total s':>8} {'patients/s':>11} {'MB':>7}"
+    )
+    print(header)
+    for formats in runs:
+        r = run(args.patients, parse_formats(formats), args.chunk_size, args.threads)
+        print(
+            f"{r['formats']:28} {r['patients']:>9,} {r['resources']:>10,} {r['export_s']:>9.2f} "
+            f"{r['resources_per_s']:>12,.0f} {r['total_s']:>8.2f} {r['patients_per_s']:>11,.0f} {r['mb']:>7.1f}"
+        )
+    print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

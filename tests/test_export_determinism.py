@@ -1,0 +1,77 @@
+"""Same seed, same bytes (whatever the chunk size); an interrupted export leaves nothing that looks
+finished; PUT bundles address every entry by its stable id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import EXPORT_RUN, FIXTURE_LIBRARY, read_bundles, read_ndjson
+
+import simulator
+from simulator.export.writers import BundleWriter
+
+
+def _data_files(out: Path) -> dict[str, bytes]:
+    """Every output file but the manifests (they hold the creation time)."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "manifest.json" and p.suffix != ".parquet"
+    }
+
+
+def test_same_seed_gives_the_same_bytes_whatever_the_chunk_size(fixture_export: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    simulator.generate(out=again, chunk_size=200, **EXPORT_RUN)
+    first, second = _data_files(fixture_export), _data_files(again)
+    assert len(first) > 200 and first.keys() == second.keys()
+    assert all(first[name] == second[name] for name in first), [n for n in first if first[n] != second[n]][:5]
+    for table in ("events", "encounters", "observations"):
+        a = pd.read_parquet(fixture_export / "parquet" / f"{table}.parquet")
+        b = pd.read_parquet(again / "parquet" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_different_seed_gives_different_ids(fixture_export: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    simulator.generate(patients=20, seed=EXPORT_RUN["seed"] + 1, out=other, **FIXTURE_LIBRARY)
+    ids = {r["id"] for items in read_ndjson(other).values() for r in items if r["resourceType"] != "Organization"}
+    before = {r["id"] for items in read_ndjson(fixture_export).values() for r in items}
+    assert ids - before and len(ids & before) == 2  # only the shared Location and Practitioner
+
+
+def test_interrupted_export_leaves_no_finished_looking_file(tmp_path: Path, monkeypatch) -> None:
+    original = BundleWriter.write
+    calls = []
+
+    def failing_write(self, resources) -> None:  # noqa: ANN001
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk full")
+        original(self, resources)
+
+    monkeypatch.setattr(BundleWriter, "write", failing_write)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        simulator.generate(patients=40, seed=1, chunk_size=20, out=out, formats="ndjson,bundles,csv,parquet")
+    assert len(calls) == 2
+    assert list(out.iterdir()) == []
+
+
+def test_a_rerun_into_the_same_directory_replaces_the_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    simulator.generate(patients=12, seed=1, out=out, formats="bundles")
+    simulator.generate(patients=5, seed=2, out=out, formats="bundles")
+    assert len(list((out / "bundles").glob("*.json"))) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["bundles", "manifest.json"]
+
+
+def test_put_bundles_address_every_entry_by_its_stable_id(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    simulator.generate(patients=10, seed=3, out=out, formats="bundles", bundle_method="PUT")
+    for bundle in read_bundles(out).values():
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
