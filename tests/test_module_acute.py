@@ -17,6 +17,7 @@ import simulator
 INFECTIONS = {
     "Pneumonia (disorder)",
     "Otitis media (disorder)",
+    "Streptococcal sore throat (disorder)",
     "Urinary tract infectious disease (disorder)",
 }
 ANTIBIOTIC_PREFIXES = ("amoxicillin", "azithromycin", "ceftriaxone", "nitrofurantoin")
@@ -74,8 +75,8 @@ def test_antibiotics_only_with_an_infection_diagnosed_in_the_same_encounter(acut
     keys = set(zip(diagnosed["patient"], diagnosed["encounter"], strict=True))
     missing = [k for k in zip(starts["patient"], starts["encounter"], strict=True) if k not in keys]
     assert missing == []
-    uri = acute[acute["reason"] == "upper_respiratory_infection"]
-    assert not uri["kind"].eq("medication_start").any()  # no antibiotic for a cold
+    viral = acute[acute["reason"].isin(["upper_respiratory_infection", "viral_pharyngitis"])]
+    assert len(viral) > 0 and not viral["kind"].eq("medication_start").any()  # no antibiotic for viral illness
 
 
 def test_icu_only_for_severe_pneumonia_with_sepsis(cap) -> None:
@@ -120,7 +121,7 @@ def test_illness_shifts_vital_signs_and_labs(shipped_population, cap) -> None:
 def test_infections_resolve(shipped_population, acute) -> None:
     patients = shipped_population.patients.set_index("index")
     end = patients["death_time"].fillna(_reference_time(shipped_population))
-    for condition in INFECTIONS | {"Upper respiratory infection (disorder)"}:
+    for condition in INFECTIONS | {"Upper respiratory infection (disorder)", "Acute viral pharyngitis (disorder)"}:
         rows = acute[acute["display"] == condition]
         onsets = rows[rows["kind"] == "condition_onset"]
         resolved = rows[rows["kind"] == "condition_resolved"]
@@ -196,6 +197,12 @@ def test_primary_care_incidence_by_age_and_sex(shipped_population, acute) -> Non
     uti = dx["display"] == "Urinary tract infectious disease (disorder)"
     adult_women, adult_men = (age >= 18) & (sex == "F"), (age >= 18) & (age < 50) & (sex == "M")
     assert uti[adult_women].sum() > 10 * uti[adult_men].sum()
+    # Streptococcal share of pharyngitis at 5-17 years: 37% (kalra2016).
+    strep = dx["display"] == "Streptococcal sore throat (disorder)"
+    pharyngitis = strep | (dx["display"] == "Acute viral pharyngitis (disorder)")
+    school = pharyngitis & (age >= 5) & (age < 18)
+    share = strep[school].mean()
+    assert abs(share - 0.37) < 4 * np.sqrt(0.37 * 0.63 / school.sum()), share
     # Under-3 otitis episodes per child-year, against the 0.33-0.52 first-episode rates of kaur2017.
     patients = shipped_population.patients
     ref = _reference_time(shipped_population)
