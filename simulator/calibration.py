@@ -378,10 +378,14 @@ class Objective:
         self.needs = needs_of(targets.definitions, self.vocabulary)
         self.tables = build_people_tables(library, reference_date_of(library))
         youngest = min(t.age_lo for t in self.targets)
-        pool = np.arange(int(patients * 2.0) + 100, dtype=np.int64)  # enough indices for `patients` in range
-        people = sample(self.tables, seed, pool, lifetime=False)
-        ages = (self.tables.reference_t - people.birth_t) / 365.25
-        self.index = pool[ages >= youngest][:patients]
+        size = 2 * patients + 100
+        while True:  # the first `patients` indices old enough for the youngest target (same people every time)
+            pool = np.arange(size, dtype=np.int64)
+            ages = (self.tables.reference_t - sample(self.tables, seed, pool, lifetime=False).birth_t) / 365.25
+            self.index = pool[ages >= youngest][:patients]
+            if len(self.index) == patients:
+                break
+            size *= 2
         self.seed = seed
         self.chunk_size = chunk_size
         self.documents = {f.module: library.document(f.module) for f in free}
@@ -529,7 +533,8 @@ def write_fitted(result: FitResult, declared: dict[str, Declared], patients: int
         }
         path = d.path.with_name(f"{module}{FITTED_SUFFIX}")
         yaml = YAML()
-        yaml.default_flow_style = None
+        yaml.default_flow_style = False
+        yaml.width = 200
         with path.open("w", encoding="utf-8") as handle:
             handle.write(
                 f"# Fitted by `ehrsim calibrate` ({when}); applied by load_library over {module}'s module file.\n"

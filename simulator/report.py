@@ -17,7 +17,8 @@ from simulator.validation import Validation
 
 TOLERANCE_TEXT = (
     f"pass: the target lies inside the simulated 95% interval (Wilson, from the cohort size), or the simulated "
-    f"value inside the target's interval, or within {RELATIVE_TOLERANCE:.0%} relative of the target"
+    f"value inside the target's interval, or within {RELATIVE_TOLERANCE:.0%} relative of the target; life "
+    f"expectancy within its measure's absolute tolerance (definitions.yaml)"
 )
 
 

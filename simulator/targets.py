@@ -92,6 +92,7 @@ class Measure(_Strict):
     statistic: Literal["prevalence", "share", "life_expectancy", "unsupported"]
     numerator: Criterion | None = None
     measured: str | None = None  # prevalence among people with a reading of this observable
+    tolerance: float | None = None  # pass within this absolute difference (default: the relative tolerance)
     reason: str = ""
 
 
@@ -528,6 +529,7 @@ class Comparison:
     n: int = 0
     count: float = 0.0
     note: str = ""
+    tolerance: float | None = None  # absolute; None: RELATIVE_TOLERANCE or the intervals
 
     @property
     def difference(self) -> float:
@@ -542,6 +544,8 @@ class Comparison:
         if self.status != "compared" or not math.isfinite(self.simulated):
             return None
         t = self.target
+        if self.tolerance is not None:
+            return bool(abs(self.difference) <= self.tolerance)
         inside_sim = self.lo <= t.value <= self.hi
         inside_target = t.ci_lo is not None and t.ci_hi is not None and t.ci_lo <= self.simulated <= t.ci_hi
         return bool(abs(self.difference) <= RELATIVE_TOLERANCE * abs(t.value) or inside_sim or inside_target)
@@ -585,7 +589,8 @@ def compare(
             return Comparison(target, "no lifetime cohort")
         mean, half = float(ages.mean()), Z95 * float(ages.std(ddof=1) if len(ages) > 1 else 0) / math.sqrt(len(ages))
         note = f"{alive} members still alive at the horizon were left out" if alive else ""
-        return Comparison(target, "compared", mean, mean - half, mean + half, len(ages), float(ages.sum()), note)
+        total = float(ages.sum())
+        return Comparison(target, "compared", mean, mean - half, mean + half, len(ages), total, note, measure.tolerance)
     living = cohort.alive
     band = band_mask(cohort, target) & living
     if measure.statistic == "share":

@@ -91,6 +91,8 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     ages = (validation.lifetime.death_t - validation.lifetime.birth_t) / 365.25
     assert e0 == pytest.approx(float(np.mean(ages)), abs=1e-4)
     assert 40 < e0 < 100
+    e0_row = by_id["life_expectancy_at_birth/0-0/all/2023"]
+    assert e0_row["passed"] == (abs(e0 - e0_row["target"]) <= 0.5)  # an absolute tolerance, from definitions.yaml
     assert report["invariants"]["patients_checked"] == 700
     html = files[2].read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Dataset card" in html
