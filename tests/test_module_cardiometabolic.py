@@ -20,6 +20,8 @@ CKD_STAGE5 = "433146000"
 ESRD = "46177005"
 HEMODIALYSIS = "302497006"
 TRANSPLANT = "70536003"
+EYE_EXAM = "36228007"
+FOOT_EXAM = "401191002"
 HBA1C = "4548-4"
 EGFR = "98979-8"
 CREATININE = "2160-0"
@@ -138,6 +140,17 @@ def test_complications_only_after_their_cause(shipped_population: simulator.Popu
     for late in (CKD_STAGE4, CKD_STAGE5, ESRD):
         onset = first_time(ev, "condition_onset", {late})
         assert (onset >= ckd.reindex(onset.index)).all(), late
+
+
+def test_complications_are_diagnosed_at_their_examination(shipped_population: simulator.Population) -> None:
+    """Retinopathy is recorded at an eye examination, neuropathy at a foot examination (same moment)."""
+    ev = shipped_population.events
+    for condition, exam in ((RETINOPATHY, EYE_EXAM), (NEUROPATHY, FOOT_EXAM)):
+        diagnoses = ev[(ev.kind == "condition_diagnosis") & (ev.code == condition)]
+        assert len(diagnoses) > 10, condition
+        exams = ev.loc[(ev.kind == "procedure") & (ev.code == exam), ["patient", "time"]]
+        matched = diagnoses[["patient", "time"]].merge(exams.drop_duplicates(), on=["patient", "time"])
+        assert len(matched) == len(diagnoses), condition
 
 
 def test_dialysis_and_transplant_only_in_end_stage_kidney_disease(shipped_population: simulator.Population) -> None:
