@@ -92,6 +92,7 @@ class Fitted(_Strict):
     targets: list[str]
     parameters: dict[str, float]
     values: dict[str, float | list[float]]
+    module_sha256: str = ""  # the module file the fit started from ("": not recorded)
 
 
 _PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*")
@@ -512,8 +513,19 @@ def fit(
     )  # fmt: skip
 
 
-def write_fitted(result: FitResult, declared: dict[str, Declared], patients: int, seed: int) -> list[Path]:
+def stale_fits(library: Library) -> list[str]:
+    """Modules whose file changed since their fitted values were computed (refit them)."""
+    stale = []
+    for module, (fitted, _, _) in load_fitted(library.rules_dir, str).items():
+        current = library.file_sha256.get(library.document(module).file) if module in library.documents else None
+        if fitted.module_sha256 and current is not None and current != fitted.module_sha256:
+            stale.append(module)
+    return sorted(stale)
+
+
+def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:
     """One <module>.fitted.yaml per module of the fit, beside its declaration."""
+    declared = library.calibration
     written = []
     when = datetime.now(UTC).isoformat(timespec="seconds")
     ids = [c.target.id for c in result.after]
@@ -530,6 +542,7 @@ def write_fitted(result: FitResult, declared: dict[str, Declared], patients: int
             "targets": mine,
             "parameters": result.parameters[module],
             "values": result.values[module],
+            "module_sha256": library.file_sha256[library.document(module).file],
         }
         path = d.path.with_name(f"{module}{FITTED_SUFFIX}")
         yaml = YAML()

@@ -257,5 +257,5 @@ def calibrate(
         if dry_run or result.loss_after >= result.loss_before:
             out.print("nothing written" + ("" if dry_run else ": the fit did not improve the loss"))
             continue
-        for path in write_fitted(result, library.calibration, patients, seed):
+        for path in write_fitted(result, library, patients, seed):
             out.print(f"wrote {path}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.calibration import stale_fits
 from simulator.invariants import check_invariants
 from simulator.library import Library, load_library
 from simulator.population import days_since_epoch
@@ -108,6 +109,7 @@ def _card(library: Library, config: dict, n_patients: int, lifetime_patients: in
         "modules": [{"name": m.name, "version": m.version} for m in library.modules],
         "calibration_declared": sorted(library.calibration),
         "fitted_files_applied": sorted(f for f in library.file_sha256 if f.endswith(".fitted.yaml")),
+        "fits_older_than_their_module": stale_fits(library),
         "intended_uses": [
             "testing software that reads EHR data (pipelines, FHIR servers, decision support)",
             "teaching and demonstrations",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.calibration import fit, fit_groups, write_fitted
+from simulator.calibration import fit, fit_groups, stale_fits, write_fitted
 from simulator.library import load_library
 from simulator.loading import LoadError
 from simulator.run import RunConfig, Simulator
@@ -93,11 +93,14 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     assert young == pytest.approx(TRUE_RATES[0], rel=0.25)
     assert old == pytest.approx(TRUE_RATES[1], rel=0.25)
 
-    written = write_fitted(result, library.calibration, 2500, 7)
+    written = write_fitted(result, library, 2500, 7)
     assert [p.name for p in written] == ["toy.fitted.yaml"]
     reloaded = load_library(start, rules).module("toy").states["healthy"].hazards[0].rate_per_year
     assert reloaded.male == pytest.approx([young, old]) and reloaded.female == pytest.approx([young, old])
     assert f"{rules.name}/targets/calibration/toy.fitted.yaml" in " ".join(load_library(start, rules).file_sha256)
+    assert stale_fits(load_library(start, rules)) == []
+    (start / "toy.yaml").write_text((start / "toy.yaml").read_text() + "# edited after the fit\n")
+    assert stale_fits(load_library(start, rules)) == ["toy"]
 
 
 @pytest.mark.parametrize(
