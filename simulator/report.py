@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.targets import RELATIVE_TOLERANCE, Comparison
+from simulator.targets import OPEN_AGE, RELATIVE_TOLERANCE, Comparison, Target
 from simulator.validation import Validation
 
 TOLERANCE_TEXT = (
@@ -116,6 +116,11 @@ def _measure_plot(measure: str, rows: list[Comparison]) -> str:
     return _png(fig)
 
 
+def _is_pyramid_bar(t: Target) -> bool:
+    """One sex, one age band (not the sex's share of the whole population)."""
+    return t.sex != "all" and not (t.age_lo == 0 and t.age_hi >= OPEN_AGE)
+
+
 def _pyramid_plot(rows: list[Comparison]) -> str:
     import matplotlib.pyplot as plt
 
@@ -213,7 +218,7 @@ def page(v: Validation) -> str:
     for measure in measures:
         image = _measure_plot(measure, [c for c in compared if c.target.measure == measure])
         parts.append(f"<img src='data:image/png;base64,{image}'>")
-    pyramid = [c for c in compared if c.target.measure == "population_share_of_total" and c.target.sex != "all"]
+    pyramid = [c for c in compared if c.target.measure == "population_share_of_total" and _is_pyramid_bar(c.target)]
     if pyramid:
         parts.append(f"<h2>Age/sex pyramid</h2><img src='data:image/png;base64,{_pyramid_plot(pyramid)}'>")
     if v.labs:
