@@ -206,7 +206,6 @@ class Declared:
 
     declaration: Declaration
     path: Path
-    document: Located
     paths: dict[str, tuple[PathParts, ...]]
     complements: dict[str, tuple[PathParts, ...]]
     target_ids: tuple[str, ...]
@@ -253,7 +252,7 @@ def load_declarations(library: Library, targets: TargetSet, display: Callable[[P
             if not hits:
                 problems.append(doc.problem(("targets", i), f"pattern '{pattern}' matches no target id"))
             matched += [h for h in hits if h not in matched]
-        out[declaration.module] = Declared(declaration, path, doc, paths, complements, tuple(matched))
+        out[declaration.module] = Declared(declaration, path, paths, complements, tuple(matched))
     if problems:
         raise LoadError(problems)
     return out

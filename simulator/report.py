@@ -41,6 +41,7 @@ def comparison_record(c: Comparison) -> dict:
         "simulated_ci": [_num(c.lo), _num(c.hi)],
         "difference": _num(c.difference),
         "n": c.n,
+        "count": _num(c.count),  # numerator (prevalence, share) or sum of ages at death (life expectancy)
         "passed": c.passed,
         "note": c.note,
         "source": t.source,

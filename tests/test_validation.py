@@ -82,6 +82,7 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
         row = by_id[target_id]
         assert row["status"] == "compared"
         assert row["simulated"] == pytest.approx(value, abs=1e-6), target_id
+        assert row["count"] / row["n"] == pytest.approx(value, abs=1e-6)
         assert row["simulated_ci"][0] <= value <= row["simulated_ci"][1]
         assert row["passed"] == (
             abs(value - row["target"]) <= 0.1 * row["target"]
