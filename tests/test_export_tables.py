@@ -11,13 +11,23 @@ from pathlib import Path
 import pandas as pd
 from conftest import read_ndjson
 
-from simulator.export.clinical_tables import KIND_TABLES, TABLES
+from simulator.export.clinical_tables import KIND_TABLES, TABLES, _pair
 from simulator.kernel import EVENT_KINDS
 
 
 def test_every_event_kind_of_the_kernel_has_a_table() -> None:
     assert set(KIND_TABLES) == set(EVENT_KINDS)
     assert set(KIND_TABLES.values()) == set(TABLES)
+
+
+def test_overlapping_courses_of_one_code_pair_first_in_first_out() -> None:
+    """Two modules may prescribe the same drug: each stop closes one course, none is counted twice."""
+    code = pd.Categorical(["a", "a", "b"], categories=["a", "b"])
+    starts = pd.DataFrame({"patient": [0, 0, 0], "code": code, "start": [1, 2, 3]})
+    stops = pd.DataFrame({"patient": [0, 0], "code": pd.Categorical(["a", "a"], categories=["a", "b"]), "stop": [4, 5]})
+    paired = _pair(starts, stops)
+    assert paired["start"].tolist() == [1, 2, 3]
+    assert paired["stop"].tolist()[:2] == [4, 5] and pd.isna(paired["stop"].iloc[2])
 
 
 def test_csv_and_parquet_hold_the_same_tables(fixture_export: Path) -> None:

@@ -106,28 +106,51 @@ def _rows(ev: pd.DataFrame, seed: int, tag: str, extra: list[str]) -> pd.DataFra
     return out
 
 
-def _episodes(ev: pd.DataFrame, starts: pd.Series) -> pd.Series:
-    """Episode number of each event within its (patient, code): the count of starts so far - 1."""
-    key = [ev["patient"], ev["code"].cat.codes]
-    return starts.astype(np.int64).groupby(key).cumsum() - 1
+def _nth(ev: pd.DataFrame) -> np.ndarray:
+    """How many events of the same (patient, code) precede each event of `ev`."""
+    return ev.groupby([ev["patient"], ev["code"].cat.codes], sort=False).cumcount().to_numpy()
+
+
+def _pair(starts: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
+    """Each start with its end: the k-th end of a (patient, code) closes its k-th start. Two modules
+    may share a code with overlapping courses; first in, first out keeps every end after its start."""
+    keys = ["patient", "code_index", "nth"]
+    starts = starts.assign(code_index=starts["code"].cat.codes, nth=_nth(starts))
+    ends = ends.assign(code_index=ends["code"].cat.codes, nth=_nth(ends)).drop(columns=["code"])
+    return starts.merge(ends, on=keys, how="left").drop(columns=["code_index", "nth"])
 
 
 def _conditions(ev: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One row per condition episode: onset, diagnosis (time, encounter) and resolution."""
-    kind = ev["kind"].astype(str)
-    episode = _episodes(ev, kind == "condition_onset")
-    ev = ev.assign(episode=episode.to_numpy())
-    keys = ["patient", "code_text", "episode"]
-    ev = ev.assign(code_text=ev["code"].cat.codes)
-    onsets = ev[kind == "condition_onset"][
-        ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
-    ].rename(columns={"time": "onset_time", "encounter_id": "onset_encounter_id"})
-    diagnoses = ev[kind == "condition_diagnosis"][[*keys, "time", "encounter_id"]].rename(
-        columns={"time": "diagnosis_time", "encounter_id": "diagnosis_encounter_id"}
+    """One row per condition episode: onset, diagnosis (time, encounter) and resolution. A diagnosis
+    belongs to the latest onset of its code before it."""
+    kind = ev["kind"].astype(str).to_numpy()
+    columns = ["patient", "patient_id", "row", "time", *_CODED, "encounter_id", "module"]
+    onsets = ev[kind == "condition_onset"][columns].rename(
+        columns={"time": "onset_time", "encounter_id": "onset_encounter_id"}
     )
-    resolutions = ev[kind == "condition_resolved"][[*keys, "time"]].rename(columns={"time": "resolution_time"})
-    out = onsets.merge(diagnoses, on=keys, how="left").merge(resolutions, on=keys, how="left")
-    out = out.drop(columns=["code_text", "episode"]).reset_index(drop=True)
+    resolutions = ev[kind == "condition_resolved"][["patient", "code", "time"]]
+    out = _pair(onsets, resolutions.rename(columns={"time": "resolution_time"}))
+    episode = (
+        pd.Series(kind == "condition_onset")
+        .groupby([ev["patient"].to_numpy(), ev["code"].cat.codes.to_numpy()])
+        .cumsum()
+        - 1
+    ).to_numpy()
+    is_diagnosis = kind == "condition_diagnosis"
+    diagnoses = pd.DataFrame(
+        {
+            "patient": ev["patient"].to_numpy()[is_diagnosis],
+            "code_index": ev["code"].cat.codes.to_numpy()[is_diagnosis],
+            "episode": episode[is_diagnosis],
+            "diagnosis_time": ev["time"].array[is_diagnosis],
+            "diagnosis_encounter_id": ev["encounter_id"].to_numpy(dtype=object)[is_diagnosis],
+        }
+    ).drop_duplicates(["patient", "code_index", "episode"])
+    out = out.assign(code_index=out["code"].cat.codes, episode=_nth(out))
+    out = out.merge(diagnoses, on=["patient", "code_index", "episode"], how="left").drop(
+        columns=["code_index", "episode"]
+    )
+    out = out.reset_index(drop=True)
     _insert_ids(out, seed, "Condition", "row")
     return out
 
@@ -189,14 +212,11 @@ def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np
 
 def _medications(ev: pd.DataFrame, seed: int, encounter_reasons: pd.Series) -> pd.DataFrame:
     """One row per medication course: start (encounter, reason) and stop."""
-    kind = ev["kind"].astype(str)
-    ev = ev.assign(episode=_episodes(ev, kind == "medication_start").to_numpy(), code_text=ev["code"].cat.codes)
-    keys = ["patient", "code_text", "episode"]
-    starts = ev[kind == "medication_start"][
-        ["patient", "patient_id", "row", "time", *_CODED, "code_text", "episode", "encounter_id", "module"]
-    ].rename(columns={"time": "start_time"})
-    stops = ev[kind == "medication_stop"][[*keys, "time"]].rename(columns={"time": "stop_time"})
-    out = starts.merge(stops, on=keys, how="left").drop(columns=["code_text", "episode"]).reset_index(drop=True)
+    kind = ev["kind"].astype(str).to_numpy()
+    columns = ["patient", "patient_id", "row", "time", *_CODED, "encounter_id", "module"]
+    starts = ev[kind == "medication_start"][columns].rename(columns={"time": "start_time"})
+    stops = ev[kind == "medication_stop"][["patient", "code", "time"]].rename(columns={"time": "stop_time"})
+    out = _pair(starts, stops).reset_index(drop=True)
     _insert_ids(out, seed, "MedicationRequest", "row")
     reasons = encounter_reasons.reindex(out["encounter_id"]).to_numpy(dtype=object)
     out["reason_condition_id"] = pd.Series(np.where(pd.isna(reasons), None, reasons), dtype=object)

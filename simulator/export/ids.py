@@ -36,8 +36,15 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _ascii_rows(chars: np.ndarray) -> np.ndarray:
+    """An (n, width) array of ASCII bytes -> an object array of n str (decoded once, then sliced)."""
+    n, width = chars.shape
+    text = np.ascontiguousarray(chars).tobytes().decode("ascii")
+    return np.asarray([text[i : i + width] for i in range(0, n * width, width)], dtype=object)
+
+
 def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Two uint64 columns -> version-4-shaped UUID strings (numpy unicode array)."""
+    """Two uint64 columns -> version-4-shaped UUID strings (object array)."""
     n = len(high)
     raw = np.empty((n, 16), np.uint8)
     raw[:, :8] = high.astype(">u8").view(np.uint8).reshape(n, 8)
@@ -49,7 +56,7 @@ def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     hexed[:, 0::2] = _HEX[raw >> 4]
     hexed[:, 1::2] = _HEX[raw & 0x0F]
     chars[:, _DIGITS] = hexed
-    return chars.view("S36").ravel().astype("U36")
+    return _ascii_rows(chars)
 
 
 def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
@@ -58,7 +65,7 @@ def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> n
         base = _mix(np.uint64(seed) * _GAMMA + np.uint64(TAGS[tag]))
         z = _mix(base ^ (np.asarray(patient).astype(np.uint64) * _GAMMA))
         z = _mix(z ^ (np.asarray(key).astype(np.uint64) + _GAMMA))
-        return uuid_strings(z, _mix(z + _GAMMA)).astype(object)
+        return uuid_strings(z, _mix(z + _GAMMA))
 
 
 def utc_ms(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -70,9 +77,28 @@ def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' ('' where missing), as
     an object array (ready to join with other strings)."""
     values = utc_ms(times)
-    text = np.datetime_as_string(values, unit="ms", timezone="UTC").astype(object)
-    text[np.isnat(values)] = ""
-    return text
+    missing = np.isnat(values)
+    values = np.where(missing, np.datetime64(0, "ms"), values)
+    days = values.astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    years = days.astype("datetime64[Y]")
+    ms = (values - days.astype("datetime64[ms]")).astype(np.int64)
+    fields = [
+        (0, 4, years.astype(np.int64) + 1970),
+        (5, 2, (months - years.astype("datetime64[M]")).astype(np.int64) + 1),
+        (8, 2, (days - months.astype("datetime64[D]")).astype(np.int64) + 1),
+        (11, 2, ms // 3_600_000),
+        (14, 2, ms // 60_000 % 60),
+        (17, 2, ms // 1000 % 60),
+        (20, 3, ms % 1000),
+    ]
+    chars = np.tile(np.frombuffer(b"0000-00-00T00:00:00.000Z", np.uint8), (len(values), 1))
+    for start, width, number in fields:
+        for k in range(width):
+            chars[:, start + width - 1 - k] = ord("0") + number // 10**k % 10
+    out = _ascii_rows(chars) if len(values) else np.array([], dtype=object)
+    out[missing] = ""
+    return out
 
 
 def fhir_dates(times: pd.Series) -> np.ndarray:
