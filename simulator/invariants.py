@@ -79,19 +79,24 @@ def observations_in_encounters(events: pd.DataFrame, spans: pd.DataFrame) -> lis
     return out + _first(outside[["patient", "kind", "time", "start", "end"]], "event outside its encounter's span")
 
 
-def _alternates(events: pd.DataFrame, first: str, second: str, what: str) -> list[str]:
-    """Per patient and code, `first` and `second` alternate starting with `first`."""
-    rows = events[events["kind"].isin([first, second])][["patient", "code", "kind"]]
+def _alternates(events: pd.DataFrame, first: str, second: str, what: str, by: tuple[str, ...] = ()) -> list[str]:
+    """Per patient and code (and the `by` columns), `first` and `second` alternate starting with `first`."""
+    keys = ["patient", "code", *by]
+    rows = events[events["kind"].isin([first, second])][[*keys, "kind"]]
     if rows.empty:
         return []
     sign = np.where(rows["kind"].to_numpy() == first, 1, -1)
-    level = pd.Series(sign, index=rows.index).groupby([rows["patient"], rows["code"]], observed=True).cumsum()
+    level = pd.Series(sign, index=rows.index).groupby([rows[k] for k in keys], observed=True).cumsum()
     bad = rows[(level < 0) | (level > 1)]
     return _first(bad, what)
 
 
 def medications_started_before_stopped(events: pd.DataFrame) -> list[str]:
-    return _alternates(events, "medication_start", "medication_stop", "medication stopped without being started")
+    """Each module's prescriptions of a drug start and stop in turn (two modules may each prescribe
+    the same drug at once: two orders, as in a real record)."""
+    return _alternates(
+        events, "medication_start", "medication_stop", "medication stopped without being started", ("module",)
+    )
 
 
 def diagnosis_after_onset(events: pd.DataFrame) -> list[str]:

@@ -40,6 +40,8 @@ from simulator.tables import event_table
 
 Mode = Literal["population", "lifetime"]
 LIFETIME_HORIZON_YEARS = 130.0
+REDRAW_STRIDE = 1 << 40  # stream offset between a patient's successive draws (population mode)
+MAX_REDRAWS = 50  # a patient still dead after this many draws stays in the output as drawn
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,16 @@ class Chunk:
 
 class Simulated(NamedTuple):
     """What the kernel made of patients `index`: flat event buffers (patient order), the patient of
-    each event, per-patient error bits, the drawn people, and which states each patient entered
-    (uint64[n, ceil(n_states / 64)], bit s of a row: global state s)."""
+    each event, per-patient error bits, the drawn people, which states each patient entered
+    (uint64[n, ceil(n_states / 64)], bit s of a row: global state s), and the event stream each
+    patient's history came from (int64[n]; the index itself unless redrawn in population mode)."""
 
     events: kernel.Events
     patient: np.ndarray
     errors: np.ndarray
     people: People
     entered: np.ndarray
+    stream: np.ndarray
 
     def state_patients(self) -> np.ndarray:
         """Number of patients who entered each global state (int64[n_states])."""
@@ -101,7 +105,7 @@ class Simulator:
     names: Names
     people_tables: PeopleTables
     config: RunConfig
-    capacity: int = 512  # events per patient in the first pass; grows with what patients need
+    capacity: int = 1024  # events per patient in the first pass; grows with what patients need
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -125,25 +129,46 @@ class Simulator:
         return self.people_tables.reference_t
 
     def simulate(self, index: np.ndarray) -> Simulated:
-        """Kernel only: the events and state entries of patients `index`, without tables."""
+        """Kernel only: the events and state entries of patients `index`, without tables.
+
+        In population mode the cohort is the one alive at the reference date: a patient whom a
+        disease module kills before it is not part of that cross-section, so patient i (same age,
+        sex and identity) lives their history again from the next of their own event streams
+        (i + k * REDRAW_STRIDE) until they survive. The age and sex pyramid then holds, and the
+        output still depends on (seed, i) alone."""
+        index = index.astype(np.int64)
+        result, counts = self._simulate_streams(index, index)
+        if self.config.mode == "lifetime":
+            return result
+        for attempt in range(1, MAX_REDRAWS + 1):
+            died = np.zeros(len(index), bool)
+            died[np.repeat(np.arange(len(index)), counts)[result.events.kind == kernel.K_DEATH]] = True
+            if not died.any():
+                break
+            redo, redo_counts = self._simulate_streams(index[died], index[died] + attempt * REDRAW_STRIDE)
+            result, counts = _splice(result, counts, redo, redo_counts, died)
+        return result
+
+    def _simulate_streams(self, index: np.ndarray, stream: np.ndarray) -> tuple[Simulated, np.ndarray]:
+        """Patients `index` living the histories of event streams `stream` (one per patient), and
+        the number of events of each."""
         lifetime = self.config.mode == "lifetime"
         people = sample(self.people_tables, self.config.seed, index, lifetime)
         horizon = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
         t_end = horizon if lifetime else np.full(len(index), self.reference_t)
         capacity = np.full(len(index), self.capacity, np.int64)
-        events, counts, errors, entered = self._run(index, people, t_end, capacity)
+        events, counts, errors, entered = self._run(stream, people, t_end, capacity)
         over = counts > capacity
         if over.any():
             capacity2 = counts[over]
             events2, _, errors[over], entered[over] = self._run(
-                index[over], _subset(people, over), t_end[over], capacity2
+                stream[over], _subset(people, over), t_end[over], capacity2
             )
             events = _merge(events, capacity, counts, events2, capacity2, over)
             self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
         else:
             events = _compact(events, capacity, counts)
-        patient = np.repeat(index.astype(np.int64), counts)
-        return Simulated(events, patient, errors, people, entered)
+        return Simulated(events, np.repeat(index, counts), errors, people, entered, stream), counts
 
     def _run(
         self, index: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
@@ -188,7 +213,7 @@ class Simulator:
     def chunk(self, start: int, stop: int) -> Chunk:
         """Patients [start, stop) as tables."""
         index = np.arange(start, stop, dtype=np.int64)
-        events, patient, errors, people, _ = self.simulate(index)
+        events, patient, errors, people, _, _ = self.simulate(index)
         if errors.any():
             bad = index[errors != 0]
             raise RuntimeError(
@@ -209,6 +234,20 @@ class Simulator:
             numba.set_num_threads(self.config.threads)
         for start in range(0, self.config.patients, self.config.chunk_size) or [0]:
             yield self.chunk(start, min(start + self.config.chunk_size, self.config.patients))
+
+
+def _splice(
+    first: Simulated, counts: np.ndarray, second: Simulated, counts2: np.ndarray, mask: np.ndarray
+) -> tuple[Simulated, np.ndarray]:
+    """`first` with the histories of the patients of `mask` replaced by those of `second` (the
+    same people, in the same order, living other event streams)."""
+    merged_counts = counts.copy()
+    merged_counts[mask] = counts2
+    errors, entered, stream = first.errors.copy(), first.entered.copy(), first.stream.copy()
+    errors[mask], entered[mask], stream[mask] = second.errors, second.entered, second.stream
+    events = _merge(first.events, counts, merged_counts, second.events, counts2, mask)
+    patient = np.repeat(first.people.index, merged_counts)
+    return Simulated(events, patient, errors, first.people, entered, stream), merged_counts
 
 
 def _subset(people: People, mask: np.ndarray) -> People:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,15 @@ def build(modules_dir: Path, rules_dir: Path, mode: str, seed: int) -> Simulator
     return Simulator.build(RunConfig(seed=seed, mode=mode, modules_dir=modules_dir, rules_dir=rules_dir))
 
 
-def kernel_events(sim: Simulator, index: np.ndarray) -> pd.DataFrame:
-    """The kernel's events as the reference writes them (names instead of ids)."""
-    events, patient, errors, _, _ = sim.simulate(index)
+def kernel_events(sim: Simulator, index: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The kernel's events as the reference writes them (names instead of ids), and the event
+    stream of each patient (population mode redraws patients killed before the reference date)."""
+    events, patient, errors, _, _, stream = sim.simulate(index)
     assert not errors.any(), f"kernel error bits {np.unique(errors)}"
     codes = np.array([f"{c.system}|{c.code}" for c in sim.names.codes] + [""], dtype=object)
     modules = np.array([s.split(".", 1)[0] for s in sim.names.states] + [""], dtype=object)
     states = np.array(list(sim.names.state_names) + [""], dtype=object)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "patient": patient,
             "t": events.t,
@@ -54,16 +56,23 @@ def kernel_events(sim: Simulator, index: np.ndarray) -> pd.DataFrame:
             "state": states[events.state],
         }
     )
+    return frame, stream
 
 
 def reference_events(
-    sim: Simulator, index: np.ndarray, run_class: type[reference.PatientRun] = reference.PatientRun
+    sim: Simulator,
+    index: np.ndarray,
+    stream: np.ndarray,
+    run_class: type[reference.PatientRun] = reference.PatientRun,
 ) -> pd.DataFrame:
-    """The reference's events for the same people, drawn and bounded exactly as Simulator.simulate does."""
+    """The reference's events for the same people living the same event streams, drawn and bounded
+    exactly as Simulator.simulate does."""
     lifetime = sim.config.mode == "lifetime"
-    people = sample(sim.people_tables, sim.config.seed, index, lifetime)
+    people = replace(sample(sim.people_tables, sim.config.seed, index, lifetime), index=stream)
     t_end = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25 if lifetime else np.full(len(index), sim.reference_t)
-    return reference.simulate(sim.library, sim.config.seed, people, t_end, run_class)
+    events = reference.simulate(sim.library, sim.config.seed, people, t_end, run_class)
+    events["patient"] = events["patient"].map(dict(zip(stream.tolist(), index.tolist(), strict=True)))
+    return events
 
 
 def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
@@ -137,7 +146,8 @@ def fixture_cohorts() -> dict[str, tuple[pd.DataFrame, pd.DataFrame, Counter[str
         index = np.arange(200, dtype=np.int64)
         seen: Counter[str] = Counter()
         recorder = type("CohortRecorder", (Recorder,), {"seen": seen})
-        out[mode] = (kernel_events(sim, index), reference_events(sim, index, recorder), seen)
+        kernel, stream = kernel_events(sim, index)
+        out[mode] = (kernel, reference_events(sim, index, stream, recorder), seen)
     return out
 
 
@@ -191,7 +201,8 @@ def test_kernel_matches_reference_on_shipped_library(mode: str, n: int) -> None:
     except LoadError as exc:
         pytest.skip(f"the shipped modules/ and rules/ do not load yet:\n{exc}")
     index = np.arange(n, dtype=np.int64)
-    assert_same_events(kernel_events(sim, index), reference_events(sim, index))
+    kernel, stream = kernel_events(sim, index)
+    assert_same_events(kernel, reference_events(sim, index, stream))
 
 
 # --- regression: a hazard ratio whose guard another module makes flip ------------------------------
@@ -242,7 +253,7 @@ def test_hazard_ratio_follows_a_drift_set_by_another_module(tmp_path: Path) -> N
     (tmp_path / "modules" / "outcome.yaml").write_text(OUTCOME)
     sim = build(tmp_path / "modules", rules, "population", seed=1)
     index = np.arange(300, dtype=np.int64)
-    events, patient, _, people, _ = sim.simulate(index)
+    events, patient, _, people, _, _ = sim.simulate(index)
     onset_age = np.full(len(index), np.nan)
     is_onset = events.kind == K_ONSET
     onset_age[patient[is_onset]] = (events.t[is_onset] - people.birth_t[patient[is_onset]]) / 365.25
