@@ -38,12 +38,13 @@ def shipped_lifetime() -> simulator.Population:
 
 ALL_FORMATS = "ndjson,bundles,csv,parquet"
 FIXTURE_LIBRARY = {"modules_dir": DATA / "fixture" / "modules", "rules_dir": DATA / "fixture" / "rules"}
-EXPORT_RUN = {"patients": 200, "seed": 5, "formats": ALL_FORMATS, **FIXTURE_LIBRARY}
+# lifetime mode: every patient dies (in population mode nobody may die before the reference date)
+EXPORT_RUN = {"patients": 150, "seed": 5, "mode": "lifetime", "formats": ALL_FORMATS, **FIXTURE_LIBRARY}
 
 
 @pytest.fixture(scope="session")
 def fixture_export(tmp_path_factory) -> Path:
-    """Every output format of 200 patients of the fixture library (which emits every event kind,
+    """Every output format of 150 lifetimes of the fixture library (which emits every event kind,
     every encounter class, resolutions, stops and deaths), in chunks of 64."""
     out = tmp_path_factory.mktemp("fixture_export") / "out"
     simulator.generate(out=out, chunk_size=64, **EXPORT_RUN)

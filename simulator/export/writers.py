@@ -19,10 +19,12 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import csv
 
 from simulator.export.bundles import Method, patient_bundles, shared_entries
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.fhir_resources import References, build_resources, shared_resources
+from simulator.export.ids import fhir_datetimes
 from simulator.library import Library
 from simulator.schema import CODE_SYSTEMS
 
@@ -177,6 +179,23 @@ def _arrow_ready(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(dict.fromkeys(objects, "string")) if objects else frame
 
 
+def _with_text_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """Time columns as ISO 8601 text with milliseconds and 'Z' (formatted a column at a time)."""
+    times = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    return frame.assign(**{c: fhir_datetimes(frame[c]) for c in times}) if times else frame
+
+
+def _csv_bytes(frame: pd.DataFrame, header: bool) -> bytes:
+    """CSV text of a table through Arrow's writer (several times faster than pandas')."""
+    table = pa.Table.from_pandas(_with_text_times(frame), preserve_index=False)
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, table.field(i).name, column.cast(pa.string()))
+    sink = pa.BufferOutputStream()
+    csv.write_csv(table, sink, csv.WriteOptions(include_header=header, quoting_style="needed"))
+    return sink.getvalue().to_pybytes()
+
+
 class TableWriter:
     """patients, events and the per-type tables as CSV (`csv/<table>.csv`) or Parquet."""
 
@@ -194,8 +213,7 @@ class TableWriter:
                 first = name not in self.csv
                 if first:
                     self.csv[name] = _File(self.staging.dir / f"{name}.csv", "rows")
-                text = frame.to_csv(index=False, header=first, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%S.%fZ")
-                self.csv[name].write(text.encode(), len(frame))
+                self.csv[name].write(_csv_bytes(frame, header=first), len(frame))
             else:
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 if name not in self.parquet:
