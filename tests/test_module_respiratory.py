@@ -101,11 +101,12 @@ def test_acute_care_only_after_onset(shipped_population: simulator.Population) -
         assert (acute.reason == module).all()  # each module names its condition after itself
 
 
-def test_copd_deaths_have_copd(shipped_population: simulator.Population) -> None:
-    p = shipped_population.patients
+def test_copd_deaths_have_copd(shipped_lifetime: simulator.Population) -> None:
+    """On a birth cohort followed to death (the cross-section is alive at the reference date)."""
+    p = shipped_lifetime.patients
     dead = p[p.death_cause_code == COPD]
     assert len(dead) > 0
-    diagnosed = first_time(shipped_population.events, "condition_diagnosis", COPD).reindex(dead["index"])
+    diagnosed = first_time(shipped_lifetime.events, "condition_diagnosis", COPD).reindex(dead["index"])
     assert (diagnosed.to_numpy() <= dead.death_time.to_numpy()).all()
     assert (dead.death_cause_display == "Chronic obstructive lung disease (disorder)").all()
 

@@ -36,7 +36,7 @@ def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
         check=True,
     )
     assert "condition diagnosis" in result.stdout
-    assert "Diabetes mellitus type 2 (disorder)" in result.stdout
+    assert "type2_diabetes" in result.stdout
     assert "patient id" in result.stdout.splitlines()[0]
 
 
