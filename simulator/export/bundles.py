@@ -13,8 +13,9 @@ from typing import Literal
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
-from simulator.export.fhir_resources import RESOURCE_TYPES, Resources
+from simulator.export.fhir_resources import RESOURCE_TYPES, Resources, join, text_bytes, text_offsets
 
 Method = Literal["POST", "PUT"]
 
@@ -47,29 +48,32 @@ def shared_entries(shared: Mapping[str, dict], method: Method) -> str:
 def patient_bundles(
     resources: Mapping[str, Resources], shared: str, method: Method
 ) -> Iterator[tuple[str, int, bytes]]:
-    """(patient id, number of entries, bundle JSON) for each patient of the chunk, in patient order."""
+    """(patient id, number of entries, bundle JSON) for each patient of the chunk, in patient order.
+    Every entry's text, followed by a comma, is built as one Arrow column; sorted by patient, the
+    entries of a patient are then one slice of its bytes."""
     entries, patient, rank, order = [], [], [], []
     for position, resource_type in enumerate(RESOURCE_TYPES):
         group = resources[resource_type]
         if method == "PUT":
-            request = [f'{{"method":"PUT","url":"{resource_type}/{i}"}}' for i in group.ids.tolist()]
+            request = join(f'{{"method":"PUT","url":"{resource_type}/', group.ids, '"}')
         else:
-            request = [f'{{"method":"POST","url":"{resource_type}"}}'] * len(group.json)
-        entries.extend(
-            f'{{"fullUrl":"urn:uuid:{i}","resource":{text},"request":{r}}}'
-            for i, text, r in zip(group.ids.tolist(), group.json, request, strict=True)
-        )
+            request = f'{{"method":"POST","url":"{resource_type}"}}'
+        if len(group.json):
+            entries.append(
+                join('{"fullUrl":"urn:uuid:', group.ids, '","resource":', group.json, ',"request":', request, "},")
+            )
         patient.append(group.patient)
         rank.append(np.full(len(group.json), position))
         order.append(group.order)
     patient_all = np.concatenate(patient)
     sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
-    patient_sorted = patient_all[sort]
+    ordered = pa.concat_arrays(entries).take(pa.array(sort))
+    data = text_bytes(ordered).to_pybytes()
+    offsets = text_offsets(ordered)
     people = resources["Patient"]
-    bounds = np.searchsorted(patient_sorted, people.patient, side="left").tolist() + [len(sort)]
-    ordered = [entries[i] for i in sort.tolist()]
+    bounds = np.searchsorted(patient_all[sort], people.patient, side="left").tolist() + [len(sort)]
+    head = ('{"resourceType":"Bundle","type":"transaction","entry":[' + shared + ",").encode()
     n_shared = shared.count('"fullUrl"')
     for k, patient_id in enumerate(people.ids.tolist()):
-        own = ordered[bounds[k] : bounds[k + 1]]
-        text = '{"resourceType":"Bundle","type":"transaction","entry":[' + shared + "," + ",".join(own) + "]}"
-        yield patient_id, len(own) + n_shared, text.encode()
+        start, end = int(offsets[bounds[k]]), int(offsets[bounds[k + 1]]) - 1  # without the last comma
+        yield patient_id, bounds[k + 1] - bounds[k] + n_shared, head + data[start:end] + b"]}"

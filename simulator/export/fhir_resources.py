@@ -1,8 +1,9 @@
 """Per-type clinical tables -> FHIR R4 (4.0.1) resources as JSON text, US Core shaped.
 
-Resources are built a column at a time: every coded concept, category and shared reference is
-serialised once with orjson and reused; per row, an f-string joins the pieces (ids, times and
-numbers need no escaping). The JSON text of each resource is one line, ready for ndjson or for a
+Resources are built a column at a time: every coded concept, category, unit and number is
+serialised once (orjson, repr) and taken by its row's code; the pieces of a resource are Arrow
+string columns joined element-wise by Arrow (ids, times and numbers need no escaping), so no
+Python code runs per row. The JSON text of each resource is one line, ready for ndjson or for a
 bundle entry. References are literal `Type/id` (ndjson) or `urn:uuid:id` (bundles).
 
 What becomes what:
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from simulator.export.ids import fhir_dates, fhir_datetimes, resource_ids, utc_ms
+from simulator.export.ids import fhir_dates, fhir_datetime_text, fhir_datetimes, resource_ids, utc_ms
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -115,20 +118,64 @@ def ucum(unit: str) -> str | None:
     return code if code in UCUM_CODES else None
 
 
+TEXT = pa.large_string()  # 64-bit offsets: a chunk's Observation text can pass 2 GB
+Piece = np.ndarray | pa.Array | str
+
+
+def text_column(values: np.ndarray | pa.Array | pd.Series) -> pa.Array:
+    """A column of strings as an Arrow large string array (None and NaN become null)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == TEXT else values.cast(TEXT)
+    return pa.array(np.asarray(values, dtype=object), TEXT, from_pandas=True)
+
+
+def join(*pieces: Piece, skip_nulls: bool = True) -> pa.Array:
+    """Element-wise concatenation of string columns and constants. A null piece counts as empty
+    (`skip_nulls`) or makes the whole row null (to build optional pieces)."""
+    args = [pa.scalar(p, TEXT) if isinstance(p, str) else text_column(p) for p in pieces]
+    if skip_nulls:
+        return pc.binary_join_element_wise(*args, pa.scalar("", TEXT), null_handling="replace", null_replacement="")
+    return pc.binary_join_element_wise(*args, pa.scalar("", TEXT))
+
+
+def text_offsets(text: pa.Array) -> np.ndarray:
+    """Where each row of a large string column starts in its bytes (and where the last ends)."""
+    offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + len(text) + 1]
+    return offsets - offsets[0]
+
+
+def text_bytes(text: pa.Array) -> pa.Buffer:
+    """The bytes of a large string column without nulls, all rows one after the other (no copy)."""
+    start = int(np.frombuffer(text.buffers()[1], np.int64)[text.offset])
+    return text.buffers()[2].slice(start, int(text_offsets(text)[-1]))
+
+
+def _nonempty(values: np.ndarray | pa.Array) -> pa.Array:
+    """Empty strings as nulls: '' and missing both mean 'no value'."""
+    text = text_column(values)
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, TEXT), text)
+
+
+def _take(texts: list[str], codes: np.ndarray) -> pa.Array:
+    """texts[code] for each row: each distinct piece is serialised once, rows take it by code."""
+    return pa.array(texts, TEXT).take(pa.array(np.asarray(codes, np.int64)))
+
+
 @dataclass(frozen=True)
 class References:
     """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles)."""
 
     urn: bool
 
-    def to(self, resource_type: str, ids: np.ndarray) -> np.ndarray:
-        """'{"reference":...}' JSON for each id ('' where the id is missing)."""
+    def to(self, resource_type: str, ids: np.ndarray | pa.Array) -> pa.Array:
+        """'{"reference":...}' JSON for each id (null where the id is missing)."""
         prefix = '{"reference":"urn:uuid:' if self.urn else f'{{"reference":"{resource_type}/'
-        values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-        return np.asarray([f'{prefix}{i}"}}' if isinstance(i, str) else "" for i in values], dtype=object)
+        return join(prefix, _nonempty(ids), '"}', skip_nulls=False)
 
     def one(self, resource_type: str, resource_id: str) -> str:
-        return str(self.to(resource_type, np.array([resource_id], dtype=object))[0])
+        return self.to(resource_type, np.array([resource_id], dtype=object))[0].as_py()
 
 
 @dataclass
@@ -139,92 +186,79 @@ class Resources:
     ids: np.ndarray  # str
     patient: np.ndarray  # int64
     order: np.ndarray  # int64: the event row within the patient, for a stable order
-    json: list[str]
+    json: pa.Array  # large string, one resource per row
 
 
 def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _field(name: str, values: np.ndarray) -> np.ndarray:
-    """',"name":value' for each non-empty JSON value, '' otherwise."""
-    values = np.asarray(values, dtype=object)
-    out = np.full(len(values), "", dtype=object)
-    present = values != ""
-    out[present] = f',"{name}":' + values[present]
-    return out
+def _field(name: str, values: np.ndarray | pa.Array) -> pa.Array:
+    """',"name":value' for each non-empty JSON value, null otherwise."""
+    return join(f',"{name}":', _nonempty(values), skip_nulls=False)
 
 
-def _time_field(name: str, times: pd.Series) -> np.ndarray:
-    text = fhir_datetimes(times).astype(object)
-    present = text != ""
-    out = np.full(len(text), "", dtype=object)
-    out[present] = f',"{name}":"' + text[present] + '"'
-    return out
+def _time_field(name: str, times: pd.Series) -> pa.Array:
+    return join(f',"{name}":"', fhir_datetime_text(times), '"', skip_nulls=False)
 
 
-def _concepts(frame: pd.DataFrame, columns: tuple[str, str, str] = ("system", "code", "display")) -> np.ndarray:
+def _concepts(frame: pd.DataFrame, columns: tuple[str, str, str] = ("system", "code", "display")) -> pa.Array:
     """CodeableConcept JSON for each row's (system, code, display), serialised once per concept
     (rows are told apart by their categorical codes, never compared as strings)."""
     parts = [pd.Categorical(frame[c]) for c in columns]
     key = np.zeros(len(frame), np.int64)
     for part in parts:
         key = key * (len(part.categories) + 1) + part.codes
-    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     texts = []
     for row in first.tolist():
         system, code, display = (str(part[row]) for part in parts)
         texts.append(_dumps({"coding": [{"system": system, "code": code, "display": display}], "text": display}))
-    return np.asarray(texts, dtype=object)[inverse] if len(unique) else np.array([], dtype=object)
+    return _take(texts, inverse)
 
 
-def _numbers(values: np.ndarray) -> list[str]:
-    """Shortest round-trip decimal text of each float (JSON numbers)."""
-    return [repr(v) for v in np.asarray(values, dtype=np.float64).tolist()]
+def _numbers(values: np.ndarray) -> pa.Array:
+    """Shortest round-trip decimal text of each float (JSON numbers), one repr per distinct value
+    (told apart by their bits, so -0.0 stays '-0.0')."""
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
+    unique, inverse = np.unique(bits, return_inverse=True)
+    return _take([repr(v) for v in unique.view(np.float64).tolist()], inverse)
 
 
-def _quantities(values: np.ndarray, units: pd.Series) -> np.ndarray:
+def _quantities(values: np.ndarray, units: pd.Series | str) -> pa.Array:
     """valueQuantity JSON: the value with its UCUM unit (unit text only when not UCUM)."""
-    unit_text = units.astype(str).to_numpy()
-    unique, inverse = np.unique(unit_text, return_inverse=True)
+    unit = pd.Categorical(units if not isinstance(units, str) else np.full(len(values), units, dtype=object))
     tails = []
-    for unit in unique.tolist():
-        code = ucum(unit)
+    for name in unit.categories.astype(str).tolist():
+        code = ucum(name)
         tails.append(
-            f',"unit":{_dumps(code)},"system":"{UCUM}","code":{_dumps(code)}}}' if code else f',"unit":{_dumps(unit)}}}'
+            f',"unit":{_dumps(code)},"system":"{UCUM}","code":{_dumps(code)}}}' if code else f',"unit":{_dumps(name)}}}'
         )
-    tail = np.asarray(tails, dtype=object)[inverse] if len(tails) else np.array([], dtype=object)
-    return np.asarray(['{"value":' + v for v in _numbers(values)], dtype=object) + tail
+    return join('{"value":', _numbers(values), _take(tails, unit.codes))
 
 
 def _build(
     resource_type: str,
     frame: pd.DataFrame,
     order: np.ndarray,
-    parts: list[np.ndarray | str],
+    parts: list[Piece],
 ) -> Resources:
-    """Join the parts (arrays of JSON pieces, or constant strings) into one JSON text per row."""
-    columns = [p.tolist() if isinstance(p, np.ndarray) else [p] * len(frame) for p in _merge_constants(parts)]
-    head = f'{{"resourceType":"{resource_type}","id":"'
-    text = [head + "".join(pieces) + "}" for pieces in zip(*columns, strict=True)] if len(frame) else []
+    """Join the parts (columns of JSON pieces, or constant strings) into one JSON text per row."""
     ids = frame["id"].to_numpy(dtype=object)
+    head = f'{{"resourceType":"{resource_type}","id":"'
+    text = join(head, ids, *_merge_constants(['"', *parts, "}"])) if len(frame) else pa.array([], TEXT)
     return Resources(resource_type, ids, frame["patient"].to_numpy(np.int64), np.asarray(order, np.int64), text)
 
 
-def _merge_constants(parts: list[np.ndarray | str]) -> list[np.ndarray | str]:
+def _merge_constants(parts: list[Piece]) -> list[Piece]:
     """Adjacent constant strings joined into one, so each row joins fewer pieces."""
-    merged: list[np.ndarray | str] = []
+    merged: list[Piece] = []
     for part in parts:
         if isinstance(part, str) and merged and isinstance(merged[-1], str):
             merged[-1] += part
         else:
             merged.append(part)
     return merged
-
-
-def _ids(frame: pd.DataFrame) -> np.ndarray:
-    """The id of each row, closed by its quote (the head of every resource opens it)."""
-    return np.asarray([f'{i}"' for i in frame["id"].tolist()], dtype=object)
 
 
 # --- patients --------------------------------------------------------------------------------------
@@ -304,19 +338,16 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
         }
         texts.append(_dumps(resource))
     ids = patients["id"].to_numpy(dtype=object)
-    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), np.full(len(patients), -1, np.int64), texts)
+    order = np.full(len(patients), -1, np.int64)
+    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, pa.array(texts, TEXT))
 
 
 # --- clinical resources ----------------------------------------------------------------------------
 
 
-def _list_field(name: str, items: np.ndarray) -> np.ndarray:
-    """',"name":[item]' where the item is not empty."""
-    items = np.asarray(items, dtype=object)
-    out = np.full(len(items), "", dtype=object)
-    present = items != ""
-    out[present] = f',"{name}":[' + items[present] + "]"
-    return out
+def _list_field(name: str, items: np.ndarray | pa.Array) -> pa.Array:
+    """',"name":[item]' where the item is not empty, null otherwise."""
+    return join(f',"{name}":[', _nonempty(items), "]", skip_nulls=False)
 
 
 def _coding(system: str, code: str, display: str) -> str:
@@ -333,13 +364,13 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
         for name, (code, display) in ENCOUNTER_CLASS.items()
     }
     ended = encounters["end_time"].notna().to_numpy()
-    end = fhir_datetimes(encounters["end_time"]).astype(object)
-    period = '{"start":"' + fhir_datetimes(encounters["start_time"]).astype(object) + '"'
-    period[ended] = period[ended] + ',"end":"' + end[ended] + '"'
+    end = join(',"end":"', fhir_datetime_text(encounters["end_time"]), '"', skip_nulls=False)
+    period = join('{"start":"', fhir_datetime_text(encounters["start_time"]), '"', end, "}")
     has_reason = encounters["reason_code"].notna().to_numpy()
     reason = np.full(len(encounters), "", dtype=object)
     if has_reason.any():
-        reason[has_reason] = _concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
+        concepts = _concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
+        reason[has_reason] = concepts.to_numpy(zero_copy_only=False)
     # stays (inpatient, ICU) that ended get a discharge disposition: expired if the patient died then
     stay = klass.isin(["inpatient", "icu"]).to_numpy() & ended
     death_at = pd.Series(utc_ms(deaths["time"]), index=deaths["patient"].to_numpy())
@@ -360,7 +391,6 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
         encounters,
         encounters["row"].to_numpy(),
         [
-            _ids(encounters),
             ',"status":',
             np.where(ended, '"finished"', '"in-progress"').astype(object),
             ',"class":',
@@ -372,7 +402,7 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
             ',"participant":',
             participant,
             ',"period":',
-            period + "}",
+            period,
             _list_field("reasonCode", reason),
             _list_field("reasonReference", refs.to("Condition", encounters["reason_condition_id"].to_numpy())),
             _field("hospitalization", disposition),
@@ -393,7 +423,6 @@ def condition_resources(conditions: pd.DataFrame, refs: References) -> Resources
         diagnosed,
         diagnosed["row"].to_numpy(),
         [
-            _ids(diagnosed),
             ',"clinicalStatus":',
             np.where(resolved, _coding(clinical, "resolved", "Resolved"), _coding(clinical, "active", "Active")).astype(
                 object
@@ -412,12 +441,14 @@ def condition_resources(conditions: pd.DataFrame, refs: References) -> Resources
     )
 
 
-def _category(names: pd.Series) -> np.ndarray:
-    text = {
-        name: _dumps([{"coding": [{"system": TERMINOLOGY + "observation-category", "code": name, "display": display}]}])
-        for name, display in OBSERVATION_CATEGORY.items()
-    }
-    return names.astype(str).map(text).to_numpy(dtype=object)
+def _category(names: pd.Series) -> pa.Array:
+    """The category JSON of each row, serialised once per category."""
+    category = pd.Categorical(names)
+    texts = [
+        _dumps([{"coding": [{"system": TERMINOLOGY + "observation-category", "code": name, "display": display}]}])
+        for name, display in ((n, OBSERVATION_CATEGORY[n]) for n in category.categories.astype(str).tolist())
+    ]
+    return _take(texts, category.codes)
 
 
 def _lab_interpretation(observations: pd.DataFrame) -> np.ndarray:
@@ -441,11 +472,11 @@ def _lab_interpretation(observations: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _observation_parts(frame: pd.DataFrame, refs: References) -> list[np.ndarray | str]:
-    """The pieces every Observation starts with: id, status, category, code, subject, encounter, times."""
-    effective = fhir_datetimes(frame["time"]).astype(object)
+def _observation_parts(frame: pd.DataFrame, refs: References) -> list[Piece]:
+    """The pieces every Observation starts with (after its id): status, category, code, subject,
+    encounter, times."""
+    effective = fhir_datetime_text(frame["time"])
     return [
-        _ids(frame),
         ',"status":"final","category":',
         _category(frame["category"]),
         ',"code":',
@@ -493,7 +524,7 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
         [
             *_observation_parts(symptoms, refs),
             ',"valueQuantity":',
-            _quantities(symptoms["severity"].round(2).to_numpy(), pd.Series(["{score}"] * len(symptoms))),
+            _quantities(symptoms["severity"].round(2).to_numpy(), "{score}"),
         ],
     )
     deaths = tables["deaths"][tables["deaths"]["code"].notna()]
@@ -502,7 +533,6 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
         deaths,
         deaths["row"].to_numpy(),
         [
-            _ids(deaths),
             ',"status":"final","code":',
             _dumps(
                 {
@@ -532,7 +562,7 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
 
     def component(code: str, display: str, values: np.ndarray) -> np.ndarray:
         concept = _dumps({"coding": [{"system": LOINC, "code": code, "display": display}], "text": display})
-        return f'{{"code":{concept},"valueQuantity":' + _quantities(values, pd.Series(["mm[Hg]"] * len(values))) + "}"
+        return join(f'{{"code":{concept},"valueQuantity":', _quantities(values, "mm[Hg]"), "}")
 
     panel = _dumps(
         {
@@ -543,7 +573,7 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
         }
     )
     parts = _observation_parts(pairs, refs)
-    parts[4] = panel
+    parts[3] = panel  # the code
     return _build(
         "Observation",
         pairs,
@@ -569,7 +599,7 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
     )
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order], prepend=-1, append=-2)).tolist()
-    results = refs.to("Observation", labs["id"].to_numpy(dtype=object))[order].tolist()
+    results = refs.to("Observation", labs["id"].to_numpy(dtype=object)).take(pa.array(order)).to_pylist()
     starts = order[bounds[:-1]] if len(labs) else np.array([], np.int64)
     reports = labs.iloc[starts][["patient", "patient_id", "encounter_id", "time", "row"]].reset_index(drop=True)
     reports["result"] = pd.Series(
@@ -577,13 +607,12 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
     )
     ids = resource_ids(seed, reports["patient"].to_numpy(), "DiagnosticReport", reports["row"].to_numpy())
     reports.insert(0, "id", pd.Series(ids, dtype=object))
-    effective = fhir_datetimes(reports["time"]).astype(object)
+    effective = fhir_datetime_text(reports["time"])
     return _build(
         "DiagnosticReport",
         reports,
         reports["row"].to_numpy(),
         [
-            _ids(reports),
             ',"status":"final","category":[',
             _coding(TERMINOLOGY + "v2-0074", "LAB", "Laboratory"),
             '],"code":',
@@ -612,16 +641,14 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
 
 def medication_resources(medications: pd.DataFrame, refs: References) -> Resources:
     stopped = medications["stop_time"].notna().to_numpy()
-    start = fhir_datetimes(medications["start_time"]).astype(object)
-    stop = fhir_datetimes(medications["stop_time"]).astype(object)
-    validity = '{"validityPeriod":{"start":"' + start + '"'
-    validity[stopped] = validity[stopped] + ',"end":"' + stop[stopped] + '"'
+    start = fhir_datetime_text(medications["start_time"])
+    stop = join(',"end":"', fhir_datetime_text(medications["stop_time"]), '"', skip_nulls=False)
+    validity = join('{"validityPeriod":{"start":"', start, '"', stop, "}}")
     return _build(
         "MedicationRequest",
         medications,
         medications["row"].to_numpy(),
         [
-            _ids(medications),
             ',"status":',
             np.where(stopped, '"stopped"', '"active"').astype(object),
             ',"intent":"order","medicationCodeableConcept":',
@@ -635,7 +662,7 @@ def medication_resources(medications: pd.DataFrame, refs: References) -> Resourc
             refs.one("Practitioner", PRACTITIONER_ID),
             _list_field("reasonReference", refs.to("Condition", medications["reason_condition_id"].to_numpy())),
             ',"dispenseRequest":',
-            validity + "}}",
+            validity,
         ],
     )
 
@@ -646,7 +673,6 @@ def procedure_resources(procedures: pd.DataFrame, refs: References) -> Resources
         procedures,
         procedures["row"].to_numpy(),
         [
-            _ids(procedures),
             ',"status":"completed","code":',
             _concepts(procedures),
             ',"subject":',
@@ -665,7 +691,6 @@ def immunization_resources(immunizations: pd.DataFrame, refs: References) -> Res
         immunizations,
         immunizations["row"].to_numpy(),
         [
-            _ids(immunizations),
             ',"status":"completed","vaccineCode":',
             _concepts(immunizations),
             ',"patient":',
@@ -683,9 +708,9 @@ def _concat(resource_type: str, parts: list[Resources]) -> Resources:
     ids = np.concatenate([p.ids for p in parts])
     patient = np.concatenate([p.patient for p in parts])
     order = np.concatenate([p.order for p in parts])
-    text = [t for p in parts for t in p.json]
+    text = pa.concat_arrays([p.json for p in parts])
     sort = np.lexsort((order, patient))
-    return Resources(resource_type, ids[sort], patient[sort], order[sort], [text[i] for i in sort.tolist()])
+    return Resources(resource_type, ids[sort], patient[sort], order[sort], text.take(pa.array(sort)))
 
 
 def build_resources(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -36,11 +37,19 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _ascii_rows(chars: np.ndarray) -> np.ndarray:
-    """An (n, width) array of ASCII bytes -> an object array of n str (decoded once, then sliced)."""
+def ascii_text(chars: np.ndarray, missing: np.ndarray | None = None) -> pa.LargeStringArray:
+    """An (n, width) array of ASCII bytes -> an Arrow string array over the same bytes (no copy
+    per row); rows where `missing` is true are null."""
     n, width = chars.shape
-    text = np.ascontiguousarray(chars).tobytes().decode("ascii")
-    return np.asarray([text[i : i + width] for i in range(0, n * width, width)], dtype=object)
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    valid = None if missing is None or not missing.any() else pa.py_buffer(np.packbits(~missing, bitorder="little"))
+    data = pa.py_buffer(np.ascontiguousarray(chars))
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), data, valid)
+
+
+def _ascii_rows(chars: np.ndarray) -> np.ndarray:
+    """An (n, width) array of ASCII bytes -> an object array of n str (converted in C++)."""
+    return ascii_text(chars).to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -73,9 +82,9 @@ def utc_ms(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     return pd.DatetimeIndex(times).as_unit("ms").asi8.view("datetime64[ms]")
 
 
-def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' ('' where missing), as
-    an object array (ready to join with other strings)."""
+def fhir_datetime_text(times: pd.Series | pd.DatetimeIndex) -> pa.LargeStringArray:
+    """UTC timestamps -> FHIR dateTime strings with milliseconds and 'Z' (null where missing), as
+    an Arrow string array formatted a column at a time."""
     values = utc_ms(times)
     missing = np.isnat(values)
     values = np.where(missing, np.datetime64(0, "ms"), values)
@@ -96,9 +105,12 @@ def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     for start, width, number in fields:
         for k in range(width):
             chars[:, start + width - 1 - k] = ord("0") + number // 10**k % 10
-    out = _ascii_rows(chars) if len(values) else np.array([], dtype=object)
-    out[missing] = ""
-    return out
+    return ascii_text(chars, missing)
+
+
+def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC timestamps -> FHIR dateTime strings ('' where missing), as an object array."""
+    return fhir_datetime_text(times).fill_null("").to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def fhir_dates(times: pd.Series) -> np.ndarray:

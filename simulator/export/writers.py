@@ -23,7 +23,7 @@ from pyarrow import csv
 
 from simulator.export.bundles import Method, patient_bundles, shared_entries
 from simulator.export.clinical_tables import TABLES, build_tables
-from simulator.export.fhir_resources import References, build_resources, shared_resources
+from simulator.export.fhir_resources import TEXT, References, build_resources, join, shared_resources, text_bytes
 from simulator.export.ids import fhir_datetimes
 from simulator.library import Library
 from simulator.schema import CODE_SYSTEMS
@@ -67,7 +67,7 @@ class _File:
     def __post_init__(self) -> None:
         self.handle = open(self.path, "wb")  # noqa: SIM115 (closed in close())
 
-    def write(self, data: bytes, count: int) -> None:
+    def write(self, data: bytes | pa.Buffer, count: int) -> None:
         self.handle.write(data)
         self.digest.update(data)
         self.count += count
@@ -112,14 +112,15 @@ class NdjsonWriter:
         self.request = request
         self.files: dict[str, _File] = {}
         for resource in shared_resources(References(urn=False)).values():
-            self._append(resource["resourceType"], [orjson.dumps(resource).decode()])
+            self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode()], TEXT))
 
-    def _append(self, resource_type: str, lines: list[str]) -> None:
-        if not lines:
+    def _append(self, resource_type: str, text: pa.Array) -> None:
+        """One write per type and chunk: the bytes of the text column, each row ended by a newline."""
+        if not len(text):
             return
         if resource_type not in self.files:
             self.files[resource_type] = _File(self.staging.dir / f"{resource_type}.ndjson", "resources")
-        self.files[resource_type].write(("\n".join(lines) + "\n").encode(), len(lines))
+        self.files[resource_type].write(text_bytes(join(text, "\n")), len(text))
 
     def write(self, resources: dict) -> None:
         for resource_type, group in resources.items():
