@@ -57,7 +57,7 @@ def build_tables(
         raise ValueError(f"no exporter for event kinds {sorted(unknown)}")
     seed = int(patients["seed"].iloc[0]) if len(patients) else 0
     ev = _with_keys(patients, events)
-    kind = ev["kind"].astype(str).to_numpy()
+    kind = _kinds(ev)
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
     encounters = _encounters(ev, kind, seed, conditions, condition_codes)
     reasons = encounters.set_index("id")["reason_condition_id"]
@@ -74,6 +74,13 @@ def build_tables(
     return tables
 
 
+def _kinds(ev: pd.DataFrame) -> np.ndarray:
+    """Each event's kind as fixed-width numpy text, taken from the categories by code (not
+    converted per row), so comparisons run in numpy."""
+    kind = ev["kind"].cat
+    return np.asarray(kind.categories, dtype=str)[kind.codes]
+
+
 def _with_keys(patients: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """The events with `row` (position within the patient), `patient_id` and `encounter_id`."""
     patient = events["patient"].to_numpy()
@@ -83,7 +90,9 @@ def _with_keys(patients: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     encounter = events["encounter"].to_numpy().astype(np.int64)
     has_encounter = encounter >= 0
     encounter_id = np.full(len(events), None, dtype=object)
-    encounter_id[has_encounter] = resource_ids(seed, patient[has_encounter], "Encounter", encounter[has_encounter])
+    # one id per (patient, encounter), then taken by every event of that encounter
+    keys, which = np.unique((patient[has_encounter] << 32) | encounter[has_encounter], return_inverse=True)
+    encounter_id[has_encounter] = resource_ids(seed, keys >> 32, "Encounter", keys & 0xFFFFFFFF)[which]
     patient_ids = patients["id"].to_numpy(dtype=object)[position] if len(patients) else np.array([], dtype=object)
     return events.assign(
         row=np.arange(len(events)) - first,
@@ -123,7 +132,7 @@ def _pair(starts: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
 def _conditions(ev: pd.DataFrame, seed: int) -> pd.DataFrame:
     """One row per condition episode: onset, diagnosis (time, encounter) and resolution. A diagnosis
     belongs to the latest onset of its code before it."""
-    kind = ev["kind"].astype(str).to_numpy()
+    kind = _kinds(ev)
     columns = ["patient", "patient_id", "row", "time", *_CODED, "encounter_id", "module"]
     onsets = ev[kind == "condition_onset"][columns].rename(
         columns={"time": "onset_time", "encounter_id": "onset_encounter_id"}
@@ -212,7 +221,7 @@ def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np
 
 def _medications(ev: pd.DataFrame, seed: int, encounter_reasons: pd.Series) -> pd.DataFrame:
     """One row per medication course: start (encounter, reason) and stop."""
-    kind = ev["kind"].astype(str).to_numpy()
+    kind = _kinds(ev)
     columns = ["patient", "patient_id", "row", "time", *_CODED, "encounter_id", "module"]
     starts = ev[kind == "medication_start"][columns].rename(columns={"time": "start_time"})
     stops = ev[kind == "medication_stop"][["patient", "code", "time"]].rename(columns={"time": "stop_time"})

@@ -454,13 +454,12 @@ def _category(names: pd.Series) -> pa.Array:
 def _lab_interpretation(observations: pd.DataFrame) -> np.ndarray:
     """',"interpretation":...,"referenceRange":...' for labs with a known upper limit of normal."""
     out = np.full(len(observations), "", dtype=object)
-    code = observations["code"].astype(str).to_numpy()
-    is_lab = observations["category"].astype(str).to_numpy() == "laboratory"
+    is_lab = (observations["category"] == "laboratory").to_numpy()
     interpretation = TERMINOLOGY + "v3-ObservationInterpretation"
     high = f',"interpretation":[{_coding(interpretation, "H", "High")}]'
     normal = f',"interpretation":[{_coding(interpretation, "N", "Normal")}]'
     for loinc, (limit, unit, text) in LAB_UPPER_LIMITS.items():
-        rows = is_lab & (code == loinc)
+        rows = is_lab & (observations["code"] == loinc).to_numpy()
         if not rows.any():
             continue
         ucum_code = ucum(unit)
@@ -495,10 +494,10 @@ def _observation_parts(frame: pd.DataFrame, refs: References) -> list[Piece]:
 def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) -> Resources:
     """Measured observations (blood pressure pairs as panels), symptoms and causes of death."""
     observations = tables["observations"]
-    code = observations["code"].astype(str).to_numpy()
+    code = observations["code"]
     keys = ["patient", "encounter_id", "time"]
     numbered = observations.assign(position=np.arange(len(observations)))
-    systolic, diastolic = numbered[code == SYSTOLIC], numbered[code == DIASTOLIC]
+    systolic, diastolic = numbered[(code == SYSTOLIC).to_numpy()], numbered[(code == DIASTOLIC).to_numpy()]
     pairs = systolic.assign(k=systolic.groupby(keys, sort=False).cumcount()).merge(
         diastolic.assign(k=diastolic.groupby(keys, sort=False).cumcount())[[*keys, "k", "position", "value"]],
         on=[*keys, "k"],

@@ -12,9 +12,10 @@ import pandas as pd
 import pyarrow as pa
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
-# positions of the 32 hex digits in the 36 characters of a UUID (8-4-4-4-12)
-_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+# the two hex digits of each byte value, as two ASCII bytes
+_HEX_PAIRS = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), np.uint16)
+# the 8-4-4-4-12 groups of a UUID: (first hex digit, last hex digit + 1, first character)
+_GROUPS = ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24))
 
 # resource tags: one per kind of derived id, so two resources from one row never share an id
 TAGS = {
@@ -60,11 +61,10 @@ def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     raw[:, 8:] = low.astype(">u8").view(np.uint8).reshape(n, 8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    hexed = _HEX_PAIRS[raw].view(np.uint8)  # (n, 32)
     chars = np.full((n, 36), ord("-"), np.uint8)
-    hexed = np.empty((n, 32), np.uint8)
-    hexed[:, 0::2] = _HEX[raw >> 4]
-    hexed[:, 1::2] = _HEX[raw & 0x0F]
-    chars[:, _DIGITS] = hexed
+    for first, last, at in _GROUPS:
+        chars[:, at : at + last - first] = hexed[:, first:last]
     return _ascii_rows(chars)
 
 
