@@ -47,10 +47,11 @@ def shared_entries(shared: Mapping[str, dict], method: Method) -> str:
 
 def patient_bundles(
     resources: Mapping[str, Resources], shared: str, method: Method
-) -> Iterator[tuple[str, int, bytes]]:
-    """(patient id, number of entries, bundle JSON) for each patient of the chunk, in patient order.
-    Every entry's text, followed by a comma, is built as one Arrow column; sorted by patient, the
-    entries of a patient are then one slice of its bytes."""
+) -> Iterator[tuple[str, int, tuple[bytes, memoryview, bytes]]]:
+    """(patient id, number of entries, bundle JSON in three pieces: head, entries, tail) for each
+    patient of the chunk, in patient order. Every entry's text, followed by a comma, is built as
+    one Arrow column; sorted by patient, the entries of a patient are one slice of its bytes
+    (a view, not a copy)."""
     entries, patient, rank, order = [], [], [], []
     for position, resource_type in enumerate(RESOURCE_TYPES):
         group = resources[resource_type]
@@ -68,7 +69,7 @@ def patient_bundles(
     patient_all = np.concatenate(patient)
     sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
     ordered = pa.concat_arrays(entries).take(pa.array(sort))
-    data = text_bytes(ordered).to_pybytes()
+    data = memoryview(text_bytes(ordered))
     offsets = text_offsets(ordered)
     people = resources["Patient"]
     bounds = np.searchsorted(patient_all[sort], people.patient, side="left").tolist() + [len(sort)]
@@ -76,4 +77,4 @@ def patient_bundles(
     n_shared = shared.count('"fullUrl"')
     for k, patient_id in enumerate(people.ids.tolist()):
         start, end = int(offsets[bounds[k]]), int(offsets[bounds[k + 1]]) - 1  # without the last comma
-        yield patient_id, bounds[k + 1] - bounds[k] + n_shared, head + data[start:end] + b"]}"
+        yield patient_id, bounds[k + 1] - bounds[k] + n_shared, (head, data[start:end], b"]}")
