@@ -175,10 +175,6 @@ def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File
         output.write_text(text)
 
 
-def main() -> None:
-    app()
-
-
 @app.command()
 def validate(
     run: Annotated[Path | None, typer.Argument(help="Output directory of `ehrsim generate` to validate.")] = None,
@@ -221,25 +217,35 @@ def validate(
 @app.command()
 def calibrate(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Modules to fit (default: every module with a declaration).")
+        list[str] | None,
+        typer.Argument(
+            help="Modules to fit, or 'mortality' for the background mortality net of module deaths "
+            "(default: every module with a declaration, then mortality)."
+        ),
     ] = None,
     patients: Annotated[int, typer.Option("--patients", "-n", help="Patients simulated per evaluation.")] = 4_000,
     seed: Annotated[int, typer.Option(help="Seed of the fixed cohort (common random numbers).")] = 20_240_701,
     max_iterations: Annotated[int, typer.Option(help="Optimizer iterations per group of modules.")] = 4,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and print, write nothing.")] = False,
 ) -> None:
-    """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves."""
+    """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves.
+    Then fit the background mortality so that all-cause mortality stays that of the life tables."""
     from simulator.calibration import fit, fit_groups, write_fitted
     from simulator.loading import suggest
     from simulator.validation import default_targets
 
+    asked = list(names or [])
+    modules_asked = [name for name in asked if name != "mortality"]
     try:
         library = load_library()
         declared = list(library.calibration)
-        for name in names or []:
+        for name in modules_asked:
             if name not in declared:
                 raise ValueError(f"no calibration declaration for module '{name}'{suggest(name, declared)}")
-        groups = [g for g in fit_groups(library, declared) if not names or set(g) & set(names)]
+        if (not asked or "mortality" in asked) and not library.mortality.background_share:
+            raise ValueError("mortality.yaml declares no background_share file to write the fitted shares to")
+        groups = [] if asked and not modules_asked else fit_groups(library, declared)
+        groups = [g for g in groups if not modules_asked or set(g) & set(modules_asked)]
         targets = default_targets(library)
     except (LoadError, ValueError) as exc:
         _fail(exc)
@@ -259,3 +265,26 @@ def calibrate(
             continue
         for path in write_fitted(result, library, patients, seed):
             out.print(f"wrote {path}")
+    if asked and "mortality" not in asked:
+        return
+    _calibrate_mortality(patients * 5, seed, dry_run)
+
+
+def _calibrate_mortality(patients: int, seed: int, dry_run: bool) -> None:
+    from simulator.mortality import fit_background_mortality, write_shares
+
+    library = load_library()  # with the module fits just written
+    fit = fit_background_mortality(library, patients, seed, report=out.print)
+    out.print(fit.shares.to_string(index=False))
+    before, after = fit.before.life_expectancy["all"], fit.after.life_expectancy["all"]
+    out.print(f"life expectancy at birth {before:.2f} -> {after:.2f} years in {fit.seconds:.0f} s ({patients} lives)")
+    if dry_run:
+        out.print("nothing written")
+        return
+    path = library.rules_dir / library.mortality.background_share  # type: ignore[operator]
+    write_shares(fit, library, path)
+    out.print(f"wrote {path}")
+
+
+def main() -> None:
+    app()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simulator.loading import LoadError, Located, Problem, parse_yaml, validate
-from simulator.schema import Demographics, DiseaseModule, Mortality, Names
+from simulator.loading import LoadError, Located, Problem, load, parse_yaml, validate
+from simulator.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
 
 if TYPE_CHECKING:
     from simulator.calibration import Declared
@@ -44,6 +44,7 @@ class Library:
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]
     calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
+    background_share: BackgroundShare | None = None  # rules' fitted background mortality share
 
     def module(self, name: str) -> DiseaseModule:
         for module in self.modules:
@@ -128,6 +129,16 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         else:
             rules[path.name] = loaded
             documents[path.name] = document
+    background_share = None
+    mortality = rules.get("mortality.yaml")
+    if isinstance(mortality, Mortality) and mortality.background_share is not None:
+        path = rules_dir / mortality.background_share
+        if path.is_file():  # absent until `ehrsim calibrate mortality` writes it: the full life table applies
+            try:
+                background_share = load(path, BackgroundShare, _display(path))
+                hashes[_display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except LoadError as exc:
+                problems.extend(exc.problems)
     if problems:
         raise LoadError(problems)
     library = Library(
@@ -138,6 +149,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         rules_dir=rules_dir,
         documents=documents,
         file_sha256=hashes,
+        background_share=background_share,
     )
     check_library(library)
     _hash_tables(library)

@@ -43,23 +43,49 @@ def _cdf(shares: list[float]) -> np.ndarray:
     return cdf / cdf[-1]
 
 
-def life_table_hazard(qx: np.ndarray, ex_last: float) -> tuple[np.ndarray, float]:
+def life_table_hazard(qx: np.ndarray, ex_last: float, share: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Cumulative hazard H(age) at whole ages from single-year death probabilities q(x), with a
-    constant hazard 1/e(x) in the open last interval (where the table gives q = 1)."""
-    rates = -np.log1p(-np.clip(qx[:-1], 0.0, 1.0 - 1e-12))
+    constant hazard 1/e(x) in the open last interval (where the table gives q = 1); `share[x]`
+    (default 1) scales the hazard of each year of age, the last entry the open interval."""
+    share = np.ones(len(qx)) if share is None else np.asarray(share, dtype=np.float64)
+    rates = -np.log1p(-np.clip(qx[:-1], 0.0, 1.0 - 1e-12)) * share[:-1]
     cum = np.concatenate([[0.0], np.cumsum(rates)])
-    return cum, 1.0 / ex_last
+    return cum, share[-1] / ex_last
 
 
-def build_people_tables(library: Library, reference_date: date) -> PeopleTables:
+def fitted_background_share(library: Library) -> pd.DataFrame | None:
+    """The rules' fitted background share as a table (age, male, female), or None when there is
+    none or it was fitted for another set of modules than the library's."""
+    if library.mortality.background_share is None:
+        return None
+    fitted = library.background_share
+    if fitted is None or sorted(fitted.modules) != sorted(m.name for m in library.modules):
+        return None
+    return pd.DataFrame(fitted.bands.model_dump())
+
+
+def background_share_by_age(shares: pd.DataFrame, sex: str, n_ages: int) -> np.ndarray:
+    """The background share of each single year of age 0..n_ages-1 from a table of age bands
+    (columns age, male, female; each row holds from its age until the next row's)."""
+    band = np.searchsorted(shares["age"].to_numpy(float), np.arange(n_ages), side="right") - 1
+    return shares[sex].to_numpy(float)[np.clip(band, 0, None)]
+
+
+def build_people_tables(
+    library: Library, reference_date: date, background_share: pd.DataFrame | None = None
+) -> PeopleTables:
+    """`background_share` (age, male, female) replaces the rules' fitted share (calibration)."""
     rules = library.rules_dir
     demographics = library.demographics
     pyramid = pd.read_csv(rules / demographics.population_csv)
     counts = np.concatenate([pyramid["male"].to_numpy(float), pyramid["female"].to_numpy(float)])
     hazards, tails = [], []
-    for csv in (library.mortality.male_csv, library.mortality.female_csv):
+    mortality = library.mortality
+    shares = background_share if background_share is not None else fitted_background_share(library)
+    for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
         table = pd.read_csv(rules / csv)
-        cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]))
+        share = np.ones(len(table)) if shares is None else background_share_by_age(shares, sex, len(table))
+        cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share)
         hazards.append(cum)
         tails.append(tail)
     names = library.names

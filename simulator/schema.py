@@ -535,13 +535,46 @@ class Demographics(Strict):
 
 
 class Mortality(Strict):
-    """Background mortality: single-year life tables by sex (columns age, qx)."""
+    """Background mortality: single-year life tables by sex (columns age, qx).
+
+    The life tables count deaths from every cause, the modelled ones included. `background_share`
+    (a BackgroundShare file) scales the life-table hazard down to the deaths the disease modules do
+    not produce themselves; `ehrsim calibrate mortality` measures and writes it, so that all-cause
+    mortality stays that of the life tables."""
 
     male_csv: str
     female_csv: str
     total_csv: str
+    background_share: str | None = None
     cause: Code
     source: str
+
+
+class ShareBands(Strict):
+    age: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    male: list[Annotated[float, Field(gt=0, le=1)]]
+    female: list[Annotated[float, Field(gt=0, le=1)]]
+
+    @model_validator(mode="after")
+    def _shape(self) -> ShareBands:
+        if self.age[0] != 0 or any(b <= a for a, b in zip(self.age, self.age[1:], strict=False)):
+            raise ValueError("age must start at 0 and increase strictly")
+        if not len(self.male) == len(self.female) == len(self.age):
+            raise ValueError("male and female need one share per age band")
+        return self
+
+
+class BackgroundShare(Strict):
+    """The share of life-table mortality left to background deaths, by age band (from `age` until
+    the next band) and sex, fitted for one set of modules: a library with other modules uses the
+    full life table."""
+
+    fitted: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    lives: Annotated[int, Field(ge=1)]
+    seed: int
+    life_expectancy: dict[Literal["before", "after"], float]
+    modules: list[Name] = Field(min_length=1)
+    bands: ShareBands
 
 
 class City(Strict):
