@@ -165,9 +165,11 @@ def _take(texts: list[str], codes: np.ndarray) -> pa.Array:
 
 @dataclass(frozen=True)
 class References:
-    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles)."""
+    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles); and
+    what ends each resource's text (ndjson: a newline, so a type's text is its file's bytes)."""
 
     urn: bool
+    line_end: str = ""
 
     def to(self, resource_type: str, ids: np.ndarray | pa.Array) -> pa.Array:
         """'{"reference":...}' JSON for each id (null where the id is missing)."""
@@ -186,7 +188,7 @@ class Resources:
     ids: np.ndarray  # str
     patient: np.ndarray  # int64
     order: np.ndarray  # int64: the event row within the patient, for a stable order
-    json: pa.Array  # large string, one resource per row
+    json: pa.Array  # large string, one resource per row (ended by `References.line_end`)
 
 
 def _dumps(value: object) -> str:
@@ -242,11 +244,12 @@ def _build(
     frame: pd.DataFrame,
     order: np.ndarray,
     parts: list[Piece],
+    line_end: str,
 ) -> Resources:
     """Join the parts (columns of JSON pieces, or constant strings) into one JSON text per row."""
     ids = frame["id"].to_numpy(dtype=object)
     head = f'{{"resourceType":"{resource_type}","id":"'
-    text = join(head, ids, *_merge_constants(['"', *parts, "}"])) if len(frame) else pa.array([], TEXT)
+    text = join(head, ids, *_merge_constants(['"', *parts, "}" + line_end])) if len(frame) else pa.array([], TEXT)
     return Resources(resource_type, ids, frame["patient"].to_numpy(np.int64), np.asarray(order, np.int64), text)
 
 
@@ -336,7 +339,7 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
             ],
             "managingOrganization": organization,
         }
-        texts.append(_dumps(resource))
+        texts.append(_dumps(resource) + refs.line_end)
     ids = patients["id"].to_numpy(dtype=object)
     order = np.full(len(patients), -1, np.int64)
     return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, pa.array(texts, TEXT))
@@ -409,6 +412,7 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
             f',"location":[{{"location":{refs.one("Location", LOCATION_ID)}}}]',
             ',"serviceProvider":' + refs.one("Organization", ORGANIZATION_ID),
         ],
+        refs.line_end,
     )
 
 
@@ -438,6 +442,7 @@ def condition_resources(conditions: pd.DataFrame, refs: References) -> Resources
             _time_field("abatementDateTime", diagnosed["resolution_time"]),
             _time_field("recordedDate", diagnosed["diagnosis_time"]),
         ],
+        refs.line_end,
     )
 
 
@@ -513,7 +518,7 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
         _quantities(single["value"].to_numpy(), single["unit"]),
         _lab_interpretation(single),
     ]
-    measured = _build("Observation", single, single["row"].to_numpy(), parts)
+    measured = _build("Observation", single, single["row"].to_numpy(), parts, refs.line_end)
     panels = _blood_pressure_panels(pairs, refs)
     symptoms = tables["symptoms"].assign(category="exam")
     symptom = _build(
@@ -525,6 +530,7 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
             ',"valueQuantity":',
             _quantities(symptoms["severity"].round(2).to_numpy(), "{score}"),
         ],
+        refs.line_end,
     )
     deaths = tables["deaths"][tables["deaths"]["code"].notna()]
     cause = _build(
@@ -552,6 +558,7 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
             ',"valueCodeableConcept":',
             _concepts(deaths),
         ],
+        refs.line_end,
     )
     return _concat("Observation", [measured, panels, symptom, cause])
 
@@ -585,6 +592,7 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
             component(DIASTOLIC, "Diastolic blood pressure", pairs["value_diastolic"].to_numpy()),
             "]",
         ],
+        refs.line_end,
     )
 
 
@@ -635,6 +643,7 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
             reports["result"].to_numpy(dtype=object),
             "]",
         ],
+        refs.line_end,
     )
 
 
@@ -663,6 +672,7 @@ def medication_resources(medications: pd.DataFrame, refs: References) -> Resourc
             ',"dispenseRequest":',
             validity,
         ],
+        refs.line_end,
     )
 
 
@@ -681,6 +691,7 @@ def procedure_resources(procedures: pd.DataFrame, refs: References) -> Resources
             ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
             ',"location":' + refs.one("Location", LOCATION_ID),
         ],
+        refs.line_end,
     )
 
 
@@ -699,6 +710,7 @@ def immunization_resources(immunizations: pd.DataFrame, refs: References) -> Res
             ',"primarySource":true,"location":' + refs.one("Location", LOCATION_ID),
             ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
         ],
+        refs.line_end,
     )
 
 
@@ -707,9 +719,9 @@ def _concat(resource_type: str, parts: list[Resources]) -> Resources:
     ids = np.concatenate([p.ids for p in parts])
     patient = np.concatenate([p.patient for p in parts])
     order = np.concatenate([p.order for p in parts])
-    text = pa.concat_arrays([p.json for p in parts])
     sort = np.lexsort((order, patient))
-    return Resources(resource_type, ids[sort], patient[sort], order[sort], text.take(pa.array(sort)))
+    text = pa.chunked_array([p.json for p in parts], TEXT).take(pa.array(sort)).combine_chunks()
+    return Resources(resource_type, ids[sort], patient[sort], order[sort], text)
 
 
 def build_resources(

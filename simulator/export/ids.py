@@ -14,6 +14,8 @@ import pyarrow as pa
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 # the two hex digits of each byte value, as two ASCII bytes
 _HEX_PAIRS = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), np.uint16)
+# the two decimal digits of 0..99, as two ASCII bytes
+_DECIMAL_PAIRS = np.frombuffer(b"".join(f"{b:02d}".encode() for b in range(100)), np.uint16)
 # the 8-4-4-4-12 groups of a UUID: (first hex digit, last hex digit + 1, first character)
 _GROUPS = ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24))
 
@@ -92,19 +94,21 @@ def fhir_datetime_text(times: pd.Series | pd.DatetimeIndex) -> pa.LargeStringArr
     months = days.astype("datetime64[M]")
     years = days.astype("datetime64[Y]")
     ms = (values - days.astype("datetime64[ms]")).astype(np.int64)
-    fields = [
-        (0, 4, years.astype(np.int64) + 1970),
-        (5, 2, (months - years.astype("datetime64[M]")).astype(np.int64) + 1),
-        (8, 2, (days - months.astype("datetime64[D]")).astype(np.int64) + 1),
-        (11, 2, ms // 3_600_000),
-        (14, 2, ms // 60_000 % 60),
-        (17, 2, ms // 1000 % 60),
-        (20, 3, ms % 1000),
+    year = years.astype(np.int64) + 1970
+    fields = [  # (first character, two-digit number)
+        (0, year // 100),
+        (2, year % 100),
+        (5, (months - years.astype("datetime64[M]")).astype(np.int64) + 1),
+        (8, (days - months.astype("datetime64[D]")).astype(np.int64) + 1),
+        (11, ms // 3_600_000),
+        (14, ms // 60_000 % 60),
+        (17, ms // 1000 % 60),
+        (21, ms % 100),
     ]
     chars = np.tile(np.frombuffer(b"0000-00-00T00:00:00.000Z", np.uint8), (len(values), 1))
-    for start, width, number in fields:
-        for k in range(width):
-            chars[:, start + width - 1 - k] = ord("0") + number // 10**k % 10
+    for start, number in fields:
+        chars[:, start : start + 2] = _DECIMAL_PAIRS[number].view(np.uint8).reshape(-1, 2)
+    chars[:, 20] = ord("0") + ms % 1000 // 100
     return ascii_text(chars, missing)
 
 

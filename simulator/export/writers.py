@@ -23,7 +23,7 @@ from pyarrow import csv
 
 from simulator.export.bundles import Method, patient_bundles, shared_entries
 from simulator.export.clinical_tables import TABLES, build_tables
-from simulator.export.fhir_resources import TEXT, References, build_resources, join, shared_resources, text_bytes
+from simulator.export.fhir_resources import TEXT, References, build_resources, shared_resources, text_bytes
 from simulator.export.ids import fhir_datetime_text
 from simulator.library import Library
 from simulator.schema import CODE_SYSTEMS
@@ -112,15 +112,15 @@ class NdjsonWriter:
         self.request = request
         self.files: dict[str, _File] = {}
         for resource in shared_resources(References(urn=False)).values():
-            self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode()], TEXT))
+            self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode() + "\n"], TEXT))
 
     def _append(self, resource_type: str, text: pa.Array) -> None:
-        """One write per type and chunk: the bytes of the text column, each row ended by a newline."""
+        """One write per type and chunk: the bytes of the text column (each row ends with a newline)."""
         if not len(text):
             return
         if resource_type not in self.files:
             self.files[resource_type] = _File(self.staging.dir / f"{resource_type}.ndjson", "resources")
-        self.files[resource_type].write(text_bytes(join(text, "\n")), len(text))
+        self.files[resource_type].write(text_bytes(text), len(text))
 
     def write(self, resources: dict) -> None:
         for resource_type, group in resources.items():
@@ -275,7 +275,7 @@ class Export:
             for writer in self.tables:
                 writer.write(arrow)
         if self.ndjson:
-            resources = build_resources(patients, tables, self.context.displays, References(urn=False))
+            resources = build_resources(patients, tables, self.context.displays, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)
             self._count(resources)
         if self.bundles:
