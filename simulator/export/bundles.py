@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from simulator.export.fhir_resources import RESOURCE_TYPES, Resources, join, text_bytes, text_offsets
+from simulator.export.fhir_resources import RESOURCE_TYPES, TEXT, Resources, join, text_bytes, text_offsets
 
 Method = Literal["POST", "PUT"]
 
@@ -55,20 +55,23 @@ def patient_bundles(
     entries, patient, rank, order = [], [], [], []
     for position, resource_type in enumerate(RESOURCE_TYPES):
         group = resources[resource_type]
-        if method == "PUT":
-            request = join(f'{{"method":"PUT","url":"{resource_type}/', group.ids, '"}')
-        else:
-            request = f'{{"method":"POST","url":"{resource_type}"}}'
-        if len(group.json):
-            entries.append(
-                join('{"fullUrl":"urn:uuid:', group.ids, '","resource":', group.json, ',"request":', request, "},")
-            )
+        start = 0
+        for text in group.json.chunks:
+            ids = group.ids[start : start + len(text)]
+            start += len(text)
+            if not len(text):
+                continue
+            if method == "PUT":
+                request = join(f'{{"method":"PUT","url":"{resource_type}/', ids, '"}')
+            else:
+                request = f'{{"method":"POST","url":"{resource_type}"}}'
+            entries.append(join('{"fullUrl":"urn:uuid:', ids, '","resource":', text, ',"request":', request, "},"))
         patient.append(group.patient)
         rank.append(np.full(len(group.json), position))
         order.append(group.order)
     patient_all = np.concatenate(patient)
     sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
-    ordered = pa.concat_arrays(entries).take(pa.array(sort))
+    ordered = pa.chunked_array(entries, TEXT).take(pa.array(sort)).combine_chunks()
     data = memoryview(text_bytes(ordered))
     offsets = text_offsets(ordered)
     people = resources["Patient"]

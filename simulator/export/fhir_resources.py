@@ -182,13 +182,21 @@ class References:
 
 @dataclass
 class Resources:
-    """Resources of one type: the patient index and ordering key of each, and its JSON text."""
+    """Resources of one type: the patient index and ordering key of each, and its JSON text. The
+    rows come in one piece per builder, each in patient then row order; `sorted_json` puts them
+    together in that order (bundles sort all types at once, so they need not)."""
 
     resource_type: str
     ids: np.ndarray  # str
     patient: np.ndarray  # int64
     order: np.ndarray  # int64: the event row within the patient, for a stable order
-    json: pa.Array  # large string, one resource per row (ended by `References.line_end`)
+    json: pa.ChunkedArray  # large string, one resource per row (ended by `References.line_end`)
+
+    def sorted_json(self) -> pa.Array:
+        """The text of every resource, in patient then row order."""
+        if self.json.num_chunks == 1:
+            return self.json.chunk(0)
+        return self.json.take(pa.array(np.lexsort((self.order, self.patient)))).combine_chunks()
 
 
 def _dumps(value: object) -> str:
@@ -250,7 +258,8 @@ def _build(
     ids = frame["id"].to_numpy(dtype=object)
     head = f'{{"resourceType":"{resource_type}","id":"'
     text = join(head, ids, *_merge_constants(['"', *parts, "}" + line_end])) if len(frame) else pa.array([], TEXT)
-    return Resources(resource_type, ids, frame["patient"].to_numpy(np.int64), np.asarray(order, np.int64), text)
+    patient = frame["patient"].to_numpy(np.int64)
+    return Resources(resource_type, ids, patient, np.asarray(order, np.int64), pa.chunked_array([text], TEXT))
 
 
 def _merge_constants(parts: list[Piece]) -> list[Piece]:
@@ -342,7 +351,8 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
         texts.append(_dumps(resource) + refs.line_end)
     ids = patients["id"].to_numpy(dtype=object)
     order = np.full(len(patients), -1, np.int64)
-    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, pa.array(texts, TEXT))
+    text = pa.chunked_array([pa.array(texts, TEXT)], TEXT)
+    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, text)
 
 
 # --- clinical resources ----------------------------------------------------------------------------
@@ -715,13 +725,12 @@ def immunization_resources(immunizations: pd.DataFrame, refs: References) -> Res
 
 
 def _concat(resource_type: str, parts: list[Resources]) -> Resources:
-    """Resources of one type from several builders, in patient then row order."""
+    """Resources of one type from several builders (one piece each, sorted only when written)."""
     ids = np.concatenate([p.ids for p in parts])
     patient = np.concatenate([p.patient for p in parts])
     order = np.concatenate([p.order for p in parts])
-    sort = np.lexsort((order, patient))
-    text = pa.chunked_array([p.json for p in parts], TEXT).take(pa.array(sort)).combine_chunks()
-    return Resources(resource_type, ids[sort], patient[sort], order[sort], text)
+    text = pa.chunked_array([chunk for p in parts for chunk in p.json.chunks], TEXT)
+    return Resources(resource_type, ids, patient, order, text)
 
 
 def build_resources(

@@ -124,7 +124,7 @@ class NdjsonWriter:
 
     def write(self, resources: dict) -> None:
         for resource_type, group in resources.items():
-            self._append(resource_type, group.json)
+            self._append(resource_type, group.sorted_json())
 
     def finish(self) -> dict[str, dict]:
         output = []
