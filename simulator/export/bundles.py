@@ -45,13 +45,9 @@ def shared_entries(shared: Mapping[str, dict], method: Method) -> str:
     return orjson.dumps(entries).decode()[1:-1]
 
 
-def patient_bundles(
-    resources: Mapping[str, Resources], shared: str, method: Method
-) -> Iterator[tuple[str, int, tuple[bytes, memoryview, bytes]]]:
-    """(patient id, number of entries, bundle JSON in three pieces: head, entries, tail) for each
-    patient of the chunk, in patient order. Every entry's text, followed by a comma, is built as
-    one Arrow column; sorted by patient, the entries of a patient are one slice of its bytes
-    (a view, not a copy)."""
+def _sorted_entries(resources: Mapping[str, Resources], method: Method) -> tuple[pa.Array, np.ndarray]:
+    """Every entry's text followed by a comma, in patient, resource type and row order, and the
+    patient index of each."""
     entries, patient, rank, order = [], [], [], []
     for position, resource_type in enumerate(RESOURCE_TYPES):
         group = resources[resource_type]
@@ -71,11 +67,20 @@ def patient_bundles(
         order.append(group.order)
     patient_all = np.concatenate(patient)
     sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
-    ordered = pa.chunked_array(entries, TEXT).take(pa.array(sort)).combine_chunks()
+    return pa.chunked_array(entries, TEXT).take(pa.array(sort)).combine_chunks(), patient_all[sort]
+
+
+def patient_bundles(
+    resources: Mapping[str, Resources], shared: str, method: Method
+) -> Iterator[tuple[str, int, tuple[bytes, memoryview, bytes]]]:
+    """(patient id, number of entries, bundle JSON in three pieces: head, entries, tail) for each
+    patient of the chunk, in patient order. Sorted by patient, the entries of a patient are one
+    slice of the entries' bytes (a view, not a copy)."""
+    ordered, patient = _sorted_entries(resources, method)
     data = memoryview(text_bytes(ordered))
     offsets = text_offsets(ordered)
     people = resources["Patient"]
-    bounds = np.searchsorted(patient_all[sort], people.patient, side="left").tolist() + [len(sort)]
+    bounds = np.searchsorted(patient, people.patient, side="left").tolist() + [len(patient)]
     head = ('{"resourceType":"Bundle","type":"transaction","entry":[' + shared + ",").encode()
     n_shared = shared.count('"fullUrl"')
     for k, patient_id in enumerate(people.ids.tolist()):

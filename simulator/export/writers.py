@@ -274,10 +274,12 @@ class Export:
             arrow = arrow_tables({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
             for writer in self.tables:
                 writer.write(arrow)
+            del arrow  # each output's intermediates are freed before the next is built
         if self.ndjson:
             resources = build_resources(patients, tables, self.context.displays, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)
             self._count(resources)
+            del resources
         if self.bundles:
             resources = build_resources(patients, tables, self.context.displays, References(urn=True))
             self.bundles.write(resources)
