@@ -42,9 +42,11 @@ def _child(mode: str, patients: int, chunk_size: int) -> None:
         seconds = time.perf_counter() - warm
     else:
         with tempfile.TemporaryDirectory() as out:
-            simulator.generate(patients=min(patients, 100), seed=1, out=out)  # compile or load the cache
+            simulator.generate(patients=min(patients, 100), seed=1, out=out, formats="parquet")  # compile or load
             warm = time.perf_counter()
-            population = simulator.generate(patients=patients, seed=1, out=out, chunk_size=chunk_size)
+            population = simulator.generate(
+                patients=patients, seed=1, out=out, chunk_size=chunk_size, formats="parquet"
+            )
             seconds = time.perf_counter() - warm
             events = population.manifest["counts"]["events"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
