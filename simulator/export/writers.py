@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -255,6 +257,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Patients whose FHIR resources are built at once: the columns of text of a few hundred patients
+# stay small (faster, less memory) and the output is the same whatever the slice, as ids and
+# order depend only on the patient and the row within the patient.
+FHIR_SLICE = 500
+
+
+def _patient_slices(
+    patients: pd.DataFrame, events: pd.DataFrame, size: int
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """The chunk's patients (and their events, sorted by patient) `size` at a time, in order;
+    one empty slice for an empty chunk."""
+    starts = np.searchsorted(events["patient"].to_numpy(), patients["index"].to_numpy()[::size]).tolist()
+    bounds = [*starts, len(events)] if len(patients) else [0, len(events)]
+    for k in range(len(bounds) - 1):
+        yield (
+            patients.iloc[k * size : (k + 1) * size].reset_index(drop=True),
+            events.iloc[bounds[k] : bounds[k + 1]].reset_index(drop=True),
+        )
+
+
 class Export:
     """All requested outputs of a run, fed chunk by chunk."""
 
@@ -269,12 +291,19 @@ class Export:
         self.resource_counts: dict[str, int] = {}
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
-        tables = build_tables(patients, events, self.context.condition_codes)
+        """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time."""
         if self.tables:
+            tables = build_tables(patients, events, self.context.condition_codes)
             arrow = arrow_tables({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
             for writer in self.tables:
                 writer.write(arrow)
-            del arrow  # each output's intermediates are freed before the next is built
+            del tables, arrow  # each output's intermediates are freed before the next is built
+        if self.ndjson or self.bundles:
+            for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
+                self._write_fhir(some_patients, their_events)
+
+    def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
+        tables = build_tables(patients, events, self.context.condition_codes)
         if self.ndjson:
             resources = build_resources(patients, tables, self.context.displays, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)
