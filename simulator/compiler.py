@@ -140,6 +140,11 @@ class CompiledModel(NamedTuple):
     wellness_class: int  # ENCOUNTER_CLASSES index of wellness
     death_code: int  # code of background (life-table) death
     max_hazards: int  # most competing hazards in one state
+    # what some guard reads: a change to anything else cannot change a guard, so needs no re-check
+    attr_guarded: np.ndarray  # bool[n_attributes]
+    cond_guarded: np.ndarray  # bool[n_conditions]
+    med_guarded: np.ndarray  # bool[n_medications]
+    obs_guarded: np.ndarray  # bool[n_observables]
 
 
 @dataclass(frozen=True)
@@ -448,6 +453,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     death_code = b.code(library.mortality.cause)
 
     i32, i8, f8 = np.int32, np.int8, np.float64
+    ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
         state_module=b.column("state", "module", i32),
@@ -483,8 +489,8 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         ratio_value=b.column("ratio", "value", f8),
         guard_start=b.column("guards", "start", i32),
         guard_n=b.column("guards", "n", i32),
-        ginst_op=b.column("ginst", "op", i8),
-        ginst_i0=b.column("ginst", "i0", i32),
+        ginst_op=ginst_op,
+        ginst_i0=ginst_i0,
         ginst_cmp=b.column("ginst", "cmp", i8),
         ginst_f0=b.column("ginst", "f0", f8),
         dist_kind=b.column("dist", "kind", i8),
@@ -518,6 +524,10 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         wellness_class=ENCOUNTER_CLASSES.index("wellness"),
         death_code=death_code,
         max_hazards=max([len(s.hazards or []) for m in b.modules for s in m.states.values()], default=0),
+        attr_guarded=_guarded(ginst_op, ginst_i0, (G_ATTR,), len(attr_all)),
+        cond_guarded=_guarded(ginst_op, ginst_i0, (G_COND_ACTIVE, G_COND_DIAGNOSED), len(cond_codes)),
+        med_guarded=_guarded(ginst_op, ginst_i0, (G_MED,), len(med_codes)),
+        obs_guarded=_guarded(ginst_op, ginst_i0, (G_OBS,), len(obs_all)),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),
@@ -534,6 +544,14 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         ethnicities=tuple(b.ethnicities),
     )
     return model, names
+
+
+def _guarded(op: np.ndarray, i0: np.ndarray, kinds: tuple[int, ...], n: int) -> np.ndarray:
+    """bool[n]: which indices some guard instruction of these kinds reads."""
+    flags = np.zeros(n, np.bool_)
+    flags[i0[np.isin(op, kinds)]] = True
+    flags.setflags(write=False)
+    return flags
 
 
 def _frozen(values: list, dtype: type) -> np.ndarray:

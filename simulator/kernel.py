@@ -631,34 +631,40 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
             sc.attr_t0[i0] = t
             if not math.isnan(drift):
                 sc.attr_slope[i0] = drift
-            sc.ctr[C_DIRTY] = 1
+            if model.attr_guarded[i0]:
+                sc.ctr[C_DIRTY] = 1
         elif kind == c.A_ONSET or kind == c.A_DIAGNOSE:
             code = model.cond_code[i0]
             if not sc.cond_active[i0]:
                 sc.cond_active[i0] = True
                 sc.cond_diagnosed[i0] = False
                 emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.cond_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
             if kind == c.A_DIAGNOSE and not sc.cond_diagnosed[i0]:
                 sc.cond_diagnosed[i0] = True
                 emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.cond_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
         elif kind == c.A_RESOLVE:
             if sc.cond_active[i0]:
                 sc.cond_active[i0] = False
                 sc.cond_diagnosed[i0] = False
                 emit(ev, sc, p, t, K_RESOLVED, model.cond_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.cond_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
         elif kind == c.A_MED_START:
             if not sc.med_active[i0]:
                 sc.med_active[i0] = True
                 emit(ev, sc, p, t, K_MED_START, model.med_code[i0], np.nan, need_encounter(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.med_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
         elif kind == c.A_MED_STOP:
             if sc.med_active[i0]:
                 sc.med_active[i0] = False
                 emit(ev, sc, p, t, K_MED_STOP, model.med_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.med_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
         elif kind == c.A_PROCEDURE or kind == c.A_IMMUNIZATION:
             event_kind = K_PROCEDURE if kind == c.A_PROCEDURE else K_IMMUNIZATION
             emit(ev, sc, p, t, event_kind, i0, np.nan, need_encounter(sc, m, t), s, -1, -1)
@@ -667,7 +673,8 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
             if not math.isnan(value):
                 sc.obs_latest[i0] = value
                 emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[i0], value, need_encounter(sc, m, t), s, i0, -1)
-                sc.ctr[C_DIRTY] = 1
+                if model.obs_guarded[i0]:
+                    sc.ctr[C_DIRTY] = 1
         elif kind == c.A_SYMPTOM:
             severity = draw(model, model.act_i1[a], sc.rng)
             emit(ev, sc, p, t, K_SYMPTOM, i0, severity, attached(sc, m, t), s, -1, -1)
