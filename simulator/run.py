@@ -137,21 +137,31 @@ class Simulator:
         (i + k * REDRAW_STRIDE) until they survive. The age and sex pyramid then holds, and the
         output still depends on (seed, i) alone."""
         index = index.astype(np.int64)
-        result, counts = self._simulate_streams(index, index)
+        result, counts = self._simulate_streams(index, index, learn_capacity=True)
         if self.config.mode == "lifetime":
             return result
-        for attempt in range(1, MAX_REDRAWS + 1):
-            died = np.zeros(len(index), bool)
-            died[np.repeat(np.arange(len(index)), counts)[result.events.kind == kernel.K_DEATH]] = True
-            if not died.any():
-                break
-            redo, redo_counts = self._simulate_streams(index[died], index[died] + attempt * REDRAW_STRIDE)
-            result, counts = _splice(result, counts, redo, redo_counts, died)
-        return result
+        return self._redraw_the_dead(index, result, counts, 0)[0]
 
-    def _simulate_streams(self, index: np.ndarray, stream: np.ndarray) -> tuple[Simulated, np.ndarray]:
+    def _redraw_the_dead(
+        self, index: np.ndarray, result: Simulated, counts: np.ndarray, attempt: int
+    ) -> tuple[Simulated, np.ndarray]:
+        """`result` with every patient who died redrawn from their next stream, recursively (each
+        level splices only the smaller set below it)."""
+        died = np.zeros(len(index), bool)
+        died[np.repeat(np.arange(len(index)), counts)[result.events.kind == kernel.K_DEATH]] = True
+        if not died.any() or attempt == MAX_REDRAWS:
+            return result, counts
+        again = index[died]
+        redo, redo_counts = self._simulate_streams(again, again + (attempt + 1) * REDRAW_STRIDE)
+        redo, redo_counts = self._redraw_the_dead(again, redo, redo_counts, attempt + 1)
+        return _splice(result, counts, redo, redo_counts, died)
+
+    def _simulate_streams(
+        self, index: np.ndarray, stream: np.ndarray, learn_capacity: bool = False
+    ) -> tuple[Simulated, np.ndarray]:
         """Patients `index` living the histories of event streams `stream` (one per patient), and
-        the number of events of each."""
+        the number of events of each. With `learn_capacity` (whole chunks, not the few long lives
+        redrawn in population mode) the first-pass buffer grows to what patients need."""
         lifetime = self.config.mode == "lifetime"
         people = sample(self.people_tables, self.config.seed, index, lifetime)
         horizon = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
@@ -165,7 +175,8 @@ class Simulator:
                 stream[over], _subset(people, over), t_end[over], capacity2
             )
             events = _merge(events, capacity, counts, events2, capacity2, over)
-            self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
+            if learn_capacity:
+                self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
         else:
             events = _compact(events, capacity, counts)
         return Simulated(events, np.repeat(index, counts), errors, people, entered, stream), counts
