@@ -63,3 +63,13 @@ def test_every_state_is_entered_in_a_large_cohort() -> None:
             counts = entered if counts is None else counts + entered
     never = [name for name, k in zip(sim.names.states, counts, strict=False) if k == 0 and name not in RARE_STATES]
     assert never == [], f"states nobody entered: {never}"
+
+
+def test_terminology_table_is_sorted_without_duplicates() -> None:
+    """One row per (system, code), in order, so a reviewer finds a code and an addition shows in a diff."""
+    import csv
+
+    with (REPO / "rules" / "terminology.csv").open(newline="") as handle:
+        keys = [(row["system"], row["code"]) for row in csv.DictReader(handle)]
+    assert len(keys) == len(set(keys))
+    assert keys == sorted(keys)
