@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 
 from simulator import kernel
 from simulator.library import Library
-from simulator.population import build_people_tables, reference_date_of
+from simulator.population import annual_rates, build_people_tables, reference_date_of
 from simulator.run import RunConfig, Simulator
 
 BANDS = (0, 1, *range(5, 101, 5))  # band starts, years; the last band is 100 and over
@@ -86,10 +86,7 @@ def life_table_rates(library: Library) -> np.ndarray:
     rates = []
     for csv in (library.mortality.male_csv, library.mortality.female_csv):
         table = pd.read_csv(library.rules_dir / csv)
-        qx = np.clip(table["qx"].to_numpy(float), 0.0, 1.0 - 1e-12)
-        rate = -np.log1p(-qx)
-        rate[-1] = 1.0 / float(table["ex"].iloc[-1])
-        rates.append(rate)
+        rates.append(annual_rates(table["qx"].to_numpy(float), float(table["ex"].iloc[-1])))
     return np.vstack(rates)
 
 

@@ -43,21 +43,25 @@ def _cdf(shares: list[float]) -> np.ndarray:
     return cdf / cdf[-1]
 
 
+def annual_rates(qx: np.ndarray, ex_last: float) -> np.ndarray:
+    """Hazard per year at each whole age from single-year death probabilities q(x); the open last
+    interval (where the table gives q = 1) has the constant hazard 1/e(x)."""
+    rates = -np.log1p(-np.clip(np.asarray(qx, dtype=np.float64), 0.0, 1.0 - 1e-12))
+    rates[-1] = 1.0 / ex_last
+    return rates
+
+
 def life_table_hazard(qx: np.ndarray, ex_last: float, share: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Cumulative hazard H(age) at whole ages from single-year death probabilities q(x), with a
-    constant hazard 1/e(x) in the open last interval (where the table gives q = 1); `share[x]`
-    (default 1) scales the hazard of each year of age, the last entry the open interval."""
-    share = np.ones(len(qx)) if share is None else np.asarray(share, dtype=np.float64)
-    rates = -np.log1p(-np.clip(qx[:-1], 0.0, 1.0 - 1e-12)) * share[:-1]
-    cum = np.concatenate([[0.0], np.cumsum(rates)])
-    return cum, share[-1] / ex_last
+    """Cumulative hazard H(age) at whole ages, and the hazard of the open last interval, from a
+    life table (`annual_rates`); `share[x]` (default 1) scales the hazard of each year of age."""
+    rates = annual_rates(qx, ex_last) * (1.0 if share is None else np.asarray(share, dtype=np.float64))
+    cum = np.concatenate([[0.0], np.cumsum(rates[:-1])])
+    return cum, float(rates[-1])
 
 
 def fitted_background_share(library: Library) -> pd.DataFrame | None:
     """The rules' fitted background share as a table (age, male, female), or None when there is
     none or it was fitted for another set of modules than the library's."""
-    if library.mortality.background_share is None:
-        return None
     fitted = library.background_share
     if fitted is None or sorted(fitted.modules) != sorted(m.name for m in library.modules):
         return None
@@ -84,7 +88,7 @@ def build_people_tables(
     shares = background_share if background_share is not None else fitted_background_share(library)
     for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
         table = pd.read_csv(rules / csv)
-        share = np.ones(len(table)) if shares is None else background_share_by_age(shares, sex, len(table))
+        share = None if shares is None else background_share_by_age(shares, sex, len(table))
         cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share)
         hazards.append(cum)
         tails.append(tail)
