@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.calibration import fit, fit_groups, stale_fits, write_fitted
+from simulator.calibration import column_groups, fit, fit_groups, stale_fits, write_fitted
 from simulator.library import load_library
 from simulator.loading import LoadError
 from simulator.run import RunConfig, Simulator
@@ -27,9 +27,11 @@ parameters:
   young:
     paths: ["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]
     scale: [0.1, 10.0]
+    targets: ["toy_prevalence/18-34", "toy_prevalence/35-49"]
   old:
     paths: ["states.healthy.hazards[0].rate_per_year.male[1]", "states.healthy.hazards[0].rate_per_year.female[1]"]
     scale: [0.1, 10.0]
+    targets: ["toy_prevalence/50-64", "toy_prevalence/65-120"]
 """
 
 
@@ -87,6 +89,7 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     result = fit(library, targets, library.calibration, ["toy"], patients=2500, seed=7, report=lines.append)
     assert result.loss_after < result.loss_before / 10
     assert lines[0].startswith("fitting 2 parameters of toy to 4 targets")
+    assert "2 columns in 1 simultaneous difference groups" in lines[2]  # disjoint targets: stepped together
     fitted = result.values["toy"]
     young = fitted["states.healthy.hazards[0].rate_per_year.male[0]"]
     old = fitted["states.healthy.hazards[0].rate_per_year.male[1]"]
@@ -109,8 +112,9 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
         (("male[0]", "male[9]"), "path 'states.healthy.hazards[0].rate_per_year.male[9]' does not exist"),
         (("states.healthy.hazards[0].rate", "states..x"), "malformed path 'states..x"),
         (('"toy_prevalence/*"', '"toy_prevalance/*"'), "pattern 'toy_prevalance/*' matches no target id"),
-        (("scale: [0.1, 10.0]\n  old", "scale: [0.1, 10.0]\n    value: [0.1, 0.9]\n  old"), "exactly one of"),
-        (("scale: [0.1, 10.0]\n  old", "scale: [3, 1]\n  old"), "bounds must satisfy 0 < low < high"),
+        (("scale: [0.1, 10.0]\n    targets", "scale: [0.1, 10.0]\n    value: [0.1, 0.9]\n    targets"), "exactly one"),
+        (("scale: [0.1, 10.0]\n    targets", "scale: [3, 1]\n    targets"), "bounds must satisfy 0 < low < high"),
+        (('"toy_prevalence/50-64", "toy_prevalence/65-120"', '"other/*"'), "match none of the declaration's targets"),
     ],
 )
 def test_bad_declarations_are_located(rules: Path, change: tuple[str, str], message: str) -> None:
@@ -139,3 +143,19 @@ def test_calibrate_command_names_an_undeclared_module() -> None:
     result = CliRunner().invoke(app, ["calibrate", "hypertensoin"])
     assert result.exit_code == 1
     assert "no calibration declaration for module 'hypertensoin' (did you mean 'hypertension'?)" in result.output
+
+
+def test_parameters_that_share_no_target_are_differenced_together() -> None:
+    rows = np.array(
+        [  # targets x parameters: a and b share target 0; c moves only target 2; d shares target 1 with b
+            [1, 1, 0, 0],
+            [0, 1, 0, 1],
+            [0, 0, 1, 0],
+        ],
+        bool,
+    )
+    groups = column_groups(rows)
+    assert sorted(j for g in groups for j in g) == [0, 1, 2, 3]
+    for group in groups:  # no two parameters of a group move the same target
+        assert (rows[:, group].sum(axis=1) <= 1).all()
+    assert len(groups) == 2
