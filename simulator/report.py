@@ -53,12 +53,17 @@ def summary(v: Validation) -> dict:
     primary = [c for c in compared if c.target.role == "primary"]
     e0 = next((c for c in compared if c.target.measure == "life_expectancy_at_birth" and c.target.sex == "all"), None)
     pyramid = [c for c in primary if c.target.measure == "population_share_of_total"]
+    calibrated = [c for c in compared if c.target.id in set(v.calibration_targets)]
     return {
         "targets": len(v.comparisons),
         "compared": len(compared),
         "compared_primary": len(primary),
         "passed_primary": sum(1 for c in primary if c.passed),
         "failed_primary": [c.target.id for c in primary if c.passed is False],
+        "calibration_targets": len(calibrated),
+        "passed_calibration": sum(1 for c in calibrated if c.passed),
+        "failed_calibration": [c.target.id for c in calibrated if c.passed is False],
+        "pyramid_passed": f"{sum(1 for c in pyramid if c.passed)} of {len(pyramid)}",
         "not_covered": sorted({c.target.measure for c in v.comparisons if c.status == "not covered"}),
         "life_expectancy_at_birth": {"simulated": _num(e0.simulated), "target": e0.target.value} if e0 else None,
         "pyramid_max_abs_difference": _num(max((abs(c.difference) for c in pyramid), default=math.nan)),
@@ -178,6 +183,8 @@ def markdown(v: Validation) -> str:
         "# ehrsim validation report",
         "",
         f"{s['passed_primary']} of {s['compared_primary']} primary targets pass ({TOLERANCE_TEXT}).",
+        f"Calibration targets (those the modules' declarations answer to): {s['passed_calibration']} of"
+        f" {s['calibration_targets']} pass; population pyramid: {s['pyramid_passed']} bands pass.",
     ]
     if s["life_expectancy_at_birth"]:
         e0 = s["life_expectancy_at_birth"]
@@ -205,6 +212,8 @@ def page(v: Validation) -> str:
         "font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px}.FAIL{color:#b00;font-weight:bold}</style>",
         "</head><body><h1>ehrsim validation report</h1>",
         f"<p>{s['passed_primary']} of {s['compared_primary']} primary targets pass. {esc(TOLERANCE_TEXT)}.</p>",
+        f"<p>Calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass; population"
+        f" pyramid: {s['pyramid_passed']} bands pass.</p>",
     ]
     if s["life_expectancy_at_birth"]:
         e0 = s["life_expectancy_at_birth"]

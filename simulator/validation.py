@@ -51,6 +51,15 @@ class Validation:
     invariant_patients: int
     labs: list[dict]
     card: dict
+    calibration_targets: tuple[str, ...] = ()  # ids the library's declarations answer to
+
+
+def calibration_targets(library: Library) -> tuple[str, ...]:
+    """The targets the loaded modules are calibrated to (their declarations'), in first-declared order."""
+    ids: dict[str, None] = {}
+    for declared in library.calibration.values():
+        ids.update(dict.fromkeys(declared.target_ids))
+    return tuple(ids)
 
 
 def default_targets(library: Library) -> TargetSet:
@@ -172,6 +181,7 @@ def validate_generated(
         len(checked.patients),
         lab_distributions(cohort, targets, vocabulary),
         _card(library, config, patients, lifetime_patients),
+        calibration_targets(library),
     )
 
 
@@ -207,4 +217,5 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
         len(patients),
         lab_distributions(cohort, targets, vocabulary),
         _card(library, card_config, len(patients), len(patients) if lifetime_run else lifetime_patients),
+        calibration_targets(library),
     )

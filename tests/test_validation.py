@@ -95,6 +95,11 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     e0_row = by_id["life_expectancy_at_birth/0-0/all/2023"]
     assert e0_row["passed"] == (abs(e0 - e0_row["target"]) <= 0.5)  # an absolute tolerance, from definitions.yaml
     assert report["invariants"]["patients_checked"] == 700
+    summary = report["summary"]  # the calibration targets are the declarations' (hypertension's among them)
+    calibrated = [by_id[i] for i in validation.calibration_targets if by_id[i]["status"] == "compared"]
+    assert "hypertension_130_80/40-59/M/2021" in validation.calibration_targets
+    assert summary["calibration_targets"] == len(calibrated)
+    assert summary["passed_calibration"] == sum(1 for c in calibrated if c["passed"])
     html = files[2].read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Dataset card" in html
     assert "diabetes_total/18-120/all/2017" in files[1].read_text()
