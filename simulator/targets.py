@@ -92,6 +92,7 @@ class Measure(_Strict):
     statistic: Literal["prevalence", "share", "life_expectancy", "unsupported"]
     numerator: Criterion | None = None
     measured: str | None = None  # prevalence among people with a reading of this observable
+    among: Criterion | None = None  # prevalence among the people of the band who meet this (e.g. diagnosed)
     tolerance: float | None = None  # pass within this absolute difference (default: the relative tolerance)
     reason: str = ""
 
@@ -315,7 +316,7 @@ class Needs:
 def needs_of(definitions: Definitions, vocabulary: Vocabulary) -> Needs:
     needs = Needs()
     for measure in definitions.measures.values():
-        for c in _walk(measure.numerator):
+        for c in (*_walk(measure.numerator), *_walk(measure.among)):
             if isinstance(c, ConditionCriterion):
                 needs.conditions.update(vocabulary.resolve("conditions", c.conditions)[0])
             elif isinstance(c, ObservationCriterion):
@@ -598,6 +599,8 @@ def compare(
         return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k)
     absent: set[str] = set()
     hit = meets(measure.numerator, cohort, vocabulary, absent) if measure.numerator else None
+    if measure.among is not None:
+        band &= meets(measure.among, cohort, vocabulary, absent)
     note = f"not in the loaded modules: {', '.join(sorted(absent))}" if absent else ""
     if hit is None:
         return Comparison(target, "not covered", note=note)

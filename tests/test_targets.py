@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DATA, REPO
 
 from simulator.loading import LoadError
-from simulator.targets import load_targets
+from simulator.targets import ACTIVE, DIAGNOSED, EVER, EVER_DIAGNOSED, Cohort, Vocabulary, compare, load_targets
 
 
 def test_shipped_targets_load_with_sources_and_definitions() -> None:
@@ -52,3 +53,19 @@ def test_unknown_definition_key_is_located(tmp_path: Path) -> None:
     (tmp_path / "targets.csv").write_text((DATA / "targets_broken" / "targets.csv").read_text().splitlines()[0] + "\n")
     with pytest.raises(LoadError, match=r"t/definitions.yaml:4:\d+: measures.m.numerator"):
         load_targets(tmp_path, "t")
+
+
+def test_a_share_among_the_diagnosed_counts_only_them() -> None:
+    targets = load_targets(REPO / "rules" / "targets")
+    row = targets.by_id()["type2_share_of_diagnosed_diabetes/20-120/all/2016"]
+    measure = targets.definitions.measures[row.measure]
+    t1d, t2d = "SNOMED:46635009", "SNOMED:44054006"
+    vocabulary = Vocabulary({"t1d": t1d, "t2d": t2d}, {}, {})
+    n = 10  # all 40 years old; 4 with diagnosed t2d, 1 with diagnosed t1d, 1 undiagnosed t2d, 4 without
+    status = {t2d: np.zeros(n, np.int8), t1d: np.zeros(n, np.int8)}
+    status[t2d][:4] = EVER | ACTIVE | DIAGNOSED | EVER_DIAGNOSED
+    status[t2d][5] = EVER | ACTIVE
+    status[t1d][4] = EVER | ACTIVE | DIAGNOSED | EVER_DIAGNOSED
+    cohort = Cohort(0.0, np.full(n, -40 * 365.25 - 10), np.zeros(n, np.int8), np.full(n, np.nan), status, {}, {})
+    result = compare(row, measure, cohort, vocabulary)
+    assert (result.n, result.count, result.simulated) == (5, 4.0, pytest.approx(0.8))
