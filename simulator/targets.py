@@ -10,8 +10,10 @@ reference date) for just the codes the definitions name, so chunks can be summar
 from __future__ import annotations
 
 import csv
+import json
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simulator import kernel
 from simulator.loading import LoadError, Problem, parse_yaml, suggest, validate
-from simulator.schema import CODE_SYSTEMS, Code
+from simulator.schema import CODE_SYSTEMS, ENCOUNTER_CLASSES, Code
 
 if TYPE_CHECKING:
     from simulator.library import Library
@@ -50,6 +52,8 @@ COLUMNS = (
 OPEN_AGE = 120  # age_hi 120 means "and over"
 RELATIVE_TOLERANCE = 0.10
 Z95 = 1.959963984540054
+RATE_GROUP = 5  # years: age groups of the lifetime cohort's event rates
+HOSPITAL = (ENCOUNTER_CLASSES.index("inpatient"), ENCOUNTER_CLASSES.index("icu"))
 
 # --- definitions -----------------------------------------------------------------------------------
 
@@ -87,10 +91,25 @@ Criterion = Annotated[
 ]
 
 
+class EventCriterion(_Strict):
+    """Events a rate counts: `encounter` (a stay or visit of one of `classes` for one of the
+    conditions `reasons`; hospital encounters joined by a transfer at the same instant are one
+    stay), `death` (from one of the causes `reasons`) or `onset` (of one of the conditions)."""
+
+    kind: Literal["encounter", "death", "onset"]
+    reasons: list[str] = Field(min_length=1)  # condition names or SYSTEM:code
+    classes: list[Literal[ENCOUNTER_CLASSES]] = []  # type: ignore[valid-type]
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+
 class Measure(_Strict):
     counts: str = ""
-    statistic: Literal["prevalence", "share", "life_expectancy", "unsupported"]
+    statistic: Literal["prevalence", "share", "rate", "life_expectancy", "unsupported"]
     numerator: Criterion | None = None
+    events: EventCriterion | None = None  # what a rate counts
     measured: str | None = None  # prevalence among people with a reading of this observable
     among: Criterion | None = None  # prevalence among the people of the band who meet this (e.g. diagnosed)
     tolerance: float | None = None  # pass within this absolute difference (default: the relative tolerance)
@@ -148,8 +167,16 @@ class TargetSet:
         return {t.id: t for t in self.targets}
 
 
+_PER = re.compile(r"per ([\d,]+)")
+
+
 def _scale(unit: str) -> float:
-    return 0.01 if unit.strip().lower().startswith("percent") else 1.0
+    """Percent -> fraction; 'per 1,000 ... per year' -> per person-year; else as given."""
+    text = unit.strip().lower()
+    if text.startswith("percent"):
+        return 0.01
+    per = _PER.match(text)
+    return 1.0 / float(per.group(1).replace(",", "")) if per else 1.0
 
 
 def _number(text: str, name: str, problems: list[Problem], where: tuple[str, int]) -> float | None:
@@ -311,6 +338,8 @@ class Needs:
     conditions: set[str] = field(default_factory=set)
     observables: set[str] = field(default_factory=set)
     medications: set[str] = field(default_factory=set)
+    events: dict[str, tuple[EventCriterion, frozenset[str]]] = field(default_factory=dict)  # by key: (what, codes)
+    condition_keys: dict[str, str] = field(default_factory=dict)  # condition name -> code key (encounter reasons)
 
 
 def needs_of(definitions: Definitions, vocabulary: Vocabulary) -> Needs:
@@ -325,6 +354,10 @@ def needs_of(definitions: Definitions, vocabulary: Vocabulary) -> Needs:
                 needs.medications.update(vocabulary.resolve("medications", c.medications)[0])
         if measure.measured:
             needs.observables.update(vocabulary.resolve("observables", [measure.measured])[0])
+        if measure.events:
+            keys = vocabulary.resolve("conditions", measure.events.reasons)[0]
+            needs.events[measure.events.key] = (measure.events, frozenset(keys))
+    needs.condition_keys = dict(vocabulary.conditions)
     for pair in definitions.labs:
         needs.observables.update(vocabulary.resolve("observables", [pair.observation])[0])
         needs.conditions.update(vocabulary.resolve("conditions", [pair.condition])[0])
@@ -342,7 +375,8 @@ class Cohort:
 
     sex: 0 male, 1 female; death_t NaN when alive at the end of the record. conditions: status bits
     (EVER, ACTIVE, DIAGNOSED, EVER_DIAGNOSED); observations: latest value (NaN: never measured);
-    medications: taken at t_ref. All keyed by SYSTEM:code.
+    medications: taken at t_ref. All keyed by SYSTEM:code. events: for each event criterion of the
+    definitions (by key), the cohort row and the time of every event it counts, at any time.
     """
 
     t_ref: float
@@ -352,6 +386,7 @@ class Cohort:
     conditions: dict[str, np.ndarray]
     observations: dict[str, np.ndarray]
     medications: dict[str, np.ndarray]
+    events: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.birth_t)
@@ -377,7 +412,39 @@ class Cohort:
             cat("conditions"),
             cat("observations"),
             cat("medications"),
+            {k: _cat_events([p.events[k] for p in parts], [len(p) for p in parts]) for k in parts[0].events},
         )
+
+
+def _cat_events(parts: list[tuple[np.ndarray, np.ndarray]], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-chunk (row, time) event arrays, shifting rows by the sizes of earlier chunks."""
+    offsets = np.cumsum([0, *sizes[:-1]])
+    rows = np.concatenate([rows + offset for (rows, _), offset in zip(parts, offsets, strict=True)])
+    return rows, np.concatenate([t for _, t in parts])
+
+
+def counted_events(
+    needs: Needs, pos: np.ndarray, t: np.ndarray, kind: np.ndarray, code_key: np.ndarray,
+    reason_key: np.ndarray, encounter_class: np.ndarray,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """(row, time) of the events each criterion counts; one array per event column (code and reason as
+    code keys, encounter_class as the ENCOUNTER_CLASSES index, -1 when none)."""
+    out = {}
+    for key, (criterion, codes) in needs.events.items():
+        wanted = np.array(sorted(codes), dtype=object)
+        if criterion.kind == "encounter":
+            hit = (kind == kernel.K_ENCOUNTER_START) & np.isin(reason_key, wanted)
+            if criterion.classes:
+                hit &= np.isin(encounter_class, [ENCOUNTER_CLASSES.index(c) for c in criterion.classes])
+            ended = (kind == kernel.K_ENCOUNTER_END) & np.isin(encounter_class, HOSPITAL)
+            transfers = set(zip(pos[ended].tolist(), t[ended].tolist(), strict=True))
+            starts = np.flatnonzero(hit & np.isin(encounter_class, HOSPITAL))
+            hit[[i for i in starts if (int(pos[i]), float(t[i])) in transfers]] = False
+        else:
+            wanted_kind = kernel.K_DEATH if criterion.kind == "death" else kernel.K_ONSET
+            hit = (kind == wanted_kind) & np.isin(code_key, wanted)
+        out[key] = (pos[hit], t[hit])
+    return out
 
 
 def _last_row(n: int, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -425,9 +492,10 @@ def _rows_by_key(keys: np.ndarray, wanted: set[str]) -> dict[str, np.ndarray]:
 
 def cohort_from_kernel(
     events: kernel.Events, patient: np.ndarray, index: np.ndarray, birth_t: np.ndarray, sex: np.ndarray,
-    codes: tuple[Code, ...], t_ref: float, needs: Needs,
+    codes: tuple[Code, ...], t_ref: float, needs: Needs, conditions: tuple[str, ...] = (),
 ) -> Cohort:  # fmt: skip
-    """Summary of kernel output (`Simulator.simulate`): `index` ascending, `patient` the index of each event."""
+    """Summary of kernel output (`Simulator.simulate`): `index` ascending, `patient` the index of each
+    event; `conditions` the condition names by index (for encounter reasons)."""
     n = len(index)
     pos = np.searchsorted(index, patient)
     table_keys = np.array([code_key(c.system, str(c.code)) for c in codes] + [""], dtype=object)
@@ -439,7 +507,15 @@ def cohort_from_kernel(
     death_t[pos[is_death]] = events.t[is_death]
     kind = events.kind.astype(np.int64)
     parts = _summarise(n, pos, events.t, kind, events.value, rows_of, t_ref, needs)
-    return Cohort(t_ref, birth_t.astype(float), sex.astype(np.int8), death_t, *parts)
+    counted = {}
+    if needs.events:
+        reason_keys = np.array([needs.condition_keys.get(name, "") for name in conditions] + [""], dtype=object)
+        is_encounter = (kind == kernel.K_ENCOUNTER_START) | (kind == kernel.K_ENCOUNTER_END)
+        counted = counted_events(
+            needs, pos, events.t, kind, table_keys[events.code], reason_keys[events.reason],
+            np.where(is_encounter, events.aux, -1),
+        )  # fmt: skip
+    return Cohort(t_ref, birth_t.astype(float), sex.astype(np.int8), death_t, *parts, counted)
 
 
 def _kind_ids(kinds: pd.Series) -> np.ndarray:
@@ -471,7 +547,15 @@ def cohort_from_tables(patients: pd.DataFrame, events: pd.DataFrame, t_ref: floa
     value = events["value"].to_numpy(dtype=float)
     sex = (patients["sex"].astype(str) == "F").to_numpy().astype(np.int8)
     parts = _summarise(len(index), pos, t, kind, value, rows_of, t_ref, needs)
-    return Cohort(t_ref, _days(patients["birth_time"]), sex, _days(patients["death_time"]), *parts)
+    counted = {}
+    if needs.events:
+        systems = {label: name for name, label in CODE_SYSTEMS.items()}
+        code_key = (events["system"].astype(str).map(systems).fillna("") + ":" + events["code"].astype(str)).to_numpy()
+        reason = events["reason"].astype(object).map(needs.condition_keys).fillna("").to_numpy()
+        classes = {c: i for i, c in enumerate(ENCOUNTER_CLASSES)}
+        encounter_class = events["encounter_class"].astype(object).map(classes).fillna(-1).to_numpy(np.int64)
+        counted = counted_events(needs, pos, t, kind, code_key, reason, encounter_class)
+    return Cohort(t_ref, _days(patients["birth_time"]), sex, _days(patients["death_time"]), *parts, counted)
 
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -592,6 +676,10 @@ def compare(
         note = f"{alive} members still alive at the horizon were left out" if alive else ""
         total = float(ages.sum())
         return Comparison(target, "compared", mean, mean - half, mean + half, len(ages), total, note, measure.tolerance)
+    if measure.statistic == "rate":
+        if lifetime is None:
+            return Comparison(target, "no lifetime cohort")
+        return rate(target, measure, cohort, lifetime, vocabulary)
     living = cohort.alive
     band = band_mask(cohort, target) & living
     if measure.statistic == "share":
@@ -611,6 +699,48 @@ def compare(
         band &= ~np.isnan(cohort.observations[keys[0]])
     n, k = int(band.sum()), float((hit & band).sum())
     return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, note)
+
+
+def _by_age_group(sex: np.ndarray, age: np.ndarray, n_groups: int) -> np.ndarray:
+    """Counts by sex and RATE_GROUP-year age group (the last group open-ended)."""
+    counts = np.zeros((2, n_groups))
+    group = np.minimum(age // RATE_GROUP, n_groups - 1).astype(np.int64)
+    np.add.at(counts, (sex.astype(np.int64), group), 1.0)
+    return counts
+
+
+def rate(target: Target, measure: Measure, cohort: Cohort, lifetime: Cohort, vocabulary: Vocabulary) -> Comparison:
+    """Events per person-year in the band: the lifetime cohort's rates by age group and sex (events
+    over person-years lived there), weighted by the living cohort's people of each age and sex in
+    the band, i.e. the crude rate of the living population if it had the simulated rates."""
+    assert measure.events is not None
+    keys, missing = vocabulary.resolve("conditions", measure.events.reasons)
+    if not keys:
+        return Comparison(target, "not covered", note=f"not in the loaded modules: {', '.join(missing)}")
+    rows, t = lifetime.events[measure.events.key]
+    followed = np.isfinite(lifetime.death_t[rows])  # members alive at the horizon give no person-years
+    rows, t = rows[followed], t[followed]
+    n_groups = OPEN_AGE // RATE_GROUP + 1
+    lived = (lifetime.death_t - lifetime.birth_t) / 365.25
+    starts = np.arange(n_groups) * RATE_GROUP
+    person_years = np.zeros((2, n_groups))
+    for s in (0, 1):
+        years = lived[np.isfinite(lived) & (lifetime.sex == s)]
+        person_years[s] = np.clip(years[:, None] - starts[None, :], 0, RATE_GROUP).sum(axis=0)
+    events = _by_age_group(lifetime.sex[rows], (t - lifetime.birth_t[rows]) / 365.25, n_groups)
+    band = band_mask(cohort, target) & cohort.alive
+    weights = _by_age_group(cohort.sex[band], np.floor(cohort.age_years[band]), n_groups)
+    weights /= max(weights.sum(), 1.0)
+    if (person_years[weights > 0] <= 0).any():
+        return Comparison(target, "compared", math.nan, note="the lifetime cohort has no person-years at some ages")
+    safe = np.where(person_years > 0, person_years, 1.0)
+    value = float((weights * events / safe).sum())
+    half = Z95 * math.sqrt(float((weights**2 * events / safe**2).sum()))  # Poisson event counts
+    count = float(events[weights > 0].sum())
+    note = f"{int(count)} events in the lifetime cohort at these ages" + (
+        f"; not loaded: {', '.join(missing)}" if missing else ""
+    )
+    return Comparison(target, "compared", value, max(value - half, 0.0), value + half, int(band.sum()), count, note)
 
 
 def compare_all(

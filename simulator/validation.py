@@ -147,7 +147,11 @@ def simulate_cohort(sim, index: np.ndarray, needs: Needs, t_ref: float, chunk_si
         chunk = index[start : start + chunk_size]
         run = sim.simulate(chunk)
         birth_t, sex = run.people.birth_t, run.people.sex
-        parts.append(cohort_from_kernel(run.events, run.patient, chunk, birth_t, sex, sim.names.codes, t_ref, needs))
+        parts.append(
+            cohort_from_kernel(
+                run.events, run.patient, chunk, birth_t, sex, sim.names.codes, t_ref, needs, sim.names.conditions
+            )
+        )
     return Cohort.concat(parts)
 
 

@@ -69,3 +69,23 @@ def test_a_share_among_the_diagnosed_counts_only_them() -> None:
     cohort = Cohort(0.0, np.full(n, -40 * 365.25 - 10), np.zeros(n, np.int8), np.full(n, np.nan), status, {}, {})
     result = compare(row, measure, cohort, vocabulary)
     assert (result.n, result.count, result.simulated) == (5, 4.0, pytest.approx(0.8))
+
+
+def test_a_rate_weights_the_lifetime_rates_by_the_living_band() -> None:
+    targets = load_targets(REPO / "rules" / "targets")
+    row = targets.by_id()["cap_hospitalization_incidence/65-79/all/2015"]
+    measure = targets.definitions.measures[row.measure]
+    assert measure.events is not None
+    vocabulary = Vocabulary({"pneumonia": "SNOMED:233604007", "sepsis": "SNOMED:91302008"}, {}, {})
+    year = 365.25
+    members = 1000  # lifetime cohort: men who all die at 80, each admitted once at 70.5 -> 0.2 a year at 70-74
+    lifetime = Cohort(
+        np.inf, np.zeros(members), np.zeros(members, np.int8), np.full(members, 80 * year), {}, {}, {},
+        {measure.events.key: (np.arange(members), np.full(members, 70.5 * year))},
+    )  # fmt: skip
+    ages = np.repeat([72.0, 66.0], 500)  # living band: half at 72 (rate 0.2), half at 66 (rate 0)
+    living = Cohort(0.0, -ages * year - 1, np.zeros(members, np.int8), np.full(members, np.nan), {}, {}, {})
+    result = compare(row, measure, living, vocabulary, lifetime)
+    assert result.status == "compared" and result.simulated == pytest.approx(0.1)
+    assert result.lo < 0.1 < result.hi and result.count == members
+    assert row.value == pytest.approx(6.3 / 1000)  # "per 1,000 adults per year" -> per person-year

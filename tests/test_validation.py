@@ -114,8 +114,9 @@ def test_kernel_and_table_summaries_agree() -> None:
     index = np.arange(600)
     run = sim.simulate(index)
     from_kernel = cohort_from_kernel(
-        run.events, run.patient, index, run.people.birth_t, run.people.sex, sim.names.codes, sim.reference_t, needs
-    )
+        run.events, run.patient, index, run.people.birth_t, run.people.sex, sim.names.codes, sim.reference_t, needs,
+        sim.names.conditions,
+    )  # fmt: skip
     chunk = sim.chunk(0, 600)
     from_tables = cohort_from_tables(chunk.patients, chunk.events, sim.reference_t, needs)
     for name in ("conditions", "observations", "medications"):
@@ -125,6 +126,11 @@ def test_kernel_and_table_summaries_agree() -> None:
             np.testing.assert_allclose(kernel_side[key].astype(float), table_side[key].astype(float), atol=1e-9)
     np.testing.assert_allclose(from_kernel.birth_t, from_tables.birth_t, atol=1e-6)
     np.testing.assert_allclose(from_kernel.death_t, from_tables.death_t, atol=1e-6)
+    assert from_kernel.events.keys() == from_tables.events.keys() and len(from_kernel.events) >= 2
+    for key, (rows, t) in from_kernel.events.items():  # the counted encounters and deaths are the same events
+        np.testing.assert_array_equal(rows, from_tables.events[key][0])
+        np.testing.assert_allclose(t, from_tables.events[key][1], atol=1e-6)
+    assert sum(len(rows) for rows, _ in from_kernel.events.values()) > 0
 
 
 def test_a_run_without_tables_is_refused(tmp_path: Path) -> None:
