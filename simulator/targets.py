@@ -107,9 +107,10 @@ class EventCriterion(_Strict):
 
 class Measure(_Strict):
     counts: str = ""
-    statistic: Literal["prevalence", "share", "rate", "life_expectancy", "unsupported"]
+    statistic: Literal["prevalence", "share", "rate", "event_share", "life_expectancy", "unsupported"]
     numerator: Criterion | None = None
-    events: EventCriterion | None = None  # what a rate counts
+    events: EventCriterion | None = None  # what a rate counts; an event_share's numerator
+    among_events: EventCriterion | None = None  # an event_share's denominator
     measured: str | None = None  # prevalence among people with a reading of this observable
     among: Criterion | None = None  # prevalence among the people of the band who meet this (e.g. diagnosed)
     tolerance: float | None = None  # pass within this absolute difference (default: the relative tolerance)
@@ -354,9 +355,12 @@ def needs_of(definitions: Definitions, vocabulary: Vocabulary) -> Needs:
                 needs.medications.update(vocabulary.resolve("medications", c.medications)[0])
         if measure.measured:
             needs.observables.update(vocabulary.resolve("observables", [measure.measured])[0])
-        if measure.events:
-            keys = vocabulary.resolve("conditions", measure.events.reasons)[0]
-            needs.events[measure.events.key] = (measure.events, frozenset(keys))
+        for criterion in (measure.events, measure.among_events):
+            if criterion:
+                needs.events[criterion.key] = (
+                    criterion,
+                    frozenset(vocabulary.resolve("conditions", criterion.reasons)[0]),
+                )
     needs.condition_keys = dict(vocabulary.conditions)
     for pair in definitions.labs:
         needs.observables.update(vocabulary.resolve("observables", [pair.observation])[0])
@@ -676,9 +680,11 @@ def compare(
         note = f"{alive} members still alive at the horizon were left out" if alive else ""
         total = float(ages.sum())
         return Comparison(target, "compared", mean, mean - half, mean + half, len(ages), total, note, measure.tolerance)
-    if measure.statistic == "rate":
+    if measure.statistic in ("rate", "event_share"):
         if lifetime is None:
             return Comparison(target, "no lifetime cohort")
+        if measure.statistic == "event_share":
+            return event_share(target, measure, lifetime, vocabulary)
         return rate(target, measure, cohort, lifetime, vocabulary)
     living = cohort.alive
     band = band_mask(cohort, target) & living
@@ -741,6 +747,32 @@ def rate(target: Target, measure: Measure, cohort: Cohort, lifetime: Cohort, voc
         f"; not loaded: {', '.join(missing)}" if missing else ""
     )
     return Comparison(target, "compared", value, max(value - half, 0.0), value + half, int(band.sum()), count, note)
+
+
+def _ages_in_band(lifetime: Cohort, criterion: EventCriterion, target: Target) -> np.ndarray:
+    """Whether each event of the criterion happened at an age (and to a sex) of the target's band."""
+    rows, t = lifetime.events[criterion.key]
+    age = np.floor((t - lifetime.birth_t[rows]) / 365.25)
+    chosen = (age >= target.age_lo) & ((age <= target.age_hi) if target.age_hi < OPEN_AGE else True)
+    return chosen & ((lifetime.sex[rows] == "MF".index(target.sex)) if target.sex != "all" else True)
+
+
+def event_share(target: Target, measure: Measure, lifetime: Cohort, vocabulary: Vocabulary) -> Comparison:
+    """Share of the lifetime cohort's `among_events` at the band's ages that are also `events` (the
+    same event: same member and time)."""
+    assert measure.events is not None and measure.among_events is not None
+    keys, missing = vocabulary.resolve("conditions", measure.among_events.reasons)
+    if not keys:
+        return Comparison(target, "not covered", note=f"not in the loaded modules: {', '.join(missing)}")
+    rows, t = lifetime.events[measure.among_events.key]
+    whole = _ages_in_band(lifetime, measure.among_events, target)
+    part_rows, part_t = lifetime.events[measure.events.key]
+    chosen = set(zip(part_rows.tolist(), part_t.tolist(), strict=True))
+    hit = np.array([(int(r), float(x)) in chosen for r, x in zip(rows, t, strict=True)], bool) & whole
+    n, k = int(whole.sum()), float(hit.sum())
+    return Comparison(
+        target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, "events of the lifetime cohort"
+    )
 
 
 def compare_all(

@@ -89,3 +89,19 @@ def test_a_rate_weights_the_lifetime_rates_by_the_living_band() -> None:
     assert result.status == "compared" and result.simulated == pytest.approx(0.1)
     assert result.lo < 0.1 < result.hi and result.count == members
     assert row.value == pytest.approx(6.3 / 1000)  # "per 1,000 adults per year" -> per person-year
+
+
+def test_an_event_share_counts_the_same_events() -> None:
+    targets = load_targets(REPO / "rules" / "targets")
+    row = targets.by_id()["cap_hospitalized_icu_share/18-120/all/2015"]
+    measure = targets.definitions.measures[row.measure]
+    assert measure.events is not None and measure.among_events is not None
+    vocabulary = Vocabulary({"pneumonia": "SNOMED:233604007", "sepsis": "SNOMED:91302008"}, {}, {})
+    year = 365.25
+    stays = np.arange(10), np.full(10, 70 * year)  # ten adult stays, three of them in intensive care; a child's ICU
+    icu = np.array([0, 3, 7, 10]), np.array([70 * year] * 3 + [5 * year])
+    stays = np.append(stays[0], 10), np.append(stays[1], 5 * year)
+    events = {measure.among_events.key: stays, measure.events.key: icu}
+    lifetime = Cohort(np.inf, np.zeros(11), np.zeros(11, np.int8), np.full(11, 80 * year), {}, {}, {}, events)
+    result = compare(row, measure, lifetime, vocabulary, lifetime)
+    assert (result.n, result.count, result.simulated) == (10, 3.0, pytest.approx(0.3))
