@@ -1,0 +1,126 @@
+"""Clinical coherence of the type 1 diabetes module (modules/type1_diabetes.yaml) on a cohort of the
+shipped modules, and its prevalence against the calibration target."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import simulator
+from simulator.validation import validate_generated
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
+T1D, T2D, PREDIABETES = "46635009", "44054006", "714628002"
+KETOACIDOSIS = "420270002"
+T1D_INSULINS = {"847230", "865098"}  # insulin glargine pen, insulin lispro
+HBA1C = "4548-4"
+
+
+@pytest.fixture(scope="module")
+def cohort() -> simulator.Population:
+    """A cross-section large enough for a few dozen patients with type 1 diabetes."""
+    return simulator.generate(patients=8000, seed=7)
+
+
+def first_time(events: pd.DataFrame, kind: str, codes: set[str]) -> pd.Series:
+    """Per patient, the time of the first event of `kind` with one of `codes`."""
+    hits = events[(events.kind == kind) & events.code.isin(codes)]
+    return hits.groupby("patient").time.min()
+
+
+def test_insulin_only_after_a_type1_diagnosis(cohort: simulator.Population) -> None:
+    ev = cohort.events
+    starts = ev[(ev.kind == "medication_start") & ev.code.isin(T1D_INSULINS)]
+    diagnosed = first_time(ev, "condition_diagnosis", {T1D})
+    assert len(diagnosed) >= 20
+    when = starts.patient.map(diagnosed)
+    assert when.notna().all(), "type 1 insulin for a patient never diagnosed with type 1 diabetes"
+    assert (starts.time >= when).all(), "insulin before the diagnosis"
+    # Basal and bolus insulin, both for every diagnosed patient.
+    per_patient = starts.groupby("patient").code.nunique()
+    assert set(per_patient.index) == set(diagnosed.index) and (per_patient == 2).all()
+
+
+def test_diagnosis_follows_onset_within_weeks(cohort: simulator.Population) -> None:
+    ev = cohort.events
+    onset = first_time(ev, "condition_onset", {T1D})
+    diagnosed = first_time(ev, "condition_diagnosis", {T1D})
+    lag = (diagnosed - onset.reindex(diagnosed.index)).dt.days
+    assert lag.notna().all(), "diagnosis without onset"
+    assert (lag >= 14).all() and (lag <= 43).all(), "diagnosis outside 2-6 weeks of symptoms"
+    # Onset within the last 6 weeks is the only reason for an undiagnosed case at the reference date.
+    undiagnosed = onset[~onset.index.isin(diagnosed.index)]
+    assert (undiagnosed > REFERENCE - pd.Timedelta(weeks=6)).all()
+
+
+def test_onset_mostly_in_childhood_and_never_on_top_of_type2(cohort: simulator.Population) -> None:
+    ev = cohort.events
+    onset = first_time(ev, "condition_onset", {T1D})
+    birth = cohort.patients.set_index("index").birth_time
+    age_at_onset = (onset - birth.reindex(onset.index)).dt.days / 365.25
+    assert (age_at_onset < 20).mean() > 0.5  # SEARCH youth incidence dominates (divers2020, rogers2017)
+    # Per condition, the last onset or resolution before the type 1 onset must not be an onset.
+    type2_side = ev[ev.kind.isin(["condition_onset", "condition_resolved"]) & ev.code.isin({T2D, PREDIABETES})]
+    before = type2_side[type2_side.time < type2_side.patient.map(onset)]
+    last = before.sort_values("time").groupby(["patient", "code"], observed=True).kind.last()
+    assert not (last == "condition_onset").any(), "type 1 onset while type 2 diabetes or prediabetes was active"
+
+
+def test_ketoacidosis_presents_in_the_emergency_department(cohort: simulator.Population) -> None:
+    ev = cohort.events
+    dka = ev[(ev.kind == "condition_diagnosis") & (ev.code == KETOACIDOSIS)]
+    diagnosed = first_time(ev, "condition_diagnosis", {T1D})
+    assert 0.1 < dka.patient.nunique() / len(diagnosed) < 0.7  # jensen2021 youth 0.38, adults 0.25 (assumption)
+    visits = ev[ev.kind == "encounter_start"].set_index(["patient", "encounter"]).encounter_class
+    classes = visits.reindex(pd.MultiIndex.from_arrays([dka.patient, dka.encounter]))
+    assert (classes == "emergency").all(), "ketoacidosis diagnosed outside an emergency visit"
+    onset = ev[(ev.kind == "condition_onset") & (ev.code == KETOACIDOSIS)]
+    assert sorted(onset.patient) == sorted(dka.patient)
+    assert (dka.time == dka.patient.map(diagnosed)).all(), "ketoacidosis apart from the diagnosis"
+    resolved = ev[(ev.kind == "condition_resolved") & (ev.code == KETOACIDOSIS)].groupby("patient").time.max()
+    stay_days = (dka.patient.map(resolved) - dka.time) / pd.Timedelta(days=1)
+    finished = dka.time < REFERENCE - pd.Timedelta(days=30)
+    assert stay_days[finished].between(0.2, 15).all(), "no discharge after ketoacidosis"
+
+
+def test_hba1c_is_high_in_type1_and_checked_about_quarterly(cohort: simulator.Population) -> None:
+    ev = cohort.events
+    readings = ev[(ev.kind == "observation") & (ev.code == HBA1C)]
+    latest = readings.sort_values("time").groupby("patient").value.last()
+    diagnosed = first_time(ev, "condition_diagnosis", {T1D})
+    any_diabetes = set(first_time(ev, "condition_onset", {T1D, T2D, PREDIABETES}).index)
+    type1 = latest[latest.index.isin(diagnosed.index)]
+    without = latest[~latest.index.isin(any_diabetes)]
+    # foster2019: mean HbA1c 7.5-9.3% by age in the T1D Exchange; norm about 5.3% (type2_diabetes.yaml).
+    assert 7.2 < type1.mean() < 9.0
+    assert type1.mean() - without.mean() > 1.8
+    long_known = diagnosed[diagnosed < REFERENCE - pd.Timedelta(days=2 * 365)]
+    follow_up = readings[readings.patient.isin(long_known.index) & (readings.module == "type1_diabetes")]
+    years = ((REFERENCE - long_known).dt.days / 365.25).sum()
+    assert 3.0 < len(follow_up) / years < 5.5  # 4 visits a year (ada_soc_2024_glycemic)
+
+
+def test_adult_prevalence_is_near_the_target() -> None:
+    """type1_diabetes_diagnosed/20-120/all/2016: 0.5% of adults (Xu G et al. BMJ 2018), via the project's
+    own target definitions on a kernel-only cohort."""
+    result = validate_generated(patients=12_000, seed=3, lifetime_patients=0)
+    row = next(c for c in result.comparisons if c.target.id == "type1_diabetes_diagnosed/20-120/all/2016")
+    assert 0.0035 < row.simulated < 0.0065
+
+
+def test_patient_timeline_example_shows_a_type1_case() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "patient_timeline.py"), "--module", "type1_diabetes"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    assert "patient id" in result.stdout.splitlines()[0]
+    assert "Diabetes mellitus type 1 (disorder)" in result.stdout
+    assert "insulin lispro" in result.stdout
