@@ -7,11 +7,12 @@ standardized errors and writes <module>.fitted.yaml beside the declaration: the 
 path, with the targets, the loss before and after and the date. load_library applies fitted files
 while loading, so the fitted values ship as data and the module files keep their sourced values.
 
-Modules whose guards read another module's conditions, attributes, medications or observables
-depend on it; declared modules that depend on each other are fitted together, always in the
-full ensemble of loaded modules. A parameter may name the targets it mainly moves (default: its
-declaration's): the finite-difference Jacobian takes it as zero elsewhere and steps parameters that
-move disjoint targets in one simulation, so an iteration costs a few simulations, not one per parameter.
+Modules whose guards read another module's conditions, attributes, medications or observables,
+or whose attributes shift another module's observables, depend on it; declared modules that depend
+on each other are fitted together, always in the full ensemble of loaded modules. A parameter may
+name the targets it mainly moves (default: its declaration's): the finite-difference Jacobian takes
+it as zero elsewhere and steps parameters that move disjoint targets in one simulation, so an
+iteration costs a few simulations, not one per parameter.
 """
 
 from __future__ import annotations
@@ -276,7 +277,8 @@ def load_declarations(library: Library, targets: TargetSet, display: Callable[[P
 
 
 def _names_read(module: DiseaseModule) -> set[str]:
-    """Names a module's guards and hazard ratios read (conditions, attributes, medications, observations)."""
+    """Names a module's guards and hazard ratios read (conditions, attributes, medications, observations),
+    and the observables its attributes shift (values another module's declaration may be fitted to)."""
     found: set[str] = set()
 
     def visit(node: Any) -> None:
@@ -295,6 +297,8 @@ def _names_read(module: DiseaseModule) -> set[str]:
                 visit(item)
 
     visit(module.states)
+    for attribute in module.attributes.values():
+        found.update(attribute.affects)
     return found
 
 
@@ -302,7 +306,7 @@ def fit_groups(library: Library, declared: list[str]) -> list[list[str]]:
     """Declared modules grouped by dependency (connected components of 'reads a name declared by')."""
     owner = {}
     for module in library.modules:
-        for kind in ("conditions", "attributes", "medications"):
+        for kind in ("conditions", "attributes", "medications", "observables"):
             for name in getattr(module, kind):
                 owner[name] = module.name
     graph = nx.Graph()

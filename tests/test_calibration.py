@@ -159,3 +159,11 @@ def test_parameters_that_share_no_target_are_differenced_together() -> None:
     for group in groups:  # no two parameters of a group move the same target
         assert (rows[:, group].sum(axis=1) <= 1).all()
     assert len(groups) == 2
+
+
+def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it() -> None:
+    library = load_library()  # hypertension's BP excess shifts systolic_bp, declared in rules/vital_signs.yaml
+    assert fit_groups(library, ["hypertension", "vital_signs", "asthma"]) == [
+        ["hypertension", "vital_signs"],
+        ["asthma"],
+    ]
