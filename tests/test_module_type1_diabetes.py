@@ -99,6 +99,9 @@ def test_hba1c_is_high_in_type1_and_checked_about_quarterly(cohort: simulator.Po
     # foster2019: mean HbA1c 7.5-9.3% by age in the T1D Exchange; norm about 5.3% (type2_diabetes.yaml).
     assert 7.2 < type1.mean() < 9.0
     assert type1.mean() - without.mean() > 1.8
+    # The diagnosis rests on an HbA1c of 6.5% or more (ADA), about 11% before insulin (assumption_onset_excess).
+    at_diagnosis = readings[readings.time == readings.patient.map(diagnosed)].value
+    assert len(at_diagnosis) == len(diagnosed) and (at_diagnosis >= 6.5).all() and at_diagnosis.mean() > 9.5
     long_known = diagnosed[diagnosed < REFERENCE - pd.Timedelta(days=2 * 365)]
     follow_up = readings[readings.patient.isin(long_known.index) & (readings.module == "type1_diabetes")]
     years = ((REFERENCE - long_known).dt.days / 365.25).sum()
