@@ -9,6 +9,7 @@ by `*_start` / `*_n` pairs. Guards are compiled to postfix programs evaluated wi
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,6 +58,7 @@ G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT = 7, 8, 9, 10, 11, 12
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 SEXES = ("M", "F")
 DAYS_PER_YEAR = 365.25
+FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
 
 
 class CompiledModel(NamedTuple):
@@ -64,6 +66,7 @@ class CompiledModel(NamedTuple):
 
     # modules and states
     module_start: np.ndarray  # int32[n_modules]: global index of each module's start state
+    module_stream: np.ndarray  # int64[n_modules]: random stream number of each module (from its name)
     state_module: np.ndarray  # int32[n_states]
     state_act_start: np.ndarray  # int32[n_states]
     state_act_n: np.ndarray  # int32[n_states]
@@ -409,6 +412,12 @@ def _rate_at(rate: float | RateTable, sex: str, age: float) -> float:
     return current
 
 
+def module_stream(name: str) -> int:
+    """The random stream a module draws from: fixed by its name, so that adding, removing or changing
+    another module leaves this module's draws as they were (common random numbers)."""
+    return FIRST_MODULE_STREAM + zlib.crc32(name.encode())
+
+
 def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     """Validated library -> (arrays for the kernel, names for the tables)."""
     b = _Builder(library)
@@ -456,6 +465,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
+        module_stream=_frozen([module_stream(m.name) for m in b.modules], np.int64),
         state_module=b.column("state", "module", i32),
         state_act_start=b.column("state", "act_start", i32),
         state_act_n=b.column("state", "act_n", i32),

@@ -8,7 +8,9 @@ of: scheduled encounter ends, module wake-ups (delays, hazards, guard re-evaluat
 background death; ties go to encounter ends, then modules in order, then death.
 
 Draw order for one patient (the reference implementation follows it exactly): one normal per
-observable (persistent component), then whatever the events consume as they happen.
+observable (persistent component) from the patient-level stream; then each module draws what its
+states consume, as they happen, from its own stream (numbered from the module's name), so that a
+change to one module's parameters leaves every other module's draws as they were.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ MAX_PENDING = 32  # encounters one patient can have open at once
 MAX_STEPS = 100_000  # state entries within one instant before we call it a runaway loop
 STACK = 64
 # counters (Scratch.ctr)
-C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR = 0, 1, 2, 3, 4, 5, 6
+C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
 # event kinds
@@ -148,7 +150,8 @@ WAIT_NONE, WAIT_WELLNESS, WAIT_CASES = 0, 1, 2
 
 
 class Scratch(NamedTuple):
-    rng: np.ndarray  # uint64[1]
+    rng: np.ndarray  # uint64[1]: the stream being drawn from (ctr[C_STREAM] says whose)
+    streams: np.ndarray  # uint64[n_modules + 1]: each module's stream, then the patient-level one
     ctr: np.ndarray  # int64[8]
     cur_state: np.ndarray  # int32[n_modules]
     wake_t: np.ndarray  # float64[n_modules]
@@ -210,6 +213,7 @@ def new_scratch(model: c.CompiledModel) -> Scratch:
     n_modules = model.module_start.shape[0]
     return Scratch(
         np.zeros(1, np.uint64),
+        np.zeros(n_modules + 1, np.uint64),
         np.zeros(8, np.int64),
         np.zeros(n_modules, np.int32),
         np.zeros(n_modules, np.float64),
@@ -242,8 +246,12 @@ def new_scratch(model: c.CompiledModel) -> Scratch:
 
 @njit(cache=True, _nrt=False)
 def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
+    n_modules = model.module_stream.shape[0]
+    for m in range(n_modules):
+        sc.streams[m] = stream_state(seed, p.index, model.module_stream[m])
     sc.rng[0] = stream_state(seed, p.index, STREAM_EVENTS)
     sc.ctr[:] = 0
+    sc.ctr[C_STREAM] = n_modules
     sc.cur_state[:] = -1
     sc.wake_t[:] = np.inf
     sc.wake_kind[:] = W_NONE
@@ -469,11 +477,23 @@ def hazard_recheck(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: fl
     return recheck
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def use_stream(sc: Scratch, m: int) -> None:
+    """Draw from module m's own stream from now on (common random numbers: a change to one module
+    does not shift the draws of the others)."""
+    current = sc.ctr[C_STREAM]
+    if current != m:
+        sc.streams[current] = sc.rng[0]
+        sc.rng[0] = sc.streams[m]
+        sc.ctr[C_STREAM] = m
+
+
 @njit(cache=True, _nrt=False)
 def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
     the age bands; wake earlier if a hazard ratio's guard may flip before then."""
     hazard_multipliers(model, sc, p, m, s, t)
+    use_stream(sc, m)
     remaining = exponential(sc.rng)
     start = model.state_band_start[s]
     n_bands = model.state_band_n[s]
@@ -508,6 +528,7 @@ def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int)
     """Which competing hazard fired: chosen in proportion to the rates in the band it fired in."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
     band = sc.wake_band[m]
+    use_stream(sc, m)
     pick = uniform(sc.rng) * band_rate(model, sc, p, m, s, band)
     last = model.state_sub_start[s]
     for k in range(model.state_sub_n[s]):
@@ -593,6 +614,7 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
 
 @njit(cache=True, _nrt=False)
 def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    use_stream(sc, m)
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
         kind = model.act_kind[a]
         i0 = model.act_i0[a]
@@ -696,6 +718,7 @@ def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> 
         return model.state_next[s]
     start = model.state_sub_start[s]
     if kind == c.X_BRANCHES:
+        use_stream(sc, model.state_module[s])
         pick = uniform(sc.rng)
         for k in range(start, start + model.state_sub_n[s]):
             if pick < model.branch_prob[k]:
@@ -737,6 +760,7 @@ def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s:
             schedule_hazards(model, sc, p, m, s, t)
             return
         if model.state_delay[s] >= 0:
+            use_stream(sc, m)
             sc.wake_t[m] = t + max(0.0, draw(model, model.state_delay[s], sc.rng))
             sc.wake_kind[m] = W_FIRE
             return

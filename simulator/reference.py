@@ -13,9 +13,11 @@ After anything happens at time t the patient "settles": modules waiting for a we
 one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
 product of its hazard ratios changed; repeat until nothing changes.
 
-Draw order. Every draw comes from the patient's events stream, stream_state(seed, index, 1):
-  1. one standard normal per observable, in library order: the persistent component z_patient;
-  2. then, as things happen, in the order they happen:
+Draw order. Draws come from the patient's streams, stream_state(seed, index, stream):
+  1. one standard normal per observable, in library order, from stream 1: the persistent component
+     z_patient;
+  2. then, as things happen, in the order they happen, each from the stream of the module whose
+     state draws it (compiler.module_stream(name)):
      - an encounter with a duration: its duration (drawn after the start event is recorded);
      - `set` with `draw`: that distribution;
      - `observe` of a measured (not derived) observable: one normal, the visit component;
@@ -44,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from simulator import schema
+from simulator.compiler import module_stream
 from simulator.kernel import EVENT_KINDS, STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.library import Library
 from simulator.population import People
@@ -165,6 +168,7 @@ class Track:
     encounter: int = -1  # the encounter this module's events attach to
     encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
     encounter_t: float = 0.0
+    rng: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint64))  # the module's own stream
 
 
 @dataclass
@@ -215,6 +219,8 @@ class PatientRun:
         self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
         self.pending: list[Pending] = []  # in the order they started
         self.tracks = [Track(m) for m in declared if m.states]
+        for track in self.tracks:
+            track.rng[0] = stream_state(seed, person.index, module_stream(track.module.name))
         self.track_of = {track.module.name: track for track in self.tracks}
         self.n_encounters = 0
         self.join: int | None = None  # a wellness visit started since the last settle
@@ -288,7 +294,7 @@ class PatientRun:
                 self.schedule_hazards(track, t)
                 return
             if state.after is not None:
-                track.wake_t, track.wake = t + max(0.0, draw(state.after, self.rng)), "fire"
+                track.wake_t, track.wake = t + max(0.0, draw(state.after, track.rng)), "fire"
                 return
             if state.wait_for == "wellness":
                 track.waiting = "wellness"
@@ -319,7 +325,7 @@ class PatientRun:
         if state.next is not None:
             return state.next
         if state.branches is not None:
-            pick = uniform(self.rng)
+            pick = uniform(track.rng)
             for branch in state.branches:
                 if pick < branch.probability:
                     return branch.to
@@ -415,7 +421,7 @@ class PatientRun:
         earlier to re-draw if a hazard ratio's guard may flip before then."""
         state = track.module.states[track.state]
         track.multipliers = self.multipliers(track, state, t)
-        remaining = exponential(self.rng)
+        remaining = exponential(track.rng)
         edges = band_edges(state)
         age = (t - self.birth_t) / DAYS_PER_YEAR
         band = max([k for k, edge in enumerate(edges) if edge <= age], default=0)
@@ -439,7 +445,7 @@ class PatientRun:
     def fired_hazard(self, track: Track, state: State) -> str:
         """Which hazard fired: chosen in proportion to the rates in the band it fired in."""
         rates = self.rates(track, state, band_edges(state)[track.band])
-        pick = uniform(self.rng) * sum(rates)
+        pick = uniform(track.rng) * sum(rates)
         hazards = state.hazards or []
         chosen = hazards[0]
         for hazard, rate in zip(hazards, rates, strict=True):
@@ -458,8 +464,9 @@ class PatientRun:
             return track.encounter
         return -1
 
-    def observe(self, name: str, t: float) -> float:
-        """A value of an observable now (NaN when a derived one has an input never measured)."""
+    def observe(self, name: str, t: float, rng: np.ndarray) -> float:
+        """A value of an observable now (NaN when a derived one has an input never measured); the
+        visit component is drawn from `rng`."""
         obs = self.observables[name]
         if obs.derived is not None:
             value = obs.derived.scale
@@ -472,7 +479,7 @@ class PatientRun:
                 if name in attr.affects:
                     value += attr.affects[name] * self.attributes[attr_name].at(t)
             sd, p = curve(obs.sd, self.sex, age), obs.persistence
-            value += sd * (math.sqrt(p) * self.z[name] + math.sqrt(1.0 - p) * normal(self.rng))
+            value += sd * (math.sqrt(p) * self.z[name] + math.sqrt(1.0 - p) * normal(rng))
         if math.isnan(value):
             return value
         low, high = obs.limits if obs.limits is not None else (-INF, INF)
@@ -491,7 +498,7 @@ class PatientRun:
             number, self.n_encounters = self.n_encounters, self.n_encounters + 1
             emit("encounter_start", state.encounter.code, encounter=number)
             duration = state.encounter.duration
-            t_end = t + max(0.0, draw(duration, self.rng)) if duration is not None else INF
+            t_end = t + max(0.0, draw(duration, track.rng)) if duration is not None else INF
             self.pending.append(Pending(t_end, number, module, name, state.encounter.code))
             track.encounter, track.encounter_open, track.encounter_t = number, duration is None, t
             if state.encounter.encounter_class == "wellness":
@@ -503,7 +510,7 @@ class PatientRun:
             elif setter.add is not None:
                 level, slope = attribute.at(t) + setter.add, setter.per_year  # None: keep the drift
             else:
-                level, slope = draw(setter.draw, self.rng), setter.per_year if setter.per_year is not None else 0.0
+                level, slope = draw(setter.draw, track.rng), setter.per_year if setter.per_year is not None else 0.0
             attribute.level, attribute.t0 = level, t
             if slope is not None:
                 attribute.slope_per_year = slope
@@ -539,13 +546,13 @@ class PatientRun:
         for code in state.immunization:
             emit("immunization", code)
         for observable in state.observe:
-            value = self.observe(observable, t)
+            value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
                 self.latest[observable] = value
                 emit("observation", self.observables[observable].code, value)
                 self.dirty = True
         for symptom in state.symptom:
-            emit("symptom", symptom.code, draw(symptom.severity, self.rng))
+            emit("symptom", symptom.code, draw(symptom.severity, track.rng))
         if state.end_encounter:
             for k, pending in enumerate(self.pending):
                 if pending.module == module and pending.t_end == INF:

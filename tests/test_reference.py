@@ -130,8 +130,8 @@ class Recorder(reference.PatientRun):
             self.seen["hazard re-drawn: its hazard-ratio product changed"] += 1
         super().schedule_hazards(track, t)
 
-    def observe(self, name, t) -> float:  # noqa: ANN001
-        value = super().observe(name, t)
+    def observe(self, name, t, rng) -> float:  # noqa: ANN001
+        value = super().observe(name, t, rng)
         if math.isnan(value):
             self.seen["derived observable with an input never measured"] += 1
         return value

@@ -39,9 +39,12 @@ def _latest(events: pd.DataFrame, code: str) -> pd.Series:
 
 
 def independent_diabetes_total(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int) -> float:
+    """Living people of the band with type 2 (44054006) or type 1 (46635009) diabetes active."""
     people = _living_band(patients, lo, hi)
-    status = _last_kind(events, "44054006", ("condition_onset", "condition_resolved"))
-    active = status[status == "condition_onset"].index
+    active: set[int] = set()
+    for code in ("44054006", "46635009"):
+        status = _last_kind(events, code, ("condition_onset", "condition_resolved"))
+        active |= set(status[status == "condition_onset"].index)
     return float(people.isin(active).mean())
 
 
