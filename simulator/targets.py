@@ -441,14 +441,19 @@ def counted_events(
             if criterion.classes:
                 hit &= np.isin(encounter_class, [ENCOUNTER_CLASSES.index(c) for c in criterion.classes])
             ended = (kind == kernel.K_ENCOUNTER_END) & np.isin(encounter_class, HOSPITAL)
-            transfers = set(zip(pos[ended].tolist(), t[ended].tolist(), strict=True))
             starts = np.flatnonzero(hit & np.isin(encounter_class, HOSPITAL))
-            hit[[i for i in starts if (int(pos[i]), float(t[i])) in transfers]] = False
+            hit[starts[_same_events(pos[starts], t[starts], pos[ended], t[ended])]] = False  # transfers
         else:
             wanted_kind = kernel.K_DEATH if criterion.kind == "death" else kernel.K_ONSET
             hit = (kind == wanted_kind) & np.isin(code_key, wanted)
         out[key] = (pos[hit], t[hit])
     return out
+
+
+def _same_events(rows: np.ndarray, t: np.ndarray, other_rows: np.ndarray, other_t: np.ndarray) -> np.ndarray:
+    """Whether each (row, time) is also one of the other (row, time) pairs (the same member, same instant)."""
+    others = set(zip(other_rows.tolist(), other_t.tolist(), strict=True))
+    return np.array([pair in others for pair in zip(rows.tolist(), t.tolist(), strict=True)], bool)
 
 
 def _last_row(n: int, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -651,12 +656,17 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     return min(centre - half, p), max(centre + half, p)  # contains p also when rounding says otherwise
 
 
-def band_mask(cohort: Cohort, target: Target) -> np.ndarray:
-    age = np.floor(cohort.age_years)
+def in_band(age_years: np.ndarray, sex: np.ndarray, target: Target) -> np.ndarray:
+    """Whether each age (whole years) and sex falls in the target's band."""
+    age = np.floor(age_years)
     mask = (age >= target.age_lo) & (age <= target.age_hi if target.age_hi < OPEN_AGE else True)
     if target.sex != "all":
-        mask &= cohort.sex == "MF".index(target.sex)
+        mask &= sex == "MF".index(target.sex)
     return mask
+
+
+def band_mask(cohort: Cohort, target: Target) -> np.ndarray:
+    return in_band(cohort.age_years, cohort.sex, target)
 
 
 def compare(
@@ -749,14 +759,6 @@ def rate(target: Target, measure: Measure, cohort: Cohort, lifetime: Cohort, voc
     return Comparison(target, "compared", value, max(value - half, 0.0), value + half, int(band.sum()), count, note)
 
 
-def _ages_in_band(lifetime: Cohort, criterion: EventCriterion, target: Target) -> np.ndarray:
-    """Whether each event of the criterion happened at an age (and to a sex) of the target's band."""
-    rows, t = lifetime.events[criterion.key]
-    age = np.floor((t - lifetime.birth_t[rows]) / 365.25)
-    chosen = (age >= target.age_lo) & ((age <= target.age_hi) if target.age_hi < OPEN_AGE else True)
-    return chosen & ((lifetime.sex[rows] == "MF".index(target.sex)) if target.sex != "all" else True)
-
-
 def event_share(target: Target, measure: Measure, lifetime: Cohort, vocabulary: Vocabulary) -> Comparison:
     """Share of the lifetime cohort's `among_events` at the band's ages that are also `events` (the
     same event: same member and time)."""
@@ -765,10 +767,8 @@ def event_share(target: Target, measure: Measure, lifetime: Cohort, vocabulary: 
     if not keys:
         return Comparison(target, "not covered", note=f"not in the loaded modules: {', '.join(missing)}")
     rows, t = lifetime.events[measure.among_events.key]
-    whole = _ages_in_band(lifetime, measure.among_events, target)
-    part_rows, part_t = lifetime.events[measure.events.key]
-    chosen = set(zip(part_rows.tolist(), part_t.tolist(), strict=True))
-    hit = np.array([(int(r), float(x)) in chosen for r, x in zip(rows, t, strict=True)], bool) & whole
+    whole = in_band((t - lifetime.birth_t[rows]) / 365.25, lifetime.sex[rows], target)
+    hit = _same_events(rows, t, *lifetime.events[measure.events.key]) & whole
     n, k = int(whole.sum()), float(hit.sum())
     return Comparison(
         target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, "events of the lifetime cohort"
