@@ -523,11 +523,21 @@ def fit(
     groups = column_groups(rows)
     report(f"  Jacobian: {len(free)} columns in {len(groups)} simultaneous difference groups")
 
+    steps_taken = 0
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        nonlocal steps_taken
+        steps_taken += 1
+        return traced(x)
+
     def jacobian(x: np.ndarray) -> np.ndarray:
         """Forward differences with a fixed step in log space (a step that resolves a change in a
         finite cohort; scipy's default relative step vanishes at x = 0), away from the nearer bound.
-        Parameters that move disjoint targets are stepped together (one simulation per group)."""
+        Parameters that move disjoint targets are stepped together (one simulation per group).
+        After the last evaluation allowed, scipy stops without using the Jacobian: none is simulated."""
         r0 = traced(x)
+        if steps_taken >= max_iterations:
+            return np.zeros((len(r0), len(x)))
         steps = np.where(x + LOG_STEP <= hi, LOG_STEP, -LOG_STEP)
         jac = np.zeros((len(r0), len(x)))
         for group in groups:
@@ -540,7 +550,7 @@ def fit(
 
     before = objective.comparisons(x0)
     solution = least_squares(
-        traced, x0, jac=jacobian, bounds=(lo, hi), max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0
+        fun, x0, jac=jacobian, bounds=(lo, hi), max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0
     )
     after = objective.comparisons(solution.x)
     loss = [float(sum(residual(c) ** 2 for c in cs)) for cs in (before, after)]

@@ -226,8 +226,22 @@ def calibrate(
     ] = None,
     patients: Annotated[int, typer.Option("--patients", "-n", help="Patients simulated per evaluation.")] = 4_000,
     seed: Annotated[int, typer.Option(help="Seed of the fixed cohort (common random numbers).")] = 20_240_701,
-    max_iterations: Annotated[int, typer.Option(help="Optimizer iterations per group of modules.")] = 4,
+    max_iterations: Annotated[
+        int,
+        typer.Option(
+            help="Evaluations the optimizer may ask for per group, the start included (2: one step); "
+            "each accepted step also costs one simulation per difference group for its Jacobian."
+        ),
+    ] = 4,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and print, write nothing.")] = False,
+    alone: Annotated[
+        bool,
+        typer.Option(
+            "--alone",
+            help="Fit only the named modules' parameters (still in the whole ensemble), holding the rest of "
+            "their dependency group at its fitted values; without it a named module is fitted with its group.",
+        ),
+    ] = False,
 ) -> None:
     """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves.
     Then fit the background mortality so that all-cause mortality stays that of the life tables."""
@@ -245,8 +259,12 @@ def calibrate(
                 raise ValueError(f"no calibration declaration for module '{name}'{suggest(name, declared)}")
         if (not asked or "mortality" in asked) and not library.mortality.background_share:
             raise ValueError("mortality.yaml declares no background_share file to write the fitted shares to")
+        if alone and not modules_asked:
+            raise ValueError("--alone fits the modules you name: name at least one")
         groups = [] if asked and not modules_asked else fit_groups(library, declared)
         groups = [g for g in groups if not modules_asked or set(g) & set(modules_asked)]
+        if alone:
+            groups = [[name for name in declared if name in modules_asked]]
         targets = default_targets(library)
     except (LoadError, ValueError) as exc:
         _fail(exc)

@@ -145,6 +145,23 @@ def test_calibrate_command_names_an_undeclared_module() -> None:
     assert "no calibration declaration for module 'hypertensoin' (did you mean 'hypertension'?)" in result.output
 
 
+def test_calibrate_alone_fits_only_the_named_module() -> None:
+    """type1_diabetes belongs to the cardiometabolic group; --alone fits its one parameter and no other."""
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    args = ["calibrate", "type1_diabetes", "--alone", "--dry-run", "-n", "300", "--max-iterations", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "fitting 1 parameters of type1_diabetes to 1 targets" in result.output
+    assert "hypertension" not in result.output
+    assert "nothing written" in result.output
+    refused = CliRunner().invoke(app, ["calibrate", "--alone"])
+    assert refused.exit_code == 1
+    assert "--alone fits the modules you name: name at least one" in refused.output
+
+
 def test_parameters_that_share_no_target_are_differenced_together() -> None:
     rows = np.array(
         [  # targets x parameters: a and b share target 0; c moves only target 2; d shares target 1 with b
