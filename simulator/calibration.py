@@ -9,7 +9,9 @@ while loading, so the fitted values ship as data and the module files keep their
 
 Modules whose guards read another module's conditions, attributes, medications or observables,
 or whose attributes shift another module's observables, depend on it; declared modules that depend
-on each other are fitted together, always in the full ensemble of loaded modules. A parameter may
+on each other are fitted together. An evaluation simulates the modules the fitted ones can see
+(`ensemble_for`); the others cannot change what the fitted modules do, and leaving them out makes
+the asthma fit five times cheaper. A parameter may
 name the targets it mainly moves (default: its declaration's): the finite-difference Jacobian takes
 it as zero elsewhere and steps parameters that move disjoint targets in one simulation, so an
 iteration costs a few simulations, not one per parameter.
@@ -302,6 +304,43 @@ def _names_read(module: DiseaseModule) -> set[str]:
     return found
 
 
+def ensemble_for(library: Library, modules: list[str]) -> Library:
+    """The library cut to the modules that can change what `modules` do: they and, transitively, the
+    modules that own, shift (attribute `affects`) or record (`observe`) a name their guards read, the
+    owners of what they record, and the modules with encounters of a class they wait for. With one
+    random stream per module, every kept module draws exactly as in the whole library; what the cut
+    leaves out is deaths from the other modules' causes, which select who is alive to be counted
+    (measured in the README; the validation report always runs the whole library)."""
+    owners: dict[str, set[str]] = {}
+    providers: dict[str, set[str]] = {}
+    for module in library.modules:
+        kinds = ("conditions", "attributes", "medications", "observables")
+        owned = [name for kind in kinds for name in getattr(module, kind)]
+        for name in owned:
+            owners.setdefault(name, set()).add(module.name)
+        provided = owned + [name for attribute in module.attributes.values() for name in attribute.affects]
+        for state in module.states.values():
+            provided += state.observe
+            if state.encounter is not None:
+                provided.append(f"encounter class {state.encounter.encounter_class}")
+        for name in provided:
+            providers.setdefault(name, set()).add(module.name)
+    by_name = {m.name: m for m in library.modules}
+    keep, todo = set(modules), list(modules)
+    while todo:
+        module = by_name[todo.pop()]
+        states = module.states.values()
+        wanted = set().union(
+            *(providers.get(name, set()) for name in _names_read(module)),
+            *(providers.get(f"encounter class {s.wait_for}", set()) for s in states if s.wait_for),
+            *(owners.get(name, set()) for s in states for name in s.observe),
+        )
+        for other in wanted - keep:
+            keep.add(other)
+            todo.append(other)
+    return dataclasses.replace(library, modules=tuple(m for m in library.modules if m.name in keep))
+
+
 def fit_groups(library: Library, declared: list[str]) -> list[list[str]]:
     """Declared modules grouped by dependency (connected components of 'reads a name declared by')."""
     owner = {}
@@ -388,6 +427,7 @@ class Objective:
                  patients: int, seed: int, chunk_size: int = 10_000):  # fmt: skip
         from simulator.population import build_people_tables, reference_date_of, sample
 
+        library = ensemble_for(library, sorted({f.module for f in free}))
         self.library = library
         self.free = free
         by_id = targets.by_id()
@@ -511,6 +551,7 @@ def fit(
     x0 = np.clip(x0, lo, hi)
     n = len(objective.index)
     report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients")
+    report(f"  simulating {', '.join(m.name for m in objective.library.modules)}")
     report("  eval  loss      " + "  ".join(f"{n.split('.', 1)[1][:14]:>14}" for n in names))
 
     def traced(x: np.ndarray) -> np.ndarray:

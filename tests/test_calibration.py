@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.calibration import column_groups, fit, fit_groups, stale_fits, write_fitted
+from simulator.calibration import column_groups, ensemble_for, fit, fit_groups, stale_fits, write_fitted
+from simulator.kernel import K_DEATH
 from simulator.library import load_library
 from simulator.loading import LoadError
 from simulator.run import RunConfig, Simulator
@@ -184,3 +185,37 @@ def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it() -> 
         ["hypertension", "vital_signs"],
         ["asthma"],
     ]
+
+
+def test_a_fit_simulates_the_modules_its_modules_can_see() -> None:
+    library = load_library()
+    cut = ensemble_for(library, ["asthma", "copd"])
+    # copd reads asthma and smoking and waits for wellness visits, which record vital_signs' observables
+    assert {m.name for m in cut.modules} == {"asthma", "copd", "smoking", "wellness", "vital_signs"}
+    kept = {m.name for m in ensemble_for(library, ["type2_diabetes"]).modules}
+    assert {"obesity", "vital_signs", "wellness", "type1_diabetes"} <= kept  # shift bmi, own it, record it; read
+    # t2d reads urine_acr, which ckd records; ckd reads hypertension, whose guards read blood pressure,
+    # which pneumonia_sepsis records in hospital: a reading there can change what hypertension does
+    assert "pneumonia_sepsis" in kept
+    assert "immunizations" not in kept
+
+    # The kept modules draw exactly as in the whole library: in a birth cohort, every asthma and copd
+    # event before a patient's earlier death of the two runs is the same.
+    histories = []
+    for lib in (library, cut):
+        sim = Simulator.build(RunConfig(patients=400, seed=3, mode="lifetime"), lib)
+        run = sim.simulate(np.arange(400))
+        names = sim.names
+        state = np.array([names.states[s].split(".")[0] if s >= 0 else "" for s in run.events.state])
+        death = np.full(400, np.inf)
+        dead = run.events.kind == K_DEATH
+        death[run.patient[dead]] = run.events.t[dead]
+        mine = np.isin(state, ["asthma", "copd"])
+        histories.append((death, run.patient[mine], run.events.t[mine], state[mine], run.events.kind[mine]))
+    first = np.minimum(histories[0][0], histories[1][0])
+    rows = []
+    for _, patient, t, module, kind in histories:
+        before = t < first[patient]
+        rows.append(sorted(zip(patient[before], t[before], module[before], kind[before], strict=True)))
+    assert len(rows[0]) > 1000
+    assert rows[0] == rows[1]
