@@ -304,6 +304,12 @@ def _names_read(module: DiseaseModule) -> set[str]:
     return found
 
 
+def _names_declared(module: DiseaseModule) -> list[str]:
+    """The conditions, attributes, medications and observables a module declares (owns)."""
+    kinds = ("conditions", "attributes", "medications", "observables")
+    return [name for kind in kinds for name in getattr(module, kind)]
+
+
 def ensemble_for(library: Library, modules: list[str]) -> Library:
     """The library cut to the modules that can change what `modules` do: they and, transitively, the
     modules that own, shift (attribute `affects`) or record (`observe`) a name their guards read, the
@@ -314,8 +320,7 @@ def ensemble_for(library: Library, modules: list[str]) -> Library:
     owners: dict[str, set[str]] = {}
     providers: dict[str, set[str]] = {}
     for module in library.modules:
-        kinds = ("conditions", "attributes", "medications", "observables")
-        owned = [name for kind in kinds for name in getattr(module, kind)]
+        owned = _names_declared(module)
         for name in owned:
             owners.setdefault(name, set()).add(module.name)
         provided = owned + [name for attribute in module.attributes.values() for name in attribute.affects]
@@ -343,11 +348,7 @@ def ensemble_for(library: Library, modules: list[str]) -> Library:
 
 def fit_groups(library: Library, declared: list[str]) -> list[list[str]]:
     """Declared modules grouped by dependency (connected components of 'reads a name declared by')."""
-    owner = {}
-    for module in library.modules:
-        for kind in ("conditions", "attributes", "medications", "observables"):
-            for name in getattr(module, kind):
-                owner[name] = module.name
+    owner = {name: module.name for module in library.modules for name in _names_declared(module)}
     graph = nx.Graph()
     graph.add_nodes_from(declared)
     for module in library.modules:

@@ -238,8 +238,8 @@ def calibrate(
         bool,
         typer.Option(
             "--alone",
-            help="Fit only the named modules' parameters (still in the whole ensemble), holding the rest of "
-            "their dependency group at its fitted values; without it a named module is fitted with its group.",
+            help="Fit only the named modules' parameters, holding the rest of their dependency group at its "
+            "fitted values; without it a named module is fitted with its group.",
         ),
     ] = False,
 ) -> None:
@@ -261,10 +261,11 @@ def calibrate(
             raise ValueError("mortality.yaml declares no background_share file to write the fitted shares to")
         if alone and not modules_asked:
             raise ValueError("--alone fits the modules you name: name at least one")
-        groups = [] if asked and not modules_asked else fit_groups(library, declared)
-        groups = [g for g in groups if not modules_asked or set(g) & set(modules_asked)]
         if alone:
             groups = [[name for name in declared if name in modules_asked]]
+        else:
+            groups = [] if asked and not modules_asked else fit_groups(library, declared)
+            groups = [g for g in groups if not modules_asked or set(g) & set(modules_asked)]
         targets = default_targets(library)
     except (LoadError, ValueError) as exc:
         _fail(exc)
