@@ -1,7 +1,8 @@
 """Calibration time: fit every declared group of modules (kernel only, common random numbers) and
 print the wall time, the evaluations and the loss before and after. Writes nothing.
 
-    NUMBA_NUM_THREADS=1 python benchmarks/calibration.py --patients 4000 --max-iterations 4
+    NUMBA_NUM_THREADS=1 python benchmarks/calibration.py --patients 4000 --max-iterations 8
+    python benchmarks/calibration.py --differences   # a differenced Jacobian at every step (no Broyden)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from simulator.validation import default_targets
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=4_000, help="patients per evaluation")
-    parser.add_argument("--max-iterations", type=int, default=4)
+    parser.add_argument("--max-iterations", type=int, default=8)
+    parser.add_argument("--differences", action="store_true", help="difference the Jacobian at every step")
     parser.add_argument("--seed", type=int, default=20_240_701)
     parser.add_argument("--quiet", action="store_true", help="no fit table")
     args = parser.parse_args()
@@ -31,7 +33,15 @@ def main() -> None:
     rows = []
     for group in groups:
         result = fit(
-            library, targets, library.calibration, group, args.patients, args.seed, args.max_iterations, report
+            library,
+            targets,
+            library.calibration,
+            group,
+            args.patients,
+            args.seed,
+            args.max_iterations,
+            report,
+            broyden=not args.differences,
         )
         rows.append((group, result))
     total = time.perf_counter() - started

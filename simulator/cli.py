@@ -229,10 +229,11 @@ def calibrate(
     max_iterations: Annotated[
         int,
         typer.Option(
-            help="Evaluations the optimizer may ask for per group, the start included (2: one step); "
-            "each accepted step also costs one simulation per difference group for its Jacobian."
+            help="Evaluations the optimizer may ask for per group, the start included (2: one step). "
+            "The first Jacobian costs one more simulation per difference group; later steps update it "
+            "from the step taken (Broyden), at no extra simulation."
         ),
-    ] = 4,
+    ] = 8,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and print, write nothing.")] = False,
     alone: Annotated[
         bool,

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.calibration import column_groups, ensemble_for, fit, fit_groups, stale_fits, write_fitted
+from simulator.calibration import (
+    column_groups,
+    ensemble_for,
+    fit,
+    fit_groups,
+    sparse_broyden,
+    stale_fits,
+    write_fitted,
+)
 from simulator.kernel import K_DEATH
 from simulator.library import load_library
 from simulator.loading import LoadError
@@ -178,6 +186,21 @@ def test_parameters_that_share_no_target_are_differenced_together() -> None:
     for group in groups:  # no two parameters of a group move the same target
         assert (rows[:, group].sum(axis=1) <= 1).all()
     assert len(groups) == 2
+
+
+def test_the_broyden_update_fits_the_step_taken_and_keeps_undeclared_entries_zero() -> None:
+    rows = np.array([[1, 1, 0], [0, 1, 1], [0, 0, 1]], bool)
+    truth = np.array([[2.0, -1.0, 0.0], [0.0, 0.5, 3.0], [0.0, 0.0, -2.0]])  # a linear model of the residuals
+    jac = np.where(rows, 1.0, 0.0)  # a poor first estimate
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        step = rng.normal(size=3)
+        updated = sparse_broyden(jac, step, truth @ step, rows)
+        np.testing.assert_allclose(updated @ step, truth @ step)  # the secant condition, row by row
+        assert (updated[~rows] == 0).all()
+        jac = updated
+    np.testing.assert_allclose(jac, truth, atol=1e-6)  # steps in every direction recover a linear model
+    assert (sparse_broyden(jac, np.zeros(3), np.ones(3), rows) == jac).all()  # no step, nothing learned
 
 
 def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it() -> None:
