@@ -1,0 +1,50 @@
+"""Validation on several cohorts: how many calibration targets pass on each seed, and which misses
+recur on every seed (a bias of the shipped values) rather than on one (the cohort's sampling noise).
+
+    python benchmarks/validation_seeds.py --patients 100000 --seeds 0 1 2
+
+Each seed is a different 100,000-patient cohort of the same library (kernel only, like
+`ehrsim validate --patients`). Writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+from simulator.report import summary
+from simulator.validation import validate_generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--lifetime-patients", type=int, default=20_000, help="birth cohort for life expectancy")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    misses: Counter[str] = Counter()
+    relative: dict[str, list[float]] = {}
+    print(f"{'seed':>4} {'calibration':>12} {'primary':>9} {'life exp.':>9} {'invariants':>10} {'seconds':>8}")
+    for seed in args.seeds:
+        started = time.perf_counter()
+        v = validate_generated(args.patients, seed, args.lifetime_patients)
+        s = summary(v)
+        for c in v.comparisons:
+            if c.target.id in s["failed_calibration"]:
+                relative.setdefault(c.target.id, []).append(c.difference / c.target.value)
+        misses.update(s["failed_calibration"])
+        e0 = s["life_expectancy_at_birth"]["simulated"] if s["life_expectancy_at_birth"] else float("nan")
+        print(
+            f"{seed:>4} {s['passed_calibration']:>5} of {s['calibration_targets']:<4} "
+            f"{s['passed_primary']:>3} of {s['compared_primary']:<3} {e0:>9.2f} {s['invariant_violations']:>10} "
+            f"{time.perf_counter() - started:>8.0f}"
+        )
+    print(f"\ncalibration targets missed (on how many of {len(args.seeds)} seeds; relative difference where missed)")
+    for target_id, count in misses.most_common():
+        shown = ", ".join(f"{r:+.0%}" for r in relative[target_id])
+        print(f"  {count}  {target_id:50} {shown}")
+
+
+if __name__ == "__main__":
+    main()
