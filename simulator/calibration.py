@@ -10,11 +10,11 @@ while loading, so the fitted values ship as data and the module files keep their
 Modules whose guards read another module's conditions, attributes, medications or observables,
 or whose attributes shift another module's observables, depend on it; declared modules that depend
 on each other are fitted together. An evaluation simulates the modules the fitted ones can see
-(`ensemble_for`); the others cannot change what the fitted modules do, and leaving them out makes
-the asthma fit five times cheaper. A parameter may
-name the targets it mainly moves (default: its declaration's): the finite-difference Jacobian takes
-it as zero elsewhere and steps parameters that move disjoint targets in one simulation, so an
-iteration costs a few simulations, not one per parameter.
+(`ensemble_for`); the others change them only through who dies of their causes, and leaving them
+out makes the asthma fit five times cheaper. A parameter may name the targets it mainly moves
+(default: its declaration's): the first, finite-difference Jacobian takes it as zero elsewhere and
+steps parameters that move disjoint targets in one simulation; later steps update that Jacobian
+from the step taken (sparse Broyden, the same zeros), so a step after the first costs one simulation.
 """
 
 from __future__ import annotations
@@ -581,7 +581,7 @@ def fit(
     report(f"  Jacobian: {len(free)} columns in {len(groups)} simultaneous difference groups")
 
     steps_taken = 0
-    latest: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (x, residuals, Jacobian) of the last call
+    last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, residuals, Jacobian) of the last call
 
     def fun(x: np.ndarray) -> np.ndarray:
         nonlocal steps_taken
@@ -594,11 +594,12 @@ def fit(
         Parameters that move disjoint targets are stepped together (one simulation per group).
         After the first, a Broyden update instead (`broyden`). After the last evaluation allowed,
         scipy stops without using the Jacobian: none is simulated."""
+        nonlocal last
         r0 = traced(x)
         if steps_taken >= max_iterations:
             return np.zeros((len(r0), len(x)))
-        if broyden and latest:
-            x_last, r_last, jac_last = latest[-1]
+        if broyden and last is not None:
+            x_last, r_last, jac_last = last
             jac = sparse_broyden(jac_last, x - x_last, r0 - r_last, rows)
         else:
             steps = np.where(x + LOG_STEP <= hi, LOG_STEP, -LOG_STEP)
@@ -609,7 +610,7 @@ def fit(
                 change = traced(moved) - r0
                 for j in group:
                     jac[rows[:, j], j] = change[rows[:, j]] / steps[j]
-        latest[:] = [(x.copy(), r0, jac)]
+        last = (x.copy(), r0, jac)
         return jac
 
     before = objective.comparisons(x0)
