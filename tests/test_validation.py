@@ -16,6 +16,7 @@ from simulator.validation import default_targets, validate_run
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 ANTIHYPERTENSIVES = {"314076", "979492", "310798", "197361"}  # lisinopril, losartan, HCTZ, amlodipine
+CASCADE = ("aware", "treated", "controlled")
 
 
 def _living_band(patients: pd.DataFrame, lo: int, hi: int, sex: str | None = None) -> pd.Series:
@@ -48,7 +49,11 @@ def independent_diabetes_total(patients: pd.DataFrame, events: pd.DataFrame, lo:
     return float(people.isin(active).mean())
 
 
-def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str) -> float:
+def _hypertensive(
+    patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str | None
+) -> tuple[pd.Series, set[int], set[int], set[int]]:
+    """People of the band with a BP reading; those with hypertension (latest reading >= 130/80 or an
+    antihypertensive taken); those taking one; those whose latest reading is below 130/80."""
     systolic, diastolic = _latest(events, "8480-6"), _latest(events, "8462-4")
     people = _living_band(patients, lo, hi, sex)
     people = people[people.isin(systolic.index)]
@@ -56,8 +61,25 @@ def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: i
     for code in ANTIHYPERTENSIVES:
         last = _last_kind(events, code, ("medication_start", "medication_stop"))
         taking |= set(last[last == "medication_start"].index)
-    high = set(systolic[systolic >= 130].index) | set(diastolic[diastolic >= 80].index) | taking
-    return float(people.isin(high).mean())
+    high = set(systolic[systolic >= 130].index) | set(diastolic[diastolic >= 80].index)
+    below = set(systolic.index) - high
+    return people, high | taking, taking, below
+
+
+def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str) -> float:
+    people, hypertensive, _, _ = _hypertensive(patients, events, lo, hi, sex)
+    return float(people.isin(hypertensive).mean())
+
+
+def independent_cascade(patients: pd.DataFrame, events: pd.DataFrame, step: str) -> float:
+    """Among adults with hypertension: the share ever diagnosed ("aware"), taking a drug ("treated"), or
+    taking one with the latest reading below 130/80 ("controlled")."""
+    people, hypertensive, taking, below = _hypertensive(patients, events, 18, 120, None)
+    people = people[people.isin(hypertensive)]
+    kind, code = events["kind"].astype(str), events["code"].astype(str)
+    diagnosed = set(events.loc[(kind == "condition_diagnosis") & (code == "38341003"), "patient"])
+    meets = {"aware": diagnosed, "treated": taking, "controlled": taking & below}[step]
+    return float(people.isin(meets).mean())
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +102,7 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
         "diabetes_total/45-64/all/2017": independent_diabetes_total(patients, events, 45, 64),
         "hypertension_130_80/18-39/F/2021": independent_hypertension(patients, events, 18, 39, "F"),
         "hypertension_130_80/40-59/M/2021": independent_hypertension(patients, events, 40, 59, "M"),
+        **{f"hypertension_{step}/18-120/all/2021": independent_cascade(patients, events, step) for step in CASCADE},
     }
     for target_id, value in expected.items():
         row = by_id[target_id]
