@@ -98,7 +98,7 @@ class Fitted(_Strict):
     targets: list[str]
     parameters: dict[str, float]
     values: dict[str, float | list[float]]
-    module_sha256: str = ""  # the module file the fit started from ("": not recorded)
+    module_data_sha256: str = ""  # the parsed data of the module the fit started from ("": not recorded)
 
 
 _PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*")
@@ -633,11 +633,11 @@ def fit(
 
 
 def stale_fits(library: Library) -> list[str]:
-    """Modules whose file changed since their fitted values were computed (refit them)."""
+    """Modules whose data changed since their fitted values were computed (refit them); comments do not count."""
     stale = []
     for module, (fitted, _, _) in load_fitted(library.rules_dir, str).items():
-        current = library.file_sha256.get(library.document(module).file) if module in library.documents else None
-        if fitted.module_sha256 and current is not None and current != fitted.module_sha256:
+        current = library.data_sha256.get(module)
+        if fitted.module_data_sha256 and current is not None and current != fitted.module_data_sha256:
             stale.append(module)
     return sorted(stale)
 
@@ -661,7 +661,7 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
             "targets": mine,
             "parameters": result.parameters[module],
             "values": result.values[module],
-            "module_sha256": library.file_sha256[library.document(module).file],
+            "module_data_sha256": library.data_sha256[module],
         }
         path = d.path.with_name(f"{module}{FITTED_SUFFIX}")
         yaml = YAML()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ class Library:
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]
+    data_sha256: dict[str, str] = field(default_factory=dict)  # module name -> digest of its parsed data
     calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
     background_share: BackgroundShare | None = None  # rules' fitted background mortality share
 
@@ -94,6 +96,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
 
     problems: list[Problem] = []
     hashes: dict[str, str] = {}
+    data_hashes: dict[str, str] = {}
     documents: dict[str, Located] = {}
     try:
         fitted = load_fitted(rules_dir, _display)
@@ -111,6 +114,8 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         try:
             document = parse_yaml(path, display)
             hashes[display] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if model is DiseaseModule:
+                data_hashes[str(document.data.get("name"))] = data_sha256(document.data)
             if model is DiseaseModule and document.data.get("name") in fitted:
                 values, fitted_doc, _ = fitted[document.data["name"]]
                 if found := apply_fitted(document, values, fitted_doc):
@@ -149,6 +154,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         rules_dir=rules_dir,
         documents=documents,
         file_sha256=hashes,
+        data_sha256=data_hashes,
         background_share=background_share,
     )
     check_library(library)
@@ -168,6 +174,11 @@ def _with_calibration(library: Library) -> Library:
         return library
     targets = load_targets(directory, _display(directory))
     return replace(library, calibration=load_declarations(library, targets, _display))
+
+
+def data_sha256(data: object) -> str:
+    """Digest of a parsed YAML document's data: comments and layout do not change it, values do."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def _hash_tables(library: Library) -> None:

@@ -112,7 +112,10 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     assert reloaded.male == pytest.approx([young, old]) and reloaded.female == pytest.approx([young, old])
     assert f"{rules.name}/targets/calibration/toy.fitted.yaml" in " ".join(load_library(start, rules).file_sha256)
     assert stale_fits(load_library(start, rules)) == []
-    (start / "toy.yaml").write_text((start / "toy.yaml").read_text() + "# edited after the fit\n")
+    text = (start / "toy.yaml").read_text()
+    (start / "toy.yaml").write_text(text + "# a comment added after the fit\n")
+    assert stale_fits(load_library(start, rules)) == []  # comments are not data
+    (start / "toy.yaml").write_text(text.replace("title:", "title: Edited", 1))
     assert stale_fits(load_library(start, rules)) == ["toy"]
 
 
