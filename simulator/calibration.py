@@ -590,7 +590,8 @@ def fit(
 
     def jacobian(x: np.ndarray) -> np.ndarray:
         """Forward differences with a fixed step in log space (a step that resolves a change in a
-        finite cohort; scipy's default relative step vanishes at x = 0), away from the nearer bound.
+        finite cohort; scipy's default relative step vanishes at x = 0), at most half the bounds' width,
+        away from the nearer bound.
         Parameters that move disjoint targets are stepped together (one simulation per group).
         After the first, a Broyden update instead (`broyden`). After the last evaluation allowed,
         scipy stops without using the Jacobian: none is simulated."""
@@ -602,7 +603,8 @@ def fit(
             x_last, r_last, jac_last = last
             jac = sparse_broyden(jac_last, x - x_last, r0 - r_last, rows)
         else:
-            steps = np.where(x + LOG_STEP <= hi, LOG_STEP, -LOG_STEP)
+            size = np.minimum(LOG_STEP, (hi - lo) / 2)  # narrow bounds: the step stays inside them
+            steps = np.where(x + size <= hi, size, -size)
             jac = np.zeros((len(r0), len(x)))
             for group in groups:
                 moved = x.copy()

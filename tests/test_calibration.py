@@ -119,6 +119,22 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     assert stale_fits(load_library(start, rules)) == ["toy"]
 
 
+def test_the_jacobian_is_differenced_inside_narrow_bounds(rules: Path, tmp_path: Path) -> None:
+    """A parameter whose bounds are narrower than the log step is stepped by half their width, inward."""
+    _write_targets(rules / "targets", {band: 0.3 for band in BANDS})
+    (rules / "targets" / "calibration").mkdir()
+    narrow = DECLARATION.replace("scale: [0.1, 10.0]", "scale: [0.97, 1.03]", 1)
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(narrow)
+    library = load_library([DATA / "calibration" / "toy.yaml"], rules)
+    lines: list[str] = []
+    fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=500, seed=7,
+        max_iterations=2, report=lines.append)  # fmt: skip
+    evaluated = [float(line.split()[2]) for line in lines if line.split()[0].isdigit()]
+    assert len(evaluated) >= 2 and evaluated[0] == pytest.approx(1.0)
+    assert all(0.97 - 1e-9 <= value <= 1.03 + 1e-9 for value in evaluated), evaluated
+    assert any(value != pytest.approx(1.0) for value in evaluated)  # the step was taken, not skipped
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
