@@ -115,11 +115,12 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
             document = parse_yaml(path, display)
             hashes[display] = hashlib.sha256(path.read_bytes()).hexdigest()
             if model is DiseaseModule:
-                data_hashes[str(document.data.get("name"))] = data_sha256(document.data)
-            if model is DiseaseModule and document.data.get("name") in fitted:
-                values, fitted_doc, _ = fitted[document.data["name"]]
-                if found := apply_fitted(document, values, fitted_doc):
-                    raise LoadError(found)
+                name = document.data.get("name")
+                data_hashes[str(name)] = data_sha256(document.data)  # before the fitted values change it
+                if name in fitted:
+                    values, fitted_doc, _ = fitted[name]
+                    if found := apply_fitted(document, values, fitted_doc):
+                        raise LoadError(found)
             loaded = validate(document, model)
         except LoadError as exc:
             problems.extend(exc.problems)
