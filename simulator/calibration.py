@@ -188,9 +188,12 @@ def load_fitted(rules_dir: Path, display: Callable[[Path], str]) -> dict[str, tu
     return out
 
 
-def apply_fitted(module_doc: Located, fitted: Fitted, fitted_doc: Located) -> list[Problem]:
+def apply_fitted(
+    module_doc: Located, fitted: Fitted, fitted_doc: Located, sourced: dict[str, list[float]]
+) -> list[Problem]:
     """Write the fitted numbers into a parsed module (before it is validated); problems located in
-    the fitted file."""
+    the fitted file. The module file's own numbers at those paths go into `sourced` (by path): a
+    refit's bounds are relative to them, not to the values of the previous fit."""
     problems: list[Problem] = []
     for text, value in fitted.values.items():
         parts, found = _path_problems(module_doc, fitted_doc, ("values", text), text)
@@ -202,6 +205,7 @@ def apply_fitted(module_doc: Located, fitted: Fitted, fitted_doc: Located) -> li
         if is_list != isinstance(value, list) or len(_numbers(_lookup(module_doc.data, parts)) or []) != len(numbers):
             problems.append(fitted_doc.problem(("values", text), f"value does not match the shape at '{text}'"))
             continue
+        sourced[format_path(parts)] = _numbers(_lookup(module_doc.data, parts)) or []
         _assign(module_doc.data, parts, numbers)
     return problems
 
@@ -374,12 +378,9 @@ class Free:
     parameter: Parameter
     paths: tuple[PathParts, ...]
     complements: tuple[PathParts, ...]
-    base: tuple[list[float], ...]  # the numbers at `paths` when the fit started
+    base: tuple[list[float], ...]  # the module file's numbers at `paths` (a multiplier scales these)
     moves: tuple[str, ...]  # ids of the targets it moves (the Jacobian is taken as zero elsewhere)
-
-    @property
-    def start(self) -> float:
-        return 0.0 if self.parameter.scale is not None else math.log(self.base[0][0])
+    start: float  # x of the numbers the fit starts from (the shipped fitted values, if any)
 
     @property
     def log_bounds(self) -> tuple[float, float]:
@@ -496,14 +497,21 @@ class Objective:
 
 
 def free_parameters(library: Library, declared: dict[str, Declared], modules: list[str]) -> list[Free]:
+    """The declared parameters of `modules`, each starting where the library's (fitted) values put it."""
     free = []
     for module in modules:
         d = declared[module]
         doc = library.document(module)
+        sourced = library.sourced_numbers.get(module, {})
         for name, parameter in d.declaration.parameters.items():
             paths = d.paths[name]
-            base = tuple(_numbers(_lookup(doc.data, p)) for p in paths)
-            free.append(Free(module, name, parameter, paths, d.complements[name], base, d.moves[name]))  # type: ignore[arg-type]
+            current = [_numbers(_lookup(doc.data, p)) or [] for p in paths]
+            base = tuple(sourced.get(format_path(p), now) for p, now in zip(paths, current, strict=True))
+            if parameter.scale is None:
+                start = math.log(current[0][0])
+            else:
+                start = math.log(current[0][0] / base[0][0]) if base[0][0] else 0.0
+            free.append(Free(module, name, parameter, paths, d.complements[name], base, d.moves[name], start))  # type: ignore[arg-type]
     return free
 
 
@@ -642,6 +650,19 @@ def stale_fits(library: Library) -> list[str]:
         if fitted.module_data_sha256 and current is not None and current != fitted.module_data_sha256:
             stale.append(module)
     return sorted(stale)
+
+
+def fits_outside_bounds(library: Library) -> list[str]:
+    """Fitted parameters whose shipped value lies outside the bounds their declaration gives (relative
+    to the module file's numbers); a refit brings them back inside."""
+    outside = []
+    for module in sorted(library.calibration):
+        for f in free_parameters(library, library.calibration, [module]):
+            lo, hi = f.parameter.bounds
+            value = math.exp(f.start)
+            if not lo * (1 - 1e-6) <= value <= hi * (1 + 1e-6):
+                outside.append(f"{module}.{f.name} = {value:.4g}, outside [{lo:g}, {hi:g}]")
+    return outside
 
 
 def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:

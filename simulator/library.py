@@ -45,6 +45,8 @@ class Library:
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]
     data_sha256: dict[str, str] = field(default_factory=dict)  # module name -> digest of its parsed data
+    # module name -> {path: the module file's numbers there} where a fitted file replaced them
+    sourced_numbers: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
     calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
     background_share: BackgroundShare | None = None  # rules' fitted background mortality share
 
@@ -97,6 +99,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     problems: list[Problem] = []
     hashes: dict[str, str] = {}
     data_hashes: dict[str, str] = {}
+    sourced: dict[str, dict[str, list[float]]] = {}
     documents: dict[str, Located] = {}
     try:
         fitted = load_fitted(rules_dir, _display)
@@ -119,7 +122,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
                 data_hashes[str(name)] = data_sha256(document.data)  # before the fitted values change it
                 if name in fitted:
                     values, fitted_doc, _ = fitted[name]
-                    if found := apply_fitted(document, values, fitted_doc):
+                    if found := apply_fitted(document, values, fitted_doc, sourced.setdefault(str(name), {})):
                         raise LoadError(found)
             loaded = validate(document, model)
         except LoadError as exc:
@@ -156,6 +159,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         documents=documents,
         file_sha256=hashes,
         data_sha256=data_hashes,
+        sourced_numbers=sourced,
         background_share=background_share,
     )
     check_library(library)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.calibration import stale_fits
+from simulator.calibration import fits_outside_bounds, stale_fits
 from simulator.invariants import check_invariants
 from simulator.library import Library, load_library
 from simulator.population import days_since_epoch
@@ -119,6 +119,7 @@ def _card(library: Library, config: dict, n_patients: int, lifetime_patients: in
         "calibration_declared": sorted(library.calibration),
         "fitted_files_applied": sorted(f for f in library.file_sha256 if f.endswith(".fitted.yaml")),
         "fits_older_than_their_module": stale_fits(library),
+        "fits_outside_their_bounds": fits_outside_bounds(library),
         "intended_uses": [
             "testing software that reads EHR data (pipelines, FHIR servers, decision support)",
             "teaching and demonstrations",

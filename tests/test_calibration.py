@@ -135,6 +135,31 @@ def test_the_jacobian_is_differenced_inside_narrow_bounds(rules: Path, tmp_path:
     assert any(value != pytest.approx(1.0) for value in evaluated)  # the step was taken, not skipped
 
 
+def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_path: Path) -> None:
+    """A refit starts from the shipped fitted value, but its bounds multiply the module file's number:
+    a fitted value outside them (here 0.5 x the file's 0.010 under bounds x0.8 to x1.25) is brought back
+    inside, not taken as a new 1.0 that would let repeated fits drift out of the declared range."""
+    _write_targets(rules / "targets", {band: 0.3 for band in BANDS})
+    (rules / "targets" / "calibration").mkdir()
+    narrow = DECLARATION.replace("scale: [0.1, 10.0]", "scale: [0.8, 1.25]", 1)
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(narrow)
+    young = ["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]
+    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
+        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
+        "targets: []\nparameters: {}\nvalues:\n" + "".join(f"  {path}: 0.005\n" for path in young)
+    )
+    library = load_library([DATA / "calibration" / "toy.yaml"], rules)
+    assert library.module("toy").states["healthy"].hazards[0].rate_per_year.male[0] == pytest.approx(0.005)
+    lines: list[str] = []
+    result = fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=500, seed=7,
+                 max_iterations=2, report=lines.append)  # fmt: skip
+    evaluated = [float(line.split()[2]) for line in lines if line.split()[0].isdigit()]
+    assert evaluated and all(0.8 - 1e-9 <= value <= 1.25 + 1e-9 for value in evaluated), evaluated
+    for path in young:
+        assert 0.008 - 1e-9 <= result.values["toy"][path] <= 0.0125 + 1e-9
+    assert 0.8 - 1e-9 <= result.parameters["toy"]["young"] <= 1.25 + 1e-9  # a multiplier of the file's number
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
