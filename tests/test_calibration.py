@@ -16,6 +16,7 @@ from simulator.calibration import (
     ensemble_for,
     fit,
     fit_groups,
+    fits_outside_bounds,
     sparse_broyden,
     stale_fits,
     write_fitted,
@@ -150,6 +151,7 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
     )
     library = load_library([DATA / "calibration" / "toy.yaml"], rules)
     assert library.module("toy").states["healthy"].hazards[0].rate_per_year.male[0] == pytest.approx(0.005)
+    assert fits_outside_bounds(library) == ["toy.young = 0.5, outside [0.8, 1.25]"]
     lines: list[str] = []
     result = fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=500, seed=7,
                  max_iterations=2, report=lines.append)  # fmt: skip

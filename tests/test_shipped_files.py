@@ -7,6 +7,7 @@ import pandas as pd
 from conftest import REPO
 
 import simulator
+from simulator.calibration import fits_outside_bounds, stale_fits
 from simulator.library import load_library, module_files
 from simulator.schema import CODE_SYSTEMS
 
@@ -18,6 +19,14 @@ def test_every_module_and_rules_file_loads_and_checks() -> None:
     files = {p.name for p in module_files(REPO / "modules")} | {p.name for p in module_files(REPO / "rules")}
     assert len(library.modules) == len(files)
     assert all(len(digest) == 64 for digest in library.file_sha256.values())
+
+
+def test_shipped_fits_are_current_and_inside_their_declared_bounds() -> None:
+    """Every fitted file was computed from its module's present data, and every fitted value lies within
+    the bounds its declaration gives relative to the module file's numbers."""
+    library = load_library()
+    assert stale_fits(library) == []
+    assert fits_outside_bounds(library) == []
 
 
 def test_every_parameter_cites_a_source() -> None:
