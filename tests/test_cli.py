@@ -93,6 +93,23 @@ def test_interrupted_run_leaves_no_finished_looking_file(tmp_path: Path, monkeyp
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+def test_a_full_disk_is_reported_without_a_traceback_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from simulator.export import writers
+
+    def full(self, data, count):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers._File, "write", full)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--patients", "30", "--seed", "1", "--out", str(out), "-q"])
+    assert result.exit_code == 1
+    assert f"error: cannot write {out}/: No space left on device (nothing was left half-written)" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
 def test_an_empty_run_gives_empty_tables_of_the_right_shape(tmp_path: Path) -> None:
     import simulator
 

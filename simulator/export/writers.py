@@ -8,6 +8,7 @@ run manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -113,8 +114,12 @@ class NdjsonWriter:
         self.staging = Staging(out, "fhir")
         self.request = request
         self.files: dict[str, _File] = {}
-        for resource in shared_resources(References(urn=False)).values():
-            self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode() + "\n"], TEXT))
+        try:
+            for resource in shared_resources(References(urn=False)).values():
+                self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode() + "\n"], TEXT))
+        except BaseException:
+            self.abort()
+            raise
 
     def _append(self, resource_type: str, text: pa.Array) -> None:
         """One write per type and chunk: the bytes of the text column (each row ends with a newline)."""
@@ -150,7 +155,8 @@ class NdjsonWriter:
 
     def abort(self) -> None:
         for file in self.files.values():
-            file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush too; the files go anyway
+                file.close()
         self.staging.abort()
 
 
@@ -243,9 +249,11 @@ class TableWriter:
 
     def abort(self) -> None:
         for file in self.csv.values():
-            file.close()
+            with contextlib.suppress(OSError):
+                file.close()
         for writer in self.parquet.values():
-            writer.close()
+            with contextlib.suppress(OSError):
+                writer.close()
         self.staging.abort()
 
 
@@ -284,10 +292,24 @@ class Export:
         self, out: Path, formats: tuple[str, ...], context: ExportContext, request: str, method: Method = "POST"
     ):
         self.context = context
-        self.ndjson = NdjsonWriter(out, request) if "ndjson" in formats else None
-        self.bundles = BundleWriter(out, method) if "bundles" in formats else None
-        self.tables = [TableWriter(out, kind) for kind in ("csv", "parquet") if kind in formats]
-        self.writers = [w for w in (self.ndjson, self.bundles, *self.tables) if w is not None]
+        self.ndjson: NdjsonWriter | None = None
+        self.bundles: BundleWriter | None = None
+        self.tables: list[TableWriter] = []
+        self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
+        try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
+            if "ndjson" in formats:
+                self.ndjson = NdjsonWriter(out, request)
+                self.writers.append(self.ndjson)
+            if "bundles" in formats:
+                self.bundles = BundleWriter(out, method)
+                self.writers.append(self.bundles)
+            for kind in ("csv", "parquet"):
+                if kind in formats:
+                    self.tables.append(TableWriter(out, kind))
+                    self.writers.append(self.tables[-1])
+        except BaseException:
+            self.abort()
+            raise
         self.resource_counts: dict[str, int] = {}
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
