@@ -201,11 +201,12 @@ def apply_fitted(
         if parts is None:
             continue
         numbers = value if isinstance(value, list) else [value]
-        is_list = isinstance(_lookup(module_doc.data, parts), CommentedSeq)
-        if is_list != isinstance(value, list) or len(_numbers(_lookup(module_doc.data, parts)) or []) != len(numbers):
+        found_there = _lookup(module_doc.data, parts)
+        own = _numbers(found_there) or []
+        if isinstance(found_there, CommentedSeq) != isinstance(value, list) or len(own) != len(numbers):
             problems.append(fitted_doc.problem(("values", text), f"value does not match the shape at '{text}'"))
             continue
-        sourced[format_path(parts)] = _numbers(_lookup(module_doc.data, parts)) or []
+        sourced[format_path(parts)] = own
         _assign(module_doc.data, parts, numbers)
     return problems
 

@@ -86,9 +86,9 @@ def generate(
     except (LoadError, ValueError) as exc:
         _fail(exc)
         return
-    except OSError as exc:  # a full disk or an unwritable --out: the partial output is already removed
-        where = f" {exc.filename}" if exc.filename else f" {output}/"
-        _fail(OSError(f"cannot write{where}: {exc.strerror or exc} (nothing was left half-written)"))
+    except OSError as exc:  # a full disk, an unwritable --out, an unreadable table: partial output is removed
+        where = exc.filename or f"{output}/"
+        _fail(OSError(f"{where}: {exc.strerror or exc} (the run stopped; nothing was left half-written)"))
         return
     counts = population.manifest["counts"]
     timings = population.manifest["timings_s"]

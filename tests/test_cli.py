@@ -105,7 +105,7 @@ def test_a_full_disk_is_reported_without_a_traceback_and_leaves_nothing(tmp_path
     out = tmp_path / "out"
     result = runner.invoke(app, ["generate", "--patients", "30", "--seed", "1", "--out", str(out), "-q"])
     assert result.exit_code == 1
-    assert f"error: cannot write {out}/: No space left on device (nothing was left half-written)" in result.output
+    assert f"error: {out}/: No space left on device (the run stopped; nothing was left half-written)" in result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
