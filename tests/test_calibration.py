@@ -191,6 +191,16 @@ def test_a_fitted_value_for_a_missing_path_is_an_error(rules: Path) -> None:
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
 
+def test_a_fitted_value_of_the_wrong_shape_is_an_error(rules: Path) -> None:
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
+        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
+        "targets: []\nparameters: {}\nvalues:\n  states.healthy.hazards[0].rate_per_year.male: 0.1\n"
+    )
+    with pytest.raises(LoadError, match=r"toy.fitted.yaml:10:\d+: values.*does not match the shape"):
+        load_library([DATA / "calibration" / "toy.yaml"], rules)
+
+
 def test_calibrate_command_names_an_undeclared_module() -> None:
     from typer.testing import CliRunner
 
