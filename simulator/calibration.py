@@ -636,7 +636,7 @@ def fit(
         parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
         for parts, numbers in f.numbers(float(xi)):
             is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
-            values[f.module][format_path(parts)] = [round(v, 6) for v in numbers] if is_list else round(numbers[0], 6)
+            values[f.module][format_path(parts)] = [_digits(v) for v in numbers] if is_list else _digits(numbers[0])
     return FitResult(
         modules, names, solution.x, before, after, loss[0], loss[1], objective.evaluations,
         time.perf_counter() - started, values, parameters,
@@ -664,6 +664,11 @@ def fits_outside_bounds(library: Library) -> list[str]:
             if not lo * (1 - 1e-6) <= value <= hi * (1 + 1e-6):
                 outside.append(f"{module}.{f.name} = {value:.4g}, outside [{lo:g}, {hi:g}]")
     return outside
+
+
+def _digits(value: float) -> float:
+    """A fitted number as written: six significant digits (small rates keep their precision)."""
+    return float(f"{value:.6g}")
 
 
 def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:

@@ -7,6 +7,7 @@ name suggested. Nothing in a file is evaluated as code.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,21 @@ def parse_yaml(path: Path, display_name: str | None = None) -> Located:
         raise LoadError([Problem(name, line, col, "", f"YAML syntax error: {message}")]) from None
     if not isinstance(data, CommentedMap):
         raise LoadError([Problem(name, 1, 1, "", "the file must hold a mapping of keys to values")])
+    _unshare(data, set())
     return Located(name, data)
+
+
+def _unshare(node: CommentedMap | CommentedSeq, seen: set[int]) -> None:
+    """Give each YAML alias (*name) its own copy of the anchored node (positions kept): the parsed
+    document is a tree, so a fitted number written at one path does not change every alias of it."""
+    for key, child in list(node.items() if isinstance(node, CommentedMap) else enumerate(node)):
+        if not isinstance(child, CommentedMap | CommentedSeq):
+            continue
+        if id(child) in seen:
+            child = copy.deepcopy(child)
+            node[key] = child
+        seen.add(id(child))
+        _unshare(child, seen)
 
 
 def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | int, ...]) -> tuple[str, bool]:

@@ -201,6 +201,29 @@ def test_a_fitted_value_of_the_wrong_shape_is_an_error(rules: Path) -> None:
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
 
+def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, tmp_path: Path) -> None:
+    """A module may reuse a node with a YAML anchor and alias (&rate, *rate); the parsed document is a
+    tree, so a fitted number written at one use leaves the other at the module file's number, and that
+    number (not the fitted one) is what the refit's bounds multiply. The shared node once made the last
+    value written win at every alias and recorded the first one as the module's number."""
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages").replace(
+        "        source: assumed\n", "        source: assumed\n      - {to: onset, rate_per_year: *rate, source: assumed}\n"
+    )
+    (tmp_path / "toy.yaml").write_text(text)
+    (rules / "targets" / "calibration").mkdir()
+    path = "states.healthy.hazards[0].rate_per_year.male[0]"
+    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
+        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
+        f"targets: []\nparameters: {{}}\nvalues:\n  {path}: 0.02\n"
+    )
+    library = load_library([tmp_path / "toy.yaml"], rules)
+    hazards = library.module("toy").states["healthy"].hazards
+    assert hazards[0].rate_per_year.male == pytest.approx([0.02, 0.030])
+    assert hazards[1].rate_per_year.male == pytest.approx([0.010, 0.030])
+    assert library.sourced_numbers["toy"] == {path: [0.010]}
+
+
 def test_calibrate_command_names_an_undeclared_module() -> None:
     from typer.testing import CliRunner
 
