@@ -636,7 +636,8 @@ def fit(
         parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
         for parts, numbers in f.numbers(float(xi)):
             is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
-            values[f.module][format_path(parts)] = [_digits(v) for v in numbers] if is_list else _digits(numbers[0])
+            digits = _digits if f.parameter.scale is not None else _probability
+            values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
     return FitResult(
         modules, names, solution.x, before, after, loss[0], loss[1], objective.evaluations,
         time.perf_counter() - started, values, parameters,
@@ -667,8 +668,13 @@ def fits_outside_bounds(library: Library) -> list[str]:
 
 
 def _digits(value: float) -> float:
-    """A fitted number as written: six significant digits (small rates keep their precision)."""
+    """A fitted multiple as written: six significant digits (small rates keep their precision)."""
     return float(f"{value:.6g}")
+
+
+def _probability(value: float) -> float:
+    """A fitted probability as written: six decimals, so that it and its complement still sum to 1."""
+    return round(value, 6)
 
 
 def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:

@@ -290,7 +290,11 @@ def calibrate(
             continue
         for path in write_fitted(result, library, patients, seed):
             out.print(f"wrote {path}")
-        library = load_library()  # the next group is fitted in the ensemble with these values
+        try:
+            library = load_library()  # the next group is fitted in the ensemble with these values
+        except LoadError as exc:
+            _fail(exc)
+            return
     if asked and "mortality" not in asked:
         return
     _calibrate_mortality(patients * 5, seed, dry_run)

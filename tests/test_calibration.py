@@ -207,9 +207,9 @@ def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, t
     number (not the fitted one) is what the refit's bounds multiply. The shared node once made the last
     value written win at every alias and recorded the first one as the module's number."""
     text = (DATA / "calibration" / "toy.yaml").read_text()
-    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages").replace(
-        "        source: assumed\n", "        source: assumed\n      - {to: onset, rate_per_year: *rate, source: assumed}\n"
-    )
+    alias = "      - {to: onset, rate_per_year: *rate, source: assumed}\n"
+    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
+    text = text.replace("        source: assumed\n", "        source: assumed\n" + alias)
     (tmp_path / "toy.yaml").write_text(text)
     (rules / "targets" / "calibration").mkdir()
     path = "states.healthy.hazards[0].rate_per_year.male[0]"
