@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import simulator
+from simulator.targets import wilson
 from simulator.validation import validate_generated
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,10 +111,16 @@ def test_hba1c_is_high_in_type1_and_checked_about_quarterly(cohort: simulator.Po
 
 def test_adult_prevalence_is_near_the_target() -> None:
     """type1_diabetes_diagnosed/20-120/all/2016: 0.5% of adults (Xu G et al. BMJ 2018), via the project's
-    own target definitions on a kernel-only cohort."""
-    result = validate_generated(patients=12_000, seed=3, lifetime_patients=0)
-    row = next(c for c in result.comparisons if c.target.id == "type1_diabetes_diagnosed/20-120/all/2016")
-    assert row.lo <= 0.0055 and row.hi >= 0.0045  # the 95% interval (about 60 cases) meets the target +-10%
+    own target definitions on kernel-only cohorts. Pooled over three seeds (about 160 cases): one cohort of
+    12,000 has about 55, a 95% interval of +-27%, and one seed fell outside the target's +-10% by chance
+    (0.71%; 0.54% at 100,000 patients)."""
+    rows = []
+    for seed in (3, 4, 5):
+        comparisons = validate_generated(patients=12_000, seed=seed, lifetime_patients=0).comparisons
+        rows += [c for c in comparisons if c.target.id == "type1_diabetes_diagnosed/20-120/all/2016"]
+    assert len(rows) == 3
+    lo, hi = wilson(sum(r.count for r in rows), sum(r.n for r in rows))
+    assert lo <= 0.0055 and hi >= 0.0045  # the pooled 95% interval meets the target +-10%
 
 
 def test_patient_timeline_example_shows_a_type1_case() -> None:
