@@ -84,6 +84,15 @@ def _truth(rules: Path) -> dict[tuple[int, int], float]:
     return {(t.age_lo, t.age_hi): compare(t, measure, cohort, vocabulary).simulated for t in targets.targets}
 
 
+def _write_fitted_file(rules: Path, values: dict[str, float]) -> None:
+    """A hand-written toy.fitted.yaml whose `values` (path: number) start on line 10."""
+    (rules / "targets" / "calibration").mkdir(exist_ok=True)
+    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
+        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
+        "targets: []\nparameters: {}\nvalues:\n" + "".join(f"  {path}: {value}\n" for path, value in values.items())
+    )
+
+
 def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     _write_targets(rules / "targets", _truth(rules))
     start = tmp_path / "modules"
@@ -145,10 +154,7 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
     narrow = DECLARATION.replace("scale: [0.1, 10.0]", "scale: [0.8, 1.25]", 1)
     (rules / "targets" / "calibration" / "toy.yaml").write_text(narrow)
     young = ["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]
-    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
-        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
-        "targets: []\nparameters: {}\nvalues:\n" + "".join(f"  {path}: 0.005\n" for path in young)
-    )
+    _write_fitted_file(rules, dict.fromkeys(young, 0.005))
     library = load_library([DATA / "calibration" / "toy.yaml"], rules)
     assert library.module("toy").states["healthy"].hazards[0].rate_per_year.male[0] == pytest.approx(0.005)
     assert fits_outside_bounds(library) == ["toy.young = 0.5, outside [0.8, 1.25]"]
@@ -182,21 +188,13 @@ def test_bad_declarations_are_located(rules: Path, change: tuple[str, str], mess
 
 
 def test_a_fitted_value_for_a_missing_path_is_an_error(rules: Path) -> None:
-    (rules / "targets" / "calibration").mkdir()
-    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
-        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
-        "targets: []\nparameters: {}\nvalues:\n  states.healthy.hazards[3].rate_per_year: 0.1\n"
-    )
+    _write_fitted_file(rules, {"states.healthy.hazards[3].rate_per_year": 0.1})
     with pytest.raises(LoadError, match=r"toy.fitted.yaml:10:\d+: values.*does not exist"):
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
 
 def test_a_fitted_value_of_the_wrong_shape_is_an_error(rules: Path) -> None:
-    (rules / "targets" / "calibration").mkdir()
-    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
-        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
-        "targets: []\nparameters: {}\nvalues:\n  states.healthy.hazards[0].rate_per_year.male: 0.1\n"
-    )
+    _write_fitted_file(rules, {"states.healthy.hazards[0].rate_per_year.male": 0.1})
     with pytest.raises(LoadError, match=r"toy.fitted.yaml:10:\d+: values.*does not match the shape"):
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
@@ -211,12 +209,8 @@ def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, t
     text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
     text = text.replace("        source: assumed\n", "        source: assumed\n" + alias)
     (tmp_path / "toy.yaml").write_text(text)
-    (rules / "targets" / "calibration").mkdir()
     path = "states.healthy.hazards[0].rate_per_year.male[0]"
-    (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
-        "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
-        f"targets: []\nparameters: {{}}\nvalues:\n  {path}: 0.02\n"
-    )
+    _write_fitted_file(rules, {path: 0.02})
     library = load_library([tmp_path / "toy.yaml"], rules)
     hazards = library.module("toy").states["healthy"].hazards
     assert hazards[0].rate_per_year.male == pytest.approx([0.02, 0.030])

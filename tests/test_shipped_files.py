@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
 
 import simulator
-from simulator.calibration import fits_outside_bounds, load_fitted, stale_fits
+from simulator.calibration import fits_outside_bounds, free_parameters, load_fitted, stale_fits
 from simulator.library import load_library, module_files
 from simulator.loading import format_path
 from simulator.schema import CODE_SYSTEMS
@@ -32,20 +34,15 @@ def test_shipped_fits_are_current_and_inside_their_declared_bounds() -> None:
 
 
 def test_shipped_fits_record_the_multipliers_their_values_were_written_with() -> None:
-    """Each fitted file's `parameters` reproduce its `values` from the module file's own numbers (a
-    multiplier of them, or the probability itself), so a reader of the file sees what the simulator uses."""
+    """Each fitted file's `parameters` reproduce its `values` (complements included) from the module file's
+    own numbers, as a fit writes them, so a reader of the file sees what the simulator uses."""
     library = load_library()
     for module, (fitted, _, _) in load_fitted(library.rules_dir, str).items():
-        declared = library.calibration[module]
-        for name, number in fitted.parameters.items():
-            scaled = declared.declaration.parameters[name].scale is not None
-            for parts in declared.paths[name]:
-                path = format_path(parts)
-                base = library.sourced_numbers[module][path]
-                value = fitted.values[path]
+        for free in free_parameters(library, library.calibration, [module]):
+            for parts, expected in free.numbers(math.log(fitted.parameters[free.name])):
+                value = fitted.values[format_path(parts)]
                 written = value if isinstance(value, list) else [value]
-                expected = [b * number for b in base] if scaled else [number] * len(base)
-                assert written == pytest.approx(expected, rel=1e-5, abs=1e-6), (module, name, path)  # as written
+                assert written == pytest.approx(expected, rel=1e-5, abs=1e-6), (module, free.name, parts)  # as written
 
 
 def test_every_parameter_cites_a_source() -> None:
