@@ -57,7 +57,8 @@ class _Strict(BaseModel):
 
 class Parameter(_Strict):
     """`scale`: bounds of a multiplier of every number at `paths`; `value`: bounds of the number set at
-    `paths` (and 1 - it at `complement`, for the other branch of a two-way choice)."""
+    `paths`. `complement`: the other branch of a two-way choice, set to 1 - the number at `paths` (with
+    `scale`, one complement per path, in the same order)."""
 
     paths: list[str] = Field(min_length=1)
     scale: tuple[float, float] | None = None
@@ -73,8 +74,8 @@ class Parameter(_Strict):
         lo, hi = self.bounds
         if not 0 < lo < hi:
             raise ValueError(f"bounds must satisfy 0 < low < high (got [{lo:g}, {hi:g}])")
-        if self.complement and self.value is None:
-            raise ValueError("complement needs a value parameter (a probability)")
+        if self.complement and self.scale is not None and len(self.complement) != len(self.paths):
+            raise ValueError("a scale parameter needs one complement per path")
         return self
 
     @property
@@ -224,6 +225,57 @@ class Declared:
     moves: dict[str, tuple[str, ...]]
 
 
+def _bound_problems(
+    library: Library, module: str, doc: Located, name: str, parameter: Parameter, paths: tuple[PathParts | None, ...]
+) -> list[Problem]:
+    """The module file's numbers at a parameter's paths lie inside a value parameter's bounds, and a
+    scaled probability (a scale parameter with complements) stays at most 1 at its upper bound."""
+    sourced = library.sourced_numbers.get(module, {})
+    lo, hi = parameter.bounds
+    problems = []
+    for parts in filter(None, paths):
+        own = sourced.get(format_path(parts)) or _numbers(_lookup(library.document(module).data, parts))
+        if own and parameter.value is not None and not all(lo <= v <= hi for v in own):
+            at = ("parameters", name, "value")
+            problems.append(doc.problem(at, f"the module's value {own[0]:g} is outside the bounds"))
+        if own and parameter.scale is not None and parameter.complement and max(own) * hi > 1:
+            at = ("parameters", name, "scale")
+            problems.append(doc.problem(at, f"the upper bound takes the probability {own[0]:g} above 1"))
+    return problems
+
+
+def _alias_problems(
+    module_doc: Located,
+    doc: Located,
+    paths: dict[str, tuple[PathParts | None, ...]],
+    complements: dict[str, tuple[PathParts | None, ...]],
+) -> list[Problem]:
+    """A declared path inside a node the module file reuses through a YAML alias changes only that use
+    (the parsed document is a tree), so the same number must be declared at every use: a fit of one use
+    would silently give the others different values than the module file's alias says."""
+    declared = {
+        parts: (name, field, i)
+        for table, field in ((paths, "paths"), (complements, "complement"))
+        for name, parsed in table.items()
+        for i, parts in enumerate(parsed)
+        if parts is not None
+    }
+    problems = []
+    for uses in module_doc.aliases:
+        for parts, (name, field, i) in declared.items():
+            use = next((u for u in uses if parts[: len(u)] == u), None)
+            if use is None:
+                continue
+            missing = [format_path((*u, *parts[len(use) :])) for u in uses if (*u, *parts[len(use) :]) not in declared]
+            if missing:
+                message = (
+                    f"'{format_path(parts)}' is in a node the module file reuses through a YAML alias; "
+                    f"declare it at every use (missing: {', '.join(missing)})"
+                )
+                problems.append(doc.problem(("parameters", name, field, i), message))
+    return problems
+
+
 def load_declarations(library: Library, targets: TargetSet, display: Callable[[Path], str]) -> dict[str, Declared]:
     """The declarations of the loaded modules, checked against the modules and the targets."""
     directory = calibration_dir(library.rules_dir)
@@ -252,13 +304,8 @@ def load_declarations(library: Library, targets: TargetSet, display: Callable[[P
                     problems += found
                     parsed.append(parts)
                 table[name] = tuple(parsed)
-            if parameter.value is not None:
-                for parts in paths[name]:
-                    current = _numbers(_lookup(module_doc.data, parts)) if parts else None
-                    lo, hi = parameter.value
-                    if current and not all(lo <= v <= hi for v in current):
-                        at = ("parameters", name, "value")
-                        problems.append(doc.problem(at, f"the module's value {current[0]:g} is outside the bounds"))
+            problems += _bound_problems(library, declaration.module, doc, name, parameter, paths[name])
+        problems += _alias_problems(module_doc, doc, paths, complements)
         matched: list[str] = []
         for i, pattern in enumerate(declaration.targets):
             hits = fnmatch.filter(ids, pattern)
@@ -393,8 +440,12 @@ class Free:
         factor = math.exp(x)
         for parts, base in zip(self.paths, self.base, strict=True):
             yield parts, [b * factor for b in base] if self.parameter.scale is not None else [factor] * len(base)
-        for parts in self.complements:
-            yield parts, [1.0 - factor]
+        if self.parameter.scale is None:
+            for parts in self.complements:
+                yield parts, [1.0 - factor]
+        else:
+            for parts, base in zip(self.complements, self.base, strict=True):
+                yield parts, [1.0 - base[0] * factor]
 
 
 @dataclass
@@ -636,7 +687,7 @@ def fit(
         parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
         for parts, numbers in f.numbers(float(xi)):
             is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
-            digits = _digits if f.parameter.scale is not None else _probability
+            digits = _digits if f.parameter.scale is not None and not f.complements else _probability
             values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
     return FitResult(
         modules, names, solution.x, before, after, loss[0], loss[1], objective.evaluations,

@@ -54,9 +54,10 @@ def suggest(name: str, valid: list[str] | set[str]) -> str:
 class Located:
     """A parsed YAML document that can tell where any path inside it is."""
 
-    def __init__(self, file: str, data: Any):
+    def __init__(self, file: str, data: Any, aliases: tuple[tuple[tuple[str | int, ...], ...], ...] = ()):
         self.file = file
         self.data = data
+        self.aliases = aliases  # the paths of the uses of each node the file shares through a YAML alias
 
     def position(self, path: tuple[str | int, ...], at_key: bool = False) -> tuple[int, int]:
         """1-based (line, col) of the value at `path` (or of its key); path parts absent from the data
@@ -136,21 +137,27 @@ def parse_yaml(path: Path, display_name: str | None = None) -> Located:
         raise LoadError([Problem(name, line, col, "", f"YAML syntax error: {message}")]) from None
     if not isinstance(data, CommentedMap):
         raise LoadError([Problem(name, 1, 1, "", "the file must hold a mapping of keys to values")])
-    _unshare(data, set())
-    return Located(name, data)
+    uses: dict[int, list[tuple[str | int, ...]]] = {}
+    _unshare(data, (), uses)
+    return Located(name, data, tuple(tuple(paths) for paths in uses.values() if len(paths) > 1))
 
 
-def _unshare(node: CommentedMap | CommentedSeq, seen: set[int]) -> None:
+def _unshare(
+    node: CommentedMap | CommentedSeq, path: tuple[str | int, ...], uses: dict[int, list[tuple[str | int, ...]]]
+) -> None:
     """Give each YAML alias (*name) its own copy of the anchored node (positions kept): the parsed
-    document is a tree, so a fitted number written at one path does not change every alias of it."""
+    document is a tree, so a fitted number written at one path does not change every alias of it.
+    `uses` collects the paths of each parsed node (id: paths), so that callers can see the aliases."""
     for key, child in list(node.items() if isinstance(node, CommentedMap) else enumerate(node)):
         if not isinstance(child, CommentedMap | CommentedSeq):
             continue
-        if id(child) in seen:
+        here = (*path, key)
+        shared = id(child) in uses
+        uses.setdefault(id(child), []).append(here)
+        if shared:
             child = copy.deepcopy(child)
             node[key] = child
-        seen.add(id(child))
-        _unshare(child, seen)
+        _unshare(child, here, uses)
 
 
 def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | int, ...]) -> tuple[str, bool]:

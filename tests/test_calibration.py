@@ -4,6 +4,7 @@ load_library applies, and reports bad declarations with file:line."""
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from conftest import DATA, REPO
 
 from simulator.calibration import (
+    Free,
+    Parameter,
     column_groups,
     ensemble_for,
     fit,
@@ -168,6 +171,9 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
     assert 0.8 - 1e-9 <= result.parameters["toy"]["young"] <= 1.25 + 1e-9  # a multiplier of the file's number
 
 
+OTHER = '"states.healthy.hazards[0].rate_per_year.male[1]"'
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -177,6 +183,17 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
         (("scale: [0.1, 10.0]\n    targets", "scale: [0.1, 10.0]\n    value: [0.1, 0.9]\n    targets"), "exactly one"),
         (("scale: [0.1, 10.0]\n    targets", "scale: [3, 1]\n    targets"), "bounds must satisfy 0 < low < high"),
         (('"toy_prevalence/50-64", "toy_prevalence/65-120"', '"other/*"'), "match none of the declaration's targets"),
+        (
+            ("scale: [0.1, 10.0]\n    targets", f"scale: [0.1, 10.0]\n    complement: [{OTHER}]\n    targets"),
+            "one complement per path",
+        ),
+        (
+            (
+                "scale: [0.1, 10.0]\n    targets",
+                f"scale: [0.1, 200.0]\n    complement: [{OTHER}, {OTHER}]\n    targets",
+            ),
+            "the upper bound takes the probability 0.01 above 1",
+        ),
     ],
 )
 def test_bad_declarations_are_located(rules: Path, change: tuple[str, str], message: str) -> None:
@@ -185,6 +202,16 @@ def test_bad_declarations_are_located(rules: Path, change: tuple[str, str], mess
     with pytest.raises(LoadError) as caught:
         load_library([DATA / "calibration" / "toy.yaml"], rules)
     assert "toy.yaml:" in str(caught.value) and message in str(caught.value)
+
+
+def test_a_scaled_probability_sets_each_complement_to_one_minus_its_own_branch() -> None:
+    """A scale parameter with complements multiplies two-way choices of different sizes by one factor
+    (e.g. the same share in both sexes); each other branch keeps the pair summing to 1."""
+    parameter = Parameter(paths=["a", "b"], complement=["not_a", "not_b"], scale=(0.5, 2.0))
+    free = Free("m", "p", parameter, (("a",), ("b",)), (("not_a",), ("not_b",)), ([0.1], [0.3]), (), 0.0)
+    numbers = dict(free.numbers(math.log(1.5)))
+    assert numbers[("a",)] == pytest.approx([0.15]) and numbers[("not_a",)] == pytest.approx([0.85])
+    assert numbers[("b",)] == pytest.approx([0.45]) and numbers[("not_b",)] == pytest.approx([0.55])
 
 
 def test_a_fitted_value_for_a_missing_path_is_an_error(rules: Path) -> None:
@@ -199,15 +226,17 @@ def test_a_fitted_value_of_the_wrong_shape_is_an_error(rules: Path) -> None:
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
 
+ALIAS_USE = "      - {to: onset, rate_per_year: *rate, source: assumed}\n"  # a second hazard reusing &rate
+
+
 def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, tmp_path: Path) -> None:
     """A module may reuse a node with a YAML anchor and alias (&rate, *rate); the parsed document is a
     tree, so a fitted number written at one use leaves the other at the module file's number, and that
     number (not the fitted one) is what the refit's bounds multiply. The shared node once made the last
     value written win at every alias and recorded the first one as the module's number."""
     text = (DATA / "calibration" / "toy.yaml").read_text()
-    alias = "      - {to: onset, rate_per_year: *rate, source: assumed}\n"
     text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
-    text = text.replace("        source: assumed\n", "        source: assumed\n" + alias)
+    text = text.replace("        source: assumed\n", "        source: assumed\n" + ALIAS_USE)
     (tmp_path / "toy.yaml").write_text(text)
     path = "states.healthy.hazards[0].rate_per_year.male[0]"
     _write_fitted_file(rules, {path: 0.02})
@@ -216,6 +245,30 @@ def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, t
     assert hazards[0].rate_per_year.male == pytest.approx([0.02, 0.030])
     assert hazards[1].rate_per_year.male == pytest.approx([0.010, 0.030])
     assert library.sourced_numbers["toy"] == {path: [0.010]}
+
+
+def test_a_declared_path_at_one_use_of_a_yaml_alias_is_an_error(rules: Path, tmp_path: Path) -> None:
+    """Fitting one use of a reused node would leave its other uses at the module file's number (the
+    fitted CKD progression hazard once applied to the first of its six uses only)."""
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
+    text = text.replace("        source: assumed\n", "        source: assumed\n" + ALIAS_USE)
+    (tmp_path / "toy.yaml").write_text(text)
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION)
+    with pytest.raises(LoadError) as caught:
+        load_library([tmp_path / "toy.yaml"], rules)
+    assert "toy.yaml:5:" in str(caught.value)
+    assert "declare it at every use (missing: states.healthy.hazards[1].rate_per_year.male[0])" in str(caught.value)
+    both = DECLARATION.replace(
+        '["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]',
+        '["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]",'
+        ' "states.healthy.hazards[1].rate_per_year.male[0]", "states.healthy.hazards[1].rate_per_year.female[0]"]',
+    )
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(both)
+    with pytest.raises(LoadError) as caught:
+        load_library([tmp_path / "toy.yaml"], rules)
+    assert "parameters.young" not in str(caught.value) and "parameters.old.paths[0]" in str(caught.value)
 
 
 def test_calibrate_command_names_an_undeclared_module() -> None:
