@@ -440,12 +440,8 @@ class Free:
         factor = math.exp(x)
         for parts, base in zip(self.paths, self.base, strict=True):
             yield parts, [b * factor for b in base] if self.parameter.scale is not None else [factor] * len(base)
-        if self.parameter.scale is None:
-            for parts in self.complements:
-                yield parts, [1.0 - factor]
-        else:
-            for parts, base in zip(self.complements, self.base, strict=True):
-                yield parts, [1.0 - base[0] * factor]
+        for i, parts in enumerate(self.complements):  # a scale parameter's complements pair with its paths
+            yield parts, [1.0 - (factor if self.parameter.scale is None else self.base[i][0] * factor)]
 
 
 @dataclass
