@@ -226,7 +226,12 @@ def test_a_fitted_value_of_the_wrong_shape_is_an_error(rules: Path) -> None:
         load_library([DATA / "calibration" / "toy.yaml"], rules)
 
 
-ALIAS_USE = "      - {to: onset, rate_per_year: *rate, source: assumed}\n"  # a second hazard reusing &rate
+def _write_toy_with_alias(directory: Path) -> None:
+    """toy.yaml with a second hazard that reuses the first one's rates through a YAML alias (&rate, *rate)."""
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
+    alias = "      - {to: onset, rate_per_year: *rate, source: assumed}\n"
+    (directory / "toy.yaml").write_text(text.replace("        source: assumed\n", "        source: assumed\n" + alias))
 
 
 def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, tmp_path: Path) -> None:
@@ -234,10 +239,7 @@ def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, t
     tree, so a fitted number written at one use leaves the other at the module file's number, and that
     number (not the fitted one) is what the refit's bounds multiply. The shared node once made the last
     value written win at every alias and recorded the first one as the module's number."""
-    text = (DATA / "calibration" / "toy.yaml").read_text()
-    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
-    text = text.replace("        source: assumed\n", "        source: assumed\n" + ALIAS_USE)
-    (tmp_path / "toy.yaml").write_text(text)
+    _write_toy_with_alias(tmp_path)
     path = "states.healthy.hazards[0].rate_per_year.male[0]"
     _write_fitted_file(rules, {path: 0.02})
     library = load_library([tmp_path / "toy.yaml"], rules)
@@ -250,10 +252,7 @@ def test_a_fitted_value_at_a_yaml_alias_changes_only_its_own_path(rules: Path, t
 def test_a_declared_path_at_one_use_of_a_yaml_alias_is_an_error(rules: Path, tmp_path: Path) -> None:
     """Fitting one use of a reused node would leave its other uses at the module file's number (the
     fitted CKD progression hazard once applied to the first of its six uses only)."""
-    text = (DATA / "calibration" / "toy.yaml").read_text()
-    text = text.replace("rate_per_year: {ages", "rate_per_year: &rate {ages")
-    text = text.replace("        source: assumed\n", "        source: assumed\n" + ALIAS_USE)
-    (tmp_path / "toy.yaml").write_text(text)
+    _write_toy_with_alias(tmp_path)
     (rules / "targets" / "calibration").mkdir()
     (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION)
     with pytest.raises(LoadError) as caught:
