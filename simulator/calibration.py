@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import io
 import math
 import re
 import time
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from simulator.files import write_all
 from simulator.loading import LoadError, Located, Problem, format_path, parse_yaml, validate
 from simulator.schema import DiseaseModule
 from simulator.targets import Z95, Comparison, TargetSet, Vocabulary, compare, needs_of
@@ -725,9 +727,9 @@ def _probability(value: float) -> float:
 
 
 def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:
-    """One <module>.fitted.yaml per module of the fit, beside its declaration."""
+    """One <module>.fitted.yaml per module of the fit, beside its declaration (all of them or none)."""
     declared = library.calibration
-    written = []
+    texts: dict[Path, str] = {}
     when = datetime.now(UTC).isoformat(timespec="seconds")
     ids = [c.target.id for c in result.after]
     for module in result.modules:
@@ -745,15 +747,14 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
             "values": result.values[module],
             "module_data_sha256": library.data_sha256[module],
         }
-        path = d.path.with_name(f"{module}{FITTED_SUFFIX}")
         yaml = YAML()
         yaml.default_flow_style = False
         yaml.width = 200
-        with path.open("w", encoding="utf-8") as handle:
-            handle.write(
-                f"# Fitted by `ehrsim calibrate` ({when}); applied by load_library over {module}'s module file.\n"
-                f"# loss = sum of squared standardized errors over the targets (simulator/calibration.py).\n"
-            )
-            yaml.dump(document, handle)
-        written.append(path)
-    return written
+        text = io.StringIO()
+        text.write(
+            f"# Fitted by `ehrsim calibrate` ({when}); applied by load_library over {module}'s module file.\n"
+            f"# loss = sum of squared standardized errors over the targets (simulator/calibration.py).\n"
+        )
+        yaml.dump(document, text)
+        texts[d.path.with_name(f"{module}{FITTED_SUFFIX}")] = text.getvalue()
+    return write_all(texts)

@@ -42,6 +42,12 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _fail_writing(exc: OSError, where: str) -> None:
+    """Report a file that could not be written (a full disk, an unwritable directory), without a traceback."""
+    place = exc.filename or where
+    _fail(OSError(f"{place}: {exc.strerror or exc} (the run stopped; nothing was left half-written)"))
+
+
 @app.command()
 def generate(
     patients: Annotated[int, typer.Option("--patients", "-n", help="Number of patients.")] = 1000,
@@ -87,8 +93,7 @@ def generate(
         _fail(exc)
         return
     except OSError as exc:  # a full disk, an unwritable --out, an unreadable table: partial output is removed
-        where = exc.filename or f"{output}/"
-        _fail(OSError(f"{where}: {exc.strerror or exc} (the run stopped; nothing was left half-written)"))
+        _fail_writing(exc, f"{output}/")
         return
     counts = population.manifest["counts"]
     timings = population.manifest["timings_s"]
@@ -208,7 +213,11 @@ def validate(
         _fail(exc)
         return
     directory = output or (run / "validation" if run is not None else Path("validation"))
-    files = write_report(result, directory)
+    try:
+        files = write_report(result, directory)
+    except OSError as exc:
+        _fail_writing(exc, f"{directory}/")
+        return
     s = summary(result)
     failed = len(s["failed_primary"])
     out.print(f"{s['passed_primary']} of {s['compared_primary']} primary targets pass; {failed} fail")
@@ -288,7 +297,12 @@ def calibrate(
         if dry_run or result.loss_after >= result.loss_before:
             out.print("nothing written" + ("" if dry_run else ": the fit did not improve the loss"))
             continue
-        for path in write_fitted(result, library, patients, seed):
+        try:
+            written = write_fitted(result, library, patients, seed)
+        except OSError as exc:
+            _fail_writing(exc, "rules/targets/calibration/")
+            return
+        for path in written:
             out.print(f"wrote {path}")
         try:
             library = load_library()  # the next group is fitted in the ensemble with these values
@@ -312,7 +326,11 @@ def _calibrate_mortality(patients: int, seed: int, dry_run: bool) -> None:
         out.print("nothing written")
         return
     path = library.rules_dir / library.mortality.background_share  # type: ignore[operator]
-    write_shares(fit, library, path)
+    try:
+        write_shares(fit, library, path)
+    except OSError as exc:
+        _fail_writing(exc, str(path))
+        return
     out.print(f"wrote {path}")
 
 

@@ -14,6 +14,7 @@ produced (the modules' death rates hardly depend on it, so two passes settle it)
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import pandas as pd
 from ruamel.yaml import YAML
 
 from simulator import kernel
+from simulator.files import write_all
 from simulator.library import Library
 from simulator.population import annual_rates, build_people_tables, reference_date_of
 from simulator.run import RunConfig, Simulator
@@ -129,8 +131,7 @@ def fit_background_mortality(
 
 
 def write_shares(fit: MortalityFit, library: Library, path: Path) -> None:
-    """Write the fitted share with what it was fitted for (written whole under a temporary name,
-    then renamed)."""
+    """Write the fitted share with what it was fitted for (whole or not at all)."""
     document = {
         "fitted": date.today().isoformat(),
         "lives": fit.lives,
@@ -148,8 +149,7 @@ def write_shares(fit: MortalityFit, library: Library, path: Path) -> None:
         "# table expects from a simulated birth cohort's person-years, floored at 0.05. It applies only\n"
         "# to a library with exactly these modules; refit it when a module's mortality changes.\n"
     )
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w") as handle:
-        handle.write(header)
-        YAML().dump(document, handle)
-    partial.replace(path)
+    text = io.StringIO(header)
+    text.seek(0, io.SEEK_END)
+    YAML().dump(document, text)
+    write_all({path: text.getvalue()})

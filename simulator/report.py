@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.files import write_all
 from simulator.targets import OPEN_AGE, RELATIVE_TOLERANCE, Comparison, Target
 from simulator.validation import Validation
 
@@ -243,16 +244,15 @@ def page(v: Validation) -> str:
 
 
 def write_report(v: Validation, directory: Path) -> list[Path]:
-    """report.json, report.md and report.html in `directory`."""
+    """report.json, report.md and report.html in `directory` (all three or none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     directory.mkdir(parents=True, exist_ok=True)
-    files = {
-        "report.json": json.dumps(report_data(v), indent=2, default=str),
-        "report.md": markdown(v),
-        "report.html": page(v),
-    }
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return [directory / name for name in files]
+    return write_all(
+        {
+            directory / "report.json": json.dumps(report_data(v), indent=2, default=str),
+            directory / "report.md": markdown(v),
+            directory / "report.html": page(v),
+        }
+    )

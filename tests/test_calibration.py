@@ -4,6 +4,7 @@ load_library applies, and reports bad declarations with file:line."""
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import shutil
 from pathlib import Path
@@ -96,7 +97,7 @@ def _write_fitted_file(rules: Path, values: dict[str, float]) -> None:
     )
 
 
-def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
+def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_targets(rules / "targets", _truth(rules))
     start = tmp_path / "modules"
     start.mkdir()
@@ -119,6 +120,15 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path) -> None:
     assert young == pytest.approx(TRUE_RATES[0], rel=0.25)
     assert old == pytest.approx(TRUE_RATES[1], rel=0.25)
 
+    def full_disk(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "write_text", full_disk)
+        with pytest.raises(OSError, match="No space left") as caught:
+            write_fitted(result, library, 2500, 7)
+    assert caught.value.filename == str(rules / "targets" / "calibration" / "toy.fitted.yaml")
+    assert sorted(p.name for p in (rules / "targets" / "calibration").iterdir()) == ["toy.yaml"]  # no partial
     written = write_fitted(result, library, 2500, 7)
     assert [p.name for p in written] == ["toy.fitted.yaml"]
     reloaded = load_library(start, rules).module("toy").states["healthy"].hazards[0].rate_per_year
