@@ -30,8 +30,9 @@ CARDIOVASCULAR_DEATHS = {MI, CHD, HF, STROKE}
 
 @pytest.fixture(scope="session")
 def cardio_population() -> simulator.Population:
-    """A cohort large enough for a few hundred infarctions and strokes (the shared one has about 100)."""
-    return simulator.generate(patients=8000, seed=21, chunk_size=4000)
+    """A cohort large enough for a few hundred infarctions and strokes (the shared one has about 100), and
+    for at least 8 first strokes with atrial fibrillation at 55-90 (about 12 here; 7 at 8,000 patients)."""
+    return simulator.generate(patients=12000, seed=21, chunk_size=4000)
 
 
 def first_time(events: pd.DataFrame, kind: str, codes: set[str]) -> pd.Series:
