@@ -732,6 +732,9 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
     texts: dict[Path, str] = {}
     when = datetime.now(UTC).isoformat(timespec="seconds")
     ids = [c.target.id for c in result.after]
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.width = 200
     for module in result.modules:
         d = declared[module]
         mine = [i for i in ids if i in d.target_ids]
@@ -747,9 +750,6 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
             "values": result.values[module],
             "module_data_sha256": library.data_sha256[module],
         }
-        yaml = YAML()
-        yaml.default_flow_style = False
-        yaml.width = 200
         text = io.StringIO()
         text.write(
             f"# Fitted by `ehrsim calibrate` ({when}); applied by load_library over {module}'s module file.\n"

@@ -259,7 +259,7 @@ def calibrate(
 ) -> None:
     """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves.
     Then fit the background mortality so that all-cause mortality stays that of the life tables."""
-    from simulator.calibration import fit, fit_groups, write_fitted
+    from simulator.calibration import CALIBRATION_DIR, fit, fit_groups, write_fitted
     from simulator.loading import suggest
     from simulator.validation import default_targets
 
@@ -300,7 +300,7 @@ def calibrate(
         try:
             written = write_fitted(result, library, patients, seed)
         except OSError as exc:
-            _fail_writing(exc, "rules/targets/calibration/")
+            _fail_writing(exc, f"{library.rules_dir / CALIBRATION_DIR}/")
             return
         for path in written:
             out.print(f"wrote {path}")

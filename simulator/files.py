@@ -12,18 +12,15 @@ def write_all(texts: dict[Path, str]) -> list[Path]:
     raised with the target's name). The replacements are renames within one directory, which do not fail
     for lack of space."""
     partials = {path: path.with_name(f".{path.name}.partial") for path in texts}
-    try:
-        for path, text in texts.items():
-            try:
-                partials[path].write_text(text, encoding="utf-8")
-            except OSError as exc:
-                exc.filename = str(path)
-                raise
-    except OSError:
-        for partial in partials.values():
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-        raise
+    for path, text in texts.items():
+        try:
+            partials[path].write_text(text, encoding="utf-8")
+        except OSError as exc:
+            for partial in partials.values():
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+            exc.filename = str(path)
+            raise
     for path, partial in partials.items():
         partial.replace(path)
     return list(texts)

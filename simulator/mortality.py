@@ -149,7 +149,7 @@ def write_shares(fit: MortalityFit, library: Library, path: Path) -> None:
         "# table expects from a simulated birth cohort's person-years, floored at 0.05. It applies only\n"
         "# to a library with exactly these modules; refit it when a module's mortality changes.\n"
     )
-    text = io.StringIO(header)
-    text.seek(0, io.SEEK_END)
+    text = io.StringIO()
+    text.write(header)
     YAML().dump(document, text)
     write_all({path: text.getvalue()})
