@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import simulator
+from simulator.validation import validate_generated
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T2D = "44054006"
@@ -147,6 +148,19 @@ def test_hypertension_awareness_treatment_and_control(shipped_population: simula
     bands = pd.cut(hypertensive.age, [18, 40, 60, 200], right=False)
     aware_by_age = hypertensive.aware.groupby(bands, observed=True).mean().to_numpy()
     assert (abs(aware_by_age - [0.272, 0.567, 0.737]) < 0.12).all(), aware_by_age
+
+
+def test_hypertension_control_by_sex_follows_nhanes() -> None:
+    """fryar2024: at 40-59, 23.2% of women with hypertension are controlled (< 130/80) against 13.6% of men. The
+    drug effect and the yearly rise of the BP excess are drawn by sex (hypertension.yaml) and fitted to these
+    rows; women stay ahead of men, and each sex within 25% of its row (the shipped fit misses both rows' 10%
+    on cohorts other than its own: README, Known limitations). One kernel-only cohort of 30,000 (about 1,800
+    women and 2,100 men with hypertension at 40-59; one standard error about 1 point)."""
+    rows = {c.target.id: c for c in validate_generated(patients=30_000, seed=7, lifetime_patients=0).comparisons}
+    women, men = rows["hypertension_controlled/40-59/F/2021"], rows["hypertension_controlled/40-59/M/2021"]
+    assert women.simulated - men.simulated > 0.02, (women.simulated, men.simulated)
+    for row in (women, men):
+        assert abs(row.simulated / row.target.value - 1) < 0.25, (row.target.id, row.simulated)
 
 
 def test_hypertension_condition_about_as_common_as_its_definition(shipped_population: simulator.Population) -> None:
