@@ -1,11 +1,12 @@
 """Free parameters of modules, fitted to the targets with the kernel alone under common random numbers.
 
 A declaration, rules/targets/calibration/<module>.yaml, names the module's free parameters (paths into
-the module file, a multiplier `scale` or an absolute `value`, with bounds) and the targets they answer
-to (patterns over target ids). `ehrsim calibrate` fits them with scipy.optimize.least_squares on
-standardized errors and writes <module>.fitted.yaml beside the declaration: the fitted numbers by
-path, with the targets, the loss before and after and the date. load_library applies fitted files
-while loading, so the fitted values ship as data and the module files keep their sourced values.
+the module file, a multiplier `scale` or an absolute `value`, with bounds; a multiplier `over` another
+parameter scales the number that one sets) and the targets they answer to (patterns over target
+ids). `ehrsim calibrate` fits them with scipy.optimize.least_squares on standardized errors and writes
+<module>.fitted.yaml beside the declaration: the fitted numbers by path, with the targets, the loss
+before and after and the date. load_library applies fitted files while loading, so the fitted values
+ship as data and the module files keep their sourced values.
 
 Modules whose guards read another module's conditions, attributes, medications or observables,
 or whose attributes shift another module's observables, depend on it; declared modules that depend
@@ -15,6 +16,8 @@ out makes the asthma fit five times cheaper. A parameter may name the targets it
 (default: its declaration's): the first, finite-difference Jacobian takes it as zero elsewhere and
 steps parameters that move disjoint targets in one simulation; later steps update that Jacobian
 from the step taken (sparse Broyden, the same zeros), so a step after the first costs one simulation.
+The optimizer works in units of each parameter's difference step, so that its first trust region is
+about as wide as the steps the Jacobian was differenced over.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,12 +63,15 @@ class _Strict(BaseModel):
 class Parameter(_Strict):
     """`scale`: bounds of a multiplier of every number at `paths`; `value`: bounds of the number set at
     `paths`. `complement`: the other branch of a two-way choice, set to 1 - the number at `paths` (with
-    `scale`, one complement per path, in the same order)."""
+    `scale`, one complement per path, in the same order). `over`: a scale parameter multiplies the number
+    that the named parameter (declared before it) sets at its first path, not the module file's own, so
+    that one number stays at least (bounds from 1) or at most another, e.g. a mean that rises with age."""
 
     paths: list[str] = Field(min_length=1)
     scale: tuple[float, float] | None = None
     value: tuple[float, float] | None = None
     complement: list[str] = []
+    over: str | None = None
     targets: list[str] = []  # patterns of the targets it moves (its Jacobian rows); []: the declaration's
     source: str = ""
 
@@ -78,6 +84,8 @@ class Parameter(_Strict):
             raise ValueError(f"bounds must satisfy 0 < low < high (got [{lo:g}, {hi:g}])")
         if self.complement and self.scale is not None and len(self.complement) != len(self.paths):
             raise ValueError("a scale parameter needs one complement per path")
+        if self.over is not None and (self.scale is None or self.complement):
+            raise ValueError("'over' needs a scale parameter without complements")
         return self
 
     @property
@@ -278,6 +286,26 @@ def _alias_problems(
     return problems
 
 
+def _over_problems(
+    module_doc: Located, doc: Located, declaration: Declaration, paths: dict[str, tuple[PathParts | None, ...]],
+    name: str,
+) -> list[Problem]:  # fmt: skip
+    """`over` names a parameter declared before this one, whose first path holds as many numbers as each
+    of this one's paths (they are set to those numbers times the factor)."""
+    over = declaration.parameters[name].over
+    before = list(declaration.parameters)[: list(declaration.parameters).index(name)]
+    at = ("parameters", name, "over")
+    if over not in before:
+        return [doc.problem(at, f"'over' must name a parameter declared before '{name}' (got '{over}')")]
+    reference = paths[over][0]
+    if reference is None:
+        return []
+    size = len(_numbers(_lookup(module_doc.data, reference)) or [])
+    if any(p is not None and len(_numbers(_lookup(module_doc.data, p)) or []) != size for p in paths[name]):
+        return [doc.problem(at, f"each path must hold as many numbers as the first path of '{over}'")]
+    return []
+
+
 def load_declarations(library: Library, targets: TargetSet, display: Callable[[Path], str]) -> dict[str, Declared]:
     """The declarations of the loaded modules, checked against the modules and the targets."""
     directory = calibration_dir(library.rules_dir)
@@ -307,6 +335,8 @@ def load_declarations(library: Library, targets: TargetSet, display: Callable[[P
                     parsed.append(parts)
                 table[name] = tuple(parsed)
             problems += _bound_problems(library, declaration.module, doc, name, parameter, paths[name])
+            if parameter.over is not None:
+                problems += _over_problems(module_doc, doc, declaration, paths, name)
         problems += _alias_problems(module_doc, doc, paths, complements)
         matched: list[str] = []
         for i, pattern in enumerate(declaration.targets):
@@ -437,13 +467,26 @@ class Free:
         lo, hi = self.parameter.bounds
         return math.log(lo), math.log(hi)
 
-    def numbers(self, x: float) -> Iterator[tuple[PathParts, list[float]]]:
-        """(path, numbers to write there) for this parameter at x."""
+    def numbers(self, x: float, over: list[float] | None = None) -> Iterator[tuple[PathParts, list[float]]]:
+        """(path, numbers to write there) for this parameter at x; `over`: for a parameter declared `over`
+        another, the numbers that one sets at its first path (see `assignments`)."""
         factor = math.exp(x)
-        for parts, base in zip(self.paths, self.base, strict=True):
+        bases = self.base if over is None else tuple(over for _ in self.paths)
+        for parts, base in zip(self.paths, bases, strict=True):
             yield parts, [b * factor for b in base] if self.parameter.scale is not None else [factor] * len(base)
         for i, parts in enumerate(self.complements):  # a scale parameter's complements pair with its paths
             yield parts, [1.0 - (factor if self.parameter.scale is None else self.base[i][0] * factor)]
+
+
+def assignments(free: list[Free], x: Iterable[float]) -> Iterator[tuple[Free, PathParts, list[float]]]:
+    """(parameter, path, numbers) of every free parameter at x, in declared order, so that a parameter
+    `over` another scales the numbers just set at that one's first path."""
+    first: dict[tuple[str, str], list[float]] = {}
+    for f, xi in zip(free, x, strict=True):
+        over = first[(f.module, f.parameter.over)] if f.parameter.over else None
+        for parts, numbers in f.numbers(float(xi), over):
+            first.setdefault((f.module, f.name), numbers)
+            yield f, parts, numbers
 
 
 @dataclass
@@ -505,9 +548,8 @@ class Objective:
 
     def library_at(self, x: np.ndarray) -> Library:
         """The library with the parameters at x (module documents re-validated; the originals restored)."""
-        for f, xi in zip(self.free, x, strict=True):
-            for parts, numbers in f.numbers(float(xi)):
-                _assign(self.documents[f.module].data, parts, numbers)
+        for f, parts, numbers in assignments(self.free, x):
+            _assign(self.documents[f.module].data, parts, numbers)
         try:
             modules = tuple(
                 validate(self.documents[m.name], DiseaseModule) if m.name in self.documents else m
@@ -519,9 +561,8 @@ class Objective:
 
     def restore(self) -> None:
         """Put the numbers the fit started from back into the module documents."""
-        for f in self.free:
-            for parts, numbers in f.numbers(f.start):
-                _assign(self.documents[f.module].data, parts, numbers)
+        for f, parts, numbers in assignments(self.free, [f.start for f in self.free]):
+            _assign(self.documents[f.module].data, parts, numbers)
 
     def comparisons(self, x: np.ndarray) -> list[Comparison]:
         """The targets simulated at x (cached: the optimizer asks for the same point more than once)."""
@@ -559,6 +600,8 @@ def free_parameters(library: Library, declared: dict[str, Declared], modules: li
             base = tuple(sourced.get(format_path(p), now) for p, now in zip(paths, current, strict=True))
             if parameter.scale is None:
                 start = math.log(current[0][0])
+            elif parameter.over is not None:
+                start = math.log(current[0][0] / _numbers(_lookup(doc.data, d.paths[parameter.over][0]))[0])  # type: ignore[index]
             else:
                 start = math.log(current[0][0] / base[0][0]) if base[0][0] else 0.0
             free.append(Free(module, name, parameter, paths, d.complements[name], base, d.moves[name], start))  # type: ignore[arg-type]
@@ -619,10 +662,15 @@ def fit(
         ids += [i for i in declared[module].target_ids if i not in ids]
     objective = Objective(library, targets, free, ids, patients, seed)
     names = [f"{f.module}.{f.name}" for f in free]
-    x0 = np.array([f.start for f in free])
     lo = np.array([f.log_bounds[0] for f in free])
     hi = np.array([f.log_bounds[1] for f in free])
-    x0 = np.clip(x0, lo, hi)
+    # The difference step of each parameter: an eighth of its bounds' width where that is narrower
+    # than LOG_STEP (a 16% step of a blood-pressure norm is 19 mmHg, far outside the linear range).
+    size = np.minimum(LOG_STEP, (hi - lo) / 8)
+    # A start on a bound moves half a step inside: scipy sizes its first trust region by the start's
+    # distance from the bounds, and one on a bound gave a region of 1e-5 steps, too small to change anyone.
+    start = np.clip(np.array([f.start for f in free]), lo, hi)
+    x0 = np.clip(start, lo + size / 2, hi - size / 2)
     n = len(objective.index)
     report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients")
     report(f"  simulating {', '.join(m.name for m in objective.library.modules)}")
@@ -641,19 +689,25 @@ def fit(
     steps_taken = 0
     last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, residuals, Jacobian) of the last call
 
-    def fun(x: np.ndarray) -> np.ndarray:
+    def at(u: np.ndarray) -> np.ndarray:
+        """The optimizer works in difference steps from the start, u = (x - x0) / size: scipy's first
+        trust region is then one step wide (from x itself it would be |x0|, several e-folds, and the first
+        steps overshoot a Jacobian that is linear only about one step far)."""
+        return np.clip(x0 + u * size, lo, hi)
+
+    def fun(u: np.ndarray) -> np.ndarray:
         nonlocal steps_taken
         steps_taken += 1
-        return traced(x)
+        return traced(at(u))
 
-    def jacobian(x: np.ndarray) -> np.ndarray:
+    def jacobian(u: np.ndarray) -> np.ndarray:
         """Forward differences with a fixed step in log space (a step that resolves a change in a
-        finite cohort; scipy's default relative step vanishes at x = 0), at most half the bounds' width,
-        away from the nearer bound.
+        finite cohort; scipy's default relative step vanishes at x = 0), away from the nearer bound.
         Parameters that move disjoint targets are stepped together (one simulation per group).
         After the first, a Broyden update instead (`broyden`). After the last evaluation allowed,
         scipy stops without using the Jacobian: none is simulated."""
         nonlocal last
+        x = at(u)
         r0 = traced(x)
         if steps_taken >= max_iterations:
             return np.zeros((len(r0), len(x)))
@@ -661,7 +715,6 @@ def fit(
             x_last, r_last, jac_last = last
             jac = sparse_broyden(jac_last, x - x_last, r0 - r_last, rows)
         else:
-            size = np.minimum(LOG_STEP, (hi - lo) / 2)  # narrow bounds: the step stays inside them
             steps = np.where(x + size <= hi, size, -size)
             jac = np.zeros((len(r0), len(x)))
             for group in groups:
@@ -671,24 +724,26 @@ def fit(
                 for j in group:
                     jac[rows[:, j], j] = change[rows[:, j]] / steps[j]
         last = (x.copy(), r0, jac)
-        return jac
+        return jac * size
 
-    before = objective.comparisons(x0)
+    before = objective.comparisons(start)
     solution = least_squares(
-        fun, x0, jac=jacobian, bounds=(lo, hi), max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0
-    )
-    after = objective.comparisons(solution.x)
+        fun, np.zeros(len(x0)), jac=jacobian, bounds=((lo - x0) / size, (hi - x0) / size),
+        max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0,
+    )  # fmt: skip
+    x_fit = at(solution.x)
+    after = objective.comparisons(x_fit)
     loss = [float(sum(residual(c) ** 2 for c in cs)) for cs in (before, after)]
     values: dict[str, dict[str, float | list[float]]] = {m: {} for m in modules}
     parameters: dict[str, dict[str, float]] = {m: {} for m in modules}
-    for f, xi in zip(free, solution.x, strict=True):
+    for f, xi in zip(free, x_fit, strict=True):
         parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
-        for parts, numbers in f.numbers(float(xi)):
-            is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
-            digits = _digits if f.parameter.scale is not None and not f.complements else _probability
-            values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
+    for f, parts, numbers in assignments(free, x_fit):
+        is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
+        digits = _digits if f.parameter.scale is not None and not f.complements else _probability
+        values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
     return FitResult(
-        modules, names, solution.x, before, after, loss[0], loss[1], objective.evaluations,
+        modules, names, x_fit, before, after, loss[0], loss[1], objective.evaluations,
         time.perf_counter() - started, values, parameters,
     )  # fmt: skip
 

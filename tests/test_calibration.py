@@ -14,13 +14,16 @@ import pytest
 from conftest import DATA, REPO
 
 from simulator.calibration import (
+    LOG_STEP,
     Free,
     Parameter,
+    assignments,
     column_groups,
     ensemble_for,
     fit,
     fit_groups,
     fits_outside_bounds,
+    free_parameters,
     sparse_broyden,
     stale_fits,
     write_fitted,
@@ -47,6 +50,9 @@ parameters:
     scale: [0.1, 10.0]
     targets: ["toy_prevalence/50-64", "toy_prevalence/65-120"]
 """
+
+
+OLD_SCALE = 'scale: [0.1, 10.0]\n    targets: ["toy_prevalence/50'  # the bounds of the parameter `old`
 
 
 def _write_targets(directory: Path, values: dict[tuple[int, int], float]) -> None:
@@ -143,7 +149,7 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path, monkeypat
 
 
 def test_the_jacobian_is_differenced_inside_narrow_bounds(rules: Path, tmp_path: Path) -> None:
-    """A parameter whose bounds are narrower than the log step is stepped by half their width, inward."""
+    """A parameter whose bounds are narrower than the log step is stepped by an eighth of their width, inward."""
     _write_targets(rules / "targets", {band: 0.3 for band in BANDS})
     (rules / "targets" / "calibration").mkdir()
     narrow = DECLARATION.replace("scale: [0.1, 10.0]", "scale: [0.97, 1.03]", 1)
@@ -156,6 +162,27 @@ def test_the_jacobian_is_differenced_inside_narrow_bounds(rules: Path, tmp_path:
     assert len(evaluated) >= 2 and evaluated[0] == pytest.approx(1.0)
     assert all(0.97 - 1e-9 <= value <= 1.03 + 1e-9 for value in evaluated), evaluated
     assert any(value != pytest.approx(1.0) for value in evaluated)  # the step was taken, not skipped
+
+
+def test_a_start_on_a_bound_still_takes_a_full_first_step(rules: Path, tmp_path: Path) -> None:
+    """A parameter that starts on its bound moves half a difference step inside, and the first step after
+    the Jacobian is about one difference step, not the 1e-5 of one that scipy sizes from a start on a bound
+    (a step too small to change anyone in a fixed cohort, so a refit never moved)."""
+    _write_targets(rules / "targets", _truth(rules))
+    start = tmp_path / "modules"
+    start.mkdir()
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.004, 0.030]"))
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION.replace("[0.1, 10.0]", "[1.0, 4.0]", 1))
+    library = load_library(start, rules)
+    lines: list[str] = []
+    fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=2500, seed=7,
+        max_iterations=3, report=lines.append)  # fmt: skip
+    young = [float(line.split()[2]) for line in lines if line.split()[0].isdigit()]
+    size = min(LOG_STEP, math.log(4.0) / 8)
+    assert young[0] == pytest.approx(math.exp(size / 2), rel=1e-3)  # half a step inside the lower bound x1 (as printed)
+    assert math.log(young[-1] / young[0]) > size / 2  # the step after the Jacobian: towards x2.5, not 1e-5
 
 
 def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_path: Path) -> None:
@@ -181,6 +208,32 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
     assert 0.8 - 1e-9 <= result.parameters["toy"]["young"] <= 1.25 + 1e-9  # a multiplier of the file's number
 
 
+def test_a_parameter_over_another_recovers_their_ratio(rules: Path, tmp_path: Path) -> None:
+    """`over`: the older band's rate is fitted as a multiple of the younger band's (bounds from x1: it never
+    falls below it), and the fit recovers the true ratio (x3) from a start of x1.5."""
+    _write_targets(rules / "targets", _truth(rules))
+    start = tmp_path / "modules"
+    start.mkdir()
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.006, 0.009]"))
+    (rules / "targets" / "calibration").mkdir()
+    over = DECLARATION.replace(OLD_SCALE, 'over: young\n    scale: [1.0, 6.0]\n    targets: ["toy_prevalence/50')
+    assert "over: young" in over
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(over)
+    library = load_library(start, rules)
+    free = free_parameters(library, library.calibration, ["toy"])
+    assert [round(math.exp(f.start), 6) for f in free] == [1.0, 1.5]  # old starts at 0.009 / 0.006
+    numbers = {parts[-1]: value for _, parts, value in assignments(free, [math.log(2.0), math.log(3.0)])}
+    assert numbers[0] == pytest.approx([0.012]) and numbers[1] == pytest.approx([0.036])  # 3 x the young's 0.012
+    result = fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=2500, seed=7,
+                 report=lambda line: None)  # fmt: skip
+    young = result.values["toy"]["states.healthy.hazards[0].rate_per_year.male[0]"]
+    old = result.values["toy"]["states.healthy.hazards[0].rate_per_year.male[1]"]
+    assert result.parameters["toy"]["old"] == pytest.approx(old / young, rel=1e-4)
+    assert young == pytest.approx(TRUE_RATES[0], rel=0.25)
+    assert old / young == pytest.approx(TRUE_RATES[1] / TRUE_RATES[0], rel=0.25)
+
+
 OTHER = '"states.healthy.hazards[0].rate_per_year.male[1]"'
 
 
@@ -193,6 +246,14 @@ OTHER = '"states.healthy.hazards[0].rate_per_year.male[1]"'
         (("scale: [0.1, 10.0]\n    targets", "scale: [0.1, 10.0]\n    value: [0.1, 0.9]\n    targets"), "exactly one"),
         (("scale: [0.1, 10.0]\n    targets", "scale: [3, 1]\n    targets"), "bounds must satisfy 0 < low < high"),
         (('"toy_prevalence/50-64", "toy_prevalence/65-120"', '"other/*"'), "match none of the declaration's targets"),
+        (
+            (OLD_SCALE, OLD_SCALE.replace("scale", "over: elderly\n    scale")),
+            "'over' must name a parameter declared before 'old' (got 'elderly')",
+        ),
+        (
+            (OLD_SCALE, OLD_SCALE.replace("scale: [0.1, 10.0]", "over: young\n    value: [0.1, 0.5]")),
+            "'over' needs a scale parameter without complements",
+        ),
         (
             ("scale: [0.1, 10.0]\n    targets", f"scale: [0.1, 10.0]\n    complement: [{OTHER}]\n    targets"),
             "one complement per path",

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 import simulator
-from simulator.calibration import fits_outside_bounds, free_parameters, load_fitted, stale_fits
+from simulator.calibration import assignments, fits_outside_bounds, free_parameters, load_fitted, stale_fits
 from simulator.library import load_library, module_files
 from simulator.loading import format_path
 from simulator.schema import CODE_SYSTEMS
@@ -38,11 +38,11 @@ def test_shipped_fits_record_the_multipliers_their_values_were_written_with() ->
     own numbers, as a fit writes them, so a reader of the file sees what the simulator uses."""
     library = load_library()
     for module, (fitted, _, _) in load_fitted(library.rules_dir, str).items():
-        for free in free_parameters(library, library.calibration, [module]):
-            for parts, expected in free.numbers(math.log(fitted.parameters[free.name])):
-                value = fitted.values[format_path(parts)]
-                written = value if isinstance(value, list) else [value]
-                assert written == pytest.approx(expected, rel=1e-5, abs=1e-6), (module, free.name, parts)  # as written
+        free = free_parameters(library, library.calibration, [module])
+        for f, parts, expected in assignments(free, [math.log(fitted.parameters[f.name]) for f in free]):
+            value = fitted.values[format_path(parts)]
+            written = value if isinstance(value, list) else [value]
+            assert written == pytest.approx(expected, rel=1e-5, abs=1e-6), (module, f.name, parts)  # as written
 
 
 def test_every_parameter_cites_a_source() -> None:
