@@ -94,6 +94,19 @@ def _truth(rules: Path) -> dict[tuple[int, int], float]:
     return {(t.age_lo, t.age_hi): compare(t, measure, cohort, vocabulary).simulated for t in targets.targets}
 
 
+def _toy_to_fit(rules: Path, tmp_path: Path, rates: str, declaration: str) -> Path:
+    """Targets simulated with the toy's true rates, the toy module with `rates` instead (its directory is
+    returned) and `declaration`."""
+    _write_targets(rules / "targets", _truth(rules))
+    start = tmp_path / "modules"
+    start.mkdir()
+    text = (DATA / "calibration" / "toy.yaml").read_text()
+    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", rates))
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(declaration)
+    return start
+
+
 def _write_fitted_file(rules: Path, values: dict[str, float]) -> None:
     """A hand-written toy.fitted.yaml whose `values` (path: number) start on line 10."""
     (rules / "targets" / "calibration").mkdir(exist_ok=True)
@@ -104,13 +117,7 @@ def _write_fitted_file(rules: Path, values: dict[str, float]) -> None:
 
 
 def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write_targets(rules / "targets", _truth(rules))
-    start = tmp_path / "modules"
-    start.mkdir()
-    text = (DATA / "calibration" / "toy.yaml").read_text()
-    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.004, 0.075]"))
-    (rules / "targets" / "calibration").mkdir()
-    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION)
+    start = _toy_to_fit(rules, tmp_path, "[0.004, 0.075]", DECLARATION)
     library = load_library(start, rules)
     assert fit_groups(library, list(library.calibration)) == [["toy"]]
     targets = load_targets(rules / "targets")
@@ -168,13 +175,7 @@ def test_a_start_on_a_bound_still_takes_a_full_first_step(rules: Path, tmp_path:
     """A parameter that starts on its bound moves half a difference step inside, and the first step after
     the Jacobian is about one difference step, not the 1e-5 of one that scipy sizes from a start on a bound
     (a step too small to change anyone in a fixed cohort, so a refit never moved)."""
-    _write_targets(rules / "targets", _truth(rules))
-    start = tmp_path / "modules"
-    start.mkdir()
-    text = (DATA / "calibration" / "toy.yaml").read_text()
-    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.004, 0.030]"))
-    (rules / "targets" / "calibration").mkdir()
-    (rules / "targets" / "calibration" / "toy.yaml").write_text(DECLARATION.replace("[0.1, 10.0]", "[1.0, 4.0]", 1))
+    start = _toy_to_fit(rules, tmp_path, "[0.004, 0.030]", DECLARATION.replace("[0.1, 10.0]", "[1.0, 4.0]", 1))
     library = load_library(start, rules)
     lines: list[str] = []
     fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=2500, seed=7,
@@ -211,16 +212,9 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
 def test_a_parameter_over_another_recovers_their_ratio(rules: Path, tmp_path: Path) -> None:
     """`over`: the older band's rate is fitted as a multiple of the younger band's (bounds from x1: it never
     falls below it), and the fit recovers the true ratio (x3) from a start of x1.5."""
-    _write_targets(rules / "targets", _truth(rules))
-    start = tmp_path / "modules"
-    start.mkdir()
-    text = (DATA / "calibration" / "toy.yaml").read_text()
-    (start / "toy.yaml").write_text(text.replace("[0.010, 0.030]", "[0.006, 0.009]"))
-    (rules / "targets" / "calibration").mkdir()
     over = DECLARATION.replace(OLD_SCALE, 'over: young\n    scale: [1.0, 6.0]\n    targets: ["toy_prevalence/50')
     assert "over: young" in over
-    (rules / "targets" / "calibration" / "toy.yaml").write_text(over)
-    library = load_library(start, rules)
+    library = load_library(_toy_to_fit(rules, tmp_path, "[0.006, 0.009]", over), rules)
     free = free_parameters(library, library.calibration, ["toy"])
     assert [round(math.exp(f.start), 6) for f in free] == [1.0, 1.5]  # old starts at 0.009 / 0.006
     numbers = {parts[-1]: value for _, parts, value in assignments(free, [math.log(2.0), math.log(3.0)])}
