@@ -11,6 +11,7 @@ from simulator.validation import validate_generated
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T2D = "44054006"
+PREDIABETES = "714628002"
 HTN = "38341003"
 NEPHROPATHY = "127013003"
 RETINOPATHY = "4855003"
@@ -227,6 +228,8 @@ def test_kidney_labs_follow_the_stage(shipped_population: simulator.Population) 
     [
         # cohort_targets.csv diabetes_total (CDC NDSR, NHANES 2017-2020), all diabetes types.
         (T2D, [(18, 45, 4.8), (45, 65, 18.9), (65, 200, 29.2)]),
+        # rules/targets prediabetes (CDC NDSR 2020, NHANES 2013-2016); 45-64 was 19% before it was fitted.
+        (PREDIABETES, [(18, 45, 24.3), (45, 65, 41.7), (65, 200, 46.6)]),
         # cohort_targets.csv hypertension_130_80 (NCHS Data Brief Oct 2024), as the module's condition.
         (HTN, [(18, 40, 23.4), (40, 60, 52.5), (60, 200, 71.6)]),
     ],
