@@ -353,6 +353,9 @@ def load_declarations(library: Library, targets: TargetSet, display: Callable[[P
                     at = ("parameters", name, "targets")
                     problems.append(doc.problem(at, "these patterns match none of the declaration's targets"))
                 moves[name] = tuple(hits)
+        for name, parameter in reversed(declaration.parameters.items()):  # a reference moves what its `over`s move
+            if parameter.over in moves:
+                moves[parameter.over] += tuple(i for i in moves[name] if i not in moves[parameter.over])
         out[declaration.module] = Declared(declaration, path, paths, complements, tuple(matched), moves)
     if problems:
         raise LoadError(problems)

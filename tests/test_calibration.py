@@ -215,6 +215,8 @@ def test_a_parameter_over_another_recovers_their_ratio(rules: Path, tmp_path: Pa
     over = DECLARATION.replace(OLD_SCALE, 'over: young\n    scale: [1.0, 6.0]\n    targets: ["toy_prevalence/50')
     assert "over: young" in over
     library = load_library(_toy_to_fit(rules, tmp_path, "[0.006, 0.009]", over), rules)
+    # young sets old's rates too, so it moves old's bands: the two are not differenced in one simulation
+    assert set(library.calibration["toy"].moves["young"]) == {f"toy_prevalence/{lo}-{hi}" for lo, hi in BANDS}
     free = free_parameters(library, library.calibration, ["toy"])
     assert [round(math.exp(f.start), 6) for f in free] == [1.0, 1.5]  # old starts at 0.009 / 0.006
     numbers = {parts[-1]: value for _, parts, value in assignments(free, [math.log(2.0), math.log(3.0)])}
