@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from datetime import date
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from simulator.schema import (
     AllGuard,
     AnyGuard,
     AttributeGuard,
+    CalendarGuard,
     Code,
     ConditionGuard,
     DiseaseModule,
@@ -54,11 +56,16 @@ X_TERMINAL, X_NEXT, X_BRANCHES, X_CASES, X_HAZARDS = 0, 1, 2, 3, 4
 D_EXACT, D_UNIFORM, D_NORMAL, D_EXPONENTIAL, D_LOGNORMAL, D_GAMMA = 0, 1, 2, 3, 4, 5
 # guard instructions
 G_AGE, G_SEX, G_RACE, G_ETHNICITY, G_ATTR, G_COND_ACTIVE, G_COND_DIAGNOSED = 0, 1, 2, 3, 4, 5, 6
-G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT = 7, 8, 9, 10, 11, 12
+G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT, G_BEFORE = 7, 8, 9, 10, 11, 12, 13
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 SEXES = ("M", "F")
 DAYS_PER_YEAR = 365.25
+EPOCH = date(1970, 1, 1)  # simulated time is float days since this date
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
+
+
+def days_since_epoch(day: date) -> float:
+    return float((day - EPOCH).days)
 
 
 class CompiledModel(NamedTuple):
@@ -282,6 +289,8 @@ class _Builder:
         elif isinstance(g, SinceGuard):
             state = self.state_index[(module.name, g.since)]
             self._inst(G_SINCE, state, g.op, g.value * DAYS_PER_UNIT[g.unit])
+        elif isinstance(g, CalendarGuard):
+            self._inst(G_BEFORE, f0=days_since_epoch(date(g.before_year, 1, 1)))
         else:  # pragma: no cover
             raise TypeError(type(g))
 

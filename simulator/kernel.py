@@ -401,6 +401,8 @@ def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float)
         elif op == c.G_OBS:
             latest = sc.obs_latest[i0]
             value = (not math.isnan(latest)) and compare(latest, cmp, f0)
+        elif op == c.G_BEFORE:
+            value = t < f0
         else:  # G_SINCE
             entered = sc.entered_t[i0]
             value = entered > -np.inf and compare(t - entered, cmp, f0)
@@ -412,7 +414,7 @@ def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float)
 @njit(cache=True, _nrt=False)
 def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
     """Earliest time after t at which a continuously changing operand of guard g crosses its
-    threshold (age, time since a state, a drifting attribute); inf if none."""
+    threshold (age, time since a state, a drifting attribute, a calendar date); inf if none."""
     best = np.inf
     for k in range(model.guard_start[g], model.guard_start[g] + model.guard_n[g]):
         op = model.ginst_op[k]
@@ -420,6 +422,8 @@ def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: flo
         at = np.inf
         if op == c.G_AGE:
             at = p.birth_t + f0 * c.DAYS_PER_YEAR
+        elif op == c.G_BEFORE:
+            at = f0
         elif op == c.G_SINCE:
             entered = sc.entered_t[model.ginst_i0[k]]
             if entered > -np.inf:

@@ -14,15 +14,11 @@ import numpy as np
 import pandas as pd
 
 from simulator import kernel
+from simulator.compiler import days_since_epoch
 from simulator.library import Library
 
-EPOCH = date(1970, 1, 1)
 NAME_LISTS = ("given_male", "given_female", "family", "street_number", "streets", "street_suffixes", "cities")
 MAX_STREET_NUMBER = 9999
-
-
-def days_since_epoch(day: date) -> float:
-    return float((day - EPOCH).days)
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,13 @@ import math
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from simulator import schema
-from simulator.compiler import module_stream
+from simulator.compiler import days_since_epoch, module_stream
 from simulator.kernel import EVENT_KINDS, STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.library import Library
 from simulator.population import People
@@ -370,16 +371,20 @@ class PatientRun:
         if isinstance(guard, schema.SinceGuard):
             entered = self.entered.get((module, guard.since))
             return entered is not None and COMPARE[guard.op](t - entered, guard.value * DAYS_PER_UNIT[guard.unit])
+        if isinstance(guard, schema.CalendarGuard):
+            return t < days_since_epoch(date(guard.before_year, 1, 1))
         raise TypeError(type(guard))
 
     def crossing(self, guard: object, module: str, t: float) -> float:
         """Earliest time after t when an operand of the guard that changes with time (age, time since
-        a state, a drifting attribute) crosses its threshold, plus EPS_DAYS; inf if none."""
+        a state, a drifting attribute, a calendar date) crosses its threshold, plus EPS_DAYS; inf if none."""
         best = INF
         for atom in atoms(guard):
             at = INF
             if isinstance(atom, schema.AgeGuard):
                 at = self.birth_t + atom.value * DAYS_PER_YEAR
+            elif isinstance(atom, schema.CalendarGuard):
+                at = days_since_epoch(date(atom.before_year, 1, 1))
             elif isinstance(atom, schema.SinceGuard) and (module, atom.since) in self.entered:
                 at = self.entered[(module, atom.since)] + atom.value * DAYS_PER_UNIT[atom.unit]
             elif isinstance(atom, schema.AttributeGuard):

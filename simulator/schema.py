@@ -163,6 +163,13 @@ class SinceGuard(Strict):
     unit: TimeUnit
 
 
+class CalendarGuard(Strict):
+    """True while the simulated date is before 1 January of `before_year`: a rate that changed in some
+    calendar year (a secular trend). `not` gives on or after that date."""
+
+    before_year: Annotated[int, Field(ge=1800, le=2200)]
+
+
 class AllGuard(Strict):
     all: list[Guard] = Field(min_length=1)
 
@@ -187,6 +194,7 @@ GUARD_KEYS: dict[str, str] = {
     "medication": "medication",
     "observation": "observation",
     "since": "since",
+    "before_year": "calendar",
     "all": "all",
     "any": "any",
     "not": "not",
@@ -214,6 +222,7 @@ Guard = Annotated[
     | Annotated[MedicationGuard, Tag("medication")]
     | Annotated[ObservationGuard, Tag("observation")]
     | Annotated[SinceGuard, Tag("since")]
+    | Annotated[CalendarGuard, Tag("calendar")]
     | Annotated[AllGuard, Tag("all")]
     | Annotated[AnyGuard, Tag("any")]
     | Annotated[NotGuard, Tag("not")],
@@ -233,6 +242,7 @@ _GUARD_TAG_BY_CLASS: dict[type, str] = {
     MedicationGuard: "medication",
     ObservationGuard: "observation",
     SinceGuard: "since",
+    CalendarGuard: "calendar",
     AllGuard: "all",
     AnyGuard: "any",
     NotGuard: "not",

@@ -12,6 +12,7 @@ import math
 import shutil
 from collections import Counter
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 from conftest import DATA, REPO
 
 from simulator import reference
+from simulator.compiler import days_since_epoch
 from simulator.kernel import EVENT_KINDS, K_ONSET
 from simulator.library import load_library
 from simulator.loading import LoadError
@@ -103,6 +105,12 @@ def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
 # --- the fixture library -------------------------------------------------------------------------
 
 
+CALENDAR_CROSSINGS = {  # the fixture's before_year guards: a hazard ratio (2000) and a waiting case (1995)
+    days_since_epoch(date(2000, 1, 1)) + reference.EPS_DAYS: "hazard re-drawn on a calendar date",
+    days_since_epoch(date(1995, 1, 1)) + reference.EPS_DAYS: "waiting cases decided on a calendar date",
+}
+
+
 class Recorder(reference.PatientRun):
     """The reference, counting the paths it takes into `seen` (set per cohort by a subclass)."""
 
@@ -122,12 +130,16 @@ class Recorder(reference.PatientRun):
             self.seen["waiting cases re-checked at a guard's crossing"] += 1  # woken by the main loop
         elif state.wait_for == "wellness":
             self.seen[f"join {self.index} {track.encounter}"] += 1
+        if track.waiting == "cases" and CALENDAR_CROSSINGS.get(t) == "waiting cases decided on a calendar date":
+            self.seen[CALENDAR_CROSSINGS[t]] += 1
         super().leave(track, t)
 
     def schedule_hazards(self, track, t) -> None:  # noqa: ANN001
         woken = track.wake == "reevaluate" and track.wake_t == math.inf
         if self.entered[(track.module.name, track.state)] < t and not woken:
             self.seen["hazard re-drawn: its hazard-ratio product changed"] += 1
+        if CALENDAR_CROSSINGS.get(t) == "hazard re-drawn on a calendar date":
+            self.seen[CALENDAR_CROSSINGS[t]] += 1
         super().schedule_hazards(track, t)
 
     def observe(self, name, t, rng) -> float:  # noqa: ANN001
@@ -174,6 +186,7 @@ def test_fixture_exercises_every_feature(fixture_cohorts) -> None:
         "hazard re-drawn: its hazard-ratio product changed",
         "waiting cases re-checked at a guard's crossing",
         "derived observable with an input never measured",
+        *CALENDAR_CROSSINGS.values(),
     ):
         assert seen[path] > 0, path
     assert max(n for key, n in seen.items() if key.startswith("join ")) >= 2, "no visit joined by two modules"
