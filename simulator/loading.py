@@ -84,7 +84,9 @@ class Located:
         """The part of a pydantic loc that names real keys/indices in the data (drops union tags)."""
         node = self.data
         out: list[str | int] = []
-        for part in loc:
+        for i, part in enumerate(loc):
+            if isinstance(node, dict) and part in node and _names_sibling_key(node, part, loc[i + 1 : i + 2]):
+                continue  # a union tag that is also one of the member's keys ('since'), followed by another key
             if (
                 isinstance(node, dict)
                 and part in node
@@ -104,11 +106,16 @@ class Located:
         return Problem(self.file, line, col, format_path(path), message)
 
 
+def _names_sibling_key(node: dict, part: str | int, rest: tuple[str | int, ...]) -> bool:
+    """Whether `part` holds a scalar and the next loc part is another key of the same mapping."""
+    return bool(rest) and not isinstance(node[part], dict | list) and rest[0] in node and rest[0] != part
+
+
 def _is_field_name(part: str) -> bool:
     return part[:1].islower() and not part.startswith("function-") and part not in _TAGS
 
 
-_TAGS = {"age", "exact", "uniform", "normal", "exponential", "lognormal", "gamma", "float", "int"}
+_TAGS = {"age", "calendar", "exact", "uniform", "normal", "exponential", "lognormal", "gamma", "float", "int"}
 
 
 def format_path(path: tuple[str | int, ...]) -> str:
