@@ -68,6 +68,11 @@ def days_since_epoch(day: date) -> float:
     return float((day - EPOCH).days)
 
 
+def year_start(year: int) -> float:
+    """Simulated time of 1 January of `year` (the threshold of a before_year guard)."""
+    return days_since_epoch(date(year, 1, 1))
+
+
 class CompiledModel(NamedTuple):
     """The whole library as arrays (see module docstring for the addressing scheme)."""
 
@@ -290,7 +295,7 @@ class _Builder:
             state = self.state_index[(module.name, g.since)]
             self._inst(G_SINCE, state, g.op, g.value * DAYS_PER_UNIT[g.unit])
         elif isinstance(g, CalendarGuard):
-            self._inst(G_BEFORE, f0=days_since_epoch(date(g.before_year, 1, 1)))
+            self._inst(G_BEFORE, f0=year_start(g.before_year))
         else:  # pragma: no cover
             raise TypeError(type(g))
 

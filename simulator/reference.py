@@ -41,13 +41,12 @@ import math
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from simulator import schema
-from simulator.compiler import days_since_epoch, module_stream
+from simulator.compiler import module_stream, year_start
 from simulator.kernel import EVENT_KINDS, STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.library import Library
 from simulator.population import People
@@ -372,7 +371,7 @@ class PatientRun:
             entered = self.entered.get((module, guard.since))
             return entered is not None and COMPARE[guard.op](t - entered, guard.value * DAYS_PER_UNIT[guard.unit])
         if isinstance(guard, schema.CalendarGuard):
-            return t < days_since_epoch(date(guard.before_year, 1, 1))
+            return t < year_start(guard.before_year)
         raise TypeError(type(guard))
 
     def crossing(self, guard: object, module: str, t: float) -> float:
@@ -384,7 +383,7 @@ class PatientRun:
             if isinstance(atom, schema.AgeGuard):
                 at = self.birth_t + atom.value * DAYS_PER_YEAR
             elif isinstance(atom, schema.CalendarGuard):
-                at = days_since_epoch(date(atom.before_year, 1, 1))
+                at = year_start(atom.before_year)
             elif isinstance(atom, schema.SinceGuard) and (module, atom.since) in self.entered:
                 at = self.entered[(module, atom.since)] + atom.value * DAYS_PER_UNIT[atom.unit]
             elif isinstance(atom, schema.AttributeGuard):

@@ -12,7 +12,6 @@ import math
 import shutil
 from collections import Counter
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 from conftest import DATA, REPO
 
 from simulator import reference
-from simulator.compiler import days_since_epoch
+from simulator.compiler import year_start
 from simulator.kernel import EVENT_KINDS, K_ONSET
 from simulator.library import load_library
 from simulator.loading import LoadError
@@ -106,8 +105,8 @@ def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
 
 
 CALENDAR_CROSSINGS = {  # the fixture's before_year guards: a hazard ratio (2000) and a waiting case (1995)
-    days_since_epoch(date(2000, 1, 1)) + reference.EPS_DAYS: "hazard re-drawn on a calendar date",
-    days_since_epoch(date(1995, 1, 1)) + reference.EPS_DAYS: "waiting cases decided on a calendar date",
+    year_start(2000) + reference.EPS_DAYS: "hazard re-drawn on a calendar date",
+    year_start(1995) + reference.EPS_DAYS: "waiting cases decided on a calendar date",
 }
 
 
