@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import poisson
 
 import simulator
 
@@ -176,7 +177,9 @@ def test_pneumonia_rates_and_outcomes_are_realistic(shipped_population, cap) -> 
     deaths = cap[(cap["kind"] == "death") & (_age_years(shipped_population, cap) >= 18)]
     fatality = len(deaths) / len(adult)  # derived_case_fatality: 6.6% (ramirez2017: 6.5% in hospital)
     assert abs(fatality - 0.066) < 4 * np.sqrt(0.066 * 0.934 / len(adult)), fatality
-    # Hospitalized CAP at 65+ in the last 10 years: within a factor of 2 of EPIC (6.3 and 16.4 per 1,000).
+    # Hospitalized CAP at 65+ in the last 10 years: within a factor of 2 of EPIC (6.3 per 1,000 at 65-79 and
+    # 16.4 at 80+), judged on the admission count (about 15 on this cohort), which is Poisson: too few even for
+    # the lowest allowed rate, or too many even for the highest, fails.
     ref = _reference_time(shipped_population)
     window = ref - pd.Timedelta(days=3652)
     recent = admissions[(admissions["time"] >= window) & (_age_years(shipped_population, admissions) >= 65)]
@@ -184,8 +187,9 @@ def test_pneumonia_rates_and_outcomes_are_realistic(shipped_population, cap) -> 
     start = np.maximum(patients["birth_time"] + pd.Timedelta(days=65 * 365.25), window)
     stop = patients["death_time"].fillna(ref)
     person_years = ((stop - start).dt.total_seconds().clip(lower=0) / (365.25 * 86400)).sum()
-    rate = 1000 * len(recent) / person_years
-    assert 4.0 < rate < 20.0
+    lowest, highest = 6.3 / 2 * person_years / 1000, 16.4 * 2 * person_years / 1000
+    assert poisson.cdf(len(recent), lowest) > 1e-3, 1000 * len(recent) / person_years
+    assert poisson.sf(len(recent) - 1, highest) > 1e-3, 1000 * len(recent) / person_years
 
 
 def test_primary_care_incidence_by_age_and_sex(shipped_population, acute) -> None:
