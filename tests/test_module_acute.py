@@ -187,9 +187,10 @@ def test_pneumonia_rates_and_outcomes_are_realistic(shipped_population, cap) -> 
     start = np.maximum(patients["birth_time"] + pd.Timedelta(days=65 * 365.25), window)
     stop = patients["death_time"].fillna(ref)
     person_years = ((stop - start).dt.total_seconds().clip(lower=0) / (365.25 * 86400)).sum()
+    rate = 1000 * len(recent) / person_years
     lowest, highest = 6.3 / 2 * person_years / 1000, 16.4 * 2 * person_years / 1000
-    assert poisson.cdf(len(recent), lowest) > 1e-3, 1000 * len(recent) / person_years
-    assert poisson.sf(len(recent) - 1, highest) > 1e-3, 1000 * len(recent) / person_years
+    assert poisson.cdf(len(recent), lowest) > 1e-3, rate
+    assert poisson.sf(len(recent) - 1, highest) > 1e-3, rate
 
 
 def test_primary_care_incidence_by_age_and_sex(shipped_population, acute) -> None:
