@@ -14,13 +14,13 @@ import json
 import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simulator import kernel
 from simulator.loading import LoadError, Problem, parse_yaml, suggest, validate
@@ -122,8 +122,35 @@ class LabPair(_Strict):
     condition: str
 
 
+class StandardGroup(_Strict):
+    ages: tuple[int, int]  # whole years, both ends included; OPEN_AGE means "and over"
+    weight: float = Field(gt=0, le=1)
+
+
+class Standard(_Strict):
+    """A standard population for direct age adjustment: the share of each age group in it."""
+
+    source: str = Field(min_length=1)
+    groups: list[StandardGroup] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _contiguous_and_whole(self) -> Standard:
+        for before, after in zip(self.groups, self.groups[1:], strict=False):
+            if after.ages[0] != before.ages[1] + 1:
+                raise ValueError(f"age groups must follow each other ({before.ages[1]} then {after.ages[0]})")
+        total = sum(g.weight for g in self.groups)
+        if abs(total - 1) > 1e-4:
+            raise ValueError(f"the weights must sum to 1 (they sum to {total:.6f})")
+        return self
+
+    @property
+    def ages(self) -> tuple[int, int]:
+        return self.groups[0].ages[0], self.groups[-1].ages[1]
+
+
 class Definitions(_Strict):
     measures: dict[str, Measure]
+    standards: dict[str, Standard] = {}
     labs: list[LabPair] = []
 
 
@@ -151,6 +178,8 @@ class Target:
     source: str
     url: str
     line: int
+    standard: str = ""  # an age-adjusted row's standard population (definitions.yaml `standards`)
+    groups: tuple[tuple[int, int, float], ...] = ()  # that standard's (age_lo, age_hi, weight)
 
     @property
     def band(self) -> str:
@@ -204,6 +233,8 @@ def _row(raw: dict[str, str], file: str, line: int, problems: list[Problem]) -> 
     for name in ("ci_lo", "ci_hi"):
         values[name] = _number(raw[name], name, problems, where) if raw[name].strip() else None
     choices = {"sex": ("M", "F", "all"), "basis": ("crude", "age-adjusted"), "role": ("primary", "secondary")}
+    if raw.get("standard", "").strip() and raw["basis"] == "crude":
+        problems.append(Problem(file, line, 1, "standard", "only an age-adjusted row names a standard population"))
     for name, valid in choices.items():
         if raw[name] not in valid:
             message = f"must be one of {', '.join(valid)} (got {raw[name]!r}){suggest(raw[name], list(valid))}"
@@ -241,7 +272,28 @@ def _row(raw: dict[str, str], file: str, line: int, problems: list[Problem]) -> 
         source=raw["source"],
         url=raw["url"],
         line=line,
+        standard=raw.get("standard", "").strip(),
     )
+
+
+def _with_standard(target: Target, standards: dict[str, Standard], file: str, problems: list[Problem]) -> Target | None:
+    """The row with its standard's age groups, or None with a problem when the standard is unknown or
+    does not span the row's ages."""
+    if not target.standard:
+        return target
+    standard = standards.get(target.standard)
+    if standard is None:
+        hint = suggest(target.standard, set(standards))
+        message = f"standard '{target.standard}' is not among the standards of {DEFINITIONS_FILE}{hint}"
+        problems.append(Problem(file, target.line, 1, "standard", message))
+        return None
+    if standard.ages != (target.age_lo, target.age_hi):
+        spans = "-".join(map(str, standard.ages))
+        message = f"standard '{target.standard}' covers ages {spans}, the row {target.age_lo}-{target.age_hi}"
+        problems.append(Problem(file, target.line, 1, "standard", message))
+        return None
+    groups = tuple((g.ages[0], g.ages[1], g.weight) for g in standard.groups)
+    return replace(target, groups=groups)
 
 
 def load_targets(directory: Path, display: str | None = None) -> TargetSet:
@@ -269,11 +321,13 @@ def load_targets(directory: Path, display: str | None = None) -> TargetSet:
                 problems.append(Problem(csv_name, line, 1, "", f"expected {len(header)} fields"))
                 continue
             target = _row(raw, csv_name, line, problems)
+            if target is not None:
+                target = _with_standard(target, definitions.standards, csv_name, problems)
             if target is None:
                 continue
             if target.id in seen:
                 problems.append(Problem(csv_name, line, 1, "id", f"duplicate id (first on line {seen[target.id]})"))
-            elif target.basis == "crude" and target.measure not in definitions.measures:
+            elif (target.basis == "crude" or target.standard) and target.measure not in definitions.measures:
                 hint = suggest(target.measure, set(definitions.measures))
                 message = f"measure '{target.measure}' has no definition in {DEFINITIONS_FILE}{hint}"
                 problems.append(Problem(csv_name, line, 1, "measure", message))
@@ -673,8 +727,8 @@ def compare(
     target: Target, measure: Measure, cohort: Cohort, vocabulary: Vocabulary, lifetime: Cohort | None = None
 ) -> Comparison:
     """The simulated statistic of one target, computed the way the target counts."""
-    if target.basis != "crude":
-        return Comparison(target, "age-adjusted", note="age-adjusted rates are not compared; the crude rows are")
+    if target.basis != "crude" and not target.standard:
+        return Comparison(target, "age-adjusted", note="age-adjusted with no standard population named: not compared")
     if measure.statistic == "unsupported":
         return Comparison(target, "unsupported", note=measure.reason)
     if measure.statistic == "life_expectancy":
@@ -697,24 +751,61 @@ def compare(
             return event_share(target, measure, lifetime, vocabulary)
         return rate(target, measure, cohort, lifetime, vocabulary)
     living = cohort.alive
-    band = band_mask(cohort, target) & living
     if measure.statistic == "share":
+        band = band_mask(cohort, target) & living
         n, k = int(living.sum()), float(band.sum())
         return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k)
+    if target.standard:
+        return age_adjusted(target, measure, cohort, vocabulary)
+    counted = prevalence_counts(measure, cohort, vocabulary, band_mask(cohort, target) & living)
+    if isinstance(counted, str):
+        return Comparison(target, "not covered", note=counted)
+    k, n, note = counted
+    return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, note)
+
+
+def prevalence_counts(
+    measure: Measure, cohort: Cohort, vocabulary: Vocabulary, band: np.ndarray
+) -> tuple[float, int, str] | str:
+    """(people of `band` who meet the numerator, people counted, note), or why the measure is not covered."""
     absent: set[str] = set()
     hit = meets(measure.numerator, cohort, vocabulary, absent) if measure.numerator else None
     if measure.among is not None:
-        band &= meets(measure.among, cohort, vocabulary, absent)
+        band = band & meets(measure.among, cohort, vocabulary, absent)
     note = f"not in the loaded modules: {', '.join(sorted(absent))}" if absent else ""
     if hit is None:
-        return Comparison(target, "not covered", note=note)
+        return note
     if measure.measured:
         keys, _ = vocabulary.resolve("observables", [measure.measured])
         if not keys:
-            return Comparison(target, "not covered", note=f"observable '{measure.measured}' is not loaded")
-        band &= ~np.isnan(cohort.observations[keys[0]])
-    n, k = int(band.sum()), float((hit & band).sum())
-    return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, note)
+            return f"observable '{measure.measured}' is not loaded"
+        band = band & ~np.isnan(cohort.observations[keys[0]])
+    return float((hit & band).sum()), int(band.sum()), note
+
+
+def age_adjusted(target: Target, measure: Measure, cohort: Cohort, vocabulary: Vocabulary) -> Comparison:
+    """Direct age adjustment: the prevalence of each of the standard's age groups, weighted by the
+    group's share of the standard population; the interval from the groups' binomial variances."""
+    if measure.statistic != "prevalence":
+        return Comparison(target, "unsupported", note="age adjustment is defined for prevalence rows only")
+    value = variance = count = 0.0
+    people = 0
+    note = ""
+    for lo, hi, weight in target.groups:
+        group = band_mask(cohort, replace(target, age_lo=lo, age_hi=hi)) & cohort.alive
+        counted = prevalence_counts(measure, cohort, vocabulary, group)
+        if isinstance(counted, str):
+            return Comparison(target, "not covered", note=counted)
+        k, n, note = counted
+        if n == 0:
+            return Comparison(target, "compared", math.nan, note=f"no one counted at ages {lo}-{hi}")
+        p = k / n
+        value += weight * p
+        variance += weight**2 * p * (1 - p) / n
+        count, people = count + k, people + n
+    half = Z95 * math.sqrt(variance)
+    note = "; ".join(filter(None, [f"age-adjusted to {target.standard}", note]))
+    return Comparison(target, "compared", value, max(value - half, 0.0), min(value + half, 1.0), people, count, note)
 
 
 def _by_age_group(sex: np.ndarray, age: np.ndarray, n_groups: int) -> np.ndarray:

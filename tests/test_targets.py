@@ -55,6 +55,60 @@ def test_unknown_definition_key_is_located(tmp_path: Path) -> None:
         load_targets(tmp_path, "t")
 
 
+def test_a_standard_population_must_be_whole_and_contiguous(tmp_path: Path) -> None:
+    (tmp_path / "targets.csv").write_text((DATA / "targets_broken" / "targets.csv").read_text().splitlines()[0] + "\n")
+    groups = "[{ages: [18, 39], weight: 0.5}, {ages: [41, 120], weight: 0.4}]"
+    (tmp_path / "definitions.yaml").write_text(f"measures: {{}}\nstandards:\n  s:\n    source: x\n    groups: {groups}\n")
+    with pytest.raises(LoadError, match=r"t/definitions.yaml:4:5: standards.s: age groups must follow each other"):
+        load_targets(tmp_path, "t")
+    (tmp_path / "definitions.yaml").write_text(
+        "measures: {}\nstandards:\n  s:\n    source: x\n    groups: [{ages: [18, 120], weight: 0.9}]\n"
+    )
+    with pytest.raises(LoadError, match=r"the weights must sum to 1 \(they sum to 0.900000\)"):
+        load_targets(tmp_path, "t")
+
+
+def test_shipped_standards_reproduce_the_published_age_adjusted_values() -> None:
+    """Each age-adjusted row with a standard, recomputed from the same source's crude band values
+    (rounded to 0.1 in the source, hence the 0.1-point tolerance): the weights are the source's."""
+    targets = load_targets(REPO / "rules" / "targets")
+    by_id = targets.by_id()
+    adjusted = [t for t in targets.targets if t.standard]
+    assert {t.id for t in adjusted} >= {f"hypertension_140_90/18-120/{s}/2015" for s in ("all", "M", "F")}
+    checked = 0
+    for row in adjusted:
+        bands = [by_id.get(f"{row.measure.removesuffix('_age_adjusted')}/{lo}-{hi}/{row.sex}/{row.year[:4]}")
+                 for lo, hi, _ in row.groups]  # fmt: skip
+        if all(b is not None and b.basis == "crude" for b in bands):
+            recomputed = sum(w * b.value for (_, _, w), b in zip(row.groups, bands, strict=True))  # type: ignore[union-attr]
+            assert recomputed == pytest.approx(row.value, abs=0.001), row.id
+            checked += 1
+    assert checked >= 3  # 140/90 (2015), 130/80 (2017), obesity (2021), all ages
+
+
+def test_an_age_adjusted_row_weights_each_group_by_its_standard(tmp_path: Path) -> None:
+    header = (DATA / "targets_broken" / "targets.csv").read_text().splitlines()[0]
+    row = "toy/18-120/all,toy,toy,prevalence,18,120,all,30,percent (age-adjusted),age-adjusted,,,primary,2024,test,,s"
+    (tmp_path / "targets.csv").write_text(f"{header}\n{row}\n")
+    (tmp_path / "definitions.yaml").write_text(
+        "measures:\n  toy: {statistic: prevalence, numerator: {conditions: [toy], status: active}}\n"
+        "standards:\n  s:\n    source: x\n    groups: [{ages: [18, 39], weight: 0.5}, {ages: [40, 120], weight: 0.5}]\n"
+    )
+    targets = load_targets(tmp_path, "t")
+    target = targets.targets[0]
+    ages = np.repeat([30.0, 60.0, 10.0], [100, 300, 50])  # 100 young (10 ill), 300 older (150 ill), 50 children (all ill)
+    status = np.zeros(len(ages), np.int8)
+    status[:10] = status[100:250] = status[400:] = ACTIVE
+    cohort = Cohort(0.0, -ages * 365.25 - 1, np.zeros(len(ages), np.int8), np.full(len(ages), np.nan),
+                    {"SNOMED:1": status}, {}, {})  # fmt: skip
+    result = compare(target, targets.definitions.measures["toy"], cohort, Vocabulary({"toy": "SNOMED:1"}, {}, {}))
+    assert result.status == "compared" and result.simulated == pytest.approx(0.5 * 0.1 + 0.5 * 0.5)  # crude: 0.4
+    half = 1.959964 * np.sqrt(0.25 * 0.1 * 0.9 / 100 + 0.25 * 0.5 * 0.5 / 300)
+    assert (result.lo, result.hi) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    assert (result.n, result.count) == (400, 160.0)
+    assert result.passed  # 0.30 against a target of 30%
+
+
 def test_a_share_among_the_diagnosed_counts_only_them() -> None:
     targets = load_targets(REPO / "rules" / "targets")
     row = targets.by_id()["type2_share_of_diagnosed_diabetes/20-120/all/2016"]
