@@ -58,7 +58,8 @@ def test_unknown_definition_key_is_located(tmp_path: Path) -> None:
 def test_a_standard_population_must_be_whole_and_contiguous(tmp_path: Path) -> None:
     (tmp_path / "targets.csv").write_text((DATA / "targets_broken" / "targets.csv").read_text().splitlines()[0] + "\n")
     groups = "[{ages: [18, 39], weight: 0.5}, {ages: [41, 120], weight: 0.4}]"
-    (tmp_path / "definitions.yaml").write_text(f"measures: {{}}\nstandards:\n  s:\n    source: x\n    groups: {groups}\n")
+    standards = f"standards:\n  s:\n    source: x\n    groups: {groups}\n"
+    (tmp_path / "definitions.yaml").write_text("measures: {}\n" + standards)
     with pytest.raises(LoadError, match=r"t/definitions.yaml:4:5: standards.s: age groups must follow each other"):
         load_targets(tmp_path, "t")
     (tmp_path / "definitions.yaml").write_text(
@@ -96,7 +97,7 @@ def test_an_age_adjusted_row_weights_each_group_by_its_standard(tmp_path: Path) 
     )
     targets = load_targets(tmp_path, "t")
     target = targets.targets[0]
-    ages = np.repeat([30.0, 60.0, 10.0], [100, 300, 50])  # 100 young (10 ill), 300 older (150 ill), 50 children (all ill)
+    ages = np.repeat([30.0, 60.0, 10.0], [100, 300, 50])  # 100 young (10 ill), 300 older (150 ill), 50 children
     status = np.zeros(len(ages), np.int8)
     status[:10] = status[100:250] = status[400:] = ACTIVE
     cohort = Cohort(0.0, -ages * 365.25 - 1, np.zeros(len(ages), np.int8), np.full(len(ages), np.nan),

@@ -65,7 +65,7 @@ def _hypertensive(
     return people, high | taking, taking, below
 
 
-def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str) -> float:
+def independent_hypertension(patients: pd.DataFrame, events: pd.DataFrame, lo: int, hi: int, sex: str | None) -> float:
     people, hypertensive, _, _ = _hypertensive(patients, events, lo, hi, sex)
     return float(people.isin(hypertensive).mean())
 
@@ -112,6 +112,12 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
             abs(value - row["target"]) <= 0.1 * row["target"]
             or row["simulated_ci"][0] <= row["target"] <= row["simulated_ci"][1]
         )
+    # an age-adjusted row: each band's share weighted by the 2000 US standard population (adults 18+)
+    standard = ((18, 39, 0.420263), (40, 59, 0.357202), (60, 120, 0.222535))
+    adjusted = sum(w * independent_hypertension(patients, events, lo, hi, None) for lo, hi, w in standard)
+    row = by_id["hypertension_130_80/18-120/all/2017"]
+    assert row["status"] == "compared" and row["simulated"] == pytest.approx(adjusted, abs=1e-6)
+    assert row["simulated_ci"][0] < adjusted < row["simulated_ci"][1]
     e0 = report["summary"]["life_expectancy_at_birth"]["simulated"]
     ages = (validation.lifetime.death_t - validation.lifetime.birth_t) / 365.25
     assert e0 == pytest.approx(float(np.mean(ages)), abs=1e-4)
