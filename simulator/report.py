@@ -64,6 +64,10 @@ def summary(v: Validation) -> dict:
         "calibration_targets": len(calibrated),
         "passed_calibration": sum(1 for c in calibrated if c.passed),
         "failed_calibration": [c.target.id for c in calibrated if c.passed is False],
+        # sampling alone: how many a model without bias would fail at this cohort size (mean over cohorts)
+        "calibration_misses_expected_without_bias": _num(
+            sum(m for c in calibrated if math.isfinite(m := c.chance_of_missing))
+        ),
         "pyramid_passed": f"{sum(1 for c in pyramid if c.passed)} of {len(pyramid)}",
         "not_covered": sorted({c.target.measure for c in v.comparisons if c.status == "not covered"}),
         "life_expectancy_at_birth": {"simulated": _num(e0.simulated), "target": e0.target.value} if e0 else None,
@@ -175,6 +179,13 @@ def _rows(v: Validation) -> list[list[str]]:
     return out
 
 
+def _expected_misses(s: dict) -> str:
+    return (
+        f"A model without bias would fail {s['calibration_misses_expected_without_bias']:.1f} of the calibration"
+        " targets on average at this cohort size, by sampling alone."
+    )
+
+
 HEADER = ["target", "role", "simulated [95% CI]", "target", "difference", "n", "result", "note"]
 
 
@@ -186,6 +197,7 @@ def markdown(v: Validation) -> str:
         f"{s['passed_primary']} of {s['compared_primary']} primary targets pass ({TOLERANCE_TEXT}).",
         f"Calibration targets (those the modules' declarations answer to): {s['passed_calibration']} of"
         f" {s['calibration_targets']} pass; population pyramid: {s['pyramid_passed']} bands pass.",
+        _expected_misses(s),
     ]
     if s["life_expectancy_at_birth"]:
         e0 = s["life_expectancy_at_birth"]
@@ -214,7 +226,7 @@ def page(v: Validation) -> str:
         "</head><body><h1>ehrsim validation report</h1>",
         f"<p>{s['passed_primary']} of {s['compared_primary']} primary targets pass. {esc(TOLERANCE_TEXT)}.</p>",
         f"<p>Calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass; population"
-        f" pyramid: {s['pyramid_passed']} bands pass.</p>",
+        f" pyramid: {s['pyramid_passed']} bands pass. {esc(_expected_misses(s))}</p>",
     ]
     if s["life_expectancy_at_birth"]:
         e0 = s["life_expectancy_at_birth"]

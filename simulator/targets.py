@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import special
 
 from simulator import kernel
 from simulator.loading import LoadError, Problem, parse_yaml, suggest, validate
@@ -698,6 +699,22 @@ class Comparison:
         inside_target = t.ci_lo is not None and t.ci_hi is not None and t.ci_lo <= self.simulated <= t.ci_hi
         return bool(abs(self.difference) <= RELATIVE_TOLERANCE * abs(t.value) or inside_sim or inside_target)
 
+    @property
+    def chance_of_missing(self) -> float:
+        """The probability that a model without bias fails this target by sampling alone: its simulated
+        value drawn around the target with this comparison's standard error, against the pass test."""
+        se = self.standard_error
+        if self.passed is None or not se > 0:
+            return math.nan
+        t = self.target
+        if self.tolerance is not None:
+            below = above = self.tolerance
+        else:
+            below = above = max(RELATIVE_TOLERANCE * abs(t.value), Z95 * se)
+            if t.ci_lo is not None and t.ci_hi is not None:
+                below, above = max(below, t.value - t.ci_lo), max(above, t.ci_hi - t.value)
+        return float(special.ndtr(-below / se) + special.ndtr(-above / se))
+
 
 def wilson(k: float, n: int) -> tuple[float, float]:
     """95% Wilson score interval of a proportion k/n."""
@@ -731,6 +748,8 @@ def compare(
         return Comparison(target, "age-adjusted", note="age-adjusted with no standard population named: not compared")
     if measure.statistic == "unsupported":
         return Comparison(target, "unsupported", note=measure.reason)
+    if target.standard:
+        return age_adjusted(target, measure, cohort, vocabulary)
     if measure.statistic == "life_expectancy":
         if lifetime is None:
             return Comparison(target, "no lifetime cohort")
@@ -755,8 +774,6 @@ def compare(
         band = band_mask(cohort, target) & living
         n, k = int(living.sum()), float(band.sum())
         return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k)
-    if target.standard:
-        return age_adjusted(target, measure, cohort, vocabulary)
     counted = prevalence_counts(measure, cohort, vocabulary, band_mask(cohort, target) & living)
     if isinstance(counted, str):
         return Comparison(target, "not covered", note=counted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,19 @@ import pytest
 from conftest import DATA, REPO
 
 from simulator.loading import LoadError
-from simulator.targets import ACTIVE, DIAGNOSED, EVER, EVER_DIAGNOSED, Cohort, Vocabulary, compare, load_targets
+from simulator.targets import (
+    ACTIVE,
+    DIAGNOSED,
+    EVER,
+    EVER_DIAGNOSED,
+    Z95,
+    Cohort,
+    Comparison,
+    Measure,
+    Vocabulary,
+    compare,
+    load_targets,
+)
 
 
 def test_shipped_targets_load_with_sources_and_definitions() -> None:
@@ -108,6 +121,8 @@ def test_an_age_adjusted_row_weights_each_group_by_its_standard(tmp_path: Path) 
     assert (result.lo, result.hi) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
     assert (result.n, result.count) == (400, 160.0)
     assert result.passed  # 0.30 against a target of 30%
+    share = compare(target, Measure(statistic="share"), cohort, Vocabulary({}, {}, {}))
+    assert share.status == "unsupported" and "prevalence rows only" in share.note
 
 
 def test_a_share_among_the_diagnosed_counts_only_them() -> None:
@@ -160,3 +175,17 @@ def test_an_event_share_counts_the_same_events() -> None:
     lifetime = Cohort(np.inf, np.zeros(11), np.zeros(11, np.int8), np.full(11, 80 * year), {}, {}, {}, events)
     result = compare(row, measure, lifetime, vocabulary, lifetime)
     assert (result.n, result.count, result.simulated) == (10, 3.0, pytest.approx(0.3))
+
+
+def test_the_chance_of_missing_is_that_of_a_model_without_bias() -> None:
+    targets = load_targets(REPO / "rules" / "targets")
+    row = targets.by_id()["diabetes_total/18-120/all/2017"]  # 14.7%, no published interval
+    se = 0.1 * row.value / Z95  # the 10% tolerance is exactly the 95% interval's half-width
+    tight = Comparison(row, "compared", row.value, row.value - Z95 * se, row.value + Z95 * se, 1000, 147.0)
+    assert tight.chance_of_missing == pytest.approx(0.05, abs=1e-4)
+    small = Comparison(row, "compared", row.value, row.value - Z95 * se / 2, row.value + Z95 * se / 2, 4000, 588.0)
+    assert small.chance_of_missing == pytest.approx(math.erfc(2 * Z95 / math.sqrt(2)))  # 10% is 3.92 SE
+    assert Comparison(row, "not covered").chance_of_missing != Comparison(row, "not covered").chance_of_missing  # nan
+    e0 = targets.by_id()["life_expectancy_at_birth/0-0/all/2023"]  # an absolute tolerance of 0.5 years
+    life = Comparison(e0, "compared", 78.4, 78.4 - Z95 * 0.25, 78.4 + Z95 * 0.25, 500, 0.0, tolerance=0.5)
+    assert life.chance_of_missing == pytest.approx(0.0455, abs=1e-3)  # two standard errors either side
