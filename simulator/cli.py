@@ -221,7 +221,11 @@ def validate(
     s = summary(result)
     failed = len(s["failed_primary"])
     out.print(f"{s['passed_primary']} of {s['compared_primary']} primary targets pass; {failed} fail")
-    out.print(f"calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass")
+    expected = s["calibration_misses_expected_without_bias"]
+    out.print(
+        f"calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass"
+        f" (a model without bias would miss {expected:.1f} at this cohort size, by sampling alone)"
+    )
     if s["life_expectancy_at_birth"]:
         e0 = s["life_expectancy_at_birth"]
         out.print(f"life expectancy at birth {e0['simulated']:.2f} years (target {e0['target']:.2f})")
