@@ -774,21 +774,25 @@ def compare(
         band = band_mask(cohort, target) & living
         n, k = int(living.sum()), float(band.sum())
         return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k)
-    counted = prevalence_counts(measure, cohort, vocabulary, band_mask(cohort, target) & living)
-    if isinstance(counted, str):
-        return Comparison(target, "not covered", note=counted)
-    k, n, note = counted
+    masks = prevalence_masks(measure, cohort, vocabulary)
+    if isinstance(masks, str):
+        return Comparison(target, "not covered", note=masks)
+    hit, counted, note = masks
+    band = band_mask(cohort, target) & living & counted
+    n, k = int(band.sum()), float((hit & band).sum())
     return Comparison(target, "compared", k / n if n else math.nan, *wilson(k, n), n, k, note)
 
 
-def prevalence_counts(
-    measure: Measure, cohort: Cohort, vocabulary: Vocabulary, band: np.ndarray
-) -> tuple[float, int, str] | str:
-    """(people of `band` who meet the numerator, people counted, note), or why the measure is not covered."""
+def prevalence_masks(
+    measure: Measure, cohort: Cohort, vocabulary: Vocabulary
+) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """(who meets the numerator, who is counted: meets `among` and has a reading of `measured`, note)
+    over the whole cohort, or why the measure is not covered."""
     absent: set[str] = set()
     hit = meets(measure.numerator, cohort, vocabulary, absent) if measure.numerator else None
+    counted = np.ones(len(cohort), bool)
     if measure.among is not None:
-        band = band & meets(measure.among, cohort, vocabulary, absent)
+        counted &= meets(measure.among, cohort, vocabulary, absent)
     note = f"not in the loaded modules: {', '.join(sorted(absent))}" if absent else ""
     if hit is None:
         return note
@@ -796,8 +800,8 @@ def prevalence_counts(
         keys, _ = vocabulary.resolve("observables", [measure.measured])
         if not keys:
             return f"observable '{measure.measured}' is not loaded"
-        band = band & ~np.isnan(cohort.observations[keys[0]])
-    return float((hit & band).sum()), int(band.sum()), note
+        counted &= ~np.isnan(cohort.observations[keys[0]])
+    return hit, counted, note
 
 
 def age_adjusted(target: Target, measure: Measure, cohort: Cohort, vocabulary: Vocabulary) -> Comparison:
@@ -805,15 +809,16 @@ def age_adjusted(target: Target, measure: Measure, cohort: Cohort, vocabulary: V
     group's share of the standard population; the interval from the groups' binomial variances."""
     if measure.statistic != "prevalence":
         return Comparison(target, "unsupported", note="age adjustment is defined for prevalence rows only")
+    masks = prevalence_masks(measure, cohort, vocabulary)
+    if isinstance(masks, str):
+        return Comparison(target, "not covered", note=masks)
+    hit, counted, note = masks
+    counted = counted & cohort.alive
     value = variance = count = 0.0
     people = 0
-    note = ""
     for lo, hi, weight in target.groups:
-        group = band_mask(cohort, replace(target, age_lo=lo, age_hi=hi)) & cohort.alive
-        counted = prevalence_counts(measure, cohort, vocabulary, group)
-        if isinstance(counted, str):
-            return Comparison(target, "not covered", note=counted)
-        k, n, note = counted
+        group = band_mask(cohort, replace(target, age_lo=lo, age_hi=hi)) & counted
+        n, k = int(group.sum()), float((hit & group).sum())
         if n == 0:
             return Comparison(target, "compared", math.nan, note=f"no one counted at ages {lo}-{hi}")
         p = k / n
