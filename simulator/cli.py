@@ -199,7 +199,7 @@ def validate(
     ] = None,
 ) -> None:
     """Compare a cohort with rules/targets; write report.html, report.md and report.json."""
-    from simulator.report import summary, write_report
+    from simulator.report import life_expectancy_lines, summary, write_report
     from simulator.validation import validate_generated, validate_run
 
     if (run is None) == (patients is None):
@@ -226,9 +226,8 @@ def validate(
         f"calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass"
         f" (a model without bias would miss {expected:.1f} at this cohort size, by sampling alone)"
     )
-    if s["life_expectancy_at_birth"]:
-        e0 = s["life_expectancy_at_birth"]
-        out.print(f"life expectancy at birth {e0['simulated']:.2f} years (target {e0['target']:.2f})")
+    for line in life_expectancy_lines(s):
+        out.print(line)
     out.print(f"invariant violations: {s['invariant_violations']}; wrote {', '.join(str(f) for f in files)}")
 
 

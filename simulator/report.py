@@ -54,6 +54,7 @@ def summary(v: Validation) -> dict:
     primary = [c for c in compared if c.target.role == "primary"]
     e0 = next((c for c in compared if c.target.measure == "life_expectancy_at_birth" and c.target.sex == "all"), None)
     pyramid = [c for c in primary if c.target.measure == "population_share_of_total"]
+    ex = [c for c in primary if c.target.measure == "life_expectancy_at_age" and c.passed is not None]
     calibrated = [c for c in compared if c.target.id in set(v.calibration_targets)]
     return {
         "targets": len(v.comparisons),
@@ -71,6 +72,11 @@ def summary(v: Validation) -> dict:
         "pyramid_passed": f"{sum(1 for c in pyramid if c.passed)} of {len(pyramid)}",
         "not_covered": sorted({c.target.measure for c in v.comparisons if c.status == "not covered"}),
         "life_expectancy_at_birth": {"simulated": _num(e0.simulated), "target": e0.target.value} if e0 else None,
+        "life_expectancy_at_age": {  # e(x) at the targets' ages, both sexes and each sex
+            "passed": sum(1 for c in ex if c.passed),
+            "compared": len(ex),
+            "max_abs_difference": _num(max((abs(c.difference) for c in ex), default=math.nan)),
+        },
         "pyramid_max_abs_difference": _num(max((abs(c.difference) for c in pyramid), default=math.nan)),
         "invariant_violations": sum(len(x) for x in v.invariants.values()),
         "tolerance": TOLERANCE_TEXT,
@@ -120,8 +126,9 @@ def _measure_plot(measure: str, rows: list[Comparison]) -> str:
         ax.errorbar(x, sim, yerr=err, fmt="o", color=f"C{k}", label=f"simulated ({sex})", capsize=3)
         ax.scatter(x, [c.target.value for c in mine], marker="x", s=60, color=f"C{k}", label=f"target ({sex})")
     ax.set_xticks(range(len(bands)), [b[2] for b in bands])
-    ax.set_xlabel("age band")
-    ax.set_ylabel("prevalence" if rows[0].target.value <= 1 else "value")
+    first = rows[0].target
+    ax.set_xlabel("age" if first.age_lo == first.age_hi else "age band")
+    ax.set_ylabel("years" if first.unit == "years" else "prevalence" if first.value <= 1 else "value")
     ax.set_title(measure)
     ax.legend(fontsize=7, ncol=3)
     return _png(fig)
@@ -189,6 +196,21 @@ def _expected_misses(s: dict) -> str:
 HEADER = ["target", "role", "simulated [95% CI]", "target", "difference", "n", "result", "note"]
 
 
+def life_expectancy_lines(s: dict) -> list[str]:
+    """The summary's life expectancy lines: at birth, and e(x) at the targets' ages."""
+    lines = []
+    if s["life_expectancy_at_birth"]:
+        e0 = s["life_expectancy_at_birth"]
+        lines.append(f"Life expectancy at birth: {e0['simulated']:.2f} years (target {e0['target']:.2f}).")
+    ex = s["life_expectancy_at_age"]
+    if ex["compared"]:
+        lines.append(
+            f"Life expectancy at later ages (e(x), life tables): {ex['passed']} of {ex['compared']} within their"
+            f" tolerance; largest difference {ex['max_abs_difference']:.2f} years."
+        )
+    return lines
+
+
 def markdown(v: Validation) -> str:
     s = summary(v)
     lines = [
@@ -198,11 +220,7 @@ def markdown(v: Validation) -> str:
         f"Calibration targets (those the modules' declarations answer to): {s['passed_calibration']} of"
         f" {s['calibration_targets']} pass; population pyramid: {s['pyramid_passed']} bands pass.",
         _expected_misses(s),
-    ]
-    if s["life_expectancy_at_birth"]:
-        e0 = s["life_expectancy_at_birth"]
-        lines.append(f"Life expectancy at birth: {e0['simulated']:.2f} years (target {e0['target']:.2f}).")
-    lines += [
+        *life_expectancy_lines(s),
         f"Largest pyramid difference: {_fmt(s['pyramid_max_abs_difference'], 4)} (share of the population).",
         f"Invariant violations: {s['invariant_violations']} (on {v.invariant_patients:,} patients).",
         f"Measures not covered by the loaded modules: {', '.join(s['not_covered']) or 'none'}.",
@@ -228,9 +246,7 @@ def page(v: Validation) -> str:
         f"<p>Calibration targets: {s['passed_calibration']} of {s['calibration_targets']} pass; population"
         f" pyramid: {s['pyramid_passed']} bands pass. {esc(_expected_misses(s))}</p>",
     ]
-    if s["life_expectancy_at_birth"]:
-        e0 = s["life_expectancy_at_birth"]
-        parts.append(f"<p>Life expectancy at birth: {e0['simulated']:.2f} years (target {e0['target']:.2f}).</p>")
+    parts += [f"<p>{esc(line)}</p>" for line in life_expectancy_lines(s)]
     parts.append(f"<p>Measures not covered by the loaded modules: {esc(', '.join(s['not_covered']) or 'none')}</p>")
     parts.append("<h2>Targets</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + "</tr>")
     for r in _rows(v):

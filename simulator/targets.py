@@ -184,6 +184,9 @@ class Target:
 
     @property
     def band(self) -> str:
+        """'40-59', '65+', or '65' for one exact age (life expectancy at an age)."""
+        if self.age_lo == self.age_hi:
+            return str(self.age_lo)
         hi = "+" if self.age_hi >= OPEN_AGE else f"-{self.age_hi}"
         return f"{self.age_lo}{hi}"
 
@@ -757,8 +760,10 @@ def compare(
         ages = (lifetime.death_t[chosen] - lifetime.birth_t[chosen]) / 365.25
         alive = int(np.isnan(ages).sum())
         ages = ages[~np.isnan(ages)]
+        ages = ages[ages >= target.age_lo] - target.age_lo  # years lived after x by those alive at x
         if len(ages) == 0:
-            return Comparison(target, "no lifetime cohort")
+            note = f"no member of the lifetime cohort reached {target.age_lo}"
+            return Comparison(target, "compared", math.nan, note=note)
         mean, half = float(ages.mean()), Z95 * float(ages.std(ddof=1) if len(ages) > 1 else 0) / math.sqrt(len(ages))
         note = f"{alive} members still alive at the horizon were left out" if alive else ""
         total = float(ages.sum())

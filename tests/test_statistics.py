@@ -50,6 +50,9 @@ def test_life_expectancy_at_birth_matches_the_life_table() -> None:
     for sex, csv in ((0, library.mortality.male_csv), (1, library.mortality.female_csv)):
         ex = pd.read_csv(library.rules_dir / csv)["ex"].iloc[0]
         assert abs(death_age[people.sex == sex].mean() - ex) < 0.5
+    table = pd.read_csv(library.rules_dir / library.mortality.total_csv).set_index("age")["ex"]
+    for x in (40, 65, 80):  # remaining life expectancy e(x) of those alive at x
+        assert abs((death_age[death_age >= x] - x).mean() - table[x]) < 0.5, x
 
 
 def test_kernel_records_background_death_when_drawn() -> None:

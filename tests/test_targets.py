@@ -34,6 +34,7 @@ def test_shipped_targets_load_with_sources_and_definitions() -> None:
     assert total.value == pytest.approx(0.147) and total.role == "primary" and total.basis == "crude"
     assert by_id["hypertension_130_80/18-120/all/2017"].basis == "age-adjusted"
     assert by_id["life_expectancy_at_birth/0-0/all/2023"].value == pytest.approx(78.42, abs=0.01)
+    assert by_id["life_expectancy_at_age/65-65/all/2023"].value == pytest.approx(19.52, abs=0.01)  # NVSR 74(6)
     crude = {t.measure for t in targets.targets if t.basis == "crude"}
     assert crude <= set(targets.definitions.measures)
 

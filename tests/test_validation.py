@@ -124,6 +124,15 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     assert 40 < e0 < 100
     e0_row = by_id["life_expectancy_at_birth/0-0/all/2023"]
     assert e0_row["passed"] == (abs(e0 - e0_row["target"]) <= 0.5)  # an absolute tolerance, from definitions.yaml
+    # remaining life expectancy at 65: years lived after 65 by the lifetime cohort's members alive at 65
+    e65_row = by_id["life_expectancy_at_age/65-65/all/2023"]
+    e65 = float(np.mean(ages[ages >= 65] - 65))
+    assert e65_row["age"] == "65" and e65_row["n"] == int((ages >= 65).sum()) > 0
+    assert e65_row["simulated"] == pytest.approx(e65, abs=1e-4)
+    assert e65_row["passed"] == (abs(e65 - e65_row["target"]) <= 0.5)
+    ex_rows = [c for c in report["comparisons"] if c["measure"] == "life_expectancy_at_age" and c["passed"] is not None]
+    assert report["summary"]["life_expectancy_at_age"]["compared"] == len(ex_rows) == 18
+    assert report["summary"]["life_expectancy_at_age"]["passed"] == sum(c["passed"] for c in ex_rows)
     assert report["invariants"]["patients_checked"] == 700
     summary = report["summary"]  # the calibration targets are the declarations' (hypertension's among them)
     calibrated = [by_id[i] for i in validation.calibration_targets if by_id[i]["status"] == "compared"]
