@@ -179,7 +179,9 @@ def _rows(v: Validation) -> list[list[str]]:
             continue
         t = c.target
         digits = 2 if t.value > 1 else 3
-        target = _fmt(t.value, digits) + (f" [{_fmt(t.ci_lo, digits)}, {_fmt(t.ci_hi, digits)}]" if t.ci_lo else "")
+        target = _fmt(t.value, digits)
+        if t.ci_lo is not None:  # an interval may start at 0
+            target += f" [{_fmt(t.ci_lo, digits)}, {_fmt(t.ci_hi, digits)}]"
         sim = f"{_fmt(c.simulated, digits)} [{_fmt(c.lo, digits)}, {_fmt(c.hi, digits)}]"
         verdict = {True: "pass", False: "FAIL", None: ""}[c.passed]
         out.append([t.id, t.role, sim, target, _fmt(c.difference, digits), str(c.n), verdict, c.note])
