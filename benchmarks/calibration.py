@@ -12,9 +12,9 @@ import time
 
 import numba
 
-from simulator.calibration import fit, fit_groups
-from simulator.library import load_library
-from simulator.validation import default_targets
+from simulator.fit.calibration import fit, fit_groups
+from simulator.fit.validation import default_targets
+from simulator.model.loading import load_library
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from simulator.engine.run import RunConfig, Simulator
 from simulator.export import parse_formats
 from simulator.export.writers import Export, ExportContext
-from simulator.run import RunConfig, Simulator
+from simulator.tables.chunks import chunks
 
 
 def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int | None) -> dict:
@@ -30,7 +31,7 @@ def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int |
         export_s = 0.0
         started = time.perf_counter()
         events = 0
-        for chunk in sim.chunks():
+        for chunk in chunks(sim):
             t0 = time.perf_counter()
             export.write(chunk.patients, chunk.events)
             export_s += time.perf_counter() - t0

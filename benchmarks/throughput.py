@@ -26,7 +26,7 @@ def _child(mode: str, patients: int, chunk_size: int) -> None:
     import numpy as np
 
     import simulator
-    from simulator.run import RunConfig, Simulator
+    from simulator.engine.run import RunConfig, Simulator
 
     started = time.perf_counter()
     if mode == "kernel":

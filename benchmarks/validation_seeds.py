@@ -17,8 +17,8 @@ import argparse
 import time
 from collections import Counter
 
-from simulator.report import summary
-from simulator.validation import validate_generated
+from simulator.fit.report import summary
+from simulator.fit.validation import validate_generated
 
 BIAS = 0.05
 

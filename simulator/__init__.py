@@ -5,15 +5,24 @@ pop = simulator.generate(patients=10_000, seed=42)
 pop.patients, pop.events
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from simulator.api import ExportConfig, Population, calibrate, generate, run, validate
+from simulator.engine.run import RunConfig, Simulator
+from simulator.model.library import Library
+from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError
+from simulator.version import __version__
 
-try:
-    __version__ = version("ehrsim")
-except PackageNotFoundError:  # a checkout that was never installed
-    __version__ = "0.0.0+checkout"
-
-from simulator.library import Library, load_library  # noqa: E402
-from simulator.loading import LoadError  # noqa: E402
-from simulator.run import Population, RunConfig, Simulator, generate  # noqa: E402
-
-__all__ = ["Library", "LoadError", "Population", "RunConfig", "Simulator", "generate", "load_library"]
+__all__ = [
+    "__version__",
+    "ExportConfig",
+    "Library",
+    "LoadError",
+    "Population",
+    "RunConfig",
+    "Simulator",
+    "calibrate",
+    "generate",
+    "load_library",
+    "run",
+    "validate",
+]

@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.status import Status
 
-from simulator.library import load_library
-from simulator.loading import LoadError
+from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +31,36 @@ ModulesOption = Annotated[
 RulesOption = Annotated[
     Path | None, typer.Option("--rules", help="Directory of rules files (default: the shipped rules).")
 ]
+
+
+class RichProgress:
+    """Shows a run's progress on stderr: a spinner while the library loads and the kernel compiles, then a bar."""
+
+    def __init__(self) -> None:
+        self.status: Status | None = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "build":
+            self.status = err.status("loading modules; a first run also compiles the simulation kernel (minutes)")
+            self.status.start()
+            return
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        if self.bar is None:
+            columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar = Progress(*columns, console=err)
+            self.task = self.bar.add_task("patients", total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _fail(exc: Exception) -> None:
@@ -71,8 +103,9 @@ def generate(
 ) -> None:
     """Generate a population: out/fhir/ (FHIR Bulk ndjson), out/bundles/, out/csv/, out/parquet/ as asked,
     and out/manifest.json."""
-    from simulator.run import generate as run_generate
+    from simulator.api import generate as run_generate
 
+    progress = None if quiet else RichProgress()
     try:
         ref = date.fromisoformat(reference_date) if reference_date else None
         population = run_generate(
@@ -85,7 +118,7 @@ def generate(
             threads=threads,
             modules_dir=modules,
             rules_dir=rules,
-            progress=not quiet,
+            progress=progress,
             formats=formats,
             bundle_method=bundle_request.upper(),  # type: ignore[arg-type]
         )
@@ -95,6 +128,9 @@ def generate(
     except OSError as exc:  # a full disk, an unwritable --out, an unreadable table: partial output is removed
         _fail_writing(exc, f"{output}/")
         return
+    finally:
+        if progress is not None:
+            progress.close()
     counts = population.manifest["counts"]
     timings = population.manifest["timings_s"]
     seconds = timings.get("simulate_and_write_s", 0.0)
@@ -157,8 +193,8 @@ def graph(
     rules: RulesOption = None,
 ) -> None:
     """Draw a module's state graph."""
-    from simulator.drawing import draw_module
-    from simulator.loading import suggest
+    from simulator.model.drawing import draw_module
+    from simulator.model.parsing import suggest
 
     try:
         library = load_library(modules, rules)
@@ -175,7 +211,7 @@ def graph(
 @app.command()
 def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None) -> None:
     """Print the JSON Schema of module files (for editors)."""
-    from simulator.schema import DiseaseModule
+    from simulator.model.schema import DiseaseModule
 
     text = json.dumps(DiseaseModule.model_json_schema(by_alias=True), indent=2) + "\n"
     if output is None:
@@ -199,24 +235,18 @@ def validate(
     ] = None,
 ) -> None:
     """Compare a cohort with rules/targets; write report.html, report.md and report.json."""
-    from simulator.report import life_expectancy_lines, summary, write_report
-    from simulator.validation import validate_generated, validate_run
+    from simulator.api import validate as run_validate
+    from simulator.fit.report import life_expectancy_lines, summary
 
-    if (run is None) == (patients is None):
-        _fail(ValueError("give either a run directory or --patients N"))
     try:
-        if run is not None:
-            result = validate_run(run, lifetime_patients)
-        else:
-            result = validate_generated(patients, seed, min(lifetime_patients, patients))  # type: ignore[arg-type]
+        result, files = run_validate(
+            run, patients=patients, seed=seed, lifetime_patients=lifetime_patients, report_dir=output
+        )
     except (LoadError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
         return
-    directory = output or (run / "validation" if run is not None else Path("validation"))
-    try:
-        files = write_report(result, directory)
     except OSError as exc:
-        _fail_writing(exc, f"{directory}/")
+        _fail_writing(exc, f"{output or 'validation'}/")
         return
     s = summary(result)
     failed = len(s["failed_primary"])
@@ -262,79 +292,22 @@ def calibrate(
 ) -> None:
     """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves.
     Then fit the background mortality so that all-cause mortality stays that of the life tables."""
-    from simulator.calibration import CALIBRATION_DIR, fit, fit_groups, write_fitted
-    from simulator.loading import suggest
-    from simulator.validation import default_targets
+    from simulator.api import calibrate as run_calibrate
 
-    asked = list(names or [])
-    modules_asked = [name for name in asked if name != "mortality"]
     try:
-        library = load_library()
-        declared = list(library.calibration)
-        for name in modules_asked:
-            if name not in declared:
-                raise ValueError(f"no calibration declaration for module '{name}'{suggest(name, declared)}")
-        if (not asked or "mortality" in asked) and not library.mortality.background_share:
-            raise ValueError("mortality.yaml declares no background_share file to write the fitted shares to")
-        if alone and not modules_asked:
-            raise ValueError("--alone fits the modules you name: name at least one")
-        if alone:
-            groups = [[name for name in declared if name in modules_asked]]
-        else:
-            groups = [] if asked and not modules_asked else fit_groups(library, declared)
-            groups = [g for g in groups if not modules_asked or set(g) & set(modules_asked)]
-        targets = default_targets(library)
+        run_calibrate(
+            names,
+            patients=patients,
+            seed=seed,
+            max_iterations=max_iterations,
+            dry_run=dry_run,
+            alone=alone,
+            report=out.print,
+        )
     except (LoadError, ValueError) as exc:
         _fail(exc)
-        return
-    for group in groups:
-        result = fit(library, targets, library.calibration, group, patients, seed, max_iterations, out.print)
-        out.print(f"{'target':44} {'target':>8} {'before':>8} {'after':>8}")
-        for before, after in zip(result.before, result.after, strict=True):
-            t = before.target
-            out.print(f"{t.id:44} {t.value:8.4f} {before.simulated:8.4f} {after.simulated:8.4f}")
-        out.print(
-            f"loss {result.loss_before:.2f} -> {result.loss_after:.2f}; {result.evaluations} evaluations "
-            f"in {result.seconds:.0f} s"
-        )
-        if dry_run or result.loss_after >= result.loss_before:
-            out.print("nothing written" + ("" if dry_run else ": the fit did not improve the loss"))
-            continue
-        try:
-            written = write_fitted(result, library, patients, seed)
-        except OSError as exc:
-            _fail_writing(exc, f"{library.rules_dir / CALIBRATION_DIR}/")
-            return
-        for path in written:
-            out.print(f"wrote {path}")
-        try:
-            library = load_library()  # the next group is fitted in the ensemble with these values
-        except LoadError as exc:
-            _fail(exc)
-            return
-    if asked and "mortality" not in asked:
-        return
-    _calibrate_mortality(patients * 5, seed, dry_run)
-
-
-def _calibrate_mortality(patients: int, seed: int, dry_run: bool) -> None:
-    from simulator.mortality import fit_background_mortality, write_shares
-
-    library = load_library()  # with the module fits just written
-    fit = fit_background_mortality(library, patients, seed, report=out.print)
-    out.print(fit.shares.to_string(index=False))
-    before, after = fit.before.life_expectancy["all"], fit.after.life_expectancy["all"]
-    out.print(f"life expectancy at birth {before:.2f} -> {after:.2f} years in {fit.seconds:.0f} s ({patients} lives)")
-    if dry_run:
-        out.print("nothing written")
-        return
-    path = library.rules_dir / library.mortality.background_share  # type: ignore[operator]
-    try:
-        write_shares(fit, library, path)
     except OSError as exc:
-        _fail_writing(exc, str(path))
-        return
-    out.print(f"wrote {path}")
+        _fail_writing(exc, "rules/targets/calibration/")
 
 
 def main() -> None:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.calibration import (
+from simulator.engine.codes import K_DEATH
+from simulator.engine.run import RunConfig, Simulator
+from simulator.fit.calibration import (
     LOG_STEP,
     Free,
-    Parameter,
     assignments,
     column_groups,
     ensemble_for,
@@ -28,12 +29,12 @@ from simulator.calibration import (
     stale_fits,
     write_fitted,
 )
-from simulator.kernel import K_DEATH
-from simulator.library import load_library
-from simulator.loading import LoadError
-from simulator.run import RunConfig, Simulator
-from simulator.targets import COLUMNS, Vocabulary, compare, load_targets, needs_of
-from simulator.validation import simulate_cohort
+from simulator.fit.cohort import Vocabulary, needs_of, simulate_cohort
+from simulator.fit.statistics import compare
+from simulator.model.fitted import Parameter
+from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError
+from simulator.model.targets import COLUMNS, load_targets
 
 TRUE_RATES = (0.010, 0.030)  # tests/data/calibration/toy.yaml
 BANDS = ((18, 34), (35, 49), (50, 64), (65, 120))

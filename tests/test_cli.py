@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simulator.cli import app
-from simulator.schema import DiseaseModule
+from simulator.model.schema import DiseaseModule
 
 runner = CliRunner()
 
@@ -74,18 +74,18 @@ def test_schema_is_current_and_valid_json(tmp_path: Path) -> None:
 
 def test_interrupted_run_leaves_no_finished_looking_file(tmp_path: Path, monkeypatch) -> None:
     import simulator
-    from simulator.run import Simulator
+    from simulator.tables import chunks
 
-    original = Simulator.chunk
+    original = chunks.chunk_tables
     calls = []
 
-    def failing_chunk(self, start, stop):
+    def failing_chunk(sim, start, stop):
         calls.append(start)
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return original(self, start, stop)
+        return original(sim, start, stop)
 
-    monkeypatch.setattr(Simulator, "chunk", failing_chunk)
+    monkeypatch.setattr(chunks, "chunk_tables", failing_chunk)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         simulator.generate(patients=60, seed=1, chunk_size=20, out=out, formats="ndjson,bundles,csv,parquet")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import read_ndjson
 
+from simulator.engine.codes import EVENT_KINDS
 from simulator.export.clinical_tables import KIND_TABLES, TABLES, _pair
-from simulator.kernel import EVENT_KINDS
 
 
 def test_every_event_kind_of_the_kernel_has_a_table() -> None:

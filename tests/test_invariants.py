@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from simulator.invariants import check_invariants
+from simulator.tables.invariants import check_invariants
 
 
 @pytest.mark.parametrize("cohort", ["shipped_population", "shipped_lifetime"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import simulator
-from simulator.validation import validate_generated
+from simulator.fit.validation import validate_generated
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T2D = "44054006"

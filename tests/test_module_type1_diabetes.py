@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import simulator
-from simulator.targets import wilson
-from simulator.validation import validate_generated
+from simulator.fit.statistics import wilson
+from simulator.fit.validation import validate_generated
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.library import load_library
-from simulator.mortality import fit_background_mortality, life_table_rates
-from simulator.population import background_share_by_age, life_table_hazard
+from simulator.engine.people import background_share_by_age, life_table_hazard
+from simulator.fit.mortality import fit_background_mortality, life_table_rates
+from simulator.model.loading import load_library
 
 KILLER = """
 name: killer
@@ -59,7 +59,7 @@ def test_fit_recovers_a_known_module_death_rate(tmp_path: Path) -> None:
 def test_fitted_share_applies_only_to_the_module_set_it_was_fitted_for() -> None:
     from conftest import NO_MODULES
 
-    from simulator.population import fitted_background_share
+    from simulator.engine.people import fitted_background_share
 
     shipped = load_library()
     assert shipped.background_share is not None, "rules/life_tables/background_share.yaml is missing"

@@ -58,7 +58,7 @@ def test_patient_timeline_example_has_a_case_for_every_module(shipped_population
 
 def test_readme_module_example_loads_and_runs(tmp_path) -> None:
     import simulator
-    from simulator.library import load_library
+    from simulator.model.loading import load_library
 
     readme = (REPO / "README.md").read_text()
     example = re.search(r"```yaml\n(name: example.*?)```", readme, flags=re.S).group(1)

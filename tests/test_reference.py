@@ -19,14 +19,14 @@ import pandas as pd
 import pytest
 from conftest import DATA, REPO
 
-from simulator import reference
-from simulator.compiler import year_start
-from simulator.kernel import EVENT_KINDS, K_ONSET
-from simulator.library import load_library
-from simulator.loading import LoadError
-from simulator.population import sample
-from simulator.run import LIFETIME_HORIZON_YEARS, RunConfig, Simulator
-from simulator.schema import Exact, Exponential, Gamma, LogNormal, Normal, Uniform
+from simulator.days import year_start
+from simulator.engine.codes import EVENT_KINDS, K_ONSET
+from simulator.engine.people import sample
+from simulator.engine.reference import EPS_DAYS, PatientRun, simulate
+from simulator.engine.run import LIFETIME_HORIZON_YEARS, RunConfig, Simulator
+from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError
+from simulator.model.schema import Exact, Exponential, Gamma, LogNormal, Normal, Uniform
 
 FIXTURE = DATA / "fixture"
 EXACT_COLUMNS = ("patient", "kind", "code", "encounter", "module", "state")
@@ -64,14 +64,14 @@ def reference_events(
     sim: Simulator,
     index: np.ndarray,
     stream: np.ndarray,
-    run_class: type[reference.PatientRun] = reference.PatientRun,
+    run_class: type[PatientRun] = PatientRun,
 ) -> pd.DataFrame:
     """The reference's events for the same people living the same event streams, drawn and bounded
     exactly as Simulator.simulate does."""
     lifetime = sim.config.mode == "lifetime"
     people = replace(sample(sim.people_tables, sim.config.seed, index, lifetime), index=stream)
     t_end = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25 if lifetime else np.full(len(index), sim.reference_t)
-    events = reference.simulate(sim.library, sim.config.seed, people, t_end, run_class)
+    events = simulate(sim.library, sim.config.seed, people, t_end, run_class)
     events["patient"] = events["patient"].map(dict(zip(stream.tolist(), index.tolist(), strict=True)))
     return events
 
@@ -105,12 +105,12 @@ def assert_same_events(kernel: pd.DataFrame, ref: pd.DataFrame) -> None:
 
 
 CALENDAR_CROSSINGS = {  # the fixture's before_year guards: a hazard ratio (2000) and a waiting case (1995)
-    year_start(2000) + reference.EPS_DAYS: "hazard re-drawn on a calendar date",
-    year_start(1995) + reference.EPS_DAYS: "waiting cases decided on a calendar date",
+    year_start(2000) + EPS_DAYS: "hazard re-drawn on a calendar date",
+    year_start(1995) + EPS_DAYS: "waiting cases decided on a calendar date",
 }
 
 
-class Recorder(reference.PatientRun):
+class Recorder(PatientRun):
     """The reference, counting the paths it takes into `seen` (set per cohort by a subclass)."""
 
     seen: Counter[str]

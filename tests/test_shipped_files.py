@@ -10,10 +10,12 @@ import pytest
 from conftest import REPO
 
 import simulator
-from simulator.calibration import assignments, fits_outside_bounds, free_parameters, load_fitted, stale_fits
-from simulator.library import load_library, module_files
-from simulator.loading import format_path
-from simulator.schema import CODE_SYSTEMS
+from simulator.fit.calibration import assignments, fits_outside_bounds, free_parameters, stale_fits
+from simulator.model.fitted import load_fitted
+from simulator.model.library import module_files
+from simulator.model.loading import load_library
+from simulator.model.parsing import format_path
+from simulator.model.schema import CODE_SYSTEMS
 
 
 def test_every_module_and_rules_file_loads_and_checks() -> None:

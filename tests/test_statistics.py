@@ -7,8 +7,8 @@ import pandas as pd
 from conftest import DATA, NO_MODULES
 
 import simulator
-from simulator.library import load_library
-from simulator.population import build_people_tables, reference_date_of, sample
+from simulator.engine.people import build_people_tables, reference_date_of, sample
+from simulator.model.loading import load_library
 
 
 def _people(n: int, lifetime: bool):

@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from simulator.loading import LoadError
-from simulator.targets import (
-    ACTIVE,
-    DIAGNOSED,
-    EVER,
-    EVER_DIAGNOSED,
-    Z95,
-    Cohort,
-    Comparison,
-    Measure,
-    Vocabulary,
-    compare,
-    load_targets,
-)
+from simulator.fit.cohort import ACTIVE, DIAGNOSED, EVER, EVER_DIAGNOSED, Cohort, Vocabulary
+from simulator.fit.statistics import Z95, Comparison, compare
+from simulator.model.parsing import LoadError
+from simulator.model.targets import Measure, load_targets
 
 
 def test_shipped_targets_load_with_sources_and_definitions() -> None:

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import simulator
-from simulator.report import write_report
-from simulator.targets import Vocabulary, cohort_from_kernel, cohort_from_tables, needs_of
-from simulator.validation import default_targets, validate_run
+from simulator.fit.cohort import Vocabulary, cohort_from_kernel, cohort_from_tables, needs_of
+from simulator.fit.report import write_report
+from simulator.fit.validation import default_targets, validate_run
+from simulator.tables.chunks import chunk_tables
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 ANTIHYPERTENSIVES = {"314076", "979492", "310798", "197361"}  # lisinopril, losartan, HCTZ, amlodipine
@@ -158,7 +159,7 @@ def test_kernel_and_table_summaries_agree() -> None:
         run.events, run.patient, index, run.people.birth_t, run.people.sex, sim.names.codes, sim.reference_t, needs,
         sim.names.conditions,
     )  # fmt: skip
-    chunk = sim.chunk(0, 600)
+    chunk = chunk_tables(sim, 0, 600)
     from_tables = cohort_from_tables(chunk.patients, chunk.events, sim.reference_t, needs)
     for name in ("conditions", "observations", "medications"):
         kernel_side, table_side = getattr(from_kernel, name), getattr(from_tables, name)

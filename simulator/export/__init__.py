@@ -2,8 +2,8 @@
 (Bulk Data ndjson, per-patient transaction bundles).
 
 One path: chunk -> `clinical_tables.build_tables` -> `fhir_resources.build_resources` -> writers.
-Nothing here looks inside the kernel; everything works from the tables of `simulator.tables` and
-`simulator.population`.
+Nothing here looks inside the kernel; everything works from the patient and event tables of
+`simulator.tables`.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from simulator.export.bundles import Method, patient_bundles, shared_entries
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.fhir_resources import TEXT, References, build_resources, shared_resources, text_bytes
 from simulator.export.ids import fhir_datetime_text
-from simulator.library import Library
-from simulator.schema import CODE_SYSTEMS
+from simulator.model.library import Library
+from simulator.model.schema import CODE_SYSTEMS
 
 
 @dataclass(frozen=True)

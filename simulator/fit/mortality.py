@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 from ruamel.yaml import YAML
 
-from simulator import kernel
+from simulator.engine.codes import K_DEATH
+from simulator.engine.people import annual_rates, build_people_tables, reference_date_of
+from simulator.engine.run import RunConfig, Simulator
 from simulator.files import write_all
-from simulator.library import Library
-from simulator.population import annual_rates, build_people_tables, reference_date_of
-from simulator.run import RunConfig, Simulator
+from simulator.model.library import Library
 
 BANDS = (0, 1, *range(5, 101, 5))  # band starts, years; the last band is 100 and over
 MIN_SHARE = 0.05  # background deaths never fall below 5% of the life table's
@@ -66,7 +66,7 @@ def cohort_deaths(sim: Simulator, patients: int, chunk_size: int = 5_000) -> Coh
     sexes: list[np.ndarray] = []
     for start in range(0, patients, chunk_size):
         run = sim.simulate(np.arange(start, min(start + chunk_size, patients), dtype=np.int64))
-        is_death = run.events.kind == kernel.K_DEATH
+        is_death = run.events.kind == K_DEATH
         row = run.patient[is_death] - start
         age = (run.events.t[is_death] - run.people.birth_t[row]) / 365.25
         sex = run.people.sex[row].astype(np.int64)

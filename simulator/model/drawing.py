@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 
-from simulator.schema import DiseaseModule, RateTable  # noqa: E402
+from simulator.model.schema import DiseaseModule, RateTable
 
 COLORS = {"death": "#d62728", "terminal": "#7f7f7f", "hazards": "#ff7f0e", "encounter": "#2ca02c", "other": "#1f77b4"}
 

@@ -45,12 +45,39 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from simulator import schema
-from simulator.compiler import module_stream, year_start
-from simulator.kernel import EVENT_KINDS, STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
-from simulator.library import Library
-from simulator.population import People
-from simulator.schema import DAYS_PER_UNIT, AgeCurve, Code, DiseaseModule, RateTable, State
+from simulator.days import year_start
+from simulator.engine.codes import EVENT_KINDS
+from simulator.engine.compiler import module_stream
+from simulator.engine.people import People
+from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
+from simulator.model.library import Library
+from simulator.model.schema import (
+    DAYS_PER_UNIT,
+    AgeCurve,
+    AgeGuard,
+    AllGuard,
+    AnyGuard,
+    AttributeGuard,
+    CalendarGuard,
+    Code,
+    ConditionGuard,
+    DiseaseModule,
+    EthnicityGuard,
+    Exact,
+    Exponential,
+    Gamma,
+    LogNormal,
+    MedicationGuard,
+    Normal,
+    NotGuard,
+    ObservationGuard,
+    RaceGuard,
+    RateTable,
+    SexGuard,
+    SinceGuard,
+    State,
+    Uniform,
+)
 
 DAYS_PER_YEAR = 365.25
 EPS_DAYS = 1e-6  # a guard re-check lands this far past the threshold, so the guard is decided
@@ -72,17 +99,17 @@ def code_text(code: Code) -> str:
 
 def draw(dist: object, rng: np.ndarray) -> float:
     """One value of a distribution, in days when it has a unit."""
-    if isinstance(dist, schema.Exact):
+    if isinstance(dist, Exact):
         value = dist.value
-    elif isinstance(dist, schema.Uniform):
+    elif isinstance(dist, Uniform):
         value = dist.low + (dist.high - dist.low) * uniform(rng)
-    elif isinstance(dist, schema.Normal):
+    elif isinstance(dist, Normal):
         value = dist.mean + dist.sd * normal(rng)
-    elif isinstance(dist, schema.Exponential):
+    elif isinstance(dist, Exponential):
         value = dist.mean * exponential(rng)
-    elif isinstance(dist, schema.LogNormal):
+    elif isinstance(dist, LogNormal):
         value = math.exp(math.log(dist.median) + dist.sigma * normal(rng))
-    elif isinstance(dist, schema.Gamma):
+    elif isinstance(dist, Gamma):
         value = dist.scale * gamma(rng, float(dist.shape))
     else:
         raise TypeError(type(dist))
@@ -106,10 +133,10 @@ def curve(value: float | AgeCurve, sex: str, age: float) -> float:
 
 def atoms(guard: object) -> Iterator[object]:
     """The leaf guards of a guard tree."""
-    if isinstance(guard, schema.AllGuard | schema.AnyGuard):
-        for item in guard.all if isinstance(guard, schema.AllGuard) else guard.any:
+    if isinstance(guard, AllGuard | AnyGuard):
+        for item in guard.all if isinstance(guard, AllGuard) else guard.any:
             yield from atoms(item)
-    elif isinstance(guard, schema.NotGuard):
+    elif isinstance(guard, NotGuard):
         yield from atoms(guard.not_)
     else:
         yield guard
@@ -344,33 +371,33 @@ class PatientRun:
     # --- guards ----------------------------------------------------------------------------------
 
     def holds(self, guard: object, module: str, t: float) -> bool:
-        if isinstance(guard, schema.AllGuard):
+        if isinstance(guard, AllGuard):
             return all(self.holds(g, module, t) for g in guard.all)
-        if isinstance(guard, schema.AnyGuard):
+        if isinstance(guard, AnyGuard):
             return any(self.holds(g, module, t) for g in guard.any)
-        if isinstance(guard, schema.NotGuard):
+        if isinstance(guard, NotGuard):
             return not self.holds(guard.not_, module, t)
-        if isinstance(guard, schema.AgeGuard):
+        if isinstance(guard, AgeGuard):
             return COMPARE[guard.age_years]((t - self.birth_t) / DAYS_PER_YEAR, guard.value)
-        if isinstance(guard, schema.SexGuard):
+        if isinstance(guard, SexGuard):
             return self.sex == guard.sex
-        if isinstance(guard, schema.RaceGuard):
+        if isinstance(guard, RaceGuard):
             return self.race in guard.race
-        if isinstance(guard, schema.EthnicityGuard):
+        if isinstance(guard, EthnicityGuard):
             return self.ethnicity in guard.ethnicity
-        if isinstance(guard, schema.AttributeGuard):
+        if isinstance(guard, AttributeGuard):
             return COMPARE[guard.op](self.attributes[guard.attribute].at(t), guard.value)
-        if isinstance(guard, schema.ConditionGuard):
+        if isinstance(guard, ConditionGuard):
             return guard.condition in (self.active if guard.status == "active" else self.diagnosed)
-        if isinstance(guard, schema.MedicationGuard):
+        if isinstance(guard, MedicationGuard):
             return guard.medication in self.taking
-        if isinstance(guard, schema.ObservationGuard):
+        if isinstance(guard, ObservationGuard):
             latest = self.latest[guard.observation]
             return not math.isnan(latest) and COMPARE[guard.op](latest, guard.value)
-        if isinstance(guard, schema.SinceGuard):
+        if isinstance(guard, SinceGuard):
             entered = self.entered.get((module, guard.since))
             return entered is not None and COMPARE[guard.op](t - entered, guard.value * DAYS_PER_UNIT[guard.unit])
-        if isinstance(guard, schema.CalendarGuard):
+        if isinstance(guard, CalendarGuard):
             return t < year_start(guard.before_year)
         raise TypeError(type(guard))
 
@@ -380,13 +407,13 @@ class PatientRun:
         best = INF
         for atom in atoms(guard):
             at = INF
-            if isinstance(atom, schema.AgeGuard):
+            if isinstance(atom, AgeGuard):
                 at = self.birth_t + atom.value * DAYS_PER_YEAR
-            elif isinstance(atom, schema.CalendarGuard):
+            elif isinstance(atom, CalendarGuard):
                 at = year_start(atom.before_year)
-            elif isinstance(atom, schema.SinceGuard) and (module, atom.since) in self.entered:
+            elif isinstance(atom, SinceGuard) and (module, atom.since) in self.entered:
                 at = self.entered[(module, atom.since)] + atom.value * DAYS_PER_UNIT[atom.unit]
-            elif isinstance(atom, schema.AttributeGuard):
+            elif isinstance(atom, AttributeGuard):
                 attribute = self.attributes[atom.attribute]
                 if attribute.slope_per_year != 0.0:
                     at = attribute.t0 + (atom.value - attribute.level) / attribute.slope_per_year * DAYS_PER_YEAR
@@ -491,7 +518,7 @@ class PatientRun:
         return math.floor(min(max(value, low), high) * scale + 0.5) / scale
 
     def run_actions(self, track: Track, name: str, state: State, t: float) -> None:
-        """A state's actions, in the documented order (schema.State)."""
+        """A state's actions, in the documented order (State)."""
         module = track.module.name
 
         def emit(kind: str, code: Code, value: float = math.nan, encounter: int | None = None) -> None:

@@ -17,25 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.calibration import fits_outside_bounds, stale_fits
-from simulator.invariants import check_invariants
-from simulator.library import Library, load_library
-from simulator.population import days_since_epoch
-from simulator.targets import (
+from simulator.days import days_since_epoch
+from simulator.engine.run import RunConfig, Simulator
+from simulator.fit.calibration import fits_outside_bounds, stale_fits
+from simulator.fit.cohort import (
     ACTIVE,
     DIAGNOSED,
     EVER,
     Cohort,
-    Comparison,
     Needs,
-    TargetSet,
     Vocabulary,
-    cohort_from_kernel,
     cohort_from_tables,
-    compare_all,
-    load_targets,
     needs_of,
+    simulate_cohort,
 )
+from simulator.fit.statistics import Comparison, compare_all
+from simulator.model.library import Library
+from simulator.model.loading import load_library
+from simulator.model.targets import TargetSet, load_targets
+from simulator.tables.chunks import chunk_tables
+from simulator.tables.invariants import check_invariants
+from simulator.tables.population import Population
+from simulator.version import __version__
 
 INVARIANT_PATIENTS = 2_000  # patients of a generated cohort whose tables are checked
 LAB_MIN_AGE = 18
@@ -103,8 +106,6 @@ def lab_distributions(cohort: Cohort, targets: TargetSet, vocabulary: Vocabulary
 
 
 def _card(library: Library, config: dict, n_patients: int, lifetime_patients: int) -> dict:
-    from simulator import __version__
-
     return {
         "generator": f"ehrsim {__version__}",
         "how": (
@@ -133,27 +134,10 @@ def _card(library: Library, config: dict, n_patients: int, lifetime_patients: in
 
 
 def _lifetime_cohort(library: Library, seed: int, patients: int, needs: Needs, chunk_size: int) -> Cohort | None:
-    from simulator.run import RunConfig, Simulator
-
     if patients <= 0:
         return None
     sim = Simulator.build(RunConfig(patients=patients, seed=seed, mode="lifetime"), library)
     return simulate_cohort(sim, np.arange(patients), needs, math.inf, chunk_size)
-
-
-def simulate_cohort(sim, index: np.ndarray, needs: Needs, t_ref: float, chunk_size: int = 10_000) -> Cohort:
-    """Kernel only: the summary of patients `index` (ascending), simulated chunk by chunk."""
-    parts = []
-    for start in range(0, len(index), chunk_size):
-        chunk = index[start : start + chunk_size]
-        run = sim.simulate(chunk)
-        birth_t, sex = run.people.birth_t, run.people.sex
-        parts.append(
-            cohort_from_kernel(
-                run.events, run.patient, chunk, birth_t, sex, sim.names.codes, t_ref, needs, sim.names.conditions
-            )
-        )
-    return Cohort.concat(parts)
 
 
 def validate_generated(
@@ -165,8 +149,6 @@ def validate_generated(
     chunk_size: int = 10_000,
 ) -> Validation:
     """Generate `patients` (population mode, kernel only) and a lifetime cohort, and compare."""
-    from simulator.run import RunConfig, Simulator
-
     library = library or load_library()
     targets = targets or default_targets(library)
     vocabulary = Vocabulary.of(library)
@@ -174,7 +156,7 @@ def validate_generated(
     lifetime_patients = min(patients, 20_000) if lifetime_patients is None else lifetime_patients
     sim = Simulator.build(RunConfig(patients=patients, seed=seed, chunk_size=chunk_size), library)
     cohort = simulate_cohort(sim, np.arange(patients), needs, sim.reference_t, chunk_size)
-    checked = sim.chunk(0, min(patients, INVARIANT_PATIENTS))
+    checked = chunk_tables(sim, 0, min(patients, INVARIANT_PATIENTS))
     invariants = check_invariants(checked.patients, checked.events)
     lifetime = _lifetime_cohort(library, seed, lifetime_patients, needs, chunk_size)
     config = {"mode": "population", "seed": seed, "reference_date": str(sim.config.reference_date or "default")}
@@ -192,8 +174,6 @@ def validate_generated(
 
 def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: TargetSet | None = None) -> Validation:
     """Compare a run written by `ehrsim generate` (its manifest and tables) with the targets."""
-    from simulator.run import Population
-
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no manifest.json: is it the --out directory of ehrsim generate?")

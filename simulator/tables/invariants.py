@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simulator.schema import CODE_SYSTEMS
+from simulator.model.schema import CODE_SYSTEMS
 
 
 def _first(frame: pd.DataFrame, what: str, limit: int = 3) -> list[str]:

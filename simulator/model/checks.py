@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from pydantic import BaseModel
 
-from simulator.loading import LoadError, Located, Problem, suggest
-from simulator.schema import (
+from simulator.model.parsing import LoadError, Located, Problem, suggest
+from simulator.model.schema import (
     AllGuard,
     AnyGuard,
     AttributeGuard,
@@ -37,7 +37,7 @@ from simulator.schema import (
 )
 
 if TYPE_CHECKING:
-    from simulator.library import Library
+    from simulator.model.library import Library
 
 Path = tuple[str | int, ...]
 KINDS = ("attributes", "conditions", "medications", "observables")

@@ -1,63 +1,24 @@
-"""Find and load the module and rules files a run uses: the `files -> validated models` step."""
+"""Load a library: find the files, parse them with positions, write fitted values in, validate, cross-check."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from simulator.loading import LoadError, Located, Problem, load, parse_yaml, validate
-from simulator.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
-
-if TYPE_CHECKING:
-    from simulator.calibration import Declared
-
-RULES_FILES = {"demographics.yaml": Demographics, "mortality.yaml": Mortality, "names.yaml": Names}
-
-
-def data_root() -> Path:
-    """Where the default modules/ and rules/ live: inside the installed wheel, else the checkout."""
-    packaged = Path(__file__).parent / "_data"
-    if (packaged / "modules").is_dir():
-        return packaged
-    return Path(__file__).parent.parent
-
-
-def default_modules_dir() -> Path:
-    return data_root() / "modules"
-
-
-def default_rules_dir() -> Path:
-    return data_root() / "rules"
-
-
-@dataclass(frozen=True)
-class Library:
-    """Every validated file of a run, with the parsed documents (for error positions) and hashes."""
-
-    modules: tuple[DiseaseModule, ...]
-    demographics: Demographics
-    mortality: Mortality
-    names: Names
-    rules_dir: Path
-    documents: dict[str, Located] = field(repr=False)
-    file_sha256: dict[str, str]
-    data_sha256: dict[str, str] = field(default_factory=dict)  # module name -> digest of its parsed data
-    # module name -> {path: the module file's numbers there} where a fitted file replaced them
-    sourced_numbers: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
-    calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
-    background_share: BackgroundShare | None = None  # rules' fitted background mortality share
-
-    def module(self, name: str) -> DiseaseModule:
-        for module in self.modules:
-            if module.name == name:
-                return module
-        raise KeyError(name)
-
-    def document(self, module_name: str) -> Located:
-        return self.documents[module_name]
+from simulator.model.checks import check_library
+from simulator.model.fitted import apply_fitted, calibration_dir, load_declarations, load_fitted
+from simulator.model.library import (
+    RULES_FILES,
+    Library,
+    data_sha256,
+    default_modules_dir,
+    default_rules_dir,
+    module_files,
+)
+from simulator.model.parsing import LoadError, Located, Problem, load, parse_yaml, validate
+from simulator.model.schema import BackgroundShare, DiseaseModule, Mortality
+from simulator.model.targets import load_targets
 
 
 def _display(path: Path) -> str:
@@ -68,10 +29,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def module_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.yaml") if p.name not in RULES_FILES)
-
-
 def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | None = None) -> Library:
     """Load, validate and cross-check every file; raise LoadError listing all problems found.
 
@@ -80,8 +37,6 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     calibration values (rules/targets/calibration/*.fitted.yaml) are written into their modules
     before validation, and the calibration declarations of the loaded modules are checked.
     """
-    from simulator.calibration import apply_fitted, load_fitted
-    from simulator.checks import check_library
 
     rules_dir = Path(rules_dir) if rules_dir is not None else default_rules_dir()
     if isinstance(modules, list):
@@ -169,21 +124,11 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
 
 def _with_calibration(library: Library) -> Library:
     """The library with the checked calibration declarations of its modules (when the rules have targets)."""
-    from dataclasses import replace
-
-    from simulator.calibration import calibration_dir, load_declarations
-    from simulator.targets import load_targets
-
     directory = library.rules_dir / "targets"
     if not calibration_dir(library.rules_dir).is_dir():
         return library
     targets = load_targets(directory, _display(directory))
     return replace(library, calibration=load_declarations(library, targets, _display))
-
-
-def data_sha256(data: object) -> str:
-    """Digest of a parsed YAML document's data: comments and layout do not change it, values do."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def _hash_tables(library: Library) -> None:

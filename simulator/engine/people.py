@@ -1,21 +1,106 @@
-"""Who the patients are: reference tables from rules/ as arrays, and the patient table.
-
-The draws themselves happen in the kernel layer (`kernel.sample_people`), from each patient's own
-stream, so a patient is the same person whatever chunk they fall in.
-"""
+"""Who the patients are: reference tables from rules/ as arrays (population pyramid, race and ethnicity
+shares, life-table hazards, names), and `sample_people`, which draws each patient from their own stream
+so that a patient is the same person whatever chunk they fall in."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 
-from simulator import kernel
-from simulator.compiler import days_since_epoch
-from simulator.library import Library
+from simulator.days import DAYS_PER_YEAR, days_since_epoch
+from simulator.engine.rng import STREAM_PEOPLE, exponential, next_u64, stream_state, uniform
+from simulator.model.library import Library
+
+
+@njit(cache=True, _nrt=False)
+def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
+    """Age (years) at which the cumulative hazard reaches target; cum_hazard[k] is H(k), linear
+    within each year, constant rate tail_rate past the last age."""
+    last = cum_hazard.shape[0] - 1
+    if target >= cum_hazard[last]:
+        return last + (target - cum_hazard[last]) / tail_rate
+    lo = 0
+    while cum_hazard[lo + 1] < target:
+        lo += 1
+    span = cum_hazard[lo + 1] - cum_hazard[lo]
+    return lo + ((target - cum_hazard[lo]) / span if span > 0 else 0.0)
+
+
+@njit(cache=True, _nrt=False)
+def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
+    last = cum_hazard.shape[0] - 1
+    if age >= last:
+        return cum_hazard[last] + (age - last) * tail_rate
+    k = int(age)
+    return cum_hazard[k] + (age - k) * (cum_hazard[k + 1] - cum_hazard[k])
+
+
+@njit(cache=True, _nrt=False)
+def _pick(cdf: np.ndarray, u: float) -> int:
+    k = 0
+    while k < cdf.shape[0] - 1 and cdf[k] <= u:
+        k += 1
+    return k
+
+
+@njit(cache=True, parallel=True)
+def sample_people(
+    seed: int,
+    index: np.ndarray,
+    lifetime: bool,
+    reference_t: float,
+    age_sex_cdf: np.ndarray,
+    race_cdf: np.ndarray,
+    ethnicity_cdf: np.ndarray,
+    cum_hazard: np.ndarray,
+    tail_rate: np.ndarray,
+    n_name_lists: np.ndarray,
+    birth_t: np.ndarray,
+    sex: np.ndarray,
+    race: np.ndarray,
+    ethnicity: np.ndarray,
+    death_t: np.ndarray,
+    picks: np.ndarray,
+    id_bits: np.ndarray,
+) -> None:
+    """Draw who each patient is from their own people stream.
+
+    age_sex_cdf: cumulative shares over (sex, single year of age): male ages 0..A, then female.
+    Population mode: the age at `reference_t` follows the pyramid and background death is drawn
+    conditional on being alive then. Lifetime mode: born in the year before `reference_t`, sexes
+    as at age 0, background death from birth. cum_hazard: float64[2, A+2], H at whole ages per
+    sex; tail_rate[2]: hazard past the table. picks[i, k] chooses from name list k.
+    """
+    n_ages = age_sex_cdf.shape[0] // 2
+    for i in prange(index.shape[0]):
+        rng = np.zeros(1, np.uint64)
+        rng[0] = stream_state(seed, index[i], STREAM_PEOPLE)
+        cell = _pick(age_sex_cdf, uniform(rng))
+        within = uniform(rng)
+        s = 0 if cell < n_ages else 1
+        if lifetime:
+            age = within
+            newborn_male = age_sex_cdf[0] / (age_sex_cdf[0] + age_sex_cdf[n_ages] - age_sex_cdf[n_ages - 1])
+            s = 0 if uniform(rng) < newborn_male else 1
+        else:
+            age = (cell % n_ages) + within
+            uniform(rng)
+        sex[i] = s
+        birth_t[i] = reference_t - age * DAYS_PER_YEAR
+        race[i] = _pick(race_cdf, uniform(rng))
+        ethnicity[i] = _pick(ethnicity_cdf, uniform(rng))
+        start = 0.0 if lifetime else age
+        target = _cumulative_at(cum_hazard[s], tail_rate[s], start) + exponential(rng)
+        death_t[i] = birth_t[i] + _inverse_cumulative(cum_hazard[s], tail_rate[s], target) * DAYS_PER_YEAR
+        for k in range(n_name_lists.shape[0]):
+            picks[i, k] = int(uniform(rng) * n_name_lists[k])
+        id_bits[i, 0] = next_u64(rng)
+        id_bits[i, 1] = next_u64(rng)
+
 
 NAME_LISTS = ("given_male", "given_female", "family", "street_number", "streets", "street_suffixes", "cities")
 MAX_STREET_NUMBER = 9999
@@ -23,7 +108,7 @@ MAX_STREET_NUMBER = 9999
 
 @dataclass(frozen=True)
 class PeopleTables:
-    """Everything `kernel.sample_people` needs, derived once from the rules."""
+    """Everything `sample_people` needs, derived once from the rules."""
 
     reference_t: float
     age_sex_cdf: np.ndarray  # float64[2 * n_ages]
@@ -136,7 +221,7 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         id_bits=np.empty((n, 2), np.uint64),
     )
     with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-        kernel.sample_people(
+        sample_people(
             seed,
             people.index,
             lifetime,
@@ -156,66 +241,6 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
             people.id_bits,
         )
     return people
-
-
-def patient_ids(id_bits: np.ndarray) -> list[str]:
-    """Version-4-shaped UUIDs from the patients' own random bits: stable for (seed, index)."""
-    return [str(uuid.UUID(int=(high << 64) | low, version=4)) for high, low in id_bits.tolist()]
-
-
-def to_datetime(t_days: np.ndarray) -> pd.Series:
-    """Float days since 1970-01-01 (UTC) -> timezone-aware timestamps, millisecond precision."""
-    ms = np.where(np.isfinite(t_days), np.round(t_days * 86_400_000.0), np.nan)
-    return pd.Series(pd.to_datetime(ms, unit="ms", utc=True))
-
-
-def patient_table(
-    library: Library, people: People, death_t: np.ndarray, death_code: np.ndarray, codes: tuple, seed: int
-) -> pd.DataFrame:
-    """One row per patient: identity, demographics, synthetic name and address, death."""
-    names = library.names
-    picks = people.picks
-    male = people.sex == 0
-    given = np.where(
-        male,
-        np.asarray(names.given_male, dtype=object)[picks[:, 0]],
-        np.asarray(names.given_female, dtype=object)[picks[:, 1]],
-    )
-    cities = names.cities
-    city_pick = picks[:, 6]
-    races = library.demographics.race
-    ethnicities = library.demographics.ethnicity
-    street = (
-        pd.Series(picks[:, 3] + 1).astype(str)
-        + " "
-        + pd.Series(np.asarray(names.streets, dtype=object)[picks[:, 4]])
-        + " "
-        + pd.Series(np.asarray(names.street_suffixes, dtype=object)[picks[:, 5]])
-    )
-    dead = np.isfinite(death_t)
-    cause = np.where(dead, death_code, -1)
-    return pd.DataFrame(
-        {
-            "id": patient_ids(people.id_bits),
-            "index": people.index,
-            "seed": np.full(len(people.index), seed, dtype=np.int64),
-            "birth_time": to_datetime(people.birth_t),
-            "sex": pd.Categorical.from_codes(people.sex, ["M", "F"]),
-            "race": pd.Categorical.from_codes(people.race, [r.name for r in races]),
-            "race_code": pd.Categorical.from_codes(people.race, [r.code.code for r in races]),
-            "ethnicity": pd.Categorical.from_codes(people.ethnicity, [e.name for e in ethnicities]),
-            "ethnicity_code": pd.Categorical.from_codes(people.ethnicity, [e.code.code for e in ethnicities]),
-            "given_name": given,
-            "family_name": np.asarray(names.family, dtype=object)[picks[:, 2]],
-            "address": street.to_numpy(),
-            "city": [cities[k].city for k in city_pick],
-            "state": [cities[k].state for k in city_pick],
-            "zip": [cities[k].zip for k in city_pick],
-            "death_time": to_datetime(np.where(dead, death_t, np.nan)),
-            "death_cause_code": [codes[k].code if k >= 0 else None for k in cause],
-            "death_cause_display": [codes[k].display if k >= 0 else None for k in cause],
-        }
-    )
 
 
 def reference_date_of(library: Library) -> date:

@@ -177,7 +177,7 @@ def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | in
         return "required key is missing", False
     if kind == "invalid_guard":
         keys = list(error["input"]) if isinstance(error["input"], dict) else []
-        from simulator.schema import GUARD_KEYS
+        from simulator.model.schema import GUARD_KEYS
 
         hint = suggest(str(keys[0]), set(GUARD_KEYS)) if keys else ""
         return f"{error['msg']}{hint}", False

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from simulator.files import write_all
-from simulator.targets import OPEN_AGE, RELATIVE_TOLERANCE, Comparison, Target
-from simulator.validation import Validation
+from simulator.fit.statistics import RELATIVE_TOLERANCE, Comparison
+from simulator.fit.validation import Validation
+from simulator.model.targets import OPEN_AGE, Target
 
 TOLERANCE_TEXT = (
     f"pass: the target lies inside the simulated 95% interval (Wilson, from the cohort size), or the simulated "

@@ -11,13 +11,57 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from datetime import date
 from typing import NamedTuple
 
 import numpy as np
 
-from simulator.library import Library
-from simulator.schema import (
+from simulator.days import year_start
+from simulator.engine.codes import (
+    A_DEATH,
+    A_DIAGNOSE,
+    A_ENC_END,
+    A_ENC_START,
+    A_IMMUNIZATION,
+    A_MED_START,
+    A_MED_STOP,
+    A_OBSERVE,
+    A_ONSET,
+    A_PROCEDURE,
+    A_RESOLVE,
+    A_SET_ADD,
+    A_SET_DRAW,
+    A_SET_TO,
+    A_SYMPTOM,
+    COMPARISONS,
+    D_EXACT,
+    D_EXPONENTIAL,
+    D_GAMMA,
+    D_LOGNORMAL,
+    D_NORMAL,
+    D_UNIFORM,
+    G_AGE,
+    G_AND,
+    G_ATTR,
+    G_BEFORE,
+    G_COND_ACTIVE,
+    G_COND_DIAGNOSED,
+    G_ETHNICITY,
+    G_MED,
+    G_NOT,
+    G_OBS,
+    G_OR,
+    G_RACE,
+    G_SEX,
+    G_SINCE,
+    SEXES,
+    X_BRANCHES,
+    X_CASES,
+    X_HAZARDS,
+    X_NEXT,
+    X_TERMINAL,
+)
+from simulator.model.library import Library
+from simulator.model.schema import (
     DAYS_PER_UNIT,
     ENCOUNTER_CLASSES,
     AgeCurve,
@@ -46,31 +90,7 @@ from simulator.schema import (
     Uniform,
 )
 
-# action kinds
-A_ENC_START, A_SET_TO, A_SET_ADD, A_SET_DRAW, A_ONSET, A_DIAGNOSE, A_RESOLVE = 0, 1, 2, 3, 4, 5, 6
-A_MED_START, A_MED_STOP, A_PROCEDURE, A_IMMUNIZATION, A_OBSERVE, A_SYMPTOM = 7, 8, 9, 10, 11, 12
-A_ENC_END, A_DEATH = 13, 14
-# exit kinds
-X_TERMINAL, X_NEXT, X_BRANCHES, X_CASES, X_HAZARDS = 0, 1, 2, 3, 4
-# distribution kinds
-D_EXACT, D_UNIFORM, D_NORMAL, D_EXPONENTIAL, D_LOGNORMAL, D_GAMMA = 0, 1, 2, 3, 4, 5
-# guard instructions
-G_AGE, G_SEX, G_RACE, G_ETHNICITY, G_ATTR, G_COND_ACTIVE, G_COND_DIAGNOSED = 0, 1, 2, 3, 4, 5, 6
-G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT, G_BEFORE = 7, 8, 9, 10, 11, 12, 13
-COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
-SEXES = ("M", "F")
-DAYS_PER_YEAR = 365.25
-EPOCH = date(1970, 1, 1)  # simulated time is float days since this date
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
-
-
-def days_since_epoch(day: date) -> float:
-    return float((day - EPOCH).days)
-
-
-def year_start(year: int) -> float:
-    """Simulated time of 1 January of `year` (the threshold of a before_year guard)."""
-    return days_since_epoch(date(year, 1, 1))
 
 
 class CompiledModel(NamedTuple):

@@ -1,4 +1,4 @@
-"""The event kernel: compiled arrays + people -> per-patient event buffers. The only numba layer.
+"""The event kernel: compiled arrays + people -> per-patient event buffers (numba).
 
 Semantics (DESIGN.md, "Simulation semantics"): continuous time in float days since 1970-01-01;
 each patient is simulated alone, event by event, from birth to the end of their window or death.
@@ -21,99 +21,82 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from simulator import compiler as c
-
-# --- random numbers: SplitMix64 ------------------------------------------------------------------
-
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-MIX2 = np.uint64(0x94D049BB133111EB)
-TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
-STREAM_PEOPLE, STREAM_EVENTS = 0, 1
-
-
-@njit(cache=True, inline="always", _nrt=False)
-def _mix(z: np.uint64) -> np.uint64:
-    z = (z ^ (z >> np.uint64(30))) * MIX1
-    z = (z ^ (z >> np.uint64(27))) * MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True, _nrt=False)
-def stream_state(seed: int, index: int, stream: int) -> np.uint64:
-    """Starting state of the stream for (seed, patient index, stream number)."""
-    z = _mix(np.uint64(seed) + GOLDEN)
-    z = _mix(z ^ (np.uint64(index) * GOLDEN + np.uint64(0x632BE59BD9B4E019)))
-    return _mix(z + np.uint64(stream) * GOLDEN)
-
-
-@njit(cache=True, inline="always", _nrt=False)
-def next_u64(rng: np.ndarray) -> np.uint64:
-    rng[0] += GOLDEN
-    return _mix(rng[0])
-
-
-@njit(cache=True, inline="always", _nrt=False)
-def uniform(rng: np.ndarray) -> float:
-    """Uniform on [0, 1)."""
-    return float(next_u64(rng) >> np.uint64(11)) * TO_UNIT
-
-
-@njit(cache=True, _nrt=False)
-def normal(rng: np.ndarray) -> float:
-    """Standard normal by Box-Muller (one of the pair; two uniforms per call)."""
-    u1 = 1.0 - uniform(rng)
-    u2 = uniform(rng)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
-@njit(cache=True, _nrt=False)
-def exponential(rng: np.ndarray) -> float:
-    """Standard exponential (mean 1)."""
-    return -math.log(1.0 - uniform(rng))
-
-
-@njit(cache=True, _nrt=False)
-def gamma(rng: np.ndarray, shape: float) -> float:
-    """Gamma(shape, 1) by Marsaglia-Tsang; shape < 1 by the u**(1/shape) boost."""
-    boost = 1.0
-    if shape < 1.0:
-        boost = uniform(rng) ** (1.0 / shape)
-        shape += 1.0
-    d = shape - 1.0 / 3.0
-    k = 1.0 / math.sqrt(9.0 * d)
-    while True:
-        x = normal(rng)
-        v = (1.0 + k * x) ** 3
-        if v <= 0.0:
-            continue
-        u = uniform(rng)
-        if math.log(1.0 - u) < 0.5 * x * x + d - d * v + d * math.log(v):
-            return d * v * boost
+from simulator.days import DAYS_PER_YEAR
+from simulator.engine.codes import (
+    A_DIAGNOSE,
+    A_ENC_END,
+    A_ENC_START,
+    A_IMMUNIZATION,
+    A_MED_START,
+    A_MED_STOP,
+    A_OBSERVE,
+    A_ONSET,
+    A_PROCEDURE,
+    A_RESOLVE,
+    A_SET_ADD,
+    A_SET_DRAW,
+    A_SET_TO,
+    A_SYMPTOM,
+    D_EXACT,
+    D_EXPONENTIAL,
+    D_LOGNORMAL,
+    D_NORMAL,
+    D_UNIFORM,
+    G_AGE,
+    G_AND,
+    G_ATTR,
+    G_BEFORE,
+    G_COND_ACTIVE,
+    G_COND_DIAGNOSED,
+    G_ETHNICITY,
+    G_MED,
+    G_NOT,
+    G_OBS,
+    G_OR,
+    G_RACE,
+    G_SEX,
+    G_SINCE,
+    K_DEATH,
+    K_DIAGNOSIS,
+    K_ENCOUNTER_END,
+    K_ENCOUNTER_START,
+    K_IMMUNIZATION,
+    K_MED_START,
+    K_MED_STOP,
+    K_OBSERVATION,
+    K_ONSET,
+    K_PROCEDURE,
+    K_RESOLVED,
+    K_SYMPTOM,
+    X_BRANCHES,
+    X_HAZARDS,
+    X_NEXT,
+    X_TERMINAL,
+)
+from simulator.engine.compiler import CompiledModel
+from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 
 
 @njit(cache=True, _nrt=False)
-def draw(model: c.CompiledModel, dist: int, rng: np.ndarray) -> float:
+def draw(model: CompiledModel, dist: int, rng: np.ndarray) -> float:
     """One value of a compiled distribution, times its unit in days (1 when unitless)."""
     kind = model.dist_kind[dist]
     p0 = model.dist_p0[dist]
     p1 = model.dist_p1[dist]
-    if kind == c.D_EXACT:
+    if kind == D_EXACT:
         value = p0
-    elif kind == c.D_UNIFORM:
+    elif kind == D_UNIFORM:
         value = p0 + (p1 - p0) * uniform(rng)
-    elif kind == c.D_NORMAL:
+    elif kind == D_NORMAL:
         value = p0 + p1 * normal(rng)
-    elif kind == c.D_EXPONENTIAL:
+    elif kind == D_EXPONENTIAL:
         value = p0 * exponential(rng)
-    elif kind == c.D_LOGNORMAL:
+    elif kind == D_LOGNORMAL:
         value = math.exp(p0 + p1 * normal(rng))
     else:
         value = p1 * gamma(rng, p0)
     return value * model.dist_scale[dist]
 
-
-# --- per-patient working memory ------------------------------------------------------------------
 
 # Helpers are compiled without Numba's reference counting (_nrt=False): they never allocate, and
 # counting the ~100 arrays of the model and scratch tuples on every call cost 4x in throughput.
@@ -126,23 +109,6 @@ STACK = 64
 C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
-# event kinds
-K_ENCOUNTER_START, K_ENCOUNTER_END, K_ONSET, K_DIAGNOSIS, K_RESOLVED = 0, 1, 2, 3, 4
-K_MED_START, K_MED_STOP, K_PROCEDURE, K_IMMUNIZATION, K_OBSERVATION, K_SYMPTOM, K_DEATH = 5, 6, 7, 8, 9, 10, 11
-EVENT_KINDS = (
-    "encounter_start",
-    "encounter_end",
-    "condition_onset",
-    "condition_diagnosis",
-    "condition_resolved",
-    "medication_start",
-    "medication_stop",
-    "procedure",
-    "immunization",
-    "observation",
-    "symptom",
-    "death",
-)
 # wake kinds
 W_NONE, W_FIRE, W_REEVALUATE = 0, 1, 2
 # wait kinds
@@ -209,7 +175,7 @@ class Events(NamedTuple):
 
 
 @njit(cache=True)
-def new_scratch(model: c.CompiledModel) -> Scratch:
+def new_scratch(model: CompiledModel) -> Scratch:
     n_modules = model.module_start.shape[0]
     return Scratch(
         np.zeros(1, np.uint64),
@@ -245,7 +211,7 @@ def new_scratch(model: c.CompiledModel) -> Scratch:
 
 
 @njit(cache=True, _nrt=False)
-def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
+def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     n_modules = model.module_stream.shape[0]
     for m in range(n_modules):
         sc.streams[m] = stream_state(seed, p.index, model.module_stream[m])
@@ -271,17 +237,14 @@ def reset(model: c.CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
         sc.obs_z[o] = normal(sc.rng)
 
 
-# --- small helpers -------------------------------------------------------------------------------
-
-
 @njit(cache=True, inline="always", _nrt=False)
 def age_years(p: Person, t: float) -> float:
-    return (t - p.birth_t) / c.DAYS_PER_YEAR
+    return (t - p.birth_t) / DAYS_PER_YEAR
 
 
 @njit(cache=True, inline="always", _nrt=False)
 def attr_value(sc: Scratch, a: int, t: float) -> float:
-    return sc.attr_level[a] + sc.attr_slope[a] * (t - sc.attr_t0[a]) / c.DAYS_PER_YEAR
+    return sc.attr_level[a] + sc.attr_slope[a] * (t - sc.attr_t0[a]) / DAYS_PER_YEAR
 
 
 @njit(cache=True, inline="always", _nrt=False)
@@ -300,7 +263,7 @@ def compare(x: float, cmp: int, v: float) -> bool:
 
 
 @njit(cache=True, _nrt=False)
-def curve_at(model: c.CompiledModel, curve: int, sex: int, age: float) -> float:
+def curve_at(model: CompiledModel, curve: int, sex: int, age: float) -> float:
     """Linear interpolation in a curve for this sex (flat outside its ages)."""
     start = model.curve_start[curve]
     n = model.curve_n[curve]
@@ -361,11 +324,8 @@ def need_encounter(sc: Scratch, m: int, t: float) -> int:
     return enc
 
 
-# --- guards --------------------------------------------------------------------------------------
-
-
 @njit(cache=True, _nrt=False)
-def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> bool:
+def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> bool:
     """Run a postfix guard program on a small boolean stack."""
     top = 0
     for k in range(model.guard_start[g], model.guard_start[g] + model.guard_n[g]):
@@ -373,35 +333,35 @@ def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float)
         i0 = model.ginst_i0[k]
         cmp = model.ginst_cmp[k]
         f0 = model.ginst_f0[k]
-        if op == c.G_AND or op == c.G_OR:
-            result = op == c.G_AND
+        if op == G_AND or op == G_OR:  # noqa: SIM109 (numba)
+            result = op == G_AND
             for _ in range(i0):
                 top -= 1
-                result = (result and sc.stack[top]) if op == c.G_AND else (result or sc.stack[top])
+                result = (result and sc.stack[top]) if op == G_AND else (result or sc.stack[top])
             value = result
-        elif op == c.G_NOT:
+        elif op == G_NOT:
             top -= 1
             value = not sc.stack[top]
-        elif op == c.G_AGE:
+        elif op == G_AGE:
             value = compare(age_years(p, t), cmp, f0)
-        elif op == c.G_SEX:
+        elif op == G_SEX:
             value = p.sex == i0
-        elif op == c.G_RACE:
+        elif op == G_RACE:
             value = p.race == i0
-        elif op == c.G_ETHNICITY:
+        elif op == G_ETHNICITY:
             value = p.ethnicity == i0
-        elif op == c.G_ATTR:
+        elif op == G_ATTR:
             value = compare(attr_value(sc, i0, t), cmp, f0)
-        elif op == c.G_COND_ACTIVE:
+        elif op == G_COND_ACTIVE:
             value = sc.cond_active[i0]
-        elif op == c.G_COND_DIAGNOSED:
+        elif op == G_COND_DIAGNOSED:
             value = sc.cond_diagnosed[i0]
-        elif op == c.G_MED:
+        elif op == G_MED:
             value = sc.med_active[i0]
-        elif op == c.G_OBS:
+        elif op == G_OBS:
             latest = sc.obs_latest[i0]
             value = (not math.isnan(latest)) and compare(latest, cmp, f0)
-        elif op == c.G_BEFORE:
+        elif op == G_BEFORE:
             value = t < f0
         else:  # G_SINCE
             entered = sc.entered_t[i0]
@@ -412,7 +372,7 @@ def eval_guard(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float)
 
 
 @njit(cache=True, _nrt=False)
-def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
+def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
     """Earliest time after t at which a continuously changing operand of guard g crosses its
     threshold (age, time since a state, a drifting attribute, a calendar date); inf if none."""
     best = np.inf
@@ -420,30 +380,27 @@ def next_crossing(model: c.CompiledModel, sc: Scratch, p: Person, g: int, t: flo
         op = model.ginst_op[k]
         f0 = model.ginst_f0[k]
         at = np.inf
-        if op == c.G_AGE:
-            at = p.birth_t + f0 * c.DAYS_PER_YEAR
-        elif op == c.G_BEFORE:
+        if op == G_AGE:
+            at = p.birth_t + f0 * DAYS_PER_YEAR
+        elif op == G_BEFORE:
             at = f0
-        elif op == c.G_SINCE:
+        elif op == G_SINCE:
             entered = sc.entered_t[model.ginst_i0[k]]
             if entered > -np.inf:
                 at = entered + f0
-        elif op == c.G_ATTR:
+        elif op == G_ATTR:
             a = model.ginst_i0[k]
             slope = sc.attr_slope[a]
             if slope != 0.0:
-                at = sc.attr_t0[a] + (f0 - sc.attr_level[a]) / slope * c.DAYS_PER_YEAR
+                at = sc.attr_t0[a] + (f0 - sc.attr_level[a]) / slope * DAYS_PER_YEAR
         at += EPS_DAYS
         if t < at < best:
             best = at
     return best
 
 
-# --- hazards -------------------------------------------------------------------------------------
-
-
 @njit(cache=True, _nrt=False)
-def hazard_multipliers(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> bool:
+def hazard_multipliers(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> bool:
     """Recompute the hazard-ratio products of state s into hz_mult[m]; True if any changed."""
     changed = False
     for k in range(model.state_sub_n[s]):
@@ -459,7 +416,7 @@ def hazard_multipliers(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s
 
 
 @njit(cache=True, _nrt=False)
-def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int) -> float:
+def band_rate(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int) -> float:
     """Total rate per year of state s's competing hazards in one age band."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
     total = 0.0
@@ -470,7 +427,7 @@ def band_rate(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, ba
 
 
 @njit(cache=True, _nrt=False)
-def hazard_recheck(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> float:
+def hazard_recheck(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> float:
     """When the first hazard-ratio guard of state s may flip (a threshold of age, time since a state
     or a drifting attribute); inf if none can."""
     recheck = np.inf
@@ -493,7 +450,7 @@ def use_stream(sc: Scratch, m: int) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+def schedule_hazards(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
     the age bands; wake earlier if a hazard ratio's guard may flip before then."""
     hazard_multipliers(model, sc, p, m, s, t)
@@ -510,7 +467,7 @@ def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: 
         rate = band_rate(model, sc, p, m, s, band)
         end = model.band_edge_years[start + band + 1] if band + 1 < n_bands else np.inf
         if rate > 0.0 and rate * (end - age) >= remaining:
-            hit_t = p.birth_t + (age + remaining / rate) * c.DAYS_PER_YEAR
+            hit_t = p.birth_t + (age + remaining / rate) * DAYS_PER_YEAR
             break
         if end == np.inf:
             break
@@ -528,7 +485,7 @@ def schedule_hazards(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: 
 
 
 @njit(cache=True, _nrt=False)
-def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int) -> int:
+def fired_hazard(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int) -> int:
     """Which competing hazard fired: chosen in proportion to the rates in the band it fired in."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
     band = sc.wake_band[m]
@@ -546,11 +503,8 @@ def fired_hazard(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int)
     return model.hazard_to[last]
 
 
-# --- observations --------------------------------------------------------------------------------
-
-
 @njit(cache=True, _nrt=False)
-def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
+def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A value from the observable's model (NaN when a derived input was never measured)."""
     n_factors = model.obs_derived_n[o]
     if n_factors > 0:
@@ -570,9 +524,6 @@ def observe(model: c.CompiledModel, sc: Scratch, p: Person, o: int, t: float) ->
     value = min(max(value, model.obs_low[o]), model.obs_high[o])
     scale = 10.0 ** model.obs_decimals[o]
     return math.floor(value * scale + 0.5) / scale
-
-
-# --- state machine -------------------------------------------------------------------------------
 
 
 @njit(cache=True, _nrt=False)
@@ -617,12 +568,12 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     use_stream(sc, m)
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
         kind = model.act_kind[a]
         i0 = model.act_i0[a]
-        if kind == c.A_ENC_START:
+        if kind == A_ENC_START:
             enc = sc.ctr[C_ENCOUNTERS]
             sc.ctr[C_ENCOUNTERS] = enc + 1
             code = model.act_i1[a]
@@ -644,11 +595,11 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
             sc.enc_t[m] = t
             if i0 == model.wellness_class:
                 sc.ctr[C_JOIN] = enc + 1
-        elif kind == c.A_SET_TO or kind == c.A_SET_ADD or kind == c.A_SET_DRAW:
+        elif kind == A_SET_TO or kind == A_SET_ADD or kind == A_SET_DRAW:  # noqa: SIM109 (numba)
             current = attr_value(sc, i0, t)
-            if kind == c.A_SET_TO:
+            if kind == A_SET_TO:
                 level = model.act_f0[a]
-            elif kind == c.A_SET_ADD:
+            elif kind == A_SET_ADD:
                 level = current + model.act_f0[a]
             else:
                 level = draw(model, model.act_i1[a], sc.rng)
@@ -659,7 +610,7 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
                 sc.attr_slope[i0] = drift
             if model.attr_guarded[i0]:
                 sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_ONSET or kind == c.A_DIAGNOSE:
+        elif kind == A_ONSET or kind == A_DIAGNOSE:  # noqa: SIM109 (numba)
             code = model.cond_code[i0]
             if not sc.cond_active[i0]:
                 sc.cond_active[i0] = True
@@ -667,44 +618,44 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
                 emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, i0, -1)
                 if model.cond_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-            if kind == c.A_DIAGNOSE and not sc.cond_diagnosed[i0]:
+            if kind == A_DIAGNOSE and not sc.cond_diagnosed[i0]:
                 sc.cond_diagnosed[i0] = True
                 emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, i0, -1)
                 if model.cond_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_RESOLVE:
+        elif kind == A_RESOLVE:
             if sc.cond_active[i0]:
                 sc.cond_active[i0] = False
                 sc.cond_diagnosed[i0] = False
                 emit(ev, sc, p, t, K_RESOLVED, model.cond_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
                 if model.cond_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_MED_START:
+        elif kind == A_MED_START:
             if not sc.med_active[i0]:
                 sc.med_active[i0] = True
                 emit(ev, sc, p, t, K_MED_START, model.med_code[i0], np.nan, need_encounter(sc, m, t), s, i0, -1)
                 if model.med_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_MED_STOP:
+        elif kind == A_MED_STOP:
             if sc.med_active[i0]:
                 sc.med_active[i0] = False
                 emit(ev, sc, p, t, K_MED_STOP, model.med_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
                 if model.med_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_PROCEDURE or kind == c.A_IMMUNIZATION:
-            event_kind = K_PROCEDURE if kind == c.A_PROCEDURE else K_IMMUNIZATION
+        elif kind == A_PROCEDURE or kind == A_IMMUNIZATION:  # noqa: SIM109 (numba)
+            event_kind = K_PROCEDURE if kind == A_PROCEDURE else K_IMMUNIZATION
             emit(ev, sc, p, t, event_kind, i0, np.nan, need_encounter(sc, m, t), s, -1, -1)
-        elif kind == c.A_OBSERVE:
+        elif kind == A_OBSERVE:
             value = observe(model, sc, p, i0, t)
             if not math.isnan(value):
                 sc.obs_latest[i0] = value
                 emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[i0], value, need_encounter(sc, m, t), s, i0, -1)
                 if model.obs_guarded[i0]:
                     sc.ctr[C_DIRTY] = 1
-        elif kind == c.A_SYMPTOM:
+        elif kind == A_SYMPTOM:
             severity = draw(model, model.act_i1[a], sc.rng)
             emit(ev, sc, p, t, K_SYMPTOM, i0, severity, attached(sc, m, t), s, -1, -1)
-        elif kind == c.A_ENC_END:
+        elif kind == A_ENC_END:
             for k in range(sc.ctr[C_PENDING]):
                 if sc.pend_module[k] == m and sc.pend_t[k] == np.inf:
                     end_pending(ev, sc, p, k, t)
@@ -715,13 +666,13 @@ def run_actions(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: i
 
 
 @njit(cache=True, _nrt=False)
-def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
+def choose(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
     """Target of a next/branches/cases exit at time t (-1: no case holds yet, keep waiting)."""
     kind = model.state_exit[s]
-    if kind == c.X_NEXT:
+    if kind == X_NEXT:
         return model.state_next[s]
     start = model.state_sub_start[s]
-    if kind == c.X_BRANCHES:
+    if kind == X_BRANCHES:
         use_stream(sc, model.state_module[s])
         pick = uniform(sc.rng)
         for k in range(start, start + model.state_sub_n[s]):
@@ -736,7 +687,7 @@ def choose(model: c.CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> 
 
 
 @njit(cache=True, _nrt=False)
-def wait_for_cases(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     sc.wait_kind[m] = WAIT_CASES
     recheck = np.inf
     for k in range(model.state_sub_start[s], model.state_sub_start[s] + model.state_sub_n[s]):
@@ -746,7 +697,7 @@ def wait_for_cases(model: c.CompiledModel, sc: Scratch, p: Person, m: int, s: in
 
 
 @njit(cache=True, _nrt=False)
-def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Enter state s of module m at time t and follow instantaneous exits until the module waits."""
     for _ in range(MAX_STEPS):
         sc.cur_state[m] = s
@@ -758,9 +709,9 @@ def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s:
         if sc.ctr[C_DEAD]:
             return
         kind = model.state_exit[s]
-        if kind == c.X_TERMINAL:
+        if kind == X_TERMINAL:
             return
-        if kind == c.X_HAZARDS:
+        if kind == X_HAZARDS:
             schedule_hazards(model, sc, p, m, s, t)
             return
         if model.state_delay[s] >= 0:
@@ -781,10 +732,10 @@ def enter(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s:
 
 
 @njit(cache=True, _nrt=False)
-def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
+def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
-    if model.state_exit[s] == c.X_HAZARDS:
+    if model.state_exit[s] == X_HAZARDS:
         if sc.wake_kind[m] == W_REEVALUATE:
             schedule_hazards(model, sc, p, m, s, t)
             return
@@ -798,7 +749,7 @@ def leave(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t:
 
 
 @njit(cache=True, _nrt=False)
-def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
+def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
     """After anything changed at t: let waiting modules join a wellness visit that just started,
     re-check waiting cases, re-draw hazards whose ratios changed and bring forward the re-check of
     hazards whose ratio guards may now flip sooner; repeat until quiet."""
@@ -828,7 +779,7 @@ def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float)
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif model.state_exit[s] == c.X_HAZARDS and sc.wake_t[m] > t:
+            elif model.state_exit[s] == X_HAZARDS and sc.wake_t[m] > t:
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -840,7 +791,7 @@ def settle(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, t: float)
 
 
 @njit(cache=True, _nrt=False)
-def simulate_patient(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
+def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
     reset(model, sc, p, seed)
     t = p.birth_t
     n_modules = model.module_start.shape[0]
@@ -876,7 +827,7 @@ def simulate_patient(model: c.CompiledModel, ev: Events, sc: Scratch, p: Person,
 
 @njit(cache=True, parallel=True)
 def simulate(
-    model: c.CompiledModel,
+    model: CompiledModel,
     seed: int,
     index: np.ndarray,
     birth_t: np.ndarray,
@@ -912,92 +863,3 @@ def simulate(
             for s in range(n_states):
                 if sc.entered_t[s] > -np.inf:
                     entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)
-
-
-# --- people --------------------------------------------------------------------------------------
-
-
-@njit(cache=True, _nrt=False)
-def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
-    """Age (years) at which the cumulative hazard reaches target; cum_hazard[k] is H(k), linear
-    within each year, constant rate tail_rate past the last age."""
-    last = cum_hazard.shape[0] - 1
-    if target >= cum_hazard[last]:
-        return last + (target - cum_hazard[last]) / tail_rate
-    lo = 0
-    while cum_hazard[lo + 1] < target:
-        lo += 1
-    span = cum_hazard[lo + 1] - cum_hazard[lo]
-    return lo + ((target - cum_hazard[lo]) / span if span > 0 else 0.0)
-
-
-@njit(cache=True, _nrt=False)
-def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
-    last = cum_hazard.shape[0] - 1
-    if age >= last:
-        return cum_hazard[last] + (age - last) * tail_rate
-    k = int(age)
-    return cum_hazard[k] + (age - k) * (cum_hazard[k + 1] - cum_hazard[k])
-
-
-@njit(cache=True, _nrt=False)
-def _pick(cdf: np.ndarray, u: float) -> int:
-    k = 0
-    while k < cdf.shape[0] - 1 and cdf[k] <= u:
-        k += 1
-    return k
-
-
-@njit(cache=True, parallel=True)
-def sample_people(
-    seed: int,
-    index: np.ndarray,
-    lifetime: bool,
-    reference_t: float,
-    age_sex_cdf: np.ndarray,
-    race_cdf: np.ndarray,
-    ethnicity_cdf: np.ndarray,
-    cum_hazard: np.ndarray,
-    tail_rate: np.ndarray,
-    n_name_lists: np.ndarray,
-    birth_t: np.ndarray,
-    sex: np.ndarray,
-    race: np.ndarray,
-    ethnicity: np.ndarray,
-    death_t: np.ndarray,
-    picks: np.ndarray,
-    id_bits: np.ndarray,
-) -> None:
-    """Draw who each patient is from their own people stream.
-
-    age_sex_cdf: cumulative shares over (sex, single year of age): male ages 0..A, then female.
-    Population mode: the age at `reference_t` follows the pyramid and background death is drawn
-    conditional on being alive then. Lifetime mode: born in the year before `reference_t`, sexes
-    as at age 0, background death from birth. cum_hazard: float64[2, A+2], H at whole ages per
-    sex; tail_rate[2]: hazard past the table. picks[i, k] chooses from name list k.
-    """
-    n_ages = age_sex_cdf.shape[0] // 2
-    for i in prange(index.shape[0]):
-        rng = np.zeros(1, np.uint64)
-        rng[0] = stream_state(seed, index[i], STREAM_PEOPLE)
-        cell = _pick(age_sex_cdf, uniform(rng))
-        within = uniform(rng)
-        s = 0 if cell < n_ages else 1
-        if lifetime:
-            age = within
-            newborn_male = age_sex_cdf[0] / (age_sex_cdf[0] + age_sex_cdf[n_ages] - age_sex_cdf[n_ages - 1])
-            s = 0 if uniform(rng) < newborn_male else 1
-        else:
-            age = (cell % n_ages) + within
-            uniform(rng)
-        sex[i] = s
-        birth_t[i] = reference_t - age * c.DAYS_PER_YEAR
-        race[i] = _pick(race_cdf, uniform(rng))
-        ethnicity[i] = _pick(ethnicity_cdf, uniform(rng))
-        start = 0.0 if lifetime else age
-        target = _cumulative_at(cum_hazard[s], tail_rate[s], start) + exponential(rng)
-        death_t[i] = birth_t[i] + _inverse_cumulative(cum_hazard[s], tail_rate[s], target) * c.DAYS_PER_YEAR
-        for k in range(n_name_lists.shape[0]):
-            picks[i, k] = int(uniform(rng) * n_name_lists[k])
-        id_bits[i, 0] = next_u64(rng)
-        id_bits[i, 1] = next_u64(rng)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simulator.compiler import Names
-from simulator.kernel import EVENT_KINDS, K_ENCOUNTER_END, K_ENCOUNTER_START, K_OBSERVATION, Events
-from simulator.population import to_datetime
-from simulator.schema import CODE_SYSTEMS, ENCOUNTER_CLASSES
+from simulator.days import to_datetime
+from simulator.engine.codes import EVENT_KINDS, K_ENCOUNTER_END, K_ENCOUNTER_START, K_OBSERVATION
+from simulator.engine.compiler import Names
+from simulator.engine.kernel import Events
+from simulator.model.schema import CODE_SYSTEMS, ENCOUNTER_CLASSES
 
 EVENT_COLUMNS = (
     "patient",

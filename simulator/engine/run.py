@@ -1,4 +1,4 @@
-"""A run: load -> compile -> simulate chunk by chunk -> tables, streamed to Parquet with a manifest.
+"""The simulation: load -> compile -> kernel, for any set of patient indexes, with population-mode redraws.
 
 Chunks are independent (every patient has their own random streams), so memory is bounded by the
 chunk size and the output is the same whatever the chunk size or thread count.
@@ -6,37 +6,22 @@ chunk size and the output is the same whatever the chunk size or thread count.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import platform
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
-from functools import cached_property
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numba
 import numpy as np
-import pandas as pd
-from rich.console import Console
 
-from simulator import kernel
-from simulator.compiler import CompiledModel, Names, compile_library
-from simulator.export import parse_formats
-from simulator.export.bundles import Method
-from simulator.export.writers import Export, ExportContext, write_atomic
-from simulator.library import Library, load_library
-from simulator.population import (
-    People,
-    PeopleTables,
-    build_people_tables,
-    patient_table,
-    reference_date_of,
-    sample,
-)
-from simulator.tables import event_table
+from simulator.engine.codes import K_DEATH
+from simulator.engine.compiler import CompiledModel, Names, compile_library
+from simulator.engine.kernel import Events, simulate
+from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of, sample
+from simulator.model.library import Library
+from simulator.model.loading import load_library
 
 Mode = Literal["population", "lifetime"]
 LIFETIME_HORIZON_YEARS = 130.0
@@ -70,19 +55,13 @@ class RunConfig:
             raise ValueError(f"mode must be 'population' or 'lifetime' (got {self.mode!r})")
 
 
-@dataclass
-class Chunk:
-    patients: pd.DataFrame
-    events: pd.DataFrame
-
-
 class Simulated(NamedTuple):
     """What the kernel made of patients `index`: flat event buffers (patient order), the patient of
     each event, per-patient error bits, the drawn people, which states each patient entered
     (uint64[n, ceil(n_states / 64)], bit s of a row: global state s), and the event stream each
     patient's history came from (int64[n]; the index itself unless redrawn in population mode)."""
 
-    events: kernel.Events
+    events: Events
     patient: np.ndarray
     errors: np.ndarray
     people: People
@@ -110,6 +89,8 @@ class Simulator:
 
     @classmethod
     def build(cls, config: RunConfig, library: Library | None = None) -> Simulator:
+        if config.threads:
+            numba.set_num_threads(config.threads)
         started = time.perf_counter()
         library = library or load_library(config.modules_dir, config.rules_dir)
         loaded = time.perf_counter()
@@ -148,7 +129,7 @@ class Simulator:
         """`result` with every patient who died redrawn from their next stream, recursively (each
         level splices only the smaller set below it)."""
         died = np.zeros(len(index), bool)
-        died[np.repeat(np.arange(len(index)), counts)[result.events.kind == kernel.K_DEATH]] = True
+        died[np.repeat(np.arange(len(index)), counts)[result.events.kind == K_DEATH]] = True
         if not died.any() or attempt == MAX_REDRAWS:
             return result, counts
         again = index[died]
@@ -183,12 +164,12 @@ class Simulator:
 
     def _run(
         self, index: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
-    ) -> tuple[kernel.Events, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[Events, np.ndarray, np.ndarray, np.ndarray]:
         """One kernel call: patient i writes into its own region of `capacity[i]` rows."""
         n = len(index)
         base = _starts(capacity)
         total = int(capacity.sum())
-        events = kernel.Events(
+        events = Events(
             np.empty(total),
             np.empty(total, np.int8),
             np.empty(total, np.int32),
@@ -202,7 +183,7 @@ class Simulator:
         errors = np.zeros(n, np.int64)
         entered = np.zeros((n, (len(self.names.state_names) + 63) // 64), np.uint64)
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-            kernel.simulate(
+            simulate(
                 self.model,
                 self.config.seed,
                 index.astype(np.int64),
@@ -221,30 +202,6 @@ class Simulator:
             )
         return events, counts, errors, entered
 
-    def chunk(self, start: int, stop: int) -> Chunk:
-        """Patients [start, stop) as tables."""
-        index = np.arange(start, stop, dtype=np.int64)
-        events, patient, errors, people, _, _ = self.simulate(index)
-        if errors.any():
-            bad = index[errors != 0]
-            raise RuntimeError(
-                f"the kernel flagged {len(bad)} patients (first index {bad[0]}, "
-                f"error bits {int(errors[errors != 0][0])}); this is a bug in ehrsim or a module"
-            )
-        is_death = events.kind == kernel.K_DEATH
-        death_t = np.full(len(index), np.nan)
-        death_code = np.full(len(index), -1, np.int64)
-        death_t[patient[is_death] - start] = events.t[is_death]
-        death_code[patient[is_death] - start] = events.code[is_death]
-        patients = patient_table(self.library, people, death_t, death_code, self.names.codes, self.config.seed)
-        return Chunk(patients, event_table(events, patient, self.names))
-
-    def chunks(self) -> Iterator[Chunk]:
-        """The run's chunks in patient order; an empty run yields one empty chunk (the tables' shape)."""
-        if self.config.threads:
-            numba.set_num_threads(self.config.threads)
-        for start in range(0, self.config.patients, self.config.chunk_size) or [0]:
-            yield self.chunk(start, min(start + self.config.chunk_size, self.config.patients))
 
 
 def _splice(
@@ -278,20 +235,20 @@ def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return starts + np.arange(total)
 
 
-def _compact(events: kernel.Events, capacity: np.ndarray, counts: np.ndarray) -> kernel.Events:
+def _compact(events: Events, capacity: np.ndarray, counts: np.ndarray) -> Events:
     base = _starts(capacity)
     rows = _gather_index(base, counts)
-    return kernel.Events(*(column[rows] for column in events))
+    return Events(*(column[rows] for column in events))
 
 
 def _merge(
-    first: kernel.Events,
+    first: Events,
     capacity: np.ndarray,
     counts: np.ndarray,
-    second: kernel.Events,
+    second: Events,
     capacity2: np.ndarray,
     over: np.ndarray,
-) -> kernel.Events:
+) -> Events:
     """Patients that overflowed take their rows from the rerun, the others from the first pass
     (gathered straight into the output, without copying either buffer whole)."""
     out_base = _starts(counts)
@@ -306,171 +263,9 @@ def _merge(
         column[to_kept] = a[from_kept]
         column[to_over] = b[from_over]
         columns.append(column)
-    return kernel.Events(*columns)
+    return Events(*columns)
 
 
-# --- the public result ---------------------------------------------------------------------------
-
-
-@dataclass
-class Population:
-    """A generated population: `patients` and `events` DataFrames and the run manifest.
-
-    When the run was written to disk, the tables are read back on first use from
-    `out/parquet/` (or `out/csv/` when only CSV was written); a run written only as FHIR has no
-    tables to read, and asking for them says so."""
-
-    manifest: dict
-    out: Path | None = None
-    _patients: pd.DataFrame | None = None
-    _events: pd.DataFrame | None = None
-
-    @cached_property
-    def patients(self) -> pd.DataFrame:
-        return self._patients if self._patients is not None else self._read("patients")
-
-    @cached_property
-    def events(self) -> pd.DataFrame:
-        return self._events if self._events is not None else self._read("events")
-
-    def _read(self, name: str) -> pd.DataFrame:
-        assert self.out is not None
-        if (self.out / "parquet" / f"{name}.parquet").exists():
-            return pd.read_parquet(self.out / "parquet" / f"{name}.parquet")
-        if (self.out / "csv" / f"{name}.csv").exists():
-            return pd.read_csv(self.out / "csv" / f"{name}.csv")
-        raise FileNotFoundError(
-            f"{self.out} holds no {name} table: this run wrote only FHIR; generate with formats including 'parquet'"
-        )
-
-
-def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
-    from simulator import __version__
-
-    config = {k: (str(v) if isinstance(v, Path | date) else v) for k, v in asdict(sim.config).items()}
-    config["reference_date"] = str(
-        reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
-    )
-    return {
-        "ehrsim_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seed": sim.config.seed,
-        "config": config,
-        "inputs_sha256": dict(sorted(sim.library.file_sha256.items())),
-        "modules": [{"name": m.name, "version": m.version} for m in sim.library.modules],
-        "counts": counts,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "files": files,
-        "platform": {
-            "python": platform.python_version(),
-            "numba": numba.__version__,
-            "threads": numba.get_num_threads(),
-        },
-    }
-
-
-def _count(counts: dict, chunk: Chunk) -> None:
-    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
-    counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
-    counts["events"] = counts.get("events", 0) + len(chunk.events)
-    by_kind = counts.setdefault("events_by_kind", {})
-    for kind, n in chunk.events["kind"].value_counts(sort=False).items():
-        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
-
-
-def generate(
-    patients: int = 1000,
-    seed: int = 0,
-    *,
-    out: str | Path | None = None,
-    mode: Mode = "population",
-    reference_date: date | None = None,
-    chunk_size: int = 10_000,
-    threads: int | None = None,
-    modules_dir: str | Path | None = None,
-    rules_dir: str | Path | None = None,
-    progress: bool = False,
-    formats: str | tuple[str, ...] | list[str] | None = None,
-    bundle_method: Method = "POST",
-) -> Population:
-    """Generate a synthetic population.
-
-    Without `out`, the tables are returned in memory. With `out`, the run is streamed chunk by
-    chunk to the `formats` asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv",
-    "parquet", as a sequence or comma-separated): `out/fhir/`, `out/bundles/` (transaction bundles,
-    entries as POST, or PUT with stable ids), `out/csv/`, `out/parquet/`, each written under a
-    temporary name and renamed when complete, with `out/manifest.json` listing every file.
-    """
-    chosen = parse_formats(formats)
-    if bundle_method not in ("POST", "PUT"):
-        raise ValueError(f"bundle_method must be 'POST' or 'PUT' (got {bundle_method!r})")
-    config = RunConfig(
-        patients=patients,
-        seed=seed,
-        mode=mode,
-        reference_date=reference_date,
-        chunk_size=chunk_size,
-        threads=threads,
-        modules_dir=Path(modules_dir) if modules_dir else None,
-        rules_dir=Path(rules_dir) if rules_dir else None,
-    )
-    status = "loading modules; a first run also compiles the simulation kernel (minutes, cached afterwards)"
-    with Console(stderr=True).status(status) if progress else contextlib.nullcontext():
-        sim = Simulator.build(config)
-    counts: dict = {}
-    started = time.perf_counter()
-    bar = _progress(progress, patients)
-    if out is None:
-        frames = []
-        for chunk in sim.chunks():
-            frames.append(chunk)
-            _count(counts, chunk)
-            bar(len(chunk.patients))
-        bar(None)
-        timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
-        manifest = _manifest(sim, counts, timings, {})
-        return Population(
-            manifest,
-            _patients=pd.concat([f.patients for f in frames], ignore_index=True),
-            _events=pd.concat([f.events for f in frames], ignore_index=True),
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    request = f"ehrsim generate --patients {patients} --seed {seed} --mode {mode}"
-    export = Export(out, chosen, ExportContext.from_library(sim.library), request, bundle_method)
-    try:
-        for chunk in sim.chunks():
-            export.write(chunk.patients, chunk.events)
-            _count(counts, chunk)
-            bar(len(chunk.patients))
-        bar(None)
-        files = export.finish()
-    except BaseException:
-        export.abort()
-        raise
-    counts["resources_by_type"] = dict(sorted(export.resource_counts.items()))
-    counts["resources"] = sum(export.resource_counts.values())
-    timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
-    manifest = _manifest(sim, counts, timings, files)
-    manifest["formats"] = list(chosen)
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
-    return Population(manifest, out=out)
-
-
-def _progress(enabled: bool, total: int) -> Callable[[int | None], None]:
-    """A callable advancing a rich progress bar by n patients (None: finish)."""
-    if not enabled:
-        return lambda n: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    task = bar.add_task("patients", total=total)
-    bar.start()
-
-    def advance(n: int | None) -> None:
-        if n is None:
-            bar.stop()
-        else:
-            bar.advance(task, n)
-
-    return advance
+def runtime() -> dict:
+    """What the manifest records of the machine that ran the kernel."""
+    return {"python": platform.python_version(), "numba": numba.__version__, "threads": numba.get_num_threads()}

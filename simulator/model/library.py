@@ -1,0 +1,67 @@
+"""A Library: every validated module and rules file of a run, and where the shipped ones live."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.model.fitted import Declared
+from simulator.model.parsing import Located
+from simulator.model.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
+
+RULES_FILES = {"demographics.yaml": Demographics, "mortality.yaml": Mortality, "names.yaml": Names}
+
+
+def data_root() -> Path:
+    """Where the default modules/ and rules/ live: inside the installed wheel, else the checkout."""
+    package = Path(__file__).parent.parent
+    packaged = package / "_data"
+    if (packaged / "modules").is_dir():
+        return packaged
+    return package.parent
+
+
+def default_modules_dir() -> Path:
+    return data_root() / "modules"
+
+
+def default_rules_dir() -> Path:
+    return data_root() / "rules"
+
+
+@dataclass(frozen=True)
+class Library:
+    """Every validated file of a run, with the parsed documents (for error positions) and hashes."""
+
+    modules: tuple[DiseaseModule, ...]
+    demographics: Demographics
+    mortality: Mortality
+    names: Names
+    rules_dir: Path
+    documents: dict[str, Located] = field(repr=False)
+    file_sha256: dict[str, str]
+    data_sha256: dict[str, str] = field(default_factory=dict)  # module name -> digest of its parsed data
+    # module name -> {path: the module file's numbers there} where a fitted file replaced them
+    sourced_numbers: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+    calibration: dict[str, Declared] = field(default_factory=dict, repr=False)  # declarations by module
+    background_share: BackgroundShare | None = None  # rules' fitted background mortality share
+
+    def module(self, name: str) -> DiseaseModule:
+        for module in self.modules:
+            if module.name == name:
+                return module
+        raise KeyError(name)
+
+    def document(self, module_name: str) -> Located:
+        return self.documents[module_name]
+
+
+def module_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.name not in RULES_FILES)
+
+
+def data_sha256(data: object) -> str:
+    """Digest of a parsed YAML document's data: comments and layout do not change it, values do."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
