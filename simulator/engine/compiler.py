@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simulator.days import year_start
 from simulator.engine.codes import (
     A_DEATH,
     A_DIAGNOSE,
@@ -39,53 +38,37 @@ from simulator.engine.codes import (
     D_LOGNORMAL,
     D_NORMAL,
     D_UNIFORM,
-    G_AGE,
     G_AND,
     G_ATTR,
-    G_BEFORE,
     G_COND_ACTIVE,
     G_COND_DIAGNOSED,
-    G_ETHNICITY,
     G_MED,
     G_NOT,
     G_OBS,
     G_OR,
-    G_RACE,
-    G_SEX,
-    G_SINCE,
-    SEXES,
     X_BRANCHES,
     X_CASES,
     X_HAZARDS,
     X_NEXT,
     X_TERMINAL,
 )
+from simulator.engine.guards import GUARD_KINDS
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
     ENCOUNTER_CLASSES,
     AgeCurve,
-    AgeGuard,
     AllGuard,
-    AnyGuard,
-    AttributeGuard,
-    CalendarGuard,
     Code,
-    ConditionGuard,
     DiseaseModule,
-    EthnicityGuard,
     Exact,
     Exponential,
     Gamma,
+    GuardAtom,
     LogNormal,
-    MedicationGuard,
     Normal,
     NotGuard,
-    ObservationGuard,
-    RaceGuard,
     RateTable,
-    SexGuard,
-    SinceGuard,
     State,
     Uniform,
 )
@@ -112,12 +95,13 @@ class CompiledModel(NamedTuple):
     state_band_n: np.ndarray  # int32[n_states]
     # actions
     act_kind: np.ndarray  # int8[n_actions]: A_*
-    act_i0: np.ndarray  # int32: attribute / condition / medication / observable / code / class
-    act_i1: np.ndarray  # int32: code / distribution
-    act_i2: np.ndarray  # int32: duration distribution (encounters)
-    act_i3: np.ndarray  # int32: reason condition (encounters)
-    act_f0: np.ndarray  # float64: value / amount
-    act_f1: np.ndarray  # float64: per-year drift (NaN: keep / none)
+    act_target: np.ndarray  # int32: what it acts on: attribute / condition / medication / observable / code / class
+    act_code: np.ndarray  # int32: code of the encounter started (-1 otherwise)
+    act_dist: np.ndarray  # int32: distribution drawn: attribute level (set draw), symptom severity (-1 otherwise)
+    act_duration: np.ndarray  # int32: distribution of an encounter's duration (-1: open until ended)
+    act_reason: np.ndarray  # int32: reason condition of an encounter (-1 none)
+    act_value: np.ndarray  # float64: attribute level set to / added
+    act_drift_per_year: np.ndarray  # float64: attribute drift from now on (NaN: keep the current drift)
     # branches and cases
     branch_prob: np.ndarray  # float64[n_branches]
     branch_to: np.ndarray  # int32[n_branches]
@@ -142,8 +126,8 @@ class CompiledModel(NamedTuple):
     ginst_f0: np.ndarray  # float64: value (days for since)
     # distributions (values in days when they carry a unit)
     dist_kind: np.ndarray  # int8[n_dists]
-    dist_p0: np.ndarray  # float64
-    dist_p1: np.ndarray  # float64
+    dist_a: np.ndarray  # float64: exact value; uniform low; normal mean; exponential mean; lognormal mu; gamma shape
+    dist_b: np.ndarray  # float64: uniform high; normal sd; lognormal sigma; gamma scale (0 otherwise)
     dist_scale: np.ndarray  # float64: unit in days (1 when unitless)
     # attributes, conditions, medications
     attr_initial: np.ndarray  # float64[n_attributes]
@@ -247,20 +231,20 @@ class _Builder:
     def distribution(self, dist: object) -> int:
         scale = DAYS_PER_UNIT[dist.unit] if dist.unit else 1.0  # type: ignore[attr-defined]
         if isinstance(dist, Exact):
-            kind, p0, p1 = D_EXACT, dist.value, 0.0
+            kind, a, b = D_EXACT, dist.value, 0.0
         elif isinstance(dist, Uniform):
-            kind, p0, p1 = D_UNIFORM, dist.low, dist.high
+            kind, a, b = D_UNIFORM, dist.low, dist.high
         elif isinstance(dist, Normal):
-            kind, p0, p1 = D_NORMAL, dist.mean, dist.sd
+            kind, a, b = D_NORMAL, dist.mean, dist.sd
         elif isinstance(dist, Exponential):
-            kind, p0, p1 = D_EXPONENTIAL, dist.mean, 0.0
+            kind, a, b = D_EXPONENTIAL, dist.mean, 0.0
         elif isinstance(dist, LogNormal):
-            kind, p0, p1 = D_LOGNORMAL, math.log(dist.median), dist.sigma
+            kind, a, b = D_LOGNORMAL, math.log(dist.median), dist.sigma
         elif isinstance(dist, Gamma):
-            kind, p0, p1 = D_GAMMA, dist.shape, dist.scale
+            kind, a, b = D_GAMMA, dist.shape, dist.scale
         else:  # pragma: no cover - the schema admits no other
             raise TypeError(type(dist))
-        return self.add("dist", kind=kind, p0=p0, p1=p1, scale=scale)
+        return self.add("dist", kind=kind, a=a, b=b, scale=scale)
 
     def curve(self, value: float | AgeCurve) -> int:
         if isinstance(value, AgeCurve):
@@ -281,48 +265,42 @@ class _Builder:
         self.add("ginst", op=op, i0=i0, cmp=COMPARISONS.index(cmp), f0=f0)
 
     def _emit_guard(self, g: object, module: DiseaseModule) -> None:
-        if isinstance(g, AllGuard | AnyGuard):
-            items = g.all if isinstance(g, AllGuard) else g.any
-            for item in items:
-                self._emit_guard(item, module)
-            self._inst(G_AND if isinstance(g, AllGuard) else G_OR, len(items))
-        elif isinstance(g, NotGuard):
-            self._emit_guard(g.not_, module)
+        """Append guard g as postfix instructions: the parts of all/any/not first, then their combinator."""
+        if isinstance(g, GuardAtom):
+            for op, i0, cmp, f0 in GUARD_KINDS[type(g)].instructions(g, self, module.name):
+                self._inst(op, i0, cmp, f0)
+            return
+        parts = g.parts()  # type: ignore[union-attr]
+        for _, part in parts:
+            self._emit_guard(part, module)
+        if isinstance(g, NotGuard):
             self._inst(G_NOT)
-        elif isinstance(g, AgeGuard):
-            self._inst(G_AGE, 0, g.age_years, g.value)
-        elif isinstance(g, SexGuard):
-            self._inst(G_SEX, SEXES.index(g.sex))
-        elif isinstance(g, RaceGuard | EthnicityGuard):
-            names, pool, op = (
-                (g.race, self.races, G_RACE)
-                if isinstance(g, RaceGuard)
-                else (g.ethnicity, self.ethnicities, G_ETHNICITY)
-            )
-            for name in names:
-                self._inst(op, pool.index(name))
-            self._inst(G_OR, len(names))
-        elif isinstance(g, AttributeGuard):
-            self._inst(G_ATTR, self.attributes[g.attribute], g.op, g.value)
-        elif isinstance(g, ConditionGuard):
-            op = G_COND_ACTIVE if g.status == "active" else G_COND_DIAGNOSED
-            self._inst(op, self.conditions[g.condition])
-        elif isinstance(g, MedicationGuard):
-            self._inst(G_MED, self.medications[g.medication])
-        elif isinstance(g, ObservationGuard):
-            self._inst(G_OBS, self.observables[g.observation], g.op, g.value)
-        elif isinstance(g, SinceGuard):
-            state = self.state_index[(module.name, g.since)]
-            self._inst(G_SINCE, state, g.op, g.value * DAYS_PER_UNIT[g.unit])
-        elif isinstance(g, CalendarGuard):
-            self._inst(G_BEFORE, f0=year_start(g.before_year))
-        else:  # pragma: no cover
-            raise TypeError(type(g))
+        else:
+            self._inst(G_AND if isinstance(g, AllGuard) else G_OR, len(parts))
 
     def action(
-        self, kind: int, i0: int = -1, i1: int = -1, i2: int = -1, i3: int = -1, f0: float = 0.0, f1: float = math.nan
+        self,
+        kind: int,
+        target: int = -1,
+        *,
+        code: int = -1,
+        dist: int = -1,
+        duration: int = -1,
+        reason: int = -1,
+        value: float = 0.0,
+        drift_per_year: float = math.nan,
     ) -> None:
-        self.add("act", kind=kind, i0=i0, i1=i1, i2=i2, i3=i3, f0=f0, f1=f1)
+        self.add(
+            "act",
+            kind=kind,
+            target=target,
+            code=code,
+            dist=dist,
+            duration=duration,
+            reason=reason,
+            value=value,
+            drift_per_year=drift_per_year,
+        )
 
     def state(self, module: DiseaseModule, state: State) -> None:
         act_start = self.size("act")
@@ -330,19 +308,18 @@ class _Builder:
             enc = state.encounter
             duration = self.distribution(enc.duration) if enc.duration is not None else -1
             reason = self.conditions[enc.reason] if enc.reason is not None else -1
-            self.action(
-                A_ENC_START, ENCOUNTER_CLASSES.index(enc.encounter_class), self.code(enc.code), duration, reason
-            )
+            encounter_class = ENCOUNTER_CLASSES.index(enc.encounter_class)
+            self.action(A_ENC_START, encounter_class, code=self.code(enc.code), duration=duration, reason=reason)
         for setter in state.set:
             attr = self.attributes[setter.attribute]
             drift = math.nan if setter.per_year is None else setter.per_year
             if setter.to is not None:
-                self.action(A_SET_TO, attr, f0=setter.to, f1=0.0 if setter.per_year is None else drift)
+                self.action(A_SET_TO, attr, value=setter.to, drift_per_year=0.0 if setter.per_year is None else drift)
             elif setter.add is not None:
-                self.action(A_SET_ADD, attr, f0=setter.add, f1=drift)
+                self.action(A_SET_ADD, attr, value=setter.add, drift_per_year=drift)
             else:
                 dist = self.distribution(setter.draw)
-                self.action(A_SET_DRAW, attr, dist, f1=0.0 if setter.per_year is None else drift)
+                self.action(A_SET_DRAW, attr, dist=dist, drift_per_year=0.0 if setter.per_year is None else drift)
         for key, kind in (("onset", A_ONSET), ("diagnose", A_DIAGNOSE), ("resolve", A_RESOLVE)):
             for name in getattr(state, key):
                 self.action(kind, self.conditions[name])
@@ -357,7 +334,7 @@ class _Builder:
         for name in state.observe:
             self.action(A_OBSERVE, self.observables[name])
         for symptom in state.symptom:
-            self.action(A_SYMPTOM, self.code(symptom.code), self.distribution(symptom.severity))
+            self.action(A_SYMPTOM, self.code(symptom.code), dist=self.distribution(symptom.severity))
         if state.end_encounter:
             self.action(A_ENC_END)
         if state.death is not None:
@@ -512,12 +489,13 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         state_band_start=b.column("state", "band_start", i32),
         state_band_n=b.column("state", "band_n", i32),
         act_kind=b.column("act", "kind", i8),
-        act_i0=b.column("act", "i0", i32),
-        act_i1=b.column("act", "i1", i32),
-        act_i2=b.column("act", "i2", i32),
-        act_i3=b.column("act", "i3", i32),
-        act_f0=b.column("act", "f0", f8),
-        act_f1=b.column("act", "f1", f8),
+        act_target=b.column("act", "target", i32),
+        act_code=b.column("act", "code", i32),
+        act_dist=b.column("act", "dist", i32),
+        act_duration=b.column("act", "duration", i32),
+        act_reason=b.column("act", "reason", i32),
+        act_value=b.column("act", "value", f8),
+        act_drift_per_year=b.column("act", "drift_per_year", f8),
         branch_prob=b.column("branch", "prob", f8),
         branch_to=b.column("branch", "to", i32),
         case_guard=b.column("case", "guard", i32),
@@ -538,8 +516,8 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         ginst_cmp=b.column("ginst", "cmp", i8),
         ginst_f0=b.column("ginst", "f0", f8),
         dist_kind=b.column("dist", "kind", i8),
-        dist_p0=b.column("dist", "p0", f8),
-        dist_p1=b.column("dist", "p1", f8),
+        dist_a=b.column("dist", "a", f8),
+        dist_b=b.column("dist", "b", f8),
         dist_scale=b.column("dist", "scale", f8),
         attr_initial=_frozen([a.initial for a in attr_all.values()], f8),
         cond_code=_frozen(cond_codes, i32),

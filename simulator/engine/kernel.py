@@ -74,6 +74,7 @@ from simulator.engine.codes import (
     X_TERMINAL,
 )
 from simulator.engine.compiler import CompiledModel
+from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 
 
@@ -81,20 +82,20 @@ from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stre
 def draw(model: CompiledModel, dist: int, rng: np.ndarray) -> float:
     """One value of a compiled distribution, times its unit in days (1 when unitless)."""
     kind = model.dist_kind[dist]
-    p0 = model.dist_p0[dist]
-    p1 = model.dist_p1[dist]
+    a = model.dist_a[dist]
+    b = model.dist_b[dist]
     if kind == D_EXACT:
-        value = p0
+        value = a
     elif kind == D_UNIFORM:
-        value = p0 + (p1 - p0) * uniform(rng)
+        value = a + (b - a) * uniform(rng)
     elif kind == D_NORMAL:
-        value = p0 + p1 * normal(rng)
+        value = a + b * normal(rng)
     elif kind == D_EXPONENTIAL:
-        value = p0 * exponential(rng)
+        value = a * exponential(rng)
     elif kind == D_LOGNORMAL:
-        value = math.exp(p0 + p1 * normal(rng))
+        value = math.exp(a + b * normal(rng))
     else:
-        value = p1 * gamma(rng, p0)
+        value = b * gamma(rng, a)
     return value * model.dist_scale[dist]
 
 
@@ -105,7 +106,8 @@ EPS_DAYS = 1e-6  # guard re-evaluation lands just past a threshold so it is deci
 MAX_PENDING = 32  # encounters one patient can have open at once
 MAX_STEPS = 100_000  # state entries within one instant before we call it a runaway loop
 STACK = 64
-# counters (Scratch.ctr)
+# indexes into Scratch.counters: events written, encounters started, a guard input changed (re-check),
+# dead, a wellness visit to join (number + 1), open encounters, error bits (E_*), the stream in use
 C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
@@ -116,9 +118,9 @@ WAIT_NONE, WAIT_WELLNESS, WAIT_CASES = 0, 1, 2
 
 
 class Scratch(NamedTuple):
-    rng: np.ndarray  # uint64[1]: the stream being drawn from (ctr[C_STREAM] says whose)
+    rng: np.ndarray  # uint64[1]: the stream being drawn from (counters[C_STREAM] says whose)
     streams: np.ndarray  # uint64[n_modules + 1]: each module's stream, then the patient-level one
-    ctr: np.ndarray  # int64[8]
+    counters: np.ndarray  # int64[8], indexed by C_*
     cur_state: np.ndarray  # int32[n_modules]
     wake_t: np.ndarray  # float64[n_modules]
     wake_kind: np.ndarray  # int8[n_modules]
@@ -150,7 +152,7 @@ class Scratch(NamedTuple):
 class Person(NamedTuple):
     """One patient's fixed inputs, and where their events go."""
 
-    index: int
+    stream: int  # the event stream drawn from: the patient's index, or another in population-mode redraws
     birth_t: float
     sex: int
     race: int
@@ -170,7 +172,7 @@ class Events(NamedTuple):
     value: np.ndarray  # float64: observation value / symptom severity (NaN otherwise)
     encounter: np.ndarray  # int32: per-patient encounter number (-1 none)
     state: np.ndarray  # int32: global state that emitted it (-1: background)
-    aux: np.ndarray  # int32: encounter class / observable / condition / medication index
+    subject: np.ndarray  # int32: what the event is about: encounter class / observable / condition / medication
     reason: np.ndarray  # int32: reason condition of an encounter (-1 none)
 
 
@@ -214,10 +216,10 @@ def new_scratch(model: CompiledModel) -> Scratch:
 def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     n_modules = model.module_stream.shape[0]
     for m in range(n_modules):
-        sc.streams[m] = stream_state(seed, p.index, model.module_stream[m])
-    sc.rng[0] = stream_state(seed, p.index, STREAM_EVENTS)
-    sc.ctr[:] = 0
-    sc.ctr[C_STREAM] = n_modules
+        sc.streams[m] = stream_state(seed, p.stream, model.module_stream[m])
+    sc.rng[0] = stream_state(seed, p.stream, STREAM_EVENTS)
+    sc.counters[:] = 0
+    sc.counters[C_STREAM] = n_modules
     sc.cur_state[:] = -1
     sc.wake_t[:] = np.inf
     sc.wake_kind[:] = W_NONE
@@ -289,11 +291,11 @@ def emit(
     value: float,
     encounter: int,
     state: int,
-    aux: int,
+    subject: int,
     reason: int,
 ) -> None:
     """Append one event to the patient's region; past capacity, only count it."""
-    k = sc.ctr[C_EVENTS]
+    k = sc.counters[C_EVENTS]
     if k < p.capacity:
         row = p.base + k
         ev.t[row] = t
@@ -302,9 +304,9 @@ def emit(
         ev.value[row] = value
         ev.encounter[row] = encounter
         ev.state[row] = state
-        ev.aux[row] = aux
+        ev.subject[row] = subject
         ev.reason[row] = reason
-    sc.ctr[C_EVENTS] = k + 1
+    sc.counters[C_EVENTS] = k + 1
 
 
 @njit(cache=True, _nrt=False)
@@ -320,7 +322,7 @@ def attached(sc: Scratch, m: int, t: float) -> int:
 def need_encounter(sc: Scratch, m: int, t: float) -> int:
     enc = attached(sc, m, t)
     if enc < 0:
-        sc.ctr[C_ERROR] |= E_NO_ENCOUNTER
+        sc.counters[C_ERROR] |= E_NO_ENCOUNTER
     return enc
 
 
@@ -442,11 +444,11 @@ def hazard_recheck(model: CompiledModel, sc: Scratch, p: Person, s: int, t: floa
 def use_stream(sc: Scratch, m: int) -> None:
     """Draw from module m's own stream from now on (common random numbers: a change to one module
     does not shift the draws of the others)."""
-    current = sc.ctr[C_STREAM]
+    current = sc.counters[C_STREAM]
     if current != m:
         sc.streams[current] = sc.rng[0]
         sc.rng[0] = sc.streams[m]
-        sc.ctr[C_STREAM] = m
+        sc.counters[C_STREAM] = m
 
 
 @njit(cache=True, _nrt=False)
@@ -529,7 +531,7 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
 @njit(cache=True, _nrt=False)
 def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Close every open encounter at t, then record death; nothing happens after this."""
-    for k in range(sc.ctr[C_PENDING]):
+    for k in range(sc.counters[C_PENDING]):
         emit(
             ev,
             sc,
@@ -543,9 +545,9 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
             sc.pend_class[k],
             -1,
         )
-    sc.ctr[C_PENDING] = 0
+    sc.counters[C_PENDING] = 0
     emit(ev, sc, p, t, K_DEATH, cause, np.nan, -1, state, -1, -1)
-    sc.ctr[C_DEAD] = 1
+    sc.counters[C_DEAD] = 1
     sc.wake_t[:] = np.inf
 
 
@@ -556,7 +558,7 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     m = sc.pend_module[k]
     if sc.enc_cur[m] == sc.pend_id[k]:
         sc.enc_cur[m] = -1
-    n = sc.ctr[C_PENDING]
+    n = sc.counters[C_PENDING]
     for j in range(k, n - 1):
         sc.pend_t[j] = sc.pend_t[j + 1]
         sc.pend_id[j] = sc.pend_id[j + 1]
@@ -564,7 +566,7 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
         sc.pend_state[j] = sc.pend_state[j + 1]
         sc.pend_code[j] = sc.pend_code[j + 1]
         sc.pend_class[j] = sc.pend_class[j + 1]
-    sc.ctr[C_PENDING] = n - 1
+    sc.counters[C_PENDING] = n - 1
 
 
 @njit(cache=True, _nrt=False)
@@ -572,96 +574,97 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
     use_stream(sc, m)
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
         kind = model.act_kind[a]
-        i0 = model.act_i0[a]
+        target = model.act_target[a]
         if kind == A_ENC_START:
-            enc = sc.ctr[C_ENCOUNTERS]
-            sc.ctr[C_ENCOUNTERS] = enc + 1
-            code = model.act_i1[a]
-            emit(ev, sc, p, t, K_ENCOUNTER_START, code, np.nan, enc, s, i0, model.act_i3[a])
-            n = sc.ctr[C_PENDING]
+            enc = sc.counters[C_ENCOUNTERS]
+            sc.counters[C_ENCOUNTERS] = enc + 1
+            code = model.act_code[a]
+            emit(ev, sc, p, t, K_ENCOUNTER_START, code, np.nan, enc, s, target, model.act_reason[a])
+            n = sc.counters[C_PENDING]
             if n == MAX_PENDING:
-                sc.ctr[C_ERROR] |= E_OVERLOAD
+                sc.counters[C_ERROR] |= E_OVERLOAD
                 continue
-            duration = model.act_i2[a]
+            duration = model.act_duration[a]
             sc.pend_t[n] = t + max(0.0, draw(model, duration, sc.rng)) if duration >= 0 else np.inf
             sc.pend_id[n] = enc
             sc.pend_module[n] = m
             sc.pend_state[n] = s
             sc.pend_code[n] = code
-            sc.pend_class[n] = i0
-            sc.ctr[C_PENDING] = n + 1
+            sc.pend_class[n] = target
+            sc.counters[C_PENDING] = n + 1
             sc.enc_cur[m] = enc
             sc.enc_open[m] = duration < 0
             sc.enc_t[m] = t
-            if i0 == model.wellness_class:
-                sc.ctr[C_JOIN] = enc + 1
+            if target == model.wellness_class:
+                sc.counters[C_JOIN] = enc + 1
         elif kind == A_SET_TO or kind == A_SET_ADD or kind == A_SET_DRAW:  # noqa: SIM109 (numba)
-            current = attr_value(sc, i0, t)
+            current = attr_value(sc, target, t)
             if kind == A_SET_TO:
-                level = model.act_f0[a]
+                level = model.act_value[a]
             elif kind == A_SET_ADD:
-                level = current + model.act_f0[a]
+                level = current + model.act_value[a]
             else:
-                level = draw(model, model.act_i1[a], sc.rng)
-            drift = model.act_f1[a]
-            sc.attr_level[i0] = level
-            sc.attr_t0[i0] = t
+                level = draw(model, model.act_dist[a], sc.rng)
+            drift = model.act_drift_per_year[a]
+            sc.attr_level[target] = level
+            sc.attr_t0[target] = t
             if not math.isnan(drift):
-                sc.attr_slope[i0] = drift
-            if model.attr_guarded[i0]:
-                sc.ctr[C_DIRTY] = 1
+                sc.attr_slope[target] = drift
+            if model.attr_guarded[target]:
+                sc.counters[C_DIRTY] = 1
         elif kind == A_ONSET or kind == A_DIAGNOSE:  # noqa: SIM109 (numba)
-            code = model.cond_code[i0]
-            if not sc.cond_active[i0]:
-                sc.cond_active[i0] = True
-                sc.cond_diagnosed[i0] = False
-                emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, i0, -1)
-                if model.cond_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
-            if kind == A_DIAGNOSE and not sc.cond_diagnosed[i0]:
-                sc.cond_diagnosed[i0] = True
-                emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, i0, -1)
-                if model.cond_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
+            code = model.cond_code[target]
+            if not sc.cond_active[target]:
+                sc.cond_active[target] = True
+                sc.cond_diagnosed[target] = False
+                emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, target, -1)
+                if model.cond_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
+            if kind == A_DIAGNOSE and not sc.cond_diagnosed[target]:
+                sc.cond_diagnosed[target] = True
+                emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, target, -1)
+                if model.cond_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
         elif kind == A_RESOLVE:
-            if sc.cond_active[i0]:
-                sc.cond_active[i0] = False
-                sc.cond_diagnosed[i0] = False
-                emit(ev, sc, p, t, K_RESOLVED, model.cond_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
-                if model.cond_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
+            if sc.cond_active[target]:
+                sc.cond_active[target] = False
+                sc.cond_diagnosed[target] = False
+                emit(ev, sc, p, t, K_RESOLVED, model.cond_code[target], np.nan, attached(sc, m, t), s, target, -1)
+                if model.cond_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
         elif kind == A_MED_START:
-            if not sc.med_active[i0]:
-                sc.med_active[i0] = True
-                emit(ev, sc, p, t, K_MED_START, model.med_code[i0], np.nan, need_encounter(sc, m, t), s, i0, -1)
-                if model.med_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
+            if not sc.med_active[target]:
+                sc.med_active[target] = True
+                emit(ev, sc, p, t, K_MED_START, model.med_code[target], np.nan, need_encounter(sc, m, t), s, target, -1)
+                if model.med_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
         elif kind == A_MED_STOP:
-            if sc.med_active[i0]:
-                sc.med_active[i0] = False
-                emit(ev, sc, p, t, K_MED_STOP, model.med_code[i0], np.nan, attached(sc, m, t), s, i0, -1)
-                if model.med_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
+            if sc.med_active[target]:
+                sc.med_active[target] = False
+                emit(ev, sc, p, t, K_MED_STOP, model.med_code[target], np.nan, attached(sc, m, t), s, target, -1)
+                if model.med_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
         elif kind == A_PROCEDURE or kind == A_IMMUNIZATION:  # noqa: SIM109 (numba)
             event_kind = K_PROCEDURE if kind == A_PROCEDURE else K_IMMUNIZATION
-            emit(ev, sc, p, t, event_kind, i0, np.nan, need_encounter(sc, m, t), s, -1, -1)
+            emit(ev, sc, p, t, event_kind, target, np.nan, need_encounter(sc, m, t), s, -1, -1)
         elif kind == A_OBSERVE:
-            value = observe(model, sc, p, i0, t)
+            value = observe(model, sc, p, target, t)
             if not math.isnan(value):
-                sc.obs_latest[i0] = value
-                emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[i0], value, need_encounter(sc, m, t), s, i0, -1)
-                if model.obs_guarded[i0]:
-                    sc.ctr[C_DIRTY] = 1
+                sc.obs_latest[target] = value
+                encounter = need_encounter(sc, m, t)
+                emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[target], value, encounter, s, target, -1)
+                if model.obs_guarded[target]:
+                    sc.counters[C_DIRTY] = 1
         elif kind == A_SYMPTOM:
-            severity = draw(model, model.act_i1[a], sc.rng)
-            emit(ev, sc, p, t, K_SYMPTOM, i0, severity, attached(sc, m, t), s, -1, -1)
+            severity = draw(model, model.act_dist[a], sc.rng)
+            emit(ev, sc, p, t, K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
         elif kind == A_ENC_END:
-            for k in range(sc.ctr[C_PENDING]):
+            for k in range(sc.counters[C_PENDING]):
                 if sc.pend_module[k] == m and sc.pend_t[k] == np.inf:
                     end_pending(ev, sc, p, k, t)
                     break
         else:  # A_DEATH
-            die(ev, sc, p, t, i0, s)
+            die(ev, sc, p, t, target, s)
             return
 
 
@@ -706,7 +709,7 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
         sc.wake_t[m] = np.inf
         sc.wake_kind[m] = W_NONE
         run_actions(model, ev, sc, p, m, s, t)
-        if sc.ctr[C_DEAD]:
+        if sc.counters[C_DEAD]:
             return
         kind = model.state_exit[s]
         if kind == X_TERMINAL:
@@ -727,7 +730,7 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
             wait_for_cases(model, sc, p, m, s, t)
             return
         s = target
-    sc.ctr[C_ERROR] |= E_RUNAWAY
+    sc.counters[C_ERROR] |= E_RUNAWAY
     sc.wake_t[m] = np.inf
 
 
@@ -755,26 +758,26 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
     hazards whose ratio guards may now flip sooner; repeat until quiet."""
     n_modules = model.module_start.shape[0]
     for _ in range(MAX_STEPS):
-        if sc.ctr[C_DEAD]:
+        if sc.counters[C_DEAD]:
             return
-        join = sc.ctr[C_JOIN] - 1
-        sc.ctr[C_JOIN] = 0
+        join = sc.counters[C_JOIN] - 1
+        sc.counters[C_JOIN] = 0
         if join >= 0:
             for m in range(n_modules):
                 sc.joining[m] = sc.wait_kind[m] == WAIT_WELLNESS
             for m in range(n_modules):
-                if sc.joining[m] and not sc.ctr[C_DEAD]:
+                if sc.joining[m] and not sc.counters[C_DEAD]:
                     sc.enc_cur[m] = join
                     sc.enc_open[m] = False
                     sc.enc_t[m] = t
                     sc.wait_kind[m] = WAIT_NONE
                     leave(model, ev, sc, p, m, t)
             continue
-        if not sc.ctr[C_DIRTY]:
+        if not sc.counters[C_DIRTY]:
             return
-        sc.ctr[C_DIRTY] = 0
+        sc.counters[C_DIRTY] = 0
         for m in range(n_modules):
-            if sc.ctr[C_DEAD]:
+            if sc.counters[C_DEAD]:
                 return
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
@@ -787,7 +790,7 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
                     if recheck < sc.wake_t[m]:
                         sc.wake_t[m] = recheck
                         sc.wake_kind[m] = W_REEVALUATE
-    sc.ctr[C_ERROR] |= E_RUNAWAY
+    sc.counters[C_ERROR] |= E_RUNAWAY
 
 
 @njit(cache=True, _nrt=False)
@@ -796,14 +799,14 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
     t = p.birth_t
     n_modules = model.module_start.shape[0]
     for m in range(n_modules):
-        if not sc.ctr[C_DEAD]:
+        if not sc.counters[C_DEAD]:
             enter(model, ev, sc, p, m, model.module_start[m], t)
     settle(model, ev, sc, p, t)
-    while not sc.ctr[C_DEAD]:
+    while not sc.counters[C_DEAD]:
         t_next = np.inf
         what = -1  # 0: encounter end, 1: module, 2: background death
         which = -1
-        for k in range(sc.ctr[C_PENDING]):
+        for k in range(sc.counters[C_PENDING]):
             if sc.pend_t[k] < t_next:
                 t_next, what, which = sc.pend_t[k], 0, k
         for m in range(n_modules):
@@ -825,41 +828,48 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
         settle(model, ev, sc, p, t)
 
 
-@njit(cache=True, parallel=True)
-def simulate(
-    model: CompiledModel,
-    seed: int,
-    index: np.ndarray,
-    birth_t: np.ndarray,
-    sex: np.ndarray,
-    race: np.ndarray,
-    ethnicity: np.ndarray,
-    t_end: np.ndarray,
-    death_t: np.ndarray,
-    base: np.ndarray,
-    capacity: np.ndarray,
-    ev: Events,
-    n_events: np.ndarray,
-    error: np.ndarray,
-    entered: np.ndarray,
-) -> None:
-    """Simulate patients `index` (int64[n]) into their regions [base, base + capacity) of `ev`.
+class Lives(NamedTuple):
+    """How each patient of a kernel call is simulated (arrays of one row a patient)."""
 
-    Writes n_events[i] (the patient's true count, which may exceed capacity: then rerun that
-    patient with more room), error[i] (E_* bits) and entered[i] (uint64[n, ceil(n_states / 64)]:
-    bit s of the row is set when the patient ever entered global state s, events or not). Deaths
-    are the K_DEATH events.
-    """
-    n = index.shape[0]
+    stream: np.ndarray  # int64: the event streams drawn from (the patient index; another in population-mode redraws)
+    t_end: np.ndarray  # float64: end of the simulated window, days since 1970-01-01
+    base: np.ndarray  # int64: first row of the patient's region in the event buffers
+    capacity: np.ndarray  # int64: rows of that region
+
+
+class Outcome(NamedTuple):
+    """What the kernel reports per patient besides the events."""
+
+    n_events: np.ndarray  # int64: the true count, which may exceed capacity (then rerun with more room)
+    error: np.ndarray  # int64: E_* bits
+    entered: np.ndarray  # uint64[n, ceil(n_states / 64)]: bit s set when the patient ever entered global state s
+
+
+@njit(cache=True, parallel=True)
+def simulate(model: CompiledModel, seed: int, people: People, lives: Lives, ev: Events, outcome: Outcome) -> None:
+    """Simulate each patient i (`people` row i, drawing from stream `lives.stream[i]`) into rows
+    [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the K_DEATH events."""
+    n = lives.stream.shape[0]
     n_blocks = min(n, 256)
     n_states = model.state_module.shape[0]
+    n_events, error, entered = outcome  # Numba's parallel loop drops writes made through a tuple's arrays
     for b in prange(n_blocks):
         sc = new_scratch(model)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
-            p = Person(index[i], birth_t[i], sex[i], race[i], ethnicity[i], t_end[i], death_t[i], base[i], capacity[i])
+            p = Person(
+                lives.stream[i],
+                people.birth_t[i],
+                people.sex[i],
+                people.race[i],
+                people.ethnicity[i],
+                lives.t_end[i],
+                people.death_t[i],
+                lives.base[i],
+                lives.capacity[i],
+            )
             simulate_patient(model, ev, sc, p, seed)
-            n_events[i] = sc.ctr[C_EVENTS]
-            error[i] = sc.ctr[C_ERROR]
+            n_events[i] = sc.counters[C_EVENTS]
+            error[i] = sc.counters[C_ERROR]
             for s in range(n_states):
                 if sc.entered_t[s] > -np.inf:
                     entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)

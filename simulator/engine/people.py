@@ -4,8 +4,8 @@ so that a patient is the same person whatever chunk they fall in."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,34 @@ from numba import njit, prange
 from simulator.days import DAYS_PER_YEAR, days_since_epoch
 from simulator.engine.rng import STREAM_PEOPLE, exponential, next_u64, stream_state, uniform
 from simulator.model.library import Library
+
+NAME_LISTS = ("given_male", "given_female", "family", "street_number", "streets", "street_suffixes", "cities")
+MAX_STREET_NUMBER = 9999
+
+
+class PeopleTables(NamedTuple):
+    """Everything `sample_people` needs, derived once from the rules."""
+
+    reference_t: float
+    age_sex_cdf: np.ndarray  # float64[2 * n_ages]
+    race_cdf: np.ndarray
+    ethnicity_cdf: np.ndarray
+    cum_hazard: np.ndarray  # float64[2, n_ages + 1]
+    tail_rate: np.ndarray  # float64[2]
+    n_name_lists: np.ndarray  # int64[len(NAME_LISTS)]
+
+
+class People(NamedTuple):
+    """Who the patients of one chunk are: what `sample_people` drew for each (arrays of one row a patient)."""
+
+    index: np.ndarray  # int64
+    birth_t: np.ndarray  # float64 days since 1970-01-01
+    sex: np.ndarray  # int8: 0 male, 1 female
+    race: np.ndarray  # int32
+    ethnicity: np.ndarray  # int32
+    death_t: np.ndarray  # float64: background death
+    picks: np.ndarray  # int64[n, len(NAME_LISTS)]
+    id_bits: np.ndarray  # uint64[n, 2]
 
 
 @njit(cache=True, _nrt=False)
@@ -48,26 +76,8 @@ def _pick(cdf: np.ndarray, u: float) -> int:
 
 
 @njit(cache=True, parallel=True)
-def sample_people(
-    seed: int,
-    index: np.ndarray,
-    lifetime: bool,
-    reference_t: float,
-    age_sex_cdf: np.ndarray,
-    race_cdf: np.ndarray,
-    ethnicity_cdf: np.ndarray,
-    cum_hazard: np.ndarray,
-    tail_rate: np.ndarray,
-    n_name_lists: np.ndarray,
-    birth_t: np.ndarray,
-    sex: np.ndarray,
-    race: np.ndarray,
-    ethnicity: np.ndarray,
-    death_t: np.ndarray,
-    picks: np.ndarray,
-    id_bits: np.ndarray,
-) -> None:
-    """Draw who each patient is from their own people stream.
+def sample_people(seed: int, lifetime: bool, tables: PeopleTables, people: People) -> None:
+    """Draw who each patient `people.index` is from their own people stream, into the other arrays of `people`.
 
     age_sex_cdf: cumulative shares over (sex, single year of age): male ages 0..A, then female.
     Population mode: the age at `reference_t` follows the pyramid and background death is drawn
@@ -75,48 +85,38 @@ def sample_people(
     as at age 0, background death from birth. cum_hazard: float64[2, A+2], H at whole ages per
     sex; tail_rate[2]: hazard past the table. picks[i, k] chooses from name list k.
     """
-    n_ages = age_sex_cdf.shape[0] // 2
-    for i in prange(index.shape[0]):
-        rng = np.zeros(1, np.uint64)
-        rng[0] = stream_state(seed, index[i], STREAM_PEOPLE)
-        cell = _pick(age_sex_cdf, uniform(rng))
-        within = uniform(rng)
-        s = 0 if cell < n_ages else 1
-        if lifetime:
-            age = within
-            newborn_male = age_sex_cdf[0] / (age_sex_cdf[0] + age_sex_cdf[n_ages] - age_sex_cdf[n_ages - 1])
-            s = 0 if uniform(rng) < newborn_male else 1
-        else:
-            age = (cell % n_ages) + within
-            uniform(rng)
-        sex[i] = s
-        birth_t[i] = reference_t - age * DAYS_PER_YEAR
-        race[i] = _pick(race_cdf, uniform(rng))
-        ethnicity[i] = _pick(ethnicity_cdf, uniform(rng))
-        start = 0.0 if lifetime else age
-        target = _cumulative_at(cum_hazard[s], tail_rate[s], start) + exponential(rng)
-        death_t[i] = birth_t[i] + _inverse_cumulative(cum_hazard[s], tail_rate[s], target) * DAYS_PER_YEAR
-        for k in range(n_name_lists.shape[0]):
-            picks[i, k] = int(uniform(rng) * n_name_lists[k])
-        id_bits[i, 0] = next_u64(rng)
-        id_bits[i, 1] = next_u64(rng)
+    for i in prange(people.index.shape[0]):
+        # one call per person: Numba's parallel loop drops writes made through a tuple's arrays in its own body
+        _sample_person(seed, lifetime, tables, people, i)
 
 
-NAME_LISTS = ("given_male", "given_female", "family", "street_number", "streets", "street_suffixes", "cities")
-MAX_STREET_NUMBER = 9999
-
-
-@dataclass(frozen=True)
-class PeopleTables:
-    """Everything `sample_people` needs, derived once from the rules."""
-
-    reference_t: float
-    age_sex_cdf: np.ndarray  # float64[2 * n_ages]
-    race_cdf: np.ndarray
-    ethnicity_cdf: np.ndarray
-    cum_hazard: np.ndarray  # float64[2, n_ages + 1]
-    tail_rate: np.ndarray  # float64[2]
-    n_name_lists: np.ndarray  # int64[len(NAME_LISTS)]
+@njit(cache=True)
+def _sample_person(seed: int, lifetime: bool, tables: PeopleTables, people: People, i: int) -> None:
+    cdf, hazard, tail = tables.age_sex_cdf, tables.cum_hazard, tables.tail_rate
+    n_ages = cdf.shape[0] // 2
+    rng = np.zeros(1, np.uint64)
+    rng[0] = stream_state(seed, people.index[i], STREAM_PEOPLE)
+    cell = _pick(cdf, uniform(rng))
+    within = uniform(rng)
+    s = 0 if cell < n_ages else 1
+    if lifetime:
+        age = within
+        newborn_male = cdf[0] / (cdf[0] + cdf[n_ages] - cdf[n_ages - 1])
+        s = 0 if uniform(rng) < newborn_male else 1
+    else:
+        age = (cell % n_ages) + within
+        uniform(rng)
+    people.sex[i] = s
+    people.birth_t[i] = tables.reference_t - age * DAYS_PER_YEAR
+    people.race[i] = _pick(tables.race_cdf, uniform(rng))
+    people.ethnicity[i] = _pick(tables.ethnicity_cdf, uniform(rng))
+    start = 0.0 if lifetime else age
+    target = _cumulative_at(hazard[s], tail[s], start) + exponential(rng)
+    people.death_t[i] = people.birth_t[i] + _inverse_cumulative(hazard[s], tail[s], target) * DAYS_PER_YEAR
+    for k in range(tables.n_name_lists.shape[0]):
+        people.picks[i, k] = int(uniform(rng) * tables.n_name_lists[k])
+    people.id_bits[i, 0] = next_u64(rng)
+    people.id_bits[i, 1] = next_u64(rng)
 
 
 def _cdf(shares: list[float]) -> np.ndarray:
@@ -194,20 +194,6 @@ def build_people_tables(
     )
 
 
-@dataclass(frozen=True)
-class People:
-    """The drawn inputs of one chunk of patients."""
-
-    index: np.ndarray  # int64
-    birth_t: np.ndarray  # float64 days since 1970-01-01
-    sex: np.ndarray  # int8: 0 male, 1 female
-    race: np.ndarray  # int32
-    ethnicity: np.ndarray  # int32
-    death_t: np.ndarray  # float64: background death
-    picks: np.ndarray  # int64[n, len(NAME_LISTS)]
-    id_bits: np.ndarray  # uint64[n, 2]
-
-
 def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -> People:
     n = index.shape[0]
     people = People(
@@ -221,25 +207,7 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         id_bits=np.empty((n, 2), np.uint64),
     )
     with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-        sample_people(
-            seed,
-            people.index,
-            lifetime,
-            tables.reference_t,
-            tables.age_sex_cdf,
-            tables.race_cdf,
-            tables.ethnicity_cdf,
-            tables.cum_hazard,
-            tables.tail_rate,
-            tables.n_name_lists,
-            people.birth_t,
-            people.sex,
-            people.race,
-            people.ethnicity,
-            people.death_t,
-            people.picks,
-            people.id_bits,
-        )
+        sample_people(seed, lifetime, tables, people)
     return people
 
 

@@ -38,59 +38,40 @@ event buffer size). Compare only patients the kernel did not flag.
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from simulator.days import year_start
+from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import module_stream
+from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
     AgeCurve,
-    AgeGuard,
     AllGuard,
     AnyGuard,
-    AttributeGuard,
-    CalendarGuard,
     Code,
-    ConditionGuard,
     DiseaseModule,
-    EthnicityGuard,
     Exact,
     Exponential,
     Gamma,
+    GuardAtom,
     LogNormal,
-    MedicationGuard,
     Normal,
     NotGuard,
-    ObservationGuard,
-    RaceGuard,
     RateTable,
-    SexGuard,
-    SinceGuard,
     State,
     Uniform,
+    guard_atoms,
 )
 
-DAYS_PER_YEAR = 365.25
 EPS_DAYS = 1e-6  # a guard re-check lands this far past the threshold, so the guard is decided
-INF = math.inf
 COLUMNS = ("patient", "t", "kind", "code", "value", "encounter", "module", "state")
-COMPARE = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 
 
 def code_text(code: Code) -> str:
@@ -129,17 +110,6 @@ def curve(value: float | AgeCurve, sex: str, age: float) -> float:
             w = (age - ages[k - 1]) / (ages[k] - ages[k - 1])
             return ys[k - 1] + w * (ys[k] - ys[k - 1])
     return ys[-1]
-
-
-def atoms(guard: object) -> Iterator[object]:
-    """The leaf guards of a guard tree."""
-    if isinstance(guard, AllGuard | AnyGuard):
-        for item in guard.all if isinstance(guard, AllGuard) else guard.any:
-            yield from atoms(item)
-    elif isinstance(guard, NotGuard):
-        yield from atoms(guard.not_)
-    else:
-        yield guard
 
 
 def band_edges(state: State) -> list[float]:
@@ -371,58 +341,26 @@ class PatientRun:
     # --- guards ----------------------------------------------------------------------------------
 
     def holds(self, guard: object, module: str, t: float) -> bool:
+        if isinstance(guard, GuardAtom):
+            return GUARD_KINDS[type(guard)].holds(guard, self, module, t)
         if isinstance(guard, AllGuard):
             return all(self.holds(g, module, t) for g in guard.all)
         if isinstance(guard, AnyGuard):
             return any(self.holds(g, module, t) for g in guard.any)
         if isinstance(guard, NotGuard):
             return not self.holds(guard.not_, module, t)
-        if isinstance(guard, AgeGuard):
-            return COMPARE[guard.age_years]((t - self.birth_t) / DAYS_PER_YEAR, guard.value)
-        if isinstance(guard, SexGuard):
-            return self.sex == guard.sex
-        if isinstance(guard, RaceGuard):
-            return self.race in guard.race
-        if isinstance(guard, EthnicityGuard):
-            return self.ethnicity in guard.ethnicity
-        if isinstance(guard, AttributeGuard):
-            return COMPARE[guard.op](self.attributes[guard.attribute].at(t), guard.value)
-        if isinstance(guard, ConditionGuard):
-            return guard.condition in (self.active if guard.status == "active" else self.diagnosed)
-        if isinstance(guard, MedicationGuard):
-            return guard.medication in self.taking
-        if isinstance(guard, ObservationGuard):
-            latest = self.latest[guard.observation]
-            return not math.isnan(latest) and COMPARE[guard.op](latest, guard.value)
-        if isinstance(guard, SinceGuard):
-            entered = self.entered.get((module, guard.since))
-            return entered is not None and COMPARE[guard.op](t - entered, guard.value * DAYS_PER_UNIT[guard.unit])
-        if isinstance(guard, CalendarGuard):
-            return t < year_start(guard.before_year)
         raise TypeError(type(guard))
 
     def crossing(self, guard: object, module: str, t: float) -> float:
         """Earliest time after t when an operand of the guard that changes with time (age, time since
         a state, a drifting attribute, a calendar date) crosses its threshold, plus EPS_DAYS; inf if none."""
         best = INF
-        for atom in atoms(guard):
-            at = INF
-            if isinstance(atom, AgeGuard):
-                at = self.birth_t + atom.value * DAYS_PER_YEAR
-            elif isinstance(atom, CalendarGuard):
-                at = year_start(atom.before_year)
-            elif isinstance(atom, SinceGuard) and (module, atom.since) in self.entered:
-                at = self.entered[(module, atom.since)] + atom.value * DAYS_PER_UNIT[atom.unit]
-            elif isinstance(atom, AttributeGuard):
-                attribute = self.attributes[atom.attribute]
-                if attribute.slope_per_year != 0.0:
-                    at = attribute.t0 + (atom.value - attribute.level) / attribute.slope_per_year * DAYS_PER_YEAR
-            at += EPS_DAYS
+        for _, atom in guard_atoms(guard):  # type: ignore[arg-type]
+            threshold = GUARD_KINDS[type(atom)].threshold
+            at = (INF if threshold is None else threshold(atom, self, module)) + EPS_DAYS
             if t < at < best:
                 best = at
         return best
-
-    # --- hazards ---------------------------------------------------------------------------------
 
     def multipliers(self, track: Track, state: State, t: float) -> list[float]:
         """Product of the hazard ratios whose guard holds, per hazard."""

@@ -16,9 +16,10 @@ from typing import Literal, NamedTuple
 import numba
 import numpy as np
 
+from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_DEATH
 from simulator.engine.compiler import CompiledModel, Names, compile_library
-from simulator.engine.kernel import Events, simulate
+from simulator.engine.kernel import Events, Lives, Outcome, simulate
 from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of, sample
 from simulator.model.library import Library
 from simulator.model.loading import load_library
@@ -145,7 +146,7 @@ class Simulator:
         redrawn in population mode) the first-pass buffer grows to what patients need."""
         lifetime = self.config.mode == "lifetime"
         people = sample(self.people_tables, self.config.seed, index, lifetime)
-        horizon = people.birth_t + LIFETIME_HORIZON_YEARS * 365.25
+        horizon = people.birth_t + LIFETIME_HORIZON_YEARS * DAYS_PER_YEAR
         t_end = horizon if lifetime else np.full(len(index), self.reference_t)
         capacity = np.full(len(index), self.capacity, np.int64)
         events, counts, errors, entered = self._run(stream, people, t_end, capacity)
@@ -163,10 +164,11 @@ class Simulator:
         return Simulated(events, np.repeat(index, counts), errors, people, entered, stream), counts
 
     def _run(
-        self, index: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
+        self, stream: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
     ) -> tuple[Events, np.ndarray, np.ndarray, np.ndarray]:
-        """One kernel call: patient i writes into its own region of `capacity[i]` rows."""
-        n = len(index)
+        """One kernel call: patient i lives event stream `stream[i]`, writing into its own region of
+        `capacity[i]` rows."""
+        n = len(stream)
         base = _starts(capacity)
         total = int(capacity.sum())
         events = Events(
@@ -179,29 +181,15 @@ class Simulator:
             np.empty(total, np.int32),
             np.empty(total, np.int32),
         )
-        counts = np.zeros(n, np.int64)
-        errors = np.zeros(n, np.int64)
-        entered = np.zeros((n, (len(self.names.state_names) + 63) // 64), np.uint64)
+        outcome = Outcome(
+            n_events=np.zeros(n, np.int64),
+            error=np.zeros(n, np.int64),
+            entered=np.zeros((n, (len(self.names.state_names) + 63) // 64), np.uint64),
+        )
+        lives = Lives(stream=stream.astype(np.int64), t_end=t_end, base=base, capacity=capacity.astype(np.int64))
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-            simulate(
-                self.model,
-                self.config.seed,
-                index.astype(np.int64),
-                people.birth_t,
-                people.sex,
-                people.race,
-                people.ethnicity,
-                t_end,
-                people.death_t,
-                base,
-                capacity.astype(np.int64),
-                events,
-                counts,
-                errors,
-                entered,
-            )
-        return events, counts, errors, entered
-
+            simulate(self.model, self.config.seed, people, lives, events, outcome)
+        return events, outcome.n_events, outcome.error, outcome.entered
 
 
 def _splice(
@@ -219,7 +207,7 @@ def _splice(
 
 
 def _subset(people: People, mask: np.ndarray) -> People:
-    return People(**{k: v[mask] for k, v in people.__dict__.items()})
+    return People(*(column[mask] for column in people))
 
 
 def _starts(lengths: np.ndarray) -> np.ndarray:

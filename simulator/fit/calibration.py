@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
+from simulator.days import DAYS_PER_YEAR
 from simulator.files import write_all
 from simulator.fit.cohort import Vocabulary, needs_of
 from simulator.fit.statistics import Z95, Comparison, compare
@@ -232,7 +233,7 @@ class Objective:
         size = 2 * patients + 100
         while True:  # the first `patients` indices old enough for the youngest target (same people every time)
             pool = np.arange(size, dtype=np.int64)
-            ages = (self.tables.reference_t - sample(self.tables, seed, pool, lifetime=False).birth_t) / 365.25
+            ages = (self.tables.reference_t - sample(self.tables, seed, pool, lifetime=False).birth_t) / DAYS_PER_YEAR
             self.index = pool[ages >= youngest][:patients]
             if len(self.index) == patients:
                 break

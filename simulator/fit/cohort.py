@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import (
     EVENT_KINDS,
     K_DEATH,
@@ -148,7 +149,7 @@ class Cohort:
 
     @property
     def age_years(self) -> np.ndarray:
-        return (self.t_ref - self.birth_t) / 365.25
+        return (self.t_ref - self.birth_t) / DAYS_PER_YEAR
 
     @property
     def alive(self) -> np.ndarray:
@@ -273,7 +274,7 @@ def cohort_from_kernel(
         is_encounter = (kind == K_ENCOUNTER_START) | (kind == K_ENCOUNTER_END)
         counted = counted_events(
             needs, pos, events.t, kind, table_keys[events.code], reason_keys[events.reason],
-            np.where(is_encounter, events.aux, -1),
+            np.where(is_encounter, events.subject, -1),
         )  # fmt: skip
     return Cohort(t_ref, birth_t.astype(float), sex.astype(np.int8), death_t, *parts, counted)
 

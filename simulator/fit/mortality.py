@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from ruamel.yaml import YAML
 
+from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_DEATH
 from simulator.engine.people import annual_rates, build_people_tables, reference_date_of
 from simulator.engine.run import RunConfig, Simulator
@@ -68,7 +69,7 @@ def cohort_deaths(sim: Simulator, patients: int, chunk_size: int = 5_000) -> Coh
         run = sim.simulate(np.arange(start, min(start + chunk_size, patients), dtype=np.int64))
         is_death = run.events.kind == K_DEATH
         row = run.patient[is_death] - start
-        age = (run.events.t[is_death] - run.people.birth_t[row]) / 365.25
+        age = (run.events.t[is_death] - run.people.birth_t[row]) / DAYS_PER_YEAR
         sex = run.people.sex[row].astype(np.int64)
         by_module = (run.events.state[is_death] >= 0).astype(np.int64)
         np.add.at(deaths, (by_module, sex, np.minimum(age.astype(np.int64), n_ages - 1)), 1.0)

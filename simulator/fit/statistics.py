@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import special
 
+from simulator.days import DAYS_PER_YEAR
 from simulator.fit.cohort import ACTIVE, DIAGNOSED, EVER, EVER_DIAGNOSED, Cohort, Vocabulary, _same_events
 from simulator.model.targets import (
     OPEN_AGE,
@@ -166,7 +167,7 @@ def compare(
         if lifetime is None:
             return Comparison(target, "no lifetime cohort")
         chosen = np.ones(len(lifetime), bool) if target.sex == "all" else lifetime.sex == "MF".index(target.sex)
-        ages = (lifetime.death_t[chosen] - lifetime.birth_t[chosen]) / 365.25
+        ages = (lifetime.death_t[chosen] - lifetime.birth_t[chosen]) / DAYS_PER_YEAR
         alive = int(np.isnan(ages).sum())
         ages = ages[~np.isnan(ages)]
         ages = ages[ages >= target.age_lo] - target.age_lo  # years lived after x by those alive at x
@@ -264,13 +265,13 @@ def rate(target: Target, measure: Measure, cohort: Cohort, lifetime: Cohort, voc
     followed = np.isfinite(lifetime.death_t[rows])  # members alive at the horizon give no person-years
     rows, t = rows[followed], t[followed]
     n_groups = OPEN_AGE // RATE_GROUP + 1
-    lived = (lifetime.death_t - lifetime.birth_t) / 365.25
+    lived = (lifetime.death_t - lifetime.birth_t) / DAYS_PER_YEAR
     starts = np.arange(n_groups) * RATE_GROUP
     person_years = np.zeros((2, n_groups))
     for s in (0, 1):
         years = lived[np.isfinite(lived) & (lifetime.sex == s)]
         person_years[s] = np.clip(years[:, None] - starts[None, :], 0, RATE_GROUP).sum(axis=0)
-    events = _by_age_group(lifetime.sex[rows], (t - lifetime.birth_t[rows]) / 365.25, n_groups)
+    events = _by_age_group(lifetime.sex[rows], (t - lifetime.birth_t[rows]) / DAYS_PER_YEAR, n_groups)
     band = band_mask(cohort, target) & cohort.alive
     weights = _by_age_group(cohort.sex[band], np.floor(cohort.age_years[band]), n_groups)
     weights /= max(weights.sum(), 1.0)
@@ -294,7 +295,7 @@ def event_share(target: Target, measure: Measure, lifetime: Cohort, vocabulary: 
     if not keys:
         return Comparison(target, "not covered", note=f"not in the loaded modules: {', '.join(missing)}")
     rows, t = lifetime.events[measure.among_events.key]
-    whole = in_band((t - lifetime.birth_t[rows]) / 365.25, lifetime.sex[rows], target)
+    whole = in_band((t - lifetime.birth_t[rows]) / DAYS_PER_YEAR, lifetime.sex[rows], target)
     hit = _same_events(rows, t, *lifetime.events[measure.events.key]) & whole
     n, k = int(whole.sum()), float(hit.sum())
     return Comparison(

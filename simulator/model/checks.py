@@ -20,20 +20,11 @@ from pydantic import BaseModel
 
 from simulator.model.parsing import LoadError, Located, Problem, suggest
 from simulator.model.schema import (
-    AllGuard,
-    AnyGuard,
-    AttributeGuard,
     Code,
-    ConditionGuard,
     DiseaseModule,
-    EthnicityGuard,
     Exact,
-    MedicationGuard,
-    NotGuard,
-    ObservationGuard,
-    RaceGuard,
-    SinceGuard,
     State,
+    guard_atoms,
 )
 
 if TYPE_CHECKING:
@@ -55,19 +46,6 @@ def walk(obj: Any, path: Path = ()) -> Iterator[tuple[Path, BaseModel]]:
     elif isinstance(obj, dict):
         for key, item in obj.items():
             yield from walk(item, (*path, key))
-
-
-def guard_atoms(guard: BaseModel, path: Path) -> Iterator[tuple[Path, BaseModel]]:
-    """The leaf guards of a guard tree."""
-    if isinstance(guard, AllGuard | AnyGuard):
-        items = guard.all if isinstance(guard, AllGuard) else guard.any
-        key = "all" if isinstance(guard, AllGuard) else "any"
-        for i, item in enumerate(items):
-            yield from guard_atoms(item, (*path, key, i))
-    elif isinstance(guard, NotGuard):
-        yield from guard_atoms(guard.not_, (*path, "not"))
-    else:
-        yield path, guard
 
 
 def state_guards(state: State, path: Path) -> Iterator[tuple[Path, BaseModel]]:
@@ -180,6 +158,7 @@ def _check_references(
             for target in observable.derived.product:
                 need(target, "observables", ("observables", name, "derived", "product", target))
     states = set(module.states)
+    pools = {"states": states, "race": races, "ethnicity": ethnicities}
     if module.start is not None:
         need(module.start, "states", ("start",), states)
     for name, state in module.states.items():
@@ -210,22 +189,8 @@ def _check_references(
             need(hazard.to, "states", (*base, "hazards", i, "to"), states)
         for gpath, guard in state_guards(state, base):
             for apath, atom in guard_atoms(guard, gpath):
-                if isinstance(atom, AttributeGuard):
-                    need(atom.attribute, "attributes", (*apath, "attribute"))
-                elif isinstance(atom, ConditionGuard):
-                    need(atom.condition, "conditions", (*apath, "condition"))
-                elif isinstance(atom, MedicationGuard):
-                    need(atom.medication, "medications", (*apath, "medication"))
-                elif isinstance(atom, ObservationGuard):
-                    need(atom.observation, "observables", (*apath, "observation"))
-                elif isinstance(atom, SinceGuard):
-                    need(atom.since, "states", (*apath, "since"), states)
-                elif isinstance(atom, RaceGuard):
-                    for j, race in enumerate(atom.race):
-                        need(race, "race", (*apath, "race", j), races)
-                elif isinstance(atom, EthnicityGuard):
-                    for j, ethnicity in enumerate(atom.ethnicity):
-                        need(ethnicity, "ethnicity", (*apath, "ethnicity", j), ethnicities)
+                for namespace, name, below in atom.references():
+                    need(name, namespace, (*apath, *below), pools.get(namespace))
     return problems
 
 

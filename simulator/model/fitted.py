@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from simulator.model.parsing import LoadError, Located, Problem, format_path, parse_yaml, validate
-from simulator.model.schema import DiseaseModule
+from simulator.model.schema import DiseaseModule, Frozen
 from simulator.model.targets import TargetSet
 
 CALIBRATION_DIR = Path("targets") / "calibration"
@@ -33,11 +33,7 @@ class LoadedModules(Protocol):
     def document(self, module_name: str) -> Located: ...
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Parameter(_Strict):
+class Parameter(Frozen):
     """`scale`: bounds of a multiplier of every number at `paths`; `value`: bounds of the number set at
     `paths`. `complement`: the other branch of a two-way choice, set to 1 - the number at `paths` (with
     `scale`, one complement per path, in the same order). `over`: a scale parameter multiplies the number
@@ -70,13 +66,13 @@ class Parameter(_Strict):
         return self.scale if self.scale is not None else self.value  # type: ignore[return-value]
 
 
-class Declaration(_Strict):
+class Declaration(Frozen):
     module: str
     targets: list[str] = Field(min_length=1)  # fnmatch patterns over target ids
     parameters: dict[str, Parameter] = Field(min_length=1)
 
 
-class Fitted(_Strict):
+class Fitted(Frozen):
     module: str
     fitted: str
     patients: int

@@ -9,9 +9,12 @@ Times in files always carry a unit; rates are per year; ages are in years.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterator
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from simulator.days import DAYS_PER_YEAR
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 TimeUnit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
@@ -20,8 +23,8 @@ DAYS_PER_UNIT: dict[str, float] = {
     "hours": 1 / 24,
     "days": 1.0,
     "weeks": 7.0,
-    "months": 365.25 / 12,
-    "years": 365.25,
+    "months": DAYS_PER_YEAR / 12,
+    "years": DAYS_PER_YEAR,
 }
 CODE_SYSTEMS: dict[str, str] = {
     "SNOMED": "http://snomed.info/sct",
@@ -35,8 +38,15 @@ ENCOUNTER_CLASSES = ("wellness", "ambulatory", "emergency", "inpatient", "icu")
 OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "survey", "social-history", "exam")
 
 
-class Strict(BaseModel):
-    """Base: unknown keys are errors, values are not coerced across types."""
+class Frozen(BaseModel):
+    """Base of every model of a data file: unknown keys are errors, loaded values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strict(Frozen):
+    """Base of module and rules files: also, values are not coerced across types (CSV-born models are
+    Frozen only, since every CSV value is text)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -114,91 +124,138 @@ Distribution = Annotated[
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
 
 
-class AgeGuard(Strict):
+class GuardAtom(Strict):
+    """A leaf guard. `key` is the file key that names its kind (and `tag` the kind's name in errors);
+    `refers` maps each field naming something defined elsewhere to its namespace (`attributes`,
+    `conditions`, `medications`, `observables`, `states`, `race`, `ethnicity`), which the checks verify
+    and calibration follows between modules. What a guard means is in simulator/engine/guards.py."""
+
+    key: ClassVar[str]
+    tag: ClassVar[str]
+    refers: ClassVar[dict[str, str]] = {}
+
+    def references(self) -> Iterator[tuple[str, str, tuple[str | int, ...]]]:
+        """(namespace, name, path below the guard) of every name this guard reads."""
+        for field, namespace in self.refers.items():
+            value = getattr(self, field)
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    yield namespace, item, (field, i)
+            else:
+                yield namespace, value, (field,)
+
+
+class AgeGuard(GuardAtom):
+    key, tag = "age_years", "age"
     age_years: Comparison
     value: Annotated[float, Field(ge=0)]
 
 
-class SexGuard(Strict):
+class SexGuard(GuardAtom):
+    key, tag = "sex", "sex"
     sex: Literal["M", "F"]
 
 
-class RaceGuard(Strict):
+class RaceGuard(GuardAtom):
+    key, tag, refers = "race", "race", {"race": "race"}
     race: list[Name] = Field(min_length=1)
 
 
-class EthnicityGuard(Strict):
+class EthnicityGuard(GuardAtom):
+    key, tag, refers = "ethnicity", "ethnicity", {"ethnicity": "ethnicity"}
     ethnicity: list[Name] = Field(min_length=1)
 
 
-class AttributeGuard(Strict):
+class AttributeGuard(GuardAtom):
+    key, tag, refers = "attribute", "attribute", {"attribute": "attributes"}
     attribute: Name
     op: Comparison
     value: float
 
 
-class ConditionGuard(Strict):
+class ConditionGuard(GuardAtom):
+    key, tag, refers = "condition", "condition", {"condition": "conditions"}
     condition: Name
     status: Literal["active", "diagnosed"] = "active"
 
 
-class MedicationGuard(Strict):
+class MedicationGuard(GuardAtom):
+    key, tag, refers = "medication", "medication", {"medication": "medications"}
     medication: Name
 
 
-class ObservationGuard(Strict):
+class ObservationGuard(GuardAtom):
     """Latest value of an observable; false while the patient has none."""
 
+    key, tag, refers = "observation", "observation", {"observation": "observables"}
     observation: Name
     op: Comparison
     value: float
 
 
-class SinceGuard(Strict):
+class SinceGuard(GuardAtom):
     """Time since this module last entered `state`; false if it never did."""
 
+    key, tag, refers = "since", "since", {"since": "states"}
     since: Name
     op: Comparison
     value: Annotated[float, Field(ge=0)]
     unit: TimeUnit
 
 
-class CalendarGuard(Strict):
+class CalendarGuard(GuardAtom):
     """True while the simulated date is before 1 January of `before_year`: a rate that changed in some
     calendar year (a secular trend). `not` gives on or after that date."""
 
+    key, tag = "before_year", "calendar"
     before_year: Annotated[int, Field(ge=1800, le=2200)]
 
 
-class AllGuard(Strict):
+class GuardCombinator(Strict):
+    """all / any / not over other guards: `parts()` are (path below this guard, guard) pairs."""
+
+    key: ClassVar[str]
+    tag: ClassVar[str]
+
+    def parts(self) -> list[tuple[tuple[str | int, ...], Guard]]:
+        value = getattr(self, next(iter(type(self).model_fields)))
+        if isinstance(value, list):
+            return [((self.key, i), item) for i, item in enumerate(value)]
+        return [((self.key,), value)]
+
+
+class AllGuard(GuardCombinator):
+    key, tag = "all", "all"
     all: list[Guard] = Field(min_length=1)
 
 
-class AnyGuard(Strict):
+class AnyGuard(GuardCombinator):
+    key, tag = "any", "any"
     any: list[Guard] = Field(min_length=1)
 
 
-class NotGuard(Strict):
+class NotGuard(GuardCombinator):
+    key, tag = "not", "not"
     not_: Guard = Field(alias="not")
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
-GUARD_KEYS: dict[str, str] = {
-    "age_years": "age",
-    "sex": "sex",
-    "race": "race",
-    "ethnicity": "ethnicity",
-    "attribute": "attribute",
-    "condition": "condition",
-    "medication": "medication",
-    "observation": "observation",
-    "since": "since",
-    "before_year": "calendar",
-    "all": "all",
-    "any": "any",
-    "not": "not",
-}
+GUARD_ATOMS: tuple[type[GuardAtom], ...] = (
+    AgeGuard,
+    SexGuard,
+    RaceGuard,
+    EthnicityGuard,
+    AttributeGuard,
+    ConditionGuard,
+    MedicationGuard,
+    ObservationGuard,
+    SinceGuard,
+    CalendarGuard,
+)
+GUARD_MODELS: tuple[type[GuardAtom | GuardCombinator], ...] = (*GUARD_ATOMS, AllGuard, AnyGuard, NotGuard)
+GUARD_KEYS: dict[str, str] = {model.key: model.tag for model in GUARD_MODELS}
+_GUARD_TAG_BY_CLASS: dict[type, str] = {model: model.tag for model in GUARD_MODELS}
 
 
 def _guard_tag(value: object) -> str | None:
@@ -213,43 +270,27 @@ def _guard_tag(value: object) -> str | None:
 
 
 Guard = Annotated[
-    Annotated[AgeGuard, Tag("age")]
-    | Annotated[SexGuard, Tag("sex")]
-    | Annotated[RaceGuard, Tag("race")]
-    | Annotated[EthnicityGuard, Tag("ethnicity")]
-    | Annotated[AttributeGuard, Tag("attribute")]
-    | Annotated[ConditionGuard, Tag("condition")]
-    | Annotated[MedicationGuard, Tag("medication")]
-    | Annotated[ObservationGuard, Tag("observation")]
-    | Annotated[SinceGuard, Tag("since")]
-    | Annotated[CalendarGuard, Tag("calendar")]
-    | Annotated[AllGuard, Tag("all")]
-    | Annotated[AnyGuard, Tag("any")]
-    | Annotated[NotGuard, Tag("not")],
+    Union[tuple(Annotated[model, Tag(model.tag)] for model in GUARD_MODELS)],  # noqa: UP007
     Discriminator(
         _guard_tag,
         custom_error_type="invalid_guard",
         custom_error_message="a guard needs one of the keys " + ", ".join(GUARD_KEYS),
     ),
 ]
-_GUARD_TAG_BY_CLASS: dict[type, str] = {
-    AgeGuard: "age",
-    SexGuard: "sex",
-    RaceGuard: "race",
-    EthnicityGuard: "ethnicity",
-    AttributeGuard: "attribute",
-    ConditionGuard: "condition",
-    MedicationGuard: "medication",
-    ObservationGuard: "observation",
-    SinceGuard: "since",
-    CalendarGuard: "calendar",
-    AllGuard: "all",
-    AnyGuard: "any",
-    NotGuard: "not",
-}
 AllGuard.model_rebuild()
 AnyGuard.model_rebuild()
 NotGuard.model_rebuild()
+
+
+def guard_atoms(
+    guard: BaseModel, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], GuardAtom]]:
+    """(path, leaf guard) for every leaf of a guard tree, the path extending `path` through all/any/not."""
+    if isinstance(guard, GuardAtom):
+        yield path, guard
+    elif isinstance(guard, GuardCombinator):
+        for below, part in guard.parts():
+            yield from guard_atoms(part, (*path, *below))
 
 
 # --- state actions -------------------------------------------------------------------------------

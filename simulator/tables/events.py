@@ -45,8 +45,8 @@ def event_table(events: Events, patient: np.ndarray, names: Names) -> pd.DataFra
     kind = events.kind.astype(np.int64)
     code = events.code.astype(np.int64)
     state = events.state.astype(np.int64)
-    aux = events.aux.astype(np.int64)
-    observable = np.where(kind == K_OBSERVATION, aux, -1)
+    subject = events.subject.astype(np.int64)
+    observable = np.where(kind == K_OBSERVATION, subject, -1)
     is_encounter = (kind == K_ENCOUNTER_START) | (kind == K_ENCOUNTER_END)
     state_module = [s.split(".", 1)[0] for s in names.states]
     return pd.DataFrame(
@@ -61,7 +61,7 @@ def event_table(events: Events, patient: np.ndarray, names: Names) -> pd.DataFra
             "unit": labelled(observable, names.observable_units),
             "category": labelled(observable, names.observable_categories),
             "encounter": events.encounter,
-            "encounter_class": labelled(np.where(is_encounter, aux, -1), ENCOUNTER_CLASSES),
+            "encounter_class": labelled(np.where(is_encounter, subject, -1), ENCOUNTER_CLASSES),
             "reason": labelled(events.reason.astype(np.int64), names.conditions),
             "module": labelled(state, state_module),
             "state": labelled(state, names.state_names),
