@@ -34,7 +34,7 @@ from simulator.fit.cohort import (
 from simulator.fit.statistics import Comparison, compare_all
 from simulator.model.library import Library
 from simulator.model.loading import load_library
-from simulator.model.targets import TargetSet, load_targets
+from simulator.model.targets import Definitions, TargetSet, load_targets
 from simulator.tables.chunks import chunk_tables
 from simulator.tables.invariants import check_invariants
 from simulator.tables.population import Population
@@ -54,6 +54,7 @@ class Validation:
     invariant_patients: int
     labs: list[dict]
     card: dict
+    definitions: Definitions  # the targets' measures (the report's labels and sections)
     calibration_targets: tuple[str, ...] = ()  # ids the library's declarations answer to
 
 
@@ -168,6 +169,7 @@ def validate_generated(
         len(checked.patients),
         lab_distributions(cohort, targets, vocabulary),
         _card(library, config, patients, lifetime_patients),
+        targets.definitions,
         calibration_targets(library),
     )
 
@@ -202,5 +204,6 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
         len(patients),
         lab_distributions(cohort, targets, vocabulary),
         _card(library, card_config, len(patients), len(patients) if lifetime_run else lifetime_patients),
+        targets.definitions,
         calibration_targets(library),
     )

@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from simulator.model.parsing import LoadError, Problem, parse_yaml, suggest, validate
-from simulator.model.schema import ENCOUNTER_CLASSES
+from simulator.model.schema import ENCOUNTER_CLASSES, Frozen
 
 if TYPE_CHECKING:
     pass
@@ -43,30 +43,26 @@ COLUMNS = (
 OPEN_AGE = 120  # age_hi 120 means "and over"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ConditionCriterion(_Strict):
+class ConditionCriterion(Frozen):
     conditions: list[str] = Field(min_length=1)
     status: Literal["active", "diagnosed", "undiagnosed", "ever", "ever_diagnosed"]
 
 
-class ObservationCriterion(_Strict):
+class ObservationCriterion(Frozen):
     observation: str
     op: Literal[">=", ">", "<=", "<"]
     value: float
 
 
-class MedicationCriterion(_Strict):
+class MedicationCriterion(Frozen):
     medications: list[str] = Field(min_length=1)
 
 
-class AnyCriterion(_Strict):
+class AnyCriterion(Frozen):
     any: list[Criterion] = Field(min_length=1)
 
 
-class AllCriterion(_Strict):
+class AllCriterion(Frozen):
     all: list[Criterion] = Field(min_length=1)
 
 
@@ -76,7 +72,7 @@ Criterion = Annotated[
 ]
 
 
-class EventCriterion(_Strict):
+class EventCriterion(Frozen):
     """Events a rate counts: `encounter` (a stay or visit of one of `classes` for one of the
     conditions `reasons`; hospital encounters joined by a transfer at the same instant are one
     stay), `death` (from one of the causes `reasons`) or `onset` (of one of the conditions)."""
@@ -90,7 +86,8 @@ class EventCriterion(_Strict):
         return json.dumps(self.model_dump(), sort_keys=True)
 
 
-class Measure(_Strict):
+class Measure(Frozen):
+    label: str = ""  # a short readable name for the report ("Current asthma"); default: the measure's name
     counts: str = ""
     statistic: Literal["prevalence", "share", "rate", "event_share", "life_expectancy", "unsupported"]
     numerator: Criterion | None = None
@@ -102,17 +99,17 @@ class Measure(_Strict):
     reason: str = ""
 
 
-class LabPair(_Strict):
+class LabPair(Frozen):
     observation: str
     condition: str
 
 
-class StandardGroup(_Strict):
+class StandardGroup(Frozen):
     ages: tuple[int, int]  # whole years, both ends included; OPEN_AGE means "and over"
     weight: float = Field(gt=0, le=1)
 
 
-class Standard(_Strict):
+class Standard(Frozen):
     """A standard population for direct age adjustment: the share of each age group in it."""
 
     source: str = Field(min_length=1)
@@ -133,10 +130,11 @@ class Standard(_Strict):
         return self.groups[0].ages[0], self.groups[-1].ages[1]
 
 
-class Definitions(_Strict):
+class Definitions(Frozen):
     measures: dict[str, Measure]
     standards: dict[str, Standard] = {}
     labs: list[LabPair] = []
+    sections: dict[str, list[str]] = {}  # report section title -> the targets.csv `condition` values it shows
 
 
 @dataclass(frozen=True)
