@@ -38,6 +38,7 @@ def test_corpus_covers_the_required_cases() -> None:
         "zero_time_cycle",
         "unknown_code_system",
         "unknown_code",
+        "bad_numbers",
     }
     assert required <= names
 
@@ -56,8 +57,8 @@ def test_generate_with_a_broken_module_fails_cleanly_and_writes_nothing(tmp_path
 
 def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "-n", "-3", "--out", str(tmp_path / "o"), "-q"])
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "error: patients must be >= 0 (got -3)"
+    assert result.exit_code == 2  # a usage error (tests/test_cli_options.py covers every option)
+    assert result.stderr.strip() == "error: --patients: must be >= 0 (got -3)"
     result = CliRunner().invoke(app, ["graph", "type2_diabetis", "--out", str(tmp_path / "g.svg")])
     assert result.exit_code == 1
     assert "did you mean 'type2_diabetes'?" in result.stderr

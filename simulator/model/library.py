@@ -9,9 +9,15 @@ from pathlib import Path
 
 from simulator.model.fitted import Declared
 from simulator.model.parsing import Located
+from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
 
-RULES_FILES = {"demographics.yaml": Demographics, "mortality.yaml": Mortality, "names.yaml": Names}
+RULES_FILES = {
+    "demographics.yaml": Demographics,
+    "mortality.yaml": Mortality,
+    "names.yaml": Names,
+    "observation_reference.yaml": ObservationReference,
+}
 
 
 def data_root() -> Path:
@@ -39,9 +45,10 @@ class Library:
     demographics: Demographics
     mortality: Mortality
     names: Names
+    observation_reference: ObservationReference  # UCUM units and lab reference ranges
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
-    file_sha256: dict[str, str]
+    file_sha256: dict[str, str]  # every input file, as modules/... or rules/... (from its root) -> SHA-256
     data_sha256: dict[str, str] = field(default_factory=dict)  # module name -> digest of its parsed data
     # module name -> {path: the module file's numbers there} where a fitted file replaced them
     sourced_numbers: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simulator.model.checks import check_library
@@ -29,6 +30,27 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+@dataclass(frozen=True)
+class _InputNames:
+    """The manifest's names of input files: relative to the library's roots, whatever the working
+    directory: `rules/...` under the rules directory, `modules/...` under the modules directory (for a
+    list of module files, their closest common directory); any other file by its display name."""
+
+    modules_dir: Path
+    rules_dir: Path
+
+    def __call__(self, path: Path) -> str:
+        resolved = path.resolve()
+        for prefix, root in (("rules", self.rules_dir), ("modules", self.modules_dir)):
+            if resolved.is_relative_to(root):
+                return f"{prefix}/{resolved.relative_to(root).as_posix()}"
+        return _display(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | None = None) -> Library:
     """Load, validate and cross-check every file; raise LoadError listing all problems found.
 
@@ -42,6 +64,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     if isinstance(modules, list):
         files = [Path(p) for p in modules]
         missing = [p for p in files if not p.is_file()]
+        directory = Path(os.path.commonpath([p.resolve().parent for p in files])) if files else default_modules_dir()
     else:
         directory = Path(modules) if modules is not None else default_modules_dir()
         files = module_files(directory) if directory.is_dir() else []
@@ -50,6 +73,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         missing.append(rules_dir)
     if missing:
         raise LoadError([Problem(_display(p), 1, 1, "", "no such file or directory") for p in missing])
+    input_name = _InputNames(directory.resolve(), rules_dir.resolve())
 
     problems: list[Problem] = []
     hashes: dict[str, str] = {}
@@ -61,8 +85,8 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     except LoadError as exc:
         problems.extend(exc.problems)
         fitted = {}
-    for _, fitted_doc, fitted_path in fitted.values():
-        hashes[fitted_doc.file] = hashlib.sha256(fitted_path.read_bytes()).hexdigest()
+    for _, _, fitted_path in fitted.values():
+        hashes[input_name(fitted_path)] = _sha256(fitted_path)
     modules: list[DiseaseModule] = []
     rules: dict[str, object] = {}
     paths = [(p, DiseaseModule) for p in module_files(rules_dir) + files]
@@ -71,7 +95,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         display = _display(path)
         try:
             document = parse_yaml(path, display)
-            hashes[display] = hashlib.sha256(path.read_bytes()).hexdigest()
+            hashes[input_name(path)] = _sha256(path)
             if model is DiseaseModule:
                 name = document.data.get("name")
                 data_hashes[str(name)] = data_sha256(document.data)  # before the fitted values change it
@@ -100,7 +124,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         if path.is_file():  # absent until `ehrsim calibrate mortality` writes it: the full life table applies
             try:
                 background_share = load(path, BackgroundShare, _display(path))
-                hashes[_display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+                hashes[input_name(path)] = _sha256(path)
             except LoadError as exc:
                 problems.extend(exc.problems)
     if problems:
@@ -110,6 +134,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         demographics=rules["demographics.yaml"],  # type: ignore[arg-type]
         mortality=rules["mortality.yaml"],  # type: ignore[arg-type]
         names=rules["names.yaml"],  # type: ignore[arg-type]
+        observation_reference=rules["observation_reference.yaml"],  # type: ignore[arg-type]
         rules_dir=rules_dir,
         documents=documents,
         file_sha256=hashes,
@@ -118,7 +143,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         background_share=background_share,
     )
     check_library(library)
-    _hash_tables(library)
+    _hash_tables(library, input_name)
     return _with_calibration(library)
 
 
@@ -131,7 +156,7 @@ def _with_calibration(library: Library) -> Library:
     return replace(library, calibration=load_declarations(library, targets, _display))
 
 
-def _hash_tables(library: Library) -> None:
+def _hash_tables(library: Library, input_name: _InputNames) -> None:
     """Add the CSV tables the rules point to, so the manifest covers every input byte."""
     for name in (
         library.demographics.population_csv,
@@ -140,4 +165,4 @@ def _hash_tables(library: Library) -> None:
         library.mortality.total_csv,
     ):
         path = library.rules_dir / name
-        library.file_sha256[_display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        library.file_sha256[input_name(path)] = _sha256(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from simulator.days import DAYS_PER_YEAR
 
@@ -39,16 +39,18 @@ OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "survey", "social-history
 
 
 class Frozen(BaseModel):
-    """Base of every model of a data file: unknown keys are errors, loaded values never change."""
+    """Base of every model of a data file: unknown keys are errors, loaded values never change, and every
+    number is finite (NaN and infinities are refused wherever a number is read: the one place that says so;
+    ranges are on the fields)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Strict(Frozen):
     """Base of module and rules files: also, values are not coerced across types (CSV-born models are
     Frozen only, since every CSV value is text)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _int_to_str(value: object) -> object:
@@ -117,6 +119,18 @@ class Gamma(_Dist):
 Distribution = Annotated[
     Exact | Uniform | Normal | Exponential | LogNormal | Gamma, Field(discriminator="distribution")
 ]
+
+
+def _not_negative(dist: Exact | Uniform | Normal | Exponential | LogNormal | Gamma) -> object:
+    """A time cannot be negative: its exact value, uniform low end and normal mean are at least 0."""
+    for name in ("value", "low", "mean"):
+        value = getattr(dist, name, None)
+        if value is not None and value < 0:
+            raise ValueError(f"a time cannot be negative ({name} {value:g})")
+    return dist
+
+
+Duration = Annotated[Distribution, AfterValidator(_not_negative)]
 
 
 # --- guards --------------------------------------------------------------------------------------
@@ -238,7 +252,7 @@ class NotGuard(GuardCombinator):
     key, tag = "not", "not"
     not_: Guard = Field(alias="not")
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with Strict's
 
 
 GUARD_ATOMS: tuple[type[GuardAtom], ...] = (
@@ -320,10 +334,10 @@ class EncounterStart(Strict):
 
     encounter_class: Literal["wellness", "ambulatory", "emergency", "inpatient", "icu"] = Field(alias="class")
     code: Code
-    duration: Distribution | None = None
+    duration: Duration | None = None
     reason: Name | None = None
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with Strict's
 
 
 class Symptom(Strict):
@@ -408,7 +422,7 @@ class State(Strict):
     end_encounter: bool = False
     death: Death | None = None
 
-    after: Distribution | None = None
+    after: Duration | None = None
     wait_for: Literal["wellness"] | None = None
     next: Name | None = None
     branches: list[Branch] | None = None
