@@ -73,6 +73,7 @@ from simulator.model.schema import (
     Uniform,
 )
 
+ACTION_DEFAULTS = {"code": -1, "dist": -1, "duration": -1, "reason": -1, "value": 0.0, "drift_per_year": math.nan}
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
 
 
@@ -278,29 +279,10 @@ class _Builder:
         else:
             self._inst(G_AND if isinstance(g, AllGuard) else G_OR, len(parts))
 
-    def action(
-        self,
-        kind: int,
-        target: int = -1,
-        *,
-        code: int = -1,
-        dist: int = -1,
-        duration: int = -1,
-        reason: int = -1,
-        value: float = 0.0,
-        drift_per_year: float = math.nan,
-    ) -> None:
-        self.add(
-            "act",
-            kind=kind,
-            target=target,
-            code=code,
-            dist=dist,
-            duration=duration,
-            reason=reason,
-            value=value,
-            drift_per_year=drift_per_year,
-        )
+    def action(self, kind: int, target: int = -1, **operands: float) -> None:
+        """Append an action: its kind, what it acts on, and the operands it uses by name (the act_* columns of
+        CompiledModel); the others keep their defaults."""
+        self.add("act", kind=kind, target=target, **(ACTION_DEFAULTS | operands))
 
     def state(self, module: DiseaseModule, state: State) -> None:
         act_start = self.size("act")

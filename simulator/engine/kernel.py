@@ -22,57 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.days import DAYS_PER_YEAR
-from simulator.engine.codes import (
-    A_DIAGNOSE,
-    A_ENC_END,
-    A_ENC_START,
-    A_IMMUNIZATION,
-    A_MED_START,
-    A_MED_STOP,
-    A_OBSERVE,
-    A_ONSET,
-    A_PROCEDURE,
-    A_RESOLVE,
-    A_SET_ADD,
-    A_SET_DRAW,
-    A_SET_TO,
-    A_SYMPTOM,
-    D_EXACT,
-    D_EXPONENTIAL,
-    D_LOGNORMAL,
-    D_NORMAL,
-    D_UNIFORM,
-    G_AGE,
-    G_AND,
-    G_ATTR,
-    G_BEFORE,
-    G_COND_ACTIVE,
-    G_COND_DIAGNOSED,
-    G_ETHNICITY,
-    G_MED,
-    G_NOT,
-    G_OBS,
-    G_OR,
-    G_RACE,
-    G_SEX,
-    G_SINCE,
-    K_DEATH,
-    K_DIAGNOSIS,
-    K_ENCOUNTER_END,
-    K_ENCOUNTER_START,
-    K_IMMUNIZATION,
-    K_MED_START,
-    K_MED_STOP,
-    K_OBSERVATION,
-    K_ONSET,
-    K_PROCEDURE,
-    K_RESOLVED,
-    K_SYMPTOM,
-    X_BRANCHES,
-    X_HAZARDS,
-    X_NEXT,
-    X_TERMINAL,
-)
+from simulator.engine import codes
 from simulator.engine.compiler import CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -84,15 +34,15 @@ def draw(model: CompiledModel, dist: int, rng: np.ndarray) -> float:
     kind = model.dist_kind[dist]
     a = model.dist_a[dist]
     b = model.dist_b[dist]
-    if kind == D_EXACT:
+    if kind == codes.D_EXACT:
         value = a
-    elif kind == D_UNIFORM:
+    elif kind == codes.D_UNIFORM:
         value = a + (b - a) * uniform(rng)
-    elif kind == D_NORMAL:
+    elif kind == codes.D_NORMAL:
         value = a + b * normal(rng)
-    elif kind == D_EXPONENTIAL:
+    elif kind == codes.D_EXPONENTIAL:
         value = a * exponential(rng)
-    elif kind == D_LOGNORMAL:
+    elif kind == codes.D_LOGNORMAL:
         value = math.exp(a + b * normal(rng))
     else:
         value = b * gamma(rng, a)
@@ -335,37 +285,37 @@ def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -
         i0 = model.ginst_i0[k]
         cmp = model.ginst_cmp[k]
         f0 = model.ginst_f0[k]
-        if op == G_AND or op == G_OR:  # noqa: SIM109 (numba)
-            result = op == G_AND
+        if op == codes.G_AND or op == codes.G_OR:  # noqa: SIM109 (numba)
+            result = op == codes.G_AND
             for _ in range(i0):
                 top -= 1
-                result = (result and sc.stack[top]) if op == G_AND else (result or sc.stack[top])
+                result = (result and sc.stack[top]) if op == codes.G_AND else (result or sc.stack[top])
             value = result
-        elif op == G_NOT:
+        elif op == codes.G_NOT:
             top -= 1
             value = not sc.stack[top]
-        elif op == G_AGE:
+        elif op == codes.G_AGE:
             value = compare(age_years(p, t), cmp, f0)
-        elif op == G_SEX:
+        elif op == codes.G_SEX:
             value = p.sex == i0
-        elif op == G_RACE:
+        elif op == codes.G_RACE:
             value = p.race == i0
-        elif op == G_ETHNICITY:
+        elif op == codes.G_ETHNICITY:
             value = p.ethnicity == i0
-        elif op == G_ATTR:
+        elif op == codes.G_ATTR:
             value = compare(attr_value(sc, i0, t), cmp, f0)
-        elif op == G_COND_ACTIVE:
+        elif op == codes.G_COND_ACTIVE:
             value = sc.cond_active[i0]
-        elif op == G_COND_DIAGNOSED:
+        elif op == codes.G_COND_DIAGNOSED:
             value = sc.cond_diagnosed[i0]
-        elif op == G_MED:
+        elif op == codes.G_MED:
             value = sc.med_active[i0]
-        elif op == G_OBS:
+        elif op == codes.G_OBS:
             latest = sc.obs_latest[i0]
             value = (not math.isnan(latest)) and compare(latest, cmp, f0)
-        elif op == G_BEFORE:
+        elif op == codes.G_BEFORE:
             value = t < f0
-        else:  # G_SINCE
+        else:  # codes.G_SINCE
             entered = sc.entered_t[i0]
             value = entered > -np.inf and compare(t - entered, cmp, f0)
         sc.stack[top] = value
@@ -382,15 +332,15 @@ def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float
         op = model.ginst_op[k]
         f0 = model.ginst_f0[k]
         at = np.inf
-        if op == G_AGE:
+        if op == codes.G_AGE:
             at = p.birth_t + f0 * DAYS_PER_YEAR
-        elif op == G_BEFORE:
+        elif op == codes.G_BEFORE:
             at = f0
-        elif op == G_SINCE:
+        elif op == codes.G_SINCE:
             entered = sc.entered_t[model.ginst_i0[k]]
             if entered > -np.inf:
                 at = entered + f0
-        elif op == G_ATTR:
+        elif op == codes.G_ATTR:
             a = model.ginst_i0[k]
             slope = sc.attr_slope[a]
             if slope != 0.0:
@@ -537,7 +487,7 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
             sc,
             p,
             t,
-            K_ENCOUNTER_END,
+            codes.K_ENCOUNTER_END,
             sc.pend_code[k],
             np.nan,
             sc.pend_id[k],
@@ -546,7 +496,7 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
             -1,
         )
     sc.counters[C_PENDING] = 0
-    emit(ev, sc, p, t, K_DEATH, cause, np.nan, -1, state, -1, -1)
+    emit(ev, sc, p, t, codes.K_DEATH, cause, np.nan, -1, state, -1, -1)
     sc.counters[C_DEAD] = 1
     sc.wake_t[:] = np.inf
 
@@ -554,7 +504,8 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
 @njit(cache=True, _nrt=False)
 def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Emit the end of pending encounter k and drop it from the list (order kept)."""
-    emit(ev, sc, p, t, K_ENCOUNTER_END, sc.pend_code[k], np.nan, sc.pend_id[k], sc.pend_state[k], sc.pend_class[k], -1)
+    kind, code, state = codes.K_ENCOUNTER_END, sc.pend_code[k], sc.pend_state[k]
+    emit(ev, sc, p, t, kind, code, np.nan, sc.pend_id[k], state, sc.pend_class[k], -1)
     m = sc.pend_module[k]
     if sc.enc_cur[m] == sc.pend_id[k]:
         sc.enc_cur[m] = -1
@@ -575,11 +526,11 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
         kind = model.act_kind[a]
         target = model.act_target[a]
-        if kind == A_ENC_START:
+        if kind == codes.A_ENC_START:
             enc = sc.counters[C_ENCOUNTERS]
             sc.counters[C_ENCOUNTERS] = enc + 1
             code = model.act_code[a]
-            emit(ev, sc, p, t, K_ENCOUNTER_START, code, np.nan, enc, s, target, model.act_reason[a])
+            emit(ev, sc, p, t, codes.K_ENCOUNTER_START, code, np.nan, enc, s, target, model.act_reason[a])
             n = sc.counters[C_PENDING]
             if n == MAX_PENDING:
                 sc.counters[C_ERROR] |= E_OVERLOAD
@@ -597,11 +548,11 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             sc.enc_t[m] = t
             if target == model.wellness_class:
                 sc.counters[C_JOIN] = enc + 1
-        elif kind == A_SET_TO or kind == A_SET_ADD or kind == A_SET_DRAW:  # noqa: SIM109 (numba)
+        elif kind == codes.A_SET_TO or kind == codes.A_SET_ADD or kind == codes.A_SET_DRAW:  # noqa: SIM109 (numba)
             current = attr_value(sc, target, t)
-            if kind == A_SET_TO:
+            if kind == codes.A_SET_TO:
                 level = model.act_value[a]
-            elif kind == A_SET_ADD:
+            elif kind == codes.A_SET_ADD:
                 level = current + model.act_value[a]
             else:
                 level = draw(model, model.act_dist[a], sc.rng)
@@ -612,53 +563,54 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 sc.attr_slope[target] = drift
             if model.attr_guarded[target]:
                 sc.counters[C_DIRTY] = 1
-        elif kind == A_ONSET or kind == A_DIAGNOSE:  # noqa: SIM109 (numba)
+        elif kind == codes.A_ONSET or kind == codes.A_DIAGNOSE:  # noqa: SIM109 (numba)
             code = model.cond_code[target]
             if not sc.cond_active[target]:
                 sc.cond_active[target] = True
                 sc.cond_diagnosed[target] = False
-                emit(ev, sc, p, t, K_ONSET, code, np.nan, attached(sc, m, t), s, target, -1)
+                emit(ev, sc, p, t, codes.K_ONSET, code, np.nan, attached(sc, m, t), s, target, -1)
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-            if kind == A_DIAGNOSE and not sc.cond_diagnosed[target]:
+            if kind == codes.A_DIAGNOSE and not sc.cond_diagnosed[target]:
                 sc.cond_diagnosed[target] = True
-                emit(ev, sc, p, t, K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, target, -1)
+                emit(ev, sc, p, t, codes.K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, target, -1)
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-        elif kind == A_RESOLVE:
+        elif kind == codes.A_RESOLVE:
             if sc.cond_active[target]:
                 sc.cond_active[target] = False
                 sc.cond_diagnosed[target] = False
-                emit(ev, sc, p, t, K_RESOLVED, model.cond_code[target], np.nan, attached(sc, m, t), s, target, -1)
+                emit(ev, sc, p, t, codes.K_RESOLVED, model.cond_code[target], np.nan, attached(sc, m, t), s, target, -1)
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-        elif kind == A_MED_START:
+        elif kind == codes.A_MED_START:
             if not sc.med_active[target]:
                 sc.med_active[target] = True
-                emit(ev, sc, p, t, K_MED_START, model.med_code[target], np.nan, need_encounter(sc, m, t), s, target, -1)
+                encounter = need_encounter(sc, m, t)
+                emit(ev, sc, p, t, codes.K_MED_START, model.med_code[target], np.nan, encounter, s, target, -1)
                 if model.med_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-        elif kind == A_MED_STOP:
+        elif kind == codes.A_MED_STOP:
             if sc.med_active[target]:
                 sc.med_active[target] = False
-                emit(ev, sc, p, t, K_MED_STOP, model.med_code[target], np.nan, attached(sc, m, t), s, target, -1)
+                emit(ev, sc, p, t, codes.K_MED_STOP, model.med_code[target], np.nan, attached(sc, m, t), s, target, -1)
                 if model.med_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-        elif kind == A_PROCEDURE or kind == A_IMMUNIZATION:  # noqa: SIM109 (numba)
-            event_kind = K_PROCEDURE if kind == A_PROCEDURE else K_IMMUNIZATION
+        elif kind == codes.A_PROCEDURE or kind == codes.A_IMMUNIZATION:  # noqa: SIM109 (numba)
+            event_kind = codes.K_PROCEDURE if kind == codes.A_PROCEDURE else codes.K_IMMUNIZATION
             emit(ev, sc, p, t, event_kind, target, np.nan, need_encounter(sc, m, t), s, -1, -1)
-        elif kind == A_OBSERVE:
+        elif kind == codes.A_OBSERVE:
             value = observe(model, sc, p, target, t)
             if not math.isnan(value):
                 sc.obs_latest[target] = value
                 encounter = need_encounter(sc, m, t)
-                emit(ev, sc, p, t, K_OBSERVATION, model.obs_code[target], value, encounter, s, target, -1)
+                emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[target], value, encounter, s, target, -1)
                 if model.obs_guarded[target]:
                     sc.counters[C_DIRTY] = 1
-        elif kind == A_SYMPTOM:
+        elif kind == codes.A_SYMPTOM:
             severity = draw(model, model.act_dist[a], sc.rng)
-            emit(ev, sc, p, t, K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
-        elif kind == A_ENC_END:
+            emit(ev, sc, p, t, codes.K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
+        elif kind == codes.A_ENC_END:
             for k in range(sc.counters[C_PENDING]):
                 if sc.pend_module[k] == m and sc.pend_t[k] == np.inf:
                     end_pending(ev, sc, p, k, t)
@@ -672,10 +624,10 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
 def choose(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
     """Target of a next/branches/cases exit at time t (-1: no case holds yet, keep waiting)."""
     kind = model.state_exit[s]
-    if kind == X_NEXT:
+    if kind == codes.X_NEXT:
         return model.state_next[s]
     start = model.state_sub_start[s]
-    if kind == X_BRANCHES:
+    if kind == codes.X_BRANCHES:
         use_stream(sc, model.state_module[s])
         pick = uniform(sc.rng)
         for k in range(start, start + model.state_sub_n[s]):
@@ -712,9 +664,9 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
         if sc.counters[C_DEAD]:
             return
         kind = model.state_exit[s]
-        if kind == X_TERMINAL:
+        if kind == codes.X_TERMINAL:
             return
-        if kind == X_HAZARDS:
+        if kind == codes.X_HAZARDS:
             schedule_hazards(model, sc, p, m, s, t)
             return
         if model.state_delay[s] >= 0:
@@ -738,7 +690,7 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
 def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
-    if model.state_exit[s] == X_HAZARDS:
+    if model.state_exit[s] == codes.X_HAZARDS:
         if sc.wake_kind[m] == W_REEVALUATE:
             schedule_hazards(model, sc, p, m, s, t)
             return
@@ -782,7 +734,7 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif model.state_exit[s] == X_HAZARDS and sc.wake_t[m] > t:
+            elif model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -848,7 +800,7 @@ class Outcome(NamedTuple):
 @njit(cache=True, parallel=True)
 def simulate(model: CompiledModel, seed: int, people: People, lives: Lives, ev: Events, outcome: Outcome) -> None:
     """Simulate each patient i (`people` row i, drawing from stream `lives.stream[i]`) into rows
-    [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the K_DEATH events."""
+    [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the codes.K_DEATH events."""
     n = lives.stream.shape[0]
     n_blocks = min(n, 256)
     n_states = model.state_module.shape[0]

@@ -49,6 +49,7 @@ from simulator.engine.compiler import module_stream
 from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
+from simulator.model import schema
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
@@ -57,16 +58,10 @@ from simulator.model.schema import (
     AnyGuard,
     Code,
     DiseaseModule,
-    Exact,
-    Exponential,
-    Gamma,
     GuardAtom,
-    LogNormal,
-    Normal,
     NotGuard,
     RateTable,
     State,
-    Uniform,
     guard_atoms,
 )
 
@@ -80,17 +75,17 @@ def code_text(code: Code) -> str:
 
 def draw(dist: object, rng: np.ndarray) -> float:
     """One value of a distribution, in days when it has a unit."""
-    if isinstance(dist, Exact):
+    if isinstance(dist, schema.Exact):
         value = dist.value
-    elif isinstance(dist, Uniform):
+    elif isinstance(dist, schema.Uniform):
         value = dist.low + (dist.high - dist.low) * uniform(rng)
-    elif isinstance(dist, Normal):
+    elif isinstance(dist, schema.Normal):
         value = dist.mean + dist.sd * normal(rng)
-    elif isinstance(dist, Exponential):
+    elif isinstance(dist, schema.Exponential):
         value = dist.mean * exponential(rng)
-    elif isinstance(dist, LogNormal):
+    elif isinstance(dist, schema.LogNormal):
         value = math.exp(math.log(dist.median) + dist.sigma * normal(rng))
-    elif isinstance(dist, Gamma):
+    elif isinstance(dist, schema.Gamma):
         value = dist.scale * gamma(rng, float(dist.shape))
     else:
         raise TypeError(type(dist))
