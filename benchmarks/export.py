@@ -19,7 +19,8 @@ from pathlib import Path
 
 from simulator.engine.run import RunConfig, Simulator
 from simulator.export import parse_formats
-from simulator.export.writers import Export, ExportContext
+from simulator.export.context import ExportContext
+from simulator.export.writers import Export
 from simulator.tables.chunks import chunks
 
 
@@ -27,7 +28,7 @@ def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int |
     sim = Simulator.build(RunConfig(patients=patients, seed=1, chunk_size=chunk_size, threads=threads))
     out = Path(tempfile.mkdtemp(prefix="ehrsim-export-"))
     try:
-        export = Export(out, formats, ExportContext.from_library(sim.library), "benchmark")
+        export = Export(out, formats, ExportContext.from_library(sim.library, sim.config.seed, "benchmark"))
         export_s = 0.0
         started = time.perf_counter()
         events = 0
@@ -37,7 +38,8 @@ def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int |
             export_s += time.perf_counter() - t0
             events += len(chunk.events)
         t0 = time.perf_counter()
-        export.finish()
+        export.close()
+        export.publish(b"{}")  # the files in place (the real run manifest is api.run's)
         export_s += time.perf_counter() - t0
         total_s = time.perf_counter() - started
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -9,19 +9,25 @@ messages go to callbacks, so a notebook, a script and the CLI each show them the
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
+from simulator.engine.kernel import simulate
 from simulator.engine.people import reference_date_of
-from simulator.engine.run import Mode, RunConfig, Simulator, runtime
+from simulator.engine.run import ConfigError, Mode, RunConfig, Simulator, runtime
 from simulator.export import DEFAULT_FORMATS, parse_formats
 from simulator.export.bundles import Method
-from simulator.export.writers import Export, ExportContext, write_atomic
+from simulator.export.context import ExportContext
+from simulator.export.writers import FOLDERS, Export, OutputFolder
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
@@ -29,7 +35,7 @@ from simulator.fit.validation import Validation, default_targets, validate_gener
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import Chunk, chunks
+from simulator.tables.chunks import Chunk, chunk_tables, chunks
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -63,37 +69,218 @@ def _count(counts: dict, chunk: Chunk) -> None:
 
 
 Progress = Callable[[str, int, int], None]
-"""Called as (stage, done, total): ("build", 0, 1) before loading and compiling (a first run also
-JIT-compiles the kernel, which takes minutes), then ("simulate", patients done, patients) after each chunk."""
+"""Called as (stage, done, total): ("build", 0, 1) before loading and compiling (a first run compiles the
+kernel for minutes: `Notify` says so), then ("simulate", patients done, patients) after each chunk."""
+
+Notify = Callable[[str], None]
+"""Called with a message for the user before the work it announces: that the kernel compiles, how much
+a large run will write, which earlier run in the output folder it replaces."""
+
+# Numba JIT-compiles the kernel on a first run (and after the kernel's source changes), then loads it from
+# its cache. Measured on the 2-core development machine: kernel_warmup_s 85 s with an empty
+# NUMBA_CACHE_DIR, 0.4 s from the cache.
+COMPILE_NOTICE = (
+    "compiling the simulation kernel: a first run takes about 1-3 minutes (85 s on 2 cores); "
+    "later runs reuse the compiled kernel"
+)
+PILOT_PATIENTS = 100  # a size estimate writes this many patients to a temporary folder and scales up
+ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)
+LARGE_BYTES = 10**9  # `run` says how much it will write before a run estimated above this
+
+
+def _ignore(*args: object) -> None:
+    """The default of progress and messages: nothing shown."""
+
+
+def _absolute_base_url(url: str) -> str:
+    """`url` ending with '/' if it is an absolute http(s):// or file:// URL, else ConfigError."""
+    parts = urlsplit(url)
+    absolute = parts.netloc if parts.scheme in ("http", "https") else parts.path.startswith("/")
+    if parts.scheme not in ("http", "https", "file") or not absolute or parts.query or parts.fragment:
+        raise ConfigError(
+            "base_url",
+            f"must be an absolute http(s):// or file:/// URL of the folder the ndjson files are at (got {url!r})",
+        )
+    return url if url.endswith("/") else url + "/"
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Where and how a run is written: `out/fhir/` (Bulk ndjson), `out/bundles/` (transaction bundles,
-    entries as POST, or PUT with stable ids), `out/csv/`, `out/parquet/`, and `out/manifest.json`."""
+    """Where and how a run is written: `out/fhir/` (Bulk ndjson and its manifest, whose file URLs start with
+    `base_url`, default the file:// URL of `out/fhir/`), `out/bundles/` (transaction bundles, entries as
+    POST, or PUT with stable ids), `out/csv/`, `out/parquet/`, and `out/manifest.json` (the run manifest).
+    What a run does with what `out` holds already: `simulator.export.writers.OutputFolder`; `overwrite`
+    lets it write beside the files of a folder that holds no earlier run (none of them is removed or
+    replaced)."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
     bundle_method: Method = "POST"
+    base_url: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "formats", parse_formats(self.formats))
+        try:
+            object.__setattr__(self, "formats", parse_formats(self.formats))
+        except ValueError as exc:
+            raise ConfigError("formats", str(exc)) from exc
         if self.bundle_method not in ("POST", "PUT"):
-            raise ValueError(f"bundle_method must be 'POST' or 'PUT' (got {self.bundle_method!r})")
+            raise ConfigError("bundle_method", f"must be POST or PUT (got {self.bundle_method!r})")
+        if self.base_url is not None:
+            object.__setattr__(self, "base_url", _absolute_base_url(self.base_url))
 
 
-def run(config: RunConfig, export: ExportConfig | None = None, progress: Progress | None = None) -> Population:
-    """Simulate `config`; without `export` return the tables in memory, else stream every chunk to the
-    files asked for (each under a temporary name, renamed when complete) and return a Population that
-    reads its tables back from them."""
-    report = progress or (lambda stage, done, total: None)
+@dataclass(frozen=True)
+class SizeEstimate:
+    """The bytes a run would write per format, scaled from a pilot of its first patients, and the bytes
+    free on the disk it would write to."""
+
+    bytes_by_format: dict[str, int]
+    pilot_patients: int
+    free_bytes: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes_by_format.values())
+
+    def describe(self) -> str:
+        """'about 4.6 GB (ndjson 4.6 GB, parquet 42 MB), estimated from its first 100 patients'"""
+        parts = ", ".join(f"{kind} {human_bytes(n)}" for kind, n in self.bytes_by_format.items())
+        return f"about {human_bytes(self.total)} ({parts}), estimated from its first {self.pilot_patients} patients"
+
+    def shortfall(self, out: Path) -> str | None:
+        """A warning when the disk of `out` has less free space than the run needs."""
+        if self.total <= self.free_bytes:
+            return None
+        free, total = human_bytes(self.free_bytes), human_bytes(self.total)
+        return f"warning: {free} free on the disk of {out}/, less than the {total} of this run: it will stop when full"
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in SI units: '460 kB', '4.6 GB'."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 999.5:
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 9.95 else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB" if n < 9.95 else f"{n:.0f} TB"
+
+
+def estimate_size(sim: Simulator, export: ExportConfig) -> SizeEstimate:
+    """Write the run's first PILOT_PATIENTS patients to a temporary folder, in its formats, and scale the bytes
+    up to the whole run (the files' fixed parts too: an estimate, slightly high for Parquet, which
+    compresses better at length). Per-patient output varies a lot (coefficient of variation 0.67 in
+    bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
+    n = min(PILOT_PATIENTS, sim.config.patients)
+    context = ExportContext.from_library(sim.library, sim.config.seed, _request(sim.config))
+    with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
+        writer = Export(Path(folder), export.formats, context, export.bundle_method, export.base_url)
+        try:
+            chunk = chunk_tables(sim, 0, n)
+            writer.write(chunk.patients, chunk.events)
+            files = writer.close()
+        finally:
+            writer.abort()
+    scale = sim.config.patients / n if n else 1.0
+    by_format = {
+        kind: round(scale * sum(f["bytes"] for name, f in files.items() if name.startswith(FOLDERS[kind] + "/")))
+        for kind in export.formats
+    }
+    existing = next(folder for folder in (export.out, *export.out.parents) if folder.exists())
+    return SizeEstimate(by_format, n, shutil.disk_usage(existing).free)
+
+
+def kernel_needs_compiling() -> bool:
+    """Whether the next run compiles the kernel rather than load Numba's cache of it: Numba's cache index
+    of the kernel's entry point is missing or for another version of its source (or Numba's). False where
+    Numba has no such cache (NUMBA_DISABLE_JIT) or its internals differ from those read here."""
+    try:
+        return not simulate._cache._cache_file._load_index()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, EOFError, pickle.UnpicklingError):
+        return False
+
+
+def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
     report("build", 0, 1)
-    sim = Simulator.build(config)
+    if kernel_needs_compiling():
+        say(COMPILE_NOTICE)
+    return Simulator.build(config)
+
+
+def _request(config: RunConfig) -> str:
+    """The command the Bulk manifest records as its request."""
+    return f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
+
+
+def _folder_messages(folder: OutputFolder) -> list[str]:
+    """What a run does with what its output folder holds."""
+    messages = []
+    if folder.leftovers:
+        messages.append(f"removes the leftovers of an interrupted run in {folder.path}/: {', '.join(folder.leftovers)}")
+    if folder.earlier is not None:
+        files = folder.earlier["files"]
+        size = human_bytes(sum(files[name]["bytes"] for name in folder.earlier_files if name in files))
+        formats = ", ".join(folder.earlier.get("formats", []))
+        messages.append(
+            f"replaces the earlier run in {folder.path}/ (seed {folder.earlier.get('seed')}, {formats}: "
+            f"{len(folder.earlier_files)} files, {size}), removed when this run is complete"
+        )
+    shown = [name for name in folder.kept if not name.startswith(".")]
+    if shown:
+        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+        messages.append(f"keeps what no ehrsim run wrote in {folder.path}/: {', '.join(shown[:3])}{more}")
+    return messages
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What `run(config, export)` would do, found without writing anything."""
+
+    config: RunConfig
+    export: ExportConfig
+    folder: OutputFolder
+    estimate: SizeEstimate
+
+    def lines(self) -> list[str]:
+        c, e = self.config, self.estimate
+        head = f"{c.patients} patients ({c.mode}, seed {c.seed}) -> {self.export.out}/"
+        sizes = [f"  {kind:8} about {human_bytes(n)}" for kind, n in e.bytes_by_format.items()]
+        total = (
+            f"  {'total':8} about {human_bytes(e.total)}, estimated from its first {e.pilot_patients} patients; "
+            f"{human_bytes(e.free_bytes)} free there"
+        )
+        notes = [*_folder_messages(self.folder), *filter(None, [e.shortfall(self.export.out)])]
+        return [head, *sizes, total, *(f"  {note}" for note in notes)]
+
+
+def preview(
+    config: RunConfig, export: ExportConfig, progress: Progress | None = None, notify: Notify | None = None
+) -> Preview:
+    """What `run(config, export)` would do, writing nothing: the output folder as it is (ConfigError where
+    the run would be refused) and the size of the run, estimated from a pilot in a temporary folder."""
+    folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
+    sim = _build(config, progress or _ignore, notify or _ignore)
+    return Preview(config, export, folder, estimate_size(sim, export))
+
+
+def run(
+    config: RunConfig,
+    export: ExportConfig | None = None,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
+) -> Population:
+    """Simulate `config`; without `export` return the tables in memory, else stream every chunk to the
+    files asked for (each under a temporary name, put in place when the run is complete) and return a
+    Population that reads its tables back from them. The output folder is checked and created before
+    anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
+    (`OutputFolder`); a failed or interrupted run leaves the folder as it was."""
+    report = progress or _ignore
+    say = notify or _ignore
     counts: dict = {}
-    started = time.perf_counter()
     done = 0
     if export is None:
+        sim = _build(config, report, say)
+        started = time.perf_counter()
         frames = []
         for chunk in chunks(sim):
             frames.append(chunk)
@@ -106,27 +293,40 @@ def run(config: RunConfig, export: ExportConfig | None = None, progress: Progres
             _patients=pd.concat([f.patients for f in frames], ignore_index=True),
             _events=pd.concat([f.events for f in frames], ignore_index=True),
         )
-    out = export.out
-    out.mkdir(parents=True, exist_ok=True)
-    request = f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
-    writer = Export(out, export.formats, ExportContext.from_library(sim.library), request, export.bundle_method)
+    folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
+    folder.prepare()
+    for message in _folder_messages(folder):
+        say(message)
+    writer: Export | None = None
     try:
+        sim = _build(config, report, say)
+        if config.patients >= ESTIMATE_FROM_PATIENTS:
+            estimate = estimate_size(sim, export)
+            if estimate.total > LARGE_BYTES:
+                say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
+            if warning := estimate.shortfall(export.out):
+                say(warning)
+        context = ExportContext.from_library(sim.library, config.seed, _request(config))
+        writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url)
+        started = time.perf_counter()
         for chunk in chunks(sim):
             writer.write(chunk.patients, chunk.events)
             _count(counts, chunk)
             done += len(chunk.patients)
             report("simulate", done, config.patients)
-        files = writer.finish()
+        files = writer.close()
+        counts["resources_by_type"] = dict(sorted(writer.resource_counts.items()))
+        counts["resources"] = sum(writer.resource_counts.values())
+        timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
+        manifest = _manifest(sim, counts, timings, files)
+        manifest["formats"] = list(export.formats)
+        writer.publish(json.dumps(manifest, indent=2, sort_keys=False).encode(), folder.earlier_files)
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
+        folder.discard()
         raise
-    counts["resources_by_type"] = dict(sorted(writer.resource_counts.items()))
-    counts["resources"] = sum(writer.resource_counts.values())
-    timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
-    manifest = _manifest(sim, counts, timings, files)
-    manifest["formats"] = list(export.formats)
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
-    return Population(manifest, out=out)
+    return Population(manifest, out=export.out)
 
 
 def generate(
@@ -142,13 +342,17 @@ def generate(
     rules_dir: str | Path | None = None,
     formats: str | tuple[str, ...] | list[str] | None = None,
     bundle_method: Method = "POST",
+    base_url: str | None = None,
+    overwrite: bool = False,
     progress: Progress | None = None,
+    notify: Notify | None = None,
 ) -> Population:
     """Generate a synthetic population: `run` with keyword arguments.
 
     Without `out`, the tables are returned in memory. With `out`, the run is streamed to the `formats`
     asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv", "parquet", as a sequence or
-    comma-separated)."""
+    comma-separated); an earlier run in `out` is replaced and nothing else there is touched (see
+    `ExportConfig` for `base_url` and `overwrite`)."""
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -159,8 +363,9 @@ def generate(
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
     )
-    export = ExportConfig(Path(out or "."), parse_formats(formats), bundle_method)  # checked even in memory
-    return run(config, export if out is not None else None, progress)
+    # the export settings are checked even for a run that stays in memory
+    export = ExportConfig(Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite)
+    return run(config, export if out is not None else None, progress, notify)
 
 
 def validate(

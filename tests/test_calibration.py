@@ -32,6 +32,7 @@ from simulator.fit.calibration import (
 from simulator.fit.cohort import Vocabulary, needs_of, simulate_cohort
 from simulator.fit.statistics import compare
 from simulator.model.fitted import Parameter
+from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import LoadError
 from simulator.model.targets import COLUMNS, load_targets
@@ -138,7 +139,7 @@ def test_calibration_recovers_known_rates(rules: Path, tmp_path: Path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patched:
-        patched.setattr(Path, "write_text", full_disk)
+        patched.setattr(Path, "write_bytes", full_disk)
         with pytest.raises(OSError, match="No space left") as caught:
             write_fitted(result, library, 2500, 7)
     assert caught.value.filename == str(rules / "targets" / "calibration" / "toy.fitted.yaml")
@@ -172,6 +173,7 @@ def test_the_jacobian_is_differenced_inside_narrow_bounds(rules: Path, tmp_path:
     assert any(value != pytest.approx(1.0) for value in evaluated)  # the step was taken, not skipped
 
 
+@pytest.mark.slow
 def test_a_start_on_a_bound_still_takes_a_full_first_step(rules: Path, tmp_path: Path) -> None:
     """A parameter that starts on its bound moves half a difference step inside, and the first step after
     the Jacobian is about one difference step, not the 1e-5 of one that scipy sizes from a start on a bound
@@ -210,6 +212,7 @@ def test_a_refit_keeps_the_bounds_relative_to_the_module_file(rules: Path, tmp_p
     assert 0.8 - 1e-9 <= result.parameters["toy"]["young"] <= 1.25 + 1e-9  # a multiplier of the file's number
 
 
+@pytest.mark.slow
 def test_a_parameter_over_another_recovers_their_ratio(rules: Path, tmp_path: Path) -> None:
     """`over`: the older band's rate is fitted as a multiple of the younger band's (bounds from x1: it never
     falls below it), and the fit recovers the true ratio (x3) from a start of x1.5."""
@@ -348,6 +351,7 @@ def test_calibrate_command_names_an_undeclared_module() -> None:
     assert "no calibration declaration for module 'hypertensoin' (did you mean 'hypertension'?)" in result.output
 
 
+@pytest.mark.slow
 def test_calibrate_alone_fits_only_the_named_module() -> None:
     """type1_diabetes belongs to the cardiometabolic group; --alone fits its one parameter and no other."""
     from typer.testing import CliRunner
@@ -396,16 +400,17 @@ def test_the_broyden_update_fits_the_step_taken_and_keeps_undeclared_entries_zer
     assert (sparse_broyden(jac, np.zeros(3), np.ones(3), rows) == jac).all()  # no step, nothing learned
 
 
-def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it() -> None:
-    library = load_library()  # hypertension's BP excess shifts systolic_bp, declared in rules/vital_signs.yaml
+def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it(shipped_library: Library) -> None:
+    library = shipped_library  # hypertension's BP excess shifts systolic_bp, declared in rules/vital_signs.yaml
     assert fit_groups(library, ["hypertension", "vital_signs", "asthma"]) == [
         ["hypertension", "vital_signs"],
         ["asthma"],
     ]
 
 
-def test_a_fit_simulates_the_modules_its_modules_can_see() -> None:
-    library = load_library()
+@pytest.mark.slow
+def test_a_fit_simulates_the_modules_its_modules_can_see(shipped_library: Library) -> None:
+    library = shipped_library
     cut = ensemble_for(library, ["asthma", "copd"])
     # copd reads asthma and smoking and waits for wellness visits, which record vital_signs' observables
     assert {m.name for m in cut.modules} == {"asthma", "copd", "smoking", "wellness", "vital_signs"}

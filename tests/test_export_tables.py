@@ -118,5 +118,6 @@ def test_bulk_manifest(fixture_export: Path) -> None:
     bulk = json.loads((fixture_export / "fhir" / "manifest.json").read_text())
     assert bulk["transactionTime"] and bulk["request"] and bulk["requiresAccessToken"] is False and bulk["error"] == []
     for output in bulk["output"]:
-        lines = (fixture_export / "fhir" / output["url"]).read_bytes().splitlines()
-        assert output["type"] == output["url"].removesuffix(".ndjson") and output["count"] == len(lines)
+        path = fixture_export / "fhir" / f"{output['type']}.ndjson"
+        assert output["url"] == path.resolve().as_uri()  # absolute, as the Bulk Data spec asks
+        assert output["count"] == len(path.read_bytes().splitlines())

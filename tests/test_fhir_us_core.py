@@ -8,10 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_LIBRARY, read_ndjson
-
-import simulator
-from simulator.export.fhir_resources import UCUM_ALIASES, ucum
+from conftest import read_ndjson
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 UCUM = "http://unitsofmeasure.org"
@@ -96,7 +93,7 @@ def test_condition(fixture_fhir: dict) -> None:
     assert statuses["active"] and statuses["resolved"]
 
 
-@pytest.mark.parametrize("cohort", ["fixture_fhir", "shipped_fhir"])
+@pytest.mark.parametrize("cohort", ["fixture_fhir", pytest.param("shipped_fhir", marks=pytest.mark.slow)])
 def test_vital_signs_use_the_profile_loinc_and_ucum_pairs(cohort: str, request: pytest.FixtureRequest) -> None:
     observations = request.getfixturevalue(cohort)["Observation"]
     vitals = [o for o in observations if "category" in o and o["category"][0]["coding"][0]["code"] == "vital-signs"]
@@ -119,6 +116,7 @@ def test_vital_signs_use_the_profile_loinc_and_ucum_pairs(cohort: str, request: 
     assert codes["8302-2"] and codes["29463-7"] and codes["8310-5"]
 
 
+@pytest.mark.slow
 def test_blood_pressure_readings_become_panels(shipped_fhir: dict) -> None:
     codes = Counter(o["code"]["coding"][0]["code"] for o in shipped_fhir["Observation"])
     assert codes["85354-9"] > 100
@@ -176,10 +174,12 @@ def test_symptoms_are_coded_time_stamped_observations(fixture_fhir: dict) -> Non
         assert _codings(symptom["code"], "http://snomed.info/sct") and symptom["effectiveDateTime"]
 
 
-def test_every_unit_of_the_shipped_and_fixture_modules_is_ucum() -> None:
-    fixture = simulator.load_library(FIXTURE_LIBRARY["modules_dir"], FIXTURE_LIBRARY["rules_dir"])
-    for library in (simulator.load_library(), fixture):
+def test_every_unit_of_the_shipped_and_fixture_modules_is_ucum(shipped_library, fixture_library) -> None:
+    for library in (shipped_library, fixture_library):
+        reference = library.observation_reference
         units = {o.unit for m in library.modules for o in m.observables.values() if o.unit}
+        assert units
         for unit in units:
-            assert ucum(unit), f"unit {unit!r} is not UCUM: add it to UCUM_ALIASES or UCUM_CODES"
-    assert all(ucum(alias) for alias in UCUM_ALIASES)
+            assert reference.ucum(unit), f"unit {unit!r} is not UCUM: add it to ucum_codes or ucum_aliases"
+        assert all(reference.ucum(alias) for alias in reference.ucum_aliases)
+        assert all(reference.ucum(limit.unit) for limit in reference.upper_limits.values())

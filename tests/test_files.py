@@ -18,17 +18,17 @@ def test_a_failed_write_keeps_every_previous_file_and_leaves_no_partial(
     first, second = tmp_path / "a.json", tmp_path / "b.md"
     first.write_text("old a")
     second.write_text("old b")
-    original = Path.write_text
+    original = Path.write_bytes
     written: list[str] = []
 
-    def fills_up(self: Path, text: str, encoding: str | None = None) -> int:
+    def fills_up(self: Path, data: bytes) -> int:
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(self.name)
-        return original(self, text, encoding=encoding)
+        return original(self, data)
 
     with monkeypatch.context() as patched:
-        patched.setattr(Path, "write_text", fills_up)
+        patched.setattr(Path, "write_bytes", fills_up)
         with pytest.raises(OSError, match="No space left") as caught:
             write_all({first: "new a", second: "new b"})
     assert written == [".a.json.partial"]  # the first was written, beside its target, before the disk filled

@@ -28,6 +28,20 @@ Mode = Literal["population", "lifetime"]
 LIFETIME_HORIZON_YEARS = 130.0
 REDRAW_STRIDE = 1 << 40  # stream offset between a patient's successive draws (population mode)
 MAX_REDRAWS = 50  # a patient still dead after this many draws stays in the output as drawn
+# Reference dates a run accepts. Simulated time is exact far beyond them, but the rules (life tables,
+# demographics, codes, schedules) describe the present: far from it a run is well formed and meaningless
+# (a reference date of 1800 dated immunizations 1792). A lifetime run of 2100 ends by 2230, inside the
+# timestamps pandas writes (up to 2262).
+REFERENCE_DATES = (date(1900, 1, 1), date(2100, 12, 31))
+
+
+class ConfigError(ValueError):
+    """A run or export setting that cannot be used, named by its `field`, found before any work starts."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -46,14 +60,26 @@ class RunConfig:
     rules_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        """Every setting is checked here, before anything loads or compiles (ConfigError names it)."""
         if self.patients < 0:
-            raise ValueError(f"patients must be >= 0 (got {self.patients})")
+            raise ConfigError("patients", f"must be >= 0 (got {self.patients})")
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be between 0 and 2**63 - 1 (got {self.seed})")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 (got {self.chunk_size})")
+            raise ConfigError("seed", f"must be between 0 and 2**63 - 1 (got {self.seed})")
         if self.mode not in ("population", "lifetime"):
-            raise ValueError(f"mode must be 'population' or 'lifetime' (got {self.mode!r})")
+            raise ConfigError("mode", f"must be 'population' or 'lifetime' (got {self.mode!r})")
+        first, last = REFERENCE_DATES
+        if self.reference_date is not None and not first <= self.reference_date <= last:
+            raise ConfigError("reference_date", f"must be between {first} and {last} (got {self.reference_date})")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size", f"must be >= 1 (got {self.chunk_size})")
+        most = numba.config.NUMBA_NUM_THREADS  # the cores of this machine, unless NUMBA_NUM_THREADS says less
+        if self.threads is not None and not 1 <= self.threads <= most:
+            message = f"must be between 1 and {most}, the cores Numba may use here (got {self.threads})"
+            raise ConfigError("threads", message)
+        for field_name in ("modules_dir", "rules_dir"):
+            directory = getattr(self, field_name)
+            if directory is not None and not Path(directory).is_dir():
+                raise ConfigError(field_name, f"{directory}: no such directory")
 
 
 class Simulated(NamedTuple):
@@ -90,7 +116,7 @@ class Simulator:
 
     @classmethod
     def build(cls, config: RunConfig, library: Library | None = None) -> Simulator:
-        if config.threads:
+        if config.threads is not None:
             numba.set_num_threads(config.threads)
         started = time.perf_counter()
         library = library or load_library(config.modules_dir, config.rules_dir)

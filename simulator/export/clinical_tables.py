@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from simulator.export.context import ExportContext
 from simulator.export.ids import resource_ids, utc_ms
 
 # Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
@@ -47,19 +48,18 @@ TABLES = (
 _CODED = ["system", "code", "display"]
 
 
-def build_tables(
-    patients: pd.DataFrame, events: pd.DataFrame, condition_codes: Mapping[str, tuple[str, str, str]]
-) -> dict[str, pd.DataFrame]:
-    """Per-type tables of one chunk. `condition_codes` maps condition names (the event table's
-    `reason`) to their (system, code, display), to link encounters with the Condition they are for."""
+def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportContext) -> dict[str, pd.DataFrame]:
+    """Per-type tables of one chunk, with ids derived from the context's seed; the context's condition
+    codes map condition names (the event table's `reason`) to their (system, code, display), to link
+    encounters with the Condition they are for."""
     unknown = set(events["kind"].cat.categories) - set(KIND_TABLES)
     if unknown:
         raise ValueError(f"no exporter for event kinds {sorted(unknown)}")
-    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
-    ev = _with_keys(patients, events)
+    seed = context.seed
+    ev = _with_keys(patients, events, seed)
     kind = _kinds(ev)
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
-    encounters = _encounters(ev, kind, seed, conditions, condition_codes)
+    encounters = _encounters(ev, kind, seed, conditions, context.condition_codes)
     reasons = encounters.set_index("id")["reason_condition_id"]
     tables = {
         "encounters": encounters,
@@ -81,11 +81,10 @@ def _kinds(ev: pd.DataFrame) -> np.ndarray:
     return np.asarray(kind.categories, dtype=str)[kind.codes]
 
 
-def _with_keys(patients: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def _with_keys(patients: pd.DataFrame, events: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The events with `row` (position within the patient), `patient_id` and `encounter_id`."""
     patient = events["patient"].to_numpy()
     first = np.searchsorted(patient, patient, side="left")
-    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
     position = np.searchsorted(patients["index"].to_numpy(), patient)
     encounter = events["encounter"].to_numpy().astype(np.int64)
     has_encounter = encounter >= 0

@@ -4,7 +4,8 @@ Resources are built a column at a time: every coded concept, category, unit and 
 serialised once (orjson, repr) and taken by its row's code; the pieces of a resource are Arrow
 string columns joined element-wise by Arrow (ids, times and numbers need no escaping), so no
 Python code runs per row. The JSON text of each resource is one line, ready for ndjson or for a
-bundle entry. References are literal `Type/id` (ndjson) or `urn:uuid:id` (bundles).
+bundle entry. References are literal `Type/id` (ndjson) or `urn:uuid:id` (bundles). UCUM units and
+lab reference ranges come from rules/observation_reference.yaml, through the `ExportContext`.
 
 What becomes what:
 - Patient: one per patient (US Core race, ethnicity and birth sex extensions, deceasedDateTime).
@@ -30,7 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from simulator.export.context import ExportContext
 from simulator.export.ids import fhir_dates, fhir_datetime_text, fhir_datetimes, resource_ids, utc_ms
+from simulator.model.reference_data import ObservationReference
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -68,35 +71,6 @@ OBSERVATION_CATEGORY = {
     "social-history": "Social History",
     "exam": "Exam",
 }
-# Module unit strings that are not UCUM codes -> their UCUM code. Units already valid UCUM pass
-# through; tests check every unit the shipped modules use is in UCUM_CODES or mapped here.
-UCUM_ALIASES = {
-    "mmHg": "mm[Hg]",
-    "bpm": "/min",
-    "beats/min": "/min",
-    "breaths/min": "/min",
-    "C": "Cel",
-    "°C": "Cel",
-    "kg/m^2": "kg/m2",
-    "mg/dl": "mg/dL",
-    "mmol/l": "mmol/L",
-    "lb": "[lb_av]",
-    "in": "[in_i]",
-}
-UCUM_CODES = frozenset(
-    {"%", "/min", "Cel", "cm", "kg", "g", "kg/m2", "mm[Hg]", "mg/dL", "mg/g", "mg/L", "g/dL", "g/L", "ng/dL"}
-    | {"mmol/L", "umol/L", "nmol/L", "pmol/L", "mmol/mol", "meq/L", "mosm/kg", "[pH]", "U/L", "[IU]/L", "m[IU]/L"}
-    | {"ng/mL", "ng/L", "pg/mL", "ug/L", "ug/dL", "ug/mL", "10*3/uL", "10*6/uL", "10*9/L", "10*12/L", "/uL", "fL"}
-    | {"pg", "mL/min/{1.73_m2}", "mL/min", "mm/h", "{score}", "{ratio}", "1", "s", "min", "h", "d", "wk", "mo", "a"}
-    | {"L", "mL", "L/min", "[lb_av]", "[in_i]", "[degF]"}
-)
-# Lab reference ranges (upper limit of normal, exclusive) with the guideline they come from;
-# values at or above it are flagged H. Labs not listed get no range and no interpretation.
-LAB_UPPER_LIMITS = {
-    "4548-4": (5.7, "%", "ADA Standards of Care 2024: normal HbA1c below 5.7%"),
-    "1558-6": (100.0, "mg/dL", "ADA Standards of Care 2024: normal fasting plasma glucose below 100 mg/dL"),
-    "9318-7": (30.0, "mg/g", "KDIGO 2012 CKD guideline: normal to mildly increased albuminuria below 30 mg/g"),
-}
 SYSTOLIC, DIASTOLIC, BP_PANEL = "8480-6", "8462-4", "85354-9"
 
 _NS = uuid.UUID("6f1d5a4e-8c0b-4c55-9b0e-6a3f0e1c7d21")  # ehrsim's namespace for shared resources
@@ -110,12 +84,6 @@ ORGANIZATION_ID = _shared_id("organization")
 LOCATION_ID = _shared_id("location")
 PRACTITIONER_ID = _shared_id("practitioner")
 _ADDRESS = {"line": ["1 Example Street"], "city": "Springfield", "state": "IL", "postalCode": "62701", "country": "US"}
-
-
-def ucum(unit: str) -> str | None:
-    """The UCUM code for a module's unit string, None if it is not one we know."""
-    code = UCUM_ALIASES.get(unit, unit)
-    return code if code in UCUM_CODES else None
 
 
 TEXT = pa.large_string()  # 64-bit offsets: a chunk's Observation text can pass 2 GB
@@ -235,12 +203,12 @@ def _numbers(values: np.ndarray) -> pa.Array:
     return _take([repr(v) for v in unique.view(np.float64).tolist()], inverse)
 
 
-def _quantities(values: np.ndarray, units: pd.Series | str) -> pa.Array:
+def _quantities(values: np.ndarray, units: pd.Series | str, reference: ObservationReference) -> pa.Array:
     """valueQuantity JSON: the value with its UCUM unit (unit text only when not UCUM)."""
     unit = pd.Categorical(units if not isinstance(units, str) else np.full(len(values), units, dtype=object))
     tails = []
     for name in unit.categories.astype(str).tolist():
-        code = ucum(name)
+        code = reference.ucum(name)
         tails.append(
             f',"unit":{_dumps(code)},"system":"{UCUM}","code":{_dumps(code)}}}' if code else f',"unit":{_dumps(name)}}}'
         )
@@ -466,23 +434,23 @@ def _category(names: pd.Series) -> pa.Array:
     return _take(texts, category.codes)
 
 
-def _lab_interpretation(observations: pd.DataFrame) -> np.ndarray:
-    """',"interpretation":...,"referenceRange":...' for labs with a known upper limit of normal."""
+def _lab_interpretation(observations: pd.DataFrame, reference: ObservationReference) -> np.ndarray:
+    """',"interpretation":...,"referenceRange":...' for labs with an upper limit of normal in the
+    reference data; a value at or above it is High, below it Normal."""
     out = np.full(len(observations), "", dtype=object)
     is_lab = (observations["category"] == "laboratory").to_numpy()
     interpretation = TERMINOLOGY + "v3-ObservationInterpretation"
     high = f',"interpretation":[{_coding(interpretation, "H", "High")}]'
     normal = f',"interpretation":[{_coding(interpretation, "N", "Normal")}]'
-    for loinc, (limit, unit, text) in LAB_UPPER_LIMITS.items():
+    for loinc, upper in reference.upper_limits.items():
         rows = is_lab & (observations["code"] == loinc).to_numpy()
         if not rows.any():
             continue
-        ucum_code = ucum(unit)
-        reference = _dumps(
-            [{"high": {"value": limit, "unit": ucum_code, "system": UCUM, "code": ucum_code}, "text": text}]
-        )
-        flag = np.where(observations["value"].to_numpy()[rows] >= limit, high, normal)
-        out[rows] = flag + f',"referenceRange":{reference}'
+        ucum_code = reference.ucum(upper.unit)
+        high_json = {"value": upper.limit, "unit": ucum_code, "system": UCUM, "code": ucum_code}
+        reference_range = _dumps([{"high": high_json, "text": upper.text}])
+        flag = np.where(observations["value"].to_numpy()[rows] >= upper.limit, high, normal)
+        out[rows] = flag + f',"referenceRange":{reference_range}'
     return out
 
 
@@ -506,8 +474,11 @@ def _observation_parts(frame: pd.DataFrame, refs: References) -> list[Piece]:
     ]
 
 
-def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) -> Resources:
-    """Measured observations (blood pressure pairs as panels), symptoms and causes of death."""
+def observation_resources(
+    tables: Mapping[str, pd.DataFrame], refs: References, reference: ObservationReference
+) -> Resources:
+    """Measured observations (blood pressure pairs as panels), symptoms and causes of death; units and
+    lab reference ranges from `reference`."""
     observations = tables["observations"]
     code = observations["code"]
     keys = ["patient", "encounter_id", "time"]
@@ -525,11 +496,11 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
     parts = [
         *_observation_parts(single, refs),
         ',"valueQuantity":',
-        _quantities(single["value"].to_numpy(), single["unit"]),
-        _lab_interpretation(single),
+        _quantities(single["value"].to_numpy(), single["unit"], reference),
+        _lab_interpretation(single, reference),
     ]
     measured = _build("Observation", single, single["row"].to_numpy(), parts, refs.line_end)
-    panels = _blood_pressure_panels(pairs, refs)
+    panels = _blood_pressure_panels(pairs, refs, reference)
     symptoms = tables["symptoms"].assign(category="exam")
     symptom = _build(
         "Observation",
@@ -538,7 +509,7 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
         [
             *_observation_parts(symptoms, refs),
             ',"valueQuantity":',
-            _quantities(symptoms["severity"].round(2).to_numpy(), "{score}"),
+            _quantities(symptoms["severity"].round(2).to_numpy(), "{score}", reference),
         ],
         refs.line_end,
     )
@@ -573,12 +544,12 @@ def observation_resources(tables: Mapping[str, pd.DataFrame], refs: References) 
     return _concat("Observation", [measured, panels, symptom, cause])
 
 
-def _blood_pressure_panels(pairs: pd.DataFrame, refs: References) -> Resources:
+def _blood_pressure_panels(pairs: pd.DataFrame, refs: References, reference: ObservationReference) -> Resources:
     """US Core blood pressure: one panel (85354-9) with systolic and diastolic components."""
 
     def component(code: str, display: str, values: np.ndarray) -> np.ndarray:
         concept = _dumps({"coding": [{"system": LOINC, "code": code, "display": display}], "text": display})
-        return join(f'{{"code":{concept},"valueQuantity":', _quantities(values, "mm[Hg]"), "}")
+        return join(f'{{"code":{concept},"valueQuantity":', _quantities(values, "mm[Hg]", reference), "}")
 
     panel = _dumps(
         {
@@ -734,20 +705,15 @@ def _concat(resource_type: str, parts: list[Resources]) -> Resources:
 
 
 def build_resources(
-    patients: pd.DataFrame,
-    tables: Mapping[str, pd.DataFrame],
-    displays: Mapping[str, str],
-    refs: References,
+    patients: pd.DataFrame, tables: Mapping[str, pd.DataFrame], context: ExportContext, refs: References
 ) -> dict[str, Resources]:
-    """Every resource of one chunk, by resource type (each in patient then row order).
-    `displays`: CDC race and ethnicity code -> display."""
-    seed = int(patients["seed"].iloc[0]) if len(patients) else 0
+    """Every resource of one chunk, by resource type (each in patient then row order)."""
     return {
-        "Patient": patients_resources(patients, displays, refs),
+        "Patient": patients_resources(patients, context.displays, refs),
         "Encounter": encounter_resources(tables["encounters"], tables["deaths"], refs),
         "Condition": condition_resources(tables["conditions"], refs),
-        "Observation": observation_resources(tables, refs),
-        "DiagnosticReport": diagnostic_report_resources(tables["observations"], seed, refs),
+        "Observation": observation_resources(tables, refs, context.observation_reference),
+        "DiagnosticReport": diagnostic_report_resources(tables["observations"], context.seed, refs),
         "MedicationRequest": medication_resources(tables["medications"], refs),
         "Procedure": procedure_resources(tables["procedures"], refs),
         "Immunization": immunization_resources(tables["immunizations"], refs),

@@ -1,8 +1,9 @@
 """Deterministic resource ids and FHIR date-times, computed a column at a time.
 
-An id is a version-4-shaped UUID from a SplitMix64 hash of (seed, patient index, resource tag,
-key), where the key is the event's row within its patient (or the encounter number). Rows within
-a patient do not depend on the chunk size, so neither do the ids.
+An id is a version-4-shaped UUID (formatted as patient ids are, by `simulator.tables.uuids`) from a
+SplitMix64 hash of (seed, patient index, resource tag, key), where the key is the event's row within
+its patient (or the encounter number). Rows within a patient do not depend on the chunk size, so
+neither do the ids.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from simulator.tables.uuids import ascii_text, uuid_strings
+
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
-# the two hex digits of each byte value, as two ASCII bytes
-_HEX_PAIRS = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), np.uint16)
 # the two decimal digits of 0..99, as two ASCII bytes
 _DECIMAL_PAIRS = np.frombuffer(b"".join(f"{b:02d}".encode() for b in range(100)), np.uint16)
-# the 8-4-4-4-12 groups of a UUID: (first hex digit, last hex digit + 1, first character)
-_GROUPS = ((0, 8, 0), (8, 12, 9), (12, 16, 14), (16, 20, 19), (20, 32, 24))
 
 # resource tags: one per kind of derived id, so two resources from one row never share an id
 TAGS = {
@@ -38,36 +37,6 @@ def _mix(z: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
-
-
-def ascii_text(chars: np.ndarray, missing: np.ndarray | None = None) -> pa.LargeStringArray:
-    """An (n, width) array of ASCII bytes -> an Arrow string array over the same bytes (no copy
-    per row); rows where `missing` is true are null."""
-    n, width = chars.shape
-    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
-    valid = None if missing is None or not missing.any() else pa.py_buffer(np.packbits(~missing, bitorder="little"))
-    data = pa.py_buffer(np.ascontiguousarray(chars))
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), data, valid)
-
-
-def _ascii_rows(chars: np.ndarray) -> np.ndarray:
-    """An (n, width) array of ASCII bytes -> an object array of n str (converted in C++)."""
-    return ascii_text(chars).to_numpy(zero_copy_only=False).astype(object, copy=False)
-
-
-def uuid_strings(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Two uint64 columns -> version-4-shaped UUID strings (object array)."""
-    n = len(high)
-    raw = np.empty((n, 16), np.uint8)
-    raw[:, :8] = high.astype(">u8").view(np.uint8).reshape(n, 8)
-    raw[:, 8:] = low.astype(">u8").view(np.uint8).reshape(n, 8)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    hexed = _HEX_PAIRS[raw].view(np.uint8)  # (n, 32)
-    chars = np.full((n, 36), ord("-"), np.uint8)
-    for first, last, at in _GROUPS:
-        chars[:, at : at + last - first] = hexed[:, first:last]
-    return _ascii_rows(chars)
 
 
 def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:

@@ -1,21 +1,24 @@
-"""Writing a run chunk by chunk: FHIR ndjson and bundles, CSV and Parquet tables.
+"""Writing a run chunk by chunk: FHIR ndjson and bundles, CSV and Parquet tables, in `--out`.
 
-Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden staging
-name (`.fhir.partial/`) and renamed only when the whole run is done, so an interrupted run leaves
-nothing that looks finished. Every file is counted and hashed (SHA-256) as it is written, for the
-run manifest.
+Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden partial
+name (`.fhir.partial/`, see `simulator.files`) and put in place only when the whole run is done, so an
+interrupted run leaves nothing that looks finished. Every file is counted and hashed (SHA-256) as it is
+written, for the run manifest (`manifest.json`), which lists every file of the run: the next run into the
+same folder removes exactly those (`OutputFolder`) and never a file that no ehrsim manifest lists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import orjson
@@ -24,38 +27,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
+from simulator.engine.run import ConfigError
 from simulator.export.bundles import Method, patient_bundles, shared_entries
 from simulator.export.clinical_tables import TABLES, build_tables
+from simulator.export.context import ExportContext
 from simulator.export.fhir_resources import TEXT, References, build_resources, shared_resources, text_bytes
 from simulator.export.ids import fhir_datetime_text
-from simulator.model.library import Library
-from simulator.model.schema import CODE_SYSTEMS
+from simulator.files import (
+    abort_directory,
+    ensure_free,
+    finish_directory,
+    incoming,
+    partial_path,
+    remove_files,
+    start_directory,
+    write_atomic,
+)
 
-
-@dataclass(frozen=True)
-class ExportContext:
-    """What the exporters need from the library: condition codes (for encounter reasons) and the
-    displays of the CDC race and ethnicity codes."""
-
-    condition_codes: dict[str, tuple[str, str, str]]
-    displays: dict[str, str]
-
-    @classmethod
-    def from_library(cls, library: Library) -> ExportContext:
-        conditions = {
-            name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
-            for module in library.modules
-            for name, c in module.conditions.items()
-        }
-        categories = [*library.demographics.race, *library.demographics.ethnicity]
-        return cls(conditions, {c.code.code: c.code.display for c in categories})
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file under a hidden temporary name, then rename it."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
+RUN_MANIFEST = "manifest.json"
+WRITTEN_TABLES = ("patients", "events", *TABLES)
 
 
 @dataclass
@@ -80,39 +71,29 @@ class _File:
 
 
 class Staging:
-    """One output directory, written under `.<name>.partial/` and renamed when complete."""
+    """One output directory, written under `.<name>.partial/` and put in place when the run is complete
+    (`Export.publish`); the files written in it, with their counts and checksums, for the run manifest."""
 
     def __init__(self, out: Path, name: str):
         self.final = out / name
-        self.dir = out / f".{name}.partial"
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
+        self.dir = start_directory(self.final)
         self.files: dict[str, dict] = {}
 
     def record(self, name: str, unit: str, count: int, data_path: Path, sha256: str) -> None:
         entry = {unit: count, "bytes": data_path.stat().st_size, "sha256": sha256}
         self.files[f"{self.final.name}/{name}"] = entry
 
-    def finish(self) -> None:
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-            os.replace(self.dir, self.final)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.dir, self.final)
-
     def abort(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        abort_directory(self.final)
 
 
 class NdjsonWriter:
     """FHIR Bulk Data output: one `<Type>.ndjson` per resource type and a Bulk export manifest."""
 
-    def __init__(self, out: Path, request: str):
+    def __init__(self, out: Path, request: str, base_url: str):
         self.staging = Staging(out, "fhir")
         self.request = request
+        self.base_url = base_url
         self.files: dict[str, _File] = {}
         try:
             for resource in shared_resources(References(urn=False)).values():
@@ -133,12 +114,12 @@ class NdjsonWriter:
         for resource_type, group in resources.items():
             self._append(resource_type, group.sorted_json())
 
-    def finish(self) -> dict[str, dict]:
+    def close(self) -> dict[str, dict]:
         output = []
         for resource_type, file in sorted(self.files.items()):
             file.close()
             self.staging.record(file.path.name, "resources", file.count, file.path, file.digest.hexdigest())
-            output.append({"type": resource_type, "url": file.path.name, "count": file.count})
+            output.append({"type": resource_type, "url": self.base_url + file.path.name, "count": file.count})
         manifest = {
             "transactionTime": datetime.now(UTC).isoformat(timespec="seconds"),
             "request": self.request,
@@ -150,7 +131,6 @@ class NdjsonWriter:
         data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
         path.write_bytes(data)
         self.staging.record(path.name, "files", len(output), path, hashlib.sha256(data).hexdigest())
-        self.staging.finish()
         return self.staging.files
 
     def abort(self) -> None:
@@ -178,8 +158,7 @@ class BundleWriter:
                     digest.update(piece)
             self.staging.record(path.name, "resources", n_entries, path, digest.hexdigest())
 
-    def finish(self) -> dict[str, dict]:
-        self.staging.finish()
+    def close(self) -> dict[str, dict]:
         return self.staging.files
 
     def abort(self) -> None:
@@ -236,7 +215,7 @@ class TableWriter:
                 self.parquet[name].write_table(table)
             self.rows[name] = self.rows.get(name, 0) + len(table)
 
-    def finish(self) -> dict[str, dict]:
+    def close(self) -> dict[str, dict]:
         for file in self.csv.values():
             file.close()
             self.staging.record(file.path.name, "rows", file.count, file.path, file.digest.hexdigest())
@@ -244,7 +223,6 @@ class TableWriter:
             writer.close()
             path = self.staging.dir / f"{name}.parquet"
             self.staging.record(path.name, "rows", self.rows[name], path, _sha256(path))
-        self.staging.finish()
         return self.staging.files
 
     def abort(self) -> None:
@@ -263,6 +241,143 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def bulk_base_url(out: Path) -> str:
+    """The default base of the Bulk manifest's `url`s (the spec asks for absolute URLs): the file:// URL
+    of `out/fhir/`."""
+    return (out.resolve() / FOLDERS["ndjson"]).as_uri() + "/"
+
+
+# What a run writes in each output folder: a file of such a name that no ehrsim manifest lists stops a run
+# before it starts, as the run would replace it.
+WRITES = {
+    "fhir": ("*.ndjson", "manifest.json"),
+    "bundles": ("*.json",),
+    "csv": tuple(f"{table}.csv" for table in WRITTEN_TABLES),
+    "parquet": tuple(f"{table}.parquet" for table in WRITTEN_TABLES),
+}
+# The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
+LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), RUN_MANIFEST))
+
+
+@dataclass
+class OutputFolder:
+    """What `--out` holds before a run writes there, and what the run does with it:
+
+    - missing or empty: created, and the run written there;
+    - an earlier ehrsim run (its `manifest.json`): the files that manifest lists are removed (with the
+      folders they leave empty) when the new run is complete, so runs never mix and a failed run leaves
+      the earlier one as it was;
+    - anything else that is not empty: refused, as it may be the wrong folder, unless `overwrite`: the run
+      is then written beside what is there.
+    In every case a file that no ehrsim manifest lists is kept: never removed, never replaced (a run that
+    would write a file of that name is refused before it starts). Hidden leftovers of an interrupted run
+    (`.fhir.partial/`, ...) are ours by name and removed."""
+
+    path: Path
+    earlier: dict | None  # the earlier run's manifest
+    earlier_files: tuple[str, ...]  # its files still there (relative to `path`), its manifest last: what a run replaces
+    kept: tuple[str, ...]  # what no manifest lists: top-level entries, and files in the output folders
+    leftovers: tuple[str, ...]
+    created: Path | None = None  # the outermost folder `prepare` created
+
+    @classmethod
+    def inspect(cls, out: Path, formats: tuple[str, ...], overwrite: bool = False) -> OutputFolder:
+        """Look at `out`, changing nothing; ConfigError('out', ...) when the run must not write there."""
+        existing = next(folder for folder in (out, *out.parents) if os.path.lexists(folder))  # '.' or '/' at last
+        if not existing.is_dir():
+            raise ConfigError("out", f"{existing} exists and is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError("out", f"{existing}: cannot write there (permission denied)")
+        try:
+            entries = sorted(out.iterdir()) if existing == out else []
+        except OSError as exc:
+            raise ConfigError("out", f"{out}: cannot read it ({exc.strerror or exc})") from exc
+        earlier = _run_manifest(out / RUN_MANIFEST)
+        listed = {name for name in earlier["files"] if _is_output_file(name)} if earlier else set()
+        kept: list[str] = []
+        for entry in entries:
+            if entry.name in LEFTOVERS or (earlier and entry.name == RUN_MANIFEST):
+                continue
+            if entry.name in FOLDERS.values() and entry.is_dir() and not entry.is_symlink():
+                names = (f"{entry.name}/{file.name}" for file in sorted(entry.iterdir()))
+                kept.extend(name for name in names if name not in listed)
+            else:
+                kept.append(entry.name + ("/" if entry.is_dir() else ""))
+        leftovers = tuple(entry.name for entry in entries if entry.name in LEFTOVERS)
+        if not (earlier or leftovers or overwrite) and any(not name.startswith(".") for name in kept):
+            raise ConfigError(
+                "out",
+                f"{out} is not empty and holds no ehrsim run (no manifest.json of ehrsim): choose a new or empty "
+                "folder, or add --overwrite to write beside what is there (nothing of it is removed or replaced)",
+            )
+        clashes = [name for name in kept if _clashes(name, formats)]
+        if clashes:
+            more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+            raise ConfigError(
+                "out",
+                f"{out / clashes[0].rstrip('/')}{more} would be replaced by this run and no ehrsim manifest lists it: "
+                "ehrsim never replaces a file it did not write; move it away or choose another folder",
+            )
+        present = sorted(name for name in listed if (out / name).is_file() and not (out / name).parent.is_symlink())
+        return cls(out, earlier, (*present, *([RUN_MANIFEST] if earlier else [])), tuple(kept), leftovers)
+
+    def prepare(self) -> None:
+        """Create the folder, check that a file can be written in it, and remove the leftovers of an
+        interrupted run; ConfigError('out', ...) saying why not."""
+        missing = [folder for folder in (self.path, *self.path.parents) if not os.path.lexists(folder)]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.created = missing[-1] if missing else None
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as exc:
+            self.discard()
+            reason = exc.strerror or str(exc)
+            raise ConfigError("out", f"{exc.filename or self.path}: cannot write there ({reason})") from exc
+        for name in self.leftovers:
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the folders `prepare` created, if the run left them empty."""
+        if self.created is None:
+            return
+        for folder in (self.path, *self.path.parents):
+            with contextlib.suppress(OSError):  # not empty: kept
+                folder.rmdir()
+            if folder == self.created:
+                break
+
+
+def _run_manifest(path: Path) -> dict | None:
+    """The run manifest at `path` if it is one that ehrsim wrote, else None."""
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    is_ours = isinstance(manifest, dict) and "ehrsim_version" in manifest and isinstance(manifest.get("files"), dict)
+    return manifest if is_ours else None
+
+
+def _is_output_file(name: str) -> bool:
+    """Whether a path of a run manifest's `files` is one a run writes, `<output folder>/<file>`: whatever
+    a manifest says, nothing else (`../x`, an absolute or a deeper path) is ever removed."""
+    parts = PurePosixPath(name).parts
+    return len(parts) == 2 and parts[0] in FOLDERS.values() and parts[1] not in (".", "..") and "\\" not in name
+
+
+def _clashes(name: str, formats: tuple[str, ...]) -> bool:
+    """Whether a kept entry of the folder has a name that a run of these formats writes."""
+    folders = {FOLDERS[f] for f in formats}
+    top, _, file = name.rstrip("/").partition("/")
+    if not file:
+        return top == RUN_MANIFEST or top in folders
+    return top in folders and any(fnmatch.fnmatchcase(file, pattern) for pattern in WRITES[top])
 
 
 # Patients whose FHIR resources are built at once: the columns of text of a few hundred patients
@@ -286,11 +401,18 @@ def _patient_slices(
 
 
 class Export:
-    """All requested outputs of a run, fed chunk by chunk."""
+    """All requested outputs of a run, fed chunk by chunk, then closed (every file counted and hashed, all
+    still under their partial names) and published (put in place with the run manifest)."""
 
     def __init__(
-        self, out: Path, formats: tuple[str, ...], context: ExportContext, request: str, method: Method = "POST"
+        self,
+        out: Path,
+        formats: tuple[str, ...],
+        context: ExportContext,
+        method: Method = "POST",
+        base_url: str | None = None,
     ):
+        self.out = out
         self.context = context
         self.ndjson: NdjsonWriter | None = None
         self.bundles: BundleWriter | None = None
@@ -298,7 +420,7 @@ class Export:
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
-                self.ndjson = NdjsonWriter(out, request)
+                self.ndjson = NdjsonWriter(out, context.request, base_url or bulk_base_url(out))
                 self.writers.append(self.ndjson)
             if "bundles" in formats:
                 self.bundles = BundleWriter(out, method)
@@ -315,7 +437,7 @@ class Export:
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
         """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time."""
         if self.tables:
-            tables = build_tables(patients, events, self.context.condition_codes)
+            tables = build_tables(patients, events, self.context)
             arrow = arrow_tables({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
             for writer in self.tables:
                 writer.write(arrow)
@@ -325,14 +447,14 @@ class Export:
                 self._write_fhir(some_patients, their_events)
 
     def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
-        tables = build_tables(patients, events, self.context.condition_codes)
+        tables = build_tables(patients, events, self.context)
         if self.ndjson:
-            resources = build_resources(patients, tables, self.context.displays, References(urn=False, line_end="\n"))
+            resources = build_resources(patients, tables, self.context, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)
             self._count(resources)
             del resources
         if self.bundles:
-            resources = build_resources(patients, tables, self.context.displays, References(urn=True))
+            resources = build_resources(patients, tables, self.context, References(urn=True))
             self.bundles.write(resources)
             if not self.ndjson:
                 self._count(resources)
@@ -341,11 +463,26 @@ class Export:
         for resource_type, group in resources.items():
             self.resource_counts[resource_type] = self.resource_counts.get(resource_type, 0) + len(group.json)
 
-    def finish(self) -> dict[str, dict]:
+    def close(self) -> dict[str, dict]:
+        """Close every file: the run's files (`fhir/Patient.ndjson`, ...) with their counts, sizes and SHA-256."""
         files: dict[str, dict] = {}
         for writer in self.writers:
-            files.update(writer.finish())
+            files.update(writer.close())
         return files
+
+    def publish(self, manifest: bytes, replaces: tuple[str, ...] = ()) -> None:
+        """Put the run in place beside what `out` holds: remove the files of the earlier run it `replaces`
+        (paths relative to `out`), write the run manifest, move every output folder's files in. Any other
+        file is never replaced: a taken name raises FileExistsError before anything changes. At every
+        moment the manifest in place lists every file of a run that is there (an interruption leaves it
+        listing files that are missing, which the next run skips)."""
+        earlier = {self.out / name for name in replaces}
+        targets = [self.out / RUN_MANIFEST, *(path for w in self.writers for path in incoming(w.staging.final))]
+        ensure_free(path for path in targets if path not in earlier)
+        remove_files(self.out, [name for name in replaces if name != RUN_MANIFEST])
+        write_atomic(self.out / RUN_MANIFEST, manifest)
+        for writer in self.writers:
+            finish_directory(writer.staging.final)
 
     def abort(self) -> None:
         for writer in self.writers:

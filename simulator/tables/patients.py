@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pandas as pd
 
 from simulator.days import to_datetime
 from simulator.engine.people import People
 from simulator.model.library import Library
-
-
-def patient_ids(id_bits: np.ndarray) -> list[str]:
-    """Version-4-shaped UUIDs from the patients' own random bits: stable for (seed, index)."""
-    return [str(uuid.UUID(int=(high << 64) | low, version=4)) for high, low in id_bits.tolist()]
+from simulator.tables.uuids import uuid_strings
 
 
 def patient_table(
@@ -44,9 +38,9 @@ def patient_table(
     cause = np.where(dead, death_code, -1)
     return pd.DataFrame(
         {
-            "id": patient_ids(people.id_bits),
+            "id": uuid_strings(people.id_bits[:, 0], people.id_bits[:, 1]),  # the patient's own bits
             "index": people.index,
-            "seed": np.full(len(people.index), seed, dtype=np.int64),
+            "seed": np.full(len(people.index), seed, dtype=np.int64),  # a record for readers of the tables
             "birth_time": to_datetime(people.birth_t),
             "sex": pd.Categorical.from_codes(people.sex, ["M", "F"]),
             "race": pd.Categorical.from_codes(people.race, [r.name for r in races]),

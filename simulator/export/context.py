@@ -1,0 +1,33 @@
+"""What the exporters take from the run besides its patient and event tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.model.library import Library
+from simulator.model.reference_data import ObservationReference
+from simulator.model.schema import CODE_SYSTEMS
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """The run's seed (resource ids derive from it) and `request` (the command the Bulk manifest
+    records); from the library: condition codes (for encounter reasons), the displays of the CDC race
+    and ethnicity codes, and the UCUM units and lab reference ranges observations are written with."""
+
+    seed: int
+    request: str
+    condition_codes: dict[str, tuple[str, str, str]]
+    displays: dict[str, str]
+    observation_reference: ObservationReference
+
+    @classmethod
+    def from_library(cls, library: Library, seed: int, request: str) -> ExportContext:
+        conditions = {
+            name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
+            for module in library.modules
+            for name, c in module.conditions.items()
+        }
+        categories = [*library.demographics.race, *library.demographics.ethnicity]
+        displays = {c.code.code: c.code.display for c in categories}
+        return cls(seed, request, conditions, displays, library.observation_reference)
