@@ -1,4 +1,5 @@
-"""The README's commands stay true: CI runs its test command, and the examples run."""
+"""The README's commands stay true: CI runs its test command, and the examples (the scripts, the module of
+docs/module-format.md) run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 import simulator
@@ -28,6 +30,7 @@ def test_readme_generate_command_uses_the_real_cli() -> None:
     assert "ehrsim generate --patients" in blocks
 
 
+@pytest.mark.slow
 def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "patient_timeline.py"), "--patients", "1500", "--seed", "3"],
@@ -40,13 +43,14 @@ def test_patient_timeline_example_prints_a_diagnosed_case() -> None:
     assert "patient id" in result.stdout.splitlines()[0]
 
 
-def test_patient_timeline_example_has_a_case_for_every_module(shipped_population) -> None:
+@pytest.mark.slow
+def test_patient_timeline_example_has_a_case_for_every_module(shipped_population, shipped_library) -> None:
     """Each module's example (the script with --module NAME) finds and prints a case in a cohort."""
     sys.path.insert(0, str(REPO / "examples"))
     from patient_timeline import case_for_module, describe
 
     events = shipped_population.events
-    for module in simulator.load_library().modules:
+    for module in shipped_library.modules:
         if not module.states:  # declarations only (vital_signs): nothing of its own happens
             continue
         patient = case_for_module(events, module.name)
@@ -56,12 +60,12 @@ def test_patient_timeline_example_has_a_case_for_every_module(shipped_population
         assert (events[events["patient"] == patient]["module"] == module.name).any()
 
 
-def test_readme_module_example_loads_and_runs(tmp_path) -> None:
-    import simulator
+def test_module_format_example_loads_and_runs(tmp_path) -> None:
+    """The complete module of docs/module-format.md loads on its own and its patients use it."""
     from simulator.model.loading import load_library
 
-    readme = (REPO / "README.md").read_text()
-    example = re.search(r"```yaml\n(name: example.*?)```", readme, flags=re.S).group(1)
+    doc = (REPO / "docs" / "module-format.md").read_text()
+    example = re.search(r"```yaml\n(name: example.*?)```", doc, flags=re.S).group(1)
     (tmp_path / "example.yaml").write_text(example)
     library = load_library(tmp_path)
     assert [m.name for m in library.modules if m.name == "example"] == ["example"]
