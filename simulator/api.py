@@ -9,9 +9,6 @@ messages go to callbacks, so a notebook, a script and the CLI each show them the
 from __future__ import annotations
 
 import json
-import pickle
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,13 +18,13 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from simulator.engine.kernel import simulate
 from simulator.engine.people import reference_date_of
-from simulator.engine.run import ConfigError, Mode, RunConfig, Simulator, runtime
+from simulator.engine.run import ConfigError, Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.export import DEFAULT_FORMATS, parse_formats
 from simulator.export.bundles import Method
 from simulator.export.context import ExportContext
-from simulator.export.writers import FOLDERS, Export, OutputFolder
+from simulator.export.size import SizeEstimate, estimate_size, human_bytes
+from simulator.export.writers import Export, OutputFolder
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
@@ -35,7 +32,7 @@ from simulator.fit.validation import Validation, default_targets, validate_gener
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import Chunk, chunk_tables, chunks
+from simulator.tables.chunks import Chunk, chunks
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -83,7 +80,6 @@ COMPILE_NOTICE = (
     "compiling the simulation kernel: a first run takes about 1-3 minutes (85 s on 2 cores); "
     "later runs reuse the compiled kernel"
 )
-PILOT_PATIENTS = 100  # a size estimate writes this many patients to a temporary folder and scales up
 ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)
 LARGE_BYTES = 10**9  # `run` says how much it will write before a run estimated above this
 
@@ -131,73 +127,8 @@ class ExportConfig:
             object.__setattr__(self, "base_url", _absolute_base_url(self.base_url))
 
 
-@dataclass(frozen=True)
-class SizeEstimate:
-    """The bytes a run would write per format, scaled from a pilot of its first patients, and the bytes
-    free on the disk it would write to."""
-
-    bytes_by_format: dict[str, int]
-    pilot_patients: int
-    free_bytes: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.bytes_by_format.values())
-
-    def describe(self) -> str:
-        """'about 4.6 GB (ndjson 4.6 GB, parquet 42 MB), estimated from its first 100 patients'"""
-        parts = ", ".join(f"{kind} {human_bytes(n)}" for kind, n in self.bytes_by_format.items())
-        return f"about {human_bytes(self.total)} ({parts}), estimated from its first {self.pilot_patients} patients"
-
-    def shortfall(self, out: Path) -> str | None:
-        """A warning when the disk of `out` has less free space than the run needs."""
-        if self.total <= self.free_bytes:
-            return None
-        free, total = human_bytes(self.free_bytes), human_bytes(self.total)
-        return f"warning: {free} free on the disk of {out}/, less than the {total} of this run: it will stop when full"
-
-
-def human_bytes(n: float) -> str:
-    """Bytes in SI units: '460 kB', '4.6 GB'."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 999.5:
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 9.95 else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB" if n < 9.95 else f"{n:.0f} TB"
-
-
-def estimate_size(sim: Simulator, export: ExportConfig) -> SizeEstimate:
-    """Write the run's first PILOT_PATIENTS patients to a temporary folder, in its formats, and scale the bytes
-    up to the whole run (the files' fixed parts too: an estimate, slightly high for Parquet, which
-    compresses better at length). Per-patient output varies a lot (coefficient of variation 0.67 in
-    bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
-    n = min(PILOT_PATIENTS, sim.config.patients)
-    context = ExportContext.from_library(sim.library, sim.config.seed, _request(sim.config))
-    with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
-        writer = Export(Path(folder), export.formats, context, export.bundle_method, export.base_url)
-        try:
-            chunk = chunk_tables(sim, 0, n)
-            writer.write(chunk.patients, chunk.events)
-            files = writer.close()
-        finally:
-            writer.abort()
-    scale = sim.config.patients / n if n else 1.0
-    by_format = {
-        kind: round(scale * sum(f["bytes"] for name, f in files.items() if name.startswith(FOLDERS[kind] + "/")))
-        for kind in export.formats
-    }
-    existing = next(folder for folder in (export.out, *export.out.parents) if folder.exists())
-    return SizeEstimate(by_format, n, shutil.disk_usage(existing).free)
-
-
-def kernel_needs_compiling() -> bool:
-    """Whether the next run compiles the kernel rather than load Numba's cache of it: Numba's cache index
-    of the kernel's entry point is missing or for another version of its source (or Numba's). False where
-    Numba has no such cache (NUMBA_DISABLE_JIT) or its internals differ from those read here."""
-    try:
-        return not simulate._cache._cache_file._load_index()  # type: ignore[attr-defined]
-    except (AttributeError, OSError, EOFError, pickle.UnpicklingError):
-        return False
+def _estimate(sim: Simulator, config: RunConfig, export: ExportConfig) -> SizeEstimate:
+    return estimate_size(sim, export.out, export.formats, export.bundle_method, export.base_url, _request(config))
 
 
 def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
@@ -260,7 +191,7 @@ def preview(
     the run would be refused) and the size of the run, estimated from a pilot in a temporary folder."""
     folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
     sim = _build(config, progress or _ignore, notify or _ignore)
-    return Preview(config, export, folder, estimate_size(sim, export))
+    return Preview(config, export, folder, _estimate(sim, config, export))
 
 
 def run(
@@ -301,7 +232,7 @@ def run(
     try:
         sim = _build(config, report, say)
         if config.patients >= ESTIMATE_FROM_PATIENTS:
-            estimate = estimate_size(sim, export)
+            estimate = _estimate(sim, config, export)
             if estimate.total > LARGE_BYTES:
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
             if warning := estimate.shortfall(export.out):

@@ -21,6 +21,7 @@ import simulator
 from simulator import api
 from simulator.cli import app
 from simulator.engine.run import ConfigError, RunConfig, Simulator
+from simulator.export import size
 from simulator.files import finish_directory, remove_files, start_directory
 
 runner = CliRunner()
@@ -226,7 +227,7 @@ def test_the_size_estimate_scales_a_pilot_of_the_first_patients(
     for kind, folder in (("ndjson", "fhir"), ("csv", "csv"), ("parquet", "parquet")):
         actual = sum(f["bytes"] for name, f in written.manifest["files"].items() if name.startswith(folder + "/"))
         assert whole.bytes_by_format[kind] == pytest.approx(actual, rel=0.001), kind  # but the Bulk manifest's URLs
-    monkeypatch.setattr(api, "PILOT_PATIENTS", 20)
+    monkeypatch.setattr(size, "PILOT_PATIENTS", 20)
     scaled = api.preview(config, export).estimate
     assert scaled.pilot_patients == 20 and not (tmp_path / "out").exists()
     assert scaled.total == pytest.approx(whole.total, rel=0.6)  # per-patient bytes vary (CV 0.67)
@@ -239,7 +240,7 @@ def test_the_size_estimate_before_a_large_run_never_changes_its_output(
     simulator.generate(out=tmp_path / "plain", **run)
     monkeypatch.setattr(api, "ESTIMATE_FROM_PATIENTS", 1)
     monkeypatch.setattr(api, "LARGE_BYTES", 0)
-    monkeypatch.setattr(api, "PILOT_PATIENTS", 7)
+    monkeypatch.setattr(size, "PILOT_PATIENTS", 7)
     messages: list[str] = []
     simulator.generate(out=tmp_path / "estimated", notify=messages.append, **run)
     assert any(m.startswith("this run will write about") and "first 7 patients" in m for m in messages), messages

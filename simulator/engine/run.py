@@ -6,6 +6,7 @@ chunk size and the output is the same whatever the chunk size or thread count.
 
 from __future__ import annotations
 
+import pickle
 import platform
 import time
 from dataclasses import dataclass, field
@@ -283,3 +284,13 @@ def _merge(
 def runtime() -> dict:
     """What the manifest records of the machine that ran the kernel."""
     return {"python": platform.python_version(), "numba": numba.__version__, "threads": numba.get_num_threads()}
+
+
+def kernel_needs_compiling() -> bool:
+    """Whether the next run compiles the kernel rather than load Numba's cache of it: Numba's cache index
+    of the kernel's entry point is missing or for another version of its source (or Numba's). False where
+    Numba has no such cache (NUMBA_DISABLE_JIT) or its internals differ from those read here."""
+    try:
+        return not simulate._cache._cache_file._load_index()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, EOFError, pickle.UnpicklingError):
+        return False
