@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from simulator.model.checks import check_library
 from simulator.model.fitted import apply_fitted, calibration_dir, load_declarations, load_fitted
 from simulator.model.library import (
@@ -51,16 +53,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | None = None) -> Library:
+def load_library(
+    modules: Path | list[Path] | None = None, rules_dir: Path | None = None, checked: list[Path] | None = None
+) -> Library:
     """Load, validate and cross-check every file; raise LoadError listing all problems found.
 
     `modules` is a directory of module files or a list of files (default: the shipped modules);
-    the rules directory's own module files (vital signs, wellness) are always included. Fitted
-    calibration values (rules/targets/calibration/*.fitted.yaml) are written into their modules
-    before validation, and the calibration declarations of the loaded modules are checked.
+    the rules directory's own module files (vital signs, wellness) are always included. `checked` are
+    module files that take the place of the modules of the same `name` (or join them), so that a file is
+    checked with the names the other modules define (`ehrsim check FILE`). Fitted calibration values
+    (rules/targets/calibration/*.fitted.yaml) are written into their modules before validation, and the
+    calibration declarations of the loaded modules are checked.
     """
 
     rules_dir = Path(rules_dir) if rules_dir is not None else default_rules_dir()
+    checked = [Path(p) for p in checked or []]
     if isinstance(modules, list):
         files = [Path(p) for p in modules]
         missing = [p for p in files if not p.is_file()]
@@ -69,6 +76,7 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         directory = Path(modules) if modules is not None else default_modules_dir()
         files = module_files(directory) if directory.is_dir() else []
         missing = [] if directory.is_dir() else [directory]
+    missing += [p for p in checked if not p.is_file()]
     if not rules_dir.is_dir():
         missing.append(rules_dir)
     if missing:
@@ -89,15 +97,24 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
         hashes[input_name(fitted_path)] = _sha256(fitted_path)
     modules: list[DiseaseModule] = []
     rules: dict[str, object] = {}
-    paths = [(p, DiseaseModule) for p in module_files(rules_dir) + files]
+    named = {p.resolve() for p in checked}
+    paths = [(p, DiseaseModule) for p in module_files(rules_dir) + files if p.resolve() not in named]
+    paths += [(p, DiseaseModule) for p in checked]
     paths += [(rules_dir / name, model) for name, model in RULES_FILES.items()]
+    parsed: list[tuple[Path, type[BaseModel], Located]] = []
     for path, model in paths:
-        display = _display(path)
         try:
-            document = parse_yaml(path, display)
+            parsed.append((path, model, parse_yaml(path, _display(path))))
+        except LoadError as exc:
+            problems.extend(exc.problems)
+    replaced = {_name(document) for path, _, document in parsed if path in checked}
+    for path, model, document in parsed:
+        name = _name(document)
+        if model is DiseaseModule and path not in checked and name is not None and name in replaced:
+            continue  # a checked file takes its place
+        try:
             hashes[input_name(path)] = _sha256(path)
             if model is DiseaseModule:
-                name = document.data.get("name")
                 data_hashes[str(name)] = data_sha256(document.data)  # before the fitted values change it
                 if name in fitted:
                     values, fitted_doc, _ = fitted[name]
@@ -145,6 +162,28 @@ def load_library(modules: Path | list[Path] | None = None, rules_dir: Path | Non
     check_library(library)
     _hash_tables(library, input_name)
     return _with_calibration(library)
+
+
+def _name(document: Located) -> str | None:
+    """A module file's `name`, where it is text (validation reports any other value)."""
+    name = document.data.get("name")
+    return name if isinstance(name, str) else None
+
+
+IN_LIBRARY = "(in the library, not in the files checked)"
+
+
+def check_in_library(files: list[Path], modules: Path | None = None, rules_dir: Path | None = None) -> Library:
+    """Load the library (`modules`, default the shipped modules) with `files` in place of its modules of the
+    same name, or beside them, so that the names other modules define resolve; raise LoadError with every
+    problem, those of the library's other files marked as such (a checked file may cause them: a
+    condition it no longer declares, which another module uses)."""
+    try:
+        return load_library(modules, rules_dir, checked=files)
+    except LoadError as exc:
+        checked = {_display(p) for p in files}
+        marked = [p if p.file in checked else replace(p, message=f"{p.message} {IN_LIBRARY}") for p in exc.problems]
+        raise LoadError(marked) from None
 
 
 def _with_calibration(library: Library) -> Library:

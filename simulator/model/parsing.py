@@ -1,59 +1,26 @@
-"""Load module and rules files into validated models, with every error located as file:line:col.
+"""Validate parsed module and rules files against their pydantic models, every error located as file:line:col.
 
-YAML is read from libyaml's event stream (PyYAML's C parser: no Python object is ever constructed
-from a tag) into ruamel.yaml's round-trip containers with their line/column marks, as ruamel.yaml's
-round-trip loader would build them but about twenty times faster. A file with a syntax error, with
-one of the few features left to ruamel.yaml (tags, timestamps, directives, complex or duplicate keys)
-or with characters the two scan differently (tabs) goes to ruamel.yaml itself: error messages keep
-its wording and such files its reading. pydantic errors are mapped back to the position of the
-offending key or value, and unknown names get the closest valid name suggested. Nothing in a file is
-evaluated as code, and a file cannot make loading hang or overflow the stack (_check_shape).
+yaml_reader reads a file into data that knows where each key and value is written; here pydantic's
+errors are mapped back to those positions (through the union tags that pydantic puts in its paths),
+worded for a person, and unknown names get the closest valid name suggested.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import math
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
-from yaml.cyaml import CParser
+
+from simulator.model.schema import GUARD_KEYS
+from simulator.model.yaml_reader import LoadError, Located, Problem, clip, format_path, parse_yaml
+
+__all__ = ["LoadError", "Located", "Problem", "format_path", "load", "parse_yaml", "suggest", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    """One problem in one file, printable as `file:line:col: path: message`."""
-
-    file: str
-    line: int
-    column: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class LoadError(Exception):
-    """Raised with every problem found in the files being loaded."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def suggest(name: str, valid: list[str] | set[str]) -> str:
@@ -62,420 +29,42 @@ def suggest(name: str, valid: list[str] | set[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class Located:
-    """A parsed YAML document that can tell where any path inside it is."""
-
-    def __init__(self, file: str, data: Any, aliases: tuple[tuple[tuple[str | int, ...], ...], ...] = ()):
-        self.file = file
-        self.data = data
-        self.aliases = aliases  # the paths of the uses of each node the file shares through a YAML alias
-
-    def position(self, path: tuple[str | int, ...], at_key: bool = False) -> tuple[int, int]:
-        """1-based (line, col) of the value at `path` (or of its key); path parts absent from the data
-        (pydantic's union tags) are skipped, and an unreachable tail reports its nearest parent."""
-        node = self.data
-        line, col = 1, 1
-        if isinstance(node, CommentedMap | CommentedSeq):
-            line, col = node.lc.line + 1, node.lc.col + 1
-        for i, part in enumerate(path):
-            last = i == len(path) - 1
-            if isinstance(node, CommentedMap) and part in node:
-                marks = (node.lc.data or {}).get(part)
-                if marks is not None:
-                    line, col = (marks[0] + 1, marks[1] + 1) if at_key and last else (marks[2] + 1, marks[3] + 1)
-                elif isinstance(node[part], CommentedMap | CommentedSeq):  # merged in by '<<': where it is written
-                    line, col = node[part].lc.line + 1, node[part].lc.col + 1
-                node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-                item_line, item_col = node.lc.item(part)
-                line, col = item_line + 1, item_col + 1
-                node = node[part]
-        return line, col
-
-    def data_path(self, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-        """The part of a pydantic loc that names real keys/indices in the data (drops union tags)."""
-        node = self.data
-        out: list[str | int] = []
-        for i, part in enumerate(loc):
-            if isinstance(node, dict) and part in node and _names_sibling_key(node, part, loc[i + 1 : i + 2]):
-                continue  # a union tag that is also one of the member's keys ('since'), followed by another key
-            if (
-                isinstance(node, dict)
-                and part in node
-                or isinstance(node, list)
-                and isinstance(part, int)
-                and 0 <= part < len(node)
-            ):
-                out.append(part)
-                node = node[part]
-            elif isinstance(node, dict) and isinstance(part, str) and part not in node and _is_field_name(part):
-                out.append(part)  # a missing or extra field: keep it, position falls back to the parent
-                node = None
-        return tuple(out)
-
-    def problem(self, path: tuple[str | int, ...], message: str, at_key: bool = False) -> Problem:
-        line, col = self.position(path, at_key=at_key)
-        return Problem(self.file, line, col, format_path(path), message)
+def _data_path(doc: Located, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The part of a pydantic loc that names real keys/indices in the data (drops union tags)."""
+    node = doc.data
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node and _names_sibling_key(node, part, loc[i + 1 : i + 2]):
+            continue  # a union tag that is also one of the member's keys ('since'), followed by another key
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and 0 <= part < len(node)
+        ):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node and _is_field_name(part):
+            out.append(part)  # a missing or extra field: keep it, position falls back to the parent
+            node = None
+    return tuple(out)
 
 
 def _names_sibling_key(node: dict, part: str | int, rest: tuple[str | int, ...]) -> bool:
-    """Whether `part` holds a scalar and the next loc part is another key of the same mapping."""
-    return bool(rest) and not isinstance(node[part], dict | list) and rest[0] in node and rest[0] != part
+    """Whether `part` holds a scalar and the next loc part is another key of the same mapping: one given,
+    or a field the mapping lacks (a since guard without its unit)."""
+    if not rest or isinstance(node[part], dict | list) or rest[0] == part:
+        return False
+    return rest[0] in node or isinstance(rest[0], str) and _is_field_name(rest[0])
 
 
 def _is_field_name(part: str) -> bool:
-    return part[:1].islower() and not part.startswith("function-") and part not in _TAGS
+    """Whether a loc part can be a model's field (pydantic's union tags: 'float', 'constrained-float', ...)."""
+    return part.isidentifier() and part[:1].islower() and part not in _TAGS
 
 
 _TAGS = {"age", "calendar", "exact", "uniform", "normal", "exponential", "lognormal", "gamma", "float", "int"}
-
-
-def format_path(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-MAX_DEPTH = 100  # nesting levels a file may use (the shipped files use at most 14)
-MAX_ALIAS_VALUES = 100_000  # values that YAML aliases may copy into a file (a guard against alias bombs)
-_TOO_DEEP = f"YAML nesting deeper than {MAX_DEPTH} levels"
-
-
-def parse_yaml(path: Path, display_name: str | None = None) -> Located:
-    """Parse one YAML file (safe constructors only) keeping positions."""
-    name = display_name or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LoadError([Problem(name, 1, 1, "", f"cannot read file: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise LoadError([Problem(name, 1, 1, "", "file is not valid UTF-8")]) from None
-    data = _read(name, text)
-    if not isinstance(data, CommentedMap):
-        raise LoadError([Problem(name, 1, 1, "", "the file must hold a mapping of keys to values")])
-    _check_shape(Located(name, data))
-    uses: dict[int, list[tuple[str | int, ...]]] = {}
-    _unshare(data, (), uses)
-    return Located(name, data, tuple(tuple(paths) for paths in uses.values() if len(paths) > 1))
-
-
-def _read(name: str, text: str) -> Any:
-    """The data of a YAML text: built from libyaml's events, or read by ruamel.yaml where _Reader leaves
-    the text to it (and always where the two scan a text differently)."""
-    if any(c in text for c in _SCANNED_DIFFERENTLY) or text.find("\ufeff", 1) >= 0:
-        return _round_trip(name, text, None)
-    try:
-        data = _Reader(name).read(text)
-    except yaml.YAMLError as exc:
-        problem = _libyaml_problem(name, text, exc)
-        if getattr(exc, "problem", None) == "exceeded maximum nesting depth":  # ruamel.yaml takes seconds to fail
-            raise LoadError([problem]) from None
-        return _round_trip(name, text, problem)
-    return _round_trip(name, text, None) if data is _ROUND_TRIP else data
-
-
-def _check_shape(document: Located) -> None:
-    """Refuse, before anything recurses through the data or copies the nodes that YAML aliases share, a
-    node that contains itself, nesting deeper than MAX_DEPTH, and aliases that copy more than
-    MAX_ALIAS_VALUES values (a "billion laughs" file, a few lines long, would otherwise never load)."""
-    sizes: dict[int, int] = {}  # id of a container -> its values, aliases expanded
-    inside: set[int] = set()  # ids of the containers being walked
-    copied = 0
-
-    def refuse(path: tuple[str | int, ...], message: str) -> LoadError:
-        return LoadError([Problem(document.file, *document.position(path, at_key=True), "", message)])
-
-    def expanded(node: CommentedMap | CommentedSeq, path: tuple[str | int, ...]) -> int:
-        nonlocal copied
-        if id(node) in sizes:  # another use of a node an alias shares: _unshare copies it
-            copied += sizes[id(node)]
-            if copied > MAX_ALIAS_VALUES:
-                raise refuse(path, f"YAML aliases copy more than {MAX_ALIAS_VALUES:,} values; refusing to expand them")
-            return sizes[id(node)]
-        if id(node) in inside:
-            raise refuse(path, "a YAML alias cannot refer to a node that contains it")
-        if len(path) >= MAX_DEPTH:
-            raise refuse(path, _TOO_DEEP)
-        inside.add(id(node))
-        size = 1 + sum(expanded(v, (*path, k)) if isinstance(v, _CONTAINERS) else 1 for k, v in _items(node))
-        inside.discard(id(node))
-        sizes[id(node)] = size
-        return size
-
-    expanded(document.data, ())
-
-
-_ROUND_TRIP: Any = object()  # what _Reader leaves to ruamel.yaml: a feature it does not build, or an error to word
-_MERGE: Any = object()  # a plain '<<' key: merge the mapping(s) given as its value
-_NO_KEY: Any = object()  # a mapping waits for its next key
-_CONTAINERS = (CommentedMap, CommentedSeq)
-# Tabs, YAML 1.1's line breaks and a byte order mark after the start are scanned differently by libyaml
-# and ruamel.yaml (what they accept, the columns they count): ruamel.yaml reads such files, as before.
-_SCANNED_DIFFERENTLY = "\t\x85\u2028\u2029"
-_PLAIN_ANCHOR = re.compile(r"[A-Za-z0-9_-]+")  # other anchor names: ruamel.yaml's scanner and libyaml's differ
-
-
-def _is_plain_anchor(name: str | None) -> bool:
-    return name is None or _PLAIN_ANCHOR.fullmatch(name) is not None
-
-
-_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
-_NULLS = {"", "~", "null", "Null", "NULL"}
-# The YAML 1.2 patterns of ruamel.yaml's resolver (ruamel.yaml/resolver.py), tried in its order.
-_FLOAT = re.compile(
-    r"""[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN)""",
-    re.X,
-)
-_INT = re.compile(r"[-+]?(?:0b[0-1_]+|0o?[0-7_]+|[0-9_]+|0x[0-9a-fA-F_]+)")
-_TIMESTAMP = re.compile(
-    r"""[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
-    |[0-9][0-9][0-9][0-9] -[0-9][0-9]? -[0-9][0-9]?
-    (?:[Tt]|[ \t]+)[0-9][0-9]?
-    :[0-9][0-9] :[0-9][0-9] (?:\.[0-9]*)?
-    (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?""",
-    re.X,
-)
-_BASES = (("0b", 2), ("0x", 16), ("0o", 8))
-
-
-def _number(text: str, is_float: bool) -> int | float:
-    """A YAML 1.2 int or float as ruamel.yaml computes it (underscores dropped, 0b/0o/0x bases)."""
-    digits = text.replace("_", "").lower() if is_float else text.replace("_", "")
-    sign = -1 if digits[0] == "-" else 1
-    digits = digits[1:] if digits[0] in "+-" else digits
-    if is_float:
-        return sign * math.inf if digits == ".inf" else math.nan if digits == ".nan" else sign * float(digits)
-    base = next((b for prefix, b in _BASES if digits.startswith(prefix)), 10)
-    return sign * int(digits[2:] if base != 10 else digits, base)
-
-
-class _Frame:
-    """A mapping or sequence being read: its container, its marks, the key that waits for its value."""
-
-    __slots__ = ("container", "is_block_map", "is_map", "key", "key_mark", "lines", "mark", "merges")
-
-    def __init__(self, container: CommentedMap | CommentedSeq, event: Any):
-        self.container = container
-        self.is_map = type(container) is CommentedMap
-        self.is_block_map = self.is_map and not event.flow_style
-        self.lines: dict[Any, list[int]] = {}  # ruamel.yaml's LineCol data: key -> [line, col, line, col]
-        self.mark = event.start_mark
-        self.key: Any = _NO_KEY
-        self.key_mark: Any = None
-        self.merges: list[CommentedMap] | None = None
-
-
-class _Reader:
-    """Builds ruamel.yaml's round-trip data (CommentedMap/CommentedSeq with the same line/column marks,
-    an alias the very object of its anchor, '<<' merges) from libyaml's events, without recursion.
-    Returns _ROUND_TRIP when ruamel.yaml must read the text; raises LoadError on a number Python cannot
-    read (ruamel.yaml raised a traceback on those)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.stack: list[_Frame] = []
-        self.anchors: dict[str, tuple[Any, Any]] = {}  # name -> (object, mark)
-        self.documents = 0
-        self.root: Any = None
-        self.round_trip = False
-        self.empty_value: tuple[list[int], int] | None = None  # the marks of a `key:` with nothing after it, and
-        # the index of the end of its ':' in the text
-
-    def read(self, text: str) -> Any:
-        for event in yaml.parse(text, Loader=CParser):
-            if self.empty_value is not None:
-                self._mark_empty_value(text, event)
-            kind = type(event)
-            if kind is yaml.ScalarEvent:
-                self._scalar(event)
-            elif kind is yaml.AliasEvent:
-                self._alias(event)
-            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-                self._start(event, CommentedMap() if kind is yaml.MappingStartEvent else CommentedSeq())
-            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
-                self._end()
-            elif kind is yaml.DocumentStartEvent:
-                self.documents += 1
-                self.round_trip |= self.documents > 1 or bool(event.version or event.tags)
-        return _ROUND_TRIP if self.round_trip else self.root
-
-    def _mark_empty_value(self, text: str, event: Any) -> None:
-        """ruamel.yaml marks the empty value of a block mapping's `key:` where the next token starts, unless a
-        comment follows the ':' and another key comes next: then right after the ':', as libyaml does."""
-        marks, index = self.empty_value  # type: ignore[misc]
-        self.empty_value = None
-        line_end = text.find("\n", index)
-        is_commented = text[index : line_end if line_end >= 0 else None].lstrip(" ").startswith("#")
-        if is_commented and type(event) is not yaml.MappingEndEvent:
-            return
-        if event.start_mark.index < len(text):
-            marks[2:] = [event.start_mark.line, event.start_mark.column]
-        else:  # the end of a text without a final line break: libyaml counts one more line
-            marks[2:] = [text.count("\n"), len(text) - text.rfind("\n") - 1]
-
-    def _scalar(self, event: Any) -> None:
-        value: Any = event.value
-        self.round_trip |= event.tag is not None or not _is_plain_anchor(event.anchor)
-        if event.implicit[0] and not event.style:  # a plain scalar: resolve it as YAML 1.2
-            value = self._resolve(value, event.start_mark)
-        is_empty = not event.value and not event.style
-        if event.anchor is not None:
-            self.anchors[event.anchor] = (value, event.start_mark)
-            # `&name: x`: ruamel.yaml reads the ':' as part of the name; `&name true`: it makes an int of it
-            self.round_trip |= is_empty or isinstance(value, bool)
-        self._add(value, event.start_mark, is_empty=is_empty and event.anchor is None)
-
-    def _resolve(self, text: str, mark: Any) -> Any:
-        if text in _BOOLS:
-            return _BOOLS[text]
-        if text in _NULLS:
-            return None
-        if text[:1] in "-+0123456789.":
-            is_float = _FLOAT.fullmatch(text) is not None
-            if is_float or _INT.fullmatch(text):
-                try:
-                    return _number(text, is_float)
-                except ValueError:
-                    raise LoadError([self._problem(mark, f"cannot read '{text[:40]}' as a number")]) from None
-        if text == "<<":
-            return _MERGE
-        self.round_trip |= text == "=" or _TIMESTAMP.fullmatch(text) is not None
-        return text
-
-    def _alias(self, event: Any) -> None:
-        if event.anchor not in self.anchors or not _is_plain_anchor(event.anchor):
-            self.round_trip = True  # an undefined alias (or an odd name): ruamel.yaml decides
-            self._add(None, event.start_mark)
-            return
-        value, mark = self.anchors[event.anchor]
-        self._add(value, mark)  # ruamel.yaml marks an alias where its anchor's node starts
-
-    def _start(self, event: Any, container: CommentedMap | CommentedSeq) -> None:
-        self.round_trip |= event.tag is not None or not _is_plain_anchor(event.anchor)
-        container.lc.line, container.lc.col = event.start_mark.line, event.start_mark.column
-        if event.anchor is not None:
-            self.anchors[event.anchor] = (container, event.start_mark)
-        self.stack.append(_Frame(container, event))
-
-    def _end(self) -> None:
-        frame = self.stack.pop()
-        container = frame.container
-        container.lc.data = frame.lines
-        if frame.merges:  # ruamel.yaml's add_yaml_merge: the first mapping that has a key gives its value
-            for merged in frame.merges:
-                for key, value in merged.items():
-                    if key not in container:
-                        super(CommentedMap, container).__setitem__(key, value)
-        self._add(container, frame.mark)
-
-    def _add(self, value: Any, mark: Any, is_empty: bool = False) -> None:
-        """Put a value into the container being read (or make it the document)."""
-        if not self.stack:
-            self.root = value if self.documents == 1 else self.root
-            self.round_trip |= value is _MERGE
-            return
-        frame = self.stack[-1]
-        container = frame.container
-        if not frame.is_map:
-            frame.lines[len(container)] = [mark.line, mark.column]
-            list.append(container, value)  # CommentedSeq.append would also shift comments: there are none
-            self.round_trip |= value is _MERGE
-        elif frame.key is _NO_KEY:
-            self.round_trip |= type(value) in _CONTAINERS  # a complex key
-            frame.key, frame.key_mark = value, mark
-        else:
-            key, frame.key = frame.key, _NO_KEY
-            if key is _MERGE:
-                self._merge(frame, value)
-            elif type(key) in _CONTAINERS or key in frame.lines or value is _MERGE:
-                self.round_trip = True  # a complex or duplicate key, a misplaced '<<': ruamel.yaml words it
-            else:
-                container[key] = value
-                frame.lines[key] = [frame.key_mark.line, frame.key_mark.column, mark.line, mark.column]
-                if is_empty and frame.is_block_map:
-                    self.empty_value = frame.lines[key], mark.index
-                elif is_empty:  # ruamel.yaml marks an empty value in braces at the end of its ':'
-                    self.round_trip = True
-
-    def _merge(self, frame: _Frame, value: Any) -> None:
-        """'<<: *anchor' or '<<: [*a, *b]': mappings whose keys the mapping takes when it lacks them."""
-        merges = [value] if isinstance(value, CommentedMap) else value if isinstance(value, CommentedSeq) else None
-        if frame.merges is not None or merges is None or not all(isinstance(m, CommentedMap) for m in merges):
-            self.round_trip = True  # a second '<<' or something else than mappings: ruamel.yaml words the error
-            return
-        frame.merges = list(merges)
-
-    def _problem(self, mark: Any, message: str) -> Problem:
-        return Problem(self.name, mark.line + 1, mark.column + 1, "", message)
-
-
-def _libyaml_problem(name: str, text: str, exc: yaml.YAMLError) -> Problem:
-    """libyaml's own account of a syntax error, for when ruamel.yaml accepts what libyaml refuses."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        return Problem(name, mark.line + 1, mark.column + 1, "", f"YAML syntax error: {message}")
-    if isinstance(exc, yaml.reader.ReaderError):  # libyaml counts bytes
-        position = len(text.encode("utf-8")[: exc.position].decode("utf-8", "ignore"))
-        return _reader_problem(name, text, position, exc.character, exc.reason)
-    return Problem(name, 1, 1, "", f"YAML syntax error: {exc}")
-
-
-def _reader_problem(name: str, text: str, position: int, character: int, reason: str) -> Problem:
-    """A character YAML does not allow (a NUL byte, a control character), at its line and column."""
-    line = text.count("\n", 0, position) + 1
-    column = position - (text.rfind("\n", 0, position) + 1) + 1
-    return Problem(name, line, column, "", f"YAML syntax error: unacceptable character #x{character:04x}: {reason}")
-
-
-def _round_trip(name: str, text: str, libyaml_problem: Problem | None) -> Any:
-    """ruamel.yaml's reading of a text that _Reader leaves to it: its data, or its error message (the
-    wording that the golden error files hold). Where libyaml found an error, it stands when ruamel.yaml
-    reports none (an escaped lone surrogate, nesting beyond its stack, a few odd constructs)."""
-    try:
-        data = YAML(typ="rt", pure=True).load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        raise LoadError([Problem(name, line, col, "", f"YAML syntax error: {message}")]) from None
-    except ReaderError as exc:
-        raise LoadError([_reader_problem(name, text, exc.position, exc.character, exc.reason)]) from None
-    except RecursionError:
-        raise LoadError([libyaml_problem or Problem(name, 1, 1, "", _TOO_DEEP)]) from None
-    except ValueError as exc:  # a number Python cannot read
-        raise LoadError([libyaml_problem or Problem(name, 1, 1, "", f"YAML syntax error: {exc}")]) from None
-    if libyaml_problem is not None:
-        raise LoadError([libyaml_problem])
-    return data
-
-
-def _items(node: CommentedMap | CommentedSeq) -> Iterable[tuple[Any, Any]]:
-    """The (key, value) pairs of a mapping, the (index, item) pairs of a sequence."""
-    return node.items() if isinstance(node, CommentedMap) else enumerate(node)
-
-
-def _unshare(
-    node: CommentedMap | CommentedSeq, path: tuple[str | int, ...], uses: dict[int, list[tuple[str | int, ...]]]
-) -> None:
-    """Give each YAML alias (*name) its own copy of the anchored node (positions kept): the parsed
-    document is a tree, so a fitted number written at one path does not change every alias of it.
-    `uses` collects the paths of each parsed node (id: paths), so that callers can see the aliases."""
-    for key, child in list(_items(node)):
-        if not isinstance(child, CommentedMap | CommentedSeq):
-            continue
-        here = (*path, key)
-        shared = id(child) in uses
-        uses.setdefault(id(child), []).append(here)
-        if shared:
-            child = copy.deepcopy(child)
-            node[key] = child
-        _unshare(child, here, uses)
 
 
 def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | int, ...]) -> tuple[str, bool]:
@@ -483,26 +72,24 @@ def _message(error: dict[str, Any], model: type[BaseModel], path: tuple[str | in
     kind = error["type"]
     if kind == "extra_forbidden":
         valid = _valid_fields(model, tuple(error["loc"][:-1]))
-        return f"unknown key '{path[-1]}'{suggest(str(path[-1]), valid)}", True
+        return f"unknown key '{clip(str(path[-1]))}'{suggest(str(path[-1]), valid)}", True
     if kind == "missing":
-        return "required key is missing", False
+        return f"required key '{path[-1]}' is missing" if path else "required key is missing", False
     if kind == "invalid_guard":
         keys = list(error["input"]) if isinstance(error["input"], dict) else []
-        from simulator.model.schema import GUARD_KEYS
-
         hint = suggest(str(keys[0]), set(GUARD_KEYS)) if keys else ""
         return f"{error['msg']}{hint}", False
     if kind == "union_tag_invalid" and "distribution" in str(error.get("ctx", {})):
-        tag = error["ctx"].get("tag", "")
+        tag = str(error["ctx"].get("tag", ""))
         valid = ["exact", "uniform", "normal", "exponential", "lognormal", "gamma"]
-        return f"unknown distribution '{tag}'{suggest(str(tag), valid)}; expected one of {', '.join(valid)}", False
+        return f"unknown distribution '{clip(tag)}'{suggest(tag, valid)}; expected one of {', '.join(valid)}", False
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if kind == "literal_error":
         expected = [x.strip(" '") for x in error["ctx"]["expected"].replace(" or ", ", ").split(",")]
-        message += f" (got {value!r}){suggest(str(value), expected)}"
+        message += f" (got {clip(repr(value))}){suggest(str(value), expected)}"
     elif not kind.startswith("value_error") and isinstance(value, str | int | float | bool):
-        message += f" (got {value!r})"
+        message += f" (got {clip(repr(value))})"
     return message, False
 
 
@@ -565,12 +152,20 @@ def validate(doc: Located, model: type[M]) -> M:
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
+        errors = _relevant(exc.errors())
         problems = []
-        for error in _relevant(exc.errors()):
-            path = doc.data_path(tuple(error["loc"]))
+        for error in errors[:MAX_LISTED]:
+            path = _data_path(doc, tuple(error["loc"]))
             message, at_key = _message(error, model, path)
             problems.append(doc.problem(path, message, at_key=at_key))
+        if len(errors) > MAX_LISTED:
+            where = doc.position(_data_path(doc, tuple(errors[MAX_LISTED]["loc"])))
+            more = f"{len(errors) - MAX_LISTED:,} more problems in this file (the first {MAX_LISTED} are listed)"
+            problems.append(Problem(doc.file, *where, "", more))
         raise LoadError(_dedupe(problems)) from None
+
+
+MAX_LISTED = 100  # problems listed for one file's validation; more are counted (a file may hold 100,000 bad keys)
 
 
 _SCALAR_TAGS = ("float", "int", "str", "bool")
@@ -580,13 +175,14 @@ def _relevant(errors: list[Any]) -> list[Any]:
     """Drop the complaints of union branches that cannot apply: a number branch about a mapping,
     a mapping branch about a number."""
     out = []
+    parents = Counter(tuple(error["loc"][:-1]) for error in errors)
     for error in errors:
         scalar_branch = any(isinstance(p, str) and p.endswith(_SCALAR_TAGS) for p in error["loc"])
         structured = isinstance(error["input"], dict | list)
         if scalar_branch and structured:
             continue
         structure_branch = error["type"] in ("model_type", "dict_type", "model_attributes_type")
-        has_sibling = any(e is not error and e["loc"][:-1] == error["loc"][:-1] for e in errors)
+        has_sibling = parents[tuple(error["loc"][:-1])] > 1
         if structure_branch and not structured and has_sibling:
             continue
         out.append(error)
