@@ -1,9 +1,13 @@
-"""FHIR resources of a chunk -> one transaction Bundle per patient (JSON text).
+"""FHIR resources of a chunk -> bundles (JSON text) that a server accepts POSTed one by one, in the order of
+their file names: first `00000000-0000-0000-shared.json`, a batch that PUTs the shared resources
+(Organization, Location, Practitioner) at their stable ids; then one transaction per patient.
 
-Entries have `urn:uuid:` fullUrls, and every reference points to an entry of the same bundle. The
-shared Organization, Location and Practitioner travel in every bundle: with POST, as conditional
-creates (`ifNoneExist` on their identifier), so loading many bundles creates them once; with PUT,
-at their stable ids, like every other entry, so reloading a bundle never duplicates anything.
+A patient's transaction holds the patient's resources only. Its entries have `urn:uuid:` fullUrls and
+point at each other by them, and at the shared resources by literal `Type/id` references, which the
+shared bundle has put in place: so no patient transaction carries a conditional create or the same
+shared resource as another (servers refuse large transactions with conditional creates, and concurrent
+ones that write the same resource). Entries are POST (the server assigns ids), or PUT at their stable ids,
+so that reloading a bundle never duplicates anything.
 """
 
 from __future__ import annotations
@@ -19,30 +23,23 @@ from simulator.export.fhir_resources import RESOURCE_TYPES, TEXT, Resources, joi
 
 Method = Literal["POST", "PUT"]
 
-
-def _request(method: Method, resource_type: str, resource_id: str, condition: str | None = None) -> dict:
-    if method == "PUT":
-        return {"method": "PUT", "url": f"{resource_type}/{resource_id}"}
-    request = {"method": "POST", "url": resource_type}
-    if condition:
-        request["ifNoneExist"] = condition
-    return request
+# The shared bundle's name sorts before every patient's (`<uuid>.json`, whose third group starts with the
+# version digit, never 0), byte by byte and in locales that ignore the hyphens alike.
+SHARED_BUNDLE = "00000000-0000-0000-shared.json"
 
 
-def shared_entries(shared: Mapping[str, dict], method: Method) -> str:
-    """The shared resources' entries, serialised once for every bundle."""
-    entries = []
-    for resource_type, resource in shared.items():
-        identifier = resource["identifier"][0]
-        condition = f"identifier={identifier['system']}|{identifier['value']}"
-        entries.append(
-            {
-                "fullUrl": f"urn:uuid:{resource['id']}",
-                "resource": resource,
-                "request": _request(method, resource_type, resource["id"], condition),
-            }
-        )
-    return orjson.dumps(entries).decode()[1:-1]
+def shared_bundle(shared: Mapping[str, dict]) -> bytes:
+    """The shared resources (with literal references) as a batch of PUTs at their stable ids: a batch,
+    not a transaction, so that no limit on a transaction's updates applies, in dependency order."""
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:{resource['id']}",
+            "resource": resource,
+            "request": {"method": "PUT", "url": f"{resource_type}/{resource['id']}"},
+        }
+        for resource_type, resource in shared.items()
+    ]
+    return orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
 
 
 def _sorted_entries(resources: Mapping[str, Resources], method: Method) -> tuple[pa.Array, np.ndarray]:
@@ -71,7 +68,7 @@ def _sorted_entries(resources: Mapping[str, Resources], method: Method) -> tuple
 
 
 def patient_bundles(
-    resources: Mapping[str, Resources], shared: str, method: Method
+    resources: Mapping[str, Resources], method: Method
 ) -> Iterator[tuple[str, int, tuple[bytes, memoryview, bytes]]]:
     """(patient id, number of entries, bundle JSON in three pieces: head, entries, tail) for each
     patient of the chunk, in patient order. Sorted by patient, the entries of a patient are one
@@ -81,8 +78,7 @@ def patient_bundles(
     offsets = text_offsets(ordered)
     people = resources["Patient"]
     bounds = np.searchsorted(patient, people.patient, side="left").tolist() + [len(patient)]
-    head = ('{"resourceType":"Bundle","type":"transaction","entry":[' + shared + ",").encode()
-    n_shared = shared.count('"fullUrl"')
+    head = b'{"resourceType":"Bundle","type":"transaction","entry":['
     for k, patient_id in enumerate(people.ids.tolist()):
         start, end = int(offsets[bounds[k]]), int(offsets[bounds[k + 1]]) - 1  # without the last comma
-        yield patient_id, bounds[k + 1] - bounds[k] + n_shared, (head, data[start:end], b"]}")
+        yield patient_id, bounds[k + 1] - bounds[k], (head, data[start:end], b"]}")

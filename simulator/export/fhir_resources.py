@@ -133,15 +133,18 @@ def _take(texts: list[str], codes: np.ndarray) -> pa.Array:
 
 @dataclass(frozen=True)
 class References:
-    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles); and
-    what ends each resource's text (ndjson: a newline, so a type's text is its file's bytes)."""
+    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles), except the
+    `literal` types, always `Type/id` (the shared resources, which bundles leave to a bundle of their own);
+    and what ends each resource's text (ndjson: a newline, so a type's text is its file's bytes)."""
 
     urn: bool
     line_end: str = ""
+    literal: frozenset[str] = frozenset()
 
     def to(self, resource_type: str, ids: np.ndarray | pa.Array) -> pa.Array:
         """'{"reference":...}' JSON for each id (null where the id is missing)."""
-        prefix = '{"reference":"urn:uuid:' if self.urn else f'{{"reference":"{resource_type}/'
+        is_urn = self.urn and resource_type not in self.literal
+        prefix = '{"reference":"urn:uuid:' if is_urn else f'{{"reference":"{resource_type}/'
         return join(prefix, _nonempty(ids), '"}', skip_nulls=False)
 
     def one(self, resource_type: str, resource_id: str) -> str:
