@@ -29,6 +29,7 @@ from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
 from simulator.fit.validation import Validation, default_targets, validate_generated, validate_run
+from simulator.load import LoadConfig, LoadReport, load_run
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
@@ -394,3 +395,51 @@ def _calibrate_mortality(patients: int, seed: int, dry_run: bool, report: Callab
     write_shares(mortality, library, path)
     report(f"wrote {path}")
     return [path]
+
+
+def load(
+    run_dir: str | Path,
+    server: str,
+    *,
+    concurrency: int = 4,
+    max_entries: int = 50,
+    resume: bool = False,
+    dry_run: bool = False,
+    token_env: str | None = None,
+    progress: Progress | None = None,
+    notify: Notify | None = None,
+) -> LoadReport:
+    """Load a written run (its `fhir/*.ndjson`, else `bundles/`) into the FHIR server at `server`: the shared
+    resources, then the patients, PUT at their stable ids in transactions of at most `max_entries` entries
+    by `concurrency` threads; resumable from RUN/load-checkpoint.json (`resume`); the report, also written
+    to RUN/load-report.json (not by a `dry_run`, which sends nothing). See `simulator.load`."""
+    config = LoadConfig(Path(run_dir), server, concurrency, max_entries, resume, dry_run, token_env)
+    return load_run(config, progress, notify)
+
+
+def cases(
+    run_dir: str | Path,
+    *,
+    out: str | Path = "cases",
+    patients: int = 20,
+    conditions: list[str] | None = None,
+    seed: int = 0,
+    history_years: float | None = None,
+    detail: str = "brief",
+) -> list[Path]:
+    """Write teaching cases of a written run: OUT/<patient id>.html and .md (with their charts as SVG), then
+    OUT/index.html, index.md and answers.json. `conditions`: names of conditions (t2d, copd,
+    myocardial_infarction) or modules (type2_diabetes); default a mix of common ones. See
+    `simulator.teaching.cases`."""
+    from simulator.teaching.cases import CaseOptions, write_cases
+
+    options = CaseOptions(history_years, detail)  # type: ignore[arg-type]
+    return write_cases(run_dir, out, patients, conditions, seed, options)
+
+
+def browse(run_dir: str | Path, *, out: str | Path | None = None, fhir_patients: int = 100) -> Path:
+    """Write the cohort browser of a written run (default RUN/browse/index.html, one page that opens from
+    file://), with the FHIR JSON of its first `fhir_patients` patients. See `simulator.teaching.browse`."""
+    from simulator.teaching.browse import write_browser
+
+    return write_browser(run_dir, out, fhir_patients)

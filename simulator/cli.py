@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="ehrsim: synthetic EHR populations from calibrated disease modules.",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # "file.yaml:100:14" stays as written
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 ModulesOption = Annotated[
     Path | None, typer.Option("--modules", help="Directory of module files (default: the shipped modules).")
@@ -52,7 +52,8 @@ class RichProgress:
             self.status.stop()
             self.status = None
         if self.bar is None:
-            columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            label = {"simulate": "simulating", "load": "loading resources"}.get(stage, stage)
+            columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             self.bar = Progress(*columns, console=err)
             self.task = self.bar.add_task("patients", total=total)
             self.bar.start()
@@ -237,18 +238,35 @@ def _notice(message: str) -> None:
 @app.command()
 def check(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Module files or directories (default: the shipped modules).")
+        list[Path] | None,
+        typer.Argument(
+            help="Module files (a directory: its .yaml files), checked in the library, each in place of the "
+            "library's module of the same name (default: the whole library)."
+        ),
     ] = None,
+    modules: ModulesOption = None,
     rules: RulesOption = None,
+    alone: Annotated[
+        bool, typer.Option("--alone", help="Check the files without the library's other modules.")
+    ] = False,
 ) -> None:
     """Validate module and rules files; report every problem as file:line:col: path: message."""
+    from simulator.model.loading import check_in_library
+
+    files = _module_source(paths)
+    if files is not None and alone:
+        err.print("note: checked alone: names that other modules define were not resolved", markup=False)
     try:
-        library = load_library(_module_source(paths), rules)
+        if files is None:
+            library = load_library(modules, rules)
+        else:
+            library = load_library(files, rules) if alone else check_in_library(files, modules, rules)
     except LoadError as exc:
         _fail(exc)
         return
     n_states = sum(len(m.states) for m in library.modules)
-    out.print(f"ok: {len(library.modules)} modules, {n_states} states, {len(library.file_sha256)} files checked")
+    named = "" if files is None else f"{len(files)} named, {'alone' if alone else 'in the library'}; "
+    out.print(f"ok: {named}{len(library.modules)} modules, {n_states} states, {len(library.file_sha256)} files checked")
 
 
 def _module_source(paths: list[Path] | None) -> list[Path] | None:
@@ -401,6 +419,170 @@ def calibrate(
     except OSError as exc:
         _fail_writing(exc, "rules/targets/calibration/")
 
+
+LOAD_HELP = "\n\n".join(
+    [
+        "Load a run written by `ehrsim generate` into a FHIR R4 server: its fhir/*.ndjson (else its bundles/), the "
+        "shared resources first, then each patient's resources together, every one PUT at its stable id inside "
+        "transactions of at most --max-entries entries, so a rerun never duplicates anything.",
+        "A request the server refuses as a whole is sent again in halves, down to the resource at fault; when both "
+        "halves pass, later requests are no larger. Busy (429, 5xx) and unreachable servers are retried with "
+        "backoff, a few times. RUN/load-checkpoint.json records the patients loaded: --resume goes on from it after "
+        "an interruption. Afterwards the server's count of each resource type is compared with the export's.",
+        "A summary goes to stdout, the progress to stderr, the full report (failures with the server's "
+        "OperationOutcome) to RUN/load-report.json. The exit code is 1 when a resource failed or the server holds "
+        "fewer of a type than the export.",
+    ]
+)
+
+# The option of each setting of LoadConfig (a LoadConfigError names its setting).
+LOAD_OPTIONS = {
+    "server": "--server",
+    "concurrency": "--concurrency",
+    "max_entries": "--max-entries",
+    "token_env": "--token-env",
+    "resume": "--resume",
+}
+
+
+@app.command(help=LOAD_HELP)
+def load(
+    run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate` (with fhir/ or bundles/).")],
+    server: Annotated[str, typer.Option(help="Base URL of the FHIR R4 server, e.g. http://localhost:8080/fhir.")],
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once, 1 to 64.")] = 4,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Go on from RUN/load-checkpoint.json, skipping the patients loaded.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be sent; send nothing (no network), write nothing.")
+    ] = False,
+    max_entries: Annotated[
+        int, typer.Option(help="Most entries in one transaction (50: the most updates Medplum takes in one).")
+    ] = 50,
+    token_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding a bearer token for the server.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no messages; errors only.")] = False,
+) -> None:
+    """Load a run into a FHIR server (the help text is LOAD_HELP)."""
+    from simulator.api import load as run_load
+    from simulator.load import LoadConfigError, RunReadError
+    from simulator.load.client import ServerError
+
+    progress = None if quiet else RichProgress()
+    try:
+        report = run_load(
+            run,
+            server,
+            concurrency=concurrency,
+            max_entries=max_entries,
+            resume=resume,
+            dry_run=dry_run,
+            token_env=token_env,
+            progress=progress,
+            notify=None if quiet else _notice,
+        )
+    except LoadConfigError as exc:
+        err.print(f"error: {LOAD_OPTIONS.get(exc.field, exc.field)}: {exc.message}", markup=False)
+        raise typer.Exit(2) from None
+    except RunReadError as exc:
+        _fail(exc)
+        return
+    except ServerError as exc:
+        _fail(ValueError(f"{exc} (the patients loaded so far are in {run}/load-checkpoint.json: --resume goes on)"))
+        return
+    except KeyboardInterrupt:
+        err.print(f"interrupted: rerun with --resume to go on where it stopped ({run}/load-checkpoint.json)")
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        _fail_writing(exc, f"{run}/")
+        return
+    finally:
+        if progress is not None:
+            progress.close()
+    out.print("\n".join(report.lines()), markup=False)
+    if report.failed or report.missing_on_server:
+        raise typer.Exit(1)
+
+
+
+@app.command("cases")
+def cases_command(
+    run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate`, with parquet or csv tables.")],
+    patients: Annotated[int, typer.Option("--patients", "-n", help="Number of cases.")] = 20,
+    output: Annotated[Path, typer.Option("--out", "-o", help="Folder of the case files.")] = Path("cases"),
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            "-c",
+            help="A condition (t2d, copd, myocardial_infarction) or module (type2_diabetes) the patients had "
+            "diagnosed; repeat it for several (default: a mix of common conditions).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draw of patients.")] = 0,
+    history_years: Annotated[
+        float | None, typer.Option(help="Years of history told before the index event (default: from birth).")
+    ] = None,
+    detail: Annotated[
+        str, typer.Option(help="brief (the moments that change the story, the rest summed up) or full (every visit).")
+    ] = "brief",
+) -> None:
+    """Write teaching cases: a summary, the history in sentences, the course, charts and questions answered
+    from the ground truth, as OUT/<patient id>.html and .md, with OUT/index.html and answers.json."""
+    import time
+
+    from simulator.api import cases
+
+    started = time.perf_counter()
+    try:
+        written = cases(
+            run,
+            out=output,
+            patients=patients,
+            conditions=condition,
+            seed=seed,
+            history_years=history_years,
+            detail=detail,
+        )
+    except (LoadError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail_writing(exc, f"{output}/")
+        return
+    n = sum(1 for path in written if path.suffix == ".md" and path.name != "index.md")
+    seconds = time.perf_counter() - started
+    out.print(f"wrote {n} cases to {output}/ in {seconds:.1f} s: open {output / 'index.html'}", markup=False)
+
+
+@app.command("browse")
+def browse_command(
+    run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate`, with parquet or csv tables.")],
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder of the page (default: RUN/browse).")
+    ] = None,
+    fhir_patients: Annotated[
+        int,
+        typer.Option(help="Patients whose FHIR JSON the page shows (the first ones; about 0.5 MB each)."),
+    ] = 100,
+) -> None:
+    """Write the cohort browser: one page (RUN/browse/index.html) that opens from file:// with no server,
+    with a searchable patient list, timelines, lab and vital-sign charts and the FHIR JSON of a resource."""
+    import time
+
+    from simulator.api import browse
+
+    started = time.perf_counter()
+    try:
+        page = browse(run, out=output, fhir_patients=fhir_patients)
+    except (LoadError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail_writing(exc, f"{output or run / 'browse'}/")
+        return
+    out.print(f"wrote {page} in {time.perf_counter() - started:.1f} s: open it in a browser", markup=False)
 
 def main() -> None:
     app()

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pyarrow import csv
 
 from simulator.engine.run import ConfigError
-from simulator.export.bundles import Method, patient_bundles, shared_entries
+from simulator.export.bundles import SHARED_BUNDLE, Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.context import ExportContext
 from simulator.export.fhir_resources import TEXT, References, build_resources, shared_resources, text_bytes
@@ -47,6 +47,9 @@ from simulator.files import (
 FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
 RUN_MANIFEST = "manifest.json"
 WRITTEN_TABLES = ("patients", "events", *TABLES)
+# Every column of every table, described: written as csv/data_dictionary.csv beside the CSV tables
+# (docs/data-dictionary.md is made from it too).
+DATA_DICTIONARY = Path(__file__).with_name("data_dictionary.csv")
 
 
 @dataclass
@@ -140,23 +143,37 @@ class NdjsonWriter:
         self.staging.abort()
 
 
+# Bundles address a patient's resources by urn:uuid, and the shared resources, which the shared bundle puts in
+# place first, by literal `Type/id`.
+BUNDLE_REFERENCES = References(urn=True, literal=frozenset(shared_resources(References(urn=False))))
+
+
 class BundleWriter:
-    """One transaction Bundle per patient: `bundles/<patient id>.json`."""
+    """The shared resources' batch (`bundles/00000000-0000-0000-shared.json`), then one transaction Bundle
+    per patient (`bundles/<patient id>.json`), whose names sort in the order they load in."""
 
     def __init__(self, out: Path, method: Method):
         self.staging = Staging(out, "bundles")
         self.method = method
-        self.shared = shared_entries(shared_resources(References(urn=True)), method)
+        try:
+            shared = shared_resources(References(urn=False))
+            self._write(SHARED_BUNDLE, len(shared), (shared_bundle(shared),))
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, resources: dict) -> None:
-        for patient_id, n_entries, pieces in patient_bundles(resources, self.shared, self.method):
-            path = self.staging.dir / f"{patient_id}.json"
-            digest = hashlib.sha256()
-            with open(path, "wb") as handle:
-                for piece in pieces:
-                    handle.write(piece)
-                    digest.update(piece)
-            self.staging.record(path.name, "resources", n_entries, path, digest.hexdigest())
+        for patient_id, n_entries, pieces in patient_bundles(resources, self.method):
+            self._write(f"{patient_id}.json", n_entries, pieces)
+
+    def _write(self, name: str, n_entries: int, pieces: tuple[bytes | memoryview, ...]) -> None:
+        path = self.staging.dir / name
+        digest = hashlib.sha256()
+        with open(path, "wb") as handle:
+            for piece in pieces:
+                handle.write(piece)
+                digest.update(piece)
+        self.staging.record(path.name, "resources", n_entries, path, digest.hexdigest())
 
     def close(self) -> dict[str, dict]:
         return self.staging.files
@@ -219,6 +236,11 @@ class TableWriter:
         for file in self.csv.values():
             file.close()
             self.staging.record(file.path.name, "rows", file.count, file.path, file.digest.hexdigest())
+        if self.kind == "csv":
+            path = self.staging.dir / DATA_DICTIONARY.name
+            shutil.copyfile(DATA_DICTIONARY, path)
+            rows = len(DATA_DICTIONARY.read_bytes().splitlines()) - 1
+            self.staging.record(path.name, "rows", rows, path, _sha256(path))
         for name, writer in self.parquet.items():
             writer.close()
             path = self.staging.dir / f"{name}.parquet"
@@ -254,7 +276,7 @@ def bulk_base_url(out: Path) -> str:
 WRITES = {
     "fhir": ("*.ndjson", "manifest.json"),
     "bundles": ("*.json",),
-    "csv": tuple(f"{table}.csv" for table in WRITTEN_TABLES),
+    "csv": (*(f"{table}.csv" for table in WRITTEN_TABLES), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}.parquet" for table in WRITTEN_TABLES),
 }
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
@@ -454,7 +476,7 @@ class Export:
             self._count(resources)
             del resources
         if self.bundles:
-            resources = build_resources(patients, tables, self.context, References(urn=True))
+            resources = build_resources(patients, tables, self.context, BUNDLE_REFERENCES)
             self.bundles.write(resources)
             if not self.ndjson:
                 self._count(resources)
