@@ -1,14 +1,19 @@
-"""Shared cohorts: generated once per test session from the shipped modules and rules."""
+"""Shared inputs, made once per test session: the loaded libraries, cohorts of the shipped and fixture
+modules, and their exports. Tests that only read them share them; a test that changes one makes its own."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import simulator
+from simulator.model.library import Library
+from simulator.model.loading import load_library
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -22,6 +27,32 @@ def table_hash(*frames: pd.DataFrame) -> str:
         digest.update(",".join(frame.columns).encode())
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def _contents(library: Library) -> str:
+    """Everything a test could read from a library, as text (documents aside)."""
+    fields = {name: getattr(library, name) for name in Library.__dataclass_fields__ if name != "documents"}
+    return repr(fields)
+
+
+@pytest.fixture(scope="session")
+def shipped_library() -> Iterator[Library]:
+    """The shipped modules/ and rules/, loaded once, for tests that only read them. A Library is frozen
+    but holds dicts and lists: a test that changes one would change it for every later test, so the
+    session fails if the library is not as loaded at its end (a test that changes it loads its own)."""
+    library = load_library()
+    loaded = _contents(library)
+    yield library
+    assert _contents(library) == loaded, "a test changed the shared shipped_library"
+
+
+@pytest.fixture(scope="session")
+def bare_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture rules without their own module (vitals.yaml): a library of only the modules a test
+    writes (unit tests: write a tiny module, `load_library([path], bare_rules)`)."""
+    rules = tmp_path_factory.mktemp("bare") / "rules"
+    shutil.copytree(DATA / "fixture" / "rules", rules, ignore=shutil.ignore_patterns("vitals.yaml"))
+    return rules
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +74,19 @@ EXPORT_RUN = {"patients": 150, "seed": 5, "mode": "lifetime", "formats": ALL_FOR
 
 
 @pytest.fixture(scope="session")
+def fixture_library() -> Library:
+    """The fixture modules and rules (tests/data/fixture), for tests that only read them."""
+    return load_library(FIXTURE_LIBRARY["modules_dir"], FIXTURE_LIBRARY["rules_dir"])
+
+
+@pytest.fixture(scope="session")
+def fixture_population() -> simulator.Population:
+    """300 lifetimes of the fixture library in memory (every event kind, deaths): a small cohort for
+    checks that need events of each kind rather than the shipped modules' statistics."""
+    return simulator.generate(patients=300, seed=8, mode="lifetime", **FIXTURE_LIBRARY)
+
+
+@pytest.fixture(scope="session")
 def fixture_export(tmp_path_factory) -> Path:
     """Every output format of 150 lifetimes of the fixture library (which emits every event kind,
     every encounter class, resolutions, stops and deaths), in chunks of 64."""
@@ -56,6 +100,15 @@ def shipped_export(tmp_path_factory) -> Path:
     """ndjson, bundles and Parquet of 40 patients of the shipped modules and rules."""
     out = tmp_path_factory.mktemp("shipped_export") / "out"
     simulator.generate(patients=40, seed=6, out=out, formats="ndjson,bundles,parquet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def teaching_run(tmp_path_factory) -> Path:
+    """ndjson, CSV and Parquet of 300 patients of the shipped modules: the run teaching material is made
+    from (tests/test_cases.py, tests/test_browse.py)."""
+    out = tmp_path_factory.mktemp("teaching_run") / "out"
+    simulator.generate(patients=300, seed=3, out=out, formats="ndjson,csv,parquet")
     return out
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numba
+import pytest
 from conftest import REPO, table_hash
 
 import simulator
@@ -17,6 +18,7 @@ def _hash(**kwargs) -> str:
     return table_hash(population.patients, population.events)
 
 
+@pytest.mark.slow
 def test_chunk_size_and_threads_do_not_change_output() -> None:
     reference = _hash(patients=400, seed=7, chunk_size=400)
     assert _hash(patients=400, seed=7, chunk_size=37) == reference
@@ -31,10 +33,12 @@ def test_a_patient_is_the_same_person_in_a_smaller_run() -> None:
     assert table_hash(small.patients, small.events) == table_hash(large.patients.iloc[:50], first)
 
 
+@pytest.mark.slow
 def test_different_seeds_differ() -> None:
     assert _hash(patients=100, seed=1) != _hash(patients=100, seed=2)
 
 
+@pytest.mark.slow
 def test_written_files_are_byte_identical(tmp_path) -> None:
     for name in ("a", "b"):
         simulator.generate(patients=200, seed=9, out=tmp_path / name, chunk_size=64, formats="parquet")
@@ -42,6 +46,7 @@ def test_written_files_are_byte_identical(tmp_path) -> None:
         assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes()
 
 
+@pytest.mark.slow
 def test_pure_python_kernel_gives_the_same_output() -> None:
     """NUMBA_DISABLE_JIT=1 runs the kernel as plain Python: it must produce the same tables."""
     code = (

@@ -65,7 +65,7 @@ def test_a_rerun_into_the_same_directory_replaces_the_output(tmp_path: Path) -> 
     out = tmp_path / "out"
     simulator.generate(patients=12, seed=1, out=out, formats="bundles")
     simulator.generate(patients=5, seed=2, out=out, formats="bundles")
-    assert len(list((out / "bundles").glob("*.json"))) == 5
+    assert len(list((out / "bundles").glob("*.json"))) == 5 + 1  # and the shared resources' bundle
     assert sorted(p.name for p in out.iterdir()) == ["bundles", "manifest.json"]
 
 

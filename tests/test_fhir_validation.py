@@ -12,13 +12,14 @@ import pytest
 from conftest import read_bundles, read_ndjson
 from fhir.resources.R4B import get_fhir_model_class
 
-COHORTS = ["fixture_export", "shipped_export"]
+COHORTS = ["fixture_export", pytest.param("shipped_export", marks=pytest.mark.slow)]
 
 
 def _fhirkit_errors(items: list[bytes]) -> list[str]:
     return [f"{r.resource_type}/{r.id}: {i}" for r in fhirkit.parse_many(items) for i in r.issues]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cohort", COHORTS)
 def test_every_ndjson_resource_validates_with_fhir_resources(cohort: str, request: pytest.FixtureRequest) -> None:
     out: Path = request.getfixturevalue(cohort)
@@ -38,6 +39,7 @@ def test_every_ndjson_resource_validates_with_fhirkit(cohort: str, request: pyte
     assert _fhirkit_errors(lines) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cohort", COHORTS)
 def test_every_bundle_validates_with_fhirkit(cohort: str, request: pytest.FixtureRequest) -> None:
     out: Path = request.getfixturevalue(cohort)
@@ -46,15 +48,16 @@ def test_every_bundle_validates_with_fhirkit(cohort: str, request: pytest.Fixtur
     assert _fhirkit_errors([path.read_bytes() for path in bundles]) == []
 
 
+@pytest.mark.slow
 def test_bundles_validate_with_fhir_resources(fixture_export: Path, shipped_export: Path) -> None:
     """Whole bundles through the pydantic models: every tenth bundle of each cohort (slow: their
     resources are the ndjson resources above, with urn:uuid references, all validated there)."""
     model = get_fhir_model_class("Bundle")
-    for path in [
-        *sorted((fixture_export / "bundles").glob("*.json"))[::10],
-        *sorted((shipped_export / "bundles").glob("*.json"))[::10],
-    ]:
-        model.model_validate_json(path.read_bytes())
+    for out in (fixture_export, shipped_export):
+        bundles = sorted((out / "bundles").glob("*.json"))
+        assert len(bundles) >= 40, f"{out / 'bundles'}: {len(bundles)} bundles"
+        for path in bundles[::10]:
+            assert len(model.model_validate_json(path.read_bytes()).entry) >= 3  # the shared batch; Patient and more
 
 
 def test_the_validators_reject_broken_resources(fixture_export: Path) -> None:

@@ -15,6 +15,7 @@ from scipy.stats import poisson
 
 import simulator
 
+pytestmark = pytest.mark.slow  # statistics of the shared 3,000-patient cohort of the shipped modules
 INFECTIONS = {
     "Pneumonia (disorder)",
     "Otitis media (disorder)",

@@ -9,6 +9,7 @@ import pytest
 import simulator
 from simulator.fit.validation import validate_generated
 
+pytestmark = pytest.mark.slow  # statistics of the shared 3,000-patient cohort and of a 30,000-patient one
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T2D = "44054006"
 PREDIABETES = "714628002"

@@ -10,6 +10,7 @@ import pytest
 
 import simulator
 
+pytestmark = pytest.mark.slow  # statistics of a 12,000-patient cohort of the shipped modules
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 CHD = "53741008"
 MI = "22298006"

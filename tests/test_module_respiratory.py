@@ -4,9 +4,11 @@ asthma, COPD) on the shared cohort of the shipped modules."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import simulator
 
+pytestmark = pytest.mark.slow  # statistics of the shared 3,000-patient cohort of the shipped modules
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 SMOKER = "77176002"
 EX_SMOKER = "8517006"

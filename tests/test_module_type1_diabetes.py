@@ -14,6 +14,7 @@ import simulator
 from simulator.fit.statistics import wilson
 from simulator.fit.validation import validate_generated
 
+pytestmark = pytest.mark.slow  # statistics of 8,000- and 3 x 12,000-patient cohorts of the shipped modules
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T1D, T2D, PREDIABETES = "46635009", "44054006", "714628002"

@@ -56,12 +56,12 @@ def test_fit_recovers_a_known_module_death_rate(tmp_path: Path) -> None:
     assert fit.after.life_expectancy["all"] == pytest.approx(e0, abs=0.8)
 
 
-def test_fitted_share_applies_only_to_the_module_set_it_was_fitted_for() -> None:
+def test_fitted_share_applies_only_to_the_module_set_it_was_fitted_for(shipped_library) -> None:
     from conftest import NO_MODULES
 
     from simulator.engine.people import fitted_background_share
 
-    shipped = load_library()
+    shipped = shipped_library
     assert shipped.background_share is not None, "rules/life_tables/background_share.yaml is missing"
     assert sorted(shipped.background_share.modules) == sorted(m.name for m in shipped.modules)
     share = fitted_background_share(shipped)

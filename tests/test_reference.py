@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, REPO
+from conftest import DATA
 
 from simulator.days import year_start
 from simulator.engine.codes import EVENT_KINDS, K_ONSET
 from simulator.engine.people import sample
 from simulator.engine.reference import EPS_DAYS, PatientRun, simulate
 from simulator.engine.run import LIFETIME_HORIZON_YEARS, RunConfig, Simulator
+from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.schema import Exact, Exponential, Gamma, LogNormal, Normal, Uniform
 
@@ -204,9 +205,10 @@ def test_fixture_exercises_every_feature(fixture_cohorts) -> None:
 # --- the shipped library -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "n"), [("population", 200), ("lifetime", 100)])
-def test_kernel_matches_reference_on_shipped_library(mode: str, n: int) -> None:
-    sim = build(REPO / "modules", REPO / "rules", mode, seed=5)  # a LoadError fails the test
+def test_kernel_matches_reference_on_shipped_library(mode: str, n: int, shipped_library: Library) -> None:
+    sim = Simulator.build(RunConfig(seed=5, mode=mode), shipped_library)  # a LoadError fails the fixture
     index = np.arange(n, dtype=np.int64)
     kernel, stream = kernel_events(sim, index)
     assert_same_events(kernel, reference_events(sim, index, stream))

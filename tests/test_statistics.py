@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import DATA, NO_MODULES
 
 import simulator
@@ -64,6 +65,7 @@ def test_kernel_records_background_death_when_drawn() -> None:
     assert np.allclose(recorded.to_numpy(), drawn.death_t, atol=1e-7)  # millisecond timestamps
 
 
+@pytest.mark.slow
 def test_hazard_gives_expected_cumulative_incidence_with_hazard_ratio_and_age_bands() -> None:
     population = simulator.generate(patients=20_000, seed=8, modules_dir=DATA / "statistics")
     patients, events = population.patients, population.events

@@ -13,6 +13,7 @@ import simulator
 from simulator.fit.cohort import Vocabulary, cohort_from_kernel, cohort_from_tables, needs_of
 from simulator.fit.report import write_report
 from simulator.fit.validation import default_targets, validate_run
+from simulator.model.library import Library
 from simulator.tables.chunks import chunk_tables
 
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
@@ -88,6 +89,7 @@ def written_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     validation = validate_run(written_run, lifetime_patients=200)
     files = write_report(validation, written_run / "validation")
@@ -147,8 +149,8 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     assert "diabetes_total/18-120/all/2017" in files[1].read_text()
 
 
-def test_kernel_and_table_summaries_agree() -> None:
-    library = simulator.load_library()
+def test_kernel_and_table_summaries_agree(shipped_library: Library) -> None:
+    library = shipped_library
     targets = default_targets(library)
     vocabulary = Vocabulary.of(library)
     needs = needs_of(targets.definitions, vocabulary)

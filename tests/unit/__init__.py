@@ -1,0 +1,1 @@
+"""Unit tests: one room of simulator/ each, on small handmade or tiny generated inputs (all in the fast tier)."""
