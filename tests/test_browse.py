@@ -31,6 +31,9 @@ def _script_data(path: Path, call: str) -> object:
     return orjson.loads(body if call == "index" else body[body.index(b",") + 1 :])
 
 
+pytestmark = pytest.mark.slow  # a 300-patient run and a real browser: the full tier
+
+
 @pytest.fixture(scope="module")
 def tables(teaching_run: Path) -> dict[str, pd.DataFrame]:
     names = ("patients", "encounters", "conditions", "observations")

@@ -127,6 +127,7 @@ def cases_out(teaching_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
+@pytest.mark.slow
 def test_cases_are_written_for_a_mix_of_conditions(cases_out: Path) -> None:
     answers = json.loads((cases_out / "answers.json").read_text())
     assert len(answers) == 6
@@ -139,14 +140,17 @@ def test_cases_are_written_for_a_mix_of_conditions(cases_out: Path) -> None:
     assert all(f'href="{a["patient_id"]}.html"' in index for a in answers)
 
 
+@pytest.mark.slow
 def test_every_answer_agrees_with_the_truth_tables(teaching_run: Path, cases_out: Path) -> None:
     assert check_answers(teaching_run, cases_out) == 6
 
 
+@pytest.mark.slow
 def test_case_files_read_as_sentences(cases_out: Path) -> None:
     check_readable(cases_out)
 
 
+@pytest.mark.slow
 def test_a_case_tells_its_story_in_clinical_words(cases_out: Path) -> None:
     """Sentences start from an age and a date, say where things happened, and use plain terms."""
     texts = [p.read_text() for p in cases_out.glob("*.md") if p.name != "index.md"]
@@ -160,6 +164,7 @@ def test_a_case_tells_its_story_in_clinical_words(cases_out: Path) -> None:
     assert "Diabetes mellitus type 2" not in joined and "Hypertensive disorder" not in joined
 
 
+@pytest.mark.slow
 def test_history_window_and_detail(teaching_run: Path, tmp_path: Path) -> None:
     brief = write_cases(teaching_run, tmp_path / "brief", patients=1, conditions=["hypertension"], seed=2)
     full = write_cases(
@@ -174,6 +179,7 @@ def test_history_window_and_detail(teaching_run: Path, tmp_path: Path) -> None:
         CaseOptions(detail="huge")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_the_same_draw_gives_the_same_bytes(teaching_run: Path, tmp_path: Path) -> None:
     first = write_cases(teaching_run, tmp_path / "a", patients=2, seed=3)
     second = write_cases(teaching_run, tmp_path / "b", patients=2, seed=3)
@@ -181,6 +187,7 @@ def test_the_same_draw_gives_the_same_bytes(teaching_run: Path, tmp_path: Path) 
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second, strict=True))
 
 
+@pytest.mark.slow
 def test_conditions_by_name_or_module_and_a_seeded_draw(teaching_run: Path) -> None:
     run = RunRecord.open(teaching_run)
     assert [t.name for t in targets(run.library, ["type2_diabetes", "copd", "myocardial_infarction"])] == [
@@ -201,6 +208,7 @@ def test_conditions_by_name_or_module_and_a_seeded_draw(teaching_run: Path) -> N
     assert set(first) <= diagnosed and len(set(first)) == 5
 
 
+@pytest.mark.slow
 def test_cli_cases(teaching_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["cases", str(teaching_run), "-n", "2", "--out", str(tmp_path / "c"), "-c", "copd"])
@@ -227,6 +235,7 @@ def test_terms_cover_every_code_of_the_shipped_terminology() -> None:
 # --- the data dictionary -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_column_of_every_table_is_documented(teaching_run: Path) -> None:
     documented = data_dictionary()
     assert set(documented["type"]) <= set(dictionary.TYPES) and documented["description"].str.len().min() > 3
@@ -238,6 +247,7 @@ def test_every_column_of_every_table_is_documented(teaching_run: Path) -> None:
     assert set(documented["table"]) == set(WRITTEN)
 
 
+@pytest.mark.slow
 def test_the_dictionary_is_written_beside_the_csv_tables(teaching_run: Path) -> None:
     written = teaching_run / "csv" / "data_dictionary.csv"
     assert written.read_bytes() == DATA_DICTIONARY.read_bytes()
@@ -250,6 +260,7 @@ def test_docs_data_dictionary_is_made_from_the_dictionary() -> None:
     assert doc == dictionary.markdown(), "run: python -m simulator.teaching.dictionary docs/data-dictionary.md"
 
 
+@pytest.mark.slow
 def test_csv_tables_read_back_as_parquet(teaching_run: Path, tmp_path: Path) -> None:
     """A run with CSV tables only is read with the dictionary's types: codes keep their leading zeros."""
     (tmp_path / "run").mkdir()
@@ -268,6 +279,7 @@ def test_csv_tables_read_back_as_parquet(teaching_run: Path, tmp_path: Path) -> 
 # --- the teaching example ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_teaching_example_answers_its_three_questions(teaching_run: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / "teaching" / "classic_questions.py"), str(teaching_run / "csv")],

@@ -32,6 +32,7 @@ def _check(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED_MODULE_FILES, ids=lambda p: p.name)
 def test_every_shipped_module_file_checked_by_name_passes(path: Path) -> None:
     """Before, 10 of the 14 shipped modules failed when named alone: the names other modules declare were unknown."""

@@ -89,6 +89,7 @@ def test_the_first_run_says_once_that_the_kernel_compiles(tmp_path: Path, monkey
         assert result.stdout.count("\n") == 1 and result.stdout.startswith("5 patients, ")
 
 
+@pytest.mark.slow
 def test_a_cold_numba_cache_is_detected(tmp_path: Path) -> None:
     """Numba's cache of the kernel: missing in an empty NUMBA_CACHE_DIR, present once a run has built it."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"} | {"NUMBA_CACHE_DIR": str(tmp_path)}

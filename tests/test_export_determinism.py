@@ -35,6 +35,7 @@ def test_same_seed_gives_the_same_bytes_whatever_the_chunk_size(fixture_export: 
         pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_different_seed_gives_different_ids(fixture_export: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     simulator.generate(patients=20, seed=EXPORT_RUN["seed"] + 1, out=other, **FIXTURE_LIBRARY)
@@ -43,6 +44,7 @@ def test_a_different_seed_gives_different_ids(fixture_export: Path, tmp_path: Pa
     assert ids - before and len(ids & before) == 2  # only the shared Location and Practitioner
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_no_finished_looking_file(tmp_path: Path, monkeypatch) -> None:
     original = BundleWriter.write
     calls = []

@@ -41,6 +41,7 @@ def test_share_scales_the_life_table_hazard_of_its_ages() -> None:
     assert tail_scaled == pytest.approx(0.25 * tail_full)
 
 
+@pytest.mark.slow
 def test_fit_recovers_a_known_module_death_rate(tmp_path: Path) -> None:
     (tmp_path / "killer.yaml").write_text(KILLER)
     library = load_library(tmp_path)

@@ -153,6 +153,7 @@ def test_a_killed_run_is_cleaned_by_the_next_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["csv", "manifest.json"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_leaves_the_earlier_run_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from simulator.tables import chunks
 
@@ -195,6 +196,7 @@ def test_the_bulk_manifest_urls_are_absolute(tmp_path: Path) -> None:
     assert data[default] == data[served]  # the URLs change the Bulk manifest only
 
 
+@pytest.mark.slow
 def test_a_dry_run_writes_nothing_and_says_what_a_run_would_write(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     result = _generate(fresh, "--format", "ndjson,parquet", "--dry-run", "-q")
@@ -217,6 +219,7 @@ def test_a_dry_run_writes_nothing_and_says_what_a_run_would_write(tmp_path: Path
     assert _generate(users, "--dry-run").exit_code == 2  # refused as the run would be
 
 
+@pytest.mark.slow
 def test_the_size_estimate_scales_a_pilot_of_the_first_patients(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -233,6 +236,7 @@ def test_the_size_estimate_scales_a_pilot_of_the_first_patients(
     assert scaled.total == pytest.approx(whole.total, rel=0.6)  # per-patient bytes vary (CV 0.67)
 
 
+@pytest.mark.slow
 def test_the_size_estimate_before_a_large_run_never_changes_its_output(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
