@@ -7,6 +7,7 @@ hold what the run wrote."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from typer.testing import CliRunner
 
+import simulator
 from simulator.cli import app
 from simulator.teaching.browse import write_browser
 
@@ -205,3 +207,31 @@ def test_cli_browse(teaching_run: Path, tmp_path: Path) -> None:
     assert "index.html" in result.output and (tmp_path / "b" / "data" / "fhir" / "1.js").is_file()
     result = CliRunner().invoke(app, ["browse", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "holds no manifest.json" in result.output
+
+
+def test_a_2000_patient_cohort_opens_filters_and_shows_a_patient(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory, record_property: pytest.RecordProperty
+) -> None:
+    """The acceptance cohort: 2,000 patients (Parquet only; no FHIR JSON embedded). The time to the first
+    rows is recorded (`-rP` or the JUnit XML shows it), never asserted."""
+    out = tmp_path_factory.mktemp("browse_2000") / "out"
+    simulator.generate(patients=2_000, seed=4, out=out, formats="parquet")
+    index = write_browser(out, out / "browse", fhir_patients=0)
+    patients = pd.read_parquet(out / "parquet" / "patients.parquet")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    started = time.perf_counter()
+    page.goto(index.as_uri())
+    page.wait_for_selector("#list .row")
+    record_property("first_rows_s", round(time.perf_counter() - started, 3))
+    assert page.inner_text("#count") == "2,000 of 2,000 patients"
+    page.select_option("#sex", "M")
+    assert page.inner_text("#count").startswith(f"{(patients['sex'] == 'M').sum():,} of ")
+    page.select_option("#sex", "")
+    _open_patient(page, str(patients["id"].iloc[1234]))
+    assert page.inner_text("#p-name") == f"{patients['given_name'].iloc[1234]} {patients['family_name'].iloc[1234]}"
+    context.close()
+    assert errors == []
