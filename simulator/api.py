@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from simulator.engine.people import reference_date_of
-from simulator.engine.run import ConfigError, Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
+from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
+from simulator.errors import ConfigError
 from simulator.export import DEFAULT_FORMATS, parse_formats
 from simulator.export.bundles import Method
 from simulator.export.context import ExportContext

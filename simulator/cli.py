@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.status import Status
 
 from simulator.api import human_bytes
-from simulator.engine.run import REFERENCE_DATES, ConfigError, RunConfig
+from simulator.engine.run import REFERENCE_DATES, RunConfig
+from simulator.errors import ConfigError
 from simulator.model.loading import load_library
 from simulator.model.parsing import LoadError
 
@@ -83,7 +84,7 @@ def _fail_writing(exc: OSError, where: str) -> None:
     _fail(OSError(f"{place}: {exc.strerror or exc} (the run stopped; nothing was left half-written)"))
 
 
-# The option of each setting of RunConfig and ExportConfig (a ConfigError names its setting).
+# The option of each setting of RunConfig, ExportConfig and LoadConfig (a ConfigError names its setting).
 OPTIONS = {
     "patients": "--patients",
     "seed": "--seed",
@@ -97,6 +98,11 @@ OPTIONS = {
     "formats": "--format",
     "bundle_method": "--bundle-request",
     "base_url": "--base-url",
+    "server": "--server",
+    "concurrency": "--concurrency",
+    "max_entries": "--max-entries",
+    "token_env": "--token-env",
+    "resume": "--resume",
 }
 
 
@@ -435,16 +441,6 @@ LOAD_HELP = "\n\n".join(
     ]
 )
 
-# The option of each setting of LoadConfig (a LoadConfigError names its setting).
-LOAD_OPTIONS = {
-    "server": "--server",
-    "concurrency": "--concurrency",
-    "max_entries": "--max-entries",
-    "token_env": "--token-env",
-    "resume": "--resume",
-}
-
-
 @app.command(help=LOAD_HELP)
 def load(
     run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate` (with fhir/ or bundles/).")],
@@ -466,7 +462,7 @@ def load(
 ) -> None:
     """Load a run into a FHIR server (the help text is LOAD_HELP)."""
     from simulator.api import load as run_load
-    from simulator.load import LoadConfigError, RunReadError
+    from simulator.load import RunReadError
     from simulator.load.client import ServerError
 
     progress = None if quiet else RichProgress()
@@ -482,9 +478,8 @@ def load(
             progress=progress,
             notify=None if quiet else _notice,
         )
-    except LoadConfigError as exc:
-        err.print(f"error: {LOAD_OPTIONS.get(exc.field, exc.field)}: {exc.message}", markup=False)
-        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        _usage(exc)
     except RunReadError as exc:
         _fail(exc)
         return

@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 
 import simulator
 from simulator.cli import app
+from simulator.errors import ConfigError
 from simulator.export.bundles import SHARED_BUNDLE
-from simulator.load import CHECKPOINT, REPORT, LoadConfig, LoadConfigError, load_run
+from simulator.load import CHECKPOINT, REPORT, LoadConfig, load_run
 from simulator.load.client import ServerError
 from simulator.load.loader import Checkpoint
 from simulator.load.source import type_order
@@ -148,7 +149,7 @@ def test_an_interrupted_load_resumes_to_the_same_end_state(written_run: Path, tm
         patients = [json.loads(line)["id"] for line in (run / "fhir" / "Patient.ndjson").read_text().splitlines()]
         assert sorted(_versions(url, "Patient")) == sorted(patients)
     # a checkpoint is for its own server: resuming elsewhere is refused
-    with medplum() as other, pytest.raises(LoadConfigError, match="another load"):
+    with medplum() as other, pytest.raises(ConfigError, match="another load"):
         load_run(LoadConfig(run, other, resume=True))
 
 
@@ -283,5 +284,5 @@ def test_the_checkpoint_keeps_the_patients_loaded_in_any_order(tmp_path: Path) -
     assert [n for n in range(7) if checkpoint.has(n)] == [0, 1, 2, 5]
     checkpoint.save(tmp_path / CHECKPOINT)
     assert Checkpoint.read(tmp_path / CHECKPOINT, checkpoint.key) == checkpoint
-    with pytest.raises(LoadConfigError, match="another load"):
+    with pytest.raises(ConfigError, match="another load"):
         Checkpoint.read(tmp_path / CHECKPOINT, {**checkpoint.key, "server": "t"})

@@ -20,7 +20,8 @@ from typer.testing import CliRunner, Result
 import simulator
 from simulator import api
 from simulator.cli import app
-from simulator.engine.run import ConfigError, RunConfig, Simulator
+from simulator.engine.run import RunConfig, Simulator
+from simulator.errors import ConfigError
 from simulator.export import size
 from simulator.files import finish_directory, remove_files, start_directory
 

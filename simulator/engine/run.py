@@ -22,6 +22,7 @@ from simulator.engine.codes import K_DEATH
 from simulator.engine.compiler import CompiledModel, Names, compile_library
 from simulator.engine.kernel import Events, Lives, Outcome, simulate
 from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of, sample
+from simulator.errors import ConfigError
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 
@@ -34,15 +35,6 @@ MAX_REDRAWS = 50  # a patient still dead after this many draws stays in the outp
 # (a reference date of 1800 dated immunizations 1792). A lifetime run of 2100 ends by 2230, inside the
 # timestamps pandas writes (up to 2262).
 REFERENCE_DATES = (date(1900, 1, 1), date(2100, 12, 31))
-
-
-class ConfigError(ValueError):
-    """A run or export setting that cannot be used, named by its `field`, found before any work starts."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)

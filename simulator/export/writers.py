@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
-from simulator.engine.run import ConfigError
+from simulator.errors import ConfigError
 from simulator.export.bundles import SHARED_BUNDLE, Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.context import ExportContext

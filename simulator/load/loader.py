@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from simulator.errors import ConfigError
 from simulator.files import write_atomic
 from simulator.load.client import (
     FhirClient,
@@ -47,15 +48,6 @@ Progress = Callable[[str, int, int], None]
 """Called as ("load", resources done, resources of the run) as patients are loaded (those a resumed load
 skips count as done)."""
 Notify = Callable[[str], None]
-
-
-class LoadConfigError(ValueError):
-    """A setting that cannot be used, with the setting's name."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class _Stopped(Exception):
@@ -86,17 +78,17 @@ class LoadConfig:
         try:
             object.__setattr__(self, "server", check_server_url(self.server))
         except ValueError as exc:
-            raise LoadConfigError("server", str(exc)) from None
+            raise ConfigError("server", str(exc)) from None
         bounds = {"concurrency": (1, 64), "max_entries": (1, 10_000), "retries": (0, 20)}
         for name, (low, high) in bounds.items():
             if not low <= getattr(self, name) <= high:
-                raise LoadConfigError(name, f"must be {low} to {high} (got {getattr(self, name)})")
+                raise ConfigError(name, f"must be {low} to {high} (got {getattr(self, name)})")
         if not 0 < self.timeout_s <= 3600:
-            raise LoadConfigError("timeout_s", f"must be over 0 and at most 3600 s (got {self.timeout_s})")
+            raise ConfigError("timeout_s", f"must be over 0 and at most 3600 s (got {self.timeout_s})")
         if self.max_requests is not None and self.max_requests < 1:
-            raise LoadConfigError("max_requests", f"must be at least 1 (got {self.max_requests})")
+            raise ConfigError("max_requests", f"must be at least 1 (got {self.max_requests})")
         if self.token_env is not None and not os.environ.get(self.token_env):
-            raise LoadConfigError("token_env", f"the environment variable {self.token_env} is not set")
+            raise ConfigError("token_env", f"the environment variable {self.token_env} is not set")
 
     def token(self) -> str | None:
         return os.environ[self.token_env] if self.token_env else None
@@ -220,15 +212,15 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path: Path, key: dict[str, str]) -> Checkpoint:
-        """The checkpoint at `path` (a new one if there is none); LoadConfigError if it is another load's."""
+        """The checkpoint at `path` (a new one if there is none); ConfigError if it is another load's."""
         try:
             data = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return cls(key)
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise LoadConfigError("resume", f"{path}: unreadable ({exc}); load without --resume") from None
+            raise ConfigError("resume", f"{path}: unreadable ({exc}); load without --resume") from None
         if data.get("key") != key:
-            raise LoadConfigError(
+            raise ConfigError(
                 "resume",
                 f"{path} is the checkpoint of another load ({data.get('key')}); load without --resume to start over",
             )
@@ -320,7 +312,7 @@ class Loader:
             self.bundle_type = "batch"
             self.notify("the server offers batches, not transactions: sending batches")
         elif offered and "transaction" not in offered:
-            raise LoadConfigError("server", "its CapabilityStatement offers neither transactions nor batches")
+            raise ConfigError("server", "its CapabilityStatement offers neither transactions nor batches")
         version = statement.get("fhirVersion")
         if version and not str(version).startswith("4.0"):
             self.notify(f"warning: the server speaks FHIR {version}; the run is FHIR R4 (4.0.1)")
