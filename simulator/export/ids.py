@@ -8,6 +8,8 @@ neither do the ids.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -89,3 +91,14 @@ def fhir_datetimes(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 def fhir_dates(times: pd.Series) -> np.ndarray:
     """UTC timestamps -> FHIR date strings (YYYY-MM-DD)."""
     return np.datetime_as_string(utc_ms(times).astype("datetime64[D]"), unit="D")
+
+
+_OWN_PATIENT = re.compile(rb'^\{"resourceType":"Patient","id":"([^"]+)"')
+_PATIENT_REFERENCE = re.compile(rb'"reference":"Patient/([^"]+)"')
+
+
+def patient_of(line: bytes) -> str | None:
+    """The id of the patient a written ndjson line belongs to, without parsing it: a Patient's own id, else
+    the first Patient reference; None for a resource of no patient (the shared resources)."""
+    match = _OWN_PATIENT.match(line) or _PATIENT_REFERENCE.search(line)
+    return match.group(1).decode() if match else None

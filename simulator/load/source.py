@@ -19,8 +19,8 @@ import networkx as nx
 import orjson
 
 from simulator.export.bundles import SHARED_BUNDLE
+from simulator.export.ids import patient_of
 
-PATIENT_REFERENCE = re.compile(rb'"reference":"Patient/([^"]+)"')
 ANY_REFERENCE = re.compile(rb'"reference":"([A-Za-z]+)/')
 URN_REFERENCE = re.compile(rb'"reference":"(urn:uuid:[^"]+)"')
 TYPE_ORDER_SAMPLE = 1_000  # resources of each type whose references order the types
@@ -59,11 +59,6 @@ def _resource(line: bytes, where: str) -> Resource:
         return Resource(value["resourceType"], value["id"], line)
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise RunReadError(f"{where}: not a FHIR resource with a resourceType and an id ({exc})") from None
-
-
-def _patient_of(line: bytes) -> str | None:
-    match = PATIENT_REFERENCE.search(line)
-    return match.group(1).decode() if match else None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -111,7 +106,7 @@ class _Cursor:
         self.number, self.line = next(self.lines, (0, b""))
         self.patient = None
         if self.line:
-            self.patient = _patient_of(self.line)
+            self.patient = patient_of(self.line)
             if self.patient is None:
                 raise RunReadError(f"{self.where}: names no Patient, unlike the other resources of its file")
 
@@ -141,7 +136,7 @@ class NdjsonRun:
     @staticmethod
     def _names_patients(path: Path) -> bool:
         first = next(_lines(path), (0, b""))[1]
-        return _patient_of(first) is not None
+        return patient_of(first) is not None
 
     @staticmethod
     def _referenced(path: Path) -> set[str]:
@@ -250,7 +245,7 @@ class BundleRun:
         first patient's bundle that name no Patient."""
         if self.shared_path.is_file():
             return self._read(self.shared_path)
-        return [r for r in self._read(self.paths[0]) if r.resource_type != "Patient" and not _patient_of(r.json)]
+        return [r for r in self._read(self.paths[0]) if r.resource_type != "Patient" and not patient_of(r.json)]
 
     def patients(self, skip: Skip) -> Iterator[PatientResources]:
         shared = {r.reference for r in self.shared()}

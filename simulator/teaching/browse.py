@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from simulator.export.ids import patient_of
 from simulator.files import abort_directory, partial_path, start_directory
 from simulator.model.schema import ENCOUNTER_CLASSES
 from simulator.teaching.record import RunRecord
@@ -148,7 +149,7 @@ def _fhir_lines(folder: Path, wanted: dict[str, int]) -> dict[int, list[bytes]]:
         ordered, highest = True, -1
         with path.open("rb") as handle:
             for line in handle:
-                patient = _patient_of(line)
+                patient = patient_of(line)
                 if patient is None:
                     continue
                 index = wanted.get(patient)
@@ -159,14 +160,6 @@ def _fhir_lines(folder: Path, wanted: dict[str, int]) -> dict[int, list[bytes]]:
                 elif highest == last and ordered:
                     break  # past the last wanted patient of a file in patient order
     return found
-
-
-def _patient_of(line: bytes) -> str | None:
-    """The id of the patient an ndjson resource belongs to (the Patient's own id), without parsing it."""
-    if line.startswith(b'{"resourceType":"Patient","id":"'):
-        return line[32:68].decode()
-    at = line.find(b'"reference":"Patient/')
-    return None if at < 0 else line[at + 21 : at + 57].decode()
 
 
 def _ages(patients: pd.DataFrame, reference: pd.Timestamp) -> list[float]:
