@@ -28,7 +28,9 @@ def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int |
     sim = Simulator.build(RunConfig(patients=patients, seed=1, chunk_size=chunk_size, threads=threads))
     out = Path(tempfile.mkdtemp(prefix="ehrsim-export-"))
     try:
-        export = Export(out, formats, ExportContext.from_library(sim.library, sim.config.seed, "benchmark"))
+        export = Export(
+            out, formats, ExportContext.from_library(sim.library, sim.config.seed, "benchmark", sim.config.patients)
+        )
         export_s = 0.0
         started = time.perf_counter()
         events = 0

@@ -239,7 +239,7 @@ def run(
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
             if warning := estimate.shortfall(export.out):
                 say(warning)
-        context = ExportContext.from_library(sim.library, config.seed, _request(config))
+        context = ExportContext.from_library(sim.library, config.seed, _request(config), config.patients)
         writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url)
         started = time.perf_counter()
         for chunk in chunks(sim):

@@ -441,6 +441,7 @@ LOAD_HELP = "\n\n".join(
     ]
 )
 
+
 @app.command(help=LOAD_HELP)
 def load(
     run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate` (with fhir/ or bundles/).")],
@@ -498,7 +499,6 @@ def load(
     out.print("\n".join(report.lines()), markup=False)
     if report.failed or report.missing_on_server:
         raise typer.Exit(1)
-
 
 
 @app.command("cases")
@@ -578,6 +578,7 @@ def browse_command(
         _fail_writing(exc, f"{output or run / 'browse'}/")
         return
     out.print(f"wrote {page} in {time.perf_counter() - started:.1f} s: open it in a browser", markup=False)
+
 
 def main() -> None:
     app()

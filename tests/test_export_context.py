@@ -39,7 +39,9 @@ def test_the_exporters_take_the_seed_from_the_context(tmp_path: Path) -> None:
     written = pd.read_parquet(out / "parquet" / "encounters.parquet")
     assert len(written) > 30
     for seed, same in ((3, True), (4, False)):
-        tables = build_tables(patients, population.events, ExportContext.from_library(library, seed, "test"))
+        tables = build_tables(
+            patients, population.events, ExportContext.from_library(library, seed, "test", len(patients))
+        )
         assert (tables["encounters"]["id"].tolist() == written["id"].tolist()) is same
 
 

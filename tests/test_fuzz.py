@@ -209,10 +209,7 @@ MUTANTS = _mutants()
 CASES = [
     pytest.param(case, id=case.id, marks=() if i % FAST_SAMPLE == 0 else pytest.mark.slow)
     for i, case in enumerate(MUTANTS)
-] + [
-    pytest.param(case, id=case.id, marks=pytest.mark.slow if case.id in BIG_HOSTILE else ())
-    for case in _hostile()
-]
+] + [pytest.param(case, id=case.id, marks=pytest.mark.slow if case.id in BIG_HOSTILE else ()) for case in _hostile()]
 
 
 class Hung(Exception):

@@ -19,7 +19,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from simulator.export.fhir_resources import RESOURCE_TYPES, TEXT, Resources, join, text_bytes, text_offsets
+from simulator.export.fhir_resources import RESOURCE_TYPES
+from simulator.export.fhir_text import TEXT, Resources, join, text_bytes, text_offsets
 
 Method = Literal["POST", "PUT"]
 
@@ -28,7 +29,7 @@ Method = Literal["POST", "PUT"]
 SHARED_BUNDLE = "00000000-0000-0000-shared.json"
 
 
-def shared_bundle(shared: Mapping[str, dict]) -> bytes:
+def shared_bundle(shared: Mapping[str, list[dict]]) -> bytes:
     """The shared resources (with literal references) as a batch of PUTs at their stable ids: a batch,
     not a transaction, so that no limit on a transaction's updates applies, in dependency order."""
     entries = [
@@ -37,7 +38,8 @@ def shared_bundle(shared: Mapping[str, dict]) -> bytes:
             "resource": resource,
             "request": {"method": "PUT", "url": f"{resource_type}/{resource['id']}"},
         }
-        for resource_type, resource in shared.items()
+        for resource_type, resources in shared.items()
+        for resource in resources
     ]
     return orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
 

@@ -60,6 +60,7 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
     kind = _kinds(ev)
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
     encounters = _encounters(ev, kind, seed, conditions, context.condition_codes)
+    encounters = encounters.join(context.directory.encounter_providers(encounters, patients))
     reasons = encounters.set_index("id")["reason_condition_id"]
     tables = {
         "encounters": encounters,

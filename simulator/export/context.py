@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simulator.export.directory import Directory, build_directory
 from simulator.model.library import Library
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import CODE_SYSTEMS
@@ -13,16 +14,18 @@ from simulator.model.schema import CODE_SYSTEMS
 class ExportContext:
     """The run's seed (resource ids derive from it) and `request` (the command the Bulk manifest
     records); from the library: condition codes (for encounter reasons), the displays of the CDC race
-    and ethnicity codes, and the UCUM units and lab reference ranges observations are written with."""
+    and ethnicity codes, and the UCUM units and lab reference ranges observations are written with; and the
+    run's provider `directory` (sized to its `patients`)."""
 
     seed: int
     request: str
     condition_codes: dict[str, tuple[str, str, str]]
     displays: dict[str, str]
     observation_reference: ObservationReference
+    directory: Directory
 
     @classmethod
-    def from_library(cls, library: Library, seed: int, request: str) -> ExportContext:
+    def from_library(cls, library: Library, seed: int, request: str, patients: int) -> ExportContext:
         conditions = {
             name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
             for module in library.modules
@@ -30,4 +33,5 @@ class ExportContext:
         }
         categories = [*library.demographics.race, *library.demographics.ethnicity]
         displays = {c.code.code: c.code.display for c in categories}
-        return cls(seed, request, conditions, displays, library.observation_reference)
+        directory = build_directory(seed, patients)
+        return cls(seed, request, conditions, displays, library.observation_reference, directory)

@@ -1,10 +1,7 @@
 """Per-type clinical tables -> FHIR R4 (4.0.1) resources as JSON text, US Core shaped.
 
-Resources are built a column at a time: every coded concept, category, unit and number is
-serialised once (orjson, repr) and taken by its row's code; the pieces of a resource are Arrow
-string columns joined element-wise by Arrow (ids, times and numbers need no escaping), so no
-Python code runs per row. The JSON text of each resource is one line, ready for ndjson or for a
-bundle entry. References are literal `Type/id` (ndjson) or `urn:uuid:id` (bundles). UCUM units and
+Resources are built a column at a time from the pieces in `fhir_text`. References are literal
+`Type/id` (ndjson) or `urn:uuid:id` (bundles). UCUM units and
 lab reference ranges come from rules/observation_reference.yaml, through the `ExportContext`.
 
 What becomes what:
@@ -21,27 +18,39 @@ What becomes what:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from simulator.export.context import ExportContext
+from simulator.export.directory import Directory
+from simulator.export.fhir_text import (
+    CDCREC,
+    ID_SYSTEM,
+    LOINC,
+    TERMINOLOGY,
+    TEXT,
+    UCUM,
+    US_CORE,
+    Piece,
+    References,
+    Resources,
+    build,
+    coding,
+    concat,
+    concepts,
+    dumps,
+    field,
+    join,
+    list_field,
+    quantities,
+    take,
+    time_field,
+)
 from simulator.export.ids import fhir_dates, fhir_datetime_text, fhir_datetimes, resource_ids, utc_ms
 from simulator.model.reference_data import ObservationReference
-
-UCUM = "http://unitsofmeasure.org"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-CDCREC = "urn:oid:2.16.840.1.113883.6.238"
-US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
-TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
-ID_SYSTEM = "https://ehrsim.example.org/"
 
 # Resource types in the order a bundle lists them (what is referenced comes first).
 RESOURCE_TYPES = (
@@ -54,7 +63,6 @@ RESOURCE_TYPES = (
     "Procedure",
     "Immunization",
 )
-SHARED_TYPES = ("Organization", "Location", "Practitioner")
 
 # v3 ActCode encounter class for each engine encounter class.
 ENCOUNTER_CLASS = {
@@ -73,183 +81,16 @@ OBSERVATION_CATEGORY = {
 }
 SYSTOLIC, DIASTOLIC, BP_PANEL = "8480-6", "8462-4", "85354-9"
 
-_NS = uuid.UUID("6f1d5a4e-8c0b-4c55-9b0e-6a3f0e1c7d21")  # ehrsim's namespace for shared resources
-
-
-def _shared_id(name: str) -> str:
-    return str(uuid.uuid5(_NS, name))
-
-
-ORGANIZATION_ID = _shared_id("organization")
-LOCATION_ID = _shared_id("location")
-PRACTITIONER_ID = _shared_id("practitioner")
-_ADDRESS = {"line": ["1 Example Street"], "city": "Springfield", "state": "IL", "postalCode": "62701", "country": "US"}
-
-
-TEXT = pa.large_string()  # 64-bit offsets: a chunk's Observation text can pass 2 GB
-Piece = np.ndarray | pa.Array | str
-
-
-def text_column(values: np.ndarray | pa.Array | pd.Series) -> pa.Array:
-    """A column of strings as an Arrow large string array (None and NaN become null)."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if isinstance(values, pa.Array):
-        return values if values.type == TEXT else values.cast(TEXT)
-    return pa.array(np.asarray(values, dtype=object), TEXT, from_pandas=True)
-
-
-def join(*pieces: Piece, skip_nulls: bool = True) -> pa.Array:
-    """Element-wise concatenation of string columns and constants. A null piece counts as empty
-    (`skip_nulls`) or makes the whole row null (to build optional pieces)."""
-    args = [pa.scalar(p, TEXT) if isinstance(p, str) else text_column(p) for p in pieces]
-    if skip_nulls:
-        return pc.binary_join_element_wise(*args, pa.scalar("", TEXT), null_handling="replace", null_replacement="")
-    return pc.binary_join_element_wise(*args, pa.scalar("", TEXT))
-
-
-def text_offsets(text: pa.Array) -> np.ndarray:
-    """Where each row of a large string column starts in its bytes (and where the last ends)."""
-    offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + len(text) + 1]
-    return offsets - offsets[0]
-
-
-def text_bytes(text: pa.Array) -> pa.Buffer:
-    """The bytes of a large string column without nulls, all rows one after the other (no copy)."""
-    start = int(np.frombuffer(text.buffers()[1], np.int64)[text.offset])
-    return text.buffers()[2].slice(start, int(text_offsets(text)[-1]))
-
-
-def _nonempty(values: np.ndarray | pa.Array) -> pa.Array:
-    """Empty strings as nulls: '' and missing both mean 'no value'."""
-    text = text_column(values)
-    return pc.if_else(pc.equal(text, ""), pa.scalar(None, TEXT), text)
-
-
-def _take(texts: list[str], codes: np.ndarray) -> pa.Array:
-    """texts[code] for each row: each distinct piece is serialised once, rows take it by code."""
-    return pa.array(texts, TEXT).take(pa.array(np.asarray(codes, np.int64)))
-
-
-@dataclass(frozen=True)
-class References:
-    """How resources point at each other: `Type/id` (ndjson) or `urn:uuid:id` (bundles), except the
-    `literal` types, always `Type/id` (the shared resources, which bundles leave to a bundle of their own);
-    and what ends each resource's text (ndjson: a newline, so a type's text is its file's bytes)."""
-
-    urn: bool
-    line_end: str = ""
-    literal: frozenset[str] = frozenset()
-
-    def to(self, resource_type: str, ids: np.ndarray | pa.Array) -> pa.Array:
-        """'{"reference":...}' JSON for each id (null where the id is missing)."""
-        is_urn = self.urn and resource_type not in self.literal
-        prefix = '{"reference":"urn:uuid:' if is_urn else f'{{"reference":"{resource_type}/'
-        return join(prefix, _nonempty(ids), '"}', skip_nulls=False)
-
-    def one(self, resource_type: str, resource_id: str) -> str:
-        return self.to(resource_type, np.array([resource_id], dtype=object))[0].as_py()
-
-
-@dataclass
-class Resources:
-    """Resources of one type: the patient index and ordering key of each, and its JSON text. The
-    rows come in one piece per builder, each in patient then row order; `sorted_json` puts them
-    together in that order (bundles sort all types at once, so they need not)."""
-
-    resource_type: str
-    ids: np.ndarray  # str
-    patient: np.ndarray  # int64
-    order: np.ndarray  # int64: the event row within the patient, for a stable order
-    json: pa.ChunkedArray  # large string, one resource per row (ended by `References.line_end`)
-
-    def sorted_json(self) -> pa.Array:
-        """The text of every resource, in patient then row order."""
-        if self.json.num_chunks == 1:
-            return self.json.chunk(0)
-        return self.json.take(pa.array(np.lexsort((self.order, self.patient)))).combine_chunks()
-
-
-def _dumps(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _field(name: str, values: np.ndarray | pa.Array) -> pa.Array:
-    """',"name":value' for each non-empty JSON value, null otherwise."""
-    return join(f',"{name}":', _nonempty(values), skip_nulls=False)
-
-
-def _time_field(name: str, times: pd.Series) -> pa.Array:
-    return join(f',"{name}":"', fhir_datetime_text(times), '"', skip_nulls=False)
-
-
-def _concepts(frame: pd.DataFrame, columns: tuple[str, str, str] = ("system", "code", "display")) -> pa.Array:
-    """CodeableConcept JSON for each row's (system, code, display), serialised once per concept
-    (rows are told apart by their categorical codes, never compared as strings)."""
-    parts = [pd.Categorical(frame[c]) for c in columns]
-    key = np.zeros(len(frame), np.int64)
-    for part in parts:
-        key = key * (len(part.categories) + 1) + part.codes
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    texts = []
-    for row in first.tolist():
-        system, code, display = (str(part[row]) for part in parts)
-        texts.append(_dumps({"coding": [{"system": system, "code": code, "display": display}], "text": display}))
-    return _take(texts, inverse)
-
-
-def _numbers(values: np.ndarray) -> pa.Array:
-    """Shortest round-trip decimal text of each float (JSON numbers), one repr per distinct value
-    (told apart by their bits, so -0.0 stays '-0.0')."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
-    unique, inverse = np.unique(bits, return_inverse=True)
-    return _take([repr(v) for v in unique.view(np.float64).tolist()], inverse)
-
-
-def _quantities(values: np.ndarray, units: pd.Series | str, reference: ObservationReference) -> pa.Array:
-    """valueQuantity JSON: the value with its UCUM unit (unit text only when not UCUM)."""
-    unit = pd.Categorical(units if not isinstance(units, str) else np.full(len(values), units, dtype=object))
-    tails = []
-    for name in unit.categories.astype(str).tolist():
-        code = reference.ucum(name)
-        tails.append(
-            f',"unit":{_dumps(code)},"system":"{UCUM}","code":{_dumps(code)}}}' if code else f',"unit":{_dumps(name)}}}'
-        )
-    return join('{"value":', _numbers(values), _take(tails, unit.codes))
-
-
-def _build(
-    resource_type: str,
-    frame: pd.DataFrame,
-    order: np.ndarray,
-    parts: list[Piece],
-    line_end: str,
-) -> Resources:
-    """Join the parts (columns of JSON pieces, or constant strings) into one JSON text per row."""
-    ids = frame["id"].to_numpy(dtype=object)
-    head = f'{{"resourceType":"{resource_type}","id":"'
-    text = join(head, ids, *_merge_constants(['"', *parts, "}" + line_end])) if len(frame) else pa.array([], TEXT)
-    patient = frame["patient"].to_numpy(np.int64)
-    return Resources(resource_type, ids, patient, np.asarray(order, np.int64), pa.chunked_array([text], TEXT))
-
-
-def _merge_constants(parts: list[Piece]) -> list[Piece]:
-    """Adjacent constant strings joined into one, so each row joins fewer pieces."""
-    merged: list[Piece] = []
-    for part in parts:
-        if isinstance(part, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += part
-        else:
-            merged.append(part)
-    return merged
-
 
 # --- patients --------------------------------------------------------------------------------------
 
 
-def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs: References) -> Resources:
-    """Patient resources (one orjson dump per patient: they are few next to the events)."""
-    organization = orjson.loads(refs.one("Organization", ORGANIZATION_ID))
+def patients_resources(
+    patients: pd.DataFrame, displays: Mapping[str, str], directory: Directory, refs: References
+) -> Resources:
+    """Patient resources (one orjson dump per patient: they are few next to the events), with their
+    primary care practitioner and clinic from the directory."""
+    providers = directory.patient_providers(patients)
     omb_races = {"1002-5", "2028-9", "2054-5", "2076-8", "2106-3"}
     birth = fhir_dates(patients["birth_time"])
     death = fhir_datetimes(patients["death_time"])
@@ -268,9 +109,11 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
         patients["zip"].tolist(),
         birth.tolist(),
         death.tolist(),
+        providers["general_practitioner_id"].tolist(),
+        providers["clinic_id"].tolist(),
         strict=True,
     )
-    for pid, index, sex, race, ethnicity, given, family, line, city, state, zip_code, born, died in rows:
+    for pid, index, sex, race, ethnicity, given, family, line, city, state, zip_code, born, died, gp, clinic in rows:
         race_ext = [{"url": "ombCategory", "valueCoding": {"system": CDCREC, "code": race, "display": displays[race]}}]
         resource = {
             "resourceType": "Patient",
@@ -317,9 +160,10 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
             "address": [
                 {"use": "home", "line": [line], "city": city, "state": state, "postalCode": zip_code, "country": "US"}
             ],
-            "managingOrganization": organization,
+            "generalPractitioner": [{"reference": f"Practitioner/{gp}"}],
+            "managingOrganization": {"reference": f"Organization/{clinic}"},
         }
-        texts.append(_dumps(resource) + refs.line_end)
+        texts.append(dumps(resource) + refs.line_end)
     ids = patients["id"].to_numpy(dtype=object)
     order = np.full(len(patients), -1, np.int64)
     text = pa.chunked_array([pa.array(texts, TEXT)], TEXT)
@@ -329,22 +173,22 @@ def patients_resources(patients: pd.DataFrame, displays: Mapping[str, str], refs
 # --- clinical resources ----------------------------------------------------------------------------
 
 
-def _list_field(name: str, items: np.ndarray | pa.Array) -> pa.Array:
-    """',"name":[item]' where the item is not empty, null otherwise."""
-    return join(f',"{name}":[', _nonempty(items), "]", skip_nulls=False)
+def _of_encounter(frame: pd.DataFrame, encounters: pd.DataFrame, column: str) -> np.ndarray:
+    """The `column` of each row's encounter (a provider id; None for a row outside any encounter)."""
+    by_id = pd.Series(encounters[column].to_numpy(dtype=object), index=encounters["id"].to_numpy(dtype=object))
+    return by_id.reindex(frame["encounter_id"].to_numpy(dtype=object)).to_numpy(dtype=object)
 
 
-def _coding(system: str, code: str, display: str) -> str:
-    return _dumps({"coding": [{"system": system, "code": code, "display": display}]})
-
-
-_PRACTITIONER_PERFORMER = '[{"actor":%s}]'
+def _performer(frame: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> pa.Array:
+    """',"performer":[{"actor":...}]' naming the practitioner of each row's encounter (null outside one)."""
+    actor = refs.to("Practitioner", _of_encounter(frame, encounters, "practitioner_id"))
+    return join(',"performer":[{"actor":', actor, "}]", skip_nulls=False)
 
 
 def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: References) -> Resources:
     klass = encounters["encounter_class"].astype(str)
     class_json = {
-        name: _dumps({"system": TERMINOLOGY + "v3-ActCode", "code": code, "display": display})
+        name: dumps({"system": TERMINOLOGY + "v3-ActCode", "code": code, "display": display})
         for name, (code, display) in ENCOUNTER_CLASS.items()
     }
     ended = encounters["end_time"].notna().to_numpy()
@@ -353,8 +197,8 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
     has_reason = encounters["reason_code"].notna().to_numpy()
     reason = np.full(len(encounters), "", dtype=object)
     if has_reason.any():
-        concepts = _concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
-        reason[has_reason] = concepts.to_numpy(zero_copy_only=False)
+        reasons = concepts(encounters.loc[has_reason], ("reason_system", "reason_code", "reason_display"))
+        reason[has_reason] = reasons.to_numpy(zero_copy_only=False)
     # stays (inpatient, ICU) that ended get a discharge disposition: expired if the patient died then
     stay = klass.isin(["inpatient", "icu"]).to_numpy() & ended
     death_at = pd.Series(utc_ms(deaths["time"]), index=deaths["patient"].to_numpy())
@@ -363,14 +207,16 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
     disposition = np.full(len(encounters), "", dtype=object)
     disposition[stay] = np.where(
         died_at_end[stay],
-        '{"dischargeDisposition":' + _coding(system, "exp", "Expired") + "}",
-        '{"dischargeDisposition":' + _coding(system, "home", "Home") + "}",
+        '{"dischargeDisposition":' + coding(system, "exp", "Expired") + "}",
+        '{"dischargeDisposition":' + coding(system, "home", "Home") + "}",
     )
     performer = {"system": TERMINOLOGY + "v3-ParticipationType", "code": "PPRF", "display": "primary performer"}
-    participant = (
-        f'[{{"type":[{{"coding":[{_dumps(performer)}]}}],"individual":{refs.one("Practitioner", PRACTITIONER_ID)}}}]'
+    participant = join(
+        f'[{{"type":[{{"coding":[{dumps(performer)}]}}],"individual":',
+        refs.to("Practitioner", encounters["practitioner_id"].to_numpy()),
+        "}]",
     )
-    return _build(
+    return build(
         "Encounter",
         encounters,
         encounters["row"].to_numpy(),
@@ -380,18 +226,20 @@ def encounter_resources(encounters: pd.DataFrame, deaths: pd.DataFrame, refs: Re
             ',"class":',
             klass.map(class_json).to_numpy(dtype=object),
             ',"type":[',
-            _concepts(encounters),
+            concepts(encounters),
             '],"subject":',
             refs.to("Patient", encounters["patient_id"].to_numpy()),
             ',"participant":',
             participant,
             ',"period":',
             period,
-            _list_field("reasonCode", reason),
-            _list_field("reasonReference", refs.to("Condition", encounters["reason_condition_id"].to_numpy())),
-            _field("hospitalization", disposition),
-            f',"location":[{{"location":{refs.one("Location", LOCATION_ID)}}}]',
-            ',"serviceProvider":' + refs.one("Organization", ORGANIZATION_ID),
+            list_field("reasonCode", reason),
+            list_field("reasonReference", refs.to("Condition", encounters["reason_condition_id"].to_numpy())),
+            field("hospitalization", disposition),
+            ',"location":[{"location":',
+            refs.to("Location", encounters["location_id"].to_numpy()),
+            '}],"serviceProvider":',
+            refs.to("Organization", encounters["organization_id"].to_numpy()),
         ],
         refs.line_end,
     )
@@ -402,26 +250,26 @@ def condition_resources(conditions: pd.DataFrame, refs: References) -> Resources
     diagnosed = conditions[conditions["diagnosis_time"].notna()]
     resolved = diagnosed["resolution_time"].notna().to_numpy()
     clinical = TERMINOLOGY + "condition-clinical"
-    category = _coding(TERMINOLOGY + "condition-category", "encounter-diagnosis", "Encounter Diagnosis")
-    return _build(
+    category = coding(TERMINOLOGY + "condition-category", "encounter-diagnosis", "Encounter Diagnosis")
+    return build(
         "Condition",
         diagnosed,
         diagnosed["row"].to_numpy(),
         [
             ',"clinicalStatus":',
-            np.where(resolved, _coding(clinical, "resolved", "Resolved"), _coding(clinical, "active", "Active")).astype(
+            np.where(resolved, coding(clinical, "resolved", "Resolved"), coding(clinical, "active", "Active")).astype(
                 object
             ),
             ',"verificationStatus":',
-            _coding(TERMINOLOGY + "condition-ver-status", "confirmed", "Confirmed"),
+            coding(TERMINOLOGY + "condition-ver-status", "confirmed", "Confirmed"),
             f',"category":[{category}],"code":',
-            _concepts(diagnosed),
+            concepts(diagnosed),
             ',"subject":',
             refs.to("Patient", diagnosed["patient_id"].to_numpy()),
-            _field("encounter", refs.to("Encounter", diagnosed["diagnosis_encounter_id"].to_numpy())),
-            _time_field("onsetDateTime", diagnosed["onset_time"]),
-            _time_field("abatementDateTime", diagnosed["resolution_time"]),
-            _time_field("recordedDate", diagnosed["diagnosis_time"]),
+            field("encounter", refs.to("Encounter", diagnosed["diagnosis_encounter_id"].to_numpy())),
+            time_field("onsetDateTime", diagnosed["onset_time"]),
+            time_field("abatementDateTime", diagnosed["resolution_time"]),
+            time_field("recordedDate", diagnosed["diagnosis_time"]),
         ],
         refs.line_end,
     )
@@ -431,10 +279,10 @@ def _category(names: pd.Series) -> pa.Array:
     """The category JSON of each row, serialised once per category."""
     category = pd.Categorical(names)
     texts = [
-        _dumps([{"coding": [{"system": TERMINOLOGY + "observation-category", "code": name, "display": display}]}])
+        dumps([{"coding": [{"system": TERMINOLOGY + "observation-category", "code": name, "display": display}]}])
         for name, display in ((n, OBSERVATION_CATEGORY[n]) for n in category.categories.astype(str).tolist())
     ]
-    return _take(texts, category.codes)
+    return take(texts, category.codes)
 
 
 def _lab_interpretation(observations: pd.DataFrame, reference: ObservationReference) -> np.ndarray:
@@ -443,15 +291,15 @@ def _lab_interpretation(observations: pd.DataFrame, reference: ObservationRefere
     out = np.full(len(observations), "", dtype=object)
     is_lab = (observations["category"] == "laboratory").to_numpy()
     interpretation = TERMINOLOGY + "v3-ObservationInterpretation"
-    high = f',"interpretation":[{_coding(interpretation, "H", "High")}]'
-    normal = f',"interpretation":[{_coding(interpretation, "N", "Normal")}]'
+    high = f',"interpretation":[{coding(interpretation, "H", "High")}]'
+    normal = f',"interpretation":[{coding(interpretation, "N", "Normal")}]'
     for loinc, upper in reference.upper_limits.items():
         rows = is_lab & (observations["code"] == loinc).to_numpy()
         if not rows.any():
             continue
         ucum_code = reference.ucum(upper.unit)
         high_json = {"value": upper.limit, "unit": ucum_code, "system": UCUM, "code": ucum_code}
-        reference_range = _dumps([{"high": high_json, "text": upper.text}])
+        reference_range = dumps([{"high": high_json, "text": upper.text}])
         flag = np.where(observations["value"].to_numpy()[rows] >= upper.limit, high, normal)
         out[rows] = flag + f',"referenceRange":{reference_range}'
     return out
@@ -465,10 +313,10 @@ def _observation_parts(frame: pd.DataFrame, refs: References) -> list[Piece]:
         ',"status":"final","category":',
         _category(frame["category"]),
         ',"code":',
-        _concepts(frame),
+        concepts(frame),
         ',"subject":',
         refs.to("Patient", frame["patient_id"].to_numpy()),
-        _field("encounter", refs.to("Encounter", frame["encounter_id"].to_numpy())),
+        field("encounter", refs.to("Encounter", frame["encounter_id"].to_numpy())),
         ',"effectiveDateTime":"',
         effective,
         '","issued":"',
@@ -499,31 +347,31 @@ def observation_resources(
     parts = [
         *_observation_parts(single, refs),
         ',"valueQuantity":',
-        _quantities(single["value"].to_numpy(), single["unit"], reference),
+        quantities(single["value"].to_numpy(), single["unit"], reference),
         _lab_interpretation(single, reference),
     ]
-    measured = _build("Observation", single, single["row"].to_numpy(), parts, refs.line_end)
+    measured = build("Observation", single, single["row"].to_numpy(), parts, refs.line_end)
     panels = _blood_pressure_panels(pairs, refs, reference)
     symptoms = tables["symptoms"].assign(category="exam")
-    symptom = _build(
+    symptom = build(
         "Observation",
         symptoms,
         symptoms["row"].to_numpy(),
         [
             *_observation_parts(symptoms, refs),
             ',"valueQuantity":',
-            _quantities(symptoms["severity"].round(2).to_numpy(), "{score}", reference),
+            quantities(symptoms["severity"].round(2).to_numpy(), "{score}", reference),
         ],
         refs.line_end,
     )
     deaths = tables["deaths"][tables["deaths"]["code"].notna()]
-    cause = _build(
+    cause = build(
         "Observation",
         deaths,
         deaths["row"].to_numpy(),
         [
             ',"status":"final","code":',
-            _dumps(
+            dumps(
                 {
                     "coding": [
                         {
@@ -537,24 +385,24 @@ def observation_resources(
             ),
             ',"subject":',
             refs.to("Patient", deaths["patient_id"].to_numpy()),
-            _field("encounter", refs.to("Encounter", deaths["encounter_id"].to_numpy())),
-            _time_field("effectiveDateTime", deaths["time"]),
+            field("encounter", refs.to("Encounter", deaths["encounter_id"].to_numpy())),
+            time_field("effectiveDateTime", deaths["time"]),
             ',"valueCodeableConcept":',
-            _concepts(deaths),
+            concepts(deaths),
         ],
         refs.line_end,
     )
-    return _concat("Observation", [measured, panels, symptom, cause])
+    return concat("Observation", [measured, panels, symptom, cause])
 
 
 def _blood_pressure_panels(pairs: pd.DataFrame, refs: References, reference: ObservationReference) -> Resources:
     """US Core blood pressure: one panel (85354-9) with systolic and diastolic components."""
 
     def component(code: str, display: str, values: np.ndarray) -> np.ndarray:
-        concept = _dumps({"coding": [{"system": LOINC, "code": code, "display": display}], "text": display})
-        return join(f'{{"code":{concept},"valueQuantity":', _quantities(values, "mm[Hg]", reference), "}")
+        concept = dumps({"coding": [{"system": LOINC, "code": code, "display": display}], "text": display})
+        return join(f'{{"code":{concept},"valueQuantity":', quantities(values, "mm[Hg]", reference), "}")
 
-    panel = _dumps(
+    panel = dumps(
         {
             "coding": [
                 {"system": LOINC, "code": BP_PANEL, "display": "Blood pressure panel with all children optional"}
@@ -564,7 +412,7 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References, reference: Obs
     )
     parts = _observation_parts(pairs, refs)
     parts[3] = panel  # the code
-    return _build(
+    return build(
         "Observation",
         pairs,
         pairs["row"].to_numpy(),
@@ -580,7 +428,9 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References, reference: Obs
     )
 
 
-def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: References) -> Resources:
+def diagnostic_report_resources(
+    observations: pd.DataFrame, encounters: pd.DataFrame, seed: int, refs: References
+) -> Resources:
     """One laboratory DiagnosticReport per (encounter, time) with lab results."""
     labs = observations[observations["category"].to_numpy(dtype=object) == "laboratory"]
     group, _ = pd.factorize(
@@ -599,15 +449,15 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
     ids = resource_ids(seed, reports["patient"].to_numpy(), "DiagnosticReport", reports["row"].to_numpy())
     reports.insert(0, "id", pd.Series(ids, dtype=object))
     effective = fhir_datetime_text(reports["time"])
-    return _build(
+    return build(
         "DiagnosticReport",
         reports,
         reports["row"].to_numpy(),
         [
             ',"status":"final","category":[',
-            _coding(TERMINOLOGY + "v2-0074", "LAB", "Laboratory"),
+            coding(TERMINOLOGY + "v2-0074", "LAB", "Laboratory"),
             '],"code":',
-            _dumps(
+            dumps(
                 {
                     "coding": [{"system": LOINC, "code": "11502-2", "display": "Laboratory report"}],
                     "text": "Laboratory report",
@@ -621,9 +471,9 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
             effective,
             '","issued":"',
             effective,
-            '","performer":[',
-            refs.one("Organization", ORGANIZATION_ID),
-            '],"result":[',
+            '"',
+            list_field("performer", refs.to("Organization", _of_encounter(reports, encounters, "organization_id"))),
+            ',"result":[',
             reports["result"].to_numpy(dtype=object),
             "]",
         ],
@@ -631,12 +481,12 @@ def diagnostic_report_resources(observations: pd.DataFrame, seed: int, refs: Ref
     )
 
 
-def medication_resources(medications: pd.DataFrame, refs: References) -> Resources:
+def medication_resources(medications: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
     stopped = medications["stop_time"].notna().to_numpy()
     start = fhir_datetime_text(medications["start_time"])
     stop = join(',"end":"', fhir_datetime_text(medications["stop_time"]), '"', skip_nulls=False)
     validity = join('{"validityPeriod":{"start":"', start, '"', stop, "}}")
-    return _build(
+    return build(
         "MedicationRequest",
         medications,
         medications["row"].to_numpy(),
@@ -644,15 +494,15 @@ def medication_resources(medications: pd.DataFrame, refs: References) -> Resourc
             ',"status":',
             np.where(stopped, '"stopped"', '"active"').astype(object),
             ',"intent":"order","medicationCodeableConcept":',
-            _concepts(medications),
+            concepts(medications),
             ',"subject":',
             refs.to("Patient", medications["patient_id"].to_numpy()),
-            _field("encounter", refs.to("Encounter", medications["encounter_id"].to_numpy())),
+            field("encounter", refs.to("Encounter", medications["encounter_id"].to_numpy())),
             ',"authoredOn":"',
             start,
-            '","requester":',
-            refs.one("Practitioner", PRACTITIONER_ID),
-            _list_field("reasonReference", refs.to("Condition", medications["reason_condition_id"].to_numpy())),
+            '"',
+            field("requester", refs.to("Practitioner", _of_encounter(medications, encounters, "practitioner_id"))),
+            list_field("reasonReference", refs.to("Condition", medications["reason_condition_id"].to_numpy())),
             ',"dispenseRequest":',
             validity,
         ],
@@ -660,101 +510,57 @@ def medication_resources(medications: pd.DataFrame, refs: References) -> Resourc
     )
 
 
-def procedure_resources(procedures: pd.DataFrame, refs: References) -> Resources:
-    return _build(
+def procedure_resources(procedures: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
+    return build(
         "Procedure",
         procedures,
         procedures["row"].to_numpy(),
         [
             ',"status":"completed","code":',
-            _concepts(procedures),
+            concepts(procedures),
             ',"subject":',
             refs.to("Patient", procedures["patient_id"].to_numpy()),
-            _field("encounter", refs.to("Encounter", procedures["encounter_id"].to_numpy())),
-            _time_field("performedDateTime", procedures["time"]),
-            ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
-            ',"location":' + refs.one("Location", LOCATION_ID),
+            field("encounter", refs.to("Encounter", procedures["encounter_id"].to_numpy())),
+            time_field("performedDateTime", procedures["time"]),
+            _performer(procedures, encounters, refs),
+            field("location", refs.to("Location", _of_encounter(procedures, encounters, "location_id"))),
         ],
         refs.line_end,
     )
 
 
-def immunization_resources(immunizations: pd.DataFrame, refs: References) -> Resources:
-    return _build(
+def immunization_resources(immunizations: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
+    return build(
         "Immunization",
         immunizations,
         immunizations["row"].to_numpy(),
         [
             ',"status":"completed","vaccineCode":',
-            _concepts(immunizations),
+            concepts(immunizations),
             ',"patient":',
             refs.to("Patient", immunizations["patient_id"].to_numpy()),
-            _field("encounter", refs.to("Encounter", immunizations["encounter_id"].to_numpy())),
-            _time_field("occurrenceDateTime", immunizations["time"]),
-            ',"primarySource":true,"location":' + refs.one("Location", LOCATION_ID),
-            ',"performer":' + _PRACTITIONER_PERFORMER % refs.one("Practitioner", PRACTITIONER_ID),
+            field("encounter", refs.to("Encounter", immunizations["encounter_id"].to_numpy())),
+            time_field("occurrenceDateTime", immunizations["time"]),
+            ',"primarySource":true',
+            field("location", refs.to("Location", _of_encounter(immunizations, encounters, "location_id"))),
+            _performer(immunizations, encounters, refs),
         ],
         refs.line_end,
     )
-
-
-def _concat(resource_type: str, parts: list[Resources]) -> Resources:
-    """Resources of one type from several builders (one piece each, sorted only when written)."""
-    ids = np.concatenate([p.ids for p in parts])
-    patient = np.concatenate([p.patient for p in parts])
-    order = np.concatenate([p.order for p in parts])
-    text = pa.chunked_array([chunk for p in parts for chunk in p.json.chunks], TEXT)
-    return Resources(resource_type, ids, patient, order, text)
 
 
 def build_resources(
     patients: pd.DataFrame, tables: Mapping[str, pd.DataFrame], context: ExportContext, refs: References
 ) -> dict[str, Resources]:
     """Every resource of one chunk, by resource type (each in patient then row order)."""
+    encounters = tables["encounters"]
     return {
-        "Patient": patients_resources(patients, context.displays, refs),
+        "Patient": patients_resources(patients, context.displays, context.directory, refs),
         "Encounter": encounter_resources(tables["encounters"], tables["deaths"], refs),
         "Condition": condition_resources(tables["conditions"], refs),
         "Observation": observation_resources(tables, refs, context.observation_reference),
-        "DiagnosticReport": diagnostic_report_resources(tables["observations"], context.seed, refs),
-        "MedicationRequest": medication_resources(tables["medications"], refs),
-        "Procedure": procedure_resources(tables["procedures"], refs),
-        "Immunization": immunization_resources(tables["immunizations"], refs),
+        "DiagnosticReport": diagnostic_report_resources(tables["observations"], encounters, context.seed, refs),
+        "MedicationRequest": medication_resources(tables["medications"], encounters, refs),
+        "Procedure": procedure_resources(tables["procedures"], encounters, refs),
+        "Immunization": immunization_resources(tables["immunizations"], encounters, refs),
     }
-
-
-def shared_resources(refs: References) -> dict[str, dict]:
-    """The Organization, Location and Practitioner every encounter points to."""
-    organization = {
-        "resourceType": "Organization",
-        "id": ORGANIZATION_ID,
-        "identifier": [{"system": ID_SYSTEM + "organization", "value": "ehrsim-clinic"}],
-        "active": True,
-        "type": [
-            {
-                "coding": [
-                    {"system": TERMINOLOGY + "organization-type", "code": "prov", "display": "Healthcare Provider"}
-                ]
-            }
-        ],
-        "name": "ehrsim Synthetic Clinic",
-        "telecom": [{"system": "phone", "value": "555-0100", "use": "work"}],
-        "address": [_ADDRESS],
-    }
-    location = {
-        "resourceType": "Location",
-        "id": LOCATION_ID,
-        "identifier": [{"system": ID_SYSTEM + "location", "value": "ehrsim-clinic-main"}],
-        "status": "active",
-        "name": "ehrsim Synthetic Clinic, main site",
-        "address": _ADDRESS,
-        "managingOrganization": orjson.loads(refs.one("Organization", ORGANIZATION_ID)),
-    }
-    practitioner = {
-        "resourceType": "Practitioner",
-        "id": PRACTITIONER_ID,
-        "identifier": [{"system": ID_SYSTEM + "practitioner", "value": "ehrsim-clinician-1"}],
-        "active": True,
-        "name": [{"use": "official", "family": "Clinician", "given": ["Synthetic"], "prefix": ["Dr."]}],
-    }
-    return {"Organization": organization, "Location": location, "Practitioner": practitioner}

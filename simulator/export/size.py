@@ -58,7 +58,7 @@ def estimate_size(
     compresses better at length). Per-patient output varies a lot (coefficient of variation 0.67 in
     bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
     n = min(PILOT_PATIENTS, sim.config.patients)
-    context = ExportContext.from_library(sim.library, sim.config.seed, request)
+    context = ExportContext.from_library(sim.library, sim.config.seed, request, sim.config.patients)
     with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
         writer = Export(Path(folder), formats, context, bundle_method, base_url)  # type: ignore[arg-type]
         try:

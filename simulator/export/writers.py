@@ -31,7 +31,9 @@ from simulator.errors import ConfigError
 from simulator.export.bundles import SHARED_BUNDLE, Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.context import ExportContext
-from simulator.export.fhir_resources import TEXT, References, build_resources, shared_resources, text_bytes
+from simulator.export.directory import SHARED_TYPES, Directory
+from simulator.export.fhir_resources import build_resources
+from simulator.export.fhir_text import TEXT, References, text_bytes
 from simulator.export.ids import fhir_datetime_text
 from simulator.files import (
     abort_directory,
@@ -93,14 +95,15 @@ class Staging:
 class NdjsonWriter:
     """FHIR Bulk Data output: one `<Type>.ndjson` per resource type and a Bulk export manifest."""
 
-    def __init__(self, out: Path, request: str, base_url: str):
+    def __init__(self, out: Path, request: str, base_url: str, directory: Directory):
         self.staging = Staging(out, "fhir")
         self.request = request
         self.base_url = base_url
         self.files: dict[str, _File] = {}
         try:
-            for resource in shared_resources(References(urn=False)).values():
-                self._append(resource["resourceType"], pa.array([orjson.dumps(resource).decode() + "\n"], TEXT))
+            for resource_type, resources in directory.resources.items():
+                lines = [orjson.dumps(resource).decode() + "\n" for resource in resources]
+                self._append(resource_type, pa.array(lines, TEXT))
         except BaseException:
             self.abort()
             raise
@@ -145,19 +148,19 @@ class NdjsonWriter:
 
 # Bundles address a patient's resources by urn:uuid, and the shared resources, which the shared bundle puts in
 # place first, by literal `Type/id`.
-BUNDLE_REFERENCES = References(urn=True, literal=frozenset(shared_resources(References(urn=False))))
+BUNDLE_REFERENCES = References(urn=True, literal=frozenset(SHARED_TYPES))
 
 
 class BundleWriter:
     """The shared resources' batch (`bundles/00000000-0000-0000-shared.json`), then one transaction Bundle
     per patient (`bundles/<patient id>.json`), whose names sort in the order they load in."""
 
-    def __init__(self, out: Path, method: Method):
+    def __init__(self, out: Path, method: Method, directory: Directory):
         self.staging = Staging(out, "bundles")
         self.method = method
         try:
-            shared = shared_resources(References(urn=False))
-            self._write(SHARED_BUNDLE, len(shared), (shared_bundle(shared),))
+            n_shared = sum(len(resources) for resources in directory.resources.values())
+            self._write(SHARED_BUNDLE, n_shared, (shared_bundle(directory.resources),))
         except BaseException:
             self.abort()
             raise
@@ -442,10 +445,10 @@ class Export:
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
-                self.ndjson = NdjsonWriter(out, context.request, base_url or bulk_base_url(out))
+                self.ndjson = NdjsonWriter(out, context.request, base_url or bulk_base_url(out), context.directory)
                 self.writers.append(self.ndjson)
             if "bundles" in formats:
-                self.bundles = BundleWriter(out, method)
+                self.bundles = BundleWriter(out, method, context.directory)
                 self.writers.append(self.bundles)
             for kind in ("csv", "parquet"):
                 if kind in formats:

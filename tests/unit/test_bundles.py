@@ -14,7 +14,7 @@ from simulator.engine.run import RunConfig, Simulator
 from simulator.export.bundles import Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import build_tables
 from simulator.export.context import ExportContext
-from simulator.export.fhir_resources import RESOURCE_TYPES, References, build_resources, shared_resources
+from simulator.export.fhir_resources import RESOURCE_TYPES, build_resources
 from simulator.export.writers import BUNDLE_REFERENCES
 from simulator.model.library import Library
 from simulator.tables.chunks import chunk_tables
@@ -27,12 +27,16 @@ def tiny_run(fixture_library: Library) -> tuple:
     """(patients, events, context) of six lifetimes of the fixture library."""
     sim = Simulator.build(RunConfig(patients=N, seed=2, mode="lifetime"), fixture_library)
     chunk = chunk_tables(sim, 0, N)
-    return chunk.patients, chunk.events, ExportContext.from_library(fixture_library, seed=2, request="test")
+    return (
+        chunk.patients,
+        chunk.events,
+        ExportContext.from_library(fixture_library, seed=2, request="test", patients=len(chunk.patients)),
+    )
 
 
 @pytest.fixture(scope="module")
-def shared() -> dict:
-    return orjson.loads(shared_bundle(shared_resources(References(urn=False))))
+def shared(tiny_run: tuple) -> dict:
+    return orjson.loads(shared_bundle(tiny_run[2].directory.resources))
 
 
 def _bundles(tiny_run: tuple, method: Method) -> list[tuple[str, int, dict]]:
