@@ -15,7 +15,7 @@ class ExportContext:
     """The run's seed (resource ids derive from it) and `request` (the command the Bulk manifest
     records); from the library: condition codes (for encounter reasons), the displays of the CDC race
     and ethnicity codes, and the UCUM units and lab reference ranges observations are written with; and the
-    run's provider `directory` (sized to its `patients`)."""
+    run's provider `directory` (sized to its `patients`); the `library` for the rest of the rules data."""
 
     seed: int
     request: str
@@ -23,6 +23,7 @@ class ExportContext:
     displays: dict[str, str]
     observation_reference: ObservationReference
     directory: Directory
+    library: Library
 
     @classmethod
     def from_library(cls, library: Library, seed: int, request: str, patients: int) -> ExportContext:
@@ -34,4 +35,4 @@ class ExportContext:
         categories = [*library.demographics.race, *library.demographics.ethnicity]
         displays = {c.code.code: c.code.display for c in categories}
         directory = build_directory(seed, patients)
-        return cls(seed, request, conditions, displays, library.observation_reference, directory)
+        return cls(seed, request, conditions, displays, library.observation_reference, directory, library)

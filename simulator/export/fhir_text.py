@@ -112,6 +112,12 @@ class Resources:
         return self.json.take(pa.array(np.lexsort((self.order, self.patient)))).combine_chunks()
 
 
+def meta(profile: str) -> str:
+    """',"meta":{"profile":[...]}' declaring a US Core profile by its name (e.g. 'us-core-patient'); it goes
+    right after the id."""
+    return f',"meta":{{"profile":["{US_CORE}{profile}"]}}'
+
+
 def dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
