@@ -12,6 +12,7 @@ import pandas as pd
 from conftest import read_ndjson
 
 from simulator.engine.codes import EVENT_KINDS
+from simulator.export.bundles import SHARED_BUNDLE
 from simulator.export.clinical_tables import KIND_TABLES, TABLES, _pair
 
 
@@ -74,7 +75,7 @@ def _per_patient(resources: list[dict], key: str = "subject") -> Counter[str]:
 
 
 def test_tables_and_fhir_agree_per_patient(fixture_export: Path) -> None:
-    """Same counts per patient: encounters, diagnosed conditions, medications, procedures,
+    """Same counts per patient: encounters, diagnosed conditions (encounter diagnoses), medications, procedures,
     immunizations; observations = measurements - blood-pressure pairs + symptoms + causes of death."""
     fhir = read_ndjson(fixture_export)
     table = {name: pd.read_parquet(fixture_export / "parquet" / f"{name}.parquet") for name in TABLES}
@@ -83,7 +84,8 @@ def test_tables_and_fhir_agree_per_patient(fixture_export: Path) -> None:
         return Counter(frame["patient_id"].tolist())
 
     assert _per_patient(fhir["Encounter"]) == counts(table["encounters"])
-    assert _per_patient(fhir["Condition"]) == counts(table["conditions"][table["conditions"]["diagnosis_time"].notna()])
+    diagnoses = [c for c in fhir["Condition"] if c["category"][0]["coding"][0]["code"] == "encounter-diagnosis"]
+    assert _per_patient(diagnoses) == counts(table["conditions"][table["conditions"]["diagnosis_time"].notna()])
     assert _per_patient(fhir["MedicationRequest"]) == counts(table["medications"])
     assert _per_patient(fhir["Procedure"]) == counts(table["procedures"])
     assert _per_patient(fhir["Immunization"], "patient") == counts(table["immunizations"])
@@ -110,7 +112,8 @@ def test_run_manifest_lists_every_file_with_count_and_checksum(fixture_export: P
         if name.endswith(".csv"):
             assert entry["rows"] == len(pd.read_csv(fixture_export / name))
     resources = sum(v["resources"] for k, v in manifest["files"].items() if k.endswith(".ndjson"))
-    assert resources == manifest["counts"]["resources"] + 3  # + the shared Organization, Location, Practitioner
+    shared = len(json.loads((fixture_export / "bundles" / SHARED_BUNDLE).read_text())["entry"])
+    assert resources == manifest["counts"]["resources"] + shared  # + the shared provider directory
     assert manifest["formats"] == ["ndjson", "bundles", "csv", "parquet"]
 
 

@@ -1,6 +1,7 @@
 """The event table of a chunk -> one table per kind of clinical fact, one row per fact.
 
-- encounters: start, end, class, type code, reason (condition code and the Condition it points to)
+- encounters: start, end, class, type code, reason (condition code and the Condition it points to), and
+  the hospital stay each belongs to, with how it began (admit source) and ended (discharge disposition)
 - conditions: one row per episode (onset -> resolution) with its diagnosis time and encounter
 - observations, procedures, immunizations, symptoms, deaths: one row per event
 - medications: one row per course (start -> stop)
@@ -46,6 +47,13 @@ TABLES = (
     "deaths",
 )
 _CODED = ["system", "code", "display"]
+# Encounter classes of a hospital: an emergency visit and the segments of a stay (ward, ICU).
+_ACUTE = ("emergency", "inpatient", "icu")
+_STAY = ("inpatient", "icu")
+# A stay segment that starts at most this long after the patient's previous acute encounter ended continues
+# it: the modules admit a patient 0 to 10 minutes after the emergency visit ends (the admission decision)
+# and move a patient from the ICU to the ward when the ICU segment ends.
+TRANSFER_GAP = pd.Timedelta(hours=1)
 
 
 def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportContext) -> dict[str, pd.DataFrame]:
@@ -61,6 +69,7 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
     encounters = _encounters(ev, kind, seed, conditions, context.condition_codes)
     encounters = encounters.join(context.directory.encounter_providers(encounters, patients))
+    encounters = _hospital_stays(encounters, ev[kind == "death"])
     reasons = encounters.set_index("id")["reason_condition_id"]
     tables = {
         "encounters": encounters,
@@ -185,6 +194,58 @@ def _encounters(
         out[column] = pd.Series(reason.map(labels).to_numpy(dtype=object), dtype=object)
     out["reason_condition_id"] = pd.Series(_reason_conditions(out, conditions), dtype=object)
     return out
+
+
+def _hospital_stays(encounters: pd.DataFrame, deaths: pd.DataFrame) -> pd.DataFrame:
+    """The encounters with the hospital stay each belongs to and how acute encounters began and ended.
+
+    A stay segment (inpatient or ICU) continues the patient's previous acute encounter when it starts before
+    that one ended or within TRANSFER_GAP of its end: after an emergency visit it is an admission from the
+    emergency department, after another segment a transfer within the hospital. The stay is its first
+    segment (the admission encounter): the emergency visit that led to it and every later segment point to
+    it (`part_of_encounter_id`). The admission's `admit_source` is `emd` from the emergency department, else
+    `mp` (a planned admission: a physician's referral). `discharge_disposition` (acute encounters that
+    ended): `exp` when the patient died as it ended, none when it continues into a segment (a transfer or an
+    admission is not a discharge), else `home`. Codes of http://terminology.hl7.org/CodeSystem/admit-source
+    and discharge-disposition."""
+    n = len(encounters)
+    klass = encounters["encounter_class"].astype(object).to_numpy()
+    patient = encounters["patient"].to_numpy()
+    start, end = utc_ms(encounters["start_time"]), utc_ms(encounters["end_time"])
+    # each acute encounter's previous acute encounter of the same patient (rows are in time order)
+    acute = np.flatnonzero(np.isin(klass, _ACUTE))
+    previous = np.full(n, -1, np.int64)
+    previous[acute[1:]] = acute[:-1]
+    has_previous = previous >= 0
+    has_previous[has_previous] = patient[previous[has_previous]] == patient[has_previous]
+    before = previous[has_previous]
+    near = np.isnat(end[before]) | (end[before] >= start[has_previous] - TRANSFER_GAP.to_timedelta64())
+    continues = np.zeros(n, bool)  # continues the previous acute encounter
+    continues[np.flatnonzero(has_previous)[near]] = True
+    continues &= np.isin(klass, _STAY)
+    from_emergency = continues & (klass[np.maximum(previous, 0)] == "emergency")
+    transfer = continues & ~from_emergency
+    stay = np.arange(n)  # each row's stay: follow transfers back to the admission
+    stay[transfer] = previous[transfer]
+    while (stay[stay] != stay).any():
+        stay = stay[stay]
+    ids = encounters["id"].to_numpy(dtype=object)
+    part_of = np.full(n, None, dtype=object)
+    part_of[transfer] = ids[stay[transfer]]
+    part_of[previous[from_emergency]] = ids[from_emergency]
+    admission = np.isin(klass, _STAY) & ~transfer
+    admit_source = np.where(admission, np.where(from_emergency, "emd", "mp"), None).astype(object)
+    death_at = pd.Series(utc_ms(deaths["time"]), index=deaths["patient"].to_numpy())
+    died = end == death_at.reindex(patient).to_numpy()
+    followed = np.zeros(n, bool)
+    followed[previous[continues]] = True
+    discharged = np.isin(klass, _ACUTE) & ~np.isnat(end) & ~followed
+    disposition = np.where(discharged, np.where(died, "exp", "home"), None).astype(object)
+    return encounters.assign(
+        part_of_encounter_id=pd.Series(part_of, index=encounters.index, dtype=object),
+        admit_source=pd.Series(admit_source, index=encounters.index, dtype=object),
+        discharge_disposition=pd.Series(disposition, index=encounters.index, dtype=object),
+    )
 
 
 def _reason_conditions(encounters: pd.DataFrame, conditions: pd.DataFrame) -> np.ndarray:

@@ -34,5 +34,5 @@ class ExportContext:
         }
         categories = [*library.demographics.race, *library.demographics.ethnicity]
         displays = {c.code.code: c.code.display for c in categories}
-        directory = build_directory(seed, patients)
+        directory = build_directory(library, seed, patients)
         return cls(seed, request, conditions, displays, library.observation_reference, directory, library)

@@ -31,6 +31,30 @@ TAGS = {
     "Immunization": 7,
     "Symptom": 8,
     "Death": 9,
+    "ProblemListItem": 10,
+    "SmokingStatus": 11,
+    "Language": 12,  # a draw, not a resource: the language each patient speaks (see `uniforms`)
+    "CareTeam": 20,
+    "Goal": 21,
+    "CarePlan": 22,
+    "DocumentReference": 23,
+    "Provenance": 24,
+    "AllergyIntolerance": 30,
+    "Allergy": 31,  # draws: which allergies each patient has, when recorded, verified, with what reaction
+    "Coverage": 32,
+    "Insurance": 33,  # draws: each patient's payer, insurer and member number
+    # draws of the provider directory (simulator.export.directory)
+    "directory/adult": 41,
+    "directory/pediatrics": 42,
+    "directory/hospital": 43,
+    "directory/on_duty": 44,
+    "directory/given": 45,
+    "directory/family": 46,
+    "directory/street": 47,
+    "directory/suffix": 48,
+    "directory/number": 49,
+    "directory/phone": 50,
+    "directory/npi": 51,
 }
 
 
@@ -41,13 +65,25 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
-    """UUIDs for resources of type `tag`, one per (patient index, key), as an object array."""
+def _hash(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
+    """64 random bits per (patient index, key) for `tag`, a pure function of them and the seed."""
     with np.errstate(over="ignore"):
         base = _mix(np.uint64(seed) * _GAMMA + np.uint64(TAGS[tag]))
         z = _mix(base ^ (np.asarray(patient).astype(np.uint64) * _GAMMA))
-        z = _mix(z ^ (np.asarray(key).astype(np.uint64) + _GAMMA))
+        return _mix(z ^ (np.asarray(key).astype(np.uint64) + _GAMMA))
+
+
+def resource_ids(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
+    """UUIDs for resources of type `tag`, one per (patient index, key), as an object array."""
+    z = _hash(seed, patient, tag, key)
+    with np.errstate(over="ignore"):
         return uuid_strings(z, _mix(z + _GAMMA))
+
+
+def uniforms(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.ndarray:
+    """Uniform draws in [0, 1) for `tag`, one per (patient index, key): what the exporters draw after the
+    kernel, the same whatever the chunk size."""
+    return (_hash(seed, patient, tag, key) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def utc_ms(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:

@@ -7,16 +7,30 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simulator.model.allergies_coverage import Allergies, CoverageRules
+from simulator.model.care_plans import CarePlans
 from simulator.model.fitted import Declared
+from simulator.model.medication_dosing import MedicationDosing
 from simulator.model.parsing import Located
+from simulator.model.providers import Providers
+from simulator.model.record_rules import LabPanels, Languages, SmokingStatus
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
 
+# The rules files every library has, each read into the Library field of its name.
 RULES_FILES = {
     "demographics.yaml": Demographics,
     "mortality.yaml": Mortality,
     "names.yaml": Names,
     "observation_reference.yaml": ObservationReference,
+    "medication_dosing.yaml": MedicationDosing,
+    "care_plans.yaml": CarePlans,
+    "providers.yaml": Providers,
+    "smoking_status.yaml": SmokingStatus,
+    "lab_panels.yaml": LabPanels,
+    "languages.yaml": Languages,
+    "allergies.yaml": Allergies,
+    "coverage.yaml": CoverageRules,
 }
 
 
@@ -46,6 +60,14 @@ class Library:
     mortality: Mortality
     names: Names
     observation_reference: ObservationReference  # UCUM units and lab reference ranges
+    medication_dosing: MedicationDosing  # dose, schedule and route of each RxNorm product
+    care_plans: CarePlans  # care plans of chronic conditions, care team and clinical note codes
+    providers: Providers  # sizes and codes of the provider directory
+    smoking_status: SmokingStatus  # how smoking status is recorded (FHIR Observation)
+    lab_panels: LabPanels  # which lab results are reported together
+    languages: Languages  # the languages patients speak, by ethnicity
+    allergies: Allergies  # reported allergies by allergen, age and sex
+    coverage: CoverageRules  # health insurance payer by age
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]  # every input file, as modules/... or rules/... (from its root) -> SHA-256

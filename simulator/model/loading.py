@@ -148,10 +148,7 @@ def load_library(
         raise LoadError(problems)
     library = Library(
         modules=tuple(modules),
-        demographics=rules["demographics.yaml"],  # type: ignore[arg-type]
-        mortality=rules["mortality.yaml"],  # type: ignore[arg-type]
-        names=rules["names.yaml"],  # type: ignore[arg-type]
-        observation_reference=rules["observation_reference.yaml"],  # type: ignore[arg-type]
+        **{name.removesuffix(".yaml"): rules[name] for name in RULES_FILES},  # type: ignore[arg-type]
         rules_dir=rules_dir,
         documents=documents,
         file_sha256=hashes,

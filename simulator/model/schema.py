@@ -548,7 +548,12 @@ class Attribute(Strict):
 
 
 class Condition(Strict):
+    """A condition a module starts, diagnoses and resolves; `problem_list`: a chronic problem, which the
+    FHIR record also puts on the patient's problem list once diagnosed (acute illnesses and findings only
+    get their encounter diagnosis)."""
+
     code: Code
+    problem_list: bool = False
 
 
 class Medication(Strict):

@@ -1,0 +1,124 @@
+"""The provider directory's rules (rules/providers.yaml): national counts of physicians by kind and of
+hospitals, each cited, which size a run's directory to its population; the practice size; the NUCC
+taxonomy, organization and location type codes the directory is written with; and the payers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from simulator.model.schema import Name, Strict
+
+Text = Annotated[str, Field(min_length=1)]
+
+
+class NationalCount(Strict):
+    """How many there were in the US in `year` (people, physicians or hospitals); `source` is a key of
+    the file's sources."""
+
+    count: Annotated[int, Field(gt=0)]
+    year: Annotated[int, Field(ge=1990, le=2100)]
+    source: Name
+
+
+class Concept(Strict):
+    code: Annotated[str, Field(pattern=r"^\S+$")]
+    display: Text
+
+
+class Taxonomy(Concept):
+    """A NUCC Health Care Provider Taxonomy code: nine characters and a final X."""
+
+    code: Annotated[str, Field(pattern=r"^[0-9A-Z]{9}X$")]
+
+
+class Physicians(NationalCount):
+    """A kind of physician: how many are active nationally, and their NUCC taxonomy."""
+
+    taxonomy: Taxonomy
+
+
+class PrimaryCare(Strict):
+    """Adults see family or internal medicine physicians, children pediatricians."""
+
+    family_medicine: Physicians
+    internal_medicine: Physicians
+    pediatrics: Physicians
+
+
+class HospitalStaff(Strict):
+    """Emergency physicians staff the emergency department, hospitalists the wards, intensivists the ICU."""
+
+    emergency: Physicians
+    hospitalist: Physicians
+    intensivist: Physicians
+
+
+class LocationType(Concept):
+    """A v3 RoleCode location type and the name a location of that type is given."""
+
+    name: Text
+
+
+class LocationTypes(Strict):
+    clinic: LocationType
+    emergency: LocationType
+    ward: LocationType
+    icu: LocationType
+
+
+class OrganizationTypes(Strict):
+    provider: Concept
+    payer: Concept
+
+
+class Payers(Strict):
+    """Payer organization names by coverage kind (several private insurers, the first the default)."""
+
+    medicare: Text
+    medicaid: Text
+    private: list[Text] = Field(min_length=1)
+
+    @field_validator("private")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("private payer names must be distinct")
+        return names
+
+
+class Providers(Strict):
+    """The directory's rules. Fields are validated in this order, so that each cited one can check its
+    source against `sources`."""
+
+    sources: dict[Name, Annotated[str, Field(min_length=5)]]
+    population: NationalCount
+    primary_care: PrimaryCare
+    adult_age_years: Annotated[int, Field(ge=1, le=30)]
+    hospital_staff: HospitalStaff
+    hospitals: NationalCount
+    physicians_per_clinic: Annotated[float, Field(ge=1)]
+    physicians_per_clinic_source: Name
+    organization_types: OrganizationTypes
+    location_types: LocationTypes
+    payers: Payers
+
+    @field_validator("population", "primary_care", "hospital_staff", "hospitals", "physicians_per_clinic_source")
+    @classmethod
+    def _cited(cls, value: object, info: ValidationInfo) -> object:
+        sources = info.data.get("sources")
+        if sources is None:
+            return value
+        counts = [value] if isinstance(value, NationalCount) else []
+        if isinstance(value, PrimaryCare | HospitalStaff):
+            counts = [getattr(value, name) for name in type(value).model_fields]
+        cited = [c.source for c in counts] if not isinstance(value, str) else [value]
+        missing = sorted({source for source in cited if source not in sources})
+        if missing:
+            raise ValueError(f"source {', '.join(map(repr, missing))} is not a key of sources")
+        return value
+
+    def people_per(self, count: NationalCount) -> float:
+        """People per physician (or hospital) of a national count."""
+        return self.population.count / count.count
