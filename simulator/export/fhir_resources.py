@@ -806,44 +806,45 @@ def medication_resources(
     )
 
 
-def procedure_resources(procedures: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
+def _performed(
+    resource_type: str, frame: pd.DataFrame, encounters: pd.DataFrame, refs: References, names: tuple[str, ...]
+) -> Resources:
+    """Procedures or immunizations: one completed act per row, done by the practitioner at the location of its
+    encounter. `names`: its US Core profile, and the resource type's names for its code, patient and time."""
+    profile, code, patient, time = names
+    extra = ',"primarySource":true' if resource_type == "Immunization" else ""
     return build(
-        "Procedure",
-        procedures,
-        procedures["row"].to_numpy(),
+        resource_type,
+        frame,
+        frame["row"].to_numpy(),
         [
-            meta(us_core.PROCEDURE),
-            ',"status":"completed","code":',
-            concepts(procedures),
-            ',"subject":',
-            refs.to("Patient", procedures["patient_id"].to_numpy()),
-            field("encounter", refs.to("Encounter", procedures["encounter_id"].to_numpy())),
-            time_field("performedDateTime", procedures["time"]),
-            _performer(procedures, encounters, refs),
-            field("location", refs.to("Location", _of_encounter(procedures, encounters, "location_id"))),
+            meta(profile),
+            f',"status":"completed"{extra},"{code}":',
+            concepts(frame),
+            f',"{patient}":',
+            refs.to("Patient", frame["patient_id"].to_numpy()),
+            field("encounter", refs.to("Encounter", frame["encounter_id"].to_numpy())),
+            time_field(time, frame["time"]),
+            _performer(frame, encounters, refs),
+            field("location", refs.to("Location", _of_encounter(frame, encounters, "location_id"))),
         ],
         refs.line_end,
     )
 
 
+def procedure_resources(procedures: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
+    return _performed(
+        "Procedure", procedures, encounters, refs, (us_core.PROCEDURE, "code", "subject", "performedDateTime")
+    )
+
+
 def immunization_resources(immunizations: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> Resources:
-    return build(
+    return _performed(
         "Immunization",
         immunizations,
-        immunizations["row"].to_numpy(),
-        [
-            meta(us_core.IMMUNIZATION),
-            ',"status":"completed","vaccineCode":',
-            concepts(immunizations),
-            ',"patient":',
-            refs.to("Patient", immunizations["patient_id"].to_numpy()),
-            field("encounter", refs.to("Encounter", immunizations["encounter_id"].to_numpy())),
-            time_field("occurrenceDateTime", immunizations["time"]),
-            ',"primarySource":true',
-            field("location", refs.to("Location", _of_encounter(immunizations, encounters, "location_id"))),
-            _performer(immunizations, encounters, refs),
-        ],
-        refs.line_end,
+        encounters,
+        refs,
+        (us_core.IMMUNIZATION, "vaccineCode", "patient", "occurrenceDateTime"),
     )
 
 
