@@ -53,6 +53,9 @@ FORMAT = (
     '{"system":"http://ihe.net/fhir/ValueSet/IHE.FormatCode.codesystem",'
     '"code":"urn:ihe:iti:xds:2017:mimeTypeSufficient","display":"mimeType Sufficient"}'
 )
+# UCUM print symbols of the codes whose print form differs (UCUM, "The Unified Code for Units of Measure",
+# version 2.1, the `printSymbol` of each unit); `{score}` annotations print as nothing.
+PRINT_SYMBOLS = {"mm[Hg]": "mmHg", "Cel": "°C", "kg/m2": "kg/m²", "10*3/uL": "×10³/µL", "{score}": ""}
 _SEMANTIC_TAG = re.compile(r"\s+\((disorder|finding|procedure|situation|event|observable entity)\)$")
 _ACUTE = ("emergency", "inpatient", "icu")
 _STAYS = ("inpatient", "icu")
@@ -75,6 +78,14 @@ def _plain(column: pd.Series) -> pa.Array:
     """Each row's display without its semantic tag, one string per distinct display."""
     category = pd.Categorical(column)
     return take([plain_name(str(c)) for c in category.categories], category.codes)
+
+
+def _unit_text(units: pd.Series) -> pa.Array:
+    """' unit' as a note prints it (UCUM's print symbol where it differs from the code: mmHg, °C), one
+    string per distinct unit; nothing for a unitless score."""
+    category = pd.Categorical(units)
+    printed = [PRINT_SYMBOLS.get(str(u), str(u)) for u in category.categories]
+    return take([f" {u}" if u else "" for u in printed], category.codes)
 
 
 def _values(values: np.ndarray) -> pa.Array:
@@ -126,7 +137,7 @@ def note_texts(notes: pd.DataFrame, tables: Mapping[str, pd.DataFrame], referenc
     where, observations = where[rows], observations.iloc[rows]
     values = observations["value"].to_numpy()
     is_lab = (observations["category"] == "laboratory").to_numpy()
-    measured = join(_plain(observations["display"]), " ", _values(values), " ", _plain(observations["unit"]))
+    measured = join(_plain(observations["display"]), " ", _values(values), _unit_text(observations["unit"]))
     code = observations["code"].astype("category")
     limits = pd.Series({c: u.limit for c, u in reference.upper_limits.items()}, dtype=np.float64)
     upper = limits.reindex(code.cat.categories.astype(str)).to_numpy()[code.cat.codes.to_numpy()]
