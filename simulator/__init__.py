@@ -5,7 +5,7 @@ pop = simulator.generate(patients=10_000, seed=42)
 pop.patients, pop.events
 """
 
-from simulator.api import ExportConfig, Population, calibrate, generate, run, validate
+from simulator.api import ExportConfig, Population, audit, calibrate, generate, run, validate
 from simulator.engine.run import RunConfig, Simulator
 from simulator.model.library import Library
 from simulator.model.loading import load_library
@@ -20,6 +20,7 @@ __all__ = [
     "Population",
     "RunConfig",
     "Simulator",
+    "audit",
     "calibrate",
     "generate",
     "load_library",

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+# Imported here, before simulator/__init__.py binds the name `audit` to the function below: a later first
+# import of the package would rebind simulator.audit to the package.
+from simulator.audit.report import AuditReport, audit_run
 from simulator.engine.people import reference_date_of
 from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.errors import ConfigError
@@ -444,3 +447,10 @@ def browse(run_dir: str | Path, *, out: str | Path | None = None, fhir_patients:
     from simulator.teaching.browse import write_browser
 
     return write_browser(run_dir, out, fhir_patients)
+
+
+def audit(run_dir: str | Path, *, examples: int = 3) -> AuditReport:
+    """Check every record of a written run against the clinical consistency rules of the library it was made
+    with (rules/audit.yaml): per rule, the records checked, the violations, their rate and `examples` of them
+    (from different patients). Writes nothing. See `simulator.audit.report`."""
+    return audit_run(run_dir, examples)

@@ -580,5 +580,65 @@ def browse_command(
     out.print(f"wrote {page} in {time.perf_counter() - started:.1f} s: open it in a browser", markup=False)
 
 
+@app.command("audit")
+def audit_command(
+    run: Annotated[Path, typer.Argument(help="Output folder of `ehrsim generate`, with parquet or csv tables.")],
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, help="Examples kept per rule (each from another patient).")
+    ] = 3,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the report to this JSON file.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any rule is violated.")] = False,
+) -> None:
+    """Check every record of a run against the clinical consistency rules (rules/audit.yaml) and print the
+    violations by rule, with examples. Exits 0 when the audit ran, violations or not (1 with --strict).
+    Writes nothing into the run."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from simulator.api import audit
+
+    try:
+        report = audit(run, examples=examples)
+    except (LoadError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    rows = [
+        (
+            r.id,
+            f"{r.checked:,}",
+            f"{r.violations:,}",
+            "-" if r.rate is None else f"{r.rate:.2%}",
+            f"{r.examples[0]['what']}: {r.examples[0]['detail']}" if r.examples else "",
+        )
+        for r in report.rules
+    ]
+    table = Table(title=f"audit of {report.run}")
+    for i, name in enumerate(("rule", "checked", "violations", "rate")):
+        width = max(len(name), *(len(row[i]) for row in rows))
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
+    table.add_column("example")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row[:-1]), Text(row[-1], no_wrap=True, overflow="ellipsis"))
+    out.print(table)
+    for r in report.rules:
+        if r.examples:
+            out.print(f"{r.id}:", markup=False)
+            for e in r.examples:
+                out.print(f"  {e['patient_id']} {e['time'][:16]} {e['what']}: {e['detail']}", markup=False)
+    broken = sum(1 for r in report.rules if r.violations)
+    out.print(
+        f"{report.violations:,} violations of {broken} of {len(report.rules)} rules in {report.patients:,} patients"
+        f" ({report.seconds:.1f} s)",
+        markup=False,
+    )
+    if json_file is not None:
+        try:
+            out.print(f"wrote {report.write_json(json_file)}", markup=False)
+        except OSError as exc:
+            _fail_writing(exc, str(json_file))
+    if strict and report.violations:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -19,7 +19,7 @@ LAYERS = (
     ("simulator.engine",),
     ("simulator.tables",),
     ("simulator.export",),
-    ("simulator.fit", "simulator.load", "simulator.teaching"),  # teaching reads a written run, never the engine
+    ("simulator.fit", "simulator.load", "simulator.teaching", "simulator.audit"),  # teaching, audit: read a run
     ("simulator.api",),
     ("simulator.cli", "simulator.__main__"),
 )

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulator.model.allergies_coverage import Allergies, CoverageRules
+from simulator.model.audit import AuditRules
+from simulator.model.calendar import Calendar
 from simulator.model.care_plans import CarePlans
 from simulator.model.fitted import Declared
 from simulator.model.medication_dosing import MedicationDosing
@@ -31,6 +33,8 @@ RULES_FILES = {
     "languages.yaml": Languages,
     "allergies.yaml": Allergies,
     "coverage.yaml": CoverageRules,
+    "audit.yaml": AuditRules,
+    "calendar.yaml": Calendar,
 }
 
 
@@ -68,6 +72,8 @@ class Library:
     languages: Languages  # the languages patients speak, by ethnicity
     allergies: Allergies  # reported allergies by allergen, age and sex
     coverage: CoverageRules  # health insurance payer by age
+    audit: AuditRules  # clinical consistency rules `ehrsim audit` checks a written run against
+    calendar: Calendar  # when each vaccine, drug, lab method and procedure came into use
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]  # every input file, as modules/... or rules/... (from its root) -> SHA-256

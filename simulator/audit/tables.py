@@ -1,0 +1,64 @@
+"""The tables of a written run that the audit reads, a block of patients at a time: every rule is about one
+patient's record, so a large run is audited in blocks with bounded memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+
+from simulator.model.calendar import Calendar
+from simulator.teaching.record import RunRecord
+
+# The columns the checks read, by table (rules name their time columns among these).
+COLUMNS: dict[str, list[str]] = {
+    "patients": ["index", "id", "birth_time", "sex", "state", "city", "death_time"],
+    "encounters": ["patient", "id", "start_time", "end_time", "encounter_class"],
+    "conditions": [
+        "patient",
+        "system",
+        "code",
+        "display",
+        "onset_time",
+        "diagnosis_time",
+        "resolution_time",
+        "diagnosis_encounter_id",
+    ],
+    "observations": ["patient", "time", "system", "code", "display", "value", "encounter_id"],
+    "medications": ["patient", "start_time", "stop_time", "system", "code", "display", "encounter_id"],
+    "procedures": ["patient", "time", "system", "code", "display", "encounter_id"],
+    "immunizations": ["patient", "time", "system", "code", "display", "encounter_id"],
+}
+BLOCK_PATIENTS = 2_000  # patients audited at once (Parquet; a CSV run is read whole): 2,000 lifetimes peak at 1.1 GB
+
+
+@dataclass(frozen=True)
+class AuditTables:
+    """The tables of some patients of a run, by name (those of COLUMNS, with at least the columns a check
+    reads), and the calendar of introduction years (None: the introduction_year kind cannot check)."""
+
+    tables: dict[str, pd.DataFrame]
+    calendar: Calendar | None = None
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    def patient_column(self, column: str, patient: pd.Series) -> pd.Series:
+        """`patients[column]` of each row's patient (index aligned with `patient`)."""
+        values = self.tables["patients"].set_index("index")[column]
+        return pd.Series(values.reindex(patient.to_numpy()).array, index=patient.index, name=column)
+
+
+def blocks(run: RunRecord, calendar: Calendar | None, block_patients: int = BLOCK_PATIENTS) -> Iterator[AuditTables]:
+    """The run's tables, `block_patients` patients at a time (all at once from CSV, which reads whole)."""
+    patients = run.table("patients", columns=COLUMNS["patients"]).sort_values("index", kind="stable")
+    indexes = patients["index"].to_numpy()
+    size = block_patients if run.folder.name == "parquet" else max(len(indexes), 1)
+    for start in range(0, max(len(indexes), 1), size):
+        wanted = indexes[start : start + size].tolist()
+        tables = {"patients": patients.iloc[start : start + size].reset_index(drop=True)}
+        for name, columns in COLUMNS.items():
+            if name != "patients":
+                tables[name] = run.table(name, None if size >= len(indexes) else wanted, columns=columns)
+        yield AuditTables(tables, calendar)

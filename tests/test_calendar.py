@@ -1,0 +1,113 @@
+"""rules/calendar.yaml: every vaccine, drug, lab method and procedure code the shipped library emits is dated
+(with a cited source), timeless or undated with a reason; the model's checks and look-ups."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from simulator.model.calendar import SYSTEM_URIS
+from simulator.model.library import Library
+from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError
+from simulator.model.schema import CODE_SYSTEMS
+
+CVX, LOINC = CODE_SYSTEMS["CVX"], CODE_SYSTEMS["LOINC"]
+
+
+def emitted(library: Library) -> dict[tuple[str, str], str]:
+    """(calendar system, code) -> display of every code of the kinds the calendar dates: immunizations and
+    procedures of the modules' states, medications (and the dosing file's products), observables, lab panels
+    and the smoking status observation."""
+    codes: dict[tuple[str, str], str] = {}
+    for module in library.modules:
+        for state in module.states.values():
+            codes |= {("cvx", c.code): c.display for c in state.immunization}
+            codes |= {("snomed", c.code): c.display for c in state.procedure}
+        codes |= {("rxnorm", m.code.code): m.code.display for m in module.medications.values()}
+        codes |= {("loinc", o.code.code): o.code.display for o in module.observables.values()}
+    codes |= {("rxnorm", code): dosing.product for code, dosing in library.medication_dosing.dosing.items()}
+    codes |= {("loinc", panel.code.code): panel.code.display for panel in library.lab_panels.panels}
+    codes[("loinc", library.smoking_status.code.code)] = library.smoking_status.code.display
+    return codes
+
+
+def listed(library: Library) -> dict[tuple[str, str], str]:
+    calendar = library.calendar
+    return {(e.system, e.code): e.display for e in (*calendar.introduced, *calendar.timeless, *calendar.undated)}
+
+
+def test_every_emitted_code_is_dated_timeless_or_undated(shipped_library: Library) -> None:
+    codes, calendar = emitted(shipped_library), listed(shipped_library)
+    missing = sorted(set(codes) - set(calendar))
+    stale = sorted(set(calendar) - set(codes))
+    assert missing == [], f"codes the library emits that rules/calendar.yaml does not list: {missing}"
+    assert stale == [], f"codes rules/calendar.yaml lists that the library does not emit: {stale}"
+    wrong = [f"{key}: {calendar[key]!r} != {codes[key]!r}" for key in codes if calendar[key] != codes[key]]
+    assert wrong == [], f"displays differ from the modules': {wrong}"
+    undated = shipped_library.calendar.undated
+    assert len(undated) < len(shipped_library.calendar.introduced) / 4, f"{len(undated)} codes undated"
+
+
+def test_every_source_is_cited(shipped_library: Library) -> None:
+    """Each source dates an entry or is named in a note or reason, where it backs a statement."""
+    calendar = shipped_library.calendar
+    used = {e.source for e in calendar.introduced} | {s.source for e in calendar.introduced for s in e.by_age}
+    notes = [e.note or "" for e in calendar.introduced] + [e.why for e in (*calendar.timeless, *calendar.undated)]
+    named = set(re.findall(r"[a-z][a-z0-9_]*", " ".join(notes)))
+    assert set(calendar.sources) - used - named == set()
+
+
+def test_year_of_looks_up_by_system_uri_and_exact_code(shipped_library: Library) -> None:
+    calendar = shipped_library.calendar
+    assert calendar.year_of(CVX, "03") == 1971  # MMR: the CVX code keeps its leading zero
+    assert calendar.year_of(CVX, "3") is None
+    assert calendar.year_of(LOINC, "98979-8") == 2021  # CKD-EPI 2021
+    assert calendar.year_of(LOINC, "29463-7") is None  # body weight: timeless
+    assert calendar.year_of("http://example.org/other", "03") is None
+    assert set(SYSTEM_URIS.values()) <= set(CODE_SYSTEMS.values())
+
+
+def test_influenza_vaccine_is_dated_by_age(shipped_library: Library) -> None:
+    """Recommended for 65 and older from 1960, then age group by age group until universal in 2010."""
+    calendar = shipped_library.calendar
+    by_age = {age: calendar.year_of(CVX, "140", age) for age in (0.7, 3, 10, 30, 55, 70)}
+    assert by_age == {0.7: 2004, 3: 2006, 10: 2009, 30: 2010, 55: 2000, 70: 1960}
+    assert calendar.year_of(CVX, "140") == min(by_age.values())
+    assert str(calendar.introduced_on(CVX, "140", 30)) == "2010-02-01"
+
+
+def test_the_fixture_calendar_loads(fixture_library: Library) -> None:
+    calendar = fixture_library.calendar
+    assert calendar.year_of(CODE_SYSTEMS["RxNorm"], "285018") == 2000
+    assert calendar.year_of(CVX, "140", 30) == 2010 and calendar.year_of(CVX, "140", 70) == 1960
+    assert {e.code for e in calendar.timeless} == {"29463-7"} and len(calendar.undated) == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    source: label_lantus", "    source: label_lantis", "rxnorm 285018: source 'label_lantis' is not a key"),
+        ("    year: 2000\n", "    year: 1700\n", "greater than or equal to 1800"),
+        ('    code: "313782"', '    code: "285018"', "rxnorm 285018: listed twice"),
+        ('    code: "285018"', "    code: 285018", "valid string"),
+        ("year: 2010, month: 2", "year: 1950, month: 2", "by_age year 1950 is before the code's year"),
+    ],
+)
+def test_a_bad_entry_is_reported_with_its_line(
+    tmp_path: Path, bare_rules: Path, old: str, new: str, message: str
+) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(bare_rules, rules)
+    path = rules / "calendar.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(LoadError) as caught:
+        load_library([], rules)
+    [problem] = caught.value.problems
+    assert problem.file.endswith("calendar.yaml") and problem.line > 1
+    assert message in problem.message, str(problem)
