@@ -9,19 +9,13 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from simulator.model.schema import Code, Name, Strict
+from simulator.model.sources import Sources, need_source
 
-Sources = dict[Name, Annotated[str, Field(min_length=5)]]
 Share = Annotated[float, Field(ge=0, le=1)]
 Age = Annotated[float, Field(ge=0)]
 Criticality = Literal["low", "high", "unable-to-assess"]
 CoverageKind = Literal["medicare", "medicaid", "private"]  # the payer kinds of the provider directory
 _SUM_TOLERANCE = 1e-6
-
-
-def _cited(source: str, info: ValidationInfo, where: str = "") -> None:
-    sources = info.data.get("sources")
-    if sources is not None and source not in sources:
-        raise ValueError(f"{where}source '{source}' is not a key of sources")
 
 
 def _bands_start_at_birth(min_ages: list[float], where: str = "") -> None:
@@ -110,7 +104,7 @@ class Allergies(Strict):
     @field_validator("codes_source")
     @classmethod
     def _codes_cited(cls, source: str, info: ValidationInfo) -> str:
-        _cited(source, info)
+        need_source(source, info)
         return source
 
     @field_validator("manifestations")
@@ -126,7 +120,7 @@ class Allergies(Strict):
     def _profiles_known(cls, profiles: dict[str, ReactionProfile], info: ValidationInfo) -> dict:
         manifestations = info.data.get("manifestations") or {}
         for name, profile in profiles.items():
-            _cited(profile.source, info, f"{name}: ")
+            need_source(profile.source, info, f"{name}: ")
             unknown = sorted({r.manifestation for r in profile.reactions} - set(manifestations))
             if manifestations and unknown:
                 raise ValueError(f"{name}: manifestations {', '.join(unknown)} are not in manifestations")
@@ -138,8 +132,8 @@ class Allergies(Strict):
         profiles = info.data.get("reaction_profiles")
         for name, allergen in allergens.items():
             for band in allergen.bands:
-                _cited(band.source, info, f"{name}: ")
-                _cited(band.confirmed_source, info, f"{name}: ")
+                need_source(band.source, info, f"{name}: ")
+                need_source(band.confirmed_source, info, f"{name}: ")
                 if profiles is not None and band.reactions not in profiles:
                     raise ValueError(f"{name}: reaction profile '{band.reactions}' is not in reaction_profiles")
         return allergens
@@ -202,7 +196,7 @@ class CoverageRules(Strict):
     @field_validator("codes_source")
     @classmethod
     def _codes_cited(cls, source: str, info: ValidationInfo) -> str:
-        _cited(source, info)
+        need_source(source, info)
         return source
 
     @field_validator("payers")
@@ -218,7 +212,7 @@ class CoverageRules(Strict):
     def _bands_sum_to_one(cls, bands: list[CoverageBand], info: ValidationInfo) -> list[CoverageBand]:
         _bands_start_at_birth([b.min_age_years for b in bands])
         for i, band in enumerate(bands):
-            _cited(band.source, info, f"bands[{i}]: ")
+            need_source(band.source, info, f"bands[{i}]: ")
             total = band.uninsured + sum(band.shares.values())
             if abs(total - 1) > _SUM_TOLERANCE:
                 raise ValueError(f"bands[{i}]: uninsured and payer shares sum to {total:.6f}, not 1")

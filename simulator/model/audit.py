@@ -13,9 +13,9 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator,
 
 from simulator.model.reference_data import LoincCode
 from simulator.model.schema import ENCOUNTER_CLASSES, Name, Strict
+from simulator.model.sources import Sources, uncited
 
 Text = Annotated[str, Field(min_length=1)]
-Sources = dict[Name, Annotated[str, Field(min_length=5)]]
 RxNormCode = Annotated[str, Field(pattern=r"^\d{1,8}$")]
 AtcCode = Annotated[str, Field(pattern=r"^[A-Z]\d{2}[A-Z]{2}\d{2}$")]
 ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -310,14 +310,12 @@ class AuditRules(Strict):
     @field_validator("rules")
     @classmethod
     def _cited(cls, rules: dict[str, AuditRule], info: ValidationInfo) -> dict[str, AuditRule]:
-        sources = info.data.get("sources")
-        if sources is None:
-            return rules
         problems = [
-            f"{rule_id}: source '{source}' is not a key of sources"
+            problem
             for rule_id, rule in rules.items()
-            for source in (*rule.sources, *(g.source for g in getattr(rule, "groups", {}).values()))
-            if source not in sources
+            for problem in uncited(
+                info, *rule.sources, *(g.source for g in getattr(rule, "groups", {}).values()), where=f"{rule_id}: "
+            )
         ]
         if problems:
             raise ValueError("; ".join(problems))

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from simulator.model.schema import CODE_SYSTEMS, Name, Strict
+from simulator.model.sources import uncited
 
 System = Literal["cvx", "rxnorm", "loinc", "snomed"]
 SYSTEM_URIS: dict[str, str] = {
@@ -102,12 +103,9 @@ class Calendar(Strict):
     @field_validator("introduced")
     @classmethod
     def _cited_and_ordered(cls, entries: list[Introduced], info: ValidationInfo) -> list[Introduced]:
-        sources = info.data.get("sources")
         problems = _twice(entries)
         for e in entries:
-            for source in (e.source, *(step.source for step in e.by_age)):
-                if sources is not None and source not in sources:
-                    problems.append(f"{e.system} {e.code}: source '{source}' is not a key of sources")
+            problems += uncited(info, e.source, *(step.source for step in e.by_age), where=f"{e.system} {e.code}: ")
             for step in e.by_age:
                 if (step.year, step.month or 1) < (e.year, e.month or 1):
                     problems.append(f"{e.system} {e.code}: by_age year {step.year} is before the code's year")

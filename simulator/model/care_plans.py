@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from simulator.model.schema import Code, Name, Strict
+from simulator.model.sources import Sources, need_source
 
 Text = Annotated[str, Field(min_length=1)]
 Comparator = Literal["<", "<=", ">=", ">"]
@@ -92,7 +93,7 @@ class CarePlans(Strict):
     """The care plan rules by name, the care team role codes, and the note types by encounter class. Fields
     are validated in this order, so each check can read the fields above it."""
 
-    sources: dict[Name, Annotated[str, Field(min_length=5)]]
+    sources: Sources
     plans: dict[Name, CarePlanRule]
     care_team_roles: dict[Literal["patient", "primary_care_provider"], Code]
     roles_source: Name
@@ -107,9 +108,9 @@ class CarePlans(Strict):
         for name, plan in plans.items():
             for goal in plan.goals:
                 for target in goal.targets:
-                    _need_source(target.source, info, f"{name}: ")
+                    need_source(target.source, info, f"{name}: ")
                     if target.older_adults is not None:
-                        _need_source(target.older_adults.source, info, f"{name}: ")
+                        need_source(target.older_adults.source, info, f"{name}: ")
             for condition in plan.conditions:
                 if condition.code in seen:
                     raise ValueError(
@@ -121,15 +122,9 @@ class CarePlans(Strict):
     @field_validator("roles_source", "note_types_source")
     @classmethod
     def _cited(cls, source: str, info: ValidationInfo) -> str:
-        _need_source(source, info)
+        need_source(source, info)
         return source
 
     def plan_of(self) -> dict[str, str]:
         """SNOMED CT condition code -> the name of its plan."""
         return {c.code: name for name, plan in self.plans.items() for c in plan.conditions}
-
-
-def _need_source(source: str, info: ValidationInfo, where: str = "") -> None:
-    sources = info.data.get("sources")
-    if sources is not None and source not in sources:
-        raise ValueError(f"{where}source '{source}' is not a key of sources")

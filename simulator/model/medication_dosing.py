@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from simulator.model.schema import Name, Strict
+from simulator.model.sources import Sources, need_source
 
 RxNormCode = Annotated[str, Field(pattern=r"^\d{1,8}$")]
 SnomedCode = Annotated[str, Field(pattern=r"^\d{6,18}$")]
@@ -55,7 +56,7 @@ class ProductDosing(Strict):
 class MedicationDosing(Strict):
     """Dosing by RxNorm code. Fields are validated in this order, so each check reads the fields above it."""
 
-    sources: dict[Name, Annotated[str, Field(min_length=5)]]
+    sources: Sources
     units_source: Name
     dose_units: list[Text] = Field(min_length=1)
     routes_source: Name
@@ -65,9 +66,7 @@ class MedicationDosing(Strict):
     @field_validator("units_source", "routes_source")
     @classmethod
     def _cited(cls, source: str, info: ValidationInfo) -> str:
-        sources = info.data.get("sources")
-        if sources is not None and source not in sources:
-            raise ValueError(f"source '{source}' is not a key of sources")
+        need_source(source, info)
         return source
 
     @field_validator("dosing")

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator
 
 from simulator.model.schema import Name, Strict
+from simulator.model.sources import Sources, uncited
 
 Text = Annotated[str, Field(min_length=1)]
 
@@ -92,7 +93,7 @@ class Providers(Strict):
     """The directory's rules. Fields are validated in this order, so that each cited one can check its
     source against `sources`."""
 
-    sources: dict[Name, Annotated[str, Field(min_length=5)]]
+    sources: Sources
     population: NationalCount
     primary_care: PrimaryCare
     adult_age_years: Annotated[int, Field(ge=1, le=30)]
@@ -107,16 +108,12 @@ class Providers(Strict):
     @field_validator("population", "primary_care", "hospital_staff", "hospitals", "physicians_per_clinic_source")
     @classmethod
     def _cited(cls, value: object, info: ValidationInfo) -> object:
-        sources = info.data.get("sources")
-        if sources is None:
-            return value
         counts = [value] if isinstance(value, NationalCount) else []
         if isinstance(value, PrimaryCare | HospitalStaff):
             counts = [getattr(value, name) for name in type(value).model_fields]
         cited = [c.source for c in counts] if not isinstance(value, str) else [value]
-        missing = sorted({source for source in cited if source not in sources})
-        if missing:
-            raise ValueError(f"source {', '.join(map(repr, missing))} is not a key of sources")
+        if problems := uncited(info, *sorted(set(cited))):
+            raise ValueError("; ".join(problems))
         return value
 
     def people_per(self, count: NationalCount) -> float:

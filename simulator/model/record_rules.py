@@ -10,16 +10,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from simulator.model.reference_data import LoincCode
 from simulator.model.schema import Code, Name, Strict
+from simulator.model.sources import Sources, need_source
 
-Sources = dict[Name, Annotated[str, Field(min_length=5)]]
 Share = Annotated[float, Field(ge=0, le=1)]
-
-
-def _cited(source: str, info: ValidationInfo) -> str:
-    sources = info.data.get("sources")
-    if sources is not None and source not in sources:
-        raise ValueError(f"source '{source}' is not a key of sources")
-    return source
 
 
 class SmokingStatus(Strict):
@@ -38,7 +31,8 @@ class SmokingStatus(Strict):
     @field_validator("age_source", "codes_source")
     @classmethod
     def _sources_cited(cls, source: str, info: ValidationInfo) -> str:
-        return _cited(source, info)
+        need_source(source, info)
+        return source
 
     @model_validator(mode="after")
     def _snomed_answers(self) -> SmokingStatus:
@@ -69,7 +63,7 @@ class LabPanels(Strict):
         for panel in panels:
             if panel.code.system != "LOINC":
                 raise ValueError(f"panel {panel.code.code}: a panel is a LOINC code")
-            _cited(panel.source, info)
+            need_source(panel.source, info)
             twice = seen & set(panel.members)
             if twice:
                 raise ValueError(f"{', '.join(sorted(twice))}: a lab belongs to one panel at most")
@@ -108,4 +102,5 @@ class Languages(Strict):
     @field_validator("source")
     @classmethod
     def _source_cited(cls, source: str, info: ValidationInfo) -> str:
-        return _cited(source, info)
+        need_source(source, info)
+        return source

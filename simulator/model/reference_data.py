@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator
 
 from simulator.model.schema import Name, Strict
+from simulator.model.sources import Sources, need_source
 
 LoincCode = Annotated[str, Field(pattern=r"^\d{1,7}-\d$")]
 UcumCode = Annotated[str, Field(pattern=r"^\S+$")]
@@ -27,7 +28,7 @@ class ObservationReference(Strict):
     """UCUM codes and aliases (`ucum` turns a module's unit into its code) and lab upper limits by LOINC
     code. Fields are validated in this order, so each check can read the fields above it."""
 
-    sources: dict[Name, Annotated[str, Field(min_length=5)]]
+    sources: Sources
     ucum_source: Name
     ucum_codes: list[UcumCode] = Field(min_length=1)
     ucum_aliases: dict[str, UcumCode]
@@ -36,7 +37,7 @@ class ObservationReference(Strict):
     @field_validator("ucum_source")
     @classmethod
     def _cited(cls, source: str, info: ValidationInfo) -> str:
-        _need_source(source, info)
+        need_source(source, info)
         return source
 
     @field_validator("ucum_aliases")
@@ -55,16 +56,10 @@ class ObservationReference(Strict):
         for loinc, limit in limits.items():
             if codes is not None and aliases is not None and aliases.get(limit.unit, limit.unit) not in codes:
                 raise ValueError(f"{loinc}: unit '{limit.unit}' is neither in ucum_codes nor in ucum_aliases")
-            _need_source(limit.source, info, f"{loinc}: ")
+            need_source(limit.source, info, f"{loinc}: ")
         return limits
 
     def ucum(self, unit: str) -> str | None:
         """The UCUM code of a module's unit string; None if it is neither a known code nor an alias."""
         code = self.ucum_aliases.get(unit, unit)
         return code if code in self.ucum_codes else None
-
-
-def _need_source(source: str, info: ValidationInfo, where: str = "") -> None:
-    sources = info.data.get("sources")
-    if sources is not None and source not in sources:
-        raise ValueError(f"{where}source '{source}' is not a key of sources")
