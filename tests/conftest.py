@@ -14,6 +14,7 @@ import pytest
 import simulator
 from simulator.model.library import Library
 from simulator.model.loading import load_library
+from simulator.model.parsing import LoadError, Problem
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -27,6 +28,22 @@ def table_hash(*frames: pd.DataFrame) -> str:
         digest.update(",".join(frame.columns).encode())
         digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def edited_rules_problems(
+    tmp_path: Path, rules: Path, edits: dict[str, tuple[str, str]], modules: Path | list[Path]
+) -> list[Problem]:
+    """The problems of loading `modules` with a copy of the rules folder `rules` where, in each file named in
+    `edits`, the first `old` (which must be there) is replaced by `new`."""
+    copy = tmp_path / "rules"
+    shutil.copytree(rules, copy)
+    for name, (old, new) in edits.items():
+        text = (copy / name).read_text()
+        assert old in text, (name, old)
+        (copy / name).write_text(text.replace(old, new, 1))
+    with pytest.raises(LoadError) as caught:
+        load_library(modules, copy)
+    return caught.value.problems
 
 
 def _contents(library: Library) -> str:

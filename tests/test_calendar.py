@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import edited_rules_problems
 
 from simulator.model.calendar import SYSTEM_URIS
 from simulator.model.library import Library
-from simulator.model.loading import load_library
-from simulator.model.parsing import LoadError
 from simulator.model.schema import CODE_SYSTEMS
 
 CVX, LOINC = CODE_SYSTEMS["CVX"], CODE_SYSTEMS["LOINC"]
@@ -100,14 +98,6 @@ def test_the_fixture_calendar_loads(fixture_library: Library) -> None:
 def test_a_bad_entry_is_reported_with_its_line(
     tmp_path: Path, bare_rules: Path, old: str, new: str, message: str
 ) -> None:
-    rules = tmp_path / "rules"
-    shutil.copytree(bare_rules, rules)
-    path = rules / "calendar.yaml"
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-    with pytest.raises(LoadError) as caught:
-        load_library([], rules)
-    [problem] = caught.value.problems
+    [problem] = edited_rules_problems(tmp_path, bare_rules, {"calendar.yaml": (old, new)}, [])
     assert problem.file.endswith("calendar.yaml") and problem.line > 1
     assert message in problem.message, str(problem)

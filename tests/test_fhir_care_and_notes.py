@@ -5,7 +5,6 @@ and the shipped one."""
 from __future__ import annotations
 
 import base64
-import shutil
 from collections import Counter, defaultdict
 from datetime import date, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from conftest import DATA, read_ndjson
+from conftest import DATA, edited_rules_problems, read_ndjson
 from fhir.resources.R4B import get_fhir_model_class
 
 from simulator.export.directory import SHARED_TYPES
@@ -21,7 +20,6 @@ from simulator.export.ids import patient_of
 from simulator.export.notes import plain_name
 from simulator.model.checks import load_terminology
 from simulator.model.library import Library
-from simulator.model.loading import load_library
 from simulator.model.parsing import LoadError
 from simulator.model.schema import CODE_SYSTEMS
 
@@ -309,14 +307,11 @@ def test_shipped_plans_use_the_modules_codes_and_the_terminology(shipped_library
 
 
 def test_a_bad_care_plan_rule_is_reported_with_its_line(tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    shutil.copytree(DATA / "fixture" / "rules", rules)
-    path = rules / "care_plans.yaml"
-    text = path.read_text()
-    path.write_text(text.replace("source: ada_2024_glycemic", "source: ada_2042_glycemic", 1))
-    with pytest.raises(LoadError) as raised:
-        load_library(DATA / "fixture" / "modules", rules)
+    rules = DATA / "fixture" / "rules"
+    edits = {"care_plans.yaml": ("source: ada_2024_glycemic", "source: ada_2042_glycemic")}
+    problems = edited_rules_problems(tmp_path, rules, edits, DATA / "fixture" / "modules")
+    text = (rules / "care_plans.yaml").read_text()
     line = next(n for n, t in enumerate(text.splitlines(), 1) if t.strip() == "plans:")
-    message = str(raised.value)
+    message = str(LoadError(problems))
     assert "care_plans.yaml:" in message and "ada_2042_glycemic" in message and "is not a key of sources" in message
     assert int(message.split("care_plans.yaml:")[1].split(":")[0]) >= line

@@ -5,7 +5,6 @@ route, timing bounded by the course) from rules/medication_dosing.yaml."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from conftest import read_ndjson
+from conftest import edited_rules_problems, read_ndjson
 
 import simulator
 from simulator.export.clinical_tables import TRANSFER_GAP, build_tables
@@ -368,17 +367,7 @@ def test_the_albuterol_reliever_is_as_needed_and_inhaled(shipped_library) -> Non
 def test_a_bad_dosing_file_is_reported_with_its_line(
     tmp_path: Path, bare_rules: Path, old: str, new: str, message: str
 ) -> None:
-    from simulator.model.parsing import LoadError
-
-    rules = tmp_path / "rules"
-    shutil.copytree(bare_rules, rules)
-    path = rules / "medication_dosing.yaml"
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-    with pytest.raises(LoadError) as caught:
-        load_library([], rules)
-    [problem] = caught.value.problems
+    [problem] = edited_rules_problems(tmp_path, bare_rules, {"medication_dosing.yaml": (old, new)}, [])
     assert problem.file.endswith("medication_dosing.yaml") and problem.line > 1
     assert message in problem.message, str(problem)
 

@@ -6,7 +6,6 @@ against their census source."""
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,14 +13,12 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from conftest import DATA, read_ndjson
+from conftest import DATA, edited_rules_problems, read_ndjson
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.export import us_core
 from simulator.export.fhir_resources import communication
 from simulator.model.library import Library
-from simulator.model.loading import load_library
-from simulator.model.parsing import LoadError
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 UCUM = "http://unitsofmeasure.org"
@@ -475,23 +472,16 @@ def test_lab_panels_list_labs_the_library_measures(shipped_library: Library) -> 
 def test_record_rules_mistakes_are_reported_with_their_place(tmp_path: Path) -> None:
     """A lab in two panels, shares of an undeclared language or over 1, an unknown source: each a located
     problem at load time."""
-    rules = tmp_path / "rules"
-    shutil.copytree(DATA / "fixture" / "rules", rules)
     edits = {
         "lab_panels.yaml": ('"98979-8"', '"6690-2"'),
         "languages.yaml": ("hispanic: {en: 0.32, es: 0.68}", "hispanic: {en: 0.42, es: 0.68, xx: 0.1}"),
         "smoking_status.yaml": ("age_source: cms_meaningful_use_smoking", "age_source: cms_mu"),
     }
-    for name, (old, new) in edits.items():
-        text = (rules / name).read_text()
-        assert old in text
-        (rules / name).write_text(text.replace(old, new))
-    with pytest.raises(LoadError) as raised:
-        load_library(DATA / "fixture" / "modules", rules)
-    problems = {(Path(p.file).name, p.message) for p in raised.value.problems}
+    found = edited_rules_problems(tmp_path, DATA / "fixture" / "rules", edits, DATA / "fixture" / "modules")
+    problems = {(Path(p.file).name, p.message) for p in found}
     assert problems == {
         ("lab_panels.yaml", "6690-2: a lab belongs to one panel at most"),
         ("languages.yaml", "hispanic: xx not in languages"),
         ("smoking_status.yaml", "source 'cms_mu' is not a key of sources"),
     }
-    assert all(p.line > 1 for p in raised.value.problems)
+    assert all(p.line > 1 for p in found)

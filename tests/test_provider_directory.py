@@ -5,7 +5,6 @@ and location; the same seed and size give the same directory, whatever the chunk
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from conftest import DATA, FIXTURE_LIBRARY, read_ndjson
+from conftest import DATA, FIXTURE_LIBRARY, edited_rules_problems, read_ndjson
 
 import simulator
 from simulator.export.clinical_tables import build_tables
@@ -28,8 +27,6 @@ from simulator.export.directory import (
     is_valid_npi,
 )
 from simulator.model.library import Library
-from simulator.model.loading import load_library
-from simulator.model.parsing import LoadError
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 PROFILES = {
@@ -278,11 +275,6 @@ def _references(text: str, resource_type: str) -> list[str]:
 
 
 def test_an_uncited_figure_is_reported_at_its_line(tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    shutil.copytree(DATA / "fixture" / "rules", rules)
-    path = rules / "providers.yaml"
-    path.write_text(path.read_text().replace("source: wachter_goldman_2016", "source: nowhere", 1))
-    with pytest.raises(LoadError) as caught:
-        load_library(FIXTURE_LIBRARY["modules_dir"], rules)
-    (problem,) = caught.value.problems
+    edits = {"providers.yaml": ("source: wachter_goldman_2016", "source: nowhere")}
+    (problem,) = edited_rules_problems(tmp_path, DATA / "fixture" / "rules", edits, FIXTURE_LIBRARY["modules_dir"])
     assert problem.file.endswith("providers.yaml") and problem.line > 1 and "nowhere" in problem.message
