@@ -65,7 +65,15 @@ from simulator.export.fhir_text import (
     take,
     time_field,
 )
-from simulator.export.ids import fhir_dates, fhir_datetime_text, fhir_datetimes, resource_ids, uniforms, utc_ms
+from simulator.export.ids import (
+    fhir_dates,
+    fhir_datetime_text,
+    fhir_datetimes,
+    positions,
+    resource_ids,
+    uniforms,
+    utc_ms,
+)
 from simulator.export.notes import document_resources
 from simulator.export.provenance import provenance_resources
 from simulator.model.library import Library
@@ -241,8 +249,8 @@ def communication(patients: pd.DataFrame, languages: Languages, seed: int) -> np
 
 def _of_encounter(frame: pd.DataFrame, encounters: pd.DataFrame, column: str) -> np.ndarray:
     """The `column` of each row's encounter (a provider id; None for a row outside any encounter)."""
-    by_id = pd.Series(encounters[column].to_numpy(dtype=object), index=encounters["id"].to_numpy(dtype=object))
-    return by_id.reindex(frame["encounter_id"].to_numpy(dtype=object)).to_numpy(dtype=object)
+    at = positions(encounters["id"].to_numpy(dtype=object), frame["encounter_id"].to_numpy(dtype=object))
+    return np.append(encounters[column].to_numpy(dtype=object), None)[at]
 
 
 def _performer(frame: pd.DataFrame, encounters: pd.DataFrame, refs: References) -> pa.Array:

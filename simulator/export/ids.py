@@ -86,6 +86,14 @@ def uniforms(seed: int, patient: np.ndarray, tag: str, key: np.ndarray) -> np.nd
     return (_hash(seed, patient, tag, key) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def positions(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The position of each value among the distinct `keys` (-1 where absent), by one hash pass over both
+    (the ids of a chunk are shared string objects whose hashes are cached, so this beats an index lookup)."""
+    codes, _ = pd.factorize(np.concatenate([keys, values]))
+    found = codes[len(keys) :]
+    return np.where(found < len(keys), found, -1)
+
+
 def utc_ms(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Timezone-aware timestamps -> datetime64[ms] (UTC), without going through Python objects."""
     return pd.DatetimeIndex(times).as_unit("ms").asi8.view("datetime64[ms]")

@@ -42,7 +42,7 @@ from simulator.export.fhir_text import (
     text_bytes,
     text_offsets,
 )
-from simulator.export.ids import fhir_dates, fhir_datetime_text, resource_ids, utc_ms
+from simulator.export.ids import fhir_dates, fhir_datetime_text, positions, resource_ids, utc_ms
 from simulator.model.care_plans import CarePlans
 from simulator.model.reference_data import ObservationReference
 
@@ -64,14 +64,6 @@ _STAYS = ("inpatient", "icu")
 def plain_name(display: str) -> str:
     """A display without its SNOMED CT semantic tag: 'Pneumonia (disorder)' -> 'Pneumonia'."""
     return _SEMANTIC_TAG.sub("", display)
-
-
-def positions(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The position of each value among the distinct `keys` (-1 where absent), by one hash pass over both
-    (the ids of a chunk are shared string objects whose hashes are cached, so this beats an index lookup)."""
-    codes, _ = pd.factorize(np.concatenate([keys, values]))
-    found = codes[len(keys) :]
-    return np.where(found < len(keys), found, -1)
 
 
 def _plain(column: pd.Series) -> pa.Array:

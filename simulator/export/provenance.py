@@ -38,8 +38,7 @@ from simulator.export.fhir_text import (
     text_column,
     text_offsets,
 )
-from simulator.export.ids import fhir_datetime_text, resource_ids, utc_ms
-from simulator.export.notes import positions
+from simulator.export.ids import fhir_datetime_text, positions, resource_ids, utc_ms
 
 PATIENT_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Provenance.patient"
 _AUTHOR = dumps(
