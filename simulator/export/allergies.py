@@ -18,13 +18,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from simulator.export import us_core
 from simulator.export.coverage import band_of, record_end
 from simulator.export.fhir_text import TERMINOLOGY, References, Resources, build, dumps, field, meta, take
 from simulator.export.ids import fhir_datetime_text, resource_ids, uniforms, utc_ms
 from simulator.model.allergies_coverage import Allergies
 from simulator.model.schema import CODE_SYSTEMS, Code
 
-PROFILE = "us-core-allergyintolerance"
 CLINICAL = TERMINOLOGY + "allergyintolerance-clinical"
 VERIFICATION = TERMINOLOGY + "allergyintolerance-verification"
 # draws of the "Allergy" tag, by key: allergen number * _DRAWS + one of these
@@ -140,7 +140,7 @@ def allergy_resources(
         rows,
         allergen - len(rules.allergens),  # before the patient's event rows, in allergen order
         [
-            meta(PROFILE),
+            meta(us_core.ALLERGY_INTOLERANCE),
             f',"clinicalStatus":{clinical},"verificationStatus":',
             take(statuses, rows["confirmed"].to_numpy().astype(np.int64)),
             take(substances, allergen),

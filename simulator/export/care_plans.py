@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from simulator.days import DAYS_PER_YEAR
+from simulator.export import us_core
 from simulator.export.context import ExportContext
 from simulator.export.fhir_text import (
     UCUM,
@@ -208,7 +209,7 @@ def goal_resources(goals: pd.DataFrame, plans: pd.DataFrame, refs: References) -
         goals,
         goals["row"].to_numpy(),
         [
-            meta("us-core-goal"),
+            meta(us_core.GOAL),
             ',"lifecycleStatus":"',
             status,
             '","description":{"text":',
@@ -258,7 +259,7 @@ def care_team_resources(teams: pd.DataFrame, rules: CarePlans, refs: References)
         teams,
         np.full(len(teams), -1, np.int64),
         [
-            meta("us-core-careteam"),
+            meta(us_core.CARE_TEAM),
             ',"status":',
             np.where(dead, '"inactive"', '"active"').astype(object),
             ',"name":"Primary care team","subject":',
@@ -320,7 +321,7 @@ def care_plan_resources(
         plans,
         plans["row"].to_numpy(),
         [
-            meta("us-core-careplan"),
+            meta(us_core.CARE_PLAN),
             ',"text":',
             np.array(narrative, dtype=object),
             ',"status":"',

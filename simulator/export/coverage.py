@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR
+from simulator.export import us_core
 from simulator.export.care_plans import last_recorded
 from simulator.export.directory import Directory
 from simulator.export.fhir_text import ID_SYSTEM, TERMINOLOGY, References, Resources, build, dumps, join, meta, take
 from simulator.export.ids import fhir_dates, fhir_datetime_text, resource_ids, uniforms, utc_ms
 from simulator.model.allergies_coverage import CoverageKind, CoverageRules
 
-PROFILE = "us-core-coverage"
 KINDS: tuple[str, ...] = CoverageKind.__args__  # type: ignore[attr-defined]
 _MS_PER_YEAR = DAYS_PER_YEAR * 86_400_000
 _MEMBER_DIGITS = 10
@@ -117,7 +117,7 @@ def coverage_resources(
         rows,
         np.full(len(rows), -1, np.int64),
         [
-            meta(PROFILE),
+            meta(us_core.COVERAGE),
             f',"identifier":[{{"type":{dumps(member_type)},"system":"{ID_SYSTEM}coverage-member","value":"',
             member,
             '"}],"status":"active","type":',

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from simulator.export.fhir_text import ID_SYSTEM, TERMINOLOGY, US_CORE
+from simulator.export import us_core
+from simulator.export.fhir_text import ID_SYSTEM, TERMINOLOGY, meta_object
 from simulator.export.ids import uniforms, utc_ms
 from simulator.model.library import Library
 from simulator.model.providers import Concept, LocationType, Physicians, Providers
@@ -323,7 +324,7 @@ class _Builder:
                 {
                     "resourceType": "Organization",
                     "id": ids[kind],
-                    "meta": _profile("us-core-organization"),
+                    "meta": meta_object(us_core.ORGANIZATION),
                     "identifier": [{"system": ID_SYSTEM + "organization", "value": f"payer/{name}"}],
                     "active": True,
                     "type": [_concept(TERMINOLOGY + "organization-type", self.rules.organization_types.payer)],
@@ -338,7 +339,7 @@ class _Builder:
             {
                 "resourceType": "Organization",
                 "id": organization_id,
-                "meta": _profile("us-core-organization"),
+                "meta": meta_object(us_core.ORGANIZATION),
                 "identifier": [
                     self._npi(npi_kind, city_number, ordinal),
                     {"system": ID_SYSTEM + "organization", "value": key},
@@ -359,7 +360,7 @@ class _Builder:
             {
                 "resourceType": "Location",
                 "id": location_id,
-                "meta": _profile("us-core-location"),
+                "meta": meta_object(us_core.LOCATION),
                 "identifier": [{"system": ID_SYSTEM + "location", "value": key}],
                 "status": "active",
                 "name": name,
@@ -431,7 +432,7 @@ class _Builder:
             {
                 "resourceType": "Practitioner",
                 "id": practitioner_id,
-                "meta": _profile("us-core-practitioner"),
+                "meta": meta_object(us_core.PRACTITIONER),
                 "identifier": [self._npi(kind, number, ordinal)],
                 "active": True,
                 "name": [{"use": "official", "family": family, "given": [given], "prefix": ["Dr."]}],
@@ -445,7 +446,7 @@ class _Builder:
             {
                 "resourceType": "PractitionerRole",
                 "id": self._id(f"{key}/role"),
-                "meta": _profile("us-core-practitionerrole"),
+                "meta": meta_object(us_core.PRACTITIONER_ROLE),
                 "active": True,
                 "practitioner": {"reference": f"Practitioner/{practitioner_id}"},
                 "organization": {"reference": f"Organization/{organization_id}"},
@@ -505,11 +506,6 @@ class _Builder:
             "system": NPI_SYSTEM,
             "value": payload + str(npi_check_digit(payload)),
         }
-
-
-def _profile(name: str) -> dict:
-    """meta declaring a US Core profile (as fhir_text.meta does for the patients' resources)."""
-    return {"profile": [US_CORE + name]}
 
 
 def _concept(system: str, concept: Concept) -> dict:

@@ -61,6 +61,7 @@ from simulator.export.fhir_text import (
     join,
     list_field,
     meta,
+    meta_object,
     quantities,
     take,
     time_field,
@@ -163,7 +164,7 @@ def patients_resources(
         communication.tolist(),
         strict=True,
     )
-    profile = {"profile": [US_CORE + us_core.PATIENT]}
+    profile = meta_object(us_core.PATIENT)
     for *person, spoken in rows:
         pid, index, sex, race, ethnicity, given, family, line, city, state, zip_code, born, died, gp, clinic = person
         race_ext = [{"url": "ombCategory", "valueCoding": {"system": CDCREC, "code": race, "display": displays[race]}}]
@@ -307,7 +308,7 @@ def encounter_resources(encounters: pd.DataFrame, refs: References) -> Resources
         encounters,
         encounters["row"].to_numpy(),
         [
-            meta("us-core-encounter"),
+            meta(us_core.ENCOUNTER),
             f',"identifier":[{{"system":"{ID_SYSTEM}encounter","value":"',
             encounters["id"].to_numpy(dtype=object),
             '"}],"status":',
@@ -795,7 +796,7 @@ def medication_resources(
         medications,
         medications["row"].to_numpy(),
         [
-            meta("us-core-medicationrequest"),
+            meta(us_core.MEDICATION_REQUEST),
             ',"status":',
             np.where(stopped, '"stopped"', '"active"').astype(object),
             ',"intent":"order"',

@@ -115,7 +115,12 @@ class Resources:
 def meta(profile: str) -> str:
     """',"meta":{"profile":[...]}' declaring a US Core profile by its name (e.g. 'us-core-patient'); it goes
     right after the id."""
-    return f',"meta":{{"profile":["{US_CORE}{profile}"]}}'
+    return f',"meta":{dumps(meta_object(profile))}'
+
+
+def meta_object(profile: str) -> dict:
+    """The `meta` of a resource built as a dict (see `meta`)."""
+    return {"profile": [US_CORE + profile]}
 
 
 def dumps(value: object) -> str:

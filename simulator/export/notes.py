@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simulator.days import DAYS_PER_YEAR
+from simulator.export import us_core
 from simulator.export.context import ExportContext
 from simulator.export.fhir_text import (
     ID_SYSTEM,
@@ -204,7 +205,7 @@ def document_resources(
         frame,
         notes["row"].to_numpy(),
         [
-            meta("us-core-documentreference"),
+            meta(us_core.DOCUMENT_REFERENCE),
             f',"identifier":[{{"system":"{ID_SYSTEM}document","value":"',
             notes["note_id"].to_numpy(dtype=object),
             '"}],"status":"current","type":',

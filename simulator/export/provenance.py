@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from simulator.export import us_core
 from simulator.export.care_plans import last_recorded
 from simulator.export.context import ExportContext
 from simulator.export.fhir_text import (
@@ -172,7 +173,7 @@ def _provenances(
         groups,
         row,
         [
-            meta("us-core-provenance"),
+            meta(us_core.PROVENANCE),
             f',"extension":[{{"url":"{PATIENT_EXTENSION}","valueReference":',
             refs.to("Patient", people["id"].reindex(groups["patient"]).to_numpy(dtype=object)),
             '}],"target":[',

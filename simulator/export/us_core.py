@@ -11,6 +11,19 @@ from __future__ import annotations
 VERSION = "6.1.0"
 
 PATIENT = "us-core-patient"
+ENCOUNTER = "us-core-encounter"
+MEDICATION_REQUEST = "us-core-medicationrequest"
+ALLERGY_INTOLERANCE = "us-core-allergyintolerance"
+COVERAGE = "us-core-coverage"
+CARE_PLAN = "us-core-careplan"
+CARE_TEAM = "us-core-careteam"
+GOAL = "us-core-goal"
+DOCUMENT_REFERENCE = "us-core-documentreference"
+PROVENANCE = "us-core-provenance"
+ORGANIZATION = "us-core-organization"
+LOCATION = "us-core-location"
+PRACTITIONER = "us-core-practitioner"
+PRACTITIONER_ROLE = "us-core-practitionerrole"
 # Condition: by category (condition-category code)
 CONDITION = {
     "encounter-diagnosis": "us-core-condition-encounter-diagnosis",
