@@ -17,7 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from simulator.export.directory import SHARED_TYPES
 from simulator.export.ids import patient_of
-from simulator.export.notes import plain_name
+from simulator.export.readable import without_semantic_tag
 from simulator.model.checks import load_terminology
 from simulator.model.library import Library
 from simulator.model.parsing import LoadError
@@ -99,7 +99,8 @@ def test_every_planned_episode_has_a_care_plan_with_its_goals(
         assert plan["period"]["start"] >= condition["recordedDate"]
         rule = rules.plans[plan_of[condition["code"]["coding"][0]["code"]]]
         assert (
-            plan["title"] == rule.title and plain_name(condition["code"]["coding"][0]["display"]) in plan["text"]["div"]
+            plan["title"] == rule.title
+            and without_semantic_tag(condition["code"]["coding"][0]["display"]) in plan["text"]["div"]
         )
         goals = [by_reference[g["reference"]] for g in plan["goal"]]
         assert [g["description"]["text"].split(" (")[0] for g in goals] == [g.description for g in rule.goals]
@@ -205,7 +206,7 @@ def test_notes_say_what_their_encounter_recorded(cohort: str, request: pytest.Fi
         note = notes.get(observation.get("encounter", {}).get("reference"))
         if note is None or "valueCodeableConcept" in observation:
             continue
-        name = plain_name(observation["code"]["coding"][0]["display"])
+        name = without_semantic_tag(observation["code"]["coding"][0]["display"])
         if observation["code"]["coding"][0]["system"] == "http://snomed.info/sct":  # a symptom
             assert f"{name} (severity " in note.split("Reported symptoms: ")[1]
             checked["symptom"] += 1
@@ -222,12 +223,12 @@ def test_notes_say_what_their_encounter_recorded(cohort: str, request: pytest.Fi
         for resource in fhir[kind]:
             note = notes.get(resource.get("encounter", {}).get("reference"))
             if note is not None:
-                assert plain_name(resource[key]["coding"][0]["display"]) in note.split("Plan: ")[1]
+                assert without_semantic_tag(resource[key]["coding"][0]["display"]) in note.split("Plan: ")[1]
                 checked[kind] += 1
     for reference, note in notes.items():
         encounter = by_reference[reference]
         reason = (encounter.get("reasonCode") or encounter["type"])[0]["coding"][0]["display"]
-        assert f". Reason for visit: {plain_name(reason)}." in note
+        assert f". Reason for visit: {without_semantic_tag(reason)}." in note
     assert set(checked) >= {"vital-signs", "laboratory", "high", "MedicationRequest", "Procedure"}
     assert cohort == "fixture_export" or checked["symptom"] > 0
 

@@ -35,7 +35,7 @@ from simulator.export.fhir_text import (
     meta,
 )
 from simulator.export.ids import fhir_dates, fhir_datetime_text, resource_ids, utc_ms
-from simulator.export.notes import plain_name
+from simulator.export.readable import without_semantic_tag
 from simulator.model.care_plans import CarePlans, GoalTarget
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import CODE_SYSTEMS, Code
@@ -282,7 +282,7 @@ def care_team_resources(teams: pd.DataFrame, rules: CarePlans, refs: References)
 
 def _narrative(title: str, condition: str, status: str, goals: list[str]) -> str:
     """The plan in a sentence, as XHTML."""
-    sentence = f"{title} for {plain_name(condition)} ({status}). Goals: {'; '.join(goals)}."
+    sentence = f"{title} for {without_semantic_tag(condition)} ({status}). Goals: {'; '.join(goals)}."
     return f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(sentence)}</p></div>'
 
 

@@ -17,7 +17,6 @@ phrases are joined per note (Arrow list joins), and all notes are base64-encoded
 from __future__ import annotations
 
 import binascii
-import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -44,6 +43,7 @@ from simulator.export.fhir_text import (
     text_offsets,
 )
 from simulator.export.ids import fhir_dates, fhir_datetime_text, positions, resource_ids, utc_ms
+from simulator.export.readable import UNIT_TEXT, without_semantic_tag
 from simulator.model.care_plans import CarePlans
 from simulator.model.reference_data import ObservationReference
 
@@ -54,30 +54,21 @@ FORMAT = (
     '{"system":"http://ihe.net/fhir/ValueSet/IHE.FormatCode.codesystem",'
     '"code":"urn:ihe:iti:xds:2017:mimeTypeSufficient","display":"mimeType Sufficient"}'
 )
-# UCUM print symbols of the codes whose print form differs (UCUM, "The Unified Code for Units of Measure",
-# version 2.1, the `printSymbol` of each unit); `{score}` annotations print as nothing.
-PRINT_SYMBOLS = {"mm[Hg]": "mmHg", "Cel": "°C", "kg/m2": "kg/m²", "10*3/uL": "×10³/µL", "{score}": ""}
-_SEMANTIC_TAG = re.compile(r"\s+\((disorder|finding|procedure|situation|event|observable entity)\)$")
 _ACUTE = ("emergency", "inpatient", "icu")
 _STAYS = ("inpatient", "icu")
-
-
-def plain_name(display: str) -> str:
-    """A display without its SNOMED CT semantic tag: 'Pneumonia (disorder)' -> 'Pneumonia'."""
-    return _SEMANTIC_TAG.sub("", display)
 
 
 def _plain(column: pd.Series) -> pa.Array:
     """Each row's display without its semantic tag, one string per distinct display."""
     category = pd.Categorical(column)
-    return take([plain_name(str(c)) for c in category.categories], category.codes)
+    return take([without_semantic_tag(str(c)) for c in category.categories], category.codes)
 
 
 def _unit_text(units: pd.Series) -> pa.Array:
     """' unit' as a note prints it (UCUM's print symbol where it differs from the code: mmHg, °C), one
     string per distinct unit; nothing for a unitless score."""
     category = pd.Categorical(units)
-    printed = [PRINT_SYMBOLS.get(str(u), str(u)) for u in category.categories]
+    printed = [UNIT_TEXT.get(str(u), str(u)) for u in category.categories]
     return take([f" {u}" if u else "" for u in printed], category.codes)
 
 

@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from simulator.export.readable import UNIT_TEXT, without_semantic_tag
 from simulator.model.schema import CODE_SYSTEMS
 
 TERMS_FILE = Path(__file__).with_name("terms.csv")
 SYSTEM_NAMES = {url: name for name, url in CODE_SYSTEMS.items()}  # table system URI -> short name
-
-# UCUM units as they are printed for people (a unit not listed is printed as it is).
-UNIT_TEXT = {
-    "Cel": "°C",
-    "mm[Hg]": "mmHg",
-    "kg/m2": "kg/m²",
-    "10*3/uL": "×10³/µL",
-    "mL/min/{1.73_m2}": "mL/min/1.73 m²",
-    "{score}": "",
-}
-_SEMANTIC_TAG = re.compile(r"\s*\((disorder|finding|procedure|regime/therapy|event|situation)\)$")
 
 
 @dataclass(frozen=True)
@@ -70,7 +59,7 @@ def term(system: str, code: str, display: str = "") -> Term:
     found = _terms().get((SYSTEM_NAMES.get(system, system), str(code)))
     if found is not None:
         return found
-    text = _SEMANTIC_TAG.sub("", display) or str(code)
+    text = without_semantic_tag(display) or str(code)
     if len(text) > 1 and not text[1].isupper():
         text = text[0].lower() + text[1:]
     return Term(text)
