@@ -158,4 +158,5 @@ def allergy_resources(
             take(reaction, outcome),
         ],
         refs.line_end,
+        encounter=rows["encounter_id"],
     )

@@ -62,6 +62,7 @@ from simulator.export.fhir_text import (
     list_field,
     meta,
     meta_object,
+    no_encounter,
     quantities,
     take,
     time_field,
@@ -222,7 +223,7 @@ def patients_resources(
     ids = patients["id"].to_numpy(dtype=object)
     order = np.full(len(patients), -1, np.int64)
     text = pa.chunked_array([pa.array(texts, TEXT)], TEXT)
-    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, text)
+    return Resources("Patient", ids, patients["index"].to_numpy(np.int64), order, text, no_encounter(len(ids)))
 
 
 def communication(patients: pd.DataFrame, languages: Languages, seed: int) -> np.ndarray:
@@ -333,6 +334,7 @@ def encounter_resources(encounters: pd.DataFrame, refs: References) -> Resources
             field("partOf", refs.to("Encounter", encounters["part_of_encounter_id"].to_numpy(dtype=object))),
         ],
         refs.line_end,
+        encounter=encounters["id"],
     )
 
 
@@ -401,6 +403,7 @@ def _conditions(episodes: pd.DataFrame, category: str, refs: References) -> Reso
             time_field("recordedDate", episodes["diagnosis_time"]),
         ],
         refs.line_end,
+        encounter=episodes["diagnosis_encounter_id"] if category == "encounter-diagnosis" else None,
     )
 
 
@@ -501,7 +504,9 @@ def observation_resources(
         quantities(single["value"].to_numpy(), single["unit"], reference),
         _lab_interpretation(single, reference),
     ]
-    measured = build("Observation", single, single["row"].to_numpy(), parts, refs.line_end)
+    measured = build(
+        "Observation", single, single["row"].to_numpy(), parts, refs.line_end, encounter=single["encounter_id"]
+    )
     panels = _blood_pressure_panels(pairs, refs, reference)
     symptoms = tables["symptoms"].assign(category="exam")
     symptom = build(
@@ -514,6 +519,7 @@ def observation_resources(
             quantities(symptoms["severity"].round(2).to_numpy(), "{score}", reference),
         ],
         refs.line_end,
+        encounter=symptoms["encounter_id"],
     )
     deaths = tables["deaths"][tables["deaths"]["code"].notna()]
     cause = build(
@@ -542,6 +548,7 @@ def observation_resources(
             concepts(deaths),
         ],
         refs.line_end,
+        encounter=deaths["encounter_id"],
     )
     smoking = smoking_status_resources(patients, tables, context.library, context.seed, refs)
     return concat("Observation", [measured, panels, symptom, cause, smoking])
@@ -575,6 +582,7 @@ def _blood_pressure_panels(pairs: pd.DataFrame, refs: References, reference: Obs
             "]",
         ],
         refs.line_end,
+        encounter=pairs["encounter_id"],
     )
 
 
@@ -617,6 +625,7 @@ def smoking_status_resources(
             take(answers, answer),
         ],
         refs.line_end,
+        encounter=frame["encounter_id"],
     )
 
 
@@ -700,6 +709,7 @@ def diagnostic_report_resources(
             "]",
         ],
         refs.line_end,
+        encounter=reports["encounter_id"],
     )
 
 
@@ -812,6 +822,7 @@ def medication_resources(
             _dosage(medications, dosing),
         ],
         refs.line_end,
+        encounter=medications["encounter_id"],
     )
 
 
@@ -838,6 +849,7 @@ def _performed(
             field("location", refs.to("Location", _of_encounter(frame, encounters, "location_id"))),
         ],
         refs.line_end,
+        encounter=frame["encounter_id"],
     )
 
 

@@ -104,6 +104,7 @@ class Resources:
     patient: np.ndarray  # int64
     order: np.ndarray  # int64: the event row within the patient, for a stable order
     json: pa.ChunkedArray  # large string, one resource per row (ended by `References.line_end`)
+    encounter: np.ndarray  # object: the id of the encounter each resource was recorded in (None outside one)
 
     def sorted_json(self) -> pa.Array:
         """The text of every resource, in patient then row order."""
@@ -177,13 +178,22 @@ def build(
     order: np.ndarray,
     parts: list[Piece],
     line_end: str,
+    encounter: np.ndarray | pd.Series | None = None,
 ) -> Resources:
-    """Join the parts (columns of JSON pieces, or constant strings) into one JSON text per row."""
+    """Join the parts (columns of JSON pieces, or constant strings) into one JSON text per row; `encounter`:
+    the encounter each row's resource was recorded in, where its text names one."""
     ids = frame["id"].to_numpy(dtype=object)
     head = f'{{"resourceType":"{resource_type}","id":"'
     text = join(head, ids, *merge_constants(['"', *parts, "}" + line_end])) if len(frame) else pa.array([], TEXT)
     patient = frame["patient"].to_numpy(np.int64)
-    return Resources(resource_type, ids, patient, np.asarray(order, np.int64), pa.chunked_array([text], TEXT))
+    recorded_in = no_encounter(len(frame)) if encounter is None else np.asarray(encounter, dtype=object)
+    chunked = pa.chunked_array([text], TEXT)
+    return Resources(resource_type, ids, patient, np.asarray(order, np.int64), chunked, recorded_in)
+
+
+def no_encounter(n: int) -> np.ndarray:
+    """The `Resources.encounter` of resources recorded in no encounter."""
+    return np.full(n, None, dtype=object)
 
 
 def merge_constants(parts: list[Piece]) -> list[Piece]:
@@ -212,4 +222,4 @@ def concat(resource_type: str, parts: list[Resources]) -> Resources:
     patient = np.concatenate([p.patient for p in parts])
     order = np.concatenate([p.order for p in parts])
     text = pa.chunked_array([chunk for p in parts for chunk in p.json.chunks], TEXT)
-    return Resources(resource_type, ids, patient, order, text)
+    return Resources(resource_type, ids, patient, order, text, np.concatenate([p.encounter for p in parts]))

@@ -220,4 +220,5 @@ def document_resources(
             f'"}},"format":{FORMAT}}}]',
         ],
         refs.line_end,
+        encounter=notes["id"],
     )
