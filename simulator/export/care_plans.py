@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.export import us_core
+from simulator.export.clinical_tables import last_recorded
 from simulator.export.context import ExportContext
 from simulator.export.fhir_text import (
     UCUM,
@@ -54,22 +55,6 @@ def _period(start: pd.Series, end: pd.Series) -> pa.Array:
 
 def _concept(code: Code) -> dict:
     return {"coding": [{"system": CODE_SYSTEMS[code.system], "code": code.code, "display": code.display}]}
-
-
-def last_recorded(patients: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.Series:
-    """The latest time in each patient's record (encounters, diagnoses, resolutions, death), else the
-    birth, indexed by patient index."""
-    frames = [
-        (tables["encounters"], ("start_time", "end_time")),
-        (tables["conditions"], ("diagnosis_time", "resolution_time")),
-        (tables["deaths"], ("time",)),
-    ]
-    times = [pd.Series(utc_ms(patients["birth_time"]), index=patients["index"].to_numpy())]
-    for frame, columns in frames:
-        for column in columns:
-            times.append(pd.Series(utc_ms(frame[column]), index=frame["patient"].to_numpy()))
-    latest = pd.concat(times).dropna().groupby(level=0).max()
-    return latest.reindex(patients["index"].to_numpy())
 
 
 def plan_rows(patients: pd.DataFrame, tables: Mapping[str, pd.DataFrame], rules: CarePlans) -> pd.DataFrame:

@@ -291,3 +291,19 @@ def _medications(ev: pd.DataFrame, seed: int, encounter_reasons: pd.Series) -> p
     reasons = encounter_reasons.reindex(out["encounter_id"]).to_numpy(dtype=object)
     out["reason_condition_id"] = pd.Series(np.where(pd.isna(reasons), None, reasons), dtype=object)
     return out
+
+
+def last_recorded(patients: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.Series:
+    """The latest time in each patient's record (encounters, diagnoses, resolutions, death), else the
+    birth, indexed by patient index."""
+    frames = [
+        (tables["encounters"], ("start_time", "end_time")),
+        (tables["conditions"], ("diagnosis_time", "resolution_time")),
+        (tables["deaths"], ("time",)),
+    ]
+    times = [pd.Series(utc_ms(patients["birth_time"]), index=patients["index"].to_numpy())]
+    for frame, columns in frames:
+        for column in columns:
+            times.append(pd.Series(utc_ms(frame[column]), index=frame["patient"].to_numpy()))
+    latest = pd.concat(times).dropna().groupby(level=0).max()
+    return latest.reindex(patients["index"].to_numpy())

@@ -2,7 +2,7 @@
 
 Patients have no income attribute: each patient's primary payer (Medicare, Medicaid, private) or none is
 drawn by age alone, from the shares of the patient's age band at the end of the record (the latest time in
-it: `care_plans.last_recorded`), a pure function of the seed, the patient index and the rules. An insured
+it: `clinical_tables.last_recorded`), a pure function of the seed, the patient index and the rules. An insured
 patient gets one Coverage: status active, the payer type (Source of Payment Typology), a member number
 (`identifier` and `subscriberId`), the patient as beneficiary and subscriber (`relationship` self), the
 period from the birthday that opens the band (the 65th for Medicare at 65 and over, birth for children) to
@@ -19,7 +19,7 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.export import us_core
-from simulator.export.care_plans import last_recorded
+from simulator.export.clinical_tables import last_recorded
 from simulator.export.directory import Directory
 from simulator.export.fhir_text import ID_SYSTEM, TERMINOLOGY, References, Resources, build, dumps, join, meta, take
 from simulator.export.ids import fhir_dates, fhir_datetime_text, resource_ids, uniforms, utc_ms

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simulator.export import us_core
-from simulator.export.care_plans import last_recorded
+from simulator.export.clinical_tables import last_recorded
 from simulator.export.context import ExportContext
 from simulator.export.fhir_text import (
     TERMINOLOGY,
