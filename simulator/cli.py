@@ -374,7 +374,8 @@ def validate(
     )
     for line in life_expectancy_lines(s):
         out.print(line)
-    out.print(f"invariant violations: {s['invariant_violations']}; wrote {', '.join(str(f) for f in files)}")
+    audited = f"; audit violations: {s['audit_violations']:,}" if s["audit_violations"] is not None else ""
+    out.print(f"invariant violations: {s['invariant_violations']}{audited}; wrote {', '.join(str(f) for f in files)}")
 
 
 @app.command()

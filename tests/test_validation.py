@@ -137,6 +137,14 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     assert report["summary"]["life_expectancy_at_age"]["compared"] == len(ex_rows) == 18
     assert report["summary"]["life_expectancy_at_age"]["passed"] == sum(c["passed"] for c in ex_rows)
     assert report["invariants"]["patients_checked"] == 700
+    # the audit of the records, made from the events read back, is the one `ehrsim audit` makes of the tables
+    written = simulator.audit(written_run)
+    audit = report["audit"]
+    assert audit["patients"] == 700 and report["summary"]["audit_violations"] == written.violations
+    assert [(r["id"], r["checked"], r["violations"]) for r in audit["rules"]] == [
+        (r.id, r.checked, r.violations) for r in written.rules
+    ]
+    assert sum(r["checked"] for r in audit["rules"]) > 0
     summary = report["summary"]  # the calibration targets are the declarations' (hypertension's among them)
     calibrated = [by_id[i] for i in validation.calibration_targets if by_id[i]["status"] == "compared"]
     assert "hypertension_130_80/40-59/M/2021" in validation.calibration_targets
@@ -147,6 +155,8 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     html = files[2].read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Dataset card" in html
     assert "diabetes_total/18-120/all/2017" in files[1].read_text()
+    assert "Clinical consistency audit" in html and "Clinical consistency audit" in files[1].read_text()
+    assert all(f"<td>{r.id}</td>" in html for r in written.rules)
 
 
 def test_kernel_and_table_summaries_agree(shipped_library: Library) -> None:

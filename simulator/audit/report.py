@@ -1,10 +1,11 @@
-"""Audit a written run: every rule of the run's library (rules/audit.yaml) checked against every record,
-counted by rule with a few examples."""
+"""Audit a written run (or a cohort in memory): every rule of the run's library (rules/audit.yaml) checked
+against every record, counted by rule with a few examples."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pandas as pd
 
 from simulator.audit.checks import CHECKS, Finding
 from simulator.audit.tables import BLOCK_PATIENTS, COLUMNS, AuditTables, blocks
+from simulator.export.clinical_tables import build_tables
+from simulator.export.context import ExportContext
 from simulator.files import write_all
 from simulator.model.audit import AuditRule, AuditRules
+from simulator.model.library import Library
 from simulator.teaching.record import RunRecord
 
 EXAMPLES = 3  # examples kept per rule, by default
@@ -113,6 +117,21 @@ def _add(result: RuleResult, finding: Finding, patient_ids: pd.Series, examples:
         )
 
 
+def audit_blocks(name: str, blocks: Iterable[AuditTables], rules: AuditRules, examples: int = EXAMPLES) -> AuditReport:
+    """Audit the patients of `blocks` (one report for all of them, named `name`) against `rules`. ValueError
+    for a rule that cannot be checked."""
+    started = time.perf_counter()
+    _readable(rules)
+    results = {rule_id: _result(rule_id, rule) for rule_id, rule in rules.rules.items()}
+    patients = 0
+    for block in blocks:
+        ids = block["patients"].set_index("index")["id"]
+        patients += len(ids)
+        for rule_id, finding in audit_tables(block, rules).items():
+            _add(results[rule_id], finding, ids, examples)
+    return AuditReport(name, patients, time.perf_counter() - started, list(results.values()))
+
+
 def audit_run(
     run_dir: str | Path,
     examples: int = EXAMPLES,
@@ -122,16 +141,19 @@ def audit_run(
     """Audit the run in `run_dir` (a folder of `ehrsim generate` with parquet or csv tables) against `rules`
     (default: the audit rules of the library the run was made with). FileNotFoundError for a folder that is
     not a run; ValueError for a rule that cannot be checked."""
-    started = time.perf_counter()
     run = RunRecord.open(run_dir)
     library = run.library
     rules = rules if rules is not None else library.audit
-    _readable(rules)
-    results = {rule_id: _result(rule_id, rule) for rule_id, rule in rules.rules.items()}
-    patients = 0
-    for block in blocks(run, library.calendar, block_patients):
-        ids = block["patients"].set_index("index")["id"]
-        patients += len(ids)
-        for rule_id, finding in audit_tables(block, rules).items():
-            _add(results[rule_id], finding, ids, examples)
-    return AuditReport(str(run.path), patients, time.perf_counter() - started, list(results.values()))
+    return audit_blocks(str(run.path), blocks(run, library.calendar, block_patients), rules, examples)
+
+
+def audit_cohort(
+    library: Library, patients: pd.DataFrame, events: pd.DataFrame, seed: int, examples: int = EXAMPLES
+) -> AuditReport:
+    """Audit patients held in memory (a chunk's patient and event tables, as `simulator.tables.chunks` makes
+    them), through the clinical tables the exporters would write: what the validation report shows without a
+    written run."""
+    context = ExportContext.from_library(library, seed, "POST", len(patients))
+    tables = {"patients": patients, **build_tables(patients, events, context)}
+    block = AuditTables({name: tables[name] for name in COLUMNS}, library.calendar)
+    return audit_blocks("in memory", [block], library.audit, examples)

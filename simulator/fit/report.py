@@ -93,6 +93,7 @@ def summary(v: Validation) -> dict:
         },
         "pyramid_max_abs_difference": _num(max((abs(c.difference) for c in pyramid), default=math.nan)),
         "invariant_violations": sum(len(x) for x in v.invariants.values()),
+        "audit_violations": v.audit.violations if v.audit else None,
         "tolerance": TOLERANCE_TEXT,
     }
 
@@ -107,6 +108,7 @@ def report_data(v: Validation) -> dict:
         "comparisons": [comparison_record(c) for c in v.comparisons],
         "labs": labs,
         "invariants": {"patients_checked": v.invariant_patients, "violations": v.invariants},
+        "audit": v.audit.to_dict() if v.audit else None,
         "dataset_card": v.card,
     }
 
@@ -390,6 +392,7 @@ def _context(v: Validation) -> dict:
         },
         "invariants": v.invariants,
         "invariant_patients": v.invariant_patients,
+        "audit": v.audit,
         "card": json.dumps(v.card, indent=2, default=str),
         "tolerance": TOLERANCE_TEXT,
     }

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.audit.report import AuditReport, audit_cohort
 from simulator.days import days_since_epoch
 from simulator.engine.run import RunConfig, Simulator
 from simulator.fit.calibration import fits_outside_bounds, stale_fits
@@ -56,6 +57,7 @@ class Validation:
     card: dict
     definitions: Definitions  # the targets' measures (the report's labels and sections)
     calibration_targets: tuple[str, ...] = ()  # ids the library's declarations answer to
+    audit: AuditReport | None = None  # the clinical consistency audit of the invariant patients' records
 
 
 def calibration_targets(library: Library) -> tuple[str, ...]:
@@ -159,6 +161,7 @@ def validate_generated(
     cohort = simulate_cohort(sim, np.arange(patients), needs, sim.reference_t, chunk_size)
     checked = chunk_tables(sim, 0, min(patients, INVARIANT_PATIENTS))
     invariants = check_invariants(checked.patients, checked.events)
+    audit = audit_cohort(library, checked.patients, checked.events, seed)
     lifetime = _lifetime_cohort(library, seed, lifetime_patients, needs, chunk_size)
     config = {"mode": "population", "seed": seed, "reference_date": str(sim.config.reference_date or "default")}
     return Validation(
@@ -171,6 +174,7 @@ def validate_generated(
         _card(library, config, patients, lifetime_patients),
         targets.definitions,
         calibration_targets(library),
+        audit,
     )
 
 
@@ -196,6 +200,8 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
     seed = int(manifest.get("seed", 0))
     lifetime = cohort if lifetime_run else _lifetime_cohort(library, seed, lifetime_patients, needs, 10_000)
     card_config = {k: config.get(k) for k in ("mode", "seed", "reference_date", "patients")}
+    audited = patients.iloc[:INVARIANT_PATIENTS]
+    audit = audit_cohort(library, audited, events[events["patient"].isin(audited["index"])], seed)
     return Validation(
         compare_all(targets, cohort, vocabulary, lifetime),
         cohort,
@@ -206,4 +212,5 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
         _card(library, card_config, len(patients), len(patients) if lifetime_run else lifetime_patients),
         targets.definitions,
         calibration_targets(library),
+        audit,
     )
