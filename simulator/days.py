@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+import math
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-
-pass
-
 
 DAYS_PER_YEAR = 365.25
 EPOCH = date(1970, 1, 1)  # simulated time is float days since this date
@@ -16,6 +14,11 @@ EPOCH = date(1970, 1, 1)  # simulated time is float days since this date
 
 def days_since_epoch(day: date) -> float:
     return float((day - EPOCH).days)
+
+
+def to_date(t_days: float) -> date:
+    """The (UTC) calendar day that contains simulated time t."""
+    return EPOCH + timedelta(days=math.floor(t_days))
 
 
 def year_start(year: int) -> float:

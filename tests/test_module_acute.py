@@ -265,3 +265,32 @@ def test_vaccine_coverage_matches_the_surveys(shipped_population) -> None:
         assert abs(observed - target) < 4 * np.sqrt(target * (1 - target) / n) + 0.03, (lo, observed)
     never = patients["index"][~patients["index"].isin(shots[shots["module"] == "immunizations"]["patient"])]
     assert len(never) / len(patients) < 0.05  # 0.9% never vaccinated, plus adults who skip every dose
+
+
+def test_influenza_vaccines_are_given_in_the_autumn_season(shipped_population) -> None:
+    """rules/influenza_vaccination.yaml: one decision per season, vaccination within the 61 days of September and
+    October (ACIP) from the season's opening, or from the 6-month birthday for a child who reaches it in
+    September; at most a few days later where the visit waits for clinic hours; one dose per season."""
+    events = shipped_population.events
+    shots = events[(events["kind"] == "immunization") & (events["module"] == "influenza_vaccination")]
+    assert len(shots) > 1_000
+    when = shots["time"].dt
+    opening = pd.to_datetime(when.year.astype(str) + "-09-01", utc=True)
+    birth = shipped_population.patients.set_index("index")["birth_time"]
+    six_months = birth.loc[shots["patient"]].to_numpy() + pd.Timedelta(days=0.5 * 365.25)
+    opening = opening.where(opening >= six_months, six_months)
+    days = (shots["time"] - opening).dt.total_seconds() / 86_400
+    assert days.between(0, 61 + 4).all(), shots.loc[~days.between(0, 65), "time"].head().tolist()
+    assert shots.groupby([shots["patient"], when.year]).size().max() == 1
+    september = (when.month == 9).mean()
+    assert 0.4 < september < 0.6  # uniform over the 61 days: 30/61 in September
+
+
+def test_pneumonia_peaks_in_winter(cap) -> None:
+    """modules/pneumonia_sepsis.yaml: 34% of community-acquired pneumonia in December-February (Cilloniz 2017),
+    the yearly rate unchanged by the season."""
+    onsets = cap[(cap["kind"] == "condition_onset") & (cap["display"] == "Pneumonia (disorder)")]
+    assert len(onsets) > 300
+    winter = onsets["time"].dt.month.isin([12, 1, 2]).mean()
+    tolerance = 4 * np.sqrt(0.34 * 0.66 / len(onsets))
+    assert abs(winter - 0.34) < tolerance, winter

@@ -14,6 +14,7 @@ D_EXACT, D_UNIFORM, D_NORMAL, D_EXPONENTIAL, D_LOGNORMAL, D_GAMMA = 0, 1, 2, 3, 
 # guard instructions
 G_AGE, G_SEX, G_RACE, G_ETHNICITY, G_ATTR, G_COND_ACTIVE, G_COND_DIAGNOSED = 0, 1, 2, 3, 4, 5, 6
 G_MED, G_OBS, G_SINCE, G_AND, G_OR, G_NOT, G_BEFORE = 7, 8, 9, 10, 11, 12, 13
+G_MONTH = 14
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 SEXES = ("M", "F")
 # event kinds

@@ -12,9 +12,10 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Protocol
 
-from simulator.days import DAYS_PER_YEAR, year_start
+from simulator.days import DAYS_PER_YEAR, days_since_epoch, to_date, year_start
 from simulator.engine.codes import (
     G_AGE,
     G_ATTR,
@@ -23,6 +24,7 @@ from simulator.engine.codes import (
     G_COND_DIAGNOSED,
     G_ETHNICITY,
     G_MED,
+    G_MONTH,
     G_OBS,
     G_OR,
     G_RACE,
@@ -39,6 +41,7 @@ from simulator.model.schema import (
     EthnicityGuard,
     GuardAtom,
     MedicationGuard,
+    MonthGuard,
     ObservationGuard,
     RaceGuard,
     SexGuard,
@@ -95,11 +98,12 @@ class Patient(Protocol):
 @dataclass(frozen=True)
 class GuardKind:
     """`instructions(guard, indexes, module)`: its postfix kernel program; `holds(guard, patient, module, t)`;
-    `threshold(guard, patient, module)`: when a time-varying operand crosses the guard's value (inf: never)."""
+    `threshold(guard, patient, module, t)`: the next time (after t, or a fixed time) at which a time-varying
+    operand crosses the guard's value (inf: never)."""
 
     instructions: Callable[[Any, Indexes, str], list[Instruction]]
     holds: Callable[[Any, Patient, str, float], bool]
-    threshold: Callable[[Any, Patient, str], float] | None = None
+    threshold: Callable[[Any, Patient, str, float], float] | None = None
 
 
 def _any_of(op: int, names: list[str], pool: list[str]) -> list[Instruction]:
@@ -116,21 +120,25 @@ def _since_holds(g: SinceGuard, p: Patient, module: str, t: float) -> bool:
     return entered is not None and COMPARE[g.op](t - entered, g.value * DAYS_PER_UNIT[g.unit])
 
 
-def _since_threshold(g: SinceGuard, p: Patient, module: str) -> float:
+def _since_threshold(g: SinceGuard, p: Patient, module: str, t: float) -> float:
     entered = p.entered.get((module, g.since))
     return INF if entered is None else entered + g.value * DAYS_PER_UNIT[g.unit]
 
 
-def _attribute_threshold(g: AttributeGuard, p: Patient, module: str) -> float:
+def _attribute_threshold(g: AttributeGuard, p: Patient, module: str, t: float) -> float:
     a = p.attributes[g.attribute]
     return INF if a.slope_per_year == 0.0 else a.t0 + (g.value - a.level) / a.slope_per_year * DAYS_PER_YEAR
+
+
+def _first_of_next_month(day: date) -> date:
+    return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
 
 
 GUARD_KINDS: dict[type[GuardAtom], GuardKind] = {
     AgeGuard: GuardKind(
         lambda g, ix, m: [(G_AGE, 0, g.age_years, g.value)],
         lambda g, p, m, t: COMPARE[g.age_years]((t - p.birth_t) / DAYS_PER_YEAR, g.value),
-        lambda g, p, m: p.birth_t + g.value * DAYS_PER_YEAR,
+        lambda g, p, m, t: p.birth_t + g.value * DAYS_PER_YEAR,
     ),
     SexGuard: GuardKind(
         lambda g, ix, m: [(G_SEX, SEXES.index(g.sex), "==", 0.0)],
@@ -171,6 +179,11 @@ GUARD_KINDS: dict[type[GuardAtom], GuardKind] = {
     CalendarGuard: GuardKind(
         lambda g, ix, m: [(G_BEFORE, 0, "==", year_start(g.before_year))],
         lambda g, p, m, t: t < year_start(g.before_year),
-        lambda g, p, m: year_start(g.before_year),
+        lambda g, p, m, t: year_start(g.before_year),
+    ),
+    MonthGuard: GuardKind(
+        lambda g, ix, m: [(G_MONTH, sum(1 << (month - 1) for month in g.month), "==", 0.0)],
+        lambda g, p, m, t: to_date(t).month in g.month,
+        lambda g, p, m, t: days_since_epoch(_first_of_next_month(to_date(t))),
     ),
 }

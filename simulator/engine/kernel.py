@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
+from simulator.engine.civil import next_month_start, year_month
 from simulator.engine.compiler import CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -315,6 +316,8 @@ def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -
             value = (not math.isnan(latest)) and compare(latest, cmp, f0)
         elif op == codes.G_BEFORE:
             value = t < f0
+        elif op == codes.G_MONTH:
+            value = (i0 >> (year_month(t)[1] - 1)) & 1 == 1
         else:  # codes.G_SINCE
             entered = sc.entered_t[i0]
             value = entered > -np.inf and compare(t - entered, cmp, f0)
@@ -326,7 +329,7 @@ def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -
 @njit(cache=True, _nrt=False)
 def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
     """Earliest time after t at which a continuously changing operand of guard g crosses its
-    threshold (age, time since a state, a drifting attribute, a calendar date); inf if none."""
+    threshold (age, time since a state, a drifting attribute, a calendar date or month); inf if none."""
     best = np.inf
     for k in range(model.guard_start[g], model.guard_start[g] + model.guard_n[g]):
         op = model.ginst_op[k]
@@ -336,6 +339,8 @@ def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float
             at = p.birth_t + f0 * DAYS_PER_YEAR
         elif op == codes.G_BEFORE:
             at = f0
+        elif op == codes.G_MONTH:
+            at = next_month_start(t)
         elif op == codes.G_SINCE:
             entered = sc.entered_t[model.ginst_i0[k]]
             if entered > -np.inf:

@@ -352,7 +352,7 @@ class PatientRun:
         best = INF
         for _, atom in guard_atoms(guard):  # type: ignore[arg-type]
             threshold = GUARD_KINDS[type(atom)].threshold
-            at = (INF if threshold is None else threshold(atom, self, module)) + EPS_DAYS
+            at = (INF if threshold is None else threshold(atom, self, module, t)) + EPS_DAYS
             if t < at < best:
                 best = at
         return best

@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from simulator.days import DAYS_PER_YEAR
 
@@ -225,6 +235,21 @@ class CalendarGuard(GuardAtom):
     before_year: Annotated[int, Field(ge=1800, le=2200)]
 
 
+class MonthGuard(GuardAtom):
+    """True while the simulated date (UTC) falls in one of the calendar months listed (1 January ... 12
+    December): a season, e.g. the months when influenza vaccine is offered or a virus circulates."""
+
+    key, tag = "month", "month"
+    month: list[Annotated[int, Field(ge=1, le=12)]] = Field(min_length=1, max_length=12)
+
+    @field_validator("month")
+    @classmethod
+    def _distinct(cls, months: list[int]) -> list[int]:
+        if len(set(months)) != len(months):
+            raise ValueError("a month is listed twice")
+        return months
+
+
 class GuardCombinator(Strict):
     """all / any / not over other guards: `parts()` are (path below this guard, guard) pairs."""
 
@@ -266,6 +291,7 @@ GUARD_ATOMS: tuple[type[GuardAtom], ...] = (
     ObservationGuard,
     SinceGuard,
     CalendarGuard,
+    MonthGuard,
 )
 GUARD_MODELS: tuple[type[GuardAtom | GuardCombinator], ...] = (*GUARD_ATOMS, AllGuard, AnyGuard, NotGuard)
 GUARD_KEYS: dict[str, str] = {model.key: model.tag for model in GUARD_MODELS}

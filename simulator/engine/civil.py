@@ -1,0 +1,45 @@
+"""Calendar dates of simulated times in compiled code: the month of a time and the start of the next month,
+for guards that read the calendar month (seasons). Proleptic Gregorian, UTC, days since 1970-01-01; the
+integer arithmetic of H. Hinnant's days_from_civil / civil_from_days algorithms (public domain description,
+http://howardhinnant.github.io/date_algorithms.html), written here for Numba."""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+EPOCH_SHIFT = 719_468  # days from 0000-03-01 to 1970-01-01
+DAYS_PER_ERA = 146_097  # days in 400 Gregorian years
+
+
+@njit(cache=True, _nrt=False)
+def year_month(t_days: float) -> tuple[int, int]:
+    """(year, month 1-12) of the day that contains time t."""
+    z = int(math.floor(t_days)) + EPOCH_SHIFT
+    era = z // DAYS_PER_ERA
+    doe = z - era * DAYS_PER_ERA
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (1 if month <= 2 else 0), month
+
+
+@njit(cache=True, _nrt=False)
+def month_start(year: int, month: int) -> float:
+    """Time of the first day of `month` (1-12) of `year`, in days since 1970-01-01."""
+    y = year - 1 if month <= 2 else year
+    era = y // 400
+    yoe = y - era * 400
+    mp = month - 3 if month > 2 else month + 9
+    doy = (153 * mp + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return float(era * DAYS_PER_ERA + doe - EPOCH_SHIFT)
+
+
+@njit(cache=True, _nrt=False)
+def next_month_start(t_days: float) -> float:
+    """Time of the first day of the month after the one that contains t."""
+    year, month = year_month(t_days)
+    return month_start(year + 1, 1) if month == 12 else month_start(year, month + 1)
