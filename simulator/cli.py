@@ -167,7 +167,7 @@ def generate(
         typer.Option(
             "--end-date",
             "--reference-date",
-            help=f"YYYY-MM-DD, {REFERENCE_DATES[0]} to {REFERENCE_DATES[1]}: the day the simulated world ends, "
+            help=f"{REFERENCE_DATES[0]} to {REFERENCE_DATES[1]} (YYYY-MM-DD): the day the simulated world ends, "
             "the record end of everyone alive; population mode's cohort is alive then, with the Census age-sex "
             "pyramid of the demographics file, and lifetime mode's is born in the year before (default: the "
             "demographics file's Census date, 2024-07-01, fixed so a run is reproducible; recorded in "
