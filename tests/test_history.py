@@ -163,3 +163,13 @@ def test_the_carried_rules_name_known_codes(shipped_library: Library) -> None:
     }
     assert {p.code.code for p in procedures} <= used, "a carried procedure no module performs"
     assert np.array([len(p.reason) for p in procedures]).min() > 20
+
+
+def test_the_audit_reads_the_windowed_record(history_export: Path, fixture_export: Path) -> None:
+    """`ehrsim audit` checks the record as written: fewer records checked, no rule newly broken by the cut."""
+    windowed, full = simulator.audit(history_export), simulator.audit(fixture_export)
+    by_rule = {r.id: r for r in full.rules}
+    assert sum(r.checked for r in windowed.rules) < sum(r.checked for r in full.rules)
+    for rule in windowed.rules:
+        if by_rule[rule.id].violations == 0:
+            assert rule.violations == 0, rule.id
