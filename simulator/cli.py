@@ -147,7 +147,8 @@ GENERATE_HELP = "\n\n".join(
         "Size per patient: about 460 kB as ndjson, 530 kB as bundles, 280 kB as csv, 43 kB as parquet (shipped "
         "modules): 10,000 patients as ndjson are about 4.6 GB. --dry-run estimates a run's size from its first 100 "
         "patients and writes nothing; a run of 2,000 patients or more says its estimate before it writes, when "
-        "over 1 GB.",
+        "over 1 GB. Records are whole lives; --history 10 writes a third as much (233 kB against 753 kB a patient as "
+        "ndjson, 1,000 patients, seed 1) and --history 5 a fifth.",
         "The first run compiles the simulation kernel (1-3 minutes); later runs reuse it. Progress and messages "
         "go to stderr, the summary line to stdout.",
     ]

@@ -114,16 +114,21 @@ def _carried_procedures(procedures: pd.DataFrame, rules: HistoryRules) -> np.nda
 
 def _observations(observations: pd.DataFrame, in_window: np.ndarray, rules: HistoryRules) -> np.ndarray:
     """The window's observations, and the latest before it of each carried code the window lacks."""
-    codes = observations["code"].astype(object).to_numpy()
-    carried = np.isin(codes, rules.observations)
-    key = pd.Series(observations["patient"].to_numpy()).astype(str) + "|" + pd.Series(codes, dtype=object)
-    seen = set(key[in_window & carried])
-    before = carried & ~in_window & ~key.isin(seen).to_numpy()
-    latest = np.zeros(len(observations), bool)
-    # rows are in time order within a patient: the last row of each (patient, code) before the window
-    last = key[before].drop_duplicates(keep="last").index.to_numpy()
-    latest[last] = True
-    return in_window | latest
+    rows = np.flatnonzero(observations["code"].astype(object).isin(rules.observations).to_numpy())
+    carried = pd.DataFrame(
+        {
+            "patient": observations["patient"].to_numpy()[rows],
+            "code": observations["code"].cat.codes.to_numpy()[rows],
+            "in_window": in_window[rows],
+        }
+    )
+    window_has = carried.groupby(["patient", "code"], sort=False)["in_window"].transform("any").to_numpy()
+    before = carried[~window_has]
+    # rows are in time order within a patient: the last of each (patient, code) is the latest reading
+    latest = before.drop_duplicates(["patient", "code"], keep="last").index.to_numpy()
+    kept = in_window.copy()
+    kept[rows[latest]] = True
+    return kept
 
 
 def _without_dangling(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
