@@ -44,9 +44,7 @@ from simulator.version import __version__
 
 def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
     config = {k: (str(v) if isinstance(v, Path | date) else v) for k, v in asdict(sim.config).items()}
-    config["reference_date"] = str(
-        reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
-    )
+    config["reference_date"] = str(_end_date(sim))
     return {
         "ehrsim_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -87,6 +85,7 @@ COMPILE_NOTICE = (
 )
 ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)
 LARGE_BYTES = 10**9  # `run` says how much it will write before a run estimated above this
+MAX_HISTORY_YEARS = 150  # `--history`: longer than any life (a lifetime run follows a cohort for 130 years)
 
 
 def _ignore(*args: object) -> None:
@@ -112,13 +111,15 @@ class ExportConfig:
     POST, or PUT with stable ids), `out/csv/`, `out/parquet/`, and `out/manifest.json` (the run manifest).
     What a run does with what `out` holds already: `simulator.export.writers.OutputFolder`; `overwrite`
     lets it write beside the files of a folder that holds no earlier run (none of them is removed or
-    replaced)."""
+    replaced). `history_years`: each record holds its last years and what a chart carries from before
+    (`simulator.export.history`); None, the default, the whole life."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
     bundle_method: Method = "POST"
     base_url: str | None = None
     overwrite: bool = False
+    history_years: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -130,10 +131,27 @@ class ExportConfig:
             raise ConfigError("bundle_method", f"must be POST or PUT (got {self.bundle_method!r})")
         if self.base_url is not None:
             object.__setattr__(self, "base_url", _absolute_base_url(self.base_url))
+        if self.history_years is not None and not 0 < self.history_years <= MAX_HISTORY_YEARS:
+            raise ConfigError(
+                "history_years", f"must be more than 0 and at most {MAX_HISTORY_YEARS} years (got {self.history_years})"
+            )
 
 
 def _estimate(sim: Simulator, config: RunConfig, export: ExportConfig) -> SizeEstimate:
-    return estimate_size(sim, export.out, export.formats, export.bundle_method, export.base_url, _request(config))
+    return estimate_size(sim, export.out, export.formats, export.bundle_method, export.base_url, _context(sim, export))
+
+
+def _context(sim: Simulator, export: ExportConfig) -> ExportContext:
+    """What the exporters of the run take besides its tables (the record window of `--history` included)."""
+    config = sim.config
+    request = _request(config, export)
+    end = _end_date(sim)
+    return ExportContext.from_library(sim.library, config.seed, request, config.patients, export.history_years, end)
+
+
+def _end_date(sim: Simulator) -> date:
+    """The day the simulated world ends (`--end-date`; default the demographics file's Census date)."""
+    return reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
 
 
 def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
@@ -143,9 +161,10 @@ def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
     return Simulator.build(config)
 
 
-def _request(config: RunConfig) -> str:
+def _request(config: RunConfig, export: ExportConfig) -> str:
     """The command the Bulk manifest records as its request."""
-    return f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
+    request = f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
+    return request if export.history_years is None else f"{request} --history {export.history_years:g}"
 
 
 def _folder_messages(folder: OutputFolder) -> list[str]:
@@ -242,7 +261,7 @@ def run(
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
             if warning := estimate.shortfall(export.out):
                 say(warning)
-        context = ExportContext.from_library(sim.library, config.seed, _request(config), config.patients)
+        context = _context(sim, export)
         writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url)
         started = time.perf_counter()
         for chunk in chunks(sim):
@@ -256,6 +275,7 @@ def run(
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
         manifest = _manifest(sim, counts, timings, files)
         manifest["formats"] = list(export.formats)
+        manifest["history_years"] = export.history_years
         writer.publish(json.dumps(manifest, indent=2, sort_keys=False).encode(), folder.earlier_files)
     except BaseException:
         if writer is not None:
@@ -280,6 +300,7 @@ def generate(
     bundle_method: Method = "POST",
     base_url: str | None = None,
     overwrite: bool = False,
+    history_years: float | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -288,7 +309,8 @@ def generate(
     Without `out`, the tables are returned in memory. With `out`, the run is streamed to the `formats`
     asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv", "parquet", as a sequence or
     comma-separated); an earlier run in `out` is replaced and nothing else there is touched (see
-    `ExportConfig` for `base_url` and `overwrite`)."""
+    `ExportConfig` for `base_url`, `overwrite` and `history_years`, the years of history each written
+    record holds; default the whole life)."""
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -300,7 +322,9 @@ def generate(
         rules_dir=Path(rules_dir) if rules_dir else None,
     )
     # the export settings are checked even for a run that stays in memory
-    export = ExportConfig(Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite)
+    export = ExportConfig(
+        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years
+    )
     return run(config, export if out is not None else None, progress, notify)
 
 

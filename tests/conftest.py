@@ -112,6 +112,17 @@ def fixture_export(tmp_path_factory) -> Path:
     return out
 
 
+HISTORY_YEARS = 5  # the record window of `history_export`
+
+
+@pytest.fixture(scope="session")
+def history_export(tmp_path_factory) -> Path:
+    """The run of `fixture_export` with `--history 5`: each record its last 5 years before death."""
+    out = tmp_path_factory.mktemp("history_export") / "out"
+    simulator.generate(out=out, chunk_size=64, history_years=HISTORY_YEARS, **EXPORT_RUN)
+    return out
+
+
 @pytest.fixture(scope="session")
 def shipped_export(tmp_path_factory) -> Path:
     """ndjson, bundles and Parquet of 40 patients of the shipped modules and rules."""

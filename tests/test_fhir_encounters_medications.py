@@ -134,11 +134,13 @@ def stays(tmp_path_factory: pytest.TempPathFactory, bare_rules: Path) -> Stays:
     (modules / "stays.yaml").write_text(STAYS_MODULE)
     library = load_library(modules, bare_rules)
     population = simulator.generate(patients=200, seed=1, mode="lifetime", modules_dir=modules, rules_dir=bare_rules)
-    tables = build_tables(population.patients, population.events, ExportContext.from_library(library, 1, "test", 200))
+    context = ExportContext.from_library(library, 1, "test", 200)
+    tables = build_tables(population.patients, population.events, context)
     refs = References(urn=False, line_end="\n")
     encounters = encounter_resources(tables["encounters"], refs).sorted_json().to_pylist()
+    providers = context.directory.patient_providers(population.patients).set_index(population.patients["index"])
     requests = medication_resources(
-        tables["medications"], tables["encounters"], tables["deaths"], library.medication_dosing, refs
+        tables["medications"], tables["encounters"], tables["deaths"], library.medication_dosing, refs, providers
     ).sorted_json()
     by_id = {e["id"]: e for e in map(orjson.loads, encounters)}
     return Stays(tables, by_id, [orjson.loads(r) for r in requests.to_pylist()])

@@ -13,7 +13,7 @@ from conftest import read_bundles, read_ndjson
 
 from simulator.export.bundles import SHARED_BUNDLE
 
-COHORTS = ["fixture_export", pytest.param("shipped_export", marks=pytest.mark.slow)]
+COHORTS = ["fixture_export", "history_export", pytest.param("shipped_export", marks=pytest.mark.slow)]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 DATETIME_KEYS = re.compile(r"(DateTime|^issued$|^recordedDate$|^authoredOn$|^start$|^end$)")
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import read_bundles, read_ndjson
 from fhir.resources.R4B import get_fhir_model_class
 
-COHORTS = ["fixture_export", pytest.param("shipped_export", marks=pytest.mark.slow)]
+COHORTS = ["fixture_export", "history_export", pytest.param("shipped_export", marks=pytest.mark.slow)]
 
 
 def _fhirkit_errors(items: list[bytes]) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.export.context import ExportContext
+from simulator.export.history import keep_history
 from simulator.export.ids import resource_ids, utc_ms
 
 # Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
@@ -59,7 +60,8 @@ TRANSFER_GAP = pd.Timedelta(hours=1)
 def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportContext) -> dict[str, pd.DataFrame]:
     """Per-type tables of one chunk, with ids derived from the context's seed; the context's condition
     codes map condition names (the event table's `reason`) to their (system, code, display), to link
-    encounters with the Condition they are for."""
+    encounters with the Condition they are for. With the context's `history` (`--history YEARS`), the
+    tables of the last years of each record (`history.keep_history`), which every exporter reads."""
     unknown = set(events["kind"].cat.categories) - set(KIND_TABLES)
     if unknown:
         raise ValueError(f"no exporter for event kinds {sorted(unknown)}")
@@ -81,6 +83,8 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
         "symptoms": _rows(ev[kind == "symptom"], seed, "Symptom", ["value"]).rename(columns={"value": "severity"}),
         "deaths": _rows(ev[kind == "death"], seed, "Death", []),
     }
+    if context.history is not None:
+        tables = keep_history(patients, tables, last_recorded(patients, tables), context.history)
     return tables
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
 
 from simulator.export.directory import Directory, build_directory
+from simulator.export.history import RecordWindow
 from simulator.model.library import Library
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import CODE_SYSTEMS
@@ -15,7 +19,8 @@ class ExportContext:
     """The run's seed (resource ids derive from it) and `request` (the command the Bulk manifest
     records); from the library: condition codes (for encounter reasons), the displays of the CDC race
     and ethnicity codes, and the UCUM units and lab reference ranges observations are written with; and the
-    run's provider `directory` (sized to its `patients`); the `library` for the rest of the rules data."""
+    run's provider `directory` (sized to its `patients`); the `library` for the rest of the rules data;
+    `history`: the window of each record (`--history YEARS`; None: the whole life)."""
 
     seed: int
     request: str
@@ -24,9 +29,20 @@ class ExportContext:
     observation_reference: ObservationReference
     directory: Directory
     library: Library
+    history: RecordWindow | None = None
 
     @classmethod
-    def from_library(cls, library: Library, seed: int, request: str, patients: int) -> ExportContext:
+    def from_library(
+        cls,
+        library: Library,
+        seed: int,
+        request: str,
+        patients: int,
+        history_years: float | None = None,
+        world_end: date | None = None,
+    ) -> ExportContext:
+        """The context of a run; `history_years` (with `world_end`, the day the simulated world ends) keeps
+        the last years of each record."""
         conditions = {
             name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
             for module in library.modules
@@ -35,4 +51,9 @@ class ExportContext:
         categories = [*library.demographics.race, *library.demographics.ethnicity]
         displays = {c.code.code: c.code.display for c in categories}
         directory = build_directory(library, seed, patients)
-        return cls(seed, request, conditions, displays, library.observation_reference, directory, library)
+        history = None
+        if history_years is not None:
+            if world_end is None:
+                raise ValueError("a record window needs the end of the simulated world")
+            history = RecordWindow(history_years, np.datetime64(world_end, "ms"), library.history)
+        return cls(seed, request, conditions, displays, library.observation_reference, directory, library, history)

@@ -793,9 +793,16 @@ def medication_resources(
     deaths: pd.DataFrame,
     dosing: MedicationDosing,
     refs: References,
+    providers: pd.DataFrame,
 ) -> Resources:
-    """US Core MedicationRequests, one per course: ordered by the practitioner of its encounter, with the
-    category of where it is taken and the dosage of its product (`dosing`) over the course."""
+    """US Core MedicationRequests, one per course: ordered by the practitioner of its encounter (a course
+    carried from before a `--history` window has none in the record: the patient's general practitioner, of
+    `providers` by patient index, who keeps the medication list), with the category of where it is taken and
+    the dosage of its product (`dosing`) over the course."""
+    requester = _of_encounter(medications, encounters, "practitioner_id")
+    no_encounter = pd.isna(requester)
+    general = providers["general_practitioner_id"].reindex(medications["patient"].to_numpy()).to_numpy(dtype=object)
+    requester = np.where(no_encounter, general, requester)
     stopped = medications["stop_time"].notna().to_numpy()
     categories = [
         f',"category":[{coding(TERMINOLOGY + "medicationrequest-category", code, display)}]'
@@ -817,7 +824,7 @@ def medication_resources(
             refs.to("Patient", medications["patient_id"].to_numpy()),
             field("encounter", refs.to("Encounter", medications["encounter_id"].to_numpy())),
             time_field("authoredOn", medications["start_time"]),
-            field("requester", refs.to("Practitioner", _of_encounter(medications, encounters, "practitioner_id"))),
+            field("requester", refs.to("Practitioner", requester)),
             list_field("reasonReference", refs.to("Condition", medications["reason_condition_id"].to_numpy())),
             _dosage(medications, dosing),
         ],
@@ -893,7 +900,12 @@ def build_resources(
             tables["observations"], encounters, context.library.lab_panels, context.seed, refs
         ),
         "MedicationRequest": medication_resources(
-            tables["medications"], encounters, tables["deaths"], context.library.medication_dosing, refs
+            tables["medications"],
+            encounters,
+            tables["deaths"],
+            context.library.medication_dosing,
+            refs,
+            context.directory.patient_providers(patients).set_index(patients["index"].to_numpy()),
         ),
         "Procedure": procedure_resources(tables["procedures"], encounters, refs),
         "Immunization": immunization_resources(tables["immunizations"], encounters, refs),

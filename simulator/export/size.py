@@ -51,14 +51,18 @@ def human_bytes(n: float) -> str:
 
 
 def estimate_size(
-    sim: Simulator, out: Path, formats: tuple[str, ...], bundle_method: str, base_url: str | None, request: str
+    sim: Simulator,
+    out: Path,
+    formats: tuple[str, ...],
+    bundle_method: str,
+    base_url: str | None,
+    context: ExportContext,
 ) -> SizeEstimate:
     """Write the run's first PILOT_PATIENTS patients to a temporary folder, in its formats, and scale the bytes
     up to the whole run (the files' fixed parts too: an estimate, slightly high for Parquet, which
     compresses better at length). Per-patient output varies a lot (coefficient of variation 0.67 in
     bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
     n = min(PILOT_PATIENTS, sim.config.patients)
-    context = ExportContext.from_library(sim.library, sim.config.seed, request, sim.config.patients)
     with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
         writer = Export(Path(folder), formats, context, bundle_method, base_url)  # type: ignore[arg-type]
         try:

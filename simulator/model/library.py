@@ -15,7 +15,7 @@ from simulator.model.fitted import Declared
 from simulator.model.medication_dosing import MedicationDosing
 from simulator.model.parsing import Located
 from simulator.model.providers import Providers
-from simulator.model.record_rules import LabPanels, Languages, SmokingStatus
+from simulator.model.record_rules import HistoryRules, LabPanels, Languages, SmokingStatus
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
 
@@ -35,6 +35,7 @@ RULES_FILES = {
     "coverage.yaml": CoverageRules,
     "audit.yaml": AuditRules,
     "calendar.yaml": Calendar,
+    "history.yaml": HistoryRules,
 }
 
 
@@ -74,6 +75,7 @@ class Library:
     coverage: CoverageRules  # health insurance payer by age
     audit: AuditRules  # clinical consistency rules `ehrsim audit` checks a written run against
     calendar: Calendar  # when each vaccine, drug, lab method and procedure came into use
+    history: HistoryRules  # what a record exported with --history carries from before its window
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]  # every input file, as modules/... or rules/... (from its root) -> SHA-256

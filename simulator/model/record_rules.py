@@ -104,3 +104,37 @@ class Languages(Strict):
     def _source_cited(cls, source: str, info: ValidationInfo) -> str:
         need_source(source, info)
         return source
+
+
+class CarriedProcedure(Strict):
+    """A procedure a record keeps from before its history window (`--history`): every one of the code, or
+    only the patient's `first` (the start of a recurring treatment, such as dialysis)."""
+
+    code: Code
+    first: bool = False
+    reason: Annotated[str, Field(min_length=5)]
+    source: Name
+
+
+class HistoryRules(Strict):
+    """What a record exported with `--history YEARS` carries from before its window besides active conditions,
+    active medication courses and immunizations: the major `procedures`, and the latest reading of each of the
+    `observations` codes when the window holds none."""
+
+    sources: Sources
+    procedures: list[CarriedProcedure]
+    observations: list[LoincCode]
+    observations_source: Name
+
+    @field_validator("procedures")
+    @classmethod
+    def _procedures_cited(cls, procedures: list[CarriedProcedure], info: ValidationInfo) -> list[CarriedProcedure]:
+        for procedure in procedures:
+            need_source(procedure.source, info)
+        return procedures
+
+    @field_validator("observations_source")
+    @classmethod
+    def _source_cited(cls, source: str, info: ValidationInfo) -> str:
+        need_source(source, info)
+        return source

@@ -133,11 +133,14 @@ def targets(library: Library, names: Sequence[str] | None) -> list[Target]:
 
 def select(conditions: pd.DataFrame, wanted: list[Target], n: int, seed: int) -> list[tuple[Target, pd.Series]]:
     """Up to `n` (condition, episode) pairs, one per patient, drawn at random (`seed`) from the patients
-    with a diagnosed episode of each condition in turn; the episode is the patient's most recent diagnosed one."""
+    with a diagnosed episode of each condition in turn; the episode is the patient's most recent diagnosed one
+    whose diagnosing encounter the record holds (a record written with `--history` carries episodes diagnosed
+    before its window without it)."""
     rng = np.random.default_rng(seed)
     pools = []
     for target in wanted:
-        episodes = conditions[(conditions["code"].astype(str) == target.code) & conditions["diagnosis_time"].notna()]
+        diagnosed = conditions["diagnosis_time"].notna() & conditions["diagnosis_encounter_id"].notna()
+        episodes = conditions[(conditions["code"].astype(str) == target.code) & diagnosed]
         latest = episodes.sort_values("diagnosis_time", kind="stable").drop_duplicates("patient", keep="last")
         latest = latest.sort_values("patient", kind="stable")
         pools.append([latest.iloc[i] for i in rng.permutation(len(latest))])
