@@ -372,6 +372,15 @@ NUMBER_FIELDS = {
     "attribute_guard": NumberField(_guard("{attribute: r, op: '<', value: {x}}"), ("value",), math.isfinite),
     "observable_sd": NumberField(_observable("mean: 37, sd: {x}"), ("sd",), at_least(0)),
     "observable_persistence": NumberField(_observable("mean: 37, persistence: {x}"), ("persistence",), between(0, 1)),
+    "observable_correlation_days": NumberField(
+        _observable("mean: 37, correlation_days: {x}"), ("correlation_days",), above(0)
+    ),
+    "observable_measurement_sd": NumberField(
+        _observable("mean: 37, measurement_sd: {x}"), ("measurement_sd",), at_least(0)
+    ),
+    "observable_response_half_life": NumberField(
+        _observable("mean: 37, response_half_life_days: {x}"), ("response_half_life_days",), above(0)
+    ),
     "observable_limit_low": NumberField(_observable("mean: 37, limits: [{x}, 45]"), ("limits",), between(-1e308, 45)),
     "observable_limit_high": NumberField(_observable("mean: 37, limits: [30, {x}]"), ("limits",), between(30, 1e308)),
 }

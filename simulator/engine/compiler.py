@@ -165,6 +165,11 @@ class CompiledModel(NamedTuple):
     cond_guarded: np.ndarray  # bool[n_conditions]
     med_guarded: np.ndarray  # bool[n_medications]
     obs_guarded: np.ndarray  # bool[n_observables]
+    # how readings evolve (Observable.correlation_days, measurement_sd, response_half_life_days)
+    obs_correlation_days: np.ndarray  # float64[n_observables]: correlation time of z_visit (0: fresh each reading)
+    obs_measurement_sd: np.ndarray  # float64[n_observables]: measurement error SD (NaN: none, no draw)
+    obs_half_life_days: np.ndarray  # float64[n_observables]: lag of the attribute effects (0: none)
+    attr_lagged: np.ndarray  # bool[n_attributes]: affects an observable with a lag
 
 
 @dataclass(frozen=True)
@@ -449,6 +454,9 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             derived_start=derived_start,
             derived_n=b.size("factor") - derived_start,
             derived_scale=obs.derived.scale if obs.derived is not None else 1.0,
+            correlation_days=obs.correlation_days or 0.0,
+            measurement_sd=obs.measurement_sd if obs.measurement_sd is not None else math.nan,
+            half_life_days=obs.response_half_life_days or 0.0,
         )
     cond_codes = [b.code(c.code) for c in cond_all.values()]
     med_codes = [b.code(d.code) for d in med_all.values()]
@@ -532,6 +540,13 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         cond_guarded=_guarded(ginst_op, ginst_i0, (G_COND_ACTIVE, G_COND_DIAGNOSED), len(cond_codes)),
         med_guarded=_guarded(ginst_op, ginst_i0, (G_MED,), len(med_codes)),
         obs_guarded=_guarded(ginst_op, ginst_i0, (G_OBS,), len(obs_all)),
+        obs_correlation_days=b.column("obs", "correlation_days", f8),
+        obs_measurement_sd=b.column("obs", "measurement_sd", f8),
+        obs_half_life_days=b.column("obs", "half_life_days", f8),
+        attr_lagged=_frozen(
+            [any(obs_all[o].response_half_life_days is not None for o in a.affects) for a in attr_all.values()],
+            np.bool_,
+        ),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),

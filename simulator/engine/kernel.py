@@ -98,6 +98,10 @@ class Scratch(NamedTuple):
     obs_z: np.ndarray  # float64[n_observables]
     entered_t: np.ndarray  # float64[n_states]
     stack: np.ndarray  # bool[STACK]
+    obs_visit_z: np.ndarray  # float64[n_observables]: last visit component (correlated observables)
+    obs_visit_t: np.ndarray  # float64[n_observables]: when it was drawn (-inf: never)
+    obs_lag_level: np.ndarray  # float64[n_observables]: lagged attribute effect (NaN: not yet used)
+    obs_lag_t: np.ndarray  # float64[n_observables]: when the lagged level was last brought up to date
 
 
 class Person(NamedTuple):
@@ -160,6 +164,10 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.state_module.shape[0], np.float64),
         np.zeros(STACK, np.bool_),
+        np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.obs_code.shape[0], np.float64),
     )
 
 
@@ -184,6 +192,10 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.cond_diagnosed[:] = False
     sc.med_active[:] = False
     sc.obs_latest[:] = np.nan
+    sc.obs_visit_z[:] = 0.0
+    sc.obs_visit_t[:] = -np.inf
+    sc.obs_lag_level[:] = np.nan
+    sc.obs_lag_t[:] = np.nan
     sc.entered_t[:] = -np.inf
     sc.hz_mult[:] = -1.0
     for o in range(sc.obs_z.shape[0]):
@@ -461,6 +473,77 @@ def fired_hazard(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int) -
 
 
 @njit(cache=True, _nrt=False)
+def effect_target(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
+    """Sum of coefficient x attribute over observable o's effects at t (what a lagged level moves toward)."""
+    target = 0.0
+    for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
+        target += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
+    return target
+
+
+@njit(cache=True, _nrt=False)
+def lag_to(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
+    """Bring observable o's lagged effect level up to t, first order toward its target now (starting at
+    the target on first use); return it."""
+    target = effect_target(model, sc, o, t)
+    level = sc.obs_lag_level[o]
+    if math.isnan(level):
+        level = target
+    else:
+        level = target + (level - target) * 0.5 ** ((t - sc.obs_lag_t[o]) / model.obs_half_life_days[o])
+    sc.obs_lag_level[o] = level
+    sc.obs_lag_t[o] = t
+    return level
+
+
+@njit(cache=True, _nrt=False)
+def lag_before_set(model: CompiledModel, sc: Scratch, a: int, t: float) -> None:
+    """Attribute a is about to change at t: bring each lagged observable it affects up to t with the old
+    target, so that a step change is followed exactly."""
+    for o in range(model.obs_code.shape[0]):
+        if model.obs_half_life_days[o] > 0.0:
+            for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
+                if model.effect_attr[k] == a:
+                    lag_to(model, sc, o, t)
+                    break
+
+
+@njit(cache=True, _nrt=False)
+def visit_component(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
+    """z_visit of a reading of o at t from one standard normal: fresh, or an Ornstein-Uhlenbeck step
+    from the previous reading when the observable has a correlation time."""
+    z = normal(sc.rng)
+    corr = model.obs_correlation_days[o]
+    if corr > 0.0:
+        if sc.obs_visit_t[o] > -np.inf:
+            rho = math.exp(-(t - sc.obs_visit_t[o]) / corr)
+            z = rho * sc.obs_visit_z[o] + math.sqrt(1.0 - rho * rho) * z
+        sc.obs_visit_z[o] = z
+        sc.obs_visit_t[o] = t
+    return z
+
+
+@njit(cache=True, _nrt=False)
+def measured(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
+    """A measured observable's reading before clipping and rounding: mean, attribute effects (lagged or
+    not), the patient and visit components, and the measurement error when declared."""
+    age = age_years(p, t)
+    value = curve_at(model, model.obs_mean_start[o], p.sex, age)
+    if model.obs_half_life_days[o] > 0.0:
+        value += lag_to(model, sc, o, t)
+    else:
+        for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
+            value += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
+    sd = curve_at(model, model.obs_sd_start[o], p.sex, age)
+    share = model.obs_persistence[o]
+    value += sd * (math.sqrt(share) * sc.obs_z[o] + math.sqrt(1.0 - share) * visit_component(model, sc, o, t))
+    error_sd = model.obs_measurement_sd[o]
+    if not math.isnan(error_sd):
+        value += error_sd * normal(sc.rng)
+    return value
+
+
+@njit(cache=True, _nrt=False)
 def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A value from the observable's model (NaN when a derived input was never measured)."""
     n_factors = model.obs_derived_n[o]
@@ -469,13 +552,7 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
         for k in range(model.obs_derived_start[o], model.obs_derived_start[o] + n_factors):
             value *= sc.obs_latest[model.derived_obs[k]] ** model.derived_power[k]
     else:
-        age = age_years(p, t)
-        value = curve_at(model, model.obs_mean_start[o], p.sex, age)
-        for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
-            value += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
-        sd = curve_at(model, model.obs_sd_start[o], p.sex, age)
-        share = model.obs_persistence[o]
-        value += sd * (math.sqrt(share) * sc.obs_z[o] + math.sqrt(1.0 - share) * normal(sc.rng))
+        value = measured(model, sc, p, o, t)
     if math.isnan(value):
         return value
     value = min(max(value, model.obs_low[o]), model.obs_high[o])
@@ -562,6 +639,8 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             else:
                 level = draw(model, model.act_dist[a], sc.rng)
             drift = model.act_drift_per_year[a]
+            if model.attr_lagged[target]:
+                lag_before_set(model, sc, target, t)
             sc.attr_level[target] = level
             sc.attr_t0[target] = t
             if not math.isnan(drift):

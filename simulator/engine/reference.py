@@ -20,7 +20,8 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      state draws it (compiler.module_stream(name)):
      - an encounter with a duration: its duration (drawn after the start event is recorded);
      - `set` with `draw`: that distribution;
-     - `observe` of a measured (not derived) observable: one normal, the visit component;
+     - `observe` of a measured (not derived) observable: one normal, the visit component, then one
+       normal for the measurement error if the observable declares `measurement_sd`;
      - `symptom`: its severity;
      - a state with `after`, once its actions ran: the delay;
      - leaving by `branches`: one uniform;
@@ -208,6 +209,8 @@ class PatientRun:
         self.taking: set[str] = set()  # medications
         self.latest = dict.fromkeys(self.observables, math.nan)
         self.z = {name: normal(self.rng) for name in self.observables}
+        self.visit: dict[str, tuple[float, float]] = {}  # correlated observable -> (t, z) of its last reading
+        self.lagged: dict[str, tuple[float, float]] = {}  # lagged observable -> (t, level) of its effects
         self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
         self.pending: list[Pending] = []  # in the order they started
         self.tracks = [Track(m) for m in declared if m.states]
@@ -428,6 +431,56 @@ class PatientRun:
             return track.encounter
         return -1
 
+    def effects(self, name: str, t: float) -> list[float]:
+        """coefficient x attribute now, for each attribute that affects the observable (library order)."""
+        return [
+            attr.affects[name] * self.attributes[attr_name].at(t)
+            for attr_name, attr in self.attribute_models.items()
+            if name in attr.affects
+        ]
+
+    def lag_to(self, name: str, t: float) -> float:
+        """The observable's lagged effect level brought up to t: first order, with its half-life, toward
+        the sum of its effects now; on first use it starts at that sum."""
+        target = 0.0
+        for effect in self.effects(name, t):
+            target += effect
+        level = target
+        if name in self.lagged:
+            t0, previous = self.lagged[name]
+            half_life = self.observables[name].response_half_life_days
+            level = target + (previous - target) * 0.5 ** ((t - t0) / half_life)  # type: ignore[operator]
+        self.lagged[name] = (t, level)
+        return level
+
+    def visit_component(self, name: str, t: float, rng: np.ndarray) -> float:
+        """z_visit: one fresh normal, or an Ornstein-Uhlenbeck step from the last reading's."""
+        z = normal(rng)
+        correlation_days = self.observables[name].correlation_days
+        if correlation_days is not None:
+            if name in self.visit:
+                t0, previous = self.visit[name]
+                rho = math.exp(-(t - t0) / correlation_days)
+                z = rho * previous + math.sqrt(1.0 - rho * rho) * z
+            self.visit[name] = (t, z)
+        return z
+
+    def measured(self, name: str, t: float, rng: np.ndarray) -> float:
+        """A measured observable's reading before clipping and rounding."""
+        obs = self.observables[name]
+        age = (t - self.birth_t) / DAYS_PER_YEAR
+        value = curve(obs.mean, self.sex, age)  # type: ignore[arg-type]
+        if obs.response_half_life_days is not None:
+            value += self.lag_to(name, t)
+        else:
+            for effect in self.effects(name, t):
+                value += effect
+        sd, p = curve(obs.sd, self.sex, age), obs.persistence
+        value += sd * (math.sqrt(p) * self.z[name] + math.sqrt(1.0 - p) * self.visit_component(name, t, rng))
+        if obs.measurement_sd is not None:
+            value += obs.measurement_sd * normal(rng)
+        return value
+
     def observe(self, name: str, t: float, rng: np.ndarray) -> float:
         """A value of an observable now (NaN when a derived one has an input never measured); the
         visit component is drawn from `rng`."""
@@ -437,18 +490,17 @@ class PatientRun:
             for factor, power in obs.derived.product.items():
                 value *= self.latest[factor] ** power
         else:
-            age = (t - self.birth_t) / DAYS_PER_YEAR
-            value = curve(obs.mean, self.sex, age)  # type: ignore[arg-type]
-            for attr_name, attr in self.attribute_models.items():
-                if name in attr.affects:
-                    value += attr.affects[name] * self.attributes[attr_name].at(t)
-            sd, p = curve(obs.sd, self.sex, age), obs.persistence
-            value += sd * (math.sqrt(p) * self.z[name] + math.sqrt(1.0 - p) * normal(rng))
+            value = self.measured(name, t, rng)
         if math.isnan(value):
             return value
         low, high = obs.limits if obs.limits is not None else (-INF, INF)
         scale = 10.0**obs.decimals
         return math.floor(min(max(value, low), high) * scale + 0.5) / scale
+
+    def observables_lagging(self, attribute: str) -> list[str]:
+        """The observables with a response half-life that the attribute affects (library order)."""
+        affects = self.attribute_models[attribute].affects
+        return [n for n, o in self.observables.items() if o.response_half_life_days is not None and n in affects]
 
     def run_actions(self, track: Track, name: str, state: State, t: float) -> None:
         """A state's actions, in the documented order (State)."""
@@ -469,6 +521,8 @@ class PatientRun:
                 self.join = number
         for setter in state.set:
             attribute = self.attributes[setter.attribute]
+            for lagged in self.observables_lagging(setter.attribute):
+                self.lag_to(lagged, t)  # with the old target, so that a step is followed exactly
             if setter.to is not None:
                 level, slope = setter.to, setter.per_year if setter.per_year is not None else 0.0
             elif setter.add is not None:

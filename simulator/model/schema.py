@@ -542,6 +542,12 @@ class Observable(Strict):
     variance that belongs to the patient and stays with them for life. Attributes declare which
     observables they shift (`Attribute.affects`), so a disease module moves a vital sign defined in
     rules/ without the rules knowing about the module.
+
+    Three optional keys make readings evolve over time (absent: the behaviour above, same draws):
+    `correlation_days` turns z_visit into an Ornstein-Uhlenbeck process per patient (readings close
+    in time are close, readings far apart independent), `measurement_sd` adds an independent
+    measurement error to each reading, and `response_half_life_days` lets the attribute effects
+    reach the reading through a first-order lag with that half-life (HbA1c follows glycaemia).
     """
 
     code: Code
@@ -553,12 +559,18 @@ class Observable(Strict):
     derived: Derived | None = None
     limits: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     decimals: Annotated[int, Field(ge=0, le=6)] = 1
+    correlation_days: Annotated[float, Field(gt=0)] | None = None
+    measurement_sd: Annotated[float, Field(ge=0)] | None = None
+    response_half_life_days: Annotated[float, Field(gt=0)] | None = None
     source: Name
 
     @model_validator(mode="after")
     def _mean_or_derived(self) -> Observable:
         if (self.mean is None) == (self.derived is None):
             raise ValueError("give exactly one of mean and derived")
+        dynamics = ("correlation_days", "measurement_sd", "response_half_life_days")
+        if self.derived is not None and any(getattr(self, key) is not None for key in dynamics):
+            raise ValueError(f"a derived observable takes none of {', '.join(dynamics)}")
         if self.limits is not None and self.limits[1] < self.limits[0]:
             raise ValueError("limits must be [low, high] with low <= high")
         return self
