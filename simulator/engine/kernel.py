@@ -97,6 +97,7 @@ class Scratch(NamedTuple):
     obs_z: np.ndarray  # float64[n_observables]
     entered_t: np.ndarray  # float64[n_states]
     stack: np.ndarray  # bool[STACK]
+    med_state: np.ndarray  # int32[n_medications]: the state that started each active medication
 
 
 class Person(NamedTuple):
@@ -159,6 +160,7 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.state_module.shape[0], np.float64),
         np.zeros(STACK, np.bool_),
+        np.zeros(model.med_code.shape[0], np.int32),
     )
 
 
@@ -479,8 +481,23 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
 
 
 @njit(cache=True, _nrt=False)
-def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
-    """Close every open encounter at t, then record death; nothing happens after this."""
+def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
+    """Whether medication d's product (its code) is taken now, under d or another module's name: a
+    product is never ordered twice at once, so starting it then records nothing."""
+    for other in range(sc.med_active.shape[0]):
+        if sc.med_active[other] and model.med_code[other] == model.med_code[d]:
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
+    """Stop every active medication at t (in medication order, each as the state that started it),
+    close every open encounter, then record death; nothing happens after this."""
+    for d in range(sc.med_active.shape[0]):
+        if sc.med_active[d]:
+            sc.med_active[d] = False
+            emit(ev, sc, p, t, codes.K_MED_STOP, model.med_code[d], np.nan, -1, sc.med_state[d], d, -1)
     for k in range(sc.counters[C_PENDING]):
         emit(
             ev,
@@ -584,8 +601,9 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
         elif kind == codes.A_MED_START:
-            if not sc.med_active[target]:
+            if not product_taken(model, sc, target):
                 sc.med_active[target] = True
+                sc.med_state[target] = s
                 encounter = need_encounter(sc, m, t)
                 emit(ev, sc, p, t, codes.K_MED_START, model.med_code[target], np.nan, encounter, s, target, -1)
                 if model.med_guarded[target]:
@@ -616,7 +634,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                     end_pending(ev, sc, p, k, t)
                     break
         else:  # A_DEATH
-            die(ev, sc, p, t, target, s)
+            die(model, ev, sc, p, t, target, s)
             return
 
 
@@ -775,7 +793,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)
         else:
-            die(ev, sc, p, t, model.death_code, -1)
+            die(model, ev, sc, p, t, model.death_code, -1)
             return
         settle(model, ev, sc, p, t)
 

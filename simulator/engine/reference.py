@@ -8,7 +8,8 @@ random numbers in exactly the kernel's order, so for the same people it emits th
 Time is float days since 1970-01-01. Per patient, the next event is the earliest of: the scheduled
 end of an open encounter (ties: the one started first), a module's wake-up (ties: modules in library
 order) and background death; ties between the three go in that order. Nothing happens at or after
-the patient's `t_end` (encounters still open then are left open); death closes every open encounter.
+the patient's `t_end` (encounters still open then are left open); death stops every active
+medication and closes every open encounter.
 After anything happens at time t the patient "settles": modules waiting for a wellness visit join
 one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
 product of its hazard ratios changed; repeat until nothing changes.
@@ -205,7 +206,7 @@ class PatientRun:
         self.attributes = {n: Attribute(a.initial, 0.0, self.birth_t) for n, a in self.attribute_models.items()}
         self.active: set[str] = set()  # conditions
         self.diagnosed: set[str] = set()
-        self.taking: set[str] = set()  # medications
+        self.taking: dict[str, tuple[str, str]] = {}  # active medications -> (module, state) that started them
         self.latest = dict.fromkeys(self.observables, math.nan)
         self.z = {name: normal(self.rng) for name in self.observables}
         self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
@@ -496,13 +497,13 @@ class PatientRun:
                 emit("condition_resolved", self.conditions[condition])
                 self.dirty = True
         for medication in state.start_medication:
-            if medication not in self.taking:
-                self.taking.add(medication)
+            if not self.product_taken(medication):
+                self.taking[medication] = (module, name)
                 emit("medication_start", self.medications[medication])
                 self.dirty = True
         for medication in state.stop_medication:
             if medication in self.taking:
-                self.taking.discard(medication)
+                del self.taking[medication]
                 emit("medication_stop", self.medications[medication])
                 self.dirty = True
         for code in state.procedure:
@@ -525,6 +526,11 @@ class PatientRun:
         if state.death is not None:
             self.die(t, state.death.cause, module, name)
 
+    def product_taken(self, medication: str) -> bool:
+        """Whether the medication's product (system and code) is taken now, under any module's name."""
+        code = self.medications[medication]
+        return any((c.system, c.code) == (code.system, code.code) for c in map(self.medications.get, self.taking))
+
     def close(self, pending: Pending, t: float) -> None:
         """Record the end of an encounter (as emitted by the state that started it)."""
         self.events.append(
@@ -540,7 +546,13 @@ class PatientRun:
             track.encounter = -1
 
     def die(self, t: float, cause: Code, module: str, state: str) -> None:
-        """Close every open encounter at t, then record death; nothing happens after it."""
+        """Stop every active medication at t (in library order, each as the state that started it),
+        close every open encounter, then record death; nothing happens after it."""
+        for medication in [name for name in self.medications if name in self.taking]:
+            module_started, state_started = self.taking[medication]
+            code = self.medications[medication]
+            self.events.append(Event(t, "medication_stop", code, math.nan, -1, module_started, state_started))
+        self.taking.clear()
         for pending in self.pending:
             self.close(pending, t)
         self.pending.clear()

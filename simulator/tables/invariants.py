@@ -92,11 +92,9 @@ def _alternates(events: pd.DataFrame, first: str, second: str, what: str, by: tu
 
 
 def medications_started_before_stopped(events: pd.DataFrame) -> list[str]:
-    """Each module's prescriptions of a drug start and stop in turn (two modules may each prescribe
-    the same drug at once: two orders, as in a real record)."""
-    return _alternates(
-        events, "medication_start", "medication_stop", "medication stopped without being started", ("module",)
-    )
+    """A patient's courses of one product start and stop in turn, whichever module orders or stops them
+    (the engine never starts a product that is already taken)."""
+    return _alternates(events, "medication_start", "medication_stop", "medication stopped without being started")
 
 
 def diagnosis_after_onset(events: pd.DataFrame) -> list[str]:
