@@ -528,8 +528,11 @@ class PatientRun:
 
     def product_taken(self, medication: str) -> bool:
         """Whether the medication's product (system and code) is taken now, under any module's name."""
-        code = self.medications[medication]
-        return any((c.system, c.code) == (code.system, code.code) for c in map(self.medications.get, self.taking))
+
+        def product(name: str) -> tuple[str, str]:
+            return self.medications[name].system, self.medications[name].code
+
+        return any(product(taken) == product(medication) for taken in self.taking)
 
     def close(self, pending: Pending, t: float) -> None:
         """Record the end of an encounter (as emitted by the state that started it)."""

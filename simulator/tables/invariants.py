@@ -79,9 +79,9 @@ def observations_in_encounters(events: pd.DataFrame, spans: pd.DataFrame) -> lis
     return out + _first(outside[["patient", "kind", "time", "start", "end"]], "event outside its encounter's span")
 
 
-def _alternates(events: pd.DataFrame, first: str, second: str, what: str, by: tuple[str, ...] = ()) -> list[str]:
-    """Per patient and code (and the `by` columns), `first` and `second` alternate starting with `first`."""
-    keys = ["patient", "code", *by]
+def _alternates(events: pd.DataFrame, first: str, second: str, what: str) -> list[str]:
+    """Per patient and code, `first` and `second` alternate starting with `first`."""
+    keys = ["patient", "code"]
     rows = events[events["kind"].isin([first, second])][[*keys, "kind"]]
     if rows.empty:
         return []
