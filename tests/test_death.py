@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import simulator
+from simulator.model.loading import load_library
 
-FIXTURE_RULES = Path(__file__).parent / "data" / "fixture" / "rules"
+FIXTURE = Path(__file__).parent / "data" / "fixture"
+FIXTURE_RULES = FIXTURE / "rules"
+FIXTURE_LIBRARY = {"modules": FIXTURE / "modules", "rules_dir": FIXTURE_RULES}
 LIFETIMES = ["fixture_population", pytest.param("shipped_lifetime", marks=pytest.mark.slow)]
 
 
@@ -89,3 +93,42 @@ def test_a_product_already_taken_is_not_ordered_again_by_another_module(tmp_path
     kinds = meds["kind"].astype(str).groupby(meds["patient"]).agg(tuple)
     assert len(kinds) == len(lived)
     assert kinds.map(lambda k: k == ("medication_start", "medication_stop")).all()
+
+
+def _expected_cause_shares(library, deaths: pd.DataFrame) -> pd.DataFrame:
+    """Per background death (rows of `deaths` with age_years and sex), the table's share of each cause in
+    its age band and sex (columns: cause codes)."""
+    causes = library.mortality.causes
+    band = np.searchsorted(np.array(causes.age), deaths["age_years"].to_numpy(), side="right") - 1
+    shares = {}
+    for sex in ("male", "female"):
+        table = np.array([getattr(c, sex) for c in causes.causes], np.float64).T
+        shares[sex] = table / table.sum(axis=1, keepdims=True)
+    rows = [shares["male" if s == "M" else "female"][b] for s, b in zip(deaths["sex"], band, strict=True)]
+    return pd.DataFrame(rows, columns=[c.code.code for c in causes.causes], index=deaths.index)
+
+
+@pytest.mark.parametrize("cohort", LIFETIMES)
+def test_background_death_causes_follow_the_table_by_age_and_sex(cohort: str, request: pytest.FixtureRequest) -> None:
+    """The causes of background deaths match the NCHS shares of each age band and sex: per broad age group,
+    each cause's count lies within 4 standard errors of the sum of its per-death probabilities."""
+    population = request.getfixturevalue(cohort)
+    library = load_library(**(FIXTURE_LIBRARY if cohort == "fixture_population" else {}))
+    events, patients = population.events, population.patients.set_index("index")
+    deaths = events[(events["kind"] == "death") & events["module"].isna()].copy()  # background deaths
+    assert len(deaths) > 100
+    deaths["age_years"] = (deaths["time"] - deaths["patient"].map(patients["birth_time"])).dt.days / 365.25
+    deaths["sex"] = deaths["patient"].map(patients["sex"]).astype(str)
+    expected = _expected_cause_shares(library, deaths)
+    groups = pd.cut(deaths["age_years"], [0, 45, 65, 75, 85, 200], right=False)
+    checked = 0
+    for _, rows in deaths.groupby(groups, observed=True):
+        if len(rows) < 40:
+            continue
+        p = expected.loc[rows.index]
+        observed = rows["code"].astype(str).value_counts().reindex(p.columns, fill_value=0)
+        sd = np.sqrt((p * (1 - p)).sum())
+        assert (abs(observed - p.sum()) <= 4 * sd + 1).all(), (observed.to_dict(), p.sum().to_dict())
+        checked += 1
+    assert checked >= 2
+    assert set(deaths["code"].astype(str)) <= set(expected.columns)

@@ -10,7 +10,8 @@ background death; ties go to encounter ends, then modules in order, then death.
 Draw order for one patient (the reference implementation follows it exactly): one normal per
 observable (persistent component) from the patient-level stream; then each module draws what its
 states consume, as they happen, from its own stream (numbered from the module's name), so that a
-change to one module's parameters leaves every other module's draws as they were.
+change to one module's parameters leaves every other module's draws as they were. A background
+death draws its cause last, from the patient-level stream.
 """
 
 from __future__ import annotations
@@ -519,6 +520,27 @@ def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, caus
 
 
 @njit(cache=True, _nrt=False)
+def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> int:
+    """The underlying cause of a background death at t (a code index): one uniform from the patient-level
+    stream picks a cause in proportion to the deaths of the patient's age band and sex (death_code when
+    the library has no cause table). Nothing is drawn after it, so no other draw moves."""
+    n_causes = model.death_cause_code.shape[0]
+    if n_causes == 0:
+        return model.death_code
+    age = age_years(p, t)
+    band = 0
+    while band + 1 < model.death_cause_age.shape[0] and model.death_cause_age[band + 1] <= age:
+        band += 1
+    cumulative = model.death_cause_cum_male if p.sex == 0 else model.death_cause_cum_female
+    use_stream(sc, model.module_stream.shape[0])
+    pick = uniform(sc.rng)
+    for c in range(n_causes - 1):
+        if pick < cumulative[band, c]:
+            return model.death_cause_code[c]
+    return model.death_cause_code[n_causes - 1]
+
+
+@njit(cache=True, _nrt=False)
 def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Emit the end of pending encounter k and drop it from the list (order kept)."""
     kind, code, state = codes.K_ENCOUNTER_END, sc.pend_code[k], sc.pend_state[k]
@@ -793,7 +815,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)
         else:
-            die(model, ev, sc, p, t, model.death_code, -1)
+            die(model, ev, sc, p, t, background_cause(model, sc, p, t), -1)
             return
         settle(model, ev, sc, p, t)
 

@@ -28,6 +28,7 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      - scheduling a state's hazards (on entry, at a re-evaluation wake-up, or when settling finds a
        changed hazard-ratio product): one exponential, the cumulative hazard to reach;
      - a hazard firing: one uniform, which of the competing hazards it was.
+  3. at a background death with a cause table (mortality.causes): one uniform from stream 1, its cause.
   Distributions: exact draws nothing; uniform and exponential one uniform; normal and lognormal one
   normal (two uniforms, Box-Muller); gamma follows kernel.gamma (Marsaglia-Tsang, with one extra
   uniform first when shape < 1). Values with a unit are in days.
@@ -241,9 +242,24 @@ class PatientRun:
                 self.tracks[k].wake_t = INF
                 self.leave(self.tracks[k], t)
             else:
-                self.die(t, self.library.mortality.cause, "", "")
+                self.die(t, self.background_cause(t), "", "")
             self.settle(t)
         return self.events
+
+    def background_cause(self, t: float) -> Code:
+        """The underlying cause of a background death at t: one uniform from the patient-level stream
+        against the cumulative shares of the deaths in the patient's age band and sex."""
+        mortality = self.library.mortality
+        if mortality.causes is None:
+            return mortality.cause
+        age = (t - self.birth_t) / DAYS_PER_YEAR
+        band = max(k for k, start in enumerate(mortality.causes.age) if start <= age)
+        sex = "male" if self.sex == "M" else "female"
+        deaths = np.array([getattr(cause, sex)[band] for cause in mortality.causes.causes], np.float64)
+        cumulative = np.cumsum(deaths) / max(deaths.sum(), 1.0)
+        pick = uniform(self.rng)
+        chosen = next((k for k, share in enumerate(cumulative[:-1]) if pick < share), len(deaths) - 1)
+        return mortality.causes.causes[chosen].code
 
     def settle(self, t: float) -> None:
         while not self.dead:
