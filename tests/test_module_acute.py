@@ -71,12 +71,27 @@ def cap(shipped_population) -> pd.DataFrame:
 
 
 def test_antibiotics_only_with_an_infection_diagnosed_in_the_same_encounter(acute) -> None:
+    """An antibiotic starts in the visit that diagnosed the infection, or (the oral step-down of metlay2019)
+    at the discharge from the admission for a pneumonia diagnosed at the emergency visit days before."""
     starts = acute[(acute["kind"] == "medication_start") & acute["display"].str.startswith(ANTIBIOTIC_PREFIXES)]
     assert len(starts) > 50
     diagnosed = acute[(acute["kind"] == "condition_diagnosis") & acute["display"].isin(INFECTIONS)]
     keys = set(zip(diagnosed["patient"], diagnosed["encounter"], strict=True))
-    missing = [k for k in zip(starts["patient"], starts["encounter"], strict=True) if k not in keys]
+    step_down = starts["state"] == "cap_discharge_step_down"
+    at_visit = starts[~step_down]
+    missing = [k for k in zip(at_visit["patient"], at_visit["encounter"], strict=True) if k not in keys]
     assert missing == []
+    discharged = starts[step_down]
+    assert len(discharged) > 0
+    pneumonia = diagnosed[diagnosed["display"] == "Pneumonia (disorder)"].sort_values("time")
+    episode = pd.merge_asof(
+        discharged.sort_values("time"),
+        pneumonia[["patient", "time"]].rename(columns={"time": "diagnosed"}),
+        left_on="time",
+        right_on="diagnosed",
+        by="patient",
+    )
+    assert ((episode["time"] - episode["diagnosed"]) < 5 * DAY).all()
     viral = acute[acute["reason"].isin(["upper_respiratory_infection", "viral_pharyngitis"])]
     assert len(viral) > 0 and not viral["kind"].eq("medication_start").any()  # no antibiotic for viral illness
 

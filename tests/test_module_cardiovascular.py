@@ -26,6 +26,8 @@ THROMBOLYSIS = "426347000"
 CABG = "232717009"
 HF_ONLY_DRUGS = {"1656349", "313096", "1488569", "313988"}  # ARNI, spironolactone, dapagliflozin, furosemide
 APIXABAN = "1364445"
+ASPIRIN = "243670"
+CLOPIDOGREL = "309362"
 CARDIOVASCULAR_DEATHS = {MI, CHD, HF, STROKE}
 
 
@@ -104,6 +106,38 @@ def test_revascularisation_only_after_coronary_diagnosis(cardio_population: simu
     when = procedures.patient.map(diagnosed)
     assert when.notna().all(), "PCI/CABG in a patient never diagnosed with CHD"
     assert (procedures.time >= when).all(), "PCI/CABG before the CHD diagnosis"
+
+
+def test_clopidogrel_follows_pci_with_aspirin_for_its_guideline_duration(
+    cardio_population: simulator.Population,
+) -> None:
+    """Dual antiplatelet therapy (levine2016): clopidogrel starts at a PCI from 1998 on, beside aspirin, and
+    stops 12 months after PCI for an infarction or 6 months after elective PCI (or at death)."""
+    ev = cardio_population.events
+    starts = ev[(ev.kind == "medication_start") & (ev.code == CLOPIDOGREL)]
+    assert len(starts) > 20
+    assert (starts.time >= pd.Timestamp("1998-01-01", tz="UTC")).all()
+    assert set(starts.state.astype(str)) == {"mi_pci_dapt", "elective_pci_dapt"}
+    pci = ev[(ev.kind == "procedure") & (ev.code == PCI)][["patient", "time"]]
+    assert len(starts.merge(pci, on=["patient", "time"])) == len(starts), "clopidogrel without a PCI that instant"
+    aspirin_starts = first_time(ev, "medication_start", {ASPIRIN})
+    assert (starts.patient.map(aspirin_starts) <= starts.time).all(), "clopidogrel without aspirin"
+    stops = ev[(ev.kind == "medication_stop") & (ev.code == CLOPIDOGREL)][["patient", "time"]]
+    courses = pd.merge_asof(
+        starts[["patient", "time", "state"]].sort_values("time"),
+        stops.rename(columns={"time": "stop"}).sort_values("stop"),
+        left_on="time",
+        right_on="stop",
+        by="patient",
+        direction="forward",
+    )
+    months = (courses.stop - courses.time).dt.days / 30.44
+    ended = courses[courses.stop.notna() & (courses.stop <= REFERENCE)]
+    deaths = cardio_population.patients.set_index("index").death_time
+    by_schedule = ended[ended.stop != ended.patient.map(deaths)]
+    assert len(by_schedule) > 10
+    expected = by_schedule.state.map({"mi_pci_dapt": 12.0, "elective_pci_dapt": 6.0})
+    assert ((months.loc[by_schedule.index] - expected).abs() < 0.5).all()
 
 
 def test_troponin_measured_and_raised_in_every_infarction_visit(cardio_population: simulator.Population) -> None:

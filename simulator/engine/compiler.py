@@ -60,6 +60,7 @@ from simulator.model.schema import (
     AgeCurve,
     AllGuard,
     Code,
+    DeathCauses,
     DiseaseModule,
     Exact,
     Exponential,
@@ -170,6 +171,11 @@ class CompiledModel(NamedTuple):
     obs_measurement_sd: np.ndarray  # float64[n_observables]: measurement error SD (NaN: none, no draw)
     obs_half_life_days: np.ndarray  # float64[n_observables]: lag of the attribute effects (0: none)
     attr_lagged: np.ndarray  # bool[n_attributes]: affects an observable with a lag
+    # underlying causes of background deaths (none: every background death has death_code)
+    death_cause_code: np.ndarray  # int32[n_causes]
+    death_cause_age: np.ndarray  # float64[n_cause_bands]: band starts in years
+    death_cause_cum_male: np.ndarray  # float64[n_cause_bands, n_causes]: cumulative shares in each band
+    death_cause_cum_female: np.ndarray  # float64[n_cause_bands, n_causes]
 
 
 @dataclass(frozen=True)
@@ -547,6 +553,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             [any(obs_all[o].response_half_life_days is not None for o in a.affects) for a in attr_all.values()],
             np.bool_,
         ),
+        **_death_causes(b, library.mortality.causes),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),
@@ -563,6 +570,22 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         ethnicities=tuple(b.ethnicities),
     )
     return model, names
+
+
+def _death_causes(b: _Builder, causes: DeathCauses | None) -> dict[str, np.ndarray]:
+    """The background-death cause table: codes, band starts and, per sex, each band's cumulative shares
+    of the causes (rows: bands, columns: causes); empty without a table."""
+    rows = causes.causes if causes is not None else []
+    out = {
+        "death_cause_code": _frozen([b.code(c.code) for c in rows], np.int32),
+        "death_cause_age": _frozen(causes.age if causes is not None else [], np.float64),
+    }
+    for sex in ("male", "female"):
+        deaths = np.array([getattr(c, sex) for c in rows], np.float64).T.reshape(len(out["death_cause_age"]), len(rows))
+        cumulative = np.cumsum(deaths, axis=1) / np.maximum(deaths.sum(axis=1, keepdims=True), 1.0)
+        cumulative.setflags(write=False)
+        out[f"death_cause_cum_{sex}"] = cumulative
+    return out
 
 
 def _guarded(op: np.ndarray, i0: np.ndarray, kinds: tuple[int, ...], n: int) -> np.ndarray:

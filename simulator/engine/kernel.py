@@ -10,7 +10,8 @@ background death; ties go to encounter ends, then modules in order, then death.
 Draw order for one patient (the reference implementation follows it exactly): one normal per
 observable (persistent component) from the patient-level stream; then each module draws what its
 states consume, as they happen, from its own stream (numbered from the module's name), so that a
-change to one module's parameters leaves every other module's draws as they were.
+change to one module's parameters leaves every other module's draws as they were. A background
+death draws its cause last, from the patient-level stream.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Scratch(NamedTuple):
     obs_visit_t: np.ndarray  # float64[n_observables]: when it was drawn (-inf: never)
     obs_lag_level: np.ndarray  # float64[n_observables]: lagged attribute effect (NaN: not yet used)
     obs_lag_t: np.ndarray  # float64[n_observables]: when the lagged level was last brought up to date
+    med_state: np.ndarray  # int32[n_medications]: the state that started each active medication
 
 
 class Person(NamedTuple):
@@ -168,6 +170,7 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.obs_code.shape[0], np.float64),
+        np.zeros(model.med_code.shape[0], np.int32),
     )
 
 
@@ -561,8 +564,23 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
 
 
 @njit(cache=True, _nrt=False)
-def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
-    """Close every open encounter at t, then record death; nothing happens after this."""
+def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
+    """Whether medication d's product (its code) is taken now, under d or another module's name: a
+    product is never ordered twice at once, so starting it then records nothing."""
+    for other in range(sc.med_active.shape[0]):
+        if sc.med_active[other] and model.med_code[other] == model.med_code[d]:
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
+    """Stop every active medication at t (in medication order, each as the state that started it),
+    close every open encounter, then record death; nothing happens after this."""
+    for d in range(sc.med_active.shape[0]):
+        if sc.med_active[d]:
+            sc.med_active[d] = False
+            emit(ev, sc, p, t, codes.K_MED_STOP, model.med_code[d], np.nan, -1, sc.med_state[d], d, -1)
     for k in range(sc.counters[C_PENDING]):
         emit(
             ev,
@@ -581,6 +599,27 @@ def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) ->
     emit(ev, sc, p, t, codes.K_DEATH, cause, np.nan, -1, state, -1, -1)
     sc.counters[C_DEAD] = 1
     sc.wake_t[:] = np.inf
+
+
+@njit(cache=True, _nrt=False)
+def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> int:
+    """The underlying cause of a background death at t (a code index): one uniform from the patient-level
+    stream picks a cause in proportion to the deaths of the patient's age band and sex (death_code when
+    the library has no cause table). Nothing is drawn after it, so no other draw moves."""
+    n_causes = model.death_cause_code.shape[0]
+    if n_causes == 0:
+        return model.death_code
+    age = age_years(p, t)
+    band = 0
+    while band + 1 < model.death_cause_age.shape[0] and model.death_cause_age[band + 1] <= age:
+        band += 1
+    cumulative = model.death_cause_cum_male if p.sex == 0 else model.death_cause_cum_female
+    use_stream(sc, model.module_stream.shape[0])
+    pick = uniform(sc.rng)
+    for c in range(n_causes - 1):
+        if pick < cumulative[band, c]:
+            return model.death_cause_code[c]
+    return model.death_cause_code[n_causes - 1]
 
 
 @njit(cache=True, _nrt=False)
@@ -668,8 +707,9 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
         elif kind == codes.A_MED_START:
-            if not sc.med_active[target]:
+            if not product_taken(model, sc, target):
                 sc.med_active[target] = True
+                sc.med_state[target] = s
                 encounter = need_encounter(sc, m, t)
                 emit(ev, sc, p, t, codes.K_MED_START, model.med_code[target], np.nan, encounter, s, target, -1)
                 if model.med_guarded[target]:
@@ -700,7 +740,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                     end_pending(ev, sc, p, k, t)
                     break
         else:  # A_DEATH
-            die(ev, sc, p, t, target, s)
+            die(model, ev, sc, p, t, target, s)
             return
 
 
@@ -859,7 +899,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)
         else:
-            die(ev, sc, p, t, model.death_code, -1)
+            die(model, ev, sc, p, t, background_cause(model, sc, p, t), -1)
             return
         settle(model, ev, sc, p, t)
 

@@ -8,7 +8,8 @@ random numbers in exactly the kernel's order, so for the same people it emits th
 Time is float days since 1970-01-01. Per patient, the next event is the earliest of: the scheduled
 end of an open encounter (ties: the one started first), a module's wake-up (ties: modules in library
 order) and background death; ties between the three go in that order. Nothing happens at or after
-the patient's `t_end` (encounters still open then are left open); death closes every open encounter.
+the patient's `t_end` (encounters still open then are left open); death stops every active
+medication and closes every open encounter.
 After anything happens at time t the patient "settles": modules waiting for a wellness visit join
 one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
 product of its hazard ratios changed; repeat until nothing changes.
@@ -28,6 +29,7 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      - scheduling a state's hazards (on entry, at a re-evaluation wake-up, or when settling finds a
        changed hazard-ratio product): one exponential, the cumulative hazard to reach;
      - a hazard firing: one uniform, which of the competing hazards it was.
+  3. at a background death with a cause table (mortality.causes): one uniform from stream 1, its cause.
   Distributions: exact draws nothing; uniform and exponential one uniform; normal and lognormal one
   normal (two uniforms, Box-Muller); gamma follows kernel.gamma (Marsaglia-Tsang, with one extra
   uniform first when shape < 1). Values with a unit are in days.
@@ -206,7 +208,7 @@ class PatientRun:
         self.attributes = {n: Attribute(a.initial, 0.0, self.birth_t) for n, a in self.attribute_models.items()}
         self.active: set[str] = set()  # conditions
         self.diagnosed: set[str] = set()
-        self.taking: set[str] = set()  # medications
+        self.taking: dict[str, tuple[str, str]] = {}  # active medications -> (module, state) that started them
         self.latest = dict.fromkeys(self.observables, math.nan)
         self.z = {name: normal(self.rng) for name in self.observables}
         self.visit: dict[str, tuple[float, float]] = {}  # correlated observable -> (t, z) of its last reading
@@ -243,9 +245,24 @@ class PatientRun:
                 self.tracks[k].wake_t = INF
                 self.leave(self.tracks[k], t)
             else:
-                self.die(t, self.library.mortality.cause, "", "")
+                self.die(t, self.background_cause(t), "", "")
             self.settle(t)
         return self.events
+
+    def background_cause(self, t: float) -> Code:
+        """The underlying cause of a background death at t: one uniform from the patient-level stream
+        against the cumulative shares of the deaths in the patient's age band and sex."""
+        mortality = self.library.mortality
+        if mortality.causes is None:
+            return mortality.cause
+        age = (t - self.birth_t) / DAYS_PER_YEAR
+        band = max(k for k, start in enumerate(mortality.causes.age) if start <= age)
+        sex = "male" if self.sex == "M" else "female"
+        deaths = np.array([getattr(cause, sex)[band] for cause in mortality.causes.causes], np.float64)
+        cumulative = np.cumsum(deaths) / max(deaths.sum(), 1.0)
+        pick = uniform(self.rng)
+        chosen = next((k for k, share in enumerate(cumulative[:-1]) if pick < share), len(deaths) - 1)
+        return mortality.causes.causes[chosen].code
 
     def settle(self, t: float) -> None:
         while not self.dead:
@@ -550,13 +567,13 @@ class PatientRun:
                 emit("condition_resolved", self.conditions[condition])
                 self.dirty = True
         for medication in state.start_medication:
-            if medication not in self.taking:
-                self.taking.add(medication)
+            if not self.product_taken(medication):
+                self.taking[medication] = (module, name)
                 emit("medication_start", self.medications[medication])
                 self.dirty = True
         for medication in state.stop_medication:
             if medication in self.taking:
-                self.taking.discard(medication)
+                del self.taking[medication]
                 emit("medication_stop", self.medications[medication])
                 self.dirty = True
         for code in state.procedure:
@@ -579,6 +596,14 @@ class PatientRun:
         if state.death is not None:
             self.die(t, state.death.cause, module, name)
 
+    def product_taken(self, medication: str) -> bool:
+        """Whether the medication's product (system and code) is taken now, under any module's name."""
+
+        def product(name: str) -> tuple[str, str]:
+            return self.medications[name].system, self.medications[name].code
+
+        return any(product(taken) == product(medication) for taken in self.taking)
+
     def close(self, pending: Pending, t: float) -> None:
         """Record the end of an encounter (as emitted by the state that started it)."""
         self.events.append(
@@ -594,7 +619,13 @@ class PatientRun:
             track.encounter = -1
 
     def die(self, t: float, cause: Code, module: str, state: str) -> None:
-        """Close every open encounter at t, then record death; nothing happens after it."""
+        """Stop every active medication at t (in library order, each as the state that started it),
+        close every open encounter, then record death; nothing happens after it."""
+        for medication in [name for name in self.medications if name in self.taking]:
+            module_started, state_started = self.taking[medication]
+            code = self.medications[medication]
+            self.events.append(Event(t, "medication_stop", code, math.nan, -1, module_started, state_started))
+        self.taking.clear()
         for pending in self.pending:
             self.close(pending, t)
         self.pending.clear()

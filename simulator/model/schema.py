@@ -642,19 +642,51 @@ class Demographics(Strict):
     source: Name
 
 
+class CauseOfDeath(Strict):
+    """One underlying cause a background death may have, with its deaths by age band and sex."""
+
+    code: Code
+    icd10: Annotated[str, Field(min_length=3)]
+    male: list[Annotated[int, Field(ge=0)]]
+    female: list[Annotated[int, Field(ge=0)]]
+
+
+class DeathCauses(Strict):
+    """Underlying causes of background deaths: deaths by cause, age band (from `age` until the next
+    band) and sex; a background death's cause is drawn in proportion to its band's deaths."""
+
+    age: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    causes: list[CauseOfDeath] = Field(min_length=1)
+    source: str
+
+    @model_validator(mode="after")
+    def _shape(self) -> DeathCauses:
+        if self.age[0] != 0 or any(b <= a for a, b in zip(self.age, self.age[1:], strict=False)):
+            raise ValueError("age must start at 0 and increase strictly")
+        n = len(self.age)
+        if any(len(c.male) != n or len(c.female) != n for c in self.causes):
+            raise ValueError("every cause needs male and female deaths for each age band")
+        for sex in ("male", "female"):
+            if any(sum(getattr(c, sex)[band] for c in self.causes) == 0 for band in range(n)):
+                raise ValueError(f"every age band needs {sex} deaths")
+        return self
+
+
 class Mortality(Strict):
     """Background mortality: single-year life tables by sex (columns age, qx).
 
     The life tables count deaths from every cause, the modelled ones included. `background_share`
     (a BackgroundShare file) scales the life-table hazard down to the deaths the disease modules do
     not produce themselves; `ehrsim calibrate mortality` measures and writes it, so that all-cause
-    mortality stays that of the life tables."""
+    mortality stays that of the life tables. A background death's cause is drawn from `causes` (by age
+    band and sex), else it is `cause`."""
 
     male_csv: str
     female_csv: str
     total_csv: str
     background_share: str | None = None
     cause: Code
+    causes: DeathCauses | None = None
     source: str
 
 

@@ -79,9 +79,9 @@ def observations_in_encounters(events: pd.DataFrame, spans: pd.DataFrame) -> lis
     return out + _first(outside[["patient", "kind", "time", "start", "end"]], "event outside its encounter's span")
 
 
-def _alternates(events: pd.DataFrame, first: str, second: str, what: str, by: tuple[str, ...] = ()) -> list[str]:
-    """Per patient and code (and the `by` columns), `first` and `second` alternate starting with `first`."""
-    keys = ["patient", "code", *by]
+def _alternates(events: pd.DataFrame, first: str, second: str, what: str) -> list[str]:
+    """Per patient and code, `first` and `second` alternate starting with `first`."""
+    keys = ["patient", "code"]
     rows = events[events["kind"].isin([first, second])][[*keys, "kind"]]
     if rows.empty:
         return []
@@ -92,11 +92,9 @@ def _alternates(events: pd.DataFrame, first: str, second: str, what: str, by: tu
 
 
 def medications_started_before_stopped(events: pd.DataFrame) -> list[str]:
-    """Each module's prescriptions of a drug start and stop in turn (two modules may each prescribe
-    the same drug at once: two orders, as in a real record)."""
-    return _alternates(
-        events, "medication_start", "medication_stop", "medication stopped without being started", ("module",)
-    )
+    """A patient's courses of one product start and stop in turn, whichever module orders or stops them
+    (the engine never starts a product that is already taken)."""
+    return _alternates(events, "medication_start", "medication_stop", "medication stopped without being started")
 
 
 def diagnosis_after_onset(events: pd.DataFrame) -> list[str]:

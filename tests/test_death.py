@@ -1,0 +1,134 @@
+"""Death as an event of the record: every course a patient takes stops at death, and a product is never
+ordered twice at once, whichever modules order it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import simulator
+from simulator.model.loading import load_library
+
+FIXTURE = Path(__file__).parent / "data" / "fixture"
+FIXTURE_RULES = FIXTURE / "rules"
+FIXTURE_LIBRARY = {"modules": FIXTURE / "modules", "rules_dir": FIXTURE_RULES}
+LIFETIMES = ["fixture_population", pytest.param("shipped_lifetime", marks=pytest.mark.slow)]
+
+
+def _courses_open_at_end(events: pd.DataFrame) -> pd.Series:
+    """Per patient and product: courses started minus courses stopped over the whole record."""
+    meds = events[events["kind"].isin(["medication_start", "medication_stop"])]
+    sign = (meds["kind"] == "medication_start").astype(int) * 2 - 1
+    return sign.groupby([meds["patient"], meds["code"]], observed=True).sum()
+
+
+@pytest.mark.parametrize("cohort", LIFETIMES)
+def test_no_medication_is_active_after_death(cohort: str, request: pytest.FixtureRequest) -> None:
+    population = request.getfixturevalue(cohort)
+    events, patients = population.events, population.patients
+    assert patients["death_time"].notna().all()
+    assert (events["kind"] == "medication_start").any()
+    open_courses = _courses_open_at_end(events)
+    assert (open_courses == 0).all(), open_courses[open_courses != 0].head()
+    stops = events[events["kind"] == "medication_stop"].merge(
+        patients[["index", "death_time"]], left_on="patient", right_on="index"
+    )
+    assert (stops["time"] <= stops["death_time"]).all()
+    at_death = stops[stops["time"] == stops["death_time"]]
+    assert len(at_death) > 0  # some courses were still running when the patient died
+
+
+def test_a_stop_at_death_belongs_to_the_module_that_started_the_course(fixture_population) -> None:
+    events = fixture_population.events
+    meds = events[events["kind"].isin(["medication_start", "medication_stop"])]
+    deaths = fixture_population.patients.set_index("index")["death_time"]
+    at_death = meds[(meds["kind"] == "medication_stop") & (meds["time"] == meds["patient"].map(deaths))]
+    assert len(at_death) > 0
+    starts = meds[meds["kind"] == "medication_start"]
+    last_start = starts.groupby(["patient", "code"], observed=True)["module"].last()
+    started_by = last_start.reindex(pd.MultiIndex.from_frame(at_death[["patient", "code"]])).to_numpy()
+    assert (at_death["module"].astype(str).to_numpy() == started_by.astype(str)).all()
+
+
+_ORDERING_MODULE = """
+name: {name}
+title: Orders acetaminophen (test fixture)
+sources: {{a: "assumption: test fixture values"}}
+medications:
+  {name}_acetaminophen: {{code: {{system: RxNorm, code: "313782", display: Acetaminophen 325 MG Oral Tablet}}}}
+start: {name}_wait
+states:
+  {name}_wait:
+    after: {{distribution: exact, value: {start_day}, unit: days, source: a}}
+    next: {name}_visit
+  {name}_visit:
+    encounter:
+      class: ambulatory
+      code: {{system: SNOMED, code: "185347001", display: Encounter for problem (procedure)}}
+      duration: {{distribution: exact, value: 20, unit: minutes, source: a}}
+    start_medication: [{name}_acetaminophen]
+    after: {{distribution: exact, value: 10, unit: days, source: a}}
+    next: {name}_stop
+  {name}_stop:
+    stop_medication: [{name}_acetaminophen]
+    terminal: true
+"""
+
+
+def test_a_product_already_taken_is_not_ordered_again_by_another_module(tmp_path: Path) -> None:
+    for name, start_day in (("first", 1), ("second", 5)):
+        (tmp_path / f"{name}.yaml").write_text(_ORDERING_MODULE.format(name=name, start_day=start_day))
+    population = simulator.generate(patients=40, seed=3, mode="lifetime", modules_dir=tmp_path, rules_dir=FIXTURE_RULES)
+    meds = population.events[population.events["kind"].isin(["medication_start", "medication_stop"])]
+    lived = population.patients.loc[
+        population.patients["death_time"] - population.patients["birth_time"] > pd.Timedelta(days=30), "index"
+    ]
+    meds = meds[meds["patient"].isin(lived)]
+    assert len(lived) > 30
+    # the second module's order comes while the first's course runs: one course, started and stopped by the first
+    assert set(meds["module"].astype(str)) == {"first"}
+    kinds = meds["kind"].astype(str).groupby(meds["patient"]).agg(tuple)
+    assert len(kinds) == len(lived)
+    assert kinds.map(lambda k: k == ("medication_start", "medication_stop")).all()
+
+
+def _expected_cause_shares(library, deaths: pd.DataFrame) -> pd.DataFrame:
+    """Per background death (rows of `deaths` with age_years and sex), the table's share of each cause in
+    its age band and sex (columns: cause codes)."""
+    causes = library.mortality.causes
+    band = np.searchsorted(np.array(causes.age), deaths["age_years"].to_numpy(), side="right") - 1
+    shares = {}
+    for sex in ("male", "female"):
+        table = np.array([getattr(c, sex) for c in causes.causes], np.float64).T
+        shares[sex] = table / table.sum(axis=1, keepdims=True)
+    rows = [shares["male" if s == "M" else "female"][b] for s, b in zip(deaths["sex"], band, strict=True)]
+    return pd.DataFrame(rows, columns=[c.code.code for c in causes.causes], index=deaths.index)
+
+
+@pytest.mark.parametrize("cohort", LIFETIMES)
+def test_background_death_causes_follow_the_table_by_age_and_sex(cohort: str, request: pytest.FixtureRequest) -> None:
+    """The causes of background deaths match the NCHS shares of each age band and sex: per broad age group,
+    each cause's count lies within 4 standard errors of the sum of its per-death probabilities."""
+    population = request.getfixturevalue(cohort)
+    library = load_library(**(FIXTURE_LIBRARY if cohort == "fixture_population" else {}))
+    events, patients = population.events, population.patients.set_index("index")
+    deaths = events[(events["kind"] == "death") & events["module"].isna()].copy()  # background deaths
+    assert len(deaths) > 100
+    deaths["age_years"] = (deaths["time"] - deaths["patient"].map(patients["birth_time"])).dt.days / 365.25
+    deaths["sex"] = deaths["patient"].map(patients["sex"]).astype(str)
+    expected = _expected_cause_shares(library, deaths)
+    groups = pd.cut(deaths["age_years"], [0, 45, 65, 75, 85, 200], right=False)
+    checked = 0
+    for _, rows in deaths.groupby(groups, observed=True):
+        if len(rows) < 40:
+            continue
+        p = expected.loc[rows.index]
+        observed = rows["code"].astype(str).value_counts().reindex(p.columns, fill_value=0)
+        sd = np.sqrt((p * (1 - p)).sum())
+        assert (abs(observed - p.sum()) <= 4 * sd + 1).all(), (observed.to_dict(), p.sum().to_dict())
+        checked += 1
+    assert checked >= 2
+    assert set(deaths["code"].astype(str)) <= set(expected.columns)
