@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.audit.checks import CHECKS, Finding
-from simulator.audit.tables import BLOCK_PATIENTS, COLUMNS, AuditTables, blocks
+from simulator.audit.tables import BLOCK_PATIENTS, COLUMNS, AuditTables, blocks, city_time_zones
 from simulator.files import write_all
 from simulator.model.audit import AuditRule, AuditRules
 from simulator.teaching.record import RunRecord
@@ -129,7 +129,7 @@ def audit_run(
     _readable(rules)
     results = {rule_id: _result(rule_id, rule) for rule_id, rule in rules.rules.items()}
     patients = 0
-    for block in blocks(run, library.calendar, block_patients):
+    for block in blocks(run, library.calendar, city_time_zones(library.names), block_patients):
         ids = block["patients"].set_index("index")["id"]
         patients += len(ids)
         for rule_id, finding in audit_tables(block, rules).items():
