@@ -57,6 +57,7 @@ from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
     ENCOUNTER_CLASSES,
+    WEEKDAYS,
     AgeCurve,
     AllGuard,
     Code,
@@ -74,6 +75,7 @@ from simulator.model.schema import (
 )
 
 ACTION_DEFAULTS = {"code": -1, "dist": -1, "duration": -1, "reason": -1, "value": 0.0, "drift_per_year": math.nan}
+MINUTES_PER_DAY = 1440
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
 
 
@@ -165,6 +167,13 @@ class CompiledModel(NamedTuple):
     cond_guarded: np.ndarray  # bool[n_conditions]
     med_guarded: np.ndarray  # bool[n_medications]
     obs_guarded: np.ndarray  # bool[n_observables]
+    # clinic hours (rules/providers.yaml clinic_hours), in days of the patient's local standard time
+    state_clinic: np.ndarray  # bool[n_states]: the state starts an encounter of a class clinics see in their hours
+    clinic_days: np.ndarray  # bool[7]: working days, Monday first
+    clinic_opens_days: float  # opening, as a fraction of the day
+    clinic_closes_days: float
+    clinic_slot_days: float  # an appointment starts a whole number of these after opening
+    clinic_n_slots: int  # appointments of a day
 
 
 @dataclass(frozen=True)
@@ -313,7 +322,7 @@ class _Builder:
             self.action(A_PROCEDURE, self.code(code))
         for code in state.immunization:
             self.action(A_IMMUNIZATION, self.code(code))
-        for name in state.observe:
+        for name in state_observations(self.library, state):
             self.action(A_OBSERVE, self.observables[name])
         for symptom in state.symptom:
             self.action(A_SYMPTOM, self.code(symptom.code), dist=self.distribution(symptom.severity))
@@ -377,12 +386,35 @@ class _Builder:
             exit=exit_kind,
             delay=delay,
             wait_wellness=state.wait_for == "wellness",
+            clinic=is_clinic_visit(self.library, state),
             next=nxt,
             sub_start=sub_start,
             sub_n=sub_n,
             band_start=band_start,
             band_n=band_n,
         )
+
+
+def start_observations(library: Library, encounter_class: str) -> list[str]:
+    """Observables recorded at the start of every encounter of a class: the modules' `observe_at_start`, in
+    library order, each once."""
+    names = [name for m in library.modules for name in m.observe_at_start.get(encounter_class, [])]
+    return list(dict.fromkeys(names))
+
+
+def state_observations(library: Library, state: State) -> list[str]:
+    """What entering a state observes, in order: what the start of the encounter it starts records (less what
+    the state observes itself), then the state's own `observe`."""
+    if state.encounter is None:
+        return list(state.observe)
+    at_start = start_observations(library, state.encounter.encounter_class)
+    return [*(name for name in at_start if name not in state.observe), *state.observe]
+
+
+def is_clinic_visit(library: Library, state: State) -> bool:
+    """Whether the state starts an encounter of a class that clinics see only in their hours."""
+    hours = library.providers.clinic_hours
+    return state.encounter is not None and state.encounter.encounter_class in hours.encounter_classes
 
 
 def _index(mappings: object) -> dict[str, int]:
@@ -455,6 +487,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     death_code = b.code(library.mortality.cause)
 
     i32, i8, f8 = np.int32, np.int8, np.float64
+    hours = library.providers.clinic_hours
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
@@ -532,6 +565,12 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         cond_guarded=_guarded(ginst_op, ginst_i0, (G_COND_ACTIVE, G_COND_DIAGNOSED), len(cond_codes)),
         med_guarded=_guarded(ginst_op, ginst_i0, (G_MED,), len(med_codes)),
         obs_guarded=_guarded(ginst_op, ginst_i0, (G_OBS,), len(obs_all)),
+        state_clinic=b.column("state", "clinic", np.bool_),
+        clinic_days=_frozen([day in hours.weekdays for day in WEEKDAYS], np.bool_),
+        clinic_opens_days=hours.minutes(hours.opens) / MINUTES_PER_DAY,
+        clinic_closes_days=hours.minutes(hours.closes) / MINUTES_PER_DAY,
+        clinic_slot_days=hours.slot_minutes / MINUTES_PER_DAY,
+        clinic_n_slots=-(-(hours.minutes(hours.closes) - hours.minutes(hours.opens)) // hours.slot_minutes),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),

@@ -61,10 +61,11 @@ STACK = 64
 C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
-# wake kinds
-W_NONE, W_FIRE, W_REEVALUATE = 0, 1, 2
+# wake kinds (W_CLINIC: enter the state cur_state now, the clinic slot its entry was deferred to)
+W_NONE, W_FIRE, W_REEVALUATE, W_CLINIC = 0, 1, 2, 3
 # wait kinds
-WAIT_NONE, WAIT_WELLNESS, WAIT_CASES = 0, 1, 2
+WAIT_NONE, WAIT_WELLNESS, WAIT_CASES, WAIT_CLINIC = 0, 1, 2, 3
+THURSDAY = 3  # the weekday (Monday 0) of day 0, 1970-01-01
 
 
 class Scratch(NamedTuple):
@@ -111,6 +112,7 @@ class Person(NamedTuple):
     death_t: float  # background death
     base: int  # first row of the patient's region in the event buffers
     capacity: int
+    utc_offset_days: float  # standard UTC offset of the patient's time zone (local = UTC + it)
 
 
 class Events(NamedTuple):
@@ -478,6 +480,35 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
     return math.floor(value * scale + 0.5) / scale
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def is_clinic_day(model: CompiledModel, day: float) -> bool:
+    """Whether a local day (whole days since 1970-01-01) is a working day."""
+    return model.clinic_days[(int(day) % 7 + 7 + THURSDAY) % 7]
+
+
+@njit(cache=True, _nrt=False)
+def clinic_open(model: CompiledModel, p: Person, t: float) -> bool:
+    """Whether t falls in the clinic hours of a working day, in the patient's local standard time (a booked
+    slot counts as open however the float arithmetic rounded it)."""
+    local = t + p.utc_offset_days
+    day = float(math.floor(local))
+    into = local - day
+    return is_clinic_day(model, day) and model.clinic_opens_days - EPS_DAYS <= into < model.clinic_closes_days
+
+
+@njit(cache=True, _nrt=False)
+def clinic_slot(model: CompiledModel, sc: Scratch, p: Person, t: float) -> float:
+    """An appointment on the next working day whose opening is after t, drawn uniformly among its slots."""
+    local = t + p.utc_offset_days
+    day = float(math.floor(local))
+    if not is_clinic_day(model, day) or local - day >= model.clinic_opens_days:
+        day += 1.0
+        while not is_clinic_day(model, day):
+            day += 1.0
+    slot = math.floor(uniform(sc.rng) * model.clinic_n_slots)
+    return day + model.clinic_opens_days + slot * model.clinic_slot_days - p.utc_offset_days
+
+
 @njit(cache=True, _nrt=False)
 def die(ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Close every open encounter at t, then record death; nothing happens after this."""
@@ -653,9 +684,16 @@ def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
 
 @njit(cache=True, _nrt=False)
 def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
-    """Enter state s of module m at time t and follow instantaneous exits until the module waits."""
+    """Enter state s of module m at time t and follow instantaneous exits until the module waits. A state
+    that starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
     for _ in range(MAX_STEPS):
         sc.cur_state[m] = s
+        if model.state_clinic[s] and not clinic_open(model, p, t):
+            use_stream(sc, m)
+            sc.wait_kind[m] = WAIT_CLINIC
+            sc.wake_t[m] = clinic_slot(model, sc, p, t)
+            sc.wake_kind[m] = W_CLINIC
+            return
         sc.entered_t[s] = t
         sc.wait_kind[m] = WAIT_NONE
         sc.wake_t[m] = np.inf
@@ -690,6 +728,9 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
 def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
+    if sc.wake_kind[m] == W_CLINIC:
+        enter(model, ev, sc, p, m, s, t)
+        return
     if model.state_exit[s] == codes.X_HAZARDS:
         if sc.wake_kind[m] == W_REEVALUATE:
             schedule_hazards(model, sc, p, m, s, t)
@@ -734,7 +775,7 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
+            elif sc.wait_kind[m] == WAIT_NONE and model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -818,6 +859,7 @@ def simulate(model: CompiledModel, seed: int, people: People, lives: Lives, ev: 
                 people.death_t[i],
                 lives.base[i],
                 lives.capacity[i],
+                people.utc_offset_days[i],
             )
             simulate_patient(model, ev, sc, p, seed)
             n_events[i] = sc.counters[C_EVENTS]

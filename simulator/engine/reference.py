@@ -45,7 +45,7 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import EVENT_KINDS
-from simulator.engine.compiler import module_stream
+from simulator.engine.compiler import MINUTES_PER_DAY, is_clinic_visit, module_stream, state_observations
 from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -53,6 +53,7 @@ from simulator.model import schema
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
+    WEEKDAYS,
     AgeCurve,
     AllGuard,
     AnyGuard,
@@ -153,9 +154,9 @@ class Track:
     module: DiseaseModule
     state: str = ""
     wake_t: float = INF
-    wake: str = ""  # "fire" | "reevaluate" | "" (no wake-up scheduled)
+    wake: str = ""  # "fire" | "reevaluate" | "clinic" (enter `state` at its booked slot) | "" (none scheduled)
     band: int = 0  # the age band a scheduled hazard fires in
-    waiting: str = ""  # "wellness" | "cases" | ""
+    waiting: str = ""  # "wellness" | "cases" | "clinic" | ""
     multipliers: list[float] = field(default_factory=list)  # hazard-ratio product per hazard
     encounter: int = -1  # the encounter this module's events attach to
     encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
@@ -186,6 +187,7 @@ class Person:
     ethnicity: str
     t_end: float  # nothing happens at or after it
     death_t: float  # background death (life tables)
+    utc_offset_days: float = 0.0  # standard UTC offset of the patient's time zone (local = UTC + it)
 
 
 class PatientRun:
@@ -194,7 +196,13 @@ class PatientRun:
     def __init__(self, library: Library, seed: int, person: Person) -> None:
         self.library, self.index = library, person.index
         self.birth_t, self.sex, self.race, self.ethnicity = person.birth_t, person.sex, person.race, person.ethnicity
-        self.t_end, self.death_t = person.t_end, person.death_t
+        self.t_end, self.death_t, self.utc_offset_days = person.t_end, person.death_t, person.utc_offset_days
+        hours = library.providers.clinic_hours
+        self.clinic_days = {WEEKDAYS.index(day) for day in hours.weekdays}
+        self.opens_days = hours.minutes(hours.opens) / MINUTES_PER_DAY
+        self.closes_days = hours.minutes(hours.closes) / MINUTES_PER_DAY
+        self.slot_days = hours.slot_minutes / MINUTES_PER_DAY
+        self.n_slots = math.ceil((hours.minutes(hours.closes) - hours.minutes(hours.opens)) / hours.slot_minutes)
         self.rng = np.zeros(1, np.uint64)
         self.rng[0] = stream_state(seed, person.index, STREAM_EVENTS)
         declared = library.modules
@@ -264,7 +272,7 @@ class PatientRun:
                 state = track.module.states[track.state]
                 if track.waiting == "cases":
                     self.leave(track, t)
-                elif state.hazards is not None and track.wake_t > t:
+                elif track.waiting == "" and state.hazards is not None and track.wake_t > t:
                     if self.multipliers(track, state, t) != track.multipliers:
                         self.schedule_hazards(track, t)
                     elif (recheck := self.recheck_time(track, state, t)) < track.wake_t:
@@ -274,9 +282,14 @@ class PatientRun:
     # --- states ----------------------------------------------------------------------------------
 
     def enter(self, track: Track, name: str, t: float) -> None:
-        """Enter a state, run its actions, and follow instantaneous exits until the module waits."""
+        """Enter a state, run its actions, and follow instantaneous exits until the module waits; a state that
+        starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
         while True:
             state = track.module.states[name]
+            if is_clinic_visit(self.library, state) and not self.clinic_open(t):
+                track.state, track.waiting = name, "clinic"
+                track.wake_t, track.wake = self.clinic_slot(t, track.rng), "clinic"
+                return
             track.state, track.waiting, track.wake_t, track.wake = name, "", INF, ""
             self.entered[(track.module.name, name)] = t
             self.run_actions(track, name, state, t)
@@ -298,7 +311,10 @@ class PatientRun:
             name = target
 
     def leave(self, track: Track, t: float) -> None:
-        """The module's wait ends at t: take the state's exit, or keep waiting."""
+        """The module's wait ends at t: take the state's exit, or keep waiting (or enter a deferred state)."""
+        if track.wake == "clinic":
+            self.enter(track, track.state, t)
+            return
         state = track.module.states[track.state]
         if state.hazards is not None:
             if track.wake == "reevaluate":
@@ -332,6 +348,29 @@ class PatientRun:
         track.waiting = "cases"
         track.wake_t = min([self.crossing(case.when, track.module.name, t) for case in state.cases or []], default=INF)
         track.wake = "reevaluate" if track.wake_t < INF else ""
+
+    # --- clinic hours ----------------------------------------------------------------------------
+
+    def is_clinic_day(self, day: float) -> bool:
+        """Whether a local day (whole days since 1970-01-01, a Thursday) is a working day."""
+        return (int(day) + 3) % 7 in self.clinic_days
+
+    def clinic_open(self, t: float) -> bool:
+        """Whether t is in clinic hours on a working day, local standard time (EPS_DAYS early still counts)."""
+        local = t + self.utc_offset_days
+        day = math.floor(local)
+        return self.is_clinic_day(day) and self.opens_days - EPS_DAYS <= local - day < self.closes_days
+
+    def clinic_slot(self, t: float, rng: np.ndarray) -> float:
+        """A slot drawn uniformly on the next working day whose opening is after t."""
+        local = t + self.utc_offset_days
+        day = float(math.floor(local))
+        if not self.is_clinic_day(day) or local - day >= self.opens_days:
+            day += 1.0
+            while not self.is_clinic_day(day):
+                day += 1.0
+        slot = math.floor(uniform(rng) * self.n_slots)
+        return day + self.opens_days + slot * self.slot_days - self.utc_offset_days
 
     # --- guards ----------------------------------------------------------------------------------
 
@@ -509,7 +548,7 @@ class PatientRun:
             emit("procedure", code)
         for code in state.immunization:
             emit("immunization", code)
-        for observable in state.observe:
+        for observable in state_observations(self.library, state):
             value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
                 self.latest[observable] = value
@@ -562,7 +601,14 @@ def simulate(
     for i, index in enumerate(people.index.tolist()):
         sex, race, ethnicity = "MF"[int(people.sex[i])], races[people.race[i]], ethnicities[people.ethnicity[i]]
         person = Person(
-            index, float(people.birth_t[i]), sex, race, ethnicity, float(t_end[i]), float(people.death_t[i])
+            index,
+            float(people.birth_t[i]),
+            sex,
+            race,
+            ethnicity,
+            float(t_end[i]),
+            float(people.death_t[i]),
+            float(people.utc_offset_days[i]),
         )
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
             events = run_class(library, seed, person).run()

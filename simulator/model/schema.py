@@ -577,6 +577,9 @@ class DiseaseModule(Strict):
     conditions: dict[Name, Condition] = Field(default_factory=dict)
     medications: dict[Name, Medication] = Field(default_factory=dict)
     observables: dict[Name, Observable] = Field(default_factory=dict)
+    # Observables recorded at the start of every encounter of a class, whichever module starts it (triage and
+    # admission vital signs); a module may declare them for observables of other modules.
+    observe_at_start: dict[EncounterClass, list[Name]] = Field(default_factory=dict)
     start: Name | None = None
     states: dict[Name, State] = Field(default_factory=dict)
 
