@@ -44,9 +44,7 @@ class People(NamedTuple):
     death_t: np.ndarray  # float64: background death
     picks: np.ndarray  # int64[n, len(NAME_LISTS)]
     id_bits: np.ndarray  # uint64[n, 2]
-    utc_offset_days: (
-        np.ndarray
-    )  # float64: standard UTC offset of the time zone of the patient's city (local = UTC + it)
+    utc_offset_days: np.ndarray  # float64: standard UTC offset of the patient's city's time zone (local = UTC + it)
 
 
 @njit(cache=True, _nrt=False)
