@@ -488,12 +488,14 @@ def is_clinic_day(model: CompiledModel, day: float) -> bool:
 
 @njit(cache=True, _nrt=False)
 def clinic_open(model: CompiledModel, p: Person, t: float) -> bool:
-    """Whether t falls in the clinic hours of a working day, in the patient's local standard time (a booked
-    slot counts as open however the float arithmetic rounded it)."""
+    """Whether t falls in the clinic hours of a working day, in the patient's local standard time. Both ends
+    move EPS_DAYS earlier: a booked slot counts as open however the float arithmetic rounded it, and a time
+    that rounds to closing (a visit ending then) does not."""
     local = t + p.utc_offset_days
     day = float(math.floor(local))
     into = local - day
-    return is_clinic_day(model, day) and model.clinic_opens_days - EPS_DAYS <= into < model.clinic_closes_days
+    opens, closes = model.clinic_opens_days - EPS_DAYS, model.clinic_closes_days - EPS_DAYS
+    return is_clinic_day(model, day) and opens <= into < closes
 
 
 @njit(cache=True, _nrt=False)

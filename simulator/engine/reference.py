@@ -356,10 +356,10 @@ class PatientRun:
         return (int(day) + 3) % 7 in self.clinic_days
 
     def clinic_open(self, t: float) -> bool:
-        """Whether t is in clinic hours on a working day, local standard time (EPS_DAYS early still counts)."""
+        """Whether t is in clinic hours on a working day, local standard time (both ends EPS_DAYS earlier)."""
         local = t + self.utc_offset_days
         day = math.floor(local)
-        return self.is_clinic_day(day) and self.opens_days - EPS_DAYS <= local - day < self.closes_days
+        return self.is_clinic_day(day) and self.opens_days - EPS_DAYS <= local - day < self.closes_days - EPS_DAYS
 
     def clinic_slot(self, t: float, rng: np.ndarray) -> float:
         """A slot drawn uniformly on the next working day whose opening is after t."""
