@@ -174,6 +174,11 @@ class CompiledModel(NamedTuple):
     clinic_closes_days: float
     clinic_slot_days: float  # an appointment starts a whole number of these after opening
     clinic_n_slots: int  # appointments of a day
+    # observations repeated while an encounter stays open (rules/vital_signs.yaml observe_every_hours)
+    class_obs_start: np.ndarray  # int32[n_classes] into class_obs: what an encounter of the class records at its start
+    class_obs_n: np.ndarray  # int32[n_classes]
+    class_obs: np.ndarray  # int32: observables
+    class_round_days: np.ndarray  # float64[n_classes]: days between repeats of them (inf: none)
 
 
 @dataclass(frozen=True)
@@ -411,6 +416,15 @@ def state_observations(library: Library, state: State) -> list[str]:
     return [*(name for name in at_start if name not in state.observe), *state.observe]
 
 
+def round_interval_days(library: Library, encounter_class: str) -> float:
+    """Days between repeats of a class's start observations while an encounter stays open (the modules'
+    shortest `observe_every_hours`; inf: none, or nothing to repeat)."""
+    hours = [m.observe_every_hours.get(encounter_class, math.inf) for m in library.modules]
+    if not start_observations(library, encounter_class):
+        return math.inf
+    return min(hours, default=math.inf) / 24.0
+
+
 def is_clinic_visit(library: Library, state: State) -> bool:
     """Whether the state starts an encounter of a class that clinics see only in their hours."""
     hours = library.providers.clinic_hours
@@ -488,6 +502,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
 
     i32, i8, f8 = np.int32, np.int8, np.float64
     hours = library.providers.clinic_hours
+    at_start = [[b.observables[name] for name in start_observations(library, c)] for c in ENCOUNTER_CLASSES]
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
@@ -571,6 +586,10 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         clinic_closes_days=hours.minutes(hours.closes) / MINUTES_PER_DAY,
         clinic_slot_days=hours.slot_minutes / MINUTES_PER_DAY,
         clinic_n_slots=-(-(hours.minutes(hours.closes) - hours.minutes(hours.opens)) // hours.slot_minutes),
+        class_obs_start=_frozen(np.cumsum([0] + [len(o) for o in at_start[:-1]]).tolist(), i32),
+        class_obs_n=_frozen([len(o) for o in at_start], i32),
+        class_obs=_frozen([o for names in at_start for o in names], i32),
+        class_round_days=_frozen([round_interval_days(library, c) for c in ENCOUNTER_CLASSES], f8),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),

@@ -4,8 +4,9 @@ Semantics (DESIGN.md, "Simulation semantics"): continuous time in float days sin
 each patient is simulated alone, event by event, from birth to the end of their window or death.
 Every random number for patient i comes from a SplitMix64 stream derived from (seed, i, stream)
 alone, so output never depends on chunking or threads. Per patient the next event is the earliest
-of: scheduled encounter ends, module wake-ups (delays, hazards, guard re-evaluation) and
-background death; ties go to encounter ends, then modules in order, then death.
+of: scheduled encounter ends, the rounds of open encounters (repeated observations), module wake-ups
+(delays, hazards, guard re-evaluation, booked clinic slots) and background death; ties go to encounter
+ends, then rounds, then modules in order, then death.
 
 Draw order for one patient (the reference implementation follows it exactly): one normal per
 observable (persistent component) from the patient-level stream; then each module draws what its
@@ -98,6 +99,7 @@ class Scratch(NamedTuple):
     obs_z: np.ndarray  # float64[n_observables]
     entered_t: np.ndarray  # float64[n_states]
     stack: np.ndarray  # bool[STACK]
+    pend_round_t: np.ndarray  # float64[MAX_PENDING]: when the encounter's observations are next repeated (inf: never)
 
 
 class Person(NamedTuple):
@@ -161,6 +163,7 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.state_module.shape[0], np.float64),
         np.zeros(STACK, np.bool_),
+        np.zeros(MAX_PENDING, np.float64),
     )
 
 
@@ -550,7 +553,33 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
         sc.pend_state[j] = sc.pend_state[j + 1]
         sc.pend_code[j] = sc.pend_code[j + 1]
         sc.pend_class[j] = sc.pend_class[j + 1]
+        sc.pend_round_t[j] = sc.pend_round_t[j + 1]
     sc.counters[C_PENDING] = n - 1
+
+
+@njit(cache=True, _nrt=False)
+def record(
+    model: CompiledModel, ev: Events, sc: Scratch, p: Person, o: int, value: float, t: float, encounter: int, state: int
+) -> None:
+    """Record a reading of observable o: it becomes the latest, and guards that read it are re-checked."""
+    sc.obs_latest[o] = value
+    emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[o], value, encounter, state, o, -1)
+    if model.obs_guarded[o]:
+        sc.counters[C_DIRTY] = 1
+
+
+@njit(cache=True, _nrt=False)
+def take_round(model: CompiledModel, ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
+    """Repeat the start observations of open encounter k (a ward round, an ICU hour), drawing from the stream
+    of the module that started it, and schedule the next."""
+    use_stream(sc, sc.pend_module[k])
+    c = sc.pend_class[k]
+    for j in range(model.class_obs_start[c], model.class_obs_start[c] + model.class_obs_n[c]):
+        o = model.class_obs[j]
+        value = observe(model, sc, p, o, t)
+        if not math.isnan(value):
+            record(model, ev, sc, p, o, value, t, sc.pend_id[k], sc.pend_state[k])
+    sc.pend_round_t[k] = t + model.class_round_days[c]
 
 
 @njit(cache=True, _nrt=False)
@@ -575,6 +604,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             sc.pend_state[n] = s
             sc.pend_code[n] = code
             sc.pend_class[n] = target
+            sc.pend_round_t[n] = t + model.class_round_days[target]
             sc.counters[C_PENDING] = n + 1
             sc.enc_cur[m] = enc
             sc.enc_open[m] = duration < 0
@@ -635,11 +665,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
         elif kind == codes.A_OBSERVE:
             value = observe(model, sc, p, target, t)
             if not math.isnan(value):
-                sc.obs_latest[target] = value
-                encounter = need_encounter(sc, m, t)
-                emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[target], value, encounter, s, target, -1)
-                if model.obs_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                record(model, ev, sc, p, target, value, t, need_encounter(sc, m, t), s)
         elif kind == codes.A_SYMPTOM:
             severity = draw(model, model.act_dist[a], sc.rng)
             emit(ev, sc, p, t, codes.K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
@@ -799,11 +825,14 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
     settle(model, ev, sc, p, t)
     while not sc.counters[C_DEAD]:
         t_next = np.inf
-        what = -1  # 0: encounter end, 1: module, 2: background death
+        what = -1  # 0: encounter end, 1: module, 2: background death, 3: an open encounter's round
         which = -1
         for k in range(sc.counters[C_PENDING]):
             if sc.pend_t[k] < t_next:
                 t_next, what, which = sc.pend_t[k], 0, k
+        for k in range(sc.counters[C_PENDING]):
+            if sc.pend_round_t[k] < t_next:
+                t_next, what, which = sc.pend_round_t[k], 3, k
         for m in range(n_modules):
             if sc.wake_t[m] < t_next:
                 t_next, what, which = sc.wake_t[m], 1, m
@@ -814,6 +843,8 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
         t = t_next
         if what == 0:
             end_pending(ev, sc, p, which, t)
+        elif what == 3:
+            take_round(model, ev, sc, p, which, t)
         elif what == 1:
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)

@@ -6,8 +6,9 @@ the kernel it takes only the random-number primitives and the event-kind constan
 random numbers in exactly the kernel's order, so for the same people it emits the same events.
 
 Time is float days since 1970-01-01. Per patient, the next event is the earliest of: the scheduled
-end of an open encounter (ties: the one started first), a module's wake-up (ties: modules in library
-order) and background death; ties between the three go in that order. Nothing happens at or after
+end of an open encounter (ties: the one started first), the next round of an open encounter (its start
+observations repeated; ties likewise), a module's wake-up (ties: modules in library order; a deferred
+clinic visit's slot is one) and background death; ties between the four go in that order. Nothing happens at or after
 the patient's `t_end` (encounters still open then are left open); death closes every open encounter.
 After anything happens at time t the patient "settles": modules waiting for a wellness visit join
 one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
@@ -20,7 +21,10 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      state draws it (compiler.module_stream(name)):
      - an encounter with a duration: its duration (drawn after the start event is recorded);
      - `set` with `draw`: that distribution;
-     - `observe` of a measured (not derived) observable: one normal, the visit component;
+     - `observe` of a measured (not derived) observable: one normal, the visit component (also for each
+       observable a started encounter records at its start, before the state's own, and at its rounds,
+       from the stream of the module that started it);
+     - entering a state that starts a clinic visit outside clinic hours: one uniform, the booked slot;
      - `symptom`: its severity;
      - a state with `after`, once its actions ran: the delay;
      - leaving by `branches`: one uniform;
@@ -45,7 +49,14 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import EVENT_KINDS
-from simulator.engine.compiler import MINUTES_PER_DAY, is_clinic_visit, module_stream, state_observations
+from simulator.engine.compiler import (
+    MINUTES_PER_DAY,
+    is_clinic_visit,
+    module_stream,
+    round_interval_days,
+    start_observations,
+    state_observations,
+)
 from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -145,6 +156,8 @@ class Pending:
     module: str
     state: str
     code: Code
+    encounter_class: str
+    round_t: float  # when its start observations are next repeated (inf: never)
 
 
 @dataclass
@@ -238,13 +251,16 @@ class PatientRun:
         self.settle(t)
         while not self.dead:
             ends = [(e.t_end, 0, k) for k, e in enumerate(self.pending)]
-            wakes = [(track.wake_t, 1, k) for k, track in enumerate(self.tracks)]
-            t, what, k = min([*ends, *wakes, (self.death_t, 2, 0)])
+            rounds = [(e.round_t, 1, k) for k, e in enumerate(self.pending)]
+            wakes = [(track.wake_t, 2, k) for k, track in enumerate(self.tracks)]
+            t, what, k = min([*ends, *rounds, *wakes, (self.death_t, 3, 0)])
             if t >= self.t_end:
                 break
             if what == 0:
                 self.end_encounter(k, t)
             elif what == 1:
+                self.take_round(self.pending[k], t)
+            elif what == 2:
                 self.tracks[k].wake_t = INF
                 self.leave(self.tracks[k], t)
             else:
@@ -502,7 +518,9 @@ class PatientRun:
             emit("encounter_start", state.encounter.code, encounter=number)
             duration = state.encounter.duration
             t_end = t + max(0.0, draw(duration, track.rng)) if duration is not None else INF
-            self.pending.append(Pending(t_end, number, module, name, state.encounter.code))
+            encounter_class = state.encounter.encounter_class
+            round_t = t + round_interval_days(self.library, encounter_class)
+            self.pending.append(Pending(t_end, number, module, name, state.encounter.code, encounter_class, round_t))
             track.encounter, track.encounter_open, track.encounter_t = number, duration is None, t
             if state.encounter.encounter_class == "wellness":
                 self.join = number
@@ -551,9 +569,7 @@ class PatientRun:
         for observable in state_observations(self.library, state):
             value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
-                self.latest[observable] = value
-                emit("observation", self.observables[observable].code, value)
-                self.dirty = True
+                self.record(observable, value, t, self.attached(track, t), module, name)
         for symptom in state.symptom:
             emit("symptom", symptom.code, draw(symptom.severity, track.rng))
         if state.end_encounter:
@@ -563,6 +579,23 @@ class PatientRun:
                     break
         if state.death is not None:
             self.die(t, state.death.cause, module, name)
+
+    def record(self, observable: str, value: float, t: float, encounter: int, module: str, state: str) -> None:
+        """A reading of an observable, in an encounter: it becomes the latest (guards are re-checked)."""
+        self.latest[observable] = value
+        code = self.observables[observable].code
+        self.events.append(Event(t, "observation", code, value, encounter, module, state))
+        self.dirty = True
+
+    def take_round(self, pending: Pending, t: float) -> None:
+        """Repeat the start observations of an open encounter (a ward round, an ICU hour), drawing from the
+        stream of the module that started it, and schedule the next."""
+        rng = self.track_of[pending.module].rng
+        for observable in start_observations(self.library, pending.encounter_class):
+            value = self.observe(observable, t, rng)
+            if not math.isnan(value):
+                self.record(observable, value, t, pending.encounter, pending.module, pending.state)
+        pending.round_t = t + round_interval_days(self.library, pending.encounter_class)
 
     def close(self, pending: Pending, t: float) -> None:
         """Record the end of an encounter (as emitted by the state that started it)."""

@@ -580,6 +580,9 @@ class DiseaseModule(Strict):
     # Observables recorded at the start of every encounter of a class, whichever module starts it (triage and
     # admission vital signs); a module may declare them for observables of other modules.
     observe_at_start: dict[EncounterClass, list[Name]] = Field(default_factory=dict)
+    # Hours between repeats of those observations while an encounter of the class stays open (ward rounds,
+    # ICU charting); the modules' shortest interval holds.
+    observe_every_hours: dict[EncounterClass, Annotated[float, Field(gt=0, le=24 * 7)]] = Field(default_factory=dict)
     start: Name | None = None
     states: dict[Name, State] = Field(default_factory=dict)
 
