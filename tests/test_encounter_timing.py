@@ -5,6 +5,7 @@ observe_at_start)."""
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
@@ -145,3 +146,29 @@ def test_standard_offsets() -> None:
     assert standard_utc_offset_days("America/New_York", 2024) == -5 / 24
     assert standard_utc_offset_days("America/Phoenix", 2024) == -7 / 24
     assert standard_utc_offset_days("Australia/Sydney", 2024) == 10 / 24  # daylight saving in January there
+
+
+def test_hospital_stays_repeat_their_vital_signs(cohort: simulator.Population, shipped_library: Library) -> None:
+    """While a ward or ICU stay is open its start observations are repeated every observe_every_hours from the
+    start (vital_signs.yaml: 6 hours on the ward, hourly in the ICU), and none after it ends."""
+    events = cohort.events
+    starts = _starts(cohort, ("inpatient", "icu"))[["patient", "encounter", "time", "encounter_class"]]
+    ends = events[events["kind"] == "encounter_end"][["patient", "encounter", "time"]]
+    stays = starts.merge(ends, on=["patient", "encounter"], suffixes=("", "_end"))
+    rates = events[(events["kind"] == "observation") & (events["code"] == "8867-4")]
+    readings = rates.merge(stays, on=["patient", "encounter"], suffixes=("", "_start"))
+    assert len(readings) > len(stays)
+    vital_signs = shipped_library.module("vital_signs")
+    for encounter_class, group in readings.groupby("encounter_class"):
+        every = pd.Timedelta(hours=vital_signs.observe_every_hours[encounter_class])
+        since = group["time"] - group["time_start"]
+        assert ((since / every - (since / every).round()).abs() < 1e-6).all(), encounter_class
+        assert (group["time"] <= group["time_end"]).all(), encounter_class
+        per_stay = group.groupby(["patient", "encounter"]).size()
+        length = (
+            group.groupby(["patient", "encounter"])["time_end"].first()
+            - group.groupby(["patient", "encounter"])["time_start"].first()
+        )
+        expected = (length / every).apply(math.floor) + 1
+        assert (per_stay.to_numpy() >= expected.to_numpy() - 1).all(), encounter_class
+        assert (per_stay.to_numpy() <= expected.to_numpy()).all(), encounter_class
