@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import simulator
 from simulator.audit.checks import CHECKS, Finding, ckd_epi
 from simulator.audit.report import AuditReport, audit_run
-from simulator.audit.tables import COLUMNS, AuditTables
+from simulator.audit.tables import COLUMNS, AuditTables, city_time_zones
 from simulator.cli import app
 from simulator.model.audit import KIND_NAMES, AuditRules, NothingAfterDeathRule
 from simulator.model.library import Library
@@ -100,7 +100,8 @@ def encounters(*rows: tuple[int, str, str, str, str]) -> pd.DataFrame:
 def run_check(library: Library, rule_id: str, calendar_library: Library | None = None, **frames) -> Finding:
     """The rule `rule_id` of `library` checked against PATIENTS and `frames`."""
     rule = library.audit.rules[rule_id]
-    tables = AuditTables({"patients": PATIENTS, **frames}, (calendar_library or library).calendar)
+    zones = city_time_zones(library.names)
+    tables = AuditTables({"patients": PATIENTS, **frames}, (calendar_library or library).calendar, zones)
     return CHECKS[rule.kind](tables, rule)
 
 
@@ -275,7 +276,7 @@ def test_visit_hours_in_local_time(shipped_library: Library) -> None:
         (0, "b", "ambulatory", "2024-01-08 13:00", ""),  # Monday 07:00: too early
         (0, "c", "ambulatory", "2024-01-13 16:00", ""),  # a Saturday
         (0, "d", "ambulatory", "2024-07-08 13:30", ""),  # Monday 08:30 in Chicago (CDT, summer time)
-        (1, "e", "ambulatory", "2024-07-08 13:30", ""),  # 07:30 in El Paso (Mountain), 08:30 in Texas' zone
+        (1, "e", "ambulatory", "2024-07-08 13:30", ""),  # 07:30 in El Paso (names.yaml: Mountain time)
         (1, "f", "emergency", "2024-07-08 09:00", ""),  # emergencies come at any hour
     )
     found = run_check(shipped_library, "visit_hours", encounters=visits)
@@ -341,9 +342,8 @@ def test_the_shipped_rules_name_what_the_run_holds(shipped_library: Library) -> 
     for group in rules["duplicate_drug_class"].groups.values():
         for code, member in group.members.items():
             assert dosing[code].product == member.display
-    zones = rules["visit_hours"]
-    for city in shipped_library.names.cities:
-        assert f"{city.city}, {city.state}" in zones.city_time_zones or city.state in zones.time_zones
+    zones = city_time_zones(shipped_library.names)
+    assert len(zones) == len(shipped_library.names.cities)
 
 
 def test_a_bad_rule_is_reported_at_its_line(tmp_path: Path) -> None:

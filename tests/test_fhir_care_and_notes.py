@@ -143,8 +143,10 @@ def test_goal_targets_follow_the_rules(fhir: dict, by_reference: dict, fixture_l
                     seen["bp"] += 1
                 else:
                     assert code == "29463-7" and quantity["comparator"] == "<="
-                    latest = max((at, value) for at, value in weights[plan["subject"]["reference"]] if at <= start)
-                    assert quantity["value"] == round(latest[1] * 0.95, 1)
+                    before = [(at, value) for at, value in weights[plan["subject"]["reference"]] if at <= start]
+                    last = max(at for at, _ in before)
+                    # two visits at one instant (a follow-up delay drawn below zero) give two latest weights
+                    assert quantity["value"] in {round(value * 0.95, 1) for at, value in before if at == last}
                     due = date.fromisoformat(target["dueDate"])
                     assert abs((due - date.fromisoformat(start[:10])).days - 182.6) <= 1.5
                     seen["weight"] += 1

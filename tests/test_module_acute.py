@@ -112,7 +112,8 @@ def test_icu_only_for_severe_pneumonia_with_sepsis(cap) -> None:
 
 
 def test_icu_vital_signs_are_hourly_and_bounded(cap) -> None:
-    rows = cap[(cap["state"] == "cap_icu_vitals") & (cap["display"] == "Heart rate")]
+    """At admission, then hourly (rules/vital_signs.yaml observe_every_hours), recorded by the admitting state."""
+    rows = cap[(cap["state"] == "cap_icu_admit") & (cap["display"] == "Heart rate")]
     starts = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "icu")]
     icu_keys = set(zip(starts["patient"], starts["encounter"], strict=True))
     assert len(rows) > 0 and set(zip(rows["patient"], rows["encounter"], strict=True)) <= icu_keys
@@ -130,8 +131,8 @@ def test_illness_shifts_vital_signs_and_labs(shipped_population, cap) -> None:
     ed = cap[cap["state"] == "cap_ed_visit"]
     assert ed[ed["display"] == "Body temperature"]["value"].mean() > wellness_temp.mean() + 0.7
     assert ed[ed["display"].str.startswith("Leukocytes")]["value"].mean() > 10
-    icu_rr = cap[(cap["state"] == "cap_icu_vitals") & (cap["display"] == "Respiratory rate")]["value"]
-    ward_rr = cap[(cap["state"] == "cap_ward_round") & (cap["display"] == "Respiratory rate")]["value"]
+    icu_rr = cap[(cap["state"] == "cap_icu_admit") & (cap["display"] == "Respiratory rate")]["value"]
+    ward_rr = cap[(cap["state"] == "cap_ward_admit") & (cap["display"] == "Respiratory rate")]["value"]
     assert icu_rr.mean() > ward_rr.mean() + 3
 
 
@@ -167,9 +168,10 @@ def test_symptoms_come_before_or_inside_their_visit(shipped_population, acute) -
         by="patient",
         direction="forward",
     )
-    has_time = matched["time"].to_numpy() < (end.loc[matched["patient"]] - 4 * DAY).to_numpy()
+    # care is sought within 3 days, and the visit waits for the next clinic slot: up to 3 days more (a weekend)
+    has_time = matched["time"].to_numpy() < (end.loc[matched["patient"]] - 7 * DAY).to_numpy()
     delay = (matched["dx"] - matched["time"])[has_time]
-    assert delay.notna().all() and (delay >= pd.Timedelta(0)).all() and (delay <= 3 * DAY).all()
+    assert delay.notna().all() and (delay >= pd.Timedelta(0)).all() and (delay <= 6 * DAY).all()
 
 
 def test_sepsis_only_with_pneumonia_and_deaths_are_coded(shipped_population, cap) -> None:

@@ -140,6 +140,14 @@ class Recorder(PatientRun):
             self.seen[CALENDAR_CROSSINGS[t]] += 1
         super().schedule_hazards(track, t)
 
+    def clinic_slot(self, t, rng) -> float:  # noqa: ANN001
+        self.seen["clinic visit deferred to a slot"] += 1
+        return super().clinic_slot(t, rng)
+
+    def take_round(self, pending, t) -> None:  # noqa: ANN001
+        self.seen[f"round of an open {pending.encounter_class} encounter"] += 1
+        super().take_round(pending, t)
+
     def observe(self, name, t, rng) -> float:  # noqa: ANN001
         value = super().observe(name, t, rng)
         if math.isnan(value):
@@ -184,6 +192,9 @@ def test_fixture_exercises_every_feature(fixture_cohorts) -> None:
         "hazard re-drawn: its hazard-ratio product changed",
         "waiting cases re-checked at a guard's crossing",
         "derived observable with an input never measured",
+        "clinic visit deferred to a slot",
+        "round of an open inpatient encounter",
+        "round of an open icu encounter",
         *CALENDAR_CROSSINGS.values(),
     ):
         assert seen[path] > 0, path

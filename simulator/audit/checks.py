@@ -13,8 +13,8 @@ import pandas as pd
 
 from simulator.audit.tables import AuditTables
 from simulator.model import audit as rules
-from simulator.model.audit import WEEKDAYS
 from simulator.model.calendar import SYSTEM_URIS
+from simulator.model.schema import WEEKDAYS
 
 VIOLATION_COLUMNS = ["patient", "time", "what", "detail"]
 YEAR = pd.Timedelta(days=365.25)
@@ -379,14 +379,12 @@ def overlapping_courses(tables: AuditTables, rule: rules.OverlappingCoursesRule)
 @check("visit_hours")
 def visit_hours(tables: AuditTables, rule: rules.VisitHoursRule) -> Finding:
     """Encounters of the rule's classes starting outside working days and hours, in the local time of the
-    patient's address (encounters of patients in a state without a zone are not checked)."""
+    patient's address (the city's zone in rules/names.yaml; patients of a city without one are not checked)."""
     encounters = tables["encounters"]
     visits = encounters[encounters["encounter_class"].astype(str).isin(rule.encounter_classes)]
     state = tables.patient_column("state", visits["patient"]).astype(str)
     city = tables.patient_column("city", visits["patient"]).astype(str)
-    place = city + ", " + state
-    zone_of = {p: rule.city_time_zones.get(p, rule.time_zones.get(p[-2:])) for p in place.unique()}
-    zone = place.map(zone_of).dropna()
+    zone = (city + ", " + state).map(tables.time_zones).dropna()
     open_days = [WEEKDAYS.index(d) for d in rule.weekdays]
     opens, closes = (int(t[:2]) * 60 + int(t[3:]) for t in (rule.opens, rule.closes))
     findings = [Finding(len(zone), violations(visits["patient"][:0], visits["start_time"][:0], "", []))]

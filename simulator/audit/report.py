@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.audit.checks import CHECKS, Finding
-from simulator.audit.tables import BLOCK_PATIENTS, COLUMNS, AuditTables, blocks
+from simulator.audit.tables import BLOCK_PATIENTS, COLUMNS, AuditTables, blocks, city_time_zones
 from simulator.export.clinical_tables import build_tables
 from simulator.export.context import ExportContext
 from simulator.files import write_all
@@ -144,7 +144,9 @@ def audit_run(
     run = RunRecord.open(run_dir)
     library = run.library
     rules = rules if rules is not None else library.audit
-    return audit_blocks(str(run.path), blocks(run, library.calendar, block_patients), rules, examples)
+    return audit_blocks(
+        str(run.path), blocks(run, library.calendar, city_time_zones(library.names), block_patients), rules, examples
+    )
 
 
 def audit_cohort(
@@ -155,5 +157,5 @@ def audit_cohort(
     written run."""
     context = ExportContext.from_library(library, seed, "POST", len(patients))
     tables = {"patients": patients, **build_tables(patients, events, context)}
-    block = AuditTables({name: tables[name] for name in COLUMNS}, library.calendar)
+    block = AuditTables({name: tables[name] for name in COLUMNS}, library.calendar, city_time_zones(library.names))
     return audit_blocks("in memory", [block], library.audit, examples)

@@ -4,11 +4,12 @@ patient's record, so a large run is audited in blocks with bounded memory."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from simulator.model.calendar import Calendar
+from simulator.model.schema import Names
 from simulator.teaching.record import RunRecord
 
 # The columns the checks read, by table (rules name their time columns among these).
@@ -36,10 +37,12 @@ BLOCK_PATIENTS = 2_000  # patients audited at once (Parquet; a CSV run is read w
 @dataclass(frozen=True)
 class AuditTables:
     """The tables of some patients of a run, by name (those of COLUMNS, with at least the columns a check
-    reads), and the calendar of introduction years (None: the introduction_year kind cannot check)."""
+    reads), the calendar of introduction years (None: the introduction_year kind cannot check) and the
+    IANA time zone of each city addresses are drawn in, by "City, ST" (rules/names.yaml)."""
 
     tables: dict[str, pd.DataFrame]
     calendar: Calendar | None = None
+    time_zones: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -50,7 +53,14 @@ class AuditTables:
         return pd.Series(values.reindex(patient.to_numpy()).array, index=patient.index, name=column)
 
 
-def blocks(run: RunRecord, calendar: Calendar | None, block_patients: int = BLOCK_PATIENTS) -> Iterator[AuditTables]:
+def city_time_zones(names: Names) -> dict[str, str]:
+    """The time zone of each city of the names' addresses, by "City, ST" (as the patients table writes them)."""
+    return {f"{c.city}, {c.state}": c.time_zone for c in names.cities}
+
+
+def blocks(
+    run: RunRecord, calendar: Calendar | None, time_zones: dict[str, str], block_patients: int = BLOCK_PATIENTS
+) -> Iterator[AuditTables]:
     """The run's tables, `block_patients` patients at a time (all at once from CSV, which reads whole)."""
     patients = run.table("patients", columns=COLUMNS["patients"]).sort_values("index", kind="stable")
     indexes = patients["index"].to_numpy()
@@ -61,4 +71,4 @@ def blocks(run: RunRecord, calendar: Calendar | None, block_patients: int = BLOC
         for name, columns in COLUMNS.items():
             if name != "patients":
                 tables[name] = run.table(name, None if size >= len(indexes) else wanted, columns=columns)
-        yield AuditTables(tables, calendar)
+        yield AuditTables(tables, calendar, time_zones)

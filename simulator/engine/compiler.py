@@ -57,6 +57,7 @@ from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
     ENCOUNTER_CLASSES,
+    WEEKDAYS,
     AgeCurve,
     AllGuard,
     Code,
@@ -75,6 +76,7 @@ from simulator.model.schema import (
 )
 
 ACTION_DEFAULTS = {"code": -1, "dist": -1, "duration": -1, "reason": -1, "value": 0.0, "drift_per_year": math.nan}
+MINUTES_PER_DAY = 1440
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
 
 
@@ -176,6 +178,18 @@ class CompiledModel(NamedTuple):
     death_cause_age: np.ndarray  # float64[n_cause_bands]: band starts in years
     death_cause_cum_male: np.ndarray  # float64[n_cause_bands, n_causes]: cumulative shares in each band
     death_cause_cum_female: np.ndarray  # float64[n_cause_bands, n_causes]
+    # clinic hours (rules/providers.yaml clinic_hours), in days of the patient's local standard time
+    state_clinic: np.ndarray  # bool[n_states]: the state starts an encounter of a class clinics see in their hours
+    clinic_days: np.ndarray  # bool[7]: working days, Monday first
+    clinic_opens_days: float  # opening, as a fraction of the day
+    clinic_closes_days: float
+    clinic_slot_days: float  # an appointment starts a whole number of these after opening
+    clinic_n_slots: int  # appointments of a day
+    # observations repeated while an encounter stays open (rules/vital_signs.yaml observe_every_hours)
+    class_obs_start: np.ndarray  # int32[n_classes] into class_obs: what an encounter of the class records at its start
+    class_obs_n: np.ndarray  # int32[n_classes]
+    class_obs: np.ndarray  # int32: observables
+    class_round_days: np.ndarray  # float64[n_classes]: days between repeats of them (inf: none)
 
 
 @dataclass(frozen=True)
@@ -324,7 +338,7 @@ class _Builder:
             self.action(A_PROCEDURE, self.code(code))
         for code in state.immunization:
             self.action(A_IMMUNIZATION, self.code(code))
-        for name in state.observe:
+        for name in state_observations(self.library, state):
             self.action(A_OBSERVE, self.observables[name])
         for symptom in state.symptom:
             self.action(A_SYMPTOM, self.code(symptom.code), dist=self.distribution(symptom.severity))
@@ -388,12 +402,44 @@ class _Builder:
             exit=exit_kind,
             delay=delay,
             wait_wellness=state.wait_for == "wellness",
+            clinic=is_clinic_visit(self.library, state),
             next=nxt,
             sub_start=sub_start,
             sub_n=sub_n,
             band_start=band_start,
             band_n=band_n,
         )
+
+
+def start_observations(library: Library, encounter_class: str) -> list[str]:
+    """Observables recorded at the start of every encounter of a class: the modules' `observe_at_start`, in
+    library order, each once."""
+    names = [name for m in library.modules for name in m.observe_at_start.get(encounter_class, [])]
+    return list(dict.fromkeys(names))
+
+
+def state_observations(library: Library, state: State) -> list[str]:
+    """What entering a state observes, in order: what the start of the encounter it starts records (less what
+    the state observes itself), then the state's own `observe`."""
+    if state.encounter is None:
+        return list(state.observe)
+    at_start = start_observations(library, state.encounter.encounter_class)
+    return [*(name for name in at_start if name not in state.observe), *state.observe]
+
+
+def round_interval_days(library: Library, encounter_class: str) -> float:
+    """Days between repeats of a class's start observations while an encounter stays open (the modules'
+    shortest `observe_every_hours`; inf: none, or nothing to repeat)."""
+    hours = [m.observe_every_hours.get(encounter_class, math.inf) for m in library.modules]
+    if not start_observations(library, encounter_class):
+        return math.inf
+    return min(hours, default=math.inf) / 24.0
+
+
+def is_clinic_visit(library: Library, state: State) -> bool:
+    """Whether the state starts an encounter of a class that clinics see only in their hours."""
+    hours = library.providers.clinic_hours
+    return state.encounter is not None and state.encounter.encounter_class in hours.encounter_classes
 
 
 def _index(mappings: object) -> dict[str, int]:
@@ -469,6 +515,8 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     death_code = b.code(library.mortality.cause)
 
     i32, i8, f8 = np.int32, np.int8, np.float64
+    hours = library.providers.clinic_hours
+    at_start = [[b.observables[name] for name in start_observations(library, c)] for c in ENCOUNTER_CLASSES]
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
@@ -554,6 +602,16 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             np.bool_,
         ),
         **_death_causes(b, library.mortality.causes),
+        state_clinic=b.column("state", "clinic", np.bool_),
+        clinic_days=_frozen([day in hours.weekdays for day in WEEKDAYS], np.bool_),
+        clinic_opens_days=hours.minutes(hours.opens) / MINUTES_PER_DAY,
+        clinic_closes_days=hours.minutes(hours.closes) / MINUTES_PER_DAY,
+        clinic_slot_days=hours.slot_minutes / MINUTES_PER_DAY,
+        clinic_n_slots=-(-(hours.minutes(hours.closes) - hours.minutes(hours.opens)) // hours.slot_minutes),
+        class_obs_start=_frozen(np.cumsum([0] + [len(o) for o in at_start[:-1]]).tolist(), i32),
+        class_obs_n=_frozen([len(o) for o in at_start], i32),
+        class_obs=_frozen([o for names in at_start for o in names], i32),
+        class_round_days=_frozen([round_interval_days(library, c) for c in ENCOUNTER_CLASSES], f8),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),

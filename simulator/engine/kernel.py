@@ -4,8 +4,9 @@ Semantics (DESIGN.md, "Simulation semantics"): continuous time in float days sin
 each patient is simulated alone, event by event, from birth to the end of their window or death.
 Every random number for patient i comes from a SplitMix64 stream derived from (seed, i, stream)
 alone, so output never depends on chunking or threads. Per patient the next event is the earliest
-of: scheduled encounter ends, module wake-ups (delays, hazards, guard re-evaluation) and
-background death; ties go to encounter ends, then modules in order, then death.
+of: scheduled encounter ends, the rounds of open encounters (repeated observations), module wake-ups
+(delays, hazards, guard re-evaluation, booked clinic slots) and background death; ties go to encounter
+ends, then rounds, then modules in order, then death.
 
 Draw order for one patient (the reference implementation follows it exactly): one normal per
 observable (persistent component) from the patient-level stream; then each module draws what its
@@ -63,10 +64,11 @@ STACK = 64
 C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
-# wake kinds
-W_NONE, W_FIRE, W_REEVALUATE = 0, 1, 2
+# wake kinds (W_CLINIC: enter the state cur_state now, the clinic slot its entry was deferred to)
+W_NONE, W_FIRE, W_REEVALUATE, W_CLINIC = 0, 1, 2, 3
 # wait kinds
-WAIT_NONE, WAIT_WELLNESS, WAIT_CASES = 0, 1, 2
+WAIT_NONE, WAIT_WELLNESS, WAIT_CASES, WAIT_CLINIC = 0, 1, 2, 3
+THURSDAY = 3  # the weekday (Monday 0) of day 0, 1970-01-01
 
 
 class Scratch(NamedTuple):
@@ -104,6 +106,7 @@ class Scratch(NamedTuple):
     obs_lag_level: np.ndarray  # float64[n_observables]: lagged attribute effect (NaN: not yet used)
     obs_lag_t: np.ndarray  # float64[n_observables]: when the lagged level was last brought up to date
     med_state: np.ndarray  # int32[n_medications]: the state that started each active medication
+    pend_round_t: np.ndarray  # float64[MAX_PENDING]: when the encounter's observations are next repeated (inf: never)
 
 
 class Person(NamedTuple):
@@ -118,6 +121,7 @@ class Person(NamedTuple):
     death_t: float  # background death
     base: int  # first row of the patient's region in the event buffers
     capacity: int
+    utc_offset_days: float  # standard UTC offset of the patient's time zone (local = UTC + it)
 
 
 class Events(NamedTuple):
@@ -171,6 +175,7 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.med_code.shape[0], np.int32),
+        np.zeros(MAX_PENDING, np.float64),
     )
 
 
@@ -563,6 +568,37 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
     return math.floor(value * scale + 0.5) / scale
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def is_clinic_day(model: CompiledModel, day: float) -> bool:
+    """Whether a local day (whole days since 1970-01-01) is a working day."""
+    return model.clinic_days[(int(day) % 7 + 7 + THURSDAY) % 7]
+
+
+@njit(cache=True, _nrt=False)
+def clinic_open(model: CompiledModel, p: Person, t: float) -> bool:
+    """Whether t falls in the clinic hours of a working day, in the patient's local standard time. Both ends
+    move EPS_DAYS earlier: a booked slot counts as open however the float arithmetic rounded it, and a time
+    that rounds to closing (a visit ending then) does not."""
+    local = t + p.utc_offset_days
+    day = float(math.floor(local))
+    into = local - day
+    opens, closes = model.clinic_opens_days - EPS_DAYS, model.clinic_closes_days - EPS_DAYS
+    return is_clinic_day(model, day) and opens <= into < closes
+
+
+@njit(cache=True, _nrt=False)
+def clinic_slot(model: CompiledModel, sc: Scratch, p: Person, t: float) -> float:
+    """An appointment on the next working day whose opening is after t, drawn uniformly among its slots."""
+    local = t + p.utc_offset_days
+    day = float(math.floor(local))
+    if not is_clinic_day(model, day) or local - day >= model.clinic_opens_days:
+        day += 1.0
+        while not is_clinic_day(model, day):
+            day += 1.0
+    slot = math.floor(uniform(sc.rng) * model.clinic_n_slots)
+    return day + model.clinic_opens_days + slot * model.clinic_slot_days - p.utc_offset_days
+
+
 @njit(cache=True, _nrt=False)
 def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
     """Whether medication d's product (its code) is taken now, under d or another module's name: a
@@ -638,7 +674,33 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
         sc.pend_state[j] = sc.pend_state[j + 1]
         sc.pend_code[j] = sc.pend_code[j + 1]
         sc.pend_class[j] = sc.pend_class[j + 1]
+        sc.pend_round_t[j] = sc.pend_round_t[j + 1]
     sc.counters[C_PENDING] = n - 1
+
+
+@njit(cache=True, _nrt=False)
+def record(
+    model: CompiledModel, ev: Events, sc: Scratch, p: Person, o: int, value: float, t: float, encounter: int, state: int
+) -> None:
+    """Record a reading of observable o: it becomes the latest, and guards that read it are re-checked."""
+    sc.obs_latest[o] = value
+    emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[o], value, encounter, state, o, -1)
+    if model.obs_guarded[o]:
+        sc.counters[C_DIRTY] = 1
+
+
+@njit(cache=True, _nrt=False)
+def take_round(model: CompiledModel, ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
+    """Repeat the start observations of open encounter k (a ward round, an ICU hour), drawing from the stream
+    of the module that started it, and schedule the next."""
+    use_stream(sc, sc.pend_module[k])
+    c = sc.pend_class[k]
+    for j in range(model.class_obs_start[c], model.class_obs_start[c] + model.class_obs_n[c]):
+        o = model.class_obs[j]
+        value = observe(model, sc, p, o, t)
+        if not math.isnan(value):
+            record(model, ev, sc, p, o, value, t, sc.pend_id[k], sc.pend_state[k])
+    sc.pend_round_t[k] = t + model.class_round_days[c]
 
 
 @njit(cache=True, _nrt=False)
@@ -663,6 +725,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             sc.pend_state[n] = s
             sc.pend_code[n] = code
             sc.pend_class[n] = target
+            sc.pend_round_t[n] = t + model.class_round_days[target]
             sc.counters[C_PENDING] = n + 1
             sc.enc_cur[m] = enc
             sc.enc_open[m] = duration < 0
@@ -726,11 +789,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
         elif kind == codes.A_OBSERVE:
             value = observe(model, sc, p, target, t)
             if not math.isnan(value):
-                sc.obs_latest[target] = value
-                encounter = need_encounter(sc, m, t)
-                emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[target], value, encounter, s, target, -1)
-                if model.obs_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                record(model, ev, sc, p, target, value, t, need_encounter(sc, m, t), s)
         elif kind == codes.A_SYMPTOM:
             severity = draw(model, model.act_dist[a], sc.rng)
             emit(ev, sc, p, t, codes.K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
@@ -777,9 +836,16 @@ def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
 
 @njit(cache=True, _nrt=False)
 def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
-    """Enter state s of module m at time t and follow instantaneous exits until the module waits."""
+    """Enter state s of module m at time t and follow instantaneous exits until the module waits. A state
+    that starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
     for _ in range(MAX_STEPS):
         sc.cur_state[m] = s
+        if model.state_clinic[s] and not clinic_open(model, p, t):
+            use_stream(sc, m)
+            sc.wait_kind[m] = WAIT_CLINIC
+            sc.wake_t[m] = clinic_slot(model, sc, p, t)
+            sc.wake_kind[m] = W_CLINIC
+            return
         sc.entered_t[s] = t
         sc.wait_kind[m] = WAIT_NONE
         sc.wake_t[m] = np.inf
@@ -814,6 +880,9 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
 def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
+    if sc.wake_kind[m] == W_CLINIC:
+        enter(model, ev, sc, p, m, s, t)
+        return
     if model.state_exit[s] == codes.X_HAZARDS:
         if sc.wake_kind[m] == W_REEVALUATE:
             schedule_hazards(model, sc, p, m, s, t)
@@ -858,7 +927,7 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
             s = sc.cur_state[m]
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
-            elif model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
+            elif sc.wait_kind[m] == WAIT_NONE and model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -880,11 +949,14 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
     settle(model, ev, sc, p, t)
     while not sc.counters[C_DEAD]:
         t_next = np.inf
-        what = -1  # 0: encounter end, 1: module, 2: background death
+        what = -1  # 0: encounter end, 1: module, 2: background death, 3: an open encounter's round
         which = -1
         for k in range(sc.counters[C_PENDING]):
             if sc.pend_t[k] < t_next:
                 t_next, what, which = sc.pend_t[k], 0, k
+        for k in range(sc.counters[C_PENDING]):
+            if sc.pend_round_t[k] < t_next:
+                t_next, what, which = sc.pend_round_t[k], 3, k
         for m in range(n_modules):
             if sc.wake_t[m] < t_next:
                 t_next, what, which = sc.wake_t[m], 1, m
@@ -895,6 +967,8 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
         t = t_next
         if what == 0:
             end_pending(ev, sc, p, which, t)
+        elif what == 3:
+            take_round(model, ev, sc, p, which, t)
         elif what == 1:
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)
@@ -942,6 +1016,7 @@ def simulate(model: CompiledModel, seed: int, people: People, lives: Lives, ev: 
                 people.death_t[i],
                 lives.base[i],
                 lives.capacity[i],
+                people.utc_offset_days[i],
             )
             simulate_patient(model, ev, sc, p, seed)
             n_events[i] = sc.counters[C_EVENTS]

@@ -4,6 +4,7 @@ so that a patient is the same person whatever chunk they fall in."""
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import UTC, date, datetime
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ class PeopleTables(NamedTuple):
     cum_hazard: np.ndarray  # float64[2, n_ages + 1]
     tail_rate: np.ndarray  # float64[2]
     n_name_lists: np.ndarray  # int64[len(NAME_LISTS)]
+    city_utc_offset_days: np.ndarray  # float64[n_cities]: standard UTC offset of each city's time zone, in days
 
 
 class People(NamedTuple):
@@ -42,6 +44,7 @@ class People(NamedTuple):
     death_t: np.ndarray  # float64: background death
     picks: np.ndarray  # int64[n, len(NAME_LISTS)]
     id_bits: np.ndarray  # uint64[n, 2]
+    utc_offset_days: np.ndarray  # float64: standard UTC offset of the patient's city's time zone (local = UTC + it)
 
 
 @njit(cache=True, _nrt=False)
@@ -156,6 +159,14 @@ def background_share_by_age(shares: pd.DataFrame, sex: str, n_ages: int) -> np.n
     return shares[sex].to_numpy(float)[np.clip(band, 0, None)]
 
 
+def standard_utc_offset_days(time_zone: str, year: int) -> float:
+    """A zone's standard UTC offset in `year`, in days: the smaller of its January and July offsets (daylight
+    saving time moves a clock forward, in either hemisphere)."""
+    zone = zoneinfo.ZoneInfo(time_zone)
+    offsets = [datetime(year, month, 15, 12, tzinfo=UTC).astimezone(zone).utcoffset() for month in (1, 7)]
+    return min(offset.total_seconds() for offset in offsets if offset is not None) / 86400.0
+
+
 def build_people_tables(
     library: Library, reference_date: date, background_share: pd.DataFrame | None = None
 ) -> PeopleTables:
@@ -191,6 +202,9 @@ def build_people_tables(
         cum_hazard=np.vstack(hazards),
         tail_rate=np.asarray(tails),
         n_name_lists=np.asarray(lengths, dtype=np.int64),
+        city_utc_offset_days=np.asarray(
+            [standard_utc_offset_days(c.time_zone, reference_date.year) for c in names.cities], dtype=np.float64
+        ),
     )
 
 
@@ -205,9 +219,11 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         death_t=np.empty(n),
         picks=np.empty((n, len(NAME_LISTS)), np.int64),
         id_bits=np.empty((n, 2), np.uint64),
+        utc_offset_days=np.empty(n),
     )
     with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
         sample_people(seed, lifetime, tables, people)
+    people.utc_offset_days[:] = tables.city_utc_offset_days[people.picks[:, NAME_LISTS.index("cities")]]
     return people
 
 

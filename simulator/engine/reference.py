@@ -6,10 +6,11 @@ the kernel it takes only the random-number primitives and the event-kind constan
 random numbers in exactly the kernel's order, so for the same people it emits the same events.
 
 Time is float days since 1970-01-01. Per patient, the next event is the earliest of: the scheduled
-end of an open encounter (ties: the one started first), a module's wake-up (ties: modules in library
-order) and background death; ties between the three go in that order. Nothing happens at or after
-the patient's `t_end` (encounters still open then are left open); death stops every active
-medication and closes every open encounter.
+end of an open encounter (ties: the one started first), the next round of an open encounter (its start
+observations repeated; ties likewise), a module's wake-up (ties: modules in library order; a deferred
+clinic visit's slot is one) and background death; ties between the four go in that order. Nothing
+happens at or after the patient's `t_end` (encounters still open then are left open); death stops
+every active medication and closes every open encounter.
 After anything happens at time t the patient "settles": modules waiting for a wellness visit join
 one that just started, waiting cases are re-checked, and a pending hazard is re-drawn when the
 product of its hazard ratios changed; repeat until nothing changes.
@@ -22,7 +23,10 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      - an encounter with a duration: its duration (drawn after the start event is recorded);
      - `set` with `draw`: that distribution;
      - `observe` of a measured (not derived) observable: one normal, the visit component, then one
-       normal for the measurement error if the observable declares `measurement_sd`;
+       normal for the measurement error if the observable declares `measurement_sd` (also for each
+       observable a started encounter records at its start, before the state's own, and at its rounds,
+       from the stream of the module that started it);
+     - entering a state that starts a clinic visit outside clinic hours: one uniform, the booked slot;
      - `symptom`: its severity;
      - a state with `after`, once its actions ran: the delay;
      - leaving by `branches`: one uniform;
@@ -48,7 +52,14 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import EVENT_KINDS
-from simulator.engine.compiler import module_stream
+from simulator.engine.compiler import (
+    MINUTES_PER_DAY,
+    is_clinic_visit,
+    module_stream,
+    round_interval_days,
+    start_observations,
+    state_observations,
+)
 from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -56,6 +67,7 @@ from simulator.model import schema
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
+    WEEKDAYS,
     AgeCurve,
     AllGuard,
     AnyGuard,
@@ -147,6 +159,8 @@ class Pending:
     module: str
     state: str
     code: Code
+    encounter_class: str
+    round_t: float  # when its start observations are next repeated (inf: never)
 
 
 @dataclass
@@ -156,9 +170,9 @@ class Track:
     module: DiseaseModule
     state: str = ""
     wake_t: float = INF
-    wake: str = ""  # "fire" | "reevaluate" | "" (no wake-up scheduled)
+    wake: str = ""  # "fire" | "reevaluate" | "clinic" (enter `state` at its booked slot) | "" (none scheduled)
     band: int = 0  # the age band a scheduled hazard fires in
-    waiting: str = ""  # "wellness" | "cases" | ""
+    waiting: str = ""  # "wellness" | "cases" | "clinic" | ""
     multipliers: list[float] = field(default_factory=list)  # hazard-ratio product per hazard
     encounter: int = -1  # the encounter this module's events attach to
     encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
@@ -189,6 +203,7 @@ class Person:
     ethnicity: str
     t_end: float  # nothing happens at or after it
     death_t: float  # background death (life tables)
+    utc_offset_days: float = 0.0  # standard UTC offset of the patient's time zone (local = UTC + it)
 
 
 class PatientRun:
@@ -197,7 +212,13 @@ class PatientRun:
     def __init__(self, library: Library, seed: int, person: Person) -> None:
         self.library, self.index = library, person.index
         self.birth_t, self.sex, self.race, self.ethnicity = person.birth_t, person.sex, person.race, person.ethnicity
-        self.t_end, self.death_t = person.t_end, person.death_t
+        self.t_end, self.death_t, self.utc_offset_days = person.t_end, person.death_t, person.utc_offset_days
+        hours = library.providers.clinic_hours
+        self.clinic_days = {WEEKDAYS.index(day) for day in hours.weekdays}
+        self.opens_days = hours.minutes(hours.opens) / MINUTES_PER_DAY
+        self.closes_days = hours.minutes(hours.closes) / MINUTES_PER_DAY
+        self.slot_days = hours.slot_minutes / MINUTES_PER_DAY
+        self.n_slots = math.ceil((hours.minutes(hours.closes) - hours.minutes(hours.opens)) / hours.slot_minutes)
         self.rng = np.zeros(1, np.uint64)
         self.rng[0] = stream_state(seed, person.index, STREAM_EVENTS)
         declared = library.modules
@@ -235,13 +256,16 @@ class PatientRun:
         self.settle(t)
         while not self.dead:
             ends = [(e.t_end, 0, k) for k, e in enumerate(self.pending)]
-            wakes = [(track.wake_t, 1, k) for k, track in enumerate(self.tracks)]
-            t, what, k = min([*ends, *wakes, (self.death_t, 2, 0)])
+            rounds = [(e.round_t, 1, k) for k, e in enumerate(self.pending)]
+            wakes = [(track.wake_t, 2, k) for k, track in enumerate(self.tracks)]
+            t, what, k = min([*ends, *rounds, *wakes, (self.death_t, 3, 0)])
             if t >= self.t_end:
                 break
             if what == 0:
                 self.end_encounter(k, t)
             elif what == 1:
+                self.take_round(self.pending[k], t)
+            elif what == 2:
                 self.tracks[k].wake_t = INF
                 self.leave(self.tracks[k], t)
             else:
@@ -284,7 +308,7 @@ class PatientRun:
                 state = track.module.states[track.state]
                 if track.waiting == "cases":
                     self.leave(track, t)
-                elif state.hazards is not None and track.wake_t > t:
+                elif track.waiting == "" and state.hazards is not None and track.wake_t > t:
                     if self.multipliers(track, state, t) != track.multipliers:
                         self.schedule_hazards(track, t)
                     elif (recheck := self.recheck_time(track, state, t)) < track.wake_t:
@@ -294,9 +318,14 @@ class PatientRun:
     # --- states ----------------------------------------------------------------------------------
 
     def enter(self, track: Track, name: str, t: float) -> None:
-        """Enter a state, run its actions, and follow instantaneous exits until the module waits."""
+        """Enter a state, run its actions, and follow instantaneous exits until the module waits; a state that
+        starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
         while True:
             state = track.module.states[name]
+            if is_clinic_visit(self.library, state) and not self.clinic_open(t):
+                track.state, track.waiting = name, "clinic"
+                track.wake_t, track.wake = self.clinic_slot(t, track.rng), "clinic"
+                return
             track.state, track.waiting, track.wake_t, track.wake = name, "", INF, ""
             self.entered[(track.module.name, name)] = t
             self.run_actions(track, name, state, t)
@@ -318,7 +347,10 @@ class PatientRun:
             name = target
 
     def leave(self, track: Track, t: float) -> None:
-        """The module's wait ends at t: take the state's exit, or keep waiting."""
+        """The module's wait ends at t: take the state's exit, or keep waiting (or enter a deferred state)."""
+        if track.wake == "clinic":
+            self.enter(track, track.state, t)
+            return
         state = track.module.states[track.state]
         if state.hazards is not None:
             if track.wake == "reevaluate":
@@ -352,6 +384,29 @@ class PatientRun:
         track.waiting = "cases"
         track.wake_t = min([self.crossing(case.when, track.module.name, t) for case in state.cases or []], default=INF)
         track.wake = "reevaluate" if track.wake_t < INF else ""
+
+    # --- clinic hours ----------------------------------------------------------------------------
+
+    def is_clinic_day(self, day: float) -> bool:
+        """Whether a local day (whole days since 1970-01-01, a Thursday) is a working day."""
+        return (int(day) + 3) % 7 in self.clinic_days
+
+    def clinic_open(self, t: float) -> bool:
+        """Whether t is in clinic hours on a working day, local standard time (both ends EPS_DAYS earlier)."""
+        local = t + self.utc_offset_days
+        day = math.floor(local)
+        return self.is_clinic_day(day) and self.opens_days - EPS_DAYS <= local - day < self.closes_days - EPS_DAYS
+
+    def clinic_slot(self, t: float, rng: np.ndarray) -> float:
+        """A slot drawn uniformly on the next working day whose opening is after t."""
+        local = t + self.utc_offset_days
+        day = float(math.floor(local))
+        if not self.is_clinic_day(day) or local - day >= self.opens_days:
+            day += 1.0
+            while not self.is_clinic_day(day):
+                day += 1.0
+        slot = math.floor(uniform(rng) * self.n_slots)
+        return day + self.opens_days + slot * self.slot_days - self.utc_offset_days
 
     # --- guards ----------------------------------------------------------------------------------
 
@@ -532,7 +587,9 @@ class PatientRun:
             emit("encounter_start", state.encounter.code, encounter=number)
             duration = state.encounter.duration
             t_end = t + max(0.0, draw(duration, track.rng)) if duration is not None else INF
-            self.pending.append(Pending(t_end, number, module, name, state.encounter.code))
+            encounter_class = state.encounter.encounter_class
+            round_t = t + round_interval_days(self.library, encounter_class)
+            self.pending.append(Pending(t_end, number, module, name, state.encounter.code, encounter_class, round_t))
             track.encounter, track.encounter_open, track.encounter_t = number, duration is None, t
             if state.encounter.encounter_class == "wellness":
                 self.join = number
@@ -580,12 +637,10 @@ class PatientRun:
             emit("procedure", code)
         for code in state.immunization:
             emit("immunization", code)
-        for observable in state.observe:
+        for observable in state_observations(self.library, state):
             value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
-                self.latest[observable] = value
-                emit("observation", self.observables[observable].code, value)
-                self.dirty = True
+                self.record(observable, value, t, self.attached(track, t), module, name)
         for symptom in state.symptom:
             emit("symptom", symptom.code, draw(symptom.severity, track.rng))
         if state.end_encounter:
@@ -603,6 +658,23 @@ class PatientRun:
             return self.medications[name].system, self.medications[name].code
 
         return any(product(taken) == product(medication) for taken in self.taking)
+
+    def record(self, observable: str, value: float, t: float, encounter: int, module: str, state: str) -> None:
+        """A reading of an observable, in an encounter: it becomes the latest (guards are re-checked)."""
+        self.latest[observable] = value
+        code = self.observables[observable].code
+        self.events.append(Event(t, "observation", code, value, encounter, module, state))
+        self.dirty = True
+
+    def take_round(self, pending: Pending, t: float) -> None:
+        """Repeat the start observations of an open encounter (a ward round, an ICU hour), drawing from the
+        stream of the module that started it, and schedule the next."""
+        rng = self.track_of[pending.module].rng
+        for observable in start_observations(self.library, pending.encounter_class):
+            value = self.observe(observable, t, rng)
+            if not math.isnan(value):
+                self.record(observable, value, t, pending.encounter, pending.module, pending.state)
+        pending.round_t = t + round_interval_days(self.library, pending.encounter_class)
 
     def close(self, pending: Pending, t: float) -> None:
         """Record the end of an encounter (as emitted by the state that started it)."""
@@ -647,7 +719,14 @@ def simulate(
     for i, index in enumerate(people.index.tolist()):
         sex, race, ethnicity = "MF"[int(people.sex[i])], races[people.race[i]], ethnicities[people.ethnicity[i]]
         person = Person(
-            index, float(people.birth_t[i]), sex, race, ethnicity, float(t_end[i]), float(people.death_t[i])
+            index,
+            float(people.birth_t[i]),
+            sex,
+            race,
+            ethnicity,
+            float(t_end[i]),
+            float(people.death_t[i]),
+            float(people.utc_offset_days[i]),
         )
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
             events = run_class(library, seed, person).run()

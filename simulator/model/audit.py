@@ -6,25 +6,20 @@ rules may share a kind with different parameters (duplicate drug classes and dup
 
 from __future__ import annotations
 
-import zoneinfo
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from simulator.model.reference_data import LoincCode
-from simulator.model.schema import ENCOUNTER_CLASSES, Name, Strict
+from simulator.model.schema import ClockTime, EncounterClass, Name, Strict, Weekday
 from simulator.model.sources import Sources, uncited
 
 Text = Annotated[str, Field(min_length=1)]
 RxNormCode = Annotated[str, Field(pattern=r"^\d{1,8}$")]
 AtcCode = Annotated[str, Field(pattern=r"^[A-Z]\d{2}[A-Z]{2}\d{2}$")]
-ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
-EncounterClass = Literal[ENCOUNTER_CLASSES]  # type: ignore[valid-type]
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")  # Monday is day 0
-Weekday = Literal[WEEKDAYS]  # type: ignore[valid-type]
 # The written tables of a patient's events a rule may name (`ehrsim generate --format csv/parquet`), and
 # their columns by name (docs/data-dictionary.md).
 Table = Literal["encounters", "conditions", "observations", "medications", "procedures", "immunizations"]
@@ -188,38 +183,19 @@ class OverlappingCoursesRule(AuditRule):
 
 class VisitHoursRule(AuditRule):
     """Encounters of `encounter_classes` start on `weekdays` between `opens` and `closes`, in the local time
-    of the patient's address: `time_zones` by state (two letters), `city_time_zones` ("City, ST") where a
-    city lies in another zone than most of its state (IANA time zone names)."""
+    of the patient's address (the IANA zone of its city, rules/names.yaml)."""
 
     kind: Literal["visit_hours"]
     encounter_classes: list[EncounterClass] = Field(min_length=1)
     weekdays: list[Weekday] = Field(min_length=1)
     opens: ClockTime
     closes: ClockTime
-    time_zones: dict[Annotated[str, Field(pattern=r"^[A-Z]{2}$")], str] = Field(min_length=1)
-    city_time_zones: dict[Annotated[str, Field(pattern=r"^.+, [A-Z]{2}$")], str] = Field(default_factory=dict)
-
-    @field_validator("time_zones", "city_time_zones")
-    @classmethod
-    def _iana(cls, zones: dict[str, str]) -> dict[str, str]:
-        unknown = sorted({zone for zone in zones.values() if not _is_time_zone(zone)})
-        if unknown:
-            raise ValueError(f"not IANA time zones: {', '.join(unknown)}")
-        return zones
 
     @model_validator(mode="after")
     def _opens_first(self) -> VisitHoursRule:
         if self.closes <= self.opens:
             raise ValueError("closes must be after opens")
         return self
-
-
-def _is_time_zone(name: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # unknown, malformed, a folder of zones
-        return False
-    return True
 
 
 class TimeOrderPair(Strict):

@@ -157,6 +157,9 @@ def _check_references(
         if observable.derived is not None:
             for target in observable.derived.product:
                 need(target, "observables", ("observables", name, "derived", "product", target))
+    for encounter_class, names in module.observe_at_start.items():
+        for i, target in enumerate(names):
+            need(target, "observables", ("observe_at_start", encounter_class, i))
     states = set(module.states)
     pools = {"states": states, "race": races, "ethnicity": ethnicities}
     if module.start is not None:

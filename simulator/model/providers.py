@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from simulator.model.schema import Name, Strict
+from simulator.model.schema import ClockTime, EncounterClass, Name, Strict, Weekday
 from simulator.model.sources import Sources, uncited
 
 Text = Annotated[str, Field(min_length=1)]
@@ -89,6 +89,30 @@ class Payers(Strict):
         return names
 
 
+class ClinicHours(Strict):
+    """When clinics see patients: encounters of `encounter_classes` start on `weekdays` between `opens` and
+    `closes` in the patient's local standard time, at a multiple of `slot_minutes` past `opens` when the
+    engine has to book one (simulator/engine/clinic.py)."""
+
+    encounter_classes: list[EncounterClass] = Field(min_length=1)
+    weekdays: list[Weekday] = Field(min_length=1)
+    opens: ClockTime
+    closes: ClockTime
+    slot_minutes: Annotated[int, Field(ge=1, le=240)]
+    source: Name
+
+    @model_validator(mode="after")
+    def _slots(self) -> ClinicHours:
+        if self.minutes(self.closes) <= self.minutes(self.opens):
+            raise ValueError("closes must be after opens")
+        return self
+
+    @staticmethod
+    def minutes(clock: str) -> int:
+        """Minutes past midnight of an HH:MM time."""
+        return int(clock[:2]) * 60 + int(clock[3:])
+
+
 class Providers(Strict):
     """The directory's rules. Fields are validated in this order, so that each cited one can check its
     source against `sources`."""
@@ -104,14 +128,19 @@ class Providers(Strict):
     organization_types: OrganizationTypes
     location_types: LocationTypes
     payers: Payers
+    clinic_hours: ClinicHours
 
-    @field_validator("population", "primary_care", "hospital_staff", "hospitals", "physicians_per_clinic_source")
+    @field_validator(
+        "population", "primary_care", "hospital_staff", "hospitals", "physicians_per_clinic_source", "clinic_hours"
+    )
     @classmethod
     def _cited(cls, value: object, info: ValidationInfo) -> object:
         counts = [value] if isinstance(value, NationalCount) else []
         if isinstance(value, PrimaryCare | HospitalStaff):
             counts = [getattr(value, name) for name in type(value).model_fields]
         cited = [c.source for c in counts] if not isinstance(value, str) else [value]
+        if isinstance(value, ClinicHours):
+            cited = [value.source]
         if problems := uncited(info, *sorted(set(cited))):
             raise ValueError("; ".join(problems))
         return value

@@ -9,6 +9,7 @@ Times in files always carry a unit; rates are per year; ages are in years.
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Iterator
 from typing import Annotated, ClassVar, Literal, Union
 
@@ -45,6 +46,10 @@ CODE_SYSTEMS: dict[str, str] = {
     "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
 }
 ENCOUNTER_CLASSES = ("wellness", "ambulatory", "emergency", "inpatient", "icu")
+EncounterClass = Literal[ENCOUNTER_CLASSES]  # type: ignore[valid-type]
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")  # Monday is day 0
+Weekday = Literal[WEEKDAYS]  # type: ignore[valid-type]
+ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 OBSERVATION_CATEGORIES = ("vital-signs", "laboratory", "survey", "social-history", "exam")
 
 
@@ -610,6 +615,12 @@ class DiseaseModule(Strict):
     conditions: dict[Name, Condition] = Field(default_factory=dict)
     medications: dict[Name, Medication] = Field(default_factory=dict)
     observables: dict[Name, Observable] = Field(default_factory=dict)
+    # Observables recorded at the start of every encounter of a class, whichever module starts it (triage and
+    # admission vital signs); a module may declare them for observables of other modules.
+    observe_at_start: dict[EncounterClass, list[Name]] = Field(default_factory=dict)
+    # Hours between repeats of those observations while an encounter of the class stays open (ward rounds,
+    # ICU charting); the modules' shortest interval holds.
+    observe_every_hours: dict[EncounterClass, Annotated[float, Field(gt=0, le=24 * 7)]] = Field(default_factory=dict)
     start: Name | None = None
     states: dict[Name, State] = Field(default_factory=dict)
 
@@ -717,10 +728,26 @@ class BackgroundShare(Strict):
     bands: ShareBands
 
 
+def _time_zone(name: str) -> str:
+    """An IANA time zone name that this Python's zoneinfo knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # unknown, malformed, a folder of zones
+        raise ValueError(f"not an IANA time zone: {name}") from None
+    return name
+
+
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+
+
 class City(Strict):
+    """A city addresses are drawn in, with the IANA time zone of its local clock (the engine's clinic hours
+    and the audit's visit_hours rule read it)."""
+
     city: str
     state: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     zip: Annotated[str, Field(pattern=r"^\d{5}$")]
+    time_zone: TimeZone
 
 
 class Names(Strict):
