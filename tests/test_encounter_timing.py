@@ -42,7 +42,7 @@ def test_every_clinic_visit_starts_in_clinic_hours_of_local_standard_time(
     assert len(visits) > 10_000
     places = zip(visits["city"], visits["us_state"], strict=True)
     offset_days = [standard_utc_offset_days(zones[place], 2024) for place in places]
-    local = (visits["time"].dt.tz_localize(None) + pd.to_timedelta(offset_days, unit="D")).dt.round("s")
+    local = (visits["time"].dt.tz_localize(None) + pd.to_timedelta(offset_days, unit="D")).dt.round("ms")
     minutes = local.dt.hour * 60 + local.dt.minute + local.dt.second / 60
     working = local.dt.day_of_week.isin([WEEKDAYS.index(d) for d in hours.weekdays])
     assert working.all()

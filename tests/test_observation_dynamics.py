@@ -66,8 +66,8 @@ states:
   first_day:
     next: daily_visit
   daily_visit:
-    encounter: &visit
-      class: ambulatory
+    encounter: &visit  # emergency: an office visit would wait for clinic hours and break the exact spacing
+      class: emergency
       code: {{system: SNOMED, code: "390906007", display: Follow-up encounter (procedure)}}
       duration: {{distribution: exact, value: 10, unit: minutes, source: a}}
     observe: [daily, noisy]
