@@ -50,6 +50,7 @@ from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model import schema
+from simulator.model.calendar import SYSTEM_NAMES
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
@@ -205,7 +206,7 @@ class PatientRun:
         self.attributes = {n: Attribute(a.initial, 0.0, self.birth_t) for n, a in self.attribute_models.items()}
         self.active: set[str] = set()  # conditions
         self.diagnosed: set[str] = set()
-        self.taking: set[str] = set()  # medications
+        self.taking: dict[str, Code] = {}  # running medication courses -> the code each was started under
         self.latest = dict.fromkeys(self.observables, math.nan)
         self.z = {name: normal(self.rng) for name in self.observables}
         self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
@@ -428,11 +429,45 @@ class PatientRun:
             return track.encounter
         return -1
 
+    def recorded(self, code: Code, t: float) -> Code | None:
+        """What a record at t contains for `code` (rules/calendar.yaml): the code itself when not dated, else
+        its era's code at the patient's age; None: nothing in this era."""
+        uri = schema.CODE_SYSTEMS[code.system]
+        if not self.library.calendar.eras(uri, code.code):
+            return code
+        entry = self.library.calendar.in_use(uri, code.code, t, (t - self.birth_t) / DAYS_PER_YEAR)
+        if entry is None:
+            return None
+        return Code(system=SYSTEM_NAMES[entry.system], code=entry.code, display=entry.display)
+
+    def kidney(self, obs: schema.Observable, t: float, rng: np.ndarray) -> float:
+        """An eGFR estimated from the latest creatinine by the equation of the code the era reports (the
+        observable's own when it reports none), or a creatinine inverted from the true GFR plus a visit
+        normal; age in completed years."""
+        age = math.floor((t - self.birth_t) / DAYS_PER_YEAR)
+        female = self.sex == "F"
+        if obs.estimated is not None:
+            creatinine = self.latest[obs.estimated.creatinine]
+            if age < obs.estimated.minimum_age_years or math.isnan(creatinine):
+                return math.nan
+            reported = self.recorded(obs.code, t)
+            by_code = {e.code: e for e in obs.estimated.equations}
+            equation = by_code.get(reported.code if reported is not None else "", by_code[obs.code.code])
+            return equation.gfr(creatinine, age, female, self.race)
+        inverted = obs.inverted
+        estimate = self.observables[inverted.estimate]  # type: ignore[union-attr]
+        [equation] = [e for e in estimate.estimated.equations if e.code == estimate.code.code]  # type: ignore[union-attr]
+        gfr = self.attributes[inverted.attribute].at(t)  # type: ignore[union-attr]
+        creatinine = equation.creatinine(gfr, age, female, self.race)
+        return creatinine + curve(obs.sd, self.sex, (t - self.birth_t) / DAYS_PER_YEAR) * normal(rng)
+
     def observe(self, name: str, t: float, rng: np.ndarray) -> float:
         """A value of an observable now (NaN when a derived one has an input never measured); the
         visit component is drawn from `rng`."""
         obs = self.observables[name]
-        if obs.derived is not None:
+        if obs.estimated is not None or obs.inverted is not None:
+            value = self.kidney(obs, t, rng)
+        elif obs.derived is not None:
             value = obs.derived.scale
             for factor, power in obs.derived.product.items():
                 value *= self.latest[factor] ** power
@@ -496,24 +531,27 @@ class PatientRun:
                 emit("condition_resolved", self.conditions[condition])
                 self.dirty = True
         for medication in state.start_medication:
-            if medication not in self.taking:
-                self.taking.add(medication)
-                emit("medication_start", self.medications[medication])
+            course = self.recorded(self.medications[medication], t)
+            if medication not in self.taking and course is not None:
+                self.taking[medication] = course
+                emit("medication_start", course)
                 self.dirty = True
         for medication in state.stop_medication:
             if medication in self.taking:
-                self.taking.discard(medication)
-                emit("medication_stop", self.medications[medication])
+                emit("medication_stop", self.taking.pop(medication))
                 self.dirty = True
-        for code in state.procedure:
-            emit("procedure", code)
-        for code in state.immunization:
-            emit("immunization", code)
+        for kind, codes in (("procedure", state.procedure), ("immunization", state.immunization)):
+            for code in codes:
+                given = self.recorded(code, t)
+                if given is not None:
+                    emit(kind, given)
         for observable in state.observe:
             value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
                 self.latest[observable] = value
-                emit("observation", self.observables[observable].code, value)
+                reported = self.recorded(self.observables[observable].code, t)
+                if reported is not None:
+                    emit("observation", reported, value)
                 self.dirty = True
         for symptom in state.symptom:
             emit("symptom", symptom.code, draw(symptom.severity, track.rng))
