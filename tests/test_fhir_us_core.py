@@ -19,6 +19,7 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.export import us_core
 from simulator.export.fhir_resources import communication
 from simulator.model.library import Library
+from simulator.model.schema import CODE_SYSTEMS
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 UCUM = "http://unitsofmeasure.org"
@@ -463,8 +464,11 @@ def test_every_unit_of_the_shipped_and_fixture_modules_is_ucum(shipped_library, 
 
 
 def test_lab_panels_list_labs_the_library_measures(shipped_library: Library) -> None:
-    """Only panels whose members the shipped modules produce (as laboratory observables)."""
-    labs = {o.code.code for m in shipped_library.modules for o in m.observables.values() if o.category == "laboratory"}
+    """Only panels whose members the shipped modules produce (as laboratory observables, or the era's
+    alternatives rules/calendar.yaml names for them)."""
+    codes = [o.code for m in shipped_library.modules for o in m.observables.values() if o.category == "laboratory"]
+    eras = [e.code for c in codes for e in shipped_library.calendar.eras(CODE_SYSTEMS[c.system], c.code)]
+    labs = {c.code for c in codes} | set(eras)
     for panel in shipped_library.lab_panels.panels:
         assert set(panel.members) <= labs, panel.code.code
 
