@@ -125,8 +125,8 @@ def test_the_fixture_calendar_loads(fixture_library: Library) -> None:
         ('    code: "313782"', '    code: "285018"', "rxnorm 285018: listed twice"),
         ('    code: "285018"', "    code: 285018", "valid string"),
         ("year: 2010, month: 2", "year: 1950, month: 2", "by_age year 1950 is before the code's year"),
-        ('code: "865098"}', 'code: "865099"}', "rxnorm 285018: before rxnorm 865099 is not a dated entry"),
-        ("    year: 1996\n", "    year: 2001\n", "rxnorm 285018: before rxnorm 865098 is not dated earlier"),
+        ('code: "861007"}', 'code: "861008"}', "rxnorm 860975: before rxnorm 861008 is not a dated entry"),
+        ("    year: 1995\n", "    year: 2001\n", "rxnorm 860975: before rxnorm 861007 is not dated earlier"),
     ],
 )
 def test_a_bad_entry_is_reported_with_its_line(
