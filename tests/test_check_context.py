@@ -51,7 +51,7 @@ def test_a_real_unknown_name_still_fails_with_its_located_message(tmp_path: Path
     code, _, stderr = _check(str(copd))
     assert code == 1
     assert stderr == (
-        f"{copd}:193:30: states.copd_diagnostic_spirometry.observe[2]: "
+        f"{copd}:200:30: states.copd_diagnostic_spirometry.observe[2]: "
         "unknown observable 'fev2' (did you mean 'fev1'?)\n1 problem found\n"
     )
 
@@ -102,7 +102,7 @@ def test_alone_says_that_names_were_not_resolved() -> None:
     assert code == 1
     assert stderr.startswith(NOT_RESOLVED)
     assert (
-        "modules/copd.yaml:193:30: states.copd_diagnostic_spirometry.observe[2]: unknown observable 'fev1'\n" in stderr
+        "modules/copd.yaml:200:30: states.copd_diagnostic_spirometry.observe[2]: unknown observable 'fev1'\n" in stderr
     )
     code, stdout, stderr = _check("--alone", "modules/smoking.yaml")
     assert (code, stderr) == (0, NOT_RESOLVED)
