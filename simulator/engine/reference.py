@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
-from simulator.days import DAYS_PER_YEAR
+from simulator.days import DAYS_PER_YEAR, EPOCH
 from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import module_stream
 from simulator.engine.guards import GUARD_KINDS, INF
@@ -444,7 +445,8 @@ class PatientRun:
         """An eGFR estimated from the latest creatinine by the equation of the code the era reports (the
         observable's own when it reports none), or a creatinine inverted from the true GFR plus a visit
         normal; age in completed years."""
-        age = math.floor((t - self.birth_t) / DAYS_PER_YEAR)
+        born, now = (EPOCH + timedelta(days=math.floor(x)) for x in (self.birth_t, t))
+        age = now.year - born.year - ((now.month, now.day) < (born.month, born.day))  # completed years
         female = self.sex == "F"
         if obs.estimated is not None:
             creatinine = self.latest[obs.estimated.creatinine]
