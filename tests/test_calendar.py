@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 import pytest
 from conftest import edited_rules_problems
 
+from simulator.days import days_since_epoch
 from simulator.model.calendar import SYSTEM_URIS
 from simulator.model.library import Library
 from simulator.model.schema import CODE_SYSTEMS
@@ -30,7 +32,8 @@ def emitted(library: Library) -> dict[tuple[str, str], str]:
     codes |= {("rxnorm", code): dosing.product for code, dosing in library.medication_dosing.dosing.items()}
     codes |= {("loinc", panel.code.code): panel.code.display for panel in library.lab_panels.panels}
     codes[("loinc", library.smoking_status.code.code)] = library.smoking_status.code.display
-    return codes
+    eras = [e for system, code in codes for e in library.calendar.eras(SYSTEM_URIS[system], code)]
+    return codes | {(e.system, e.code): e.display for e in eras}  # and the era's alternatives recorded before them
 
 
 def listed(library: Library) -> dict[tuple[str, str], str]:
@@ -78,6 +81,35 @@ def test_influenza_vaccine_is_dated_by_age(shipped_library: Library) -> None:
     assert str(calendar.introduced_on(CVX, "140", 30)) == "2010-02-01"
 
 
+def test_the_era_decides_what_a_record_contains(shipped_library: Library) -> None:
+    """Before a code's date the record holds the era's alternative (calendar `before`), or nothing."""
+    calendar = shipped_library.calendar
+
+    def given(code: str, day: str, age: float, system: str = CVX) -> str | None:
+        entry = calendar.in_use(system, code, days_since_epoch(date.fromisoformat(day)), age)
+        return None if entry is None else entry.code
+
+    assert given("08", "1930-06-01", 0.0) is None  # hepatitis B at birth: nothing before 1991
+    assert given("08", "1995-06-01", 0.0) == "08"
+    assert [given("133", day, 0.5) for day in ("1995-01-01", "2005-01-01", "2011-01-01")] == [None, "100", "133"]
+    assert [given("20", day, 0.5) for day in ("1940-01-01", "1960-01-01", "2000-01-01")] == [None, "01", "20"]
+    assert [given("10", day, 0.5) for day in ("1960-01-01", "1980-01-01", "2000-01-01")] == [None, "02", "10"]
+    assert given("187", "2010-01-01", 65) == "121" and given("187", "2010-01-01", 55) is None  # live zoster: 60+
+    assert given("140", "2005-01-01", 30) is None and given("140", "2005-01-01", 70) == "140"  # by age
+    egfr = [given("98979-8", day, 50, LOINC) for day in ("2000-01-01", "2007-01-01", "2015-01-01", "2022-01-01")]
+    assert egfr == [None, "33914-3", "62238-1", "98979-8"]
+    assert given("29463-7", "1900-01-01", 50, LOINC) is None and not calendar.eras(LOINC, "29463-7")  # timeless
+
+
+def test_every_dated_code_says_what_comes_before_it(shipped_library: Library) -> None:
+    """An alternative is itself dated (with its own source) and earlier; every chain ends in nothing."""
+    calendar = shipped_library.calendar
+    for entry in calendar.introduced:
+        chain = calendar.eras(SYSTEM_URIS[entry.system], entry.code)
+        assert chain[-1].before == "nothing"
+        assert all(newer.on() > older.on() for newer, older in zip(chain, chain[1:], strict=False))
+
+
 def test_the_fixture_calendar_loads(fixture_library: Library) -> None:
     calendar = fixture_library.calendar
     assert calendar.year_of(CODE_SYSTEMS["RxNorm"], "285018") == 2000
@@ -93,6 +125,8 @@ def test_the_fixture_calendar_loads(fixture_library: Library) -> None:
         ('    code: "313782"', '    code: "285018"', "rxnorm 285018: listed twice"),
         ('    code: "285018"', "    code: 285018", "valid string"),
         ("year: 2010, month: 2", "year: 1950, month: 2", "by_age year 1950 is before the code's year"),
+        ('code: "861007"}', 'code: "861008"}', "rxnorm 860975: before rxnorm 861008 is not a dated entry"),
+        ("    year: 1995\n", "    year: 2001\n", "rxnorm 860975: before rxnorm 861007 is not dated earlier"),
     ],
 )
 def test_a_bad_entry_is_reported_with_its_line(

@@ -200,6 +200,11 @@ def test_fixture_exercises_every_feature(fixture_cohorts) -> None:
         assert seen[path] > 0, path
     assert max(n for key, n in seen.items() if key.startswith("join ")) >= 2, "no visit joined by two modules"
     assert set(events["kind"]) == set(EVENT_KINDS)
+    # eras (the fixture's calendar): before extended-release metformin's date a course starts (and stops)
+    # under immediate-release metformin, and before the influenza vaccine's date for the patient's age the
+    # earlier influenza vaccine is given
+    era = events[events["code"].isin(["RxNorm|861007", "CVX|141"])]
+    assert {"medication_start", "medication_stop", "immunization"} <= set(era["kind"])
     assert (events["module"] == "").any(), "no background death"
     # a tie: a visit ends as the module starts the next encounter; the end comes first
     t, kind, patient = (events[c].to_numpy() for c in ("t", "kind", "patient"))

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from simulator.days import days_since_epoch
 from simulator.engine.codes import (
     A_DEATH,
     A_DIAGNOSE,
@@ -53,8 +54,10 @@ from simulator.engine.codes import (
     X_TERMINAL,
 )
 from simulator.engine.guards import GUARD_KINDS
+from simulator.model.calendar import SYSTEM_NAMES, Calendar
 from simulator.model.library import Library
 from simulator.model.schema import (
+    CODE_SYSTEMS,
     DAYS_PER_UNIT,
     ENCOUNTER_CLASSES,
     WEEKDAYS,
@@ -66,15 +69,18 @@ from simulator.model.schema import (
     Exact,
     Exponential,
     Gamma,
+    GfrEquation,
     GuardAtom,
     LogNormal,
     Normal,
     NotGuard,
+    Observable,
     RateTable,
     State,
     Uniform,
 )
 
+OBS_MEASURED, OBS_ESTIMATED, OBS_INVERTED = 0, 1, 2
 ACTION_DEFAULTS = {"code": -1, "dist": -1, "duration": -1, "reason": -1, "value": 0.0, "drift_per_year": math.nan}
 MINUTES_PER_DAY = 1440
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
@@ -190,6 +196,30 @@ class CompiledModel(NamedTuple):
     class_obs_n: np.ndarray  # int32[n_classes]
     class_obs: np.ndarray  # int32: observables
     class_round_days: np.ndarray  # float64[n_classes]: days between repeats of them (inf: none)
+    # eras (rules/calendar.yaml): what a record contains for a dated code at a time and age, newest era first
+    code_era_start: np.ndarray  # int32[n_codes]: first era of the code
+    code_era_n: np.ndarray  # int32[n_codes] (0: not dated, always itself)
+    era_code: np.ndarray  # int32[n_eras]: the code recorded in this era
+    era_step_start: np.ndarray  # int32[n_eras]: its start date as a step function of age
+    era_step_n: np.ndarray  # int32[n_eras]
+    step_age: np.ndarray  # float64[n_steps]: from this age (years) up to the next step's ...
+    step_t: np.ndarray  # float64[n_steps]: ... the era starts at this time (days since 1970)
+    # kidney function observables: an eGFR estimated from creatinine, a creatinine inverted from the true GFR
+    obs_kidney: np.ndarray  # int8[n_observables]: OBS_MEASURED, OBS_ESTIMATED or OBS_INVERTED
+    obs_kidney_input: np.ndarray  # int32: creatinine observable (estimated) / true-GFR attribute (inverted)
+    obs_kidney_min_age: np.ndarray  # float64: estimated: missing below this age
+    obs_eq_start: np.ndarray  # int32: its equations (inverted: the one of its eGFR's own code)
+    obs_eq_n: np.ndarray  # int32
+    eq_code: np.ndarray  # int32[n_equations]: the code whose values the equation gives
+    eq_scale: np.ndarray  # float64
+    eq_kappa: np.ndarray  # float64[n_equations, 2]: by sex (0 male, 1 female)
+    eq_alpha: np.ndarray  # float64[n_equations, 2]
+    eq_above: np.ndarray  # float64: exponent above kappa
+    eq_age_factor: np.ndarray  # float64: per year of age
+    eq_age_power: np.ndarray  # float64
+    eq_female: np.ndarray  # float64: female factor
+    eq_race: np.ndarray  # int32: race the race factor applies to (-1 none)
+    eq_race_factor: np.ndarray  # float64
 
 
 @dataclass(frozen=True)
@@ -303,6 +333,60 @@ class _Builder:
             self._inst(G_NOT)
         else:
             self._inst(G_AND if isinstance(g, AllGuard) else G_OR, len(parts))
+
+    def eras(self, calendar: Calendar) -> None:
+        """One row per code of the code table: its eras, newest first, each the code recorded from its start
+        date (a step function of age) on; the alternatives are added to the code table (not dated there:
+        they are recorded, never looked up)."""
+        for code in list(self.code_list):
+            start = self.size("era")
+            for entry in calendar.eras(CODE_SYSTEMS[code.system], code.code):
+                step_start = self.size("step")
+                for age, day in entry.age_steps():
+                    self.add("step", age=age, t=days_since_epoch(day))
+                alternative = Code(system=SYSTEM_NAMES[entry.system], code=entry.code, display=entry.display)
+                step_n = self.size("step") - step_start
+                self.add("era", code=self.code(alternative), step_start=step_start, step_n=step_n)
+            self.add("code_era", start=start, n=self.size("era") - start)
+        while self.size("code_era") < len(self.code_list):
+            self.add("code_era", start=self.size("era"), n=0)
+
+    def kidney(self, obs: Observable, observables: dict[str, Observable]) -> tuple[int, int, float, int]:
+        """How a kidney function observable is computed: (OBS_*, input, minimum age, first equation), its
+        equations appended (the observable's own code's first)."""
+        eq_start = self.size("eq")
+        if obs.estimated is not None:
+            own = [e for e in obs.estimated.equations if e.code == obs.code.code]
+            for equation in own + [e for e in obs.estimated.equations if e.code != obs.code.code]:
+                self.equation(equation, obs.code)
+            creatinine = self.observables[obs.estimated.creatinine]
+            return OBS_ESTIMATED, creatinine, obs.estimated.minimum_age_years, eq_start
+        if obs.inverted is not None:
+            estimate = observables[obs.inverted.estimate]
+            if estimate.estimated is None:
+                raise ValueError(f"inverted: '{obs.inverted.estimate}' is not an estimated observable")
+            [own] = [e for e in estimate.estimated.equations if e.code == estimate.code.code]
+            self.equation(own, estimate.code)
+            return OBS_INVERTED, self.attributes[obs.inverted.attribute], 0.0, eq_start
+        return OBS_MEASURED, -1, 0.0, eq_start
+
+    def equation(self, eq: GfrEquation, reported: Code) -> None:
+        """Append a GFR equation; its code is looked up in the code table by the reported code's system."""
+        code = self.codes.get((reported.system, eq.code), -1)
+        race = self.races.index(eq.race_factor.race) if eq.race_factor is not None else -1
+        self.add(
+            "eq",
+            code=code,
+            scale=eq.scale,
+            kappa=(eq.kappa.male, eq.kappa.female),
+            alpha=(eq.alpha.male, eq.alpha.female),
+            above=eq.exponent_above,
+            age_factor=eq.age_factor,
+            age_power=eq.age_power,
+            female=eq.female_factor,
+            race=race,
+            race_factor=eq.race_factor.factor if eq.race_factor is not None else 1.0,
+        )
 
     def action(self, kind: int, target: int = -1, **operands: float) -> None:
         """Append an action: its kind, what it acts on, and the operands it uses by name (the act_* columns of
@@ -513,6 +597,10 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     cond_codes = [b.code(c.code) for c in cond_all.values()]
     med_codes = [b.code(d.code) for d in med_all.values()]
     death_code = b.code(library.mortality.cause)
+    b.eras(library.calendar)
+    for obs in obs_all.values():
+        kind, source, min_age, eq_start = b.kidney(obs, obs_all)
+        b.add("kidney", kind=kind, input=source, min_age=min_age, eq_start=eq_start, eq_n=b.size("eq") - eq_start)
 
     i32, i8, f8 = np.int32, np.int8, np.float64
     hours = library.providers.clinic_hours
@@ -612,6 +700,28 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         class_obs_n=_frozen([len(o) for o in at_start], i32),
         class_obs=_frozen([o for names in at_start for o in names], i32),
         class_round_days=_frozen([round_interval_days(library, c) for c in ENCOUNTER_CLASSES], f8),
+        code_era_start=b.column("code_era", "start", i32),
+        code_era_n=b.column("code_era", "n", i32),
+        era_code=b.column("era", "code", i32),
+        era_step_start=b.column("era", "step_start", i32),
+        era_step_n=b.column("era", "step_n", i32),
+        step_age=b.column("step", "age", f8),
+        step_t=b.column("step", "t", f8),
+        obs_kidney=b.column("kidney", "kind", i8),
+        obs_kidney_input=b.column("kidney", "input", i32),
+        obs_kidney_min_age=b.column("kidney", "min_age", f8),
+        obs_eq_start=b.column("kidney", "eq_start", i32),
+        obs_eq_n=b.column("kidney", "eq_n", i32),
+        eq_code=b.column("eq", "code", i32),
+        eq_scale=b.column("eq", "scale", f8),
+        eq_kappa=_by_sex(b, "kappa"),
+        eq_alpha=_by_sex(b, "alpha"),
+        eq_above=b.column("eq", "above", f8),
+        eq_age_factor=b.column("eq", "age_factor", f8),
+        eq_age_power=b.column("eq", "age_power", f8),
+        eq_female=b.column("eq", "female", f8),
+        eq_race=b.column("eq", "race", i32),
+        eq_race_factor=b.column("eq", "race_factor", f8),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),
@@ -652,6 +762,13 @@ def _guarded(op: np.ndarray, i0: np.ndarray, kinds: tuple[int, ...], n: int) -> 
     flags[i0[np.isin(op, kinds)]] = True
     flags.setflags(write=False)
     return flags
+
+
+def _by_sex(b: _Builder, name: str) -> np.ndarray:
+    """float64[n_equations, 2]: an equation column given for each sex (male, female)."""
+    array = np.array([row[name] for row in b.t.get("eq", [])], dtype=np.float64).reshape(-1, 2)
+    array.setflags(write=False)
+    return array
 
 
 def _frozen(values: list, dtype: type) -> np.ndarray:

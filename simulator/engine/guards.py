@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
@@ -90,7 +90,7 @@ class Patient(Protocol):
     attributes: dict[str, Drifting]
     active: set[str]
     diagnosed: set[str]
-    taking: set[str]
+    taking: Container[str]  # running medication courses
     latest: dict[str, float]
     entered: dict[tuple[str, str], float]
 

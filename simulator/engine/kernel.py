@@ -26,7 +26,7 @@ from numba import njit, prange
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
 from simulator.engine.civil import next_month_start, year_month
-from simulator.engine.compiler import CompiledModel
+from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 
@@ -107,6 +107,7 @@ class Scratch(NamedTuple):
     obs_lag_t: np.ndarray  # float64[n_observables]: when the lagged level was last brought up to date
     med_state: np.ndarray  # int32[n_medications]: the state that started each active medication
     pend_round_t: np.ndarray  # float64[MAX_PENDING]: when the encounter's observations are next repeated (inf: never)
+    med_course_code: np.ndarray  # int32[n_medications]: the code a running course was started under (its era's)
 
 
 class Person(NamedTuple):
@@ -176,6 +177,7 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.obs_code.shape[0], np.float64),
         np.zeros(model.med_code.shape[0], np.int32),
         np.zeros(MAX_PENDING, np.float64),
+        np.zeros(model.med_code.shape[0], np.int32),
     )
 
 
@@ -552,10 +554,91 @@ def measured(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> 
 
 
 @njit(cache=True, _nrt=False)
+def era_code(model: CompiledModel, c: int, p: Person, t: float) -> int:
+    """The code a record at time t contains for code c (rules/calendar.yaml): c itself when not dated, else
+    the newest era started by t at the patient's age; -1: nothing in this era."""
+    n = model.code_era_n[c]
+    if n == 0:
+        return c
+    age = age_years(p, t)
+    for e in range(model.code_era_start[c], model.code_era_start[c] + n):
+        start_t = np.inf
+        for k in range(model.era_step_start[e], model.era_step_start[e] + model.era_step_n[e]):
+            if model.step_age[k] <= age:
+                start_t = model.step_t[k]
+        if t >= start_t:
+            return model.era_code[e]
+    return -1
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def civil_date(t: float) -> int:
+    """The calendar date (UTC) of time t as year * 10000 + month * 100 + day (days_from_civil inverted,
+    H. Hinnant's algorithm for the proleptic Gregorian calendar)."""
+    z = int(math.floor(t)) + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    return year * 10000 + month * 100 + day
+
+
+@njit(cache=True, _nrt=False)
+def completed_years(p: Person, t: float) -> float:
+    """Age in whole years at t by the calendar (the last birthday passed), as a laboratory records it."""
+    born, now = civil_date(p.birth_t), civil_date(t)
+    return float(now // 10000 - born // 10000 - (1 if now % 10000 < born % 10000 else 0))
+
+
+@njit(cache=True, _nrt=False)
+def gfr_base(model: CompiledModel, e: int, p: Person, age: float) -> float:
+    """Equation e without its creatinine terms: scale, age, sex and race factors."""
+    value = model.eq_scale[e] * model.eq_age_factor[e] ** age * age ** model.eq_age_power[e]
+    if p.sex == 1:
+        value *= model.eq_female[e]
+    if p.race == model.eq_race[e]:
+        value *= model.eq_race_factor[e]
+    return value
+
+
+@njit(cache=True, _nrt=False)
+def kidney_value(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
+    """An estimated GFR from the latest creatinine by the equation of the era's code (the observable's own
+    when the era reports none; NaN below the minimum age or without a creatinine), or a creatinine that the
+    eGFR's own equation turns into the true GFR attribute, plus one visit-to-visit normal draw. Age in
+    completed years, as laboratories compute it."""
+    age = completed_years(p, t)
+    sex = p.sex
+    start = model.obs_eq_start[o]
+    if model.obs_kidney[o] == OBS_ESTIMATED:
+        creatinine = sc.obs_latest[model.obs_kidney_input[o]]
+        if age < model.obs_kidney_min_age[o] or math.isnan(creatinine):
+            return np.nan
+        reported = era_code(model, model.obs_code[o], p, t)
+        e = start
+        for k in range(start, start + model.obs_eq_n[o]):
+            if model.eq_code[k] == reported:
+                e = k
+        ratio = creatinine / model.eq_kappa[e, sex]
+        terms = min(ratio, 1.0) ** model.eq_alpha[e, sex] * max(ratio, 1.0) ** model.eq_above[e]
+        return gfr_base(model, e, p, age) * terms
+    ratio = max(attr_value(sc, model.obs_kidney_input[o], t), 0.0) / gfr_base(model, start, p, age)
+    exponent = model.eq_above[start] if ratio <= 1.0 else model.eq_alpha[start, sex]
+    creatinine = model.eq_kappa[start, sex] * ratio ** (1.0 / exponent)
+    return creatinine + curve_at(model, model.obs_sd_start[o], sex, age_years(p, t)) * normal(sc.rng)
+
+
+@njit(cache=True, _nrt=False)
 def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A value from the observable's model (NaN when a derived input was never measured)."""
     n_factors = model.obs_derived_n[o]
-    if n_factors > 0:
+    if model.obs_kidney[o] != OBS_MEASURED:
+        value = kidney_value(model, sc, p, o, t)
+    elif n_factors > 0:
         value = model.obs_derived_scale[o]
         for k in range(model.obs_derived_start[o], model.obs_derived_start[o] + n_factors):
             value *= sc.obs_latest[model.derived_obs[k]] ** model.derived_power[k]
@@ -616,7 +699,7 @@ def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, caus
     for d in range(sc.med_active.shape[0]):
         if sc.med_active[d]:
             sc.med_active[d] = False
-            emit(ev, sc, p, t, codes.K_MED_STOP, model.med_code[d], np.nan, -1, sc.med_state[d], d, -1)
+            emit(ev, sc, p, t, codes.K_MED_STOP, sc.med_course_code[d], np.nan, -1, sc.med_state[d], d, -1)
     for k in range(sc.counters[C_PENDING]):
         emit(
             ev,
@@ -682,9 +765,12 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
 def record(
     model: CompiledModel, ev: Events, sc: Scratch, p: Person, o: int, value: float, t: float, encounter: int, state: int
 ) -> None:
-    """Record a reading of observable o: it becomes the latest, and guards that read it are re-checked."""
+    """Record a reading of observable o: it becomes the latest, and guards that read it are re-checked; the
+    record holds it under its era's code (rules/calendar.yaml), or not at all in an era without one."""
     sc.obs_latest[o] = value
-    emit(ev, sc, p, t, codes.K_OBSERVATION, model.obs_code[o], value, encounter, state, o, -1)
+    code = era_code(model, model.obs_code[o], p, t)
+    if code >= 0:
+        emit(ev, sc, p, t, codes.K_OBSERVATION, code, value, encounter, state, o, -1)
     if model.obs_guarded[o]:
         sc.counters[C_DIRTY] = 1
 
@@ -770,22 +856,27 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
         elif kind == codes.A_MED_START:
-            if not product_taken(model, sc, target):
+            code = era_code(model, model.med_code[target], p, t)
+            if code >= 0 and not product_taken(model, sc, target):
                 sc.med_active[target] = True
                 sc.med_state[target] = s
+                sc.med_course_code[target] = code
                 encounter = need_encounter(sc, m, t)
-                emit(ev, sc, p, t, codes.K_MED_START, model.med_code[target], np.nan, encounter, s, target, -1)
+                emit(ev, sc, p, t, codes.K_MED_START, code, np.nan, encounter, s, target, -1)
                 if model.med_guarded[target]:
                     sc.counters[C_DIRTY] = 1
         elif kind == codes.A_MED_STOP:
             if sc.med_active[target]:
                 sc.med_active[target] = False
-                emit(ev, sc, p, t, codes.K_MED_STOP, model.med_code[target], np.nan, attached(sc, m, t), s, target, -1)
+                code = sc.med_course_code[target]
+                emit(ev, sc, p, t, codes.K_MED_STOP, code, np.nan, attached(sc, m, t), s, target, -1)
                 if model.med_guarded[target]:
                     sc.counters[C_DIRTY] = 1
         elif kind == codes.A_PROCEDURE or kind == codes.A_IMMUNIZATION:  # noqa: SIM109 (numba)
             event_kind = codes.K_PROCEDURE if kind == codes.A_PROCEDURE else codes.K_IMMUNIZATION
-            emit(ev, sc, p, t, event_kind, target, np.nan, need_encounter(sc, m, t), s, -1, -1)
+            code = era_code(model, target, p, t)
+            if code >= 0:
+                emit(ev, sc, p, t, event_kind, code, np.nan, need_encounter(sc, m, t), s, -1, -1)
         elif kind == codes.A_OBSERVE:
             value = observe(model, sc, p, target, t)
             if not math.isnan(value):

@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
-from simulator.days import DAYS_PER_YEAR
+from simulator.days import DAYS_PER_YEAR, EPOCH
 from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import (
     MINUTES_PER_DAY,
@@ -64,6 +65,7 @@ from simulator.engine.guards import GUARD_KINDS, INF
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model import schema
+from simulator.model.calendar import SYSTEM_NAMES
 from simulator.model.library import Library
 from simulator.model.schema import (
     DAYS_PER_UNIT,
@@ -229,7 +231,7 @@ class PatientRun:
         self.attributes = {n: Attribute(a.initial, 0.0, self.birth_t) for n, a in self.attribute_models.items()}
         self.active: set[str] = set()  # conditions
         self.diagnosed: set[str] = set()
-        self.taking: dict[str, tuple[str, str]] = {}  # active medications -> (module, state) that started them
+        self.taking: dict[str, tuple[str, str, Code]] = {}  # running course -> (module, state) that started it, code
         self.latest = dict.fromkeys(self.observables, math.nan)
         self.z = {name: normal(self.rng) for name in self.observables}
         self.visit: dict[str, tuple[float, float]] = {}  # correlated observable -> (t, z) of its last reading
@@ -553,11 +555,46 @@ class PatientRun:
             value += obs.measurement_sd * normal(rng)
         return value
 
+    def recorded(self, code: Code, t: float) -> Code | None:
+        """What a record at t contains for `code` (rules/calendar.yaml): the code itself when not dated, else
+        its era's code at the patient's age; None: nothing in this era."""
+        uri = schema.CODE_SYSTEMS[code.system]
+        if not self.library.calendar.eras(uri, code.code):
+            return code
+        entry = self.library.calendar.in_use(uri, code.code, t, (t - self.birth_t) / DAYS_PER_YEAR)
+        if entry is None:
+            return None
+        return Code(system=SYSTEM_NAMES[entry.system], code=entry.code, display=entry.display)
+
+    def kidney(self, obs: schema.Observable, t: float, rng: np.ndarray) -> float:
+        """An eGFR estimated from the latest creatinine by the equation of the code the era reports (the
+        observable's own when it reports none), or a creatinine inverted from the true GFR plus a visit
+        normal; age in completed years."""
+        born, now = (EPOCH + timedelta(days=math.floor(x)) for x in (self.birth_t, t))
+        age = now.year - born.year - ((now.month, now.day) < (born.month, born.day))  # completed years
+        female = self.sex == "F"
+        if obs.estimated is not None:
+            creatinine = self.latest[obs.estimated.creatinine]
+            if age < obs.estimated.minimum_age_years or math.isnan(creatinine):
+                return math.nan
+            reported = self.recorded(obs.code, t)
+            by_code = {e.code: e for e in obs.estimated.equations}
+            equation = by_code.get(reported.code if reported is not None else "", by_code[obs.code.code])
+            return equation.gfr(creatinine, age, female, self.race)
+        inverted = obs.inverted
+        estimate = self.observables[inverted.estimate]  # type: ignore[union-attr]
+        [equation] = [e for e in estimate.estimated.equations if e.code == estimate.code.code]  # type: ignore[union-attr]
+        gfr = self.attributes[inverted.attribute].at(t)  # type: ignore[union-attr]
+        creatinine = equation.creatinine(gfr, age, female, self.race)
+        return creatinine + curve(obs.sd, self.sex, (t - self.birth_t) / DAYS_PER_YEAR) * normal(rng)
+
     def observe(self, name: str, t: float, rng: np.ndarray) -> float:
         """A value of an observable now (NaN when a derived one has an input never measured); the
         visit component is drawn from `rng`."""
         obs = self.observables[name]
-        if obs.derived is not None:
+        if obs.estimated is not None or obs.inverted is not None:
+            value = self.kidney(obs, t, rng)
+        elif obs.derived is not None:
             value = obs.derived.scale
             for factor, power in obs.derived.product.items():
                 value *= self.latest[factor] ** power
@@ -624,19 +661,20 @@ class PatientRun:
                 emit("condition_resolved", self.conditions[condition])
                 self.dirty = True
         for medication in state.start_medication:
-            if not self.product_taken(medication):
-                self.taking[medication] = (module, name)
-                emit("medication_start", self.medications[medication])
+            course = self.recorded(self.medications[medication], t)
+            if course is not None and not self.product_taken(medication):
+                self.taking[medication] = (module, name, course)
+                emit("medication_start", course)
                 self.dirty = True
         for medication in state.stop_medication:
             if medication in self.taking:
-                del self.taking[medication]
-                emit("medication_stop", self.medications[medication])
+                emit("medication_stop", self.taking.pop(medication)[2])
                 self.dirty = True
-        for code in state.procedure:
-            emit("procedure", code)
-        for code in state.immunization:
-            emit("immunization", code)
+        for kind, codes in (("procedure", state.procedure), ("immunization", state.immunization)):
+            for code in codes:
+                given = self.recorded(code, t)
+                if given is not None:
+                    emit(kind, given)
         for observable in state_observations(self.library, state):
             value = self.observe(observable, t, track.rng)
             if not math.isnan(value):
@@ -660,10 +698,12 @@ class PatientRun:
         return any(product(taken) == product(medication) for taken in self.taking)
 
     def record(self, observable: str, value: float, t: float, encounter: int, module: str, state: str) -> None:
-        """A reading of an observable, in an encounter: it becomes the latest (guards are re-checked)."""
+        """A reading of an observable, in an encounter: it becomes the latest (guards are re-checked), recorded
+        under its era's code (rules/calendar.yaml), or not at all in an era without one."""
         self.latest[observable] = value
-        code = self.observables[observable].code
-        self.events.append(Event(t, "observation", code, value, encounter, module, state))
+        code = self.recorded(self.observables[observable].code, t)
+        if code is not None:  # an era with no code for it records nothing
+            self.events.append(Event(t, "observation", code, value, encounter, module, state))
         self.dirty = True
 
     def take_round(self, pending: Pending, t: float) -> None:
@@ -694,8 +734,7 @@ class PatientRun:
         """Stop every active medication at t (in library order, each as the state that started it),
         close every open encounter, then record death; nothing happens after it."""
         for medication in [name for name in self.medications if name in self.taking]:
-            module_started, state_started = self.taking[medication]
-            code = self.medications[medication]
+            module_started, state_started, code = self.taking[medication]
             self.events.append(Event(t, "medication_stop", code, math.nan, -1, module_started, state_started))
         self.taking.clear()
         for pending in self.pending:

@@ -1,6 +1,7 @@
 """When each vaccine, drug, lab method and procedure the library emits came into use (rules/calendar.yaml):
 the year (and month) from which a record could contain it, what that date is (FDA approval, ACIP
-recommendation, publication...) and its cited source; the codes with no meaningful date (`timeless`) and
+recommendation, publication...) and its cited source, and what a record contains before it (`before`: the
+era's alternative, itself a dated entry, or nothing); the codes with no meaningful date (`timeless`) and
 those not yet dated (`undated`), each with the reason. Encounter types and diagnoses are not dated."""
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from simulator.days import days_since_epoch
 from simulator.model.schema import CODE_SYSTEMS, Name, Strict
 from simulator.model.sources import uncited
 
 System = Literal["cvx", "rxnorm", "loinc", "snomed"]
-SYSTEM_URIS: dict[str, str] = {
-    "cvx": CODE_SYSTEMS["CVX"],
-    "rxnorm": CODE_SYSTEMS["RxNorm"],
-    "loinc": CODE_SYSTEMS["LOINC"],
-    "snomed": CODE_SYSTEMS["SNOMED"],
-}
+SYSTEM_NAMES: dict[str, str] = {"cvx": "CVX", "rxnorm": "RxNorm", "loinc": "LOINC", "snomed": "SNOMED"}
+SYSTEM_URIS: dict[str, str] = {system: CODE_SYSTEMS[name] for system, name in SYSTEM_NAMES.items()}
+
 CodeText = Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")]
 Text = Annotated[str, Field(min_length=1)]
 Year = Annotated[int, Field(ge=1800, le=2030)]
@@ -62,8 +61,18 @@ class AgeStep(Strict):
     source: Name
 
 
+class Predecessor(Strict):
+    """The dated code a record contains before another code's date: the era's alternative."""
+
+    system: System
+    code: CodeText
+
+
 class Introduced(Strict):
-    """A dated code: nothing before `year` (and `month`) may contain it; `by_age` refines the date by age."""
+    """A dated code: nothing before `year` (and `month`) may contain it; `by_age` refines the date by age.
+    `before` says what a record contains instead before that date: another dated code (which in turn says
+    what comes before it) or `nothing` (the vaccine is not given, the course not started, the test not
+    reported); the note says why."""
 
     system: System
     code: CodeText
@@ -73,6 +82,7 @@ class Introduced(Strict):
     what: What
     source: Name
     by_age: list[AgeStep] = Field(default_factory=list)
+    before: Predecessor | Literal["nothing"]
     note: Text | None = None  # what the date does not say: an earlier product, a narrower first indication
 
     def on(self, age_years: float | None = None) -> date:
@@ -81,6 +91,12 @@ class Introduced(Strict):
             if age_years is not None and step.from_years <= age_years < (step.below_years or float("inf")):
                 return date(step.year, step.month or 1, 1)
         return date(self.year, self.month or 1, 1)
+
+    def age_steps(self) -> list[tuple[float, date]]:
+        """The date as a step function of age: (from age, date) pieces, increasing from age 0, each holding
+        until the next."""
+        edges = sorted({0.0, *(s.from_years for s in self.by_age), *(s.below_years or 0.0 for s in self.by_age)})
+        return [(edge, self.on(edge)) for edge in edges]
 
 
 class Listed(Strict):
@@ -115,6 +131,23 @@ class Calendar(Strict):
             raise ValueError("; ".join(problems))
         return entries
 
+    @field_validator("introduced")
+    @classmethod
+    def _predecessors_dated_and_earlier(cls, entries: list[Introduced]) -> list[Introduced]:
+        dated = {(e.system, e.code): e for e in entries}
+        problems = []
+        for e in entries:
+            if e.before == "nothing":
+                continue
+            earlier = dated.get((e.before.system, e.before.code))
+            if earlier is None:
+                problems.append(f"{e.system} {e.code}: before {e.before.system} {e.before.code} is not a dated entry")
+            elif earlier.on() >= e.on():
+                problems.append(f"{e.system} {e.code}: before {e.before.system} {e.before.code} is not dated earlier")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return entries
+
     @field_validator("timeless", "undated")
     @classmethod
     def _listed_once(cls, listed: list[Listed], info: ValidationInfo) -> list[Listed]:
@@ -132,6 +165,24 @@ class Calendar(Strict):
         """The first day a record (of a patient of this age) could contain the code; None if not dated."""
         entry = self._by_code.get((system_uri, code))
         return None if entry is None else entry.on(age_years)
+
+    def eras(self, system_uri: str, code: str) -> list[Introduced]:
+        """The code's entry and its predecessors, newest first (empty if not dated)."""
+        chain = []
+        entry = self._by_code.get((system_uri, code))
+        while entry is not None:
+            chain.append(entry)
+            before = entry.before
+            entry = None if before == "nothing" else self._by_code[(SYSTEM_URIS[before.system], before.code)]
+        return chain
+
+    def in_use(self, system_uri: str, code: str, t_days: float, age_years: float) -> Introduced | None:
+        """The entry of what a record made `t_days` after 1970-01-01, of a patient of this age, contains for a
+        dated `code`: its own entry or the era's alternative; None: nothing."""
+        for entry in self.eras(system_uri, code):
+            if t_days >= days_since_epoch(entry.on(age_years)):
+                return entry
+        return None
 
     def year_of(self, system_uri: str, code: str, age_years: float | None = None) -> int | None:
         """The year from which a record (of a patient of this age) could contain the code; None if not dated

@@ -157,6 +157,15 @@ def _check_references(
         if observable.derived is not None:
             for target in observable.derived.product:
                 need(target, "observables", ("observables", name, "derived", "product", target))
+        if observable.estimated is not None:
+            need(observable.estimated.creatinine, "observables", ("observables", name, "estimated", "creatinine"))
+            for i, equation in enumerate(observable.estimated.equations):
+                if equation.race_factor is not None:
+                    path = ("observables", name, "estimated", "equations", i, "race_factor", "race")
+                    need(equation.race_factor.race, "race", path, races)
+        if observable.inverted is not None:
+            need(observable.inverted.estimate, "observables", ("observables", name, "inverted", "estimate"))
+            need(observable.inverted.attribute, "attributes", ("observables", name, "inverted", "attribute"))
     for encounter_class, names in module.observe_at_start.items():
         for i, target in enumerate(names):
             need(target, "observables", ("observe_at_start", encounter_class, i))

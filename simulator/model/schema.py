@@ -539,6 +539,77 @@ class Derived(Strict):
     product: dict[Name, float] = Field(min_length=1)
 
 
+class BySex(Strict):
+    """A number for each sex."""
+
+    male: float
+    female: float
+
+
+class RaceFactor(Strict):
+    """A factor an equation applies to patients of one race."""
+
+    race: Name
+    factor: Annotated[float, Field(gt=0)]
+
+
+class GfrEquation(Strict):
+    """A creatinine equation for GFR (mL/min/1.73 m2), reported under `code`: eGFR = scale x min(Scr/kappa,
+    1)^alpha x max(Scr/kappa, 1)^exponent_above x age_factor^age x age^age_power (x female_factor if
+    female, x the race factor), Scr in mg/dL, age in completed years. CKD-EPI has the exponential age term,
+    MDRD (kappa 1, alpha = exponent_above) the power."""
+
+    code: Annotated[str, BeforeValidator(_int_to_str), Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")]
+    scale: Annotated[float, Field(gt=0)]
+    kappa: BySex
+    alpha: BySex
+    exponent_above: float
+    age_factor: Annotated[float, Field(gt=0)] = 1.0
+    age_power: float = 0.0
+    female_factor: Annotated[float, Field(gt=0)] = 1.0
+    race_factor: RaceFactor | None = None
+    source: Name
+
+    def _base(self, age_years: float, female: bool, race: str) -> float:
+        """Everything but the creatinine terms."""
+        value = self.scale * self.age_factor**age_years * age_years**self.age_power
+        value *= self.female_factor if female else 1.0
+        if self.race_factor is not None and race == self.race_factor.race:
+            value *= self.race_factor.factor
+        return value
+
+    def gfr(self, creatinine: float, age_years: float, female: bool, race: str) -> float:
+        """The estimated GFR of a creatinine (mg/dL)."""
+        ratio = creatinine / (self.kappa.female if female else self.kappa.male)
+        alpha = self.alpha.female if female else self.alpha.male
+        terms = min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** self.exponent_above
+        return self._base(age_years, female, race) * terms
+
+    def creatinine(self, gfr: float, age_years: float, female: bool, race: str) -> float:
+        """The creatinine (mg/dL) this equation turns into `gfr`: the equation solved for Scr."""
+        ratio = max(gfr, 0.0) / self._base(age_years, female, race)
+        exponent = self.exponent_above if ratio <= 1.0 else (self.alpha.female if female else self.alpha.male)
+        return (self.kappa.female if female else self.kappa.male) * ratio ** (1.0 / exponent)
+
+
+class Estimated(Strict):
+    """A GFR computed from the latest `creatinine` reading by the equation of the code the era reports
+    (rules/calendar.yaml: the observable's code, or the era's alternative); missing below
+    `minimum_age_years`, where other equations apply."""
+
+    creatinine: Name
+    minimum_age_years: Annotated[float, Field(ge=0)]
+    equations: list[GfrEquation] = Field(min_length=1)
+
+
+class Inverted(Strict):
+    """A creatinine that the equation of the `estimate` observable's own code turns into the value of
+    `attribute` (the true GFR), plus the visit-to-visit `sd`."""
+
+    estimate: Name
+    attribute: Name
+
+
 class Observable(Strict):
     """A measured quantity (lab, vital sign, score) and how its values are drawn.
 
@@ -568,14 +639,20 @@ class Observable(Strict):
     measurement_sd: Annotated[float, Field(ge=0)] | None = None
     response_half_life_days: Annotated[float, Field(gt=0)] | None = None
     source: Name
+    estimated: Estimated | None = None
+    inverted: Inverted | None = None
 
     @model_validator(mode="after")
     def _mean_or_derived(self) -> Observable:
-        if (self.mean is None) == (self.derived is None):
-            raise ValueError("give exactly one of mean and derived")
+        given = [x for x in (self.mean, self.derived, self.estimated, self.inverted) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of mean, derived, estimated and inverted")
+        if self.estimated is not None and self.code.code not in {e.code for e in self.estimated.equations}:
+            raise ValueError(f"estimated needs an equation for the observable's own code {self.code.code}")
         dynamics = ("correlation_days", "measurement_sd", "response_half_life_days")
-        if self.derived is not None and any(getattr(self, key) is not None for key in dynamics):
-            raise ValueError(f"a derived observable takes none of {', '.join(dynamics)}")
+        computed = self.derived is not None or self.estimated is not None or self.inverted is not None
+        if computed and any(getattr(self, key) is not None for key in dynamics):
+            raise ValueError(f"a derived, estimated or inverted observable takes none of {', '.join(dynamics)}")
         if self.limits is not None and self.limits[1] < self.limits[0]:
             raise ValueError("limits must be [low, high] with low <= high")
         return self
