@@ -209,16 +209,19 @@ def test_acute_vitals(shipped_library: Library) -> None:
         (0, "icu", "icu", "2020-01-01 14:00", "2020-01-03 10:00"),
         (0, "well", "wellness", "2020-02-03 15:00", "2020-02-03 15:20"),
     )
-    vitals = ("8867-4", "9279-1", "8480-6", "8310-5", "2708-6")
+    vitals = ("8867-4", "9279-1", "8480-6", "8310-5", "59408-5")
+    before_oximetry = encounters((0, "ed-1975", "emergency", "1975-01-01 10:00", "1975-01-01 14:00"))
     obs = pd.concat(
         [
             observations(*((0, "2020-01-01 10:05", code, 1.0) for code in vitals), encounter="ed"),
             observations((0, "2020-01-01 14:05", "8867-4", 90.0), encounter="icu"),
+            observations(*((0, "1975-01-01 10:05", code, 1.0) for code in vitals[:4]), encounter="ed-1975"),
         ],
         ignore_index=True,
     )
+    visits = pd.concat([visits, before_oximetry], ignore_index=True)
     found = run_check(shipped_library, "acute_vitals", encounters=visits, observations=obs)
-    assert found.checked == 2  # the wellness visit is not acute
+    assert found.checked == 3  # the wellness visit is not acute; in 1975 no SpO2 is asked for (pulse oximetry: 1983)
     assert found.violations["detail"].tolist() == [
         "icu encounter without respiratory_rate, blood_pressure, temperature, oxygen_saturation"
     ]

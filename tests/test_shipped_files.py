@@ -79,7 +79,7 @@ def test_event_systems_are_known(shipped_population) -> None:
 # States no patient can be expected to enter in the coverage cohorts below, each with the reason.
 _TRANSPLANT = (
     "about one kidney transplant is expected in these cohorts: 14-26 patients reach kidney failure, then "
-    "0.01-0.08 transplants a year on dialysis, a time that dialysis sessions waiting for clinic hours shorten"
+    "0.01-0.08 transplants a year on dialysis"
 )
 RARE_STATES: dict[str, str] = dict.fromkeys(
     ("ckd.kidney_transplant", "ckd.kidney_transplanted", "ckd.transplant_followup"), _TRANSPLANT

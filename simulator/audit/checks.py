@@ -272,8 +272,20 @@ def hba1c_pace(tables: AuditTables, rule: rules.GlycatedHemoglobinPaceRule) -> F
 
 
 @check("required_observations")
+def _in_use_from(tables: AuditTables, codes: list[str]) -> pd.Timestamp | None:
+    """The first day any of these LOINC codes could be in a record (the calendar's earliest date among them);
+    None when one of them is not dated (always in use) or the calendar is not known."""
+    if tables.calendar is None:
+        return None
+    dated = {e.code: e for e in tables.calendar.introduced if SYSTEM_URIS[e.system] == "http://loinc.org"}
+    if any(code not in dated for code in codes):
+        return None
+    return pd.Timestamp(min(dated[code].on() for code in codes), tz="UTC")
+
+
 def required_observations(tables: AuditTables, rule: rules.RequiredObservationsRule) -> Finding:
-    """Encounters of the rule's classes lacking an observation of a required group."""
+    """Encounters of the rule's classes lacking an observation of a required group, where the group's method
+    was in use (rules/calendar.yaml: no oxygen saturation is required before pulse oximetry)."""
     encounters = tables["encounters"]
     acute = encounters[encounters["encounter_class"].astype(str).isin(rule.encounter_classes)]
     group_of = {code: name for name, codes in rule.required.items() for code in codes}
@@ -292,7 +304,10 @@ def required_observations(tables: AuditTables, rule: rules.RequiredObservationsR
         > 0
     )
     missing = pd.Series("", index=acute.index)
-    for i, name in enumerate(rule.required):
+    for i, (name, codes) in enumerate(rule.required.items()):
+        since = _in_use_from(tables, codes)
+        if since is not None:
+            present[:, i] |= (acute["start_time"] < since).to_numpy()
         missing = missing + np.where(present[:, i], "", name + ", ")
     bad = (~present).any(axis=1)
     a = acute[bad]
