@@ -1,7 +1,8 @@
-"""Calendar dates of simulated times in compiled code: the month of a time and the start of the next month,
-for guards that read the calendar month (seasons). Proleptic Gregorian, UTC, days since 1970-01-01; the
-integer arithmetic of H. Hinnant's days_from_civil / civil_from_days algorithms (public domain description,
-http://howardhinnant.github.io/date_algorithms.html), written here for Numba."""
+"""Calendar dates of simulated times in compiled code: the date of a time, the start of the next month (for
+guards that read the calendar month, seasons) and ages in completed years (as laboratories record them).
+Proleptic Gregorian, UTC, days since 1970-01-01; the integer arithmetic of H. Hinnant's days_from_civil /
+civil_from_days algorithms (public domain description, http://howardhinnant.github.io/date_algorithms.html),
+written here for Numba."""
 
 from __future__ import annotations
 
@@ -14,16 +15,33 @@ DAYS_PER_ERA = 146_097  # days in 400 Gregorian years
 
 
 @njit(cache=True, _nrt=False)
-def year_month(t_days: float) -> tuple[int, int]:
-    """(year, month 1-12) of the day that contains time t."""
+def civil(t_days: float) -> tuple[int, int, int]:
+    """(year, month 1-12, day 1-31) of the day that contains time t."""
     z = int(math.floor(t_days)) + EPOCH_SHIFT
     era = z // DAYS_PER_ERA
     doe = z - era * DAYS_PER_ERA
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
     doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
     mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
     month = mp + 3 if mp < 10 else mp - 9
-    return yoe + era * 400 + (1 if month <= 2 else 0), month
+    return yoe + era * 400 + (1 if month <= 2 else 0), month, day
+
+
+@njit(cache=True, _nrt=False)
+def year_month(t_days: float) -> tuple[int, int]:
+    """(year, month 1-12) of the day that contains time t."""
+    year, month, _ = civil(t_days)
+    return year, month
+
+
+@njit(cache=True, _nrt=False)
+def completed_years_between(birth_t: float, t: float) -> float:
+    """Age in whole years at t of someone born at birth_t, by the calendar (the last birthday passed)."""
+    born_year, born_month, born_day = civil(birth_t)
+    year, month, day = civil(t)
+    before_birthday = month < born_month or (month == born_month and day < born_day)
+    return float(year - born_year - (1 if before_birthday else 0))
 
 
 @njit(cache=True, _nrt=False)

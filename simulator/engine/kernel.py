@@ -26,7 +26,7 @@ from numba.core import config as numba_config
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
-from simulator.engine.civil import next_month_start, year_month
+from simulator.engine.civil import completed_years_between, next_month_start, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -576,29 +576,6 @@ def era_code(model: CompiledModel, c: int, p: Person, t: float) -> int:
     return -1
 
 
-@njit(cache=True, inline="always", _nrt=False)
-def civil_date(t: float) -> int:
-    """The calendar date (UTC) of time t as year * 10000 + month * 100 + day (days_from_civil inverted,
-    H. Hinnant's algorithm for the proleptic Gregorian calendar)."""
-    z = int(math.floor(t)) + 719468
-    era = (z if z >= 0 else z - 146096) // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (1 if month <= 2 else 0)
-    return year * 10000 + month * 100 + day
-
-
-@njit(cache=True, _nrt=False)
-def completed_years(p: Person, t: float) -> float:
-    """Age in whole years at t by the calendar (the last birthday passed), as a laboratory records it."""
-    born, now = civil_date(p.birth_t), civil_date(t)
-    return float(now // 10000 - born // 10000 - (1 if now % 10000 < born % 10000 else 0))
-
-
 @njit(cache=True, _nrt=False)
 def gfr_base(model: CompiledModel, e: int, p: Person, age: float) -> float:
     """Equation e without its creatinine terms: scale, age, sex and race factors."""
@@ -616,7 +593,7 @@ def kidney_value(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float)
     when the era reports none; NaN below the minimum age or without a creatinine), or a creatinine that the
     eGFR's own equation turns into the true GFR attribute, plus one visit-to-visit normal draw. Age in
     completed years, as laboratories compute it."""
-    age = completed_years(p, t)
+    age = completed_years_between(p.birth_t, t)
     sex = p.sex
     start = model.obs_eq_start[o]
     if model.obs_kidney[o] == OBS_ESTIMATED:

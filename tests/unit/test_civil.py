@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 
 from simulator.days import days_since_epoch, to_date
-from simulator.engine.civil import month_start, next_month_start, year_month
+from simulator.engine.civil import completed_years_between, month_start, next_month_start, year_month
 from simulator.engine.guards import GUARD_KINDS
 from simulator.model.schema import MonthGuard
 
@@ -42,3 +42,11 @@ def test_the_month_guard_holds_in_its_months_and_crosses_on_the_first_of_the_nex
         expected = next_month_start(t)
         assert kind.threshold(winter, None, "m", t) == expected  # type: ignore[arg-type, misc]
     assert np.isfinite(kind.threshold(winter, None, "m", 0.0))  # type: ignore[arg-type, misc]
+
+
+def test_completed_years_count_birthdays_passed() -> None:
+    born = days_since_epoch(date(1960, 2, 29))
+    assert completed_years_between(born, days_since_epoch(date(2000, 2, 28)) + 0.9) == 39.0
+    assert completed_years_between(born, days_since_epoch(date(2000, 2, 29))) == 40.0
+    assert completed_years_between(born, days_since_epoch(date(2001, 2, 28))) == 40.0
+    assert completed_years_between(born, days_since_epoch(date(2001, 3, 1))) == 41.0
