@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import simulator
 from simulator.audit.checks import CHECKS, Finding, ckd_epi
-from simulator.audit.report import AuditReport, audit_run
+from simulator.audit.report import AuditReport, audit_cohort, audit_run
 from simulator.audit.tables import COLUMNS, AuditTables, city_time_zones
 from simulator.cli import app
 from simulator.model.audit import KIND_NAMES, AuditRules, NothingAfterDeathRule
@@ -421,3 +421,29 @@ def test_a_rule_naming_a_column_the_audit_does_not_read(fixture_export: Path, fi
     rules["rules"]["encounter_and_course_order"]["pairs"][0]["after"] = "finish_time"
     with pytest.raises(ValueError, match="encounters has no column finish_time"):
         audit_run(fixture_export, rules=AuditRules.model_validate(rules))
+
+
+# --- every generated cohort of the shipped library passes the audit -----------------------------------------
+
+
+def _failing(report: AuditReport) -> dict[str, tuple[int, list[dict[str, str]]]]:
+    return {r.id: (r.violations, r.examples[:2]) for r in report.rules if r.violations}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cohort", ["shipped_population", "shipped_lifetime"])
+def test_generated_cohorts_break_no_audit_rule(cohort: str, request: pytest.FixtureRequest, shipped_library) -> None:
+    """The shared cohorts of the shipped modules (3,000 living patients, 1,000 lifetimes with their deaths): 0
+    violations of every rule of rules/audit.yaml, warnings included, and every rule checks something."""
+    population = request.getfixturevalue(cohort)
+    report = audit_cohort(shipped_library, population.patients, population.events, population.manifest["seed"])
+    assert _failing(report) == {}
+    unchecked = {r.id for r in report.rules if r.checked == 0}
+    assert unchecked <= ({"nothing_after_death"} if cohort == "shipped_population" else set())
+
+
+@pytest.mark.slow
+def test_written_runs_break_no_audit_rule(teaching_run: Path, shipped_export: Path) -> None:
+    """What `ehrsim audit` reads: the Parquet tables of the shared written runs."""
+    for run in (teaching_run, shipped_export):
+        assert _failing(simulator.audit(run)) == {}, run
