@@ -379,6 +379,7 @@ def test_audit_of_a_shipped_run(shipped_export: Path, shipped_library: Library) 
     assert report.patients == 40
     by_id = {r.id: r for r in report.rules}
     assert by_id["within_encounter"].checked > 1000 and by_id["introduction_year"].checked > 0
+    assert by_id["duplicate_drug_class"].violations == 0  # heart_failure.yaml ARNI and SGLT2 rules
     for r in report.rules:
         assert r.violations >= 0 and len(r.examples) <= min(3, r.violations)
         assert len({e["patient_id"] for e in r.examples}) == len(r.examples)

@@ -219,6 +219,40 @@ def test_heart_failure_values_follow_the_disease(cardio_population: simulator.Po
     assert (probnp.value >= 125).mean() > 0.9  # mcdonagh2021 chronic threshold; measured only in heart failure
 
 
+# rules/audit.yaml duplicate_drug_class: ACE inhibitor, ARB, ARNI (heidenreich2022: the ARNI replaces the others);
+# canagliflozin, dapagliflozin (two SGLT2 inhibitors).
+RAS_BLOCKERS = {"314076", "979492", "1656349"}
+SGLT2_INHIBITORS = {"1373463", "1488569"}
+
+
+def patients_with_overlapping_courses(events: pd.DataFrame, codes: set[str]) -> int:
+    """How many patients take two of `codes` at once (a product is never started twice while taken, so two
+    courses open at one time are two products; a stop and a start at the same time do not overlap)."""
+    meds = events[events.kind.isin(["medication_start", "medication_stop"]) & events.code.isin(codes)]
+    meds = meds.assign(step=(meds.kind == "medication_start").astype(int) * 2 - 1)
+    meds = meds.sort_values(["patient", "time", "step"], kind="stable")
+    open_courses = meds.groupby("patient").step.cumsum()
+    return int(open_courses.gt(1).groupby(meds.patient).any().sum())
+
+
+@pytest.mark.parametrize("cohort", ["cardio_population", "shipped_lifetime"])
+@pytest.mark.parametrize("codes", [RAS_BLOCKERS, SGLT2_INHIBITORS], ids=["ras_blockers", "sglt2_inhibitors"])
+def test_no_two_drugs_of_one_class_at_once(cohort: str, codes: set[str], request: pytest.FixtureRequest) -> None:
+    events = request.getfixturevalue(cohort).events
+    starts = events[(events.kind == "medication_start") & events.code.isin(codes)]
+    assert starts.code.nunique() == len(codes)  # every product of the class is given
+    assert patients_with_overlapping_courses(events, codes) == 0
+
+
+def test_the_arni_replaces_an_ace_inhibitor_or_arb(shipped_lifetime: simulator.Population) -> None:
+    """heidenreich2022: from 2016 a patient on lisinopril or losartan stops it when sacubitril/valsartan starts."""
+    ev = shipped_lifetime.events
+    arni = ev[(ev.kind == "medication_start") & (ev.code == "1656349")]
+    stops = ev[(ev.kind == "medication_stop") & ev.code.isin({"314076", "979492"})]
+    switched = arni.merge(stops, on=["patient", "time"])
+    assert len(switched) > 0
+
+
 @pytest.mark.parametrize(
     ("exposure", "outcome", "low", "high"),
     [
