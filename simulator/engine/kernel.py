@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
+from numba.core import config as numba_config
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
@@ -29,6 +30,10 @@ from simulator.engine.civil import next_month_start, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
+
+# The compiled model, one NamedTuple of some 115 arrays, is passed into the parallel loop, where Numba
+# unpacks a tuple only up to this many fields (default 100).
+numba_config.PARFOR_MAX_TUPLE_SIZE = max(numba_config.PARFOR_MAX_TUPLE_SIZE, 256)
 
 
 @njit(cache=True, _nrt=False)
