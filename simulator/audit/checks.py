@@ -271,7 +271,6 @@ def hba1c_pace(tables: AuditTables, rule: rules.GlycatedHemoglobinPaceRule) -> F
     return Finding(int(same.sum()), violations(a1c["patient"][bad], a1c["time"][bad], what[bad], detail))
 
 
-@check("required_observations")
 def _in_use_from(tables: AuditTables, codes: list[str]) -> pd.Timestamp | None:
     """The first day any of these LOINC codes could be in a record (the calendar's earliest date among them);
     None when one of them is not dated (always in use) or the calendar is not known."""
@@ -283,6 +282,7 @@ def _in_use_from(tables: AuditTables, codes: list[str]) -> pd.Timestamp | None:
     return pd.Timestamp(min(dated[code].on() for code in codes), tz="UTC")
 
 
+@check("required_observations")
 def required_observations(tables: AuditTables, rule: rules.RequiredObservationsRule) -> Finding:
     """Encounters of the rule's classes lacking an observation of a required group, where the group's method
     was in use (rules/calendar.yaml: no oxygen saturation is required before pulse oximetry)."""
