@@ -61,7 +61,8 @@ def test_diagnosis_follows_onset_within_weeks(cohort: simulator.Population) -> N
     diagnosed = first_time(ev, "condition_diagnosis", {T1D})
     lag = (diagnosed - onset.reindex(diagnosed.index)).dt.days
     assert lag.notna().all(), "diagnosis without onset"
-    assert (lag >= 14).all() and (lag <= 43).all(), "diagnosis outside 2-6 weeks of symptoms"
+    # 2-6 weeks, then the ambulatory visit waits for the next clinic slot (up to about 3 days over a weekend).
+    assert (lag >= 14).all() and (lag <= 46).all(), "diagnosis outside 2-6 weeks of symptoms"
     # Onset within the last 6 weeks is the only reason for an undiagnosed case at the reference date.
     undiagnosed = onset[~onset.index.isin(diagnosed.index)]
     assert (undiagnosed > REFERENCE - pd.Timedelta(weeks=6)).all()
