@@ -26,6 +26,9 @@ ANTIBIOTIC_PREFIXES = ("amoxicillin", "azithromycin", "ceftriaxone", "nitrofuran
 ACUTE_MODULES = ("pneumonia_sepsis", "acute_primary_care")
 VITALS = {"Heart rate", "Respiratory rate", "Systolic blood pressure", "Body temperature"}
 DAY = pd.Timedelta(days=1)
+HOUR = pd.Timedelta(hours=1)
+FLUIDS, OXYGEN = "430701006", "57485005"  # SNOMED CT procedures of the septic shock bundle (evans2021)
+NOREPINEPHRINE = "242969"
 
 # CVX short description -> (youngest, oldest age in years, most doses): the schedule windows of
 # rules/immunizations.yaml and rules/influenza_vaccination.yaml with a margin for visit timing; the era's
@@ -58,6 +61,11 @@ def _age_years(pop: simulator.Population, events: pd.DataFrame) -> pd.Series:
     birth = pop.patients.set_index("index")["birth_time"]
     delta = events["time"].to_numpy() - birth.loc[events["patient"]].to_numpy()
     return pd.Series(delta / np.timedelta64(1, "D") / 365.25, index=events.index)
+
+
+def _encounters(events: pd.DataFrame) -> set[tuple[int, int]]:
+    """The (patient, encounter) pairs of the events."""
+    return set(zip(events["patient"], events["encounter"], strict=True))
 
 
 def _reference_time(pop: simulator.Population) -> pd.Timestamp:
@@ -129,6 +137,35 @@ def test_icu_vital_signs_are_hourly_and_bounded(cap) -> None:
         assert len(stay) <= 14 * 24 + 1
     mean_hours = rows.groupby(["patient", "encounter"]).size().mean()
     assert 24 < mean_hours < 150  # mean stay about 3 days
+
+
+def test_septic_shock_is_resuscitated_and_the_pressure_responds(cap) -> None:
+    """Issue 30 / Surviving Sepsis Campaign 2021: every patient bound for the ICU gets oxygen and a crystalloid
+    bolus in the emergency department, norepinephrine when the systolic pressure is still below 90 mmHg after
+    it, and the hourly ICU pressure rises on the titrated infusion, which stops when the ICU stay ends."""
+    icu = cap[(cap["kind"] == "encounter_start") & (cap["encounter_class"] == "icu")]
+    procedures = cap[cap["kind"] == "procedure"]
+    for code in (FLUIDS, OXYGEN):
+        given = procedures[procedures["code"] == code]
+        assert set(given["state"]) == {"cap_ed_resuscitation"}
+        latest = given.groupby("patient")["time"].max()
+        before = icu["time"].to_numpy() - latest.reindex(icu["patient"]).to_numpy()
+        assert (before > pd.Timedelta(0)).all() and (before < 12 * HOUR).all(), f"{code} not before the ICU"
+    reassessed = cap[(cap["state"] == "cap_ed_reassessment") & (cap["display"] == "Systolic blood pressure")]
+    starts = cap[(cap["kind"] == "medication_start") & (cap["code"] == NOREPINEPHRINE)]
+    hypotensive = reassessed[reassessed["value"] < 90]
+    assert _encounters(starts) == _encounters(hypotensive), "vasopressor without persistent hypotension"
+    assert len(starts) >= 3
+    stops = cap[(cap["kind"] == "medication_stop") & (cap["code"] == NOREPINEPHRINE)]
+    assert len(stops) == len(starts) and set(stops["state"]) <= {"cap_icu_transfer"}  # or death, which stops all
+    charted = cap[(cap["state"] == "cap_icu_admit") & (cap["display"] == "Systolic blood pressure")]
+    charted = charted[charted["patient"].isin(set(starts["patient"]))].sort_values("time")
+    hours = charted.groupby(["patient", "encounter"])["time"].transform("min")
+    hours = (charted["time"] - hours) / HOUR
+    at_admission = charted[hours < 0.5].groupby("patient")["value"].mean()
+    titrated = charted[(hours > 3.5) & (hours < 8.5)].groupby("patient")["value"].mean()
+    rise = (titrated - at_admission.reindex(titrated.index)).dropna()
+    assert len(rise) >= 3 and rise.mean() > 8  # assumption_resuscitation_response: +19 mmHg by hour 3
 
 
 def test_illness_shifts_vital_signs_and_labs(shipped_population, cap) -> None:
