@@ -57,7 +57,15 @@ def month_start(year: int, month: int) -> float:
 
 
 @njit(cache=True, _nrt=False)
-def next_month_start(t_days: float) -> float:
-    """Time of the first day of the month after the one that contains t."""
+def next_month_flip(t_days: float, months: int) -> float:
+    """Time of the first day of the first month after t whose membership in `months` (bit m - 1 for month m)
+    differs from that of t's month: when a month guard next changes its value (inf: never, all or no months)."""
     year, month = year_month(t_days)
-    return month_start(year + 1, 1) if month == 12 else month_start(year, month + 1)
+    inside = (months >> (month - 1)) & 1
+    for _ in range(12):
+        month += 1
+        if month == 13:
+            year, month = year + 1, 1
+        if (months >> (month - 1)) & 1 != inside:
+            return month_start(year, month)
+    return math.inf

@@ -134,6 +134,17 @@ def _first_of_next_month(day: date) -> date:
     return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
 
 
+def _month_flip(g: MonthGuard, t: float) -> float:
+    """The first day of the first month after t's in which the guard's value differs from its value now."""
+    day = to_date(t)
+    inside = day.month in g.month
+    for _ in range(12):
+        day = _first_of_next_month(day)
+        if (day.month in g.month) != inside:
+            return days_since_epoch(day)
+    return INF
+
+
 GUARD_KINDS: dict[type[GuardAtom], GuardKind] = {
     AgeGuard: GuardKind(
         lambda g, ix, m: [(G_AGE, 0, g.age_years, g.value)],
@@ -184,6 +195,6 @@ GUARD_KINDS: dict[type[GuardAtom], GuardKind] = {
     MonthGuard: GuardKind(
         lambda g, ix, m: [(G_MONTH, sum(1 << (month - 1) for month in g.month), "==", 0.0)],
         lambda g, p, m, t: to_date(t).month in g.month,
-        lambda g, p, m, t: days_since_epoch(_first_of_next_month(to_date(t))),
+        lambda g, p, m, t: _month_flip(g, t),
     ),
 }

@@ -26,7 +26,7 @@ from numba.core import config as numba_config
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
-from simulator.engine.civil import completed_years_between, next_month_start, year_month
+from simulator.engine.civil import completed_years_between, next_month_flip, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
@@ -367,7 +367,7 @@ def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float
         elif op == codes.G_BEFORE:
             at = f0
         elif op == codes.G_MONTH:
-            at = next_month_start(t)
+            at = next_month_flip(t, model.ginst_i0[k])
         elif op == codes.G_SINCE:
             entered = sc.entered_t[model.ginst_i0[k]]
             if entered > -np.inf:

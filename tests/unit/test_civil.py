@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 
 from simulator.days import days_since_epoch, to_date
-from simulator.engine.civil import completed_years_between, month_start, next_month_start, year_month
+from simulator.engine.civil import completed_years_between, month_start, next_month_flip, year_month
 from simulator.engine.guards import GUARD_KINDS
 from simulator.model.schema import MonthGuard
 
@@ -20,7 +20,7 @@ def test_year_month_and_month_starts_agree_with_python_dates() -> None:
         for offset in (0.0, 0.5, 0.999999):  # any time of the day
             assert year_month(t + offset) == (day.year, day.month), day
         following = date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
-        assert next_month_start(t + 0.25) == days_since_epoch(following), day
+        assert next_month_flip(t + 0.25, 1 << (day.month - 1)) == days_since_epoch(following), day
         if day.day == 1:
             assert month_start(day.year, day.month) == t
         day += timedelta(days=1)
@@ -31,17 +31,25 @@ def test_to_date_is_the_day_that_contains_a_time() -> None:
     assert to_date(days_since_epoch(date(2024, 2, 29)) + 0.99) == date(2024, 2, 29)
 
 
-def test_the_month_guard_holds_in_its_months_and_crosses_on_the_first_of_the_next() -> None:
+def test_the_month_guard_holds_in_its_months_and_is_rechecked_when_it_flips() -> None:
+    """Re-checked on the first day of the next month whose membership differs (kernel and reference agree):
+    a winter guard flips on 1 March and 1 December, a guard of every month never."""
     kind = GUARD_KINDS[MonthGuard]
     winter = MonthGuard(month=[12, 1, 2])
     ((op, mask, _, _),) = kind.instructions(winter, None, "m")  # type: ignore[arg-type]
     assert mask == (1 << 11) | 1 | 2
-    for day, holds in ((date(2023, 12, 31), True), (date(2024, 2, 29), True), (date(2024, 3, 1), False)):
+    cases = (
+        (date(2023, 12, 31), True, date(2024, 3, 1)),
+        (date(2024, 2, 29), True, date(2024, 3, 1)),
+        (date(2024, 3, 1), False, date(2024, 12, 1)),
+        (date(2024, 11, 30), False, date(2024, 12, 1)),
+    )
+    for day, holds, flips in cases:
         t = days_since_epoch(day) + 0.5
         assert kind.holds(winter, None, "m", t) is holds  # type: ignore[arg-type]
-        expected = next_month_start(t)
-        assert kind.threshold(winter, None, "m", t) == expected  # type: ignore[arg-type, misc]
-    assert np.isfinite(kind.threshold(winter, None, "m", 0.0))  # type: ignore[arg-type, misc]
+        assert kind.threshold(winter, None, "m", t) == days_since_epoch(flips) == next_month_flip(t, mask)  # type: ignore[arg-type, misc]
+    always = MonthGuard(month=list(range(1, 13)))
+    assert kind.threshold(always, None, "m", 0.0) == np.inf == next_month_flip(0.0, (1 << 12) - 1)  # type: ignore[arg-type, misc]
 
 
 def test_completed_years_count_birthdays_passed() -> None:
