@@ -114,14 +114,13 @@ def introduction_year(tables: AuditTables, rule: rules.IntroductionYearRule) -> 
     date, by the patient's age where it depends on age). Codes the calendar does not date are not checked."""
     if tables.calendar is None:
         raise ValueError("the introduction_year rule needs the library's calendar (rules/calendar.yaml)")
-    entries = {(SYSTEM_URIS[e.system], e.code): e for e in tables.calendar.introduced}
     findings = []
     for name in rule.tables:
         frame = tables[name]
         time = frame[TIME_OF.get(name, "time")]
         first = np.full(len(frame), np.datetime64("NaT"), dtype="datetime64[D]")
         for key, rows in frame.groupby(["system", "code"], observed=True, sort=False).indices.items():
-            entry = entries.get((str(key[0]), str(key[1])))
+            entry = tables.calendar.entry(str(key[0]), str(key[1]))
             if entry is None:
                 continue
             if entry.by_age:
@@ -276,10 +275,10 @@ def _in_use_from(tables: AuditTables, codes: list[str]) -> pd.Timestamp | None:
     None when one of them is not dated (always in use) or the calendar is not known."""
     if tables.calendar is None:
         return None
-    dated = {e.code: e for e in tables.calendar.introduced if SYSTEM_URIS[e.system] == "http://loinc.org"}
-    if any(code not in dated for code in codes):
+    days = [tables.calendar.introduced_on(SYSTEM_URIS["loinc"], code) for code in codes]
+    if None in days:
         return None
-    return pd.Timestamp(min(dated[code].on() for code in codes), tz="UTC")
+    return pd.Timestamp(min(days), tz="UTC")  # type: ignore[type-var]
 
 
 @check("required_observations")

@@ -161,15 +161,19 @@ class Calendar(Strict):
     def _by_code(self) -> dict[tuple[str, str], Introduced]:
         return {(SYSTEM_URIS[e.system], e.code): e for e in self.introduced}
 
+    def entry(self, system_uri: str, code: str) -> Introduced | None:
+        """The code's dated entry (None: timeless, undated or not listed)."""
+        return self._by_code.get((system_uri, code))
+
     def introduced_on(self, system_uri: str, code: str, age_years: float | None = None) -> date | None:
         """The first day a record (of a patient of this age) could contain the code; None if not dated."""
-        entry = self._by_code.get((system_uri, code))
+        entry = self.entry(system_uri, code)
         return None if entry is None else entry.on(age_years)
 
     def eras(self, system_uri: str, code: str) -> list[Introduced]:
         """The code's entry and its predecessors, newest first (empty if not dated)."""
         chain = []
-        entry = self._by_code.get((system_uri, code))
+        entry = self.entry(system_uri, code)
         while entry is not None:
             chain.append(entry)
             before = entry.before
