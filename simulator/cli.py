@@ -228,7 +228,7 @@ def generate(
     dask: Annotated[
         str | None,
         typer.Option(
-            metavar="local:N|tcp://HOST:PORT",
+            metavar="local:N|URL",
             help='Spread the run over a Dask cluster (pip install "ehrsim[dask]"): local:N starts N worker '
             "processes here; an address uses a running scheduler. Every --chunk-size patients are a part, "
             "written by a worker as its own files (fhir/Patient.000.ndjson, ...) that, concatenated in order, "
