@@ -21,6 +21,7 @@ import pandas as pd
 # Imported here, before simulator/__init__.py binds the name `audit` to the function below: a later first
 # import of the package would rebind simulator.audit to the package.
 from simulator.audit.report import AuditReport, audit_run
+from simulator.cluster import abort_parts, check_dask, part_tasks, run_parts
 from simulator.engine.people import reference_date_of
 from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.errors import ConfigError
@@ -38,7 +39,7 @@ from simulator.load import LoadConfig, LoadReport, load_run
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import Chunk, chunks
+from simulator.tables.chunks import chunks, count_chunk
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -58,15 +59,6 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
         "files": files,
         "platform": runtime(),
     }
-
-
-def _count(counts: dict, chunk: Chunk) -> None:
-    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
-    counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
-    counts["events"] = counts.get("events", 0) + len(chunk.events)
-    by_kind = counts.setdefault("events_by_kind", {})
-    for kind, n in chunk.events["kind"].value_counts(sort=False).items():
-        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
 
 
 Progress = Callable[[str, int, int], None]
@@ -238,8 +230,6 @@ def run(
     anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
     (`OutputFolder`); a failed or interrupted run leaves the folder as it was. `dask` ("local:N" or a
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
-    from simulator.cluster import abort_parts, check_dask, run_parts
-
     check_dask(dask if export is not None else None)
     report = progress or _ignore
     say = notify or _ignore
@@ -251,7 +241,7 @@ def run(
         frames = []
         for chunk in chunks(sim):
             frames.append(chunk)
-            _count(counts, chunk)
+            count_chunk(counts, chunk)
             done += len(chunk.patients)
             report("simulate", done, config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
@@ -279,12 +269,13 @@ def run(
             writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url, export.compress)
             for chunk in chunks(sim):
                 writer.write(chunk.patients, chunk.events)
-                _count(counts, chunk)
+                count_chunk(counts, chunk)
                 done += len(chunk.patients)
                 report("simulate", done, config.patients)
             files, resource_counts = writer.close(), writer.resource_counts
         else:
-            files, resource_counts = run_parts(dask, config, export, counts, report)
+            tasks = part_tasks(config, export, _context)
+            files, resource_counts = run_parts(dask, tasks, _request(config, export), counts, report)
         counts["resources_by_type"] = dict(sorted(resource_counts.items()))
         counts["resources"] = sum(resource_counts.values())
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}

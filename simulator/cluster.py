@@ -26,10 +26,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from simulator.api import ExportConfig, _context, _count, _request
 from simulator.engine.run import RunConfig, Simulator
 from simulator.errors import ConfigError
+from simulator.export.bundles import Method
+from simulator.export.context import ExportContext
 from simulator.export.writers import (
     FOLDERS,
     Export,
@@ -41,7 +43,7 @@ from simulator.export.writers import (
     write_finished,
 )
 from simulator.files import abort_directory, partial_path, start_directory
-from simulator.tables.chunks import chunk_tables
+from simulator.tables.chunks import chunk_tables, count_chunk
 
 RETRIES = 2  # times a failed part is run again before the run fails
 
@@ -64,12 +66,27 @@ def check_dask(address: str | None) -> str | None:
     return address
 
 
+class ExportSettings(Protocol):
+    """What a part reads of the run's export settings (`simulator.api.ExportConfig`)."""
+
+    out: Path
+    formats: tuple[str, ...]
+    bundle_method: Method
+    base_url: str | None
+    compress: str | None
+
+
+ContextOf = Callable[[Simulator, Any], ExportContext]  # the run's ExportContext (`simulator.api`'s)
+
+
 @dataclass(frozen=True)
 class PartTask:
-    """Patients [start, stop) of a run, written as `part`."""
+    """Patients [start, stop) of a run, written as `part`; `context_of` makes the exporters' context on
+    the worker."""
 
     config: RunConfig
-    export: ExportConfig
+    export: ExportSettings
+    context_of: ContextOf
     part: Part
     start: int
     stop: int
@@ -82,12 +99,19 @@ class PartResult:
     resource_counts: dict[str, int]
 
 
-def part_tasks(config: RunConfig, export: ExportConfig) -> list[PartTask]:
+def part_tasks(config: RunConfig, export: ExportSettings, context_of: ContextOf) -> list[PartTask]:
     """One task per chunk of `config.chunk_size` patients (an empty run: one empty part)."""
     starts = range(0, config.patients, config.chunk_size) or range(1)
     width = max(3, len(str(len(starts) - 1)))
     return [
-        PartTask(config, export, Part(f"{k:0{width}d}", k == 0), start, min(start + config.chunk_size, config.patients))
+        PartTask(
+            config,
+            export,
+            context_of,
+            Part(f"{k:0{width}d}", k == 0),
+            start,
+            min(start + config.chunk_size, config.patients),
+        )
         for k, start in enumerate(starts)
     ]
 
@@ -102,7 +126,7 @@ def write_part(task: PartTask) -> PartResult:
     """Simulate and write one part (a pure function of the task: run twice, the same files)."""
     sim = _simulator(task.config)
     export = task.export
-    context = _context(sim, export)
+    context = task.context_of(sim, export)
     base_url = export.base_url or bulk_base_url(export.out)
     writer = Export(export.out, export.formats, context, export.bundle_method, base_url, export.compress, task.part)
     counts: dict = {}
@@ -110,7 +134,7 @@ def write_part(task: PartTask) -> PartResult:
         for start in range(task.start, task.stop, task.config.chunk_size) or [task.start]:
             chunk = chunk_tables(sim, start, min(start + task.config.chunk_size, task.stop))
             writer.write(chunk.patients, chunk.events)
-            _count(counts, chunk)
+            count_chunk(counts, chunk)
         files = writer.close()
         writer.commit()
     except BaseException:
@@ -160,18 +184,19 @@ def _results(address: str, tasks: list[PartTask]) -> Iterator[tuple[int, PartRes
 
 def run_parts(
     address: str,
-    config: RunConfig,
-    export: ExportConfig,
+    tasks: list[PartTask],
+    request: str,
     counts: dict,
     report: Callable[[str, int, int], None],
 ) -> tuple[dict[str, dict], dict[str, int]]:
-    """Write the run's parts on the cluster at `address`, then the Bulk manifest and the data dictionary,
-    all in the partial folders (the caller publishes or, on failure, removes them: `abort_parts`). Returns
-    the run's files (run manifest entries) and resources by type; adds the run's counts to `counts`."""
+    """Write the run's parts (`part_tasks`) on the cluster at `address`, then the Bulk manifest (recording
+    `request`) and the data dictionary, all in the partial folders (the caller publishes or, on failure,
+    removes them: `abort_parts`). Returns the run's files (run manifest entries) and resources by type;
+    adds the run's counts to `counts`."""
+    config, export = tasks[0].config, tasks[0].export
     folders = [FOLDERS[f] for f in export.formats]
     for folder in folders:
         start_directory(export.out / folder)
-    tasks = part_tasks(config, export)
     results: list[PartResult | None] = [None] * len(tasks)
     done = 0
     for k, result in _results(address, tasks):
@@ -191,7 +216,7 @@ def run_parts(
         staging.files = {name: entry for name, entry in files.items() if name.startswith(folder + "/")}
         if folder == FOLDERS["ndjson"]:
             staging.files = dict(sorted(staging.files.items(), key=lambda item: _type_and_name(item[0])))
-            data = bulk_manifest(_request(config, export), export.base_url or bulk_base_url(export.out), staging.files)
+            data = bulk_manifest(request, export.base_url or bulk_base_url(export.out), staging.files)
             write_finished(staging, "manifest.json", data, "files", len(staging.files))
         elif folder == FOLDERS["csv"]:
             write_data_dictionary(staging)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import simulator
 from simulator import cluster
-from simulator.api import ExportConfig
+from simulator.api import ExportConfig, _context
 from simulator.cli import app
 from simulator.engine.run import RunConfig
 from simulator.files import partial_path, start_directory
@@ -85,7 +85,7 @@ def _tasks(out: Path, compress: str | None = None) -> list[cluster.PartTask]:
     export = ExportConfig(out, ("ndjson", "csv"), compress=compress)
     for folder in ("fhir", "csv"):
         start_directory(out / folder)
-    return cluster.part_tasks(config, export)
+    return cluster.part_tasks(config, export, _context)
 
 
 def test_a_failed_part_leaves_nothing_and_its_rerun_writes_the_same_files(
