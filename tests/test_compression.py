@@ -90,3 +90,15 @@ def test_an_unknown_compression_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "-n", "5", "--out", str(tmp_path / "o"), "--compress", "zip"])
     assert result.exit_code == 2 and "--compress: gzip or zstd" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_dry_run_estimates_the_compressed_size(tmp_path: Path) -> None:
+    sizes = {}
+    for option in ([], ["--compress", "gzip"]):
+        args = ["generate", "-n", "20", "--out", str(tmp_path / "o"), "--dry-run", "-q", *option]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        line = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["ndjson"])
+        number, unit = line.split()[2:4]
+        sizes[bool(option)] = float(number) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    assert sizes[True] < sizes[False] / 4
