@@ -230,7 +230,8 @@ def run(
     anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
     (`OutputFolder`); a failed or interrupted run leaves the folder as it was. `dask` ("local:N" or a
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
-    check_dask(dask if export is not None else None)
+    if check_dask(dask) and export is None:
+        raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}

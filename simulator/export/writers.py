@@ -522,7 +522,7 @@ def _patient_slices(
 class Export:
     """All requested outputs of a run, fed chunk by chunk, then closed (every file counted and hashed, all
     still under their partial names) and published (put in place with the run manifest). A `part` of a
-    distributed run (ndjson, CSV, Parquet) is closed and committed, and the client publishes the run."""
+    distributed run is closed and committed, and the client publishes the run."""
 
     def __init__(
         self,
