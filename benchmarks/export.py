@@ -1,11 +1,15 @@
 """FHIR and table export throughput: resources written per second (export alone) and
-patient-lifetimes per second end to end (kernel + tables + export), per output format.
+patient-lifetimes per second end to end (kernel + tables + export), per output format; optionally a whole
+`generate` run in one process against the same run on a Dask cluster.
 
-    python benchmarks/export.py                      # 10,000 patients, ndjson, then every format
-    python benchmarks/export.py --patients 2000 --formats ndjson,bundles
+    python benchmarks/export.py                      # 10,000 patients: ndjson plain, gzip, zstd, then every format
+    python benchmarks/export.py --patients 2000 --formats ndjson,bundles --formats ndjson+gzip
+    python benchmarks/export.py --patients 2000 --formats ndjson --dask local:2
 
-The kernel is warmed up (compiled or loaded from Numba's cache) before timing. Export time is the
-time spent in the exporter for every chunk; end-to-end time is the whole run.
+A run is `formats` or `formats+gzip` / `formats+zstd` (the ndjson compressed). The kernel is warmed up
+(compiled or loaded from Numba's cache) before timing. Export time is the time spent in the exporter for
+every chunk; end-to-end time is the whole run. `--dask` times `simulator.generate` (ndjson, the run's
+whole time, cluster start included) in one process and on the cluster, in parts of `--chunk-size`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import simulator
 from simulator.engine.run import RunConfig, Simulator
 from simulator.export import parse_formats
 from simulator.export.context import ExportContext
@@ -24,13 +29,12 @@ from simulator.export.writers import Export
 from simulator.tables.chunks import chunks
 
 
-def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int | None) -> dict:
+def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int | None, compress: str | None) -> dict:
     sim = Simulator.build(RunConfig(patients=patients, seed=1, chunk_size=chunk_size, threads=threads))
     out = Path(tempfile.mkdtemp(prefix="ehrsim-export-"))
     try:
-        export = Export(
-            out, formats, ExportContext.from_library(sim.library, sim.config.seed, "benchmark", sim.config.patients)
-        )
+        context = ExportContext.from_library(sim.library, sim.config.seed, "benchmark", sim.config.patients)
+        export = Export(out, formats, context, compress=compress)
         export_s = 0.0
         started = time.perf_counter()
         events = 0
@@ -49,7 +53,7 @@ def run(patients: int, formats: tuple[str, ...], chunk_size: int, threads: int |
         shutil.rmtree(out, ignore_errors=True)
     resources = sum(export.resource_counts.values())
     return {
-        "formats": ",".join(formats),
+        "formats": ",".join(formats) + (f"+{compress}" if compress else ""),
         "patients": patients,
         "events": events,
         "resources": resources,
@@ -67,20 +71,45 @@ def main() -> None:
     parser.add_argument("--formats", action="append", help="formats of one run (repeatable)")
     parser.add_argument("--chunk-size", type=int, default=2_000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dask", help="also time generate in one process and on this cluster (local:N or an address)")
     args = parser.parse_args()
-    runs = args.formats or ["ndjson", "bundles", "csv,parquet", "ndjson,bundles,csv,parquet"]
+    runs = args.formats or [
+        "ndjson",
+        "ndjson+gzip",
+        "ndjson+zstd",
+        "bundles",
+        "csv,parquet",
+        "ndjson,bundles,csv,parquet",
+    ]
     header = (
         f"{'formats':28} {'patients':>9} {'resources':>10} {'export s':>9} {'resources/s':>12} "
         f"{'total s':>8} {'patients/s':>11} {'MB':>7}"
     )
     print(header)
-    for formats in runs:
-        r = run(args.patients, parse_formats(formats), args.chunk_size, args.threads)
+    for spec in runs:
+        formats, _, compress = spec.partition("+")
+        r = run(args.patients, parse_formats(formats), args.chunk_size, args.threads, compress or None)
         print(
             f"{r['formats']:28} {r['patients']:>9,} {r['resources']:>10,} {r['export_s']:>9.2f} "
             f"{r['resources_per_s']:>12,.0f} {r['total_s']:>8.2f} {r['patients_per_s']:>11,.0f} {r['mb']:>7.1f}"
         )
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    if args.dask:
+        for where in (None, args.dask):
+            print(
+                f"{where or 'one process':28} {generate_rate(args.patients, args.chunk_size, where):>9,.0f} patients/s"
+            )
+
+
+def generate_rate(patients: int, chunk_size: int, dask: str | None) -> float:
+    """Patients per second of a whole `generate` run to ndjson (on `dask`, cluster start included)."""
+    out = Path(tempfile.mkdtemp(prefix="ehrsim-dask-")) / "out"
+    try:
+        started = time.perf_counter()
+        simulator.generate(patients, 1, out=out, chunk_size=chunk_size, dask=dask)
+        return patients / (time.perf_counter() - started)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

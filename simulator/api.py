@@ -21,14 +21,16 @@ import pandas as pd
 # Imported here, before simulator/__init__.py binds the name `audit` to the function below: a later first
 # import of the package would rebind simulator.audit to the package.
 from simulator.audit.report import AuditReport, audit_run
+from simulator.cluster import abort_parts, check_dask, part_tasks, run_parts
 from simulator.engine.people import reference_date_of
 from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.errors import ConfigError
 from simulator.export import DEFAULT_FORMATS, parse_formats
 from simulator.export.bundles import Method
+from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
-from simulator.export.writers import Export, OutputFolder
+from simulator.export.writers import FOLDERS, Export, OutputFolder, publish
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
@@ -37,7 +39,7 @@ from simulator.load import LoadConfig, LoadReport, load_run
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import Chunk, chunks
+from simulator.tables.chunks import chunks, count_chunk
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -57,15 +59,6 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
         "files": files,
         "platform": runtime(),
     }
-
-
-def _count(counts: dict, chunk: Chunk) -> None:
-    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
-    counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
-    counts["events"] = counts.get("events", 0) + len(chunk.events)
-    by_kind = counts.setdefault("events_by_kind", {})
-    for kind, n in chunk.events["kind"].value_counts(sort=False).items():
-        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
 
 
 Progress = Callable[[str, int, int], None]
@@ -112,7 +105,8 @@ class ExportConfig:
     What a run does with what `out` holds already: `simulator.export.writers.OutputFolder`; `overwrite`
     lets it write beside the files of a folder that holds no earlier run (none of them is removed or
     replaced). `history_years`: each record holds its last years and what a chart carries from before
-    (`simulator.export.history`); None, the default, the whole life."""
+    (`simulator.export.history`); None, the default, the whole life. `compress`: "gzip" or "zstd" writes
+    the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`)."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -120,9 +114,11 @@ class ExportConfig:
     base_url: str | None = None
     overwrite: bool = False
     history_years: float | None = None
+    compress: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "compress", check_compression(self.compress))
         try:
             object.__setattr__(self, "formats", parse_formats(self.formats))
         except ValueError as exc:
@@ -138,7 +134,10 @@ class ExportConfig:
 
 
 def _estimate(sim: Simulator, config: RunConfig, export: ExportConfig) -> SizeEstimate:
-    return estimate_size(sim, export.out, export.formats, export.bundle_method, export.base_url, _context(sim, export))
+    context = _context(sim, export)
+    return estimate_size(
+        sim, export.out, export.formats, export.bundle_method, export.base_url, context, export.compress
+    )
 
 
 def _context(sim: Simulator, export: ExportConfig) -> ExportContext:
@@ -223,12 +222,16 @@ def run(
     export: ExportConfig | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
+    dask: str | None = None,
 ) -> Population:
     """Simulate `config`; without `export` return the tables in memory, else stream every chunk to the
     files asked for (each under a temporary name, put in place when the run is complete) and return a
     Population that reads its tables back from them. The output folder is checked and created before
     anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
-    (`OutputFolder`); a failed or interrupted run leaves the folder as it was."""
+    (`OutputFolder`); a failed or interrupted run leaves the folder as it was. `dask` ("local:N" or a
+    scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
+    if check_dask(dask) and export is None:
+        raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
@@ -239,7 +242,7 @@ def run(
         frames = []
         for chunk in chunks(sim):
             frames.append(chunk)
-            _count(counts, chunk)
+            count_chunk(counts, chunk)
             done += len(chunk.patients)
             report("simulate", done, config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
@@ -261,25 +264,34 @@ def run(
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
             if warning := estimate.shortfall(export.out):
                 say(warning)
-        context = _context(sim, export)
-        writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url)
         started = time.perf_counter()
-        for chunk in chunks(sim):
-            writer.write(chunk.patients, chunk.events)
-            _count(counts, chunk)
-            done += len(chunk.patients)
-            report("simulate", done, config.patients)
-        files = writer.close()
-        counts["resources_by_type"] = dict(sorted(writer.resource_counts.items()))
-        counts["resources"] = sum(writer.resource_counts.values())
+        if dask is None:
+            context = _context(sim, export)
+            writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url, export.compress)
+            for chunk in chunks(sim):
+                writer.write(chunk.patients, chunk.events)
+                count_chunk(counts, chunk)
+                done += len(chunk.patients)
+                report("simulate", done, config.patients)
+            files, resource_counts = writer.close(), writer.resource_counts
+        else:
+            tasks = part_tasks(config, export, _context)
+            files, resource_counts = run_parts(dask, tasks, _request(config, export), counts, report)
+        counts["resources_by_type"] = dict(sorted(resource_counts.items()))
+        counts["resources"] = sum(resource_counts.values())
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
         manifest = _manifest(sim, counts, timings, files)
         manifest["formats"] = list(export.formats)
         manifest["history_years"] = export.history_years
-        writer.publish(json.dumps(manifest, indent=2, sort_keys=False).encode(), folder.earlier_files)
+        manifest["compress"] = export.compress
+        manifest["dask"] = dask
+        data = json.dumps(manifest, indent=2, sort_keys=False).encode()
+        publish(export.out, [export.out / FOLDERS[f] for f in export.formats], data, folder.earlier_files)
     except BaseException:
         if writer is not None:
             writer.abort()
+        elif dask is not None:
+            abort_parts(export.out, export.formats)
         folder.discard()
         raise
     return Population(manifest, out=export.out)
@@ -301,6 +313,8 @@ def generate(
     base_url: str | None = None,
     overwrite: bool = False,
     history_years: float | None = None,
+    compress: str | None = None,
+    dask: str | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -310,7 +324,8 @@ def generate(
     asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv", "parquet", as a sequence or
     comma-separated); an earlier run in `out` is replaced and nothing else there is touched (see
     `ExportConfig` for `base_url`, `overwrite` and `history_years`, the years of history each written
-    record holds; default the whole life)."""
+    record holds; default the whole life; `compress`, "gzip" or "zstd", for the Bulk ndjson; `dask`,
+    "local:N" or a scheduler address, to write the run in parts on a Dask cluster)."""
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -323,9 +338,9 @@ def generate(
     )
     # the export settings are checked even for a run that stays in memory
     export = ExportConfig(
-        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years
+        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years, compress
     )
-    return run(config, export if out is not None else None, progress, notify)
+    return run(config, export if out is not None else None, progress, notify, dask)
 
 
 def validate(

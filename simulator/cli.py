@@ -104,6 +104,8 @@ OPTIONS = {
     "token_env": "--token-env",
     "resume": "--resume",
     "history_years": "--history",
+    "compress": "--compress",
+    "dask": "--dask",
 }
 
 
@@ -215,6 +217,24 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be written and its estimated size; write nothing.")
     ] = False,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            metavar="gzip|zstd",
+            help="Write the Bulk ndjson compressed: fhir/<Type>.ndjson.gz (gzip) or .ndjson.zst (zstd, needs "
+            'pip install "ehrsim[zstd]"); the same seed gives the same bytes.',
+        ),
+    ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            metavar="local:N|URL",
+            help='Spread the run over a Dask cluster (pip install "ehrsim[dask]"): local:N starts N worker '
+            "processes here; an address uses a running scheduler. Every --chunk-size patients are a part, "
+            "written by a worker as its own files (fhir/Patient.000.ndjson, ...) that, concatenated in order, "
+            "are the one-process files. Workers must see OUT at the same path. See docs/performance.md.",
+        ),
+    ] = None,
 ) -> None:
     """Generate a population into OUT (the help text is GENERATE_HELP)."""
     from simulator.api import ExportConfig, preview, run
@@ -239,11 +259,12 @@ def generate(
             base_url,
             overwrite,
             _history_years(history),
+            compress and compress.lower(),
         )
         if dry_run:
             plan = preview(config, export, progress, notify)
         else:
-            population = run(config, export, progress, notify)
+            population = run(config, export, progress, notify, dask)
     except ConfigError as exc:
         _usage(exc)
         return

@@ -19,7 +19,8 @@ LAYERS = (
     ("simulator.engine",),
     ("simulator.tables",),
     ("simulator.export",),
-    ("simulator.fit", "simulator.load", "simulator.teaching", "simulator.audit"),  # teaching, audit: read a run
+    # teaching, audit: read a run; cluster: writes one on a Dask cluster
+    ("simulator.fit", "simulator.load", "simulator.teaching", "simulator.audit", "simulator.cluster"),
     ("simulator.api",),
     ("simulator.cli", "simulator.__main__"),
 )

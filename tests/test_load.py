@@ -266,6 +266,18 @@ def test_a_folder_without_a_run_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "neither fhir/*.ndjson nor bundles/*.json" in result.output
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("Patient.ndjson.gz", "compressed ndjson (--compress)"), ("Patient.000.ndjson", "written in parts (--dask)")],
+)
+def test_compressed_or_parted_ndjson_is_refused_saying_what_to_do(name: str, message: str, tmp_path: Path) -> None:
+    """The loader reads one plain ndjson file per type (docs/performance.md)."""
+    (tmp_path / "fhir").mkdir()
+    (tmp_path / "fhir" / name).write_bytes(b"")
+    result = CliRunner().invoke(app, ["load", str(tmp_path), "--server", "http://127.0.0.1:9", "--dry-run"])
+    assert result.exit_code == 1 and message in result.output
+
+
 def test_types_come_after_the_types_they_reference_and_cycles_stay_together() -> None:
     references = {
         "Patient": {"Organization"},

@@ -57,6 +57,7 @@ def estimate_size(
     bundle_method: str,
     base_url: str | None,
     context: ExportContext,
+    compress: str | None = None,
 ) -> SizeEstimate:
     """Write the run's first PILOT_PATIENTS patients to a temporary folder, in its formats, and scale the bytes
     up to the whole run (the files' fixed parts too: an estimate, slightly high for Parquet, which
@@ -64,7 +65,7 @@ def estimate_size(
     bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
     n = min(PILOT_PATIENTS, sim.config.patients)
     with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
-        writer = Export(Path(folder), formats, context, bundle_method, base_url)  # type: ignore[arg-type]
+        writer = Export(Path(folder), formats, context, bundle_method, base_url, compress)  # type: ignore[arg-type]
         try:
             chunk = chunk_tables(sim, 0, n)
             writer.write(chunk.patients, chunk.events)

@@ -5,6 +5,12 @@ name (`.fhir.partial/`, see `simulator.files`) and put in place only when the wh
 interrupted run leaves nothing that looks finished. Every file is counted and hashed (SHA-256) as it is
 written, for the run manifest (`manifest.json`), which lists every file of the run: the next run into the
 same folder removes exactly those (`OutputFolder`) and never a file that no ehrsim manifest lists.
+
+A run spread over processes (`simulator.cluster`) writes each range of patients as a `Part`: its files
+carry the part's number (`fhir/Patient.000.ndjson`, `csv/patients.000.csv`, `parquet/patients.000.parquet`)
+and are written in a folder of their own inside the partial folder, moved beside the other parts when
+the part is complete; concatenated in order, a type's or table's parts are the bytes of the one-process
+file (Parquet parts: the same rows, each part a file of its own).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +37,7 @@ from pyarrow import csv
 from simulator.errors import ConfigError
 from simulator.export.bundles import SHARED_BUNDLE, Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import TABLES, build_tables
+from simulator.export.compression import SUFFIXES, Compressor
 from simulator.export.context import ExportContext
 from simulator.export.directory import SHARED_TYPES, Directory
 from simulator.export.fhir_resources import build_resources
@@ -56,52 +64,145 @@ DATA_DICTIONARY = Path(__file__).with_name("data_dictionary.csv")
 
 @dataclass
 class _File:
-    """An output file written in pieces, counted and hashed on the way."""
+    """An output file written in pieces, counted and hashed on the way; compressed (gzip or zstd) when
+    `compress` says so (`simulator.export.compression`): the count is of what was written, the size and
+    hash of the file's bytes."""
 
     path: Path
     unit: str  # "rows" or "resources"
+    compress: str | None = None
     count: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __post_init__(self) -> None:
         self.handle = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self.compressor = Compressor(self.compress) if self.compress else None
 
     def write(self, data: bytes | pa.Buffer, count: int) -> None:
-        self.handle.write(data)
-        self.digest.update(data)
+        self._put(self.compressor.write(data) if self.compressor else data)
         self.count += count
 
+    def _put(self, data: bytes | pa.Buffer) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+
     def close(self) -> None:
+        if self.compressor and not self.handle.closed:
+            self._put(self.compressor.finish())
         self.handle.close()
 
 
+@dataclass(frozen=True)
+class Part:
+    """A range of a run's patients written by one task of a distributed run: `name` goes into its file
+    names ("000"); the `first` part also writes what a file starts with (the shared resources of the
+    provider directory, the CSV header)."""
+
+    name: str
+    first: bool
+
+
+@dataclass
 class Staging:
     """One output directory, written under `.<name>.partial/` and put in place when the run is complete
-    (`Export.publish`); the files written in it, with their counts and checksums, for the run manifest."""
+    (`publish`); the files written in it, with their counts and checksums, for the run manifest. A `Part`
+    writes in a folder of its own inside (`.<name>.partial/.000-<random>/`) and moves its files up when
+    complete (`commit`), so a task that fails or runs twice leaves no part file half-written."""
 
-    def __init__(self, out: Path, name: str):
-        self.final = out / name
-        self.dir = start_directory(self.final)
-        self.files: dict[str, dict] = {}
+    final: Path
+    dir: Path
+    part: Part | None = None
+    files: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, out: Path, name: str, part: Part | None = None) -> Staging:
+        """A new partial directory for `out/name` (a part: a folder of its own in the existing one)."""
+        final = out / name
+        if part is None:
+            return cls(final, start_directory(final))
+        attempt = partial_path(final) / f".{part.name}-{uuid.uuid4().hex}"
+        try:
+            attempt.mkdir()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{partial_path(final)}: missing here; every worker of a distributed run must see the output "
+                "folder of the client (a shared folder)"
+            ) from None
+        return cls(final, attempt, part)
+
+    def name(self, stem: str, suffix: str) -> str:
+        """A file's name: `Patient` `.ndjson` -> `Patient.ndjson`, in a part `Patient.000.ndjson`."""
+        return f"{stem}.{self.part.name}{suffix}" if self.part else f"{stem}{suffix}"
 
     def record(self, name: str, unit: str, count: int, data_path: Path, sha256: str) -> None:
         entry = {unit: count, "bytes": data_path.stat().st_size, "sha256": sha256}
         self.files[f"{self.final.name}/{name}"] = entry
 
+    def commit(self) -> None:
+        """A part's files moved up beside the other parts' (the same name again: a task that ran twice)."""
+        if self.part is not None:
+            for entry in sorted(self.dir.iterdir()):
+                os.replace(entry, self.dir.parent / entry.name)
+            self.dir.rmdir()
+
     def abort(self) -> None:
-        abort_directory(self.final)
+        if self.part is None:
+            abort_directory(self.final)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bulk_manifest(request: str, base_url: str, files: dict[str, dict]) -> bytes:
+    """The Bulk Data export manifest of the ndjson `files` (run manifest entries `fhir/<name>`): one
+    `output` entry per file, by type then part (the spec allows several files of a type)."""
+    names = sorted((name.split("/")[1] for name in files), key=lambda n: (n.split(".")[0], n))
+    output = [
+        {"type": n.split(".")[0], "url": base_url + n, "count": files[f"{FOLDERS['ndjson']}/{n}"]["resources"]}
+        for n in names
+    ]
+    manifest = {
+        "transactionTime": datetime.now(UTC).isoformat(timespec="seconds"),
+        "request": request,
+        "requiresAccessToken": False,
+        "output": output,
+        "error": [],
+    }
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+
+
+def write_finished(staging: Staging, name: str, data: bytes, unit: str, count: int) -> None:
+    """A whole file written at the end of the run (a manifest), recorded."""
+    path = staging.dir / name
+    path.write_bytes(data)
+    staging.record(name, unit, count, path, hashlib.sha256(data).hexdigest())
+
+
+def write_data_dictionary(staging: Staging) -> None:
+    """csv/data_dictionary.csv, beside the CSV tables."""
+    data = DATA_DICTIONARY.read_bytes()
+    write_finished(staging, DATA_DICTIONARY.name, data, "rows", len(data.splitlines()) - 1)
 
 
 class NdjsonWriter:
-    """FHIR Bulk Data output: one `<Type>.ndjson` per resource type and a Bulk export manifest."""
+    """FHIR Bulk Data output: one `<Type>.ndjson` per resource type (`.ndjson.gz` or `.ndjson.zst` with
+    `compress`) and a Bulk export manifest (a part writes no manifest: the client of the run does)."""
 
-    def __init__(self, out: Path, request: str, base_url: str, directory: Directory):
-        self.staging = Staging(out, "fhir")
+    def __init__(
+        self,
+        out: Path,
+        request: str,
+        base_url: str,
+        directory: Directory,
+        compress: str | None = None,
+        part: Part | None = None,
+    ):
+        self.staging = Staging.start(out, "fhir", part)
         self.request = request
         self.base_url = base_url
+        self.compress = compress
         self.files: dict[str, _File] = {}
         try:
-            for resource_type, resources in directory.resources.items():
+            for resource_type, resources in directory.resources.items() if part is None or part.first else ():
                 lines = [orjson.dumps(resource).decode() + "\n" for resource in resources]
                 self._append(resource_type, pa.array(lines, TEXT))
         except BaseException:
@@ -113,7 +214,9 @@ class NdjsonWriter:
         if not len(text):
             return
         if resource_type not in self.files:
-            self.files[resource_type] = _File(self.staging.dir / f"{resource_type}.ndjson", "resources")
+            suffix = ".ndjson" + (SUFFIXES[self.compress] if self.compress else "")
+            path = self.staging.dir / self.staging.name(resource_type, suffix)
+            self.files[resource_type] = _File(path, "resources", self.compress)
         self.files[resource_type].write(text_bytes(text), len(text))
 
     def write(self, resources: dict) -> None:
@@ -121,22 +224,12 @@ class NdjsonWriter:
             self._append(resource_type, group.sorted_json())
 
     def close(self) -> dict[str, dict]:
-        output = []
-        for resource_type, file in sorted(self.files.items()):
+        for _, file in sorted(self.files.items()):
             file.close()
             self.staging.record(file.path.name, "resources", file.count, file.path, file.digest.hexdigest())
-            output.append({"type": resource_type, "url": self.base_url + file.path.name, "count": file.count})
-        manifest = {
-            "transactionTime": datetime.now(UTC).isoformat(timespec="seconds"),
-            "request": self.request,
-            "requiresAccessToken": False,
-            "output": output,
-            "error": [],
-        }
-        path = self.staging.dir / "manifest.json"
-        data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-        path.write_bytes(data)
-        self.staging.record(path.name, "files", len(output), path, hashlib.sha256(data).hexdigest())
+        if self.staging.part is None:
+            data = bulk_manifest(self.request, self.base_url, self.staging.files)
+            write_finished(self.staging, "manifest.json", data, "files", len(self.staging.files))
         return self.staging.files
 
     def abort(self) -> None:
@@ -155,12 +248,13 @@ class BundleWriter:
     """The shared resources' batch (`bundles/00000000-0000-0000-shared.json`), then one transaction Bundle
     per patient (`bundles/<patient id>.json`), whose names sort in the order they load in."""
 
-    def __init__(self, out: Path, method: Method, directory: Directory):
-        self.staging = Staging(out, "bundles")
+    def __init__(self, out: Path, method: Method, directory: Directory, part: Part | None = None):
+        self.staging = Staging.start(out, "bundles", part)
         self.method = method
         try:
             n_shared = sum(len(resources) for resources in directory.resources.values())
-            self._write(SHARED_BUNDLE, n_shared, (shared_bundle(directory.resources),))
+            if part is None or part.first:
+                self._write(SHARED_BUNDLE, n_shared, (shared_bundle(directory.resources),))
         except BaseException:
             self.abort()
             raise
@@ -211,10 +305,12 @@ def _csv_bytes(table: pa.Table, header: bool) -> bytes:
 
 
 class TableWriter:
-    """patients, events and the per-type tables as CSV (`csv/<table>.csv`) or Parquet."""
+    """patients, events and the per-type tables as CSV (`csv/<table>.csv`) or Parquet. A part's CSV files
+    have the header only in the first part."""
 
-    def __init__(self, out: Path, kind: str):
-        self.staging = Staging(out, kind)
+    def __init__(self, out: Path, kind: str, part: Part | None = None):
+        self.staging = Staging.start(out, kind, part)
+        self.header = part is None or part.first
         self.kind = kind
         self.csv: dict[str, _File] = {}
         self.parquet: dict[str, pq.ParquetWriter] = {}
@@ -225,11 +321,12 @@ class TableWriter:
             if self.kind == "csv":
                 first = name not in self.csv
                 if first:
-                    self.csv[name] = _File(self.staging.dir / f"{name}.csv", "rows")
-                self.csv[name].write(_csv_bytes(table, header=first), len(table))
+                    self.csv[name] = _File(self.staging.dir / self.staging.name(name, ".csv"), "rows")
+                self.csv[name].write(_csv_bytes(table, header=first and self.header), len(table))
             else:
                 if name not in self.parquet:
-                    self.parquet[name] = pq.ParquetWriter(self.staging.dir / f"{name}.parquet", table.schema)
+                    path = self.staging.dir / self.staging.name(name, ".parquet")
+                    self.parquet[name] = pq.ParquetWriter(path, table.schema)
                 else:
                     table = table.cast(self.parquet[name].schema)
                 self.parquet[name].write_table(table)
@@ -239,14 +336,11 @@ class TableWriter:
         for file in self.csv.values():
             file.close()
             self.staging.record(file.path.name, "rows", file.count, file.path, file.digest.hexdigest())
-        if self.kind == "csv":
-            path = self.staging.dir / DATA_DICTIONARY.name
-            shutil.copyfile(DATA_DICTIONARY, path)
-            rows = len(DATA_DICTIONARY.read_bytes().splitlines()) - 1
-            self.staging.record(path.name, "rows", rows, path, _sha256(path))
+        if self.kind == "csv" and self.staging.part is None:
+            write_data_dictionary(self.staging)
         for name, writer in self.parquet.items():
             writer.close()
-            path = self.staging.dir / f"{name}.parquet"
+            path = self.staging.dir / self.staging.name(name, ".parquet")
             self.staging.record(path.name, "rows", self.rows[name], path, _sha256(path))
         return self.staging.files
 
@@ -277,10 +371,10 @@ def bulk_base_url(out: Path) -> str:
 # What a run writes in each output folder: a file of such a name that no ehrsim manifest lists stops a run
 # before it starts, as the run would replace it.
 WRITES = {
-    "fhir": ("*.ndjson", "manifest.json"),
+    "fhir": ("*.ndjson", *(f"*.ndjson{suffix}" for suffix in SUFFIXES.values()), "manifest.json"),
     "bundles": ("*.json",),
-    "csv": (*(f"{table}.csv" for table in WRITTEN_TABLES), DATA_DICTIONARY.name),
-    "parquet": tuple(f"{table}.parquet" for table in WRITTEN_TABLES),
+    "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
+    "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
 }
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
 LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), RUN_MANIFEST))
@@ -427,7 +521,8 @@ def _patient_slices(
 
 class Export:
     """All requested outputs of a run, fed chunk by chunk, then closed (every file counted and hashed, all
-    still under their partial names) and published (put in place with the run manifest)."""
+    still under their partial names) and published (put in place with the run manifest). A `part` of a
+    distributed run is closed and committed, and the client publishes the run."""
 
     def __init__(
         self,
@@ -436,6 +531,8 @@ class Export:
         context: ExportContext,
         method: Method = "POST",
         base_url: str | None = None,
+        compress: str | None = None,
+        part: Part | None = None,
     ):
         self.out = out
         self.context = context
@@ -445,14 +542,15 @@ class Export:
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
-                self.ndjson = NdjsonWriter(out, context.request, base_url or bulk_base_url(out), context.directory)
+                url = base_url or bulk_base_url(out)
+                self.ndjson = NdjsonWriter(out, context.request, url, context.directory, compress, part)
                 self.writers.append(self.ndjson)
             if "bundles" in formats:
-                self.bundles = BundleWriter(out, method, context.directory)
+                self.bundles = BundleWriter(out, method, context.directory, part)
                 self.writers.append(self.bundles)
             for kind in ("csv", "parquet"):
                 if kind in formats:
-                    self.tables.append(TableWriter(out, kind))
+                    self.tables.append(TableWriter(out, kind, part))
                     self.writers.append(self.tables[-1])
         except BaseException:
             self.abort()
@@ -501,14 +599,24 @@ class Export:
         file is never replaced: a taken name raises FileExistsError before anything changes. At every
         moment the manifest in place lists every file of a run that is there (an interruption leaves it
         listing files that are missing, which the next run skips)."""
-        earlier = {self.out / name for name in replaces}
-        targets = [self.out / RUN_MANIFEST, *(path for w in self.writers for path in incoming(w.staging.final))]
-        ensure_free(path for path in targets if path not in earlier)
-        remove_files(self.out, [name for name in replaces if name != RUN_MANIFEST])
-        write_atomic(self.out / RUN_MANIFEST, manifest)
+        publish(self.out, [writer.staging.final for writer in self.writers], manifest, replaces)
+
+    def commit(self) -> None:
+        """A part's files in place beside the other parts' (after `close`)."""
         for writer in self.writers:
-            finish_directory(writer.staging.final)
+            writer.staging.commit()
 
     def abort(self) -> None:
         for writer in self.writers:
             writer.abort()
+
+
+def publish(out: Path, folders: list[Path], manifest: bytes, replaces: tuple[str, ...] = ()) -> None:
+    """Put the completed partial `folders` in place in `out` with the run manifest (`Export.publish`)."""
+    earlier = {out / name for name in replaces}
+    targets = [out / RUN_MANIFEST, *(path for folder in folders for path in incoming(folder))]
+    ensure_free(path for path in targets if path not in earlier)
+    remove_files(out, [name for name in replaces if name != RUN_MANIFEST])
+    write_atomic(out / RUN_MANIFEST, manifest)
+    for folder in folders:
+        finish_directory(folder)

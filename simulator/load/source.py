@@ -123,6 +123,11 @@ class NdjsonRun:
     def __init__(self, run_dir: Path):
         self.folder = run_dir / "fhir"
         self.files = {path.stem: path for path in sorted(self.folder.glob("*.ndjson"))}
+        if "Patient" not in self.files and any(self.folder.glob("Patient.[0-9]*.ndjson")):
+            raise RunReadError(
+                f"{self.folder}: written in parts (--dask); the loader reads one file per type: concatenate each "
+                "type's parts in order first (cat Patient.*.ndjson > Patient.ndjson, and so on)"
+            )
         if "Patient" not in self.files:
             raise RunReadError(f"{self.folder}: no Patient.ndjson")
         self.identity = _identity(run_dir / "manifest.json", self.folder / "manifest.json")
@@ -268,4 +273,9 @@ def open_run(run_dir: Path) -> NdjsonRun | BundleRun:
         return NdjsonRun(run_dir)
     if any((run_dir / "bundles").glob("*.json")):
         return BundleRun(run_dir)
+    if any((run_dir / "fhir").glob("*.ndjson.*")):
+        raise RunReadError(
+            f"{run_dir / 'fhir'}: compressed ndjson (--compress); the loader reads plain .ndjson: decompress the "
+            "files first (gunzip *.gz, zstd -d *.zst) or load the run's bundles"
+        )
     raise RunReadError(f"{run_dir}: neither fhir/*.ndjson nor bundles/*.json (write them with --format ndjson,bundles)")

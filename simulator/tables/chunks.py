@@ -39,6 +39,16 @@ def chunk_tables(sim: Simulator, start: int, stop: int) -> Chunk:
     return Chunk(patients, event_table(events, patient, sim.names))
 
 
+def count_chunk(counts: dict, chunk: Chunk) -> None:
+    """Add the chunk's patients, deaths, events and events by kind to a run's `counts` (the run manifest's)."""
+    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
+    counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
+    counts["events"] = counts.get("events", 0) + len(chunk.events)
+    by_kind = counts.setdefault("events_by_kind", {})
+    for kind, n in chunk.events["kind"].value_counts(sort=False).items():
+        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
+
+
 def chunks(sim: Simulator) -> Iterator[Chunk]:
     """The run's chunks in patient order; an empty run yields one empty chunk (the tables' shape)."""
     for start in range(0, sim.config.patients, sim.config.chunk_size) or [0]:

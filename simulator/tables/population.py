@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,11 +32,19 @@ class Population:
         return self._events if self._events is not None else self._read("events")
 
     def _read(self, name: str) -> pd.DataFrame:
+        """The table's file, or its parts in order (a run written by a Dask cluster: `simulator.cluster`;
+        only the first CSV part has the header)."""
         assert self.out is not None
-        if (self.out / "parquet" / f"{name}.parquet").exists():
-            return pd.read_parquet(self.out / "parquet" / f"{name}.parquet")
-        if (self.out / "csv" / f"{name}.csv").exists():
-            return pd.read_csv(self.out / "csv" / f"{name}.csv")
+        if parts := _files(self.out / "parquet", name, ".parquet"):
+            return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+        if parts := _files(self.out / "csv", name, ".csv"):
+            return pd.read_csv(io.BytesIO(b"".join(part.read_bytes() for part in parts)))
         raise FileNotFoundError(
             f"{self.out} holds no {name} table: this run wrote only FHIR; generate with formats including 'parquet'"
         )
+
+
+def _files(folder: Path, name: str, suffix: str) -> list[Path]:
+    """`folder/<name><suffix>`, else its parts `<name>.<part><suffix>` in order."""
+    whole = folder / f"{name}{suffix}"
+    return [whole] if whole.exists() else sorted(folder.glob(f"{name}.[0-9]*{suffix}"))
