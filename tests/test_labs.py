@@ -61,11 +61,11 @@ def test_basic_metabolic_panel_values_follow_state(cohort: simulator.Population)
     """Reference values outside disease; ketoacidosis lowers the total CO2 and raises glucose and potassium;
     urea nitrogen follows the creatinine it is computed from."""
     starts = _encounter_starts(cohort)
-    dka = starts[(starts["encounter_class"] == "emergency") & (starts["reason"].astype(str) == "t1d_ketoacidosis")]
     panel = _observations(cohort, BMP | {BETA_HYDROXYBUTYRATE}).merge(
         starts[starts["encounter_class"].isin(ACUTE)], on=["patient", "encounter", "time"]
     )
-    is_dka = panel.set_index(["patient", "encounter"]).index.isin(dka.set_index(["patient", "encounter"]).index)
+    # the emergency visit and the admission of ketoacidosis, both before it resolves
+    is_dka = panel["reason"].astype(str) == "t1d_ketoacidosis"
     in_dka, other = panel[is_dka], panel[~is_dka]
     assert in_dka["patient"].nunique() >= 5, "too few ketoacidosis presentations to judge"
     value = lambda frame, code: frame.loc[frame["code"] == code, "value"]  # noqa: E731
@@ -76,11 +76,13 @@ def test_basic_metabolic_panel_values_follow_state(cohort: simulator.Population)
     assert value(in_dka, POTASSIUM).mean() > value(other, POTASSIUM).mean() + 0.3
     sodium = value(other, "2951-2")
     assert abs(sodium.mean() - 140) < 1 and sodium.between(130, 150).mean() > 0.99
-    # urea nitrogen is 15 x the creatinine reported with it (laboratory.yaml), within rounding
+    # urea nitrogen is 15 x the creatinine reported with it (laboratory.yaml), within rounding (below its
+    # upper limit, 250 mg/dL)
     pairs = panel[panel["code"].isin({BUN, CREATININE})].pivot_table(
         index=["patient", "encounter"], columns="code", values="value"
     )
-    assert (pairs[BUN] - 15 * pairs[CREATININE]).abs().max() <= 0.5 + 1e-9
+    unclipped = pairs[pairs[CREATININE] < 16]
+    assert (unclipped[BUN] - 15 * unclipped[CREATININE]).abs().max() <= 0.5 + 15 * 0.005 + 1e-9
     assert pairs[CREATININE].max() > 2 * pairs[CREATININE].median()  # kidney disease shows in it
 
 
@@ -129,7 +131,7 @@ def test_troponin_rises_over_the_first_day_of_an_infarction(cohort: simulator.Po
     per_infarction = series.groupby(["patient", "arrival"])
     assert per_infarction.ngroups >= 10, "too few infarctions in the troponin era"
     hours = per_infarction["since"].apply(lambda s: tuple(round(h) for h in s.dt.total_seconds() / 3600))
-    assert (hours == (0, 2, 12)).mean() > 0.9  # the rest died in hospital before the 12-hour sample
+    assert (hours == (0, 2, 12)).mean() > 0.9  # the rest: the record ended (reference date) before a sample
     for _, group in per_infarction:
         values = group.sort_values("time")["value"].to_numpy()
         assert (np.diff(values) > 0).all(), values
