@@ -116,11 +116,13 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
 
 
 def test_a_state_that_observes_a_start_vital_itself_reads_it_once(shipped_library: Library) -> None:
-    """pneumonia_sepsis's emergency visit observes the vital signs itself: each is read once, in its order."""
+    """pneumonia_sepsis's emergency visit observes the vital signs itself: each is read once, in its order,
+    after the admission labs it does not observe itself (modules/laboratory.yaml labs_at_start)."""
     state = shipped_library.module("pneumonia_sepsis").states["cap_ed_visit"]
     observed = state_observations(shipped_library, state)
     assert len(observed) == len(set(observed))
-    assert observed == list(state.observe)
+    labs = shipped_library.module("laboratory").labs_at_start["emergency"]
+    assert observed == [*(name for name in labs if name not in state.observe), *state.observe]
 
 
 def test_sepsis_shows_in_the_triage_heart_rate(shipped_library: Library) -> None:

@@ -285,3 +285,51 @@ def test_hazard_ratio_follows_a_drift_set_by_another_module(tmp_path: Path) -> N
     older = (sim.reference_t - people.birth_t) / 365.25 > 16
     assert older.sum() > 100
     assert np.mean((onset_age[older] >= 15) & (onset_age[older] < 15.2)) > 0.9
+
+
+# --- a derived value that is a sum (the Friedewald LDL cholesterol) ------------------------------------
+
+LIPIDS = """
+name: lipids
+title: Lipids measured at a yearly visit, LDL cholesterol calculated from them
+sources: {a: "assumption: test"}
+observables:
+  total: {code: {system: LOINC, code: 2093-3, display: x}, category: laboratory, unit: mg/dL, mean: 196, sd: 38,
+          persistence: 0.7, decimals: 0, source: a}
+  hdl: {code: {system: LOINC, code: 2085-9, display: x}, category: laboratory, unit: mg/dL, mean: 52, sd: 14,
+        decimals: 0, source: a}
+  triglycerides: {code: {system: LOINC, code: 2571-8, display: x}, category: laboratory, unit: mg/dL, mean: 125,
+                  sd: 65, limits: [30, 2000], decimals: 0, source: a}
+  ldl: {code: {system: LOINC, code: 13457-7, display: x}, category: laboratory, unit: mg/dL,
+        derived: {sum: {total: 1.0, hdl: -1.0, triglycerides: -0.2}}, limits: [0, 500], decimals: 0, source: a}
+start: between
+states:
+  between:
+    after: {distribution: exact, value: 1, unit: years, source: a}
+    next: visit
+  visit:
+    encounter:
+      class: ambulatory
+      code: {system: SNOMED, code: "185345009", display: Encounter for symptom (procedure)}
+      duration: {distribution: exact, value: 20, unit: minutes, source: a}
+    observe: [total, hdl, triglycerides, ldl]
+    next: between
+"""
+
+
+def test_a_sum_derived_value_matches_the_reference_and_its_terms(tmp_path: Path) -> None:
+    """Derived.sum: the kernel and the reference compute the same LDL, which is the sum of its reported terms
+    (rounded to the LDL's decimals, floored at its lower limit)."""
+    rules = tmp_path / "rules"
+    shutil.copytree(FIXTURE / "rules", rules, ignore=shutil.ignore_patterns("vitals.yaml"))
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "lipids.yaml").write_text(LIPIDS)
+    sim = build(tmp_path / "modules", rules, "population", seed=2)
+    index = np.arange(20, dtype=np.int64)
+    kernel, stream = kernel_events(sim, index)
+    assert_same_events(kernel, reference_events(sim, index, stream))
+    readings = kernel[kernel["kind"] == "observation"].assign(code=lambda f: f["code"].str.split("|").str[1])
+    obs = readings.pivot_table(index=["patient", "t"], columns="code", values="value")
+    assert len(obs) > 100
+    expected = np.floor(np.maximum(obs["2093-3"] - obs["2085-9"] - 0.2 * obs["2571-8"], 0.0) + 0.5)
+    assert np.array_equal(obs["13457-7"].to_numpy(), expected.to_numpy())

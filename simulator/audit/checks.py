@@ -212,6 +212,24 @@ def derived_bmi(tables: AuditTables, rule: rules.DerivedBmiRule) -> Finding:
     return Finding(len(both), violations(b["patient"], b["time"], "BMI differs from weight / height^2", detail))
 
 
+@check("derived_sum")
+def derived_sum(tables: AuditTables, rule: rules.DerivedSumRule) -> Finding:
+    """Calculated results taken with all their terms, against the sum of coefficient x term (floored) within
+    the rounding of the result and of each term; a result missing a term is a violation too."""
+    both = readings(tables, rule.result).reset_index(drop=True)
+    for i, code in enumerate(rule.terms):
+        both = both.merge(
+            readings(tables, code).rename(columns={"value": f"term{i}"}), on=["patient", "time"], how="left"
+        )
+    terms = [coefficient * both[f"term{i}"] for i, coefficient in enumerate(rule.terms.values())]
+    computed = sum(terms[1:], terms[0]).clip(lower=rule.floor)
+    tolerance = rule.step / 2 * (1 + sum(abs(c) for c in rule.terms.values()))
+    bad = ~((both["value"] - computed).abs() <= tolerance + EPSILON)
+    b = both[bad]
+    detail = "reported " + number(b["value"]) + ", calculated " + number(computed[bad])
+    return Finding(len(both), violations(b["patient"], b["time"], f"{rule.result} differs from its terms", detail))
+
+
 @check("adult_height_stable")
 def adult_height_stable(tables: AuditTables, rule: rules.AdultHeightRule) -> Finding:
     """Consecutive adult heights: a rise beyond the tolerance, or a loss beyond tolerance + loss with age."""

@@ -158,6 +158,7 @@ class CompiledModel(NamedTuple):
     obs_derived_start: np.ndarray  # int32
     obs_derived_n: np.ndarray  # int32 (0: not derived)
     obs_derived_scale: np.ndarray  # float64
+    obs_derived_sum: np.ndarray  # bool: a derived value is the sum of coefficient x input, not the product
     derived_obs: np.ndarray  # int32[n_factors]
     derived_power: np.ndarray  # float64[n_factors]
     curve_start: np.ndarray  # int32[n_curves] into curve_age / curve_male / curve_female
@@ -502,12 +503,21 @@ def start_observations(library: Library, encounter_class: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def start_labs(library: Library, encounter_class: str) -> list[str]:
+    """Observables measured once at the start of every encounter of a class (the modules' `labs_at_start`, in
+    library order, each once), never repeated on its rounds."""
+    names = [name for m in library.modules for name in m.labs_at_start.get(encounter_class, [])]
+    return list(dict.fromkeys(names))
+
+
 def state_observations(library: Library, state: State) -> list[str]:
-    """What entering a state observes, in order: what the start of the encounter it starts records (less what
-    the state observes itself), then the state's own `observe`."""
+    """What entering a state observes, in order: what the start of the encounter it starts records (its
+    `observe_at_start`, then its `labs_at_start`, less what the state observes itself), then the state's own
+    `observe`."""
     if state.encounter is None:
         return list(state.observe)
-    at_start = start_observations(library, state.encounter.encounter_class)
+    encounter_class = state.encounter.encounter_class
+    at_start = dict.fromkeys([*start_observations(library, encounter_class), *start_labs(library, encounter_class)])
     return [*(name for name in at_start if name not in state.observe), *state.observe]
 
 
@@ -573,7 +583,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             b.add("effect", attr=attr, coef=coef)
         derived_start = b.size("factor")
         if obs.derived is not None:
-            for factor, power in obs.derived.product.items():
+            for factor, power in obs.derived.terms().items():
                 b.add("factor", obs=b.observables[factor], power=power)
         low, high = obs.limits if obs.limits is not None else (-math.inf, math.inf)
         b.add(
@@ -590,6 +600,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             derived_start=derived_start,
             derived_n=b.size("factor") - derived_start,
             derived_scale=obs.derived.scale if obs.derived is not None else 1.0,
+            derived_sum=obs.derived is not None and obs.derived.sum is not None,
             correlation_days=obs.correlation_days or 0.0,
             measurement_sd=obs.measurement_sd if obs.measurement_sd is not None else math.nan,
             half_life_days=obs.response_half_life_days or 0.0,
@@ -668,6 +679,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         obs_derived_start=b.column("obs", "derived_start", i32),
         obs_derived_n=b.column("obs", "derived_n", i32),
         obs_derived_scale=b.column("obs", "derived_scale", f8),
+        obs_derived_sum=b.column("obs", "derived_sum", np.bool_),
         derived_obs=b.column("factor", "obs", i32),
         derived_power=b.column("factor", "power", f8),
         curve_start=b.column("curves", "start", i32),

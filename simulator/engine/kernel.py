@@ -620,6 +620,10 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
     n_factors = model.obs_derived_n[o]
     if model.obs_kidney[o] != OBS_MEASURED:
         value = kidney_value(model, sc, p, o, t)
+    elif n_factors > 0 and model.obs_derived_sum[o]:
+        value = 0.0
+        for k in range(model.obs_derived_start[o], model.obs_derived_start[o] + n_factors):
+            value += model.derived_power[k] * sc.obs_latest[model.derived_obs[k]]
     elif n_factors > 0:
         value = model.obs_derived_scale[o]
         for k in range(model.obs_derived_start[o], model.obs_derived_start[o] + n_factors):

@@ -594,9 +594,11 @@ class PatientRun:
         obs = self.observables[name]
         if obs.estimated is not None or obs.inverted is not None:
             value = self.kidney(obs, t, rng)
+        elif obs.derived is not None and obs.derived.sum is not None:
+            value = sum(coefficient * self.latest[factor] for factor, coefficient in obs.derived.sum.items())
         elif obs.derived is not None:
             value = obs.derived.scale
-            for factor, power in obs.derived.product.items():
+            for factor, power in obs.derived.terms().items():
                 value *= self.latest[factor] ** power
         else:
             value = self.measured(name, t, rng)

@@ -98,6 +98,18 @@ class DerivedBmiRule(AuditRule):
     steps: ReportingSteps
 
 
+class DerivedSumRule(AuditRule):
+    """A calculated result (`result`) equals the sum of coefficient x reading of its `terms` (LOINC code ->
+    coefficient) taken at the same time, within the rounding of the reported values (each to `step`), or
+    `floor` where the sum falls below the lowest value reported (the Friedewald LDL cholesterol)."""
+
+    kind: Literal["derived_sum"]
+    result: LoincCode
+    terms: dict[LoincCode, float] = Field(min_length=1)
+    step: Positive
+    floor: float
+
+
 class AdultHeightRule(AuditRule):
     """From `from_age_years` on, consecutive heights differ by at most `tolerance_cm` (measurement error),
     plus `loss_cm_per_year` of the time between them for a loss (the height lost with age)."""
@@ -248,6 +260,7 @@ KINDS: tuple[type[AuditRule], ...] = (
     IntroductionYearRule,
     DerivedEgfrRule,
     DerivedBmiRule,
+    DerivedSumRule,
     AdultHeightRule,
     GlycatedHemoglobinPaceRule,
     RequiredObservationsRule,

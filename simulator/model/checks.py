@@ -155,8 +155,9 @@ def _check_references(
             need(target, "observables", ("attributes", name, "affects", target))
     for name, observable in module.observables.items():
         if observable.derived is not None:
-            for target in observable.derived.product:
-                need(target, "observables", ("observables", name, "derived", "product", target))
+            form = "product" if observable.derived.product is not None else "sum"
+            for target in observable.derived.terms():
+                need(target, "observables", ("observables", name, "derived", form, target))
         if observable.estimated is not None:
             need(observable.estimated.creatinine, "observables", ("observables", name, "estimated", "creatinine"))
             for i, equation in enumerate(observable.estimated.equations):
@@ -166,9 +167,10 @@ def _check_references(
         if observable.inverted is not None:
             need(observable.inverted.estimate, "observables", ("observables", name, "inverted", "estimate"))
             need(observable.inverted.attribute, "attributes", ("observables", name, "inverted", "attribute"))
-    for encounter_class, names in module.observe_at_start.items():
-        for i, target in enumerate(names):
-            need(target, "observables", ("observe_at_start", encounter_class, i))
+    for key in ("observe_at_start", "labs_at_start"):
+        for encounter_class, names in getattr(module, key).items():
+            for i, target in enumerate(names):
+                need(target, "observables", (key, encounter_class, i))
     states = set(module.states)
     pools = {"states": states, "race": races, "ethnicity": ethnicities}
     if module.start is not None:

@@ -533,10 +533,25 @@ class AgeCurve(Strict):
 
 
 class Derived(Strict):
-    """value = scale * product(latest(observable) ** power): e.g. BMI from weight and height."""
+    """value = scale * product(latest(observable) ** power), e.g. BMI from weight and height; or value =
+    sum(coefficient * latest(observable)), e.g. the Friedewald LDL cholesterol from total cholesterol, HDL
+    and triglycerides. One of `product` and `sum`."""
 
     scale: float = 1.0
-    product: dict[Name, float] = Field(min_length=1)
+    product: dict[Name, float] | None = Field(default=None, min_length=1)
+    sum: dict[Name, float] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Derived:
+        if (self.product is None) == (self.sum is None):
+            raise ValueError("give exactly one of product and sum")
+        if self.sum is not None and self.scale != 1.0:
+            raise ValueError("scale goes with product; a sum's coefficients carry its scale")
+        return self
+
+    def terms(self) -> dict[str, float]:
+        """The inputs with their power (product) or coefficient (sum)."""
+        return self.product if self.product is not None else self.sum  # type: ignore[return-value]
 
 
 class BySex(Strict):
@@ -698,6 +713,9 @@ class DiseaseModule(Strict):
     # Hours between repeats of those observations while an encounter of the class stays open (ward rounds,
     # ICU charting); the modules' shortest interval holds.
     observe_every_hours: dict[EncounterClass, Annotated[float, Field(gt=0, le=24 * 7)]] = Field(default_factory=dict)
+    # Observables measured once at the start of every encounter of a class, whichever module starts it, and not
+    # repeated on its rounds (the admission labs of an emergency visit or a hospital stay).
+    labs_at_start: dict[EncounterClass, list[Name]] = Field(default_factory=dict)
     start: Name | None = None
     states: dict[Name, State] = Field(default_factory=dict)
 
