@@ -81,7 +81,15 @@ from simulator.model.schema import (
 )
 
 OBS_MEASURED, OBS_ESTIMATED, OBS_INVERTED = 0, 1, 2
-ACTION_DEFAULTS = {"code": -1, "dist": -1, "duration": -1, "reason": -1, "value": 0.0, "drift_per_year": math.nan}
+ACTION_DEFAULTS = {
+    "code": -1,
+    "dist": -1,
+    "duration": -1,
+    "reason": -1,
+    "value": 0.0,
+    "drift_per_year": math.nan,
+    "half_life_days": 0.0,
+}
 MINUTES_PER_DAY = 1440
 FIRST_MODULE_STREAM = 2  # streams 0 and 1 are a patient's demographics and patient-level draws (kernel)
 
@@ -112,6 +120,7 @@ class CompiledModel(NamedTuple):
     act_reason: np.ndarray  # int32: reason condition of an encounter (-1 none)
     act_value: np.ndarray  # float64: attribute level set to / added
     act_drift_per_year: np.ndarray  # float64: attribute drift from now on (NaN: keep the current drift)
+    act_half_life_days: np.ndarray  # float64: lag of the attribute's effects after this change (0: none)
     # branches and cases
     branch_prob: np.ndarray  # float64[n_branches]
     branch_to: np.ndarray  # int32[n_branches]
@@ -405,13 +414,15 @@ class _Builder:
         for setter in state.set:
             attr = self.attributes[setter.attribute]
             drift = math.nan if setter.per_year is None else setter.per_year
+            settled = 0.0 if setter.per_year is None else drift  # `to` and `draw` stop a drift unless given one
+            lag = setter.response_half_life_days or 0.0
             if setter.to is not None:
-                self.action(A_SET_TO, attr, value=setter.to, drift_per_year=0.0 if setter.per_year is None else drift)
+                self.action(A_SET_TO, attr, value=setter.to, drift_per_year=settled, half_life_days=lag)
             elif setter.add is not None:
-                self.action(A_SET_ADD, attr, value=setter.add, drift_per_year=drift)
+                self.action(A_SET_ADD, attr, value=setter.add, drift_per_year=drift, half_life_days=lag)
             else:
                 dist = self.distribution(setter.draw)
-                self.action(A_SET_DRAW, attr, dist=dist, drift_per_year=0.0 if setter.per_year is None else drift)
+                self.action(A_SET_DRAW, attr, dist=dist, drift_per_year=settled, half_life_days=lag)
         for key, kind in (("onset", A_ONSET), ("diagnose", A_DIAGNOSE), ("resolve", A_RESOLVE)):
             for name in getattr(state, key):
                 self.action(kind, self.conditions[name])
@@ -639,6 +650,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         act_reason=b.column("act", "reason", i32),
         act_value=b.column("act", "value", f8),
         act_drift_per_year=b.column("act", "drift_per_year", f8),
+        act_half_life_days=b.column("act", "half_life_days", f8),
         branch_prob=b.column("branch", "prob", f8),
         branch_to=b.column("branch", "to", i32),
         case_guard=b.column("case", "guard", i32),

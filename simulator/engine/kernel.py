@@ -113,6 +113,9 @@ class Scratch(NamedTuple):
     med_state: np.ndarray  # int32[n_medications]: the state that started each active medication
     pend_round_t: np.ndarray  # float64[MAX_PENDING]: when the encounter's observations are next repeated (inf: never)
     med_course_code: np.ndarray  # int32[n_medications]: the code a running course was started under (its era's)
+    attr_seen_level: np.ndarray  # float64[n_attributes]: what observables saw of the attribute at its last change
+    attr_seen_t: np.ndarray  # float64[n_attributes]: when it last changed
+    attr_half_life: np.ndarray  # float64[n_attributes]: lag of its effects since then (0: none)
 
 
 class Person(NamedTuple):
@@ -183,6 +186,9 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.med_code.shape[0], np.int32),
         np.zeros(MAX_PENDING, np.float64),
         np.zeros(model.med_code.shape[0], np.int32),
+        np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(model.attr_initial.shape[0], np.float64),
     )
 
 
@@ -203,6 +209,7 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
         sc.attr_level[a] = model.attr_initial[a]
     sc.attr_slope[:] = 0.0
     sc.attr_t0[:] = p.birth_t
+    sc.attr_half_life[:] = 0.0
     sc.cond_active[:] = False
     sc.cond_diagnosed[:] = False
     sc.med_active[:] = False
@@ -487,12 +494,23 @@ def fired_hazard(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int) -
     return model.hazard_to[last]
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def attr_seen(sc: Scratch, a: int, t: float) -> float:
+    """Attribute a as observables see it at t: its value, or, while the lag of its last change runs, first
+    order from what they saw at that change toward its value (SetAttribute.response_half_life_days)."""
+    value = attr_value(sc, a, t)
+    half_life = sc.attr_half_life[a]
+    if half_life == 0.0:
+        return value
+    return value + (sc.attr_seen_level[a] - value) * 0.5 ** ((t - sc.attr_seen_t[a]) / half_life)
+
+
 @njit(cache=True, _nrt=False)
 def effect_target(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     """Sum of coefficient x attribute over observable o's effects at t (what a lagged level moves toward)."""
     target = 0.0
     for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
-        target += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
+        target += model.effect_coef[k] * attr_seen(sc, model.effect_attr[k], t)
     return target
 
 
@@ -548,7 +566,7 @@ def measured(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> 
         value += lag_to(model, sc, o, t)
     else:
         for k in range(model.obs_effect_start[o], model.obs_effect_start[o] + model.obs_effect_n[o]):
-            value += model.effect_coef[k] * attr_value(sc, model.effect_attr[k], t)
+            value += model.effect_coef[k] * attr_seen(sc, model.effect_attr[k], t)
     sd = curve_at(model, model.obs_sd_start[o], p.sex, age)
     share = model.obs_persistence[o]
     value += sd * (math.sqrt(share) * sc.obs_z[o] + math.sqrt(1.0 - share) * visit_component(model, sc, o, t))
@@ -815,6 +833,9 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             drift = model.act_drift_per_year[a]
             if model.attr_lagged[target]:
                 lag_before_set(model, sc, target, t)
+            sc.attr_seen_level[target] = attr_seen(sc, target, t)
+            sc.attr_seen_t[target] = t
+            sc.attr_half_life[target] = model.act_half_life_days[a]
             sc.attr_level[target] = level
             sc.attr_t0[target] = t
             if not math.isnan(drift):

@@ -147,9 +147,19 @@ class Attribute:
     level: float
     slope_per_year: float
     t0: float
+    seen_level: float = 0.0  # what observables saw of it at its last change
+    seen_t: float = 0.0  # when it last changed
+    half_life_days: float = 0.0  # lag of its effects since then (0: none)
 
     def at(self, t: float) -> float:
         return self.level + self.slope_per_year * (t - self.t0) / DAYS_PER_YEAR
+
+    def seen(self, t: float) -> float:
+        """The value observables see: the value, or first order toward it while the last change's lag runs."""
+        value = self.at(t)
+        if self.half_life_days == 0.0:
+            return value
+        return value + (self.seen_level - value) * 0.5 ** ((t - self.seen_t) / self.half_life_days)
 
 
 @dataclass
@@ -508,7 +518,7 @@ class PatientRun:
     def effects(self, name: str, t: float) -> list[float]:
         """coefficient x attribute now, for each attribute that affects the observable (library order)."""
         return [
-            attr.affects[name] * self.attributes[attr_name].at(t)
+            attr.affects[name] * self.attributes[attr_name].seen(t)
             for attr_name, attr in self.attribute_models.items()
             if name in attr.affects
         ]
@@ -642,6 +652,8 @@ class PatientRun:
                 level, slope = attribute.at(t) + setter.add, setter.per_year  # None: keep the drift
             else:
                 level, slope = draw(setter.draw, track.rng), setter.per_year if setter.per_year is not None else 0.0
+            attribute.seen_level, attribute.seen_t = attribute.seen(t), t
+            attribute.half_life_days = setter.response_half_life_days or 0.0
             attribute.level, attribute.t0 = level, t
             if slope is not None:
                 attribute.slope_per_year = slope

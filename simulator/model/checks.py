@@ -68,6 +68,7 @@ def check_library(library: Library) -> None:
         problems += _check_references(module, doc, declared, races, ethnicities)
         problems += _check_graph(module, doc)
     problems += _check_codes(library)
+    problems += _check_lags(library)
     if problems:
         raise LoadError(problems)
 
@@ -109,6 +110,26 @@ def _check_codes(library: Library) -> list[Problem]:
                 )
             elif display != code.display:
                 problems.append(doc.problem((*path, "display"), f"display should be '{display}' (as in {table})"))
+    return problems
+
+
+def _check_lags(library: Library) -> list[Problem]:
+    """A change with a response half-life may not affect an observable that lags its effects itself (the
+    observable's lag is exact only toward effects that change in steps)."""
+    lagging = {n for m in library.modules for n, o in m.observables.items() if o.response_half_life_days is not None}
+    affects = {n: set(a.affects) for m in library.modules for n, a in m.attributes.items()}
+    problems: list[Problem] = []
+    for module in library.modules:
+        for name, state in module.states.items():
+            for i, setter in enumerate(state.set):
+                both = sorted(affects.get(setter.attribute, set()) & lagging)
+                if setter.response_half_life_days is not None and both:
+                    problems.append(
+                        library.document(module.name).problem(
+                            ("states", name, "set", i, "response_half_life_days"),
+                            f"'{setter.attribute}' affects {', '.join(both)}, which lag(s) its effects itself",
+                        )
+                    )
     return problems
 
 

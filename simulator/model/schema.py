@@ -343,13 +343,17 @@ def guard_atoms(
 
 class SetAttribute(Strict):
     """Set an attribute to a value, add to it, or draw it; `per_year` makes it drift with time
-    from now on (unset: `to`/`draw` stop any drift, `add` keeps the current drift)."""
+    from now on (unset: `to`/`draw` stop any drift, `add` keeps the current drift).
+    `response_half_life_days`: the attribute's effects on observables follow the change through a
+    first-order lag with this half-life (the body's response: fever falling after antibiotics, pulse
+    oximetry rising after oxygen); unset, at once. Guards read the new value at once."""
 
     attribute: Name
     to: float | None = None
     add: float | None = None
     draw: Distribution | None = None
     per_year: float | None = None
+    response_half_life_days: Annotated[float, Field(gt=0)] | None = None
     source: Name | None = None
 
     @model_validator(mode="after")
