@@ -60,7 +60,17 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
 
 
 def _count(counts: dict, chunk: Chunk) -> None:
-    counts["patients"] = counts.get("patients", 0) + len(chunk.patients)
+    """Add a chunk to the manifest's counts: `patients` the living cohort, `decedents` those who died in the
+    decedent window (`decedent_deaths` by module, or in the background), `deaths` every death of the run."""
+    decedent = chunk.patients["is_decedent"].to_numpy(bool)
+    counts["patients"] = counts.get("patients", 0) + int((~decedent).sum())
+    if decedent.any():
+        counts["decedents"] = counts.get("decedents", 0) + int(decedent.sum())
+        deaths = chunk.events[chunk.events["kind"] == "death"]
+        by = counts.setdefault("decedent_deaths", {"module": 0, "background": 0})
+        background = int(deaths["module"].isna().sum())
+        by["background"] += background
+        by["module"] += len(deaths) - background
     counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
     counts["events"] = counts.get("events", 0) + len(chunk.events)
     by_kind = counts.setdefault("events_by_kind", {})
@@ -86,6 +96,27 @@ COMPILE_NOTICE = (
 ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)
 LARGE_BYTES = 10**9  # `run` says how much it will write before a run estimated above this
 MAX_HISTORY_YEARS = 150  # `--history`: longer than any life (a lifetime run follows a cohort for 130 years)
+# `--decedents` with a record of the whole life: a population run also holds the patients who died in the
+# year before its end (a year of deaths, as an extract of a year's records holds; a stated default, not a
+# published figure). With `--history YEARS` the window is the history's.
+DEFAULT_DECEDENT_YEARS = 1.0
+
+
+def decedent_years(mode: Mode, decedents: float | str | None, history_years: float | None) -> float:
+    """The decedent window of a run (`RunConfig.decedent_years`) from what was asked: None, the default,
+    the history window (`history_years`), else DEFAULT_DECEDENT_YEARS, in population mode (a lifetime run
+    has none); "none" or 0, none; else a number of years."""
+    if isinstance(decedents, str):
+        text = decedents.strip().lower()
+        if text == "none":
+            return 0.0
+        try:
+            decedents = float(text)
+        except ValueError:
+            raise ConfigError("decedent_years", f"a number of years or 'none' (got {decedents!r})") from None
+    if decedents is None:
+        return 0.0 if mode == "lifetime" else (history_years or DEFAULT_DECEDENT_YEARS)
+    return float(decedents)
 
 
 def _ignore(*args: object) -> None:
@@ -232,7 +263,6 @@ def run(
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
-    done = 0
     if export is None:
         sim = _build(config, report, say)
         started = time.perf_counter()
@@ -240,8 +270,7 @@ def run(
         for chunk in chunks(sim):
             frames.append(chunk)
             _count(counts, chunk)
-            done += len(chunk.patients)
-            report("simulate", done, config.patients)
+            report("simulate", counts["patients"], config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
         return Population(
             _manifest(sim, counts, timings, {}),
@@ -267,8 +296,7 @@ def run(
         for chunk in chunks(sim):
             writer.write(chunk.patients, chunk.events)
             _count(counts, chunk)
-            done += len(chunk.patients)
-            report("simulate", done, config.patients)
+            report("simulate", counts["patients"], config.patients)
         files = writer.close()
         counts["resources_by_type"] = dict(sorted(writer.resource_counts.items()))
         counts["resources"] = sum(writer.resource_counts.values())
@@ -276,6 +304,7 @@ def run(
         manifest = _manifest(sim, counts, timings, files)
         manifest["formats"] = list(export.formats)
         manifest["history_years"] = export.history_years
+        manifest["decedent_years"] = config.decedent_years
         writer.publish(json.dumps(manifest, indent=2, sort_keys=False).encode(), folder.earlier_files)
     except BaseException:
         if writer is not None:
@@ -301,6 +330,7 @@ def generate(
     base_url: str | None = None,
     overwrite: bool = False,
     history_years: float | None = None,
+    decedents: float | str | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -310,7 +340,9 @@ def generate(
     asked for (default FHIR Bulk ndjson; any of "ndjson", "bundles", "csv", "parquet", as a sequence or
     comma-separated); an earlier run in `out` is replaced and nothing else there is touched (see
     `ExportConfig` for `base_url`, `overwrite` and `history_years`, the years of history each written
-    record holds; default the whole life)."""
+    record holds; default the whole life). `decedents`: years before the end whose deaths a population run
+    also holds, flagged `is_decedent` in the patient table, or "none" (default: the `history_years` window,
+    else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -320,6 +352,7 @@ def generate(
         threads=threads,
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
+        decedent_years=decedent_years(mode, decedents, history_years),
     )
     # the export settings are checked even for a run that stays in memory
     export = ExportConfig(

@@ -104,6 +104,7 @@ OPTIONS = {
     "token_env": "--token-env",
     "resume": "--resume",
     "history_years": "--history",
+    "decedent_years": "--decedents",
 }
 
 
@@ -212,12 +213,23 @@ def generate(
             "life. Synthea's default is 10. The events table stays the whole simulation.",
         ),
     ] = "all",
+    decedents: Annotated[
+        str | None,
+        typer.Option(
+            "--decedents",
+            metavar="YEARS|none",
+            help="Population mode: the run also holds the patients who died in these years before --end-date, "
+            "as a real extract does, flagged is_decedent in the patient table (their number and ages at death "
+            "follow the NCHS life tables; docs/semantics.md). Default: the --history window, else 1 year. "
+            "none: the living cohort only. Validation uses the living cohort only.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be written and its estimated size; write nothing.")
     ] = False,
 ) -> None:
     """Generate a population into OUT (the help text is GENERATE_HELP)."""
-    from simulator.api import ExportConfig, preview, run
+    from simulator.api import ExportConfig, decedent_years, preview, run
 
     progress = None if quiet else RichProgress()
     notify = None if quiet else _notice
@@ -231,6 +243,7 @@ def generate(
             threads=threads,
             modules_dir=modules,
             rules_dir=rules,
+            decedent_years=decedent_years(mode, decedents, _history_years(history)),  # type: ignore[arg-type]
         )
         export = ExportConfig(
             output,
@@ -266,7 +279,8 @@ def generate(
     size = human_bytes(sum(f["bytes"] for f in population.manifest["files"].values()))
     out.print(
         f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
-        f"{counts.get('resources', 0)} FHIR resources, {counts.get('deaths', 0)} deaths "
+        f"{counts.get('resources', 0)} FHIR resources, {counts.get('decedents', 0)} decedents, "
+        f"{counts.get('deaths', 0)} deaths "
         f"in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/ ({size})",
         markup=False,
     )
