@@ -61,7 +61,8 @@ def _manifest(sim: Simulator, counts: dict, timings: dict, files: dict) -> dict:
 
 def _count(counts: dict, chunk: Chunk) -> None:
     """Add a chunk to the manifest's counts: `patients` the living cohort, `decedents` those who died in the
-    decedent window (`decedent_deaths` by module, or in the background), `deaths` every death of the run."""
+    decedent window (`decedent_deaths` by module, or in the background; `decedent_stand_ins` of the latter
+    stand in for module deaths the window lacks), `deaths` every death of the run."""
     decedent = chunk.patients["is_decedent"].to_numpy(bool)
     counts["patients"] = counts.get("patients", 0) + int((~decedent).sum())
     if decedent.any():
@@ -71,6 +72,7 @@ def _count(counts: dict, chunk: Chunk) -> None:
         background = int(deaths["module"].isna().sum())
         by["background"] += background
         by["module"] += len(deaths) - background
+        counts["decedent_stand_ins"] = counts.get("decedent_stand_ins", 0) + chunk.stand_ins
     counts["deaths"] = counts.get("deaths", 0) + int(chunk.patients["death_time"].notna().sum())
     counts["events"] = counts.get("events", 0) + len(chunk.events)
     by_kind = counts.setdefault("events_by_kind", {})

@@ -32,6 +32,7 @@ class PeopleTables(NamedTuple):
     n_name_lists: np.ndarray  # int64[len(NAME_LISTS)]
     city_utc_offset_days: np.ndarray  # float64[n_cities]: standard UTC offset of each city's time zone, in days
     death_cdf: np.ndarray  # float64[2 * n_ages]: cumulative shares of background deaths in a year over (sex, age)
+    module_death_cdf: np.ndarray  # the same of the deaths the life tables leave to the modules (all - background)
     background_deaths: float  # background deaths in a year per person of the pyramid
     deaths: float  # life-table deaths (background and module) in a year per person of the pyramid
 
@@ -132,20 +133,25 @@ def _draw_identity(rng: np.ndarray, tables: PeopleTables, people: People, i: int
 
 
 @njit(cache=True, parallel=True)
-def sample_background_decedents(seed: int, window_days: float, tables: PeopleTables, people: People) -> None:
+def sample_background_decedents(
+    seed: int, window_days: float, cdf: np.ndarray, tables: PeopleTables, people: People
+) -> None:
     """Draw each decedent `people.index` (their people stream) who dies a background death in the
-    `window_days` before `reference_t`: sex and age at death from `death_cdf` (uniform within the year of
-    age), the day of death uniform in the window, race, ethnicity and identity as `sample_people` does."""
+    `window_days` before `reference_t`: sex and age at death from `cdf` (over the cells of `death_cdf`;
+    uniform within the year of age), the day of death uniform in the window, race, ethnicity and identity
+    as `sample_people` does."""
     for i in prange(people.index.shape[0]):
-        _sample_background_decedent(seed, window_days, tables, people, i)
+        _sample_background_decedent(seed, window_days, cdf, tables, people, i)
 
 
 @njit(cache=True)
-def _sample_background_decedent(seed: int, window_days: float, tables: PeopleTables, people: People, i: int) -> None:
-    n_ages = tables.death_cdf.shape[0] // 2
+def _sample_background_decedent(
+    seed: int, window_days: float, cdf: np.ndarray, tables: PeopleTables, people: People, i: int
+) -> None:
+    n_ages = cdf.shape[0] // 2
     rng = np.zeros(1, np.uint64)
     rng[0] = stream_state(seed, people.index[i], STREAM_PEOPLE)
-    cell = _pick(tables.death_cdf, uniform(rng))
+    cell = _pick(cdf, uniform(rng))
     age = (cell % n_ages) + uniform(rng)
     people.sex[i] = 0 if cell < n_ages else 1
     people.death_t[i] = tables.reference_t - window_days * uniform(rng)
@@ -259,6 +265,7 @@ def build_people_tables(
             [standard_utc_offset_days(c.time_zone, reference_date.year) for c in names.cities], dtype=np.float64
         ),
         death_cdf=_cdf(list(np.concatenate(background))),
+        module_death_cdf=_cdf(list(np.concatenate(deaths) - np.concatenate(background))),
         background_deaths=float(np.sum(background) / counts.sum()),
         deaths=float(np.sum(deaths) / counts.sum()),
     )
@@ -279,11 +286,15 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
     return _with_time_zones(tables, people)
 
 
-def sample_decedents(tables: PeopleTables, seed: int, index: np.ndarray, window_years: float) -> People:
-    """Background decedents `index` (their people streams): `sample_background_decedents`."""
+def sample_decedents(
+    tables: PeopleTables, seed: int, index: np.ndarray, window_years: float, stand_ins: bool = False
+) -> People:
+    """Background decedents `index` (their people streams): `sample_background_decedents`, aged and sexed
+    as the background deaths, or with `stand_ins` as the deaths the life tables leave to the modules."""
     people = _empty(index)
+    cdf = tables.module_death_cdf if stand_ins else tables.death_cdf
     with np.errstate(over="ignore"):
-        sample_background_decedents(seed, window_years * DAYS_PER_YEAR, tables, people)
+        sample_background_decedents(seed, window_years * DAYS_PER_YEAR, cdf, tables, people)
     return _with_time_zones(tables, people)
 
 

@@ -175,17 +175,23 @@ class Simulator:
         result, _, window = self._redraw_the_dead(result, counts, 0, self.window_start_t)
         return result._replace(window_deaths=np.sort(window))
 
-    def background_decedents(self, living: int) -> int:
-        """How many background decedents a run of `living` patients holds: the background deaths the life
-        tables give the pyramid in the decedent window (`PeopleTables.background_deaths` a year)."""
-        return round(living * self.config.decedent_years * self.people_tables.background_deaths)
+    def background_decedents(self, living: int, module_decedents: int) -> tuple[int, int]:
+        """How many background decedents a run of `living` patients holds besides its `module_decedents`:
+        the background deaths the life tables give the pyramid in the decedent window
+        (`PeopleTables.background_deaths` a year), and stand-ins for the module deaths the window lacks
+        against the life tables (their deaths less the background's, less `module_decedents`)."""
+        tables, years = self.people_tables, self.config.decedent_years
+        background = round(living * years * tables.background_deaths)
+        expected_module = round(living * years * (tables.deaths - tables.background_deaths))
+        return background, max(0, expected_module - module_decedents)
 
-    def decedents(self, living: int, window_deaths: np.ndarray, start: int, stop: int) -> Simulated:
+    def decedents(self, living: int, window_deaths: np.ndarray, background: int, start: int, stop: int) -> Simulated:
         """Decedents [start, stop) of a run of `living` patients, as patients living + j: first those who
         died of a module, who live the discarded histories `window_deaths` (sorted, of the whole run) of the
         living patients they were drawn as, under names and ids of their own; then the background
-        decedents k (`sample_decedents`), who die on their drawn day unless a module kills them sooner,
-        in which case they live their next event stream (as the living are redrawn, nothing recorded)."""
+        decedents k (`sample_decedents`; from k = `background` on, the stand-ins, aged as module deaths),
+        who die on their drawn day unless a module kills them sooner, in which case they live their next
+        event stream (as the living are redrawn, nothing recorded)."""
         n_module = len(window_deaths)
         module = window_deaths[start:stop]
         parts = []
@@ -195,13 +201,15 @@ class Simulator:
             people = with_new_identities(self.people_tables, self.config.seed, people, IDENTITY_STREAMS + module)
             parts.append(self._simulate_streams(drawn_as, module, people=people))
         k = np.arange(max(start, n_module), stop, dtype=np.int64) - n_module
-        if len(k):
-            people = sample_decedents(
-                self.people_tables, self.config.seed, DECEDENT_STREAMS + k, self.config.decedent_years
-            )
-            result, counts = self._simulate_streams(people.index, people.index, people=people)
-            result, counts, _ = self._redraw_the_dead(result, counts, 0, np.inf)
-            parts.append((result, counts))
+        for stand_ins in (False, True):
+            some = k[(k >= background) == stand_ins]
+            if len(some):
+                people = sample_decedents(
+                    self.people_tables, self.config.seed, DECEDENT_STREAMS + some, self.config.decedent_years, stand_ins
+                )
+                result, counts = self._simulate_streams(people.index, people.index, people=people)
+                result, counts, _ = self._redraw_the_dead(result, counts, 0, np.inf)
+                parts.append((result, counts))
         return _relabel(parts, living + np.arange(start, stop, dtype=np.int64))
 
     def _redraw_the_dead(

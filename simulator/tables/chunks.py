@@ -24,6 +24,7 @@ class Chunk:
     patients: pd.DataFrame
     events: pd.DataFrame
     window_deaths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # `Simulated.window_deaths`
+    stand_ins: int = 0  # decedents of the chunk who stand in for module deaths the window lacks
 
 
 def chunk_tables(sim: Simulator, start: int, stop: int) -> Chunk:
@@ -32,10 +33,11 @@ def chunk_tables(sim: Simulator, start: int, stop: int) -> Chunk:
     return Chunk(*_tables(sim, simulated, is_decedent=False), simulated.window_deaths)
 
 
-def decedent_tables(sim: Simulator, window_deaths: np.ndarray, start: int, stop: int) -> Chunk:
+def decedent_tables(sim: Simulator, window_deaths: np.ndarray, background: int, start: int, stop: int) -> Chunk:
     """Decedents [start, stop) of a run (`Simulator.decedents`) as tables."""
-    simulated = sim.decedents(sim.config.patients, window_deaths, start, stop)
-    return Chunk(*_tables(sim, simulated, is_decedent=True))
+    simulated = sim.decedents(sim.config.patients, window_deaths, background, start, stop)
+    stand_ins = max(0, stop - max(start, len(window_deaths) + background))
+    return Chunk(*_tables(sim, simulated, is_decedent=True), stand_ins=stand_ins)
 
 
 def _tables(sim: Simulator, simulated: Simulated, is_decedent: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -68,6 +70,7 @@ def chunks(sim: Simulator) -> Iterator[Chunk]:
     if sim.config.decedent_years <= 0:
         return
     module_deaths = np.sort(np.concatenate(window_deaths))
-    total = len(module_deaths) + sim.background_decedents(living)
+    background, stand_ins = sim.background_decedents(living, len(module_deaths))
+    total = len(module_deaths) + background + stand_ins
     for start in range(0, total, size):
-        yield decedent_tables(sim, module_deaths, start, min(start + size, total))
+        yield decedent_tables(sim, module_deaths, background, start, min(start + size, total))
