@@ -197,7 +197,11 @@ def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
 def _request(config: RunConfig, export: ExportConfig) -> str:
     """The command the Bulk manifest records as its request."""
     request = f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
-    return request if export.history_years is None else f"{request} --history {export.history_years:g}"
+    if export.history_years is not None:
+        request += f" --history {export.history_years:g}"
+    if config.decedent_years != decedent_years(config.mode, None, export.history_years):
+        request += f" --decedents {config.decedent_years:g}" if config.decedent_years else " --decedents none"
+    return request
 
 
 def _folder_messages(folder: OutputFolder) -> list[str]:
