@@ -143,3 +143,24 @@ def test_decedents_are_written_as_deceased_fhir_patients(shipped_export) -> None
     for row in dead.itertuples():
         deceased = pd.Timestamp(written[row.id]["deceasedDateTime"])
         assert abs(deceased - row.death_time) < pd.Timedelta(seconds=1)
+
+
+def test_the_audit_flags_a_decedent_without_a_death(shipped_library) -> None:
+    from simulator.audit.checks import CHECKS
+    from simulator.audit.tables import AuditTables
+
+    born = pd.to_datetime(["1940-01-01", "1950-01-01", "1960-01-01"], utc=True)
+    patients = pd.DataFrame(
+        {
+            "index": [0, 1, 2],
+            "birth_time": born,
+            "death_time": pd.to_datetime([None, "2024-01-01", None], utc=True),
+            "death_cause_code": [None, "22298006", None],
+            "is_decedent": [False, True, True],
+        }
+    )
+    rule = shipped_library.audit.rules["decedents"]
+    found = CHECKS[rule.kind](AuditTables({"patients": patients}), rule)
+    assert found.checked == 2 and found.violations["patient"].tolist() == [2]
+    older = CHECKS[rule.kind](AuditTables({"patients": patients.drop(columns="is_decedent")}), rule)
+    assert older.checked == 0 and older.violations.empty
