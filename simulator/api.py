@@ -349,6 +349,11 @@ def generate(
     record holds; default the whole life). `decedents`: years before the end whose deaths a population run
     also holds, flagged `is_decedent` in the patient table, or "none" (default: the `history_years` window,
     else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
+    # the export settings are checked even for a run that stays in memory (first: the decedent window
+    # follows the history's)
+    export = ExportConfig(
+        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years
+    )
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -359,10 +364,6 @@ def generate(
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
         decedent_years=decedent_years(mode, decedents, history_years),
-    )
-    # the export settings are checked even for a run that stays in memory
-    export = ExportConfig(
-        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years
     )
     return run(config, export if out is not None else None, progress, notify)
 

@@ -234,6 +234,14 @@ def generate(
     progress = None if quiet else RichProgress()
     notify = None if quiet else _notice
     try:
+        export = ExportConfig(
+            output,
+            formats,
+            bundle_request.upper(),  # type: ignore[arg-type]
+            base_url,
+            overwrite,
+            _history_years(history),
+        )
         config = RunConfig(
             patients=patients,
             seed=seed,
@@ -243,15 +251,7 @@ def generate(
             threads=threads,
             modules_dir=modules,
             rules_dir=rules,
-            decedent_years=decedent_years(mode, decedents, _history_years(history)),  # type: ignore[arg-type]
-        )
-        export = ExportConfig(
-            output,
-            formats,
-            bundle_request.upper(),  # type: ignore[arg-type]
-            base_url,
-            overwrite,
-            _history_years(history),
+            decedent_years=decedent_years(mode, decedents, export.history_years),  # type: ignore[arg-type]
         )
         if dry_run:
             plan = preview(config, export, progress, notify)

@@ -100,9 +100,7 @@ class Simulated(NamedTuple):
     """What the kernel made of patients `index`: flat event buffers (patient order), the patient of
     each event, per-patient error bits, the drawn people, which states each patient entered
     (uint64[n, ceil(n_states / 64)], bit s of a row: global state s), and the event stream each
-    patient's history came from (int64[n]; the index itself unless redrawn in population mode), and
-    the streams of the histories discarded in population mode that ended in a death within the decedent
-    window (int64, sorted: `Simulator.decedents` lets other patients live them)."""
+    patient's history came from (int64[n]; the index itself unless redrawn in population mode)."""
 
     events: Events
     patient: np.ndarray
@@ -110,7 +108,6 @@ class Simulated(NamedTuple):
     people: People
     entered: np.ndarray
     stream: np.ndarray
-    window_deaths: np.ndarray = np.empty(0, np.int64)
 
     def state_patients(self) -> np.ndarray:
         """Number of patients who entered each global state (int64[n_states])."""
@@ -166,14 +163,19 @@ class Simulator:
         disease module kills before it is not part of that cross-section, so patient i (same age,
         sex and identity) lives their history again from the next of their own event streams
         (i + k * REDRAW_STRIDE) until they survive. The age and sex pyramid then holds, and the
-        output still depends on (seed, i) alone. The discarded histories that ended in a death within
-        the decedent window are the module deaths of that window (`Simulated.window_deaths`)."""
+        output still depends on (seed, i) alone."""
+        return self.simulate_living(index)[0]
+
+    def simulate_living(self, index: np.ndarray) -> tuple[Simulated, np.ndarray]:
+        """`simulate`, and the streams of the histories it discarded that ended in a death within the
+        decedent window (int64, sorted: the module deaths of that window, which `decedents` lets other
+        patients live)."""
         index = index.astype(np.int64)
         result, counts = self._simulate_streams(index, index, learn_capacity=True)
         if self.config.mode == "lifetime":
-            return result
+            return result, np.empty(0, np.int64)
         result, _, window = self._redraw_the_dead(result, counts, 0, self.window_start_t)
-        return result._replace(window_deaths=np.sort(window))
+        return result, np.sort(window)
 
     def background_decedents(self, living: int, module_decedents: int) -> tuple[int, int]:
         """How many background decedents a run of `living` patients holds besides its `module_decedents`:

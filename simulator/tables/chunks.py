@@ -23,14 +23,14 @@ from simulator.tables.patients import patient_table
 class Chunk:
     patients: pd.DataFrame
     events: pd.DataFrame
-    window_deaths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # `Simulated.window_deaths`
+    window_deaths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # `Simulator.simulate_living`
     stand_ins: int = 0  # decedents of the chunk who stand in for module deaths the window lacks
 
 
 def chunk_tables(sim: Simulator, start: int, stop: int) -> Chunk:
     """Living patients [start, stop) of a run as tables."""
-    simulated = sim.simulate(np.arange(start, stop, dtype=np.int64))
-    return Chunk(*_tables(sim, simulated, is_decedent=False), simulated.window_deaths)
+    simulated, window_deaths = sim.simulate_living(np.arange(start, stop, dtype=np.int64))
+    return Chunk(*_tables(sim, simulated, is_decedent=False), window_deaths)
 
 
 def decedent_tables(sim: Simulator, window_deaths: np.ndarray, background: int, start: int, stop: int) -> Chunk:
