@@ -243,6 +243,9 @@ def build_people_tables(
         rates = annual_rates(qx, ex_last)
         deaths.append(alive * -np.expm1(-rates))
         background.append(alive * -np.expm1(-rates * (1.0 if share is None else share)))
+    death_cdf = _cdf(list(np.concatenate(background)))
+    # the deaths the life tables leave to the modules: none without a fitted background share (no stand-ins)
+    module_deaths = np.concatenate(deaths) - np.concatenate(background)
     names = library.names
     lengths = [
         len(names.given_male),
@@ -264,8 +267,8 @@ def build_people_tables(
         city_utc_offset_days=np.asarray(
             [standard_utc_offset_days(c.time_zone, reference_date.year) for c in names.cities], dtype=np.float64
         ),
-        death_cdf=_cdf(list(np.concatenate(background))),
-        module_death_cdf=_cdf(list(np.concatenate(deaths) - np.concatenate(background))),
+        death_cdf=death_cdf,
+        module_death_cdf=_cdf(list(module_deaths)) if module_deaths.sum() > 0 else death_cdf,
         background_deaths=float(np.sum(background) / counts.sum()),
         deaths=float(np.sum(deaths) / counts.sum()),
     )
