@@ -79,6 +79,27 @@ COMPILE_NOTICE = (
 ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)
 LARGE_BYTES = 10**9  # `run` says how much it will write before a run estimated above this
 MAX_HISTORY_YEARS = 150  # `--history`: longer than any life (a lifetime run follows a cohort for 130 years)
+# `--decedents` with a record of the whole life: a population run also holds the patients who died in the
+# year before its end (a year of deaths, as an extract of a year's records holds; a stated default, not a
+# published figure). With `--history YEARS` the window is the history's.
+DEFAULT_DECEDENT_YEARS = 1.0
+
+
+def decedent_years(mode: Mode, decedents: float | str | None, history_years: float | None) -> float:
+    """The decedent window of a run (`RunConfig.decedent_years`) from what was asked: None, the default,
+    the history window (`history_years`), else DEFAULT_DECEDENT_YEARS, in population mode (a lifetime run
+    has none); "none" or 0, none; else a number of years."""
+    if isinstance(decedents, str):
+        text = decedents.strip().lower()
+        if text == "none":
+            return 0.0
+        try:
+            decedents = float(text)
+        except ValueError:
+            raise ConfigError("decedent_years", f"a number of years or 'none' (got {decedents!r})") from None
+    if decedents is None:
+        return 0.0 if mode == "lifetime" else (history_years or DEFAULT_DECEDENT_YEARS)
+    return float(decedents)
 
 
 def _ignore(*args: object) -> None:
@@ -163,7 +184,11 @@ def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
 def _request(config: RunConfig, export: ExportConfig) -> str:
     """The command the Bulk manifest records as its request."""
     request = f"ehrsim generate --patients {config.patients} --seed {config.seed} --mode {config.mode}"
-    return request if export.history_years is None else f"{request} --history {export.history_years:g}"
+    if export.history_years is not None:
+        request += f" --history {export.history_years:g}"
+    if config.decedent_years != decedent_years(config.mode, None, export.history_years):
+        request += f" --decedents {config.decedent_years:g}" if config.decedent_years else " --decedents none"
+    return request
 
 
 def _folder_messages(folder: OutputFolder) -> list[str]:
@@ -232,10 +257,11 @@ def run(
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
+    if dask is not None and config.decedent_years > 0:
+        raise ConfigError("dask", "a run on a Dask cluster does not write decedents yet: add --decedents none")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
-    done = 0
     if export is None:
         sim = _build(config, report, say)
         started = time.perf_counter()
@@ -243,8 +269,7 @@ def run(
         for chunk in chunks(sim):
             frames.append(chunk)
             count_chunk(counts, chunk)
-            done += len(chunk.patients)
-            report("simulate", done, config.patients)
+            report("simulate", counts["patients"], config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
         return Population(
             _manifest(sim, counts, timings, {}),
@@ -271,8 +296,7 @@ def run(
             for chunk in chunks(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
-                done += len(chunk.patients)
-                report("simulate", done, config.patients)
+                report("simulate", counts["patients"], config.patients)
             files, resource_counts = writer.close(), writer.resource_counts
         else:
             tasks = part_tasks(config, export, _context)
@@ -283,6 +307,7 @@ def run(
         manifest = _manifest(sim, counts, timings, files)
         manifest["formats"] = list(export.formats)
         manifest["history_years"] = export.history_years
+        manifest["decedent_years"] = config.decedent_years
         manifest["compress"] = export.compress
         manifest["dask"] = dask
         data = json.dumps(manifest, indent=2, sort_keys=False).encode()
@@ -315,6 +340,7 @@ def generate(
     history_years: float | None = None,
     compress: str | None = None,
     dask: str | None = None,
+    decedents: float | str | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -325,7 +351,14 @@ def generate(
     comma-separated); an earlier run in `out` is replaced and nothing else there is touched (see
     `ExportConfig` for `base_url`, `overwrite` and `history_years`, the years of history each written
     record holds; default the whole life; `compress`, "gzip" or "zstd", for the Bulk ndjson; `dask`,
-    "local:N" or a scheduler address, to write the run in parts on a Dask cluster)."""
+    "local:N" or a scheduler address, to write the run in parts on a Dask cluster). `decedents`: years before
+    the end whose deaths a population run also holds, flagged `is_decedent` in the patient table, or "none"
+    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
+    # the export settings are checked even for a run that stays in memory (first: the decedent window
+    # follows the history's)
+    export = ExportConfig(
+        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years, compress
+    )
     config = RunConfig(
         patients=patients,
         seed=seed,
@@ -335,10 +368,7 @@ def generate(
         threads=threads,
         modules_dir=Path(modules_dir) if modules_dir else None,
         rules_dir=Path(rules_dir) if rules_dir else None,
-    )
-    # the export settings are checked even for a run that stays in memory
-    export = ExportConfig(
-        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years, compress
+        decedent_years=decedent_years(mode, decedents, history_years),
     )
     return run(config, export if out is not None else None, progress, notify, dask)
 

@@ -106,6 +106,7 @@ OPTIONS = {
     "history_years": "--history",
     "compress": "--compress",
     "dask": "--dask",
+    "decedent_years": "--decedents",
 }
 
 
@@ -214,6 +215,17 @@ def generate(
             "life. Synthea's default is 10. The events table stays the whole simulation.",
         ),
     ] = "all",
+    decedents: Annotated[
+        str | None,
+        typer.Option(
+            "--decedents",
+            metavar="YEARS|none",
+            help="Population mode: the run also holds the patients who died in these years before --end-date, "
+            "as a real extract does, flagged is_decedent in the patient table (their number and ages at death "
+            "follow the NCHS life tables; docs/semantics.md). Default: the --history window, else 1 year. "
+            "none: the living cohort only. Validation uses the living cohort only.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be written and its estimated size; write nothing.")
     ] = False,
@@ -237,11 +249,20 @@ def generate(
     ] = None,
 ) -> None:
     """Generate a population into OUT (the help text is GENERATE_HELP)."""
-    from simulator.api import ExportConfig, preview, run
+    from simulator.api import ExportConfig, decedent_years, preview, run
 
     progress = None if quiet else RichProgress()
     notify = None if quiet else _notice
     try:
+        export = ExportConfig(
+            output,
+            formats,
+            bundle_request.upper(),  # type: ignore[arg-type]
+            base_url,
+            overwrite,
+            _history_years(history),
+            compress and compress.lower(),
+        )
         config = RunConfig(
             patients=patients,
             seed=seed,
@@ -251,15 +272,7 @@ def generate(
             threads=threads,
             modules_dir=modules,
             rules_dir=rules,
-        )
-        export = ExportConfig(
-            output,
-            formats,
-            bundle_request.upper(),  # type: ignore[arg-type]
-            base_url,
-            overwrite,
-            _history_years(history),
-            compress and compress.lower(),
+            decedent_years=decedent_years(mode, decedents, export.history_years),  # type: ignore[arg-type]
         )
         if dry_run:
             plan = preview(config, export, progress, notify)
@@ -287,7 +300,8 @@ def generate(
     size = human_bytes(sum(f["bytes"] for f in population.manifest["files"].values()))
     out.print(
         f"{counts.get('patients', 0)} patients, {counts.get('events', 0)} events, "
-        f"{counts.get('resources', 0)} FHIR resources, {counts.get('deaths', 0)} deaths "
+        f"{counts.get('resources', 0)} FHIR resources, {counts.get('decedents', 0)} decedents, "
+        f"{counts.get('deaths', 0)} deaths "
         f"in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/ ({size})",
         markup=False,
     )

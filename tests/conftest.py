@@ -125,9 +125,10 @@ def history_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_export(tmp_path_factory) -> Path:
-    """ndjson, bundles and Parquet of 40 patients of the shipped modules and rules."""
+    """ndjson, bundles and Parquet of 40 patients of the shipped modules and rules, and the patients who died in
+    the 10 years before the end (decedents: a few records that end in death, for the FHIR checks)."""
     out = tmp_path_factory.mktemp("shipped_export") / "out"
-    simulator.generate(patients=40, seed=6, out=out, formats="ndjson,bundles,parquet")
+    simulator.generate(patients=40, seed=6, out=out, formats="ndjson,bundles,parquet", decedents=10)
     return out
 
 

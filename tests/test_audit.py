@@ -376,8 +376,10 @@ def test_audit_of_a_shipped_run(shipped_export: Path, shipped_library: Library) 
     again = simulator.audit(shipped_export, examples=1)  # simulator.audit stays the function
     assert isinstance(report, AuditReport) and [r.id for r in report.rules] == [r.id for r in again.rules]
     assert [r.id for r in report.rules] == list(shipped_library.audit.rules)
-    assert report.patients == 40
+    decedents = json.loads((shipped_export / "manifest.json").read_text())["counts"]["decedents"]
+    assert report.patients == 40 + decedents and decedents > 0
     by_id = {r.id: r for r in report.rules}
+    assert by_id["nothing_after_death"].checked > 0 and by_id["nothing_after_death"].violations == 0  # decedents
     assert by_id["within_encounter"].checked > 1000 and by_id["introduction_year"].checked > 0
     assert by_id["duplicate_drug_class"].violations == 0  # heart_failure.yaml ARNI and SGLT2 rules
     for r in report.rules:

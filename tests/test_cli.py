@@ -24,13 +24,14 @@ def test_generate_writes_tables_and_manifest(tmp_path: Path) -> None:
     patients = pd.read_parquet(out / "parquet" / "patients.parquet")
     events = pd.read_parquet(out / "parquet" / "events.parquet")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(patients) == 120 and patients["id"].is_unique
-    assert manifest["seed"] == 42
+    assert (~patients["is_decedent"]).sum() == 120 and patients["id"].is_unique
+    assert manifest["seed"] == 42 and manifest["decedent_years"] == 1.0
     assert manifest["counts"]["patients"] == 120
+    assert manifest["counts"].get("decedents", 0) == patients["is_decedent"].sum()
     assert manifest["counts"]["events"] == len(events)
     assert manifest["files"]["parquet/events.parquet"]["rows"] == len(events)
-    assert len((out / "fhir" / "Patient.ndjson").read_text().splitlines()) == 120
-    assert manifest["files"]["fhir/Patient.ndjson"]["resources"] == 120
+    assert len((out / "fhir" / "Patient.ndjson").read_text().splitlines()) == len(patients)
+    assert manifest["files"]["fhir/Patient.ndjson"]["resources"] == len(patients)
     assert any(name.endswith("type2_diabetes.yaml") for name in manifest["inputs_sha256"])
     assert all(len(digest) == 64 for digest in manifest["inputs_sha256"].values())
     assert not list(out.glob(".*partial"))

@@ -136,11 +136,12 @@ def test_report_numbers_agree_with_the_event_table(written_run: Path) -> None:
     ex_rows = [c for c in report["comparisons"] if c["measure"] == "life_expectancy_at_age" and c["passed"] is not None]
     assert report["summary"]["life_expectancy_at_age"]["compared"] == len(ex_rows) == 18
     assert report["summary"]["life_expectancy_at_age"]["passed"] == sum(c["passed"] for c in ex_rows)
-    assert report["invariants"]["patients_checked"] == 700
+    decedents = json.loads((written_run / "manifest.json").read_text())["counts"].get("decedents", 0)
+    assert report["invariants"]["patients_checked"] == 700 + decedents  # the invariants check the decedents too
     # the audit of the records, made from the events read back, is the one `ehrsim audit` makes of the tables
     written = simulator.audit(written_run)
     audit = report["audit"]
-    assert audit["patients"] == 700 and report["summary"]["audit_violations"] == written.violations
+    assert audit["patients"] == 700 + decedents and report["summary"]["audit_violations"] == written.violations
     assert [(r["id"], r["checked"], r["violations"]) for r in audit["rules"]] == [
         (r.id, r.checked, r.violations) for r in written.rules
     ]

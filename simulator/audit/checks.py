@@ -485,3 +485,16 @@ def within_encounter(tables: AuditTables, rule: rules.WithinEncounterRule) -> Fi
         what = f"{event.table} outside its encounter"
         findings.append(Finding(len(named), violations(named["patient"][bad], time[bad], what, detail)))
     return combine(findings)
+
+
+@check("decedents")
+def decedents(tables: AuditTables, rule: rules.DecedentsRule) -> Finding:
+    """Decedents without a death time or a cause of death (a run written before decedents has none)."""
+    patients = tables["patients"]
+    if "is_decedent" not in patients:
+        return Finding(0, violations(patients["index"][:0], patients["birth_time"][:0], "", []))
+    dead = patients[patients["is_decedent"].astype(bool).to_numpy()]
+    bad = dead["death_time"].isna().to_numpy() | dead["death_cause_code"].isna().to_numpy()
+    detail = np.where(dead["death_time"].isna(), "no death time", "no cause of death")[bad]
+    found = violations(dead["index"][bad], dead["birth_time"][bad], "decedent without a death", detail)
+    return Finding(len(dead), found)

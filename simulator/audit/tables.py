@@ -14,7 +14,7 @@ from simulator.teaching.record import RunRecord
 
 # The columns the checks read, by table (rules name their time columns among these).
 COLUMNS: dict[str, list[str]] = {
-    "patients": ["index", "id", "birth_time", "sex", "state", "city", "death_time"],
+    "patients": ["index", "id", "birth_time", "sex", "state", "city", "death_time", "death_cause_code", "is_decedent"],
     "encounters": ["patient", "id", "start_time", "end_time", "encounter_class"],
     "conditions": [
         "patient",
@@ -62,7 +62,8 @@ def blocks(
     run: RunRecord, calendar: Calendar | None, time_zones: dict[str, str], block_patients: int = BLOCK_PATIENTS
 ) -> Iterator[AuditTables]:
     """The run's tables, `block_patients` patients at a time (all at once from CSV, which reads whole)."""
-    patients = run.table("patients", columns=COLUMNS["patients"]).sort_values("index", kind="stable")
+    patients = run.table("patients")  # whole (a row a patient): a run written before decedents lacks is_decedent
+    patients = patients[[c for c in COLUMNS["patients"] if c in patients]].sort_values("index", kind="stable")
     indexes = patients["index"].to_numpy()
     size = block_patients if run.folder.name == "parquet" else max(len(indexes), 1)
     for start in range(0, max(len(indexes), 1), size):

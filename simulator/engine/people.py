@@ -31,6 +31,10 @@ class PeopleTables(NamedTuple):
     tail_rate: np.ndarray  # float64[2]
     n_name_lists: np.ndarray  # int64[len(NAME_LISTS)]
     city_utc_offset_days: np.ndarray  # float64[n_cities]: standard UTC offset of each city's time zone, in days
+    death_cdf: np.ndarray  # float64[2 * n_ages]: cumulative shares of background deaths in a year over (sex, age)
+    module_death_cdf: np.ndarray  # the same of the deaths the life tables leave to the modules (all - background)
+    background_deaths: float  # background deaths in a year per person of the pyramid
+    deaths: float  # life-table deaths (background and module) in a year per person of the pyramid
 
 
 class People(NamedTuple):
@@ -116,10 +120,60 @@ def _sample_person(seed: int, lifetime: bool, tables: PeopleTables, people: Peop
     start = 0.0 if lifetime else age
     target = _cumulative_at(hazard[s], tail[s], start) + exponential(rng)
     people.death_t[i] = people.birth_t[i] + _inverse_cumulative(hazard[s], tail[s], target) * DAYS_PER_YEAR
+    _draw_identity(rng, tables, people, i)
+
+
+@njit(cache=True)
+def _draw_identity(rng: np.ndarray, tables: PeopleTables, people: People, i: int) -> None:
+    """The name and address picks and the id bits of patient i, the last draws of their people stream."""
     for k in range(tables.n_name_lists.shape[0]):
         people.picks[i, k] = int(uniform(rng) * tables.n_name_lists[k])
     people.id_bits[i, 0] = next_u64(rng)
     people.id_bits[i, 1] = next_u64(rng)
+
+
+@njit(cache=True, parallel=True)
+def sample_background_decedents(
+    seed: int, window_days: float, cdf: np.ndarray, tables: PeopleTables, people: People
+) -> None:
+    """Draw each decedent `people.index` (their people stream) who dies a background death in the
+    `window_days` before `reference_t`: sex and age at death from `cdf` (over the cells of `death_cdf`;
+    uniform within the year of age), the day of death uniform in the window, race, ethnicity and identity
+    as `sample_people` does."""
+    for i in prange(people.index.shape[0]):
+        _sample_background_decedent(seed, window_days, cdf, tables, people, i)
+
+
+@njit(cache=True)
+def _sample_background_decedent(
+    seed: int, window_days: float, cdf: np.ndarray, tables: PeopleTables, people: People, i: int
+) -> None:
+    n_ages = cdf.shape[0] // 2
+    rng = np.zeros(1, np.uint64)
+    rng[0] = stream_state(seed, people.index[i], STREAM_PEOPLE)
+    cell = _pick(cdf, uniform(rng))
+    age = (cell % n_ages) + uniform(rng)
+    people.sex[i] = 0 if cell < n_ages else 1
+    people.death_t[i] = tables.reference_t - window_days * uniform(rng)
+    people.birth_t[i] = people.death_t[i] - age * DAYS_PER_YEAR
+    people.race[i] = _pick(tables.race_cdf, uniform(rng))
+    people.ethnicity[i] = _pick(tables.ethnicity_cdf, uniform(rng))
+    _draw_identity(rng, tables, people, i)
+
+
+@njit(cache=True, parallel=True)
+def redraw_identities(seed: int, streams: np.ndarray, tables: PeopleTables, people: People) -> None:
+    """New name, address and id bits for each patient i, from the people stream `streams[i]` (a decedent who
+    lives the history of another patient's discarded event stream is not that patient)."""
+    for i in prange(people.index.shape[0]):
+        _redraw_identity(seed, streams, tables, people, i)
+
+
+@njit(cache=True)
+def _redraw_identity(seed: int, streams: np.ndarray, tables: PeopleTables, people: People, i: int) -> None:
+    rng = np.zeros(1, np.uint64)
+    rng[0] = stream_state(seed, streams[i], STREAM_PEOPLE)
+    _draw_identity(rng, tables, people, i)
 
 
 def _cdf(shares: list[float]) -> np.ndarray:
@@ -175,15 +229,23 @@ def build_people_tables(
     demographics = library.demographics
     pyramid = pd.read_csv(rules / demographics.population_csv)
     counts = np.concatenate([pyramid["male"].to_numpy(float), pyramid["female"].to_numpy(float)])
-    hazards, tails = [], []
+    hazards, tails, deaths, background = [], [], [], []
     mortality = library.mortality
     shares = background_share if background_share is not None else fitted_background_share(library)
     for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
         table = pd.read_csv(rules / csv)
         share = None if shares is None else background_share_by_age(shares, sex, len(table))
-        cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share)
+        qx, ex_last = table["qx"].to_numpy(float), float(table["ex"].iloc[-1])
+        cum, tail = life_table_hazard(qx, ex_last, share)
         hazards.append(cum)
         tails.append(tail)
+        alive = _by_age(pyramid[sex].to_numpy(float), len(table))
+        rates = annual_rates(qx, ex_last)
+        deaths.append(alive * -np.expm1(-rates))
+        background.append(alive * -np.expm1(-rates * (1.0 if share is None else share)))
+    death_cdf = _cdf(list(np.concatenate(background)))
+    # the deaths the life tables leave to the modules: none without a fitted background share (no stand-ins)
+    module_deaths = np.concatenate(deaths) - np.concatenate(background)
     names = library.names
     lengths = [
         len(names.given_male),
@@ -205,12 +267,59 @@ def build_people_tables(
         city_utc_offset_days=np.asarray(
             [standard_utc_offset_days(c.time_zone, reference_date.year) for c in names.cities], dtype=np.float64
         ),
+        death_cdf=death_cdf,
+        module_death_cdf=_cdf(list(module_deaths)) if module_deaths.sum() > 0 else death_cdf,
+        background_deaths=float(np.sum(background) / counts.sum()),
+        deaths=float(np.sum(deaths) / counts.sum()),
     )
 
 
+def _by_age(alive: np.ndarray, n_ages: int) -> np.ndarray:
+    """The pyramid's counts at ages 0..n_ages-1 of a life table (its last age holds everyone older)."""
+    out = np.zeros(n_ages)
+    out[: min(n_ages, len(alive))] = alive[:n_ages]
+    out[-1] += alive[n_ages:].sum()
+    return out
+
+
 def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -> People:
+    people = _empty(index)
+    with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
+        sample_people(seed, lifetime, tables, people)
+    return _with_time_zones(tables, people)
+
+
+def sample_decedents(
+    tables: PeopleTables, seed: int, index: np.ndarray, window_years: float, stand_ins: bool = False
+) -> People:
+    """Background decedents `index` (their people streams): `sample_background_decedents`, aged and sexed
+    as the background deaths, or with `stand_ins` as the deaths the life tables leave to the modules."""
+    people = _empty(index)
+    cdf = tables.module_death_cdf if stand_ins else tables.death_cdf
+    with np.errstate(over="ignore"):
+        sample_background_decedents(seed, window_years * DAYS_PER_YEAR, cdf, tables, people)
+    return _with_time_zones(tables, people)
+
+
+def with_new_identities(tables: PeopleTables, seed: int, people: People, streams: np.ndarray) -> People:
+    """`people` with new names, street addresses and ids drawn from the people streams `streams`, in the same
+    cities (a city's time zone sets the hours of a patient's visits, so it is part of their history)."""
+    renamed = People(*(column.copy() for column in people))
+    with np.errstate(over="ignore"):
+        redraw_identities(seed, streams.astype(np.int64), tables, renamed)
+    city = NAME_LISTS.index("cities")
+    renamed.picks[:, city] = people.picks[:, city]
+    return renamed
+
+
+def _with_time_zones(tables: PeopleTables, people: People) -> People:
+    people.utc_offset_days[:] = tables.city_utc_offset_days[people.picks[:, NAME_LISTS.index("cities")]]
+    return people
+
+
+def _empty(index: np.ndarray) -> People:
     n = index.shape[0]
-    people = People(
+    return People(
         index=index.astype(np.int64),
         birth_t=np.empty(n),
         sex=np.empty(n, np.int8),
@@ -221,10 +330,6 @@ def sample(tables: PeopleTables, seed: int, index: np.ndarray, lifetime: bool) -
         id_bits=np.empty((n, 2), np.uint64),
         utc_offset_days=np.empty(n),
     )
-    with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-        sample_people(seed, lifetime, tables, people)
-    people.utc_offset_days[:] = tables.city_utc_offset_days[people.picks[:, NAME_LISTS.index("cities")]]
-    return people
 
 
 def reference_date_of(library: Library) -> date:

@@ -21,7 +21,15 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_DEATH
 from simulator.engine.compiler import CompiledModel, Names, compile_library
 from simulator.engine.kernel import Events, Lives, Outcome, simulate
-from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of, sample
+from simulator.engine.people import (
+    People,
+    PeopleTables,
+    build_people_tables,
+    reference_date_of,
+    sample,
+    sample_decedents,
+    with_new_identities,
+)
 from simulator.errors import ConfigError
 from simulator.model.library import Library
 from simulator.model.loading import load_library
@@ -30,6 +38,13 @@ Mode = Literal["population", "lifetime"]
 LIFETIME_HORIZON_YEARS = 130.0
 REDRAW_STRIDE = 1 << 40  # stream offset between a patient's successive draws (population mode)
 MAX_REDRAWS = 50  # a patient still dead after this many draws stays in the output as drawn
+# Stream families of the decedents of a population run (above every living patient's redraw streams,
+# i + k * REDRAW_STRIDE for k <= MAX_REDRAWS, for up to 2**40 patients): background decedent k draws who
+# they are and their history from DECEDENT_STREAMS + k; a decedent who lives a living patient's discarded
+# history s draws a name and ids from IDENTITY_STREAMS + s.
+DECEDENT_STREAMS = 1 << 56
+IDENTITY_STREAMS = 1 << 60
+MAX_DECEDENT_YEARS = 150.0
 # Reference dates a run accepts. Simulated time is exact far beyond them, but the rules (life tables,
 # demographics, codes, schedules) describe the present: far from it a run is well formed and meaningless
 # (a reference date of 1800 dated immunizations 1792). A lifetime run of 2100 ends by 2230, inside the
@@ -51,6 +66,7 @@ class RunConfig:
     threads: int | None = None  # default: numba's (all cores)
     modules_dir: Path | None = None
     rules_dir: Path | None = None
+    decedent_years: float = 0.0  # population mode: also the patients who died in these years before the end
 
     def __post_init__(self) -> None:
         """Every setting is checked here, before anything loads or compiles (ConfigError names it)."""
@@ -63,6 +79,11 @@ class RunConfig:
         first, last = REFERENCE_DATES
         if self.reference_date is not None and not first <= self.reference_date <= last:
             raise ConfigError("reference_date", f"must be between {first} and {last} (got {self.reference_date})")
+        if not 0 <= self.decedent_years <= MAX_DECEDENT_YEARS:
+            message = f"must be between 0 and {MAX_DECEDENT_YEARS:g} years (got {self.decedent_years})"
+            raise ConfigError("decedent_years", message)
+        if self.decedent_years and self.mode == "lifetime":
+            raise ConfigError("decedent_years", "a lifetime run follows every patient to death: it has no decedents")
         if self.chunk_size < 1:
             raise ConfigError("chunk_size", f"must be >= 1 (got {self.chunk_size})")
         most = numba.config.NUMBA_NUM_THREADS  # the cores of this machine, unless NUMBA_NUM_THREADS says less
@@ -129,6 +150,12 @@ class Simulator:
     def reference_t(self) -> float:
         return self.people_tables.reference_t
 
+    @property
+    def window_start_t(self) -> float:
+        """Start of the decedent window (inf: the run holds no decedents)."""
+        years = self.config.decedent_years
+        return self.reference_t - years * DAYS_PER_YEAR if years > 0 else np.inf
+
     def simulate(self, index: np.ndarray) -> Simulated:
         """Kernel only: the events and state entries of patients `index`, without tables.
 
@@ -137,34 +164,83 @@ class Simulator:
         sex and identity) lives their history again from the next of their own event streams
         (i + k * REDRAW_STRIDE) until they survive. The age and sex pyramid then holds, and the
         output still depends on (seed, i) alone."""
+        return self.simulate_living(index)[0]
+
+    def simulate_living(self, index: np.ndarray) -> tuple[Simulated, np.ndarray]:
+        """`simulate`, and the streams of the histories it discarded that ended in a death within the
+        decedent window (int64, sorted: the module deaths of that window, which `decedents` lets other
+        patients live)."""
         index = index.astype(np.int64)
         result, counts = self._simulate_streams(index, index, learn_capacity=True)
         if self.config.mode == "lifetime":
-            return result
-        return self._redraw_the_dead(index, result, counts, 0)[0]
+            return result, np.empty(0, np.int64)
+        result, _, window = self._redraw_the_dead(result, counts, 0, self.window_start_t)
+        return result, np.sort(window)
+
+    def background_decedents(self, living: int, module_decedents: int) -> tuple[int, int]:
+        """How many background decedents a run of `living` patients holds besides its `module_decedents`:
+        the background deaths the life tables give the pyramid in the decedent window
+        (`PeopleTables.background_deaths` a year), and stand-ins for the module deaths the window lacks
+        against the life tables (their deaths less the background's, less `module_decedents`)."""
+        tables, years = self.people_tables, self.config.decedent_years
+        background = round(living * years * tables.background_deaths)
+        expected_module = round(living * years * (tables.deaths - tables.background_deaths))
+        return background, max(0, expected_module - module_decedents)
+
+    def decedents(self, living: int, window_deaths: np.ndarray, background: int, start: int, stop: int) -> Simulated:
+        """Decedents [start, stop) of a run of `living` patients, as patients living + j: first those who
+        died of a module, who live the discarded histories `window_deaths` (sorted, of the whole run) of the
+        living patients they were drawn as, under names and ids of their own; then the background
+        decedents k (`sample_decedents`; from k = `background` on, the stand-ins, aged as module deaths),
+        who die on their drawn day unless a module kills them sooner, in which case they live their next
+        event stream (as the living are redrawn, nothing recorded)."""
+        n_module = len(window_deaths)
+        module = window_deaths[start:stop]
+        parts = []
+        if len(module):
+            drawn_as = module % REDRAW_STRIDE
+            people = sample(self.people_tables, self.config.seed, drawn_as, lifetime=False)
+            people = with_new_identities(self.people_tables, self.config.seed, people, IDENTITY_STREAMS + module)
+            parts.append(self._simulate_streams(drawn_as, module, people=people))
+        k = np.arange(max(start, n_module), stop, dtype=np.int64) - n_module
+        for stand_ins in (False, True):
+            some = k[(k >= background) == stand_ins]
+            if len(some):
+                people = sample_decedents(
+                    self.people_tables, self.config.seed, DECEDENT_STREAMS + some, self.config.decedent_years, stand_ins
+                )
+                result, counts = self._simulate_streams(people.index, people.index, people=people)
+                result, counts, _ = self._redraw_the_dead(result, counts, 0, np.inf)
+                parts.append((result, counts))
+        return _relabel(parts, living + np.arange(start, stop, dtype=np.int64))
 
     def _redraw_the_dead(
-        self, index: np.ndarray, result: Simulated, counts: np.ndarray, attempt: int
-    ) -> tuple[Simulated, np.ndarray]:
-        """`result` with every patient who died redrawn from their next stream, recursively (each
-        level splices only the smaller set below it)."""
-        died = np.zeros(len(index), bool)
-        died[np.repeat(np.arange(len(index)), counts)[result.events.kind == K_DEATH]] = True
+        self, result: Simulated, counts: np.ndarray, attempt: int, window_start_t: float
+    ) -> tuple[Simulated, np.ndarray, np.ndarray]:
+        """`result` with every patient who died before their background death (a module's death) redrawn
+        from their next stream, recursively (each level splices only the smaller set below it); and the
+        streams of the discarded histories whose death came at or after `window_start_t`."""
+        death_t = _death_times(result, counts)
+        died = death_t < result.people.death_t
         if not died.any() or attempt == MAX_REDRAWS:
-            return result, counts
-        again = index[died]
-        redo, redo_counts = self._simulate_streams(again, again + (attempt + 1) * REDRAW_STRIDE)
-        redo, redo_counts = self._redraw_the_dead(again, redo, redo_counts, attempt + 1)
-        return _splice(result, counts, redo, redo_counts, died)
+            return result, counts, np.empty(0, np.int64)
+        window = result.stream[died & (death_t >= window_start_t)]
+        again = _subset(result.people, died)
+        stream = again.index + (attempt + 1) * REDRAW_STRIDE
+        redo, redo_counts = self._simulate_streams(again.index, stream, people=again)
+        redo, redo_counts, window_redo = self._redraw_the_dead(redo, redo_counts, attempt + 1, window_start_t)
+        spliced, spliced_counts = _splice(result, counts, redo, redo_counts, died)
+        return spliced, spliced_counts, np.concatenate([window, window_redo])
 
     def _simulate_streams(
-        self, index: np.ndarray, stream: np.ndarray, learn_capacity: bool = False
+        self, index: np.ndarray, stream: np.ndarray, learn_capacity: bool = False, people: People | None = None
     ) -> tuple[Simulated, np.ndarray]:
-        """Patients `index` living the histories of event streams `stream` (one per patient), and
-        the number of events of each. With `learn_capacity` (whole chunks, not the few long lives
-        redrawn in population mode) the first-pass buffer grows to what patients need."""
+        """Patients `index` (drawn, unless `people` are given) living the histories of event streams `stream`
+        (one per patient), and the number of events of each. With `learn_capacity` (whole chunks, not the
+        few long lives redrawn in population mode) the first-pass buffer grows to what patients need."""
         lifetime = self.config.mode == "lifetime"
-        people = sample(self.people_tables, self.config.seed, index, lifetime)
+        if people is None:
+            people = sample(self.people_tables, self.config.seed, index, lifetime)
         horizon = people.birth_t + LIFETIME_HORIZON_YEARS * DAYS_PER_YEAR
         t_end = horizon if lifetime else np.full(len(index), self.reference_t)
         capacity = np.full(len(index), self.capacity, np.int64)
@@ -223,6 +299,33 @@ def _splice(
     events = _merge(first.events, counts, merged_counts, second.events, counts2, mask)
     patient = np.repeat(first.people.index, merged_counts)
     return Simulated(events, patient, errors, first.people, entered, stream), merged_counts
+
+
+def _death_times(result: Simulated, counts: np.ndarray) -> np.ndarray:
+    """The time of each patient's death in `result` (NaN: none)."""
+    death_t = np.full(len(counts), np.nan)
+    is_death = result.events.kind == K_DEATH
+    death_t[np.repeat(np.arange(len(counts)), counts)[is_death]] = result.events.t[is_death]
+    return death_t
+
+
+def _relabel(parts: list[tuple[Simulated, np.ndarray]], index: np.ndarray) -> Simulated:
+    """The patients of `parts` (results and their event counts), one after the other, as patients `index`."""
+    results = [r for r, _ in parts]
+    counts = np.concatenate([c for _, c in parts])
+
+    def joined(columns: tuple) -> tuple:
+        return tuple(np.concatenate(column) for column in zip(*columns, strict=True))
+
+    people = People(*joined(tuple(r.people for r in results)))
+    return Simulated(
+        Events(*joined(tuple(r.events for r in results))),
+        np.repeat(index, counts),
+        np.concatenate([r.errors for r in results]),
+        people._replace(index=index),
+        np.concatenate([r.entered for r in results]),
+        np.concatenate([r.stream for r in results]),
+    )
 
 
 def _subset(people: People, mask: np.ndarray) -> People:

@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from simulator.audit.report import AuditReport, audit_cohort
 from simulator.days import days_since_epoch
@@ -178,6 +179,14 @@ def validate_generated(
     )
 
 
+def living_cohort(patients: pd.DataFrame) -> pd.DataFrame:
+    """The patients of a written run less its decedents (`is_decedent`; a run written before decedents
+    has none): the cross-section alive at the reference date, which the targets describe."""
+    if "is_decedent" not in patients:
+        return patients
+    return patients[~patients["is_decedent"].astype(bool).to_numpy()]
+
+
 def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: TargetSet | None = None) -> Validation:
     """Compare a run written by `ehrsim generate` (its manifest and tables) with the targets."""
     manifest_path = run_dir / "manifest.json"
@@ -195,7 +204,8 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
     population = Population(manifest, out=run_dir)
     patients, events = population.patients, population.events
     t_ref = days_since_epoch(date.fromisoformat(config["reference_date"]))
-    cohort = cohort_from_tables(patients, events, t_ref, needs)
+    living = living_cohort(patients)
+    cohort = cohort_from_tables(living, events[events["patient"].isin(living["index"])], t_ref, needs)
     lifetime_run = config.get("mode") == "lifetime"
     seed = int(manifest.get("seed", 0))
     lifetime = cohort if lifetime_run else _lifetime_cohort(library, seed, lifetime_patients, needs, 10_000)
@@ -209,7 +219,7 @@ def validate_run(run_dir: Path, lifetime_patients: int = 20_000, targets: Target
         check_invariants(patients, events),
         len(patients),
         lab_distributions(cohort, targets, vocabulary),
-        _card(library, card_config, len(patients), len(patients) if lifetime_run else lifetime_patients),
+        _card(library, card_config, len(living), len(living) if lifetime_run else lifetime_patients),
         targets.definitions,
         calibration_targets(library),
         audit,

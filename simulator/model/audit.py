@@ -256,6 +256,13 @@ class WithinEncounterRule(AuditRule):
         return [(e.table, c) for e in self.events for c in (e.time, e.encounter)]
 
 
+class DecedentsRule(AuditRule):
+    """A decedent (a patient a population run holds because they died in its decedent window, `is_decedent`)
+    has a death time and a cause of death (Patient.deceasedDateTime)."""
+
+    kind: Literal["decedents"]
+
+
 KINDS: tuple[type[AuditRule], ...] = (
     IntroductionYearRule,
     DerivedEgfrRule,
@@ -270,6 +277,7 @@ KINDS: tuple[type[AuditRule], ...] = (
     TimeOrderRule,
     NotBeforeBirthRule,
     WithinEncounterRule,
+    DecedentsRule,
 )
 KIND_NAMES = tuple(get_args(k.model_fields["kind"].annotation)[0] for k in KINDS)
 

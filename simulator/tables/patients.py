@@ -12,9 +12,17 @@ from simulator.tables.uuids import uuid_strings
 
 
 def patient_table(
-    library: Library, people: People, death_t: np.ndarray, death_code: np.ndarray, codes: tuple, seed: int
+    library: Library,
+    people: People,
+    death_t: np.ndarray,
+    death_code: np.ndarray,
+    codes: tuple,
+    seed: int,
+    is_decedent: bool = False,
 ) -> pd.DataFrame:
-    """One row per patient: identity, demographics, synthetic name and address, death."""
+    """One row per patient: identity, demographics, synthetic name and address, death, and whether the
+    patient is one of the run's decedents (died within its decedent window) rather than of its living
+    cohort."""
     names = library.names
     picks = people.picks
     male = people.sex == 0
@@ -56,5 +64,6 @@ def patient_table(
             "death_time": to_datetime(np.where(dead, death_t, np.nan)),
             "death_cause_code": [codes[k].code if k >= 0 else None for k in cause],
             "death_cause_display": [codes[k].display if k >= 0 else None for k in cause],
+            "is_decedent": np.full(len(people.index), is_decedent),
         }
     )

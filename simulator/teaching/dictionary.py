@@ -17,6 +17,7 @@ TYPES = {
     "number": "decimal number; empty where missing",
     "text": "text; empty where missing (read codes and ids as text)",
     "category": "text from a fixed set of values",
+    "boolean": "true or false (`True`/`False` in CSV)",
     "datetime": "UTC time: ISO 8601 with milliseconds and Z in CSV (`2016-12-08T10:24:35.509Z`), "
     "a timezone-aware timestamp in Parquet; empty where missing",
 }

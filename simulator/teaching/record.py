@@ -30,7 +30,7 @@ def data_dictionary() -> pd.DataFrame:
 def _csv_types(table: str) -> tuple[dict[str, str], list[str]]:
     """The pandas dtypes of a CSV table's columns and its datetime columns, from the data dictionary."""
     columns = data_dictionary().query("table == @table")
-    dtypes = {"integer": "int64", "number": "float64", "text": "string", "category": "category"}
+    dtypes = {"integer": "int64", "number": "float64", "text": "string", "category": "category", "boolean": "bool"}
     types = {c: dtypes[t] for c, t in zip(columns["column"], columns["type"], strict=True) if t != "datetime"}
     return types, columns.loc[columns["type"] == "datetime", "column"].tolist()
 
