@@ -273,6 +273,21 @@ def test_duplicate_drug_class_and_product(shipped_library: Library) -> None:
     assert products.violations["time"].tolist() == [utc("2016-03-05")]
 
 
+def test_add_on_only_after_the_maximum_metformin_dose(shipped_library: Library) -> None:
+    meds = medications(
+        (0, "860975", "2010-01-01", "2011-01-01"),  # metformin 500 mg, raised to 2,000 mg a day
+        (0, "861004", "2011-01-01", ""),
+        (0, "310490", "2011-06-01", ""),  # glipizide five months later: fine
+        (1, "861004", "2012-01-01", "2015-01-01"),
+        (1, "1373463", "2012-02-01", ""),  # canagliflozin a month after titration: too early
+        (1, "285018", "2016-01-01", ""),  # glargine after metformin stopped: no metformin course running
+    )
+    finding = run_check(shipped_library, "add_on_after_maximum_metformin", medications=meds)
+    assert finding.checked == 3
+    assert finding.violations["patient"].tolist() == [1, 1]
+    assert sorted(finding.violations["time"]) == [utc("2012-02-01"), utc("2016-01-01")]
+
+
 def test_visit_hours_in_local_time(shipped_library: Library) -> None:
     visits = encounters(
         (0, "a", "wellness", "2024-01-08 15:00", ""),  # Monday 09:00 in Chicago (CST)

@@ -29,7 +29,8 @@ HBA1C = "4548-4"
 EGFR = "98979-8"
 CREATININE = "2160-0"
 SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
-DIABETES_DRUGS = {"860975", "861007", "310490", "1373463", "285018"}  # metformin ER, IR, glipizide, SGLT2, glargine
+# metformin ER, IR and 1000 mg, glipizide, SGLT2 inhibitor, glargine
+DIABETES_DRUGS = {"860975", "861007", "861004", "310490", "1373463", "285018"}
 HTN_DRUGS = {"314076", "979492", "310798", "197361"}  # lisinopril, losartan, hydrochlorothiazide, amlodipine
 ATORVASTATIN = "617311"
 

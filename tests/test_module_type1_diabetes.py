@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = pd.Timestamp("2024-07-01", tz="UTC")
 T1D, T2D, PREDIABETES = "46635009", "44054006", "714628002"
 KETOACIDOSIS = "420270002"
-T1D_INSULINS = {"847230", "865098"}  # insulin glargine pen, insulin lispro
+T1D_INSULINS = {"847230", "865098", "311028", "311036"}  # glargine pen, lispro; before them NPH, regular (1982)
+BASAL = {"847230": "2000-01-01", "311028": "1982-10-01"}  # the basal insulin and its era's start
+MEALTIME = {"865098": "1996-06-01", "311036": "1982-10-01"}
 HBA1C = "4548-4"
 IV_INSULIN = "311034"  # insulin regular, human, for the ketoacidosis infusion (rules/calendar.yaml: from 1982)
 # The presentation labs of ketoacidosis and the ADA consensus criteria they meet (kitabchi2009 in the module).
@@ -47,12 +49,44 @@ def test_insulin_only_after_a_type1_diagnosis(cohort: simulator.Population) -> N
     when = starts.patient.map(diagnosed)
     assert when.notna().all(), "type 1 insulin for a patient never diagnosed with type 1 diabetes"
     assert (starts.time >= when).all(), "insulin before the diagnosis"
-    # Basal and bolus insulin, both for every patient diagnosed since both analogues were approved (glargine
-    # 2000, lispro 1996; rules/calendar.yaml: before its date a course does not start, a known gap).
+    # Basal and bolus insulin, both for every patient diagnosed since human insulin (October 1982): NPH and
+    # regular human insulin before the analogues (rules/calendar.yaml `before`); animal insulin before it has no
+    # RxNorm code, so no course starts before 1982.
     per_patient = starts.groupby("patient").code.nunique()
-    analogue_era = diagnosed[diagnosed >= pd.Timestamp("2000-01-01", tz="UTC")]
-    assert len(analogue_era) >= 10 and (per_patient.reindex(analogue_era.index) == 2).all()
-    assert (starts.time >= pd.Timestamp("1996-01-01", tz="UTC")).all()
+    human_era = diagnosed[diagnosed >= pd.Timestamp("1983-01-01", tz="UTC")]
+    assert len(human_era) >= 10 and (per_patient.reindex(human_era.index) == 2).all()
+    assert (starts.time >= pd.Timestamp("1982-10-01", tz="UTC")).all()
+
+
+@pytest.mark.parametrize("products", [BASAL, MEALTIME], ids=["basal", "mealtime"])
+def test_insulin_of_its_era(cohort: simulator.Population, products: dict[str, str]) -> None:
+    """Each insulin course starts under the product of its date: the analogue from its approval (glargine 2000,
+    lispro 1996), human NPH or regular insulin from 1982 to then."""
+    ev = cohort.events
+    starts = ev[(ev.kind == "medication_start") & ev.code.isin(products)].assign(code=lambda d: d.code.astype(str))
+    analogue, human = products
+    analogue_from = pd.Timestamp(products[analogue], tz="UTC")
+    assert (starts[starts.code == analogue].time >= analogue_from).all()
+    assert (starts[starts.code == human].time < analogue_from).all()
+    assert (starts.code == human).sum() >= 3, "no human insulin course before the analogue"
+
+
+def test_every_type1_patient_alive_in_the_human_insulin_era_has_insulin(cohort: simulator.Population) -> None:
+    """Diagnosed before 1983 or after, a patient with type 1 diabetes has a basal-bolus course once human
+    insulin exists (a patient diagnosed earlier gets it at the first follow-up visit of its era)."""
+    ev = cohort.events
+    diagnosed = first_time(ev, "condition_diagnosis", {T1D})
+    deaths = cohort.patients.set_index("index").death_time.reindex(diagnosed.index)
+    era = pd.Timestamp("1983-01-01", tz="UTC")
+    # Alive for a year after the later of the diagnosis and the era's start (time for a follow-up visit).
+    due = diagnosed.where(diagnosed > era, era) + pd.Timedelta(days=365)
+    alive = diagnosed[(deaths.isna() | (deaths > due)) & (due < REFERENCE)]
+    insulin = first_time(ev, "medication_start", set(BASAL))
+    assert len(alive) >= 20
+    assert alive.index.isin(insulin.index).mean() >= 0.98
+    early = alive[alive < era]
+    if len(early):
+        assert (insulin.reindex(early.index) >= era - pd.Timedelta(days=92)).all()
 
 
 def test_diagnosis_follows_onset_within_weeks(cohort: simulator.Population) -> None:

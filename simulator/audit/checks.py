@@ -366,6 +366,25 @@ def nothing_after_death(tables: AuditTables, rule: rules.NothingAfterDeathRule) 
     return combine(findings)
 
 
+@check("prior_course")
+def prior_course(tables: AuditTables, rule: rules.PriorCourseRule) -> Finding:
+    """Courses of `rule.courses` that start without a course of `rule.requires` started `min_days` before and
+    still running (a course without a stop runs to the end of the record). Checked: the courses of `courses`."""
+    meds = tables["medications"].assign(code=lambda m: m["code"].astype(str))
+    courses = meds[meds["code"].isin(rule.courses.members)].reset_index(drop=True)
+    courses = courses.assign(course=courses.index)
+    required = meds.loc[meds["code"].isin(rule.requires.members), ["patient", "start_time", "stop_time"]]
+    required = required.rename(columns={"start_time": "prior_start", "stop_time": "prior_stop"})
+    pairs = courses[["course", "patient", "start_time"]].merge(required, on="patient")
+    in_time = (pairs["prior_start"] <= pairs["start_time"] - pd.Timedelta(days=rule.min_days)) & (
+        pairs["prior_stop"].isna() | (pairs["prior_stop"] >= pairs["start_time"])
+    )
+    bad = courses[~courses["course"].isin(pairs.loc[in_time, "course"])]
+    detail = bad["display"].astype(str) + " started " + day(bad["start_time"])
+    what = f"started without {rule.min_days:g} days of the required course before it"
+    return Finding(len(courses), violations(bad["patient"], bad["start_time"], what, detail))
+
+
 @check("overlapping_courses")
 def overlapping_courses(tables: AuditTables, rule: rules.OverlappingCoursesRule) -> Finding:
     """Pairs of a patient's medication courses in one group (or of one product) that overlap in time; a

@@ -40,6 +40,10 @@ class AuditRule(Strict):
         """The (table, column) pairs the rule names (the audit checks that it reads them)."""
         return []
 
+    def drug_groups(self) -> list[DrugGroup]:
+        """The drug groups the rule names (each cites its own source)."""
+        return []
+
 
 class IntroductionYearRule(AuditRule):
     """No coded event of `tables` before the year its code came into use (the library's calendar)."""
@@ -186,11 +190,27 @@ class OverlappingCoursesRule(AuditRule):
     groups: dict[Name, DrugGroup] = Field(default_factory=dict)
     same_product: bool = False
 
+    def drug_groups(self) -> list[DrugGroup]:
+        return list(self.groups.values())
+
     @model_validator(mode="after")
     def _something_to_check(self) -> OverlappingCoursesRule:
         if not self.groups and not self.same_product:
             raise ValueError("give groups, or same_product: true")
         return self
+
+
+class PriorCourseRule(AuditRule):
+    """A course of a product of `courses` starts only while a course of `requires` has run for `min_days` or
+    more: a step of a guideline's sequence (an add-on drug only after the first drug at its maximum dose)."""
+
+    kind: Literal["prior_course"]
+    courses: DrugGroup
+    requires: DrugGroup
+    min_days: NonNegative
+
+    def drug_groups(self) -> list[DrugGroup]:
+        return [self.courses, self.requires]
 
 
 class VisitHoursRule(AuditRule):
@@ -273,6 +293,7 @@ KINDS: tuple[type[AuditRule], ...] = (
     RequiredObservationsRule,
     NothingAfterDeathRule,
     OverlappingCoursesRule,
+    PriorCourseRule,
     VisitHoursRule,
     TimeOrderRule,
     NotBeforeBirthRule,
@@ -310,9 +331,7 @@ class AuditRules(Strict):
         problems = [
             problem
             for rule_id, rule in rules.items()
-            for problem in uncited(
-                info, *rule.sources, *(g.source for g in getattr(rule, "groups", {}).values()), where=f"{rule_id}: "
-            )
+            for problem in uncited(info, *rule.sources, *(g.source for g in rule.drug_groups()), where=f"{rule_id}: ")
         ]
         if problems:
             raise ValueError("; ".join(problems))
