@@ -176,8 +176,8 @@ def write_shares(fit: MortalityFit, library: Library, path: Path) -> None:
         "# Background mortality share by age band and sex: written by `ehrsim calibrate mortality`\n"
         "# (see rules/mortality.yaml). Not a published figure: (the deaths the life table expects from a\n"
         "# simulated birth cohort's person-years - module deaths) / the deaths it expects at the background\n"
-        "# hazard ratios, floored at 0.05. It applies only\n"
-        "# to a library with exactly these modules; refit it when a module's mortality changes.\n"
+        "# hazard ratios, floored at 0.05. It applies only to a library with exactly these modules;\n"
+        "# refit it when a module's mortality changes.\n"
     )
     text = io.StringIO()
     text.write(header)
