@@ -96,15 +96,18 @@ def test_a_product_already_taken_is_not_ordered_again_by_another_module(tmp_path
 
 
 def _expected_cause_shares(library, deaths: pd.DataFrame) -> pd.DataFrame:
-    """Per background death (rows of `deaths` with age_years and sex), the table's share of each cause in
+    """Per background death (rows of `deaths` with age_years, sex and time), the table's share of each cause in
     its age band and sex (columns: cause codes)."""
     causes = library.mortality.causes
     band = np.searchsorted(np.array(causes.age), deaths["age_years"].to_numpy(), side="right") - 1
-    shares = {}
-    for sex in ("male", "female"):
-        table = np.array([getattr(c, sex) for c in causes.causes], np.float64).T
-        shares[sex] = table / table.sum(axis=1, keepdims=True)
-    rows = [shares["male" if s == "M" else "female"][b] for s, b in zip(deaths["sex"], band, strict=True)]
+    table_of = {
+        s: np.array([getattr(c, sex) for c in causes.causes], np.float64).T
+        for s, sex in (("M", "male"), ("F", "female"))
+    }
+    rows = []
+    for s, b, year in zip(deaths["sex"], band, deaths["time"].dt.year, strict=True):
+        deaths_then = table_of[s][b] * np.array([c.since is None or c.since <= year for c in causes.causes])
+        rows.append(deaths_then / deaths_then.sum())  # a cause with `since` is drawn only from its year
     return pd.DataFrame(rows, columns=[c.code.code for c in causes.causes], index=deaths.index)
 
 

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.engine.people import background_share_by_age, life_table_hazard
+from simulator.days import DAYS_PER_YEAR
+from simulator.engine.codes import K_DEATH, K_DIAGNOSIS
+from simulator.engine.people import background_hazard, background_share_by_age, cumulative_at, life_table_hazard
+from simulator.engine.run import RunConfig, Simulator
 from simulator.fit.mortality import fit_background_mortality, life_table_rates
 from simulator.model.loading import load_library
 
@@ -27,6 +30,54 @@ states:
   dies:
     death: {cause: {system: SNOMED, code: "419620001", display: Death (event)}}
 """
+
+MARKED = """
+name: marked
+title: Type 2 diabetes diagnosed at 50 for everyone (the background hazard ratio of rules/mortality.yaml)
+sources: {assumed: "assumption: test fixture"}
+conditions:
+  t2d: {code: {system: SNOMED, code: "44054006", display: Diabetes mellitus type 2 (disorder)}}
+start: young
+states:
+  young:
+    after: {distribution: exact, value: 50, unit: years, source: assumed}
+    next: diagnosed
+  diagnosed:
+    encounter:
+      class: ambulatory
+      code: {system: SNOMED, code: "390906007", display: Follow-up encounter (procedure)}
+      duration: {distribution: exact, value: 20, unit: minutes, source: assumed}
+    diagnose: [t2d]
+    terminal: true
+"""
+
+
+def test_a_diagnosis_moves_the_background_death_by_its_hazard_ratio(tmp_path: Path) -> None:
+    """After a diagnosis of a condition with a background hazard ratio r, the cumulative background hazard
+    left before death is the one drawn at birth divided by r: the death comes sooner, and nothing is redrawn."""
+    (tmp_path / "marked.yaml").write_text(MARKED)
+    library = load_library(tmp_path)
+    ratio = next(h.hazard_ratio for h in library.mortality.hazard_ratios if "t2d" in h.conditions)
+    assert ratio > 1
+    sim = Simulator.build(RunConfig(patients=2_000, seed=11, mode="lifetime"), library)
+    run = sim.simulate(np.arange(2_000, dtype=np.int64))
+    events = run.events
+    diagnosed_at = dict(zip(run.patient[events.kind == K_DIAGNOSIS], events.t[events.kind == K_DIAGNOSIS], strict=True))
+    died_at = dict(zip(run.patient[events.kind == K_DEATH], events.t[events.kind == K_DEATH], strict=True))
+    cum_hazard, tail_rate = background_hazard(library)
+    checked = 0
+    for i, t_diagnosis in diagnosed_at.items():
+        if i not in died_at:
+            continue
+        sex, birth = int(run.people.sex[i]), run.people.birth_t[i]
+        hazard = [
+            cumulative_at(cum_hazard[sex], tail_rate[sex], (t - birth) / DAYS_PER_YEAR)
+            for t in (t_diagnosis, died_at[i], run.people.death_t[i])
+        ]
+        assert died_at[i] < run.people.death_t[i]
+        assert ratio * (hazard[1] - hazard[0]) == pytest.approx(hazard[2] - hazard[0], rel=1e-6)
+        checked += 1
+    assert checked > 1_000
 
 
 def test_share_scales_the_life_table_hazard_of_its_ages() -> None:

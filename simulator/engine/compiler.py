@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from datetime import date
 from typing import NamedTuple
 
 import numpy as np
@@ -63,6 +64,7 @@ from simulator.model.schema import (
     WEEKDAYS,
     AgeCurve,
     AllGuard,
+    CauseOfDeath,
     Code,
     DeathCauses,
     DiseaseModule,
@@ -192,8 +194,12 @@ class CompiledModel(NamedTuple):
     # underlying causes of background deaths (none: every background death has death_code)
     death_cause_code: np.ndarray  # int32[n_causes]
     death_cause_age: np.ndarray  # float64[n_cause_bands]: band starts in years
-    death_cause_cum_male: np.ndarray  # float64[n_cause_bands, n_causes]: cumulative shares in each band
-    death_cause_cum_female: np.ndarray  # float64[n_cause_bands, n_causes]
+    death_cause_deaths_male: np.ndarray  # float64[n_cause_bands, n_causes]: the table's deaths in each band
+    death_cause_deaths_female: np.ndarray  # float64[n_cause_bands, n_causes]
+    death_cause_since_t: np.ndarray  # float64[n_causes]: no death has the cause before it (-inf: always)
+    # background hazard ratios (rules/mortality.yaml hazard_ratios): a patient's background hazard is the
+    # life table's (times the fitted share) times the product of the ratios of their diagnosed conditions
+    cond_bg_hr: np.ndarray  # float64[n_conditions]: 1 when the condition has none
     # clinic hours (rules/providers.yaml clinic_hours), in days of the patient's local standard time
     state_clinic: np.ndarray  # bool[n_states]: the state starts an encounter of a class clinics see in their hours
     clinic_days: np.ndarray  # bool[7]: working days, Monday first
@@ -714,6 +720,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             np.bool_,
         ),
         **_death_causes(b, library.mortality.causes),
+        cond_bg_hr=_frozen(_background_ratios(library, list(cond_all)), f8),
         state_clinic=b.column("state", "clinic", np.bool_),
         clinic_days=_frozen([day in hours.weekdays for day in WEEKDAYS], np.bool_),
         clinic_opens_days=hours.minutes(hours.opens) / MINUTES_PER_DAY,
@@ -765,19 +772,34 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
 
 
 def _death_causes(b: _Builder, causes: DeathCauses | None) -> dict[str, np.ndarray]:
-    """The background-death cause table: codes, band starts and, per sex, each band's cumulative shares
-    of the causes (rows: bands, columns: causes); empty without a table."""
+    """The background-death cause table: codes, band starts, the first day each cause can be certified
+    and, per sex, each band's deaths by cause (rows: bands, columns: causes); empty without a table."""
     rows = causes.causes if causes is not None else []
     out = {
         "death_cause_code": _frozen([b.code(c.code) for c in rows], np.int32),
         "death_cause_age": _frozen(causes.age if causes is not None else [], np.float64),
+        "death_cause_since_t": _frozen([cause_since_t(c) for c in rows], np.float64),
     }
     for sex in ("male", "female"):
         deaths = np.array([getattr(c, sex) for c in rows], np.float64).T.reshape(len(out["death_cause_age"]), len(rows))
-        cumulative = np.cumsum(deaths, axis=1) / np.maximum(deaths.sum(axis=1, keepdims=True), 1.0)
-        cumulative.setflags(write=False)
-        out[f"death_cause_cum_{sex}"] = cumulative
+        deaths.setflags(write=False)
+        out[f"death_cause_deaths_{sex}"] = deaths
     return out
+
+
+def cause_since_t(cause: CauseOfDeath) -> float:
+    """The first day (days since the epoch) a death can have this cause: 1 January of its `since` year."""
+    return -math.inf if cause.since is None else float(days_since_epoch(date(cause.since, 1, 1)))
+
+
+def _background_ratios(library: Library, conditions: list[str]) -> list[float]:
+    """Each condition's hazard ratio on background death (the product of the entries naming it; 1: none)."""
+    ratios = dict.fromkeys(conditions, 1.0)
+    for entry in library.mortality.hazard_ratios:
+        for name in entry.conditions:
+            if name in ratios:
+                ratios[name] *= entry.hazard_ratio
+    return list(ratios.values())
 
 
 def _guarded(op: np.ndarray, i0: np.ndarray, kinds: tuple[int, ...], n: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
 from simulator.engine.civil import completed_years_between, next_month_flip, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
-from simulator.engine.people import People
+from simulator.engine.people import People, PeopleTables, cumulative_at, inverse_cumulative
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 
 # The compiled model, one NamedTuple of some 115 arrays, is passed into the parallel loop, where Numba
@@ -116,6 +116,9 @@ class Scratch(NamedTuple):
     attr_seen_level: np.ndarray  # float64[n_attributes]: what observables saw of the attribute at its last change
     attr_seen_t: np.ndarray  # float64[n_attributes]: when it last changed
     attr_half_life: np.ndarray  # float64[n_attributes]: lag of its effects since then (0: none)
+    bg: np.ndarray  # float64[2]: background death time now, and the background hazard multiplier it was drawn at
+    bg_cum_hazard: np.ndarray  # float64[2, n_ages + 1]: cumulative background hazard at whole ages, by sex (people)
+    bg_tail_rate: np.ndarray  # float64[2]: background hazard per year past the table
 
 
 class Person(NamedTuple):
@@ -147,7 +150,7 @@ class Events(NamedTuple):
 
 
 @njit(cache=True)
-def new_scratch(model: CompiledModel) -> Scratch:
+def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: np.ndarray) -> Scratch:
     n_modules = model.module_start.shape[0]
     return Scratch(
         np.zeros(1, np.uint64),
@@ -189,6 +192,9 @@ def new_scratch(model: CompiledModel) -> Scratch:
         np.zeros(model.attr_initial.shape[0], np.float64),
         np.zeros(model.attr_initial.shape[0], np.float64),
         np.zeros(model.attr_initial.shape[0], np.float64),
+        np.zeros(2, np.float64),
+        bg_cum_hazard,
+        bg_tail_rate,
     )
 
 
@@ -201,6 +207,8 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.counters[:] = 0
     sc.counters[C_STREAM] = n_modules
     sc.cur_state[:] = -1
+    sc.bg[0] = p.death_t
+    sc.bg[1] = 1.0
     sc.wake_t[:] = np.inf
     sc.wake_kind[:] = W_NONE
     sc.wait_kind[:] = WAIT_NONE
@@ -725,10 +733,30 @@ def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, caus
 
 
 @njit(cache=True, _nrt=False)
+def rescale_background(model: CompiledModel, sc: Scratch, p: Person, t: float) -> None:
+    """Move the background death after the background hazard ratio changed at t (a condition with a ratio
+    was diagnosed or resolved): the cumulative hazard still to go before death, drawn at the old ratio, is
+    spent at the new one (exact for a proportional change; no draw). The ratio is the product of the
+    ratios of the diagnosed conditions."""
+    ratio = 1.0
+    for c in range(model.cond_bg_hr.shape[0]):
+        if sc.cond_diagnosed[c]:
+            ratio *= model.cond_bg_hr[c]
+    if ratio == sc.bg[1] or sc.bg[0] <= t:
+        return
+    cum, tail = sc.bg_cum_hazard[p.sex], sc.bg_tail_rate[p.sex]
+    now = cumulative_at(cum, tail, (t - p.birth_t) / DAYS_PER_YEAR)
+    left = cumulative_at(cum, tail, (sc.bg[0] - p.birth_t) / DAYS_PER_YEAR) - now
+    sc.bg[0] = p.birth_t + inverse_cumulative(cum, tail, now + left * sc.bg[1] / ratio) * DAYS_PER_YEAR
+    sc.bg[1] = ratio
+
+
+@njit(cache=True, _nrt=False)
 def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> int:
     """The underlying cause of a background death at t (a code index): one uniform from the patient-level
-    stream picks a cause in proportion to the deaths of the patient's age band and sex (death_code when
-    the library has no cause table). Nothing is drawn after it, so no other draw moves."""
+    stream picks a cause in proportion to the deaths of the patient's age band and sex, among the causes
+    certifiable at t (death_code when the library has no cause table). Nothing is drawn after it, so no
+    other draw moves."""
     n_causes = model.death_cause_code.shape[0]
     if n_causes == 0:
         return model.death_code
@@ -736,13 +764,22 @@ def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> 
     band = 0
     while band + 1 < model.death_cause_age.shape[0] and model.death_cause_age[band + 1] <= age:
         band += 1
-    cumulative = model.death_cause_cum_male if p.sex == 0 else model.death_cause_cum_female
+    deaths = model.death_cause_deaths_male[band] if p.sex == 0 else model.death_cause_deaths_female[band]
+    total = 0.0
+    last = n_causes - 1
+    for c in range(n_causes):
+        if model.death_cause_since_t[c] <= t:
+            total += deaths[c]
+            last = c
     use_stream(sc, model.module_stream.shape[0])
     pick = uniform(sc.rng)
-    for c in range(n_causes - 1):
-        if pick < cumulative[band, c]:
-            return model.death_cause_code[c]
-    return model.death_cause_code[n_causes - 1]
+    running = 0.0
+    for c in range(last):
+        if model.death_cause_since_t[c] <= t:
+            running += deaths[c]
+            if pick < running / max(total, 1.0):
+                return model.death_cause_code[c]
+    return model.death_cause_code[last]
 
 
 @njit(cache=True, _nrt=False)
@@ -855,13 +892,18 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 emit(ev, sc, p, t, codes.K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, target, -1)
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
+                if model.cond_bg_hr[target] != 1.0:
+                    rescale_background(model, sc, p, t)
         elif kind == codes.A_RESOLVE:
             if sc.cond_active[target]:
+                was_diagnosed = sc.cond_diagnosed[target]
                 sc.cond_active[target] = False
                 sc.cond_diagnosed[target] = False
                 emit(ev, sc, p, t, codes.K_RESOLVED, model.cond_code[target], np.nan, attached(sc, m, t), s, target, -1)
                 if model.cond_guarded[target]:
                     sc.counters[C_DIRTY] = 1
+                if was_diagnosed and model.cond_bg_hr[target] != 1.0:
+                    rescale_background(model, sc, p, t)
         elif kind == codes.A_MED_START:
             code = era_code(model, model.med_code[target], p, t)
             if code >= 0 and not product_taken(model, sc, target):
@@ -1058,8 +1100,8 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
         for m in range(n_modules):
             if sc.wake_t[m] < t_next:
                 t_next, what, which = sc.wake_t[m], 1, m
-        if p.death_t < t_next:
-            t_next, what = p.death_t, 2
+        if sc.bg[0] < t_next:
+            t_next, what = sc.bg[0], 2
         if t_next >= p.t_end or what < 0:
             return
         t = t_next
@@ -1094,15 +1136,18 @@ class Outcome(NamedTuple):
 
 
 @njit(cache=True, parallel=True)
-def simulate(model: CompiledModel, seed: int, people: People, lives: Lives, ev: Events, outcome: Outcome) -> None:
+def simulate(
+    model: CompiledModel, seed: int, people: People, lives: Lives, ev: Events, outcome: Outcome, tables: PeopleTables
+) -> None:
     """Simulate each patient i (`people` row i, drawing from stream `lives.stream[i]`) into rows
-    [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the codes.K_DEATH events."""
+    [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the codes.K_DEATH events.
+    `tables`: the background hazard people's deaths were drawn from (a hazard ratio moves a death on it)."""
     n = lives.stream.shape[0]
     n_blocks = min(n, 256)
     n_states = model.state_module.shape[0]
     n_events, error, entered = outcome  # Numba's parallel loop drops writes made through a tuple's arrays
     for b in prange(n_blocks):
-        sc = new_scratch(model)
+        sc = new_scratch(model, tables.cum_hazard, tables.tail_rate)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
             p = Person(
                 lives.stream[i],

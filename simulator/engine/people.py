@@ -52,7 +52,7 @@ class People(NamedTuple):
 
 
 @njit(cache=True, _nrt=False)
-def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
+def inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float) -> float:
     """Age (years) at which the cumulative hazard reaches target; cum_hazard[k] is H(k), linear
     within each year, constant rate tail_rate past the last age."""
     last = cum_hazard.shape[0] - 1
@@ -66,7 +66,7 @@ def _inverse_cumulative(cum_hazard: np.ndarray, tail_rate: float, target: float)
 
 
 @njit(cache=True, _nrt=False)
-def _cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
+def cumulative_at(cum_hazard: np.ndarray, tail_rate: float, age: float) -> float:
     last = cum_hazard.shape[0] - 1
     if age >= last:
         return cum_hazard[last] + (age - last) * tail_rate
@@ -118,8 +118,8 @@ def _sample_person(seed: int, lifetime: bool, tables: PeopleTables, people: Peop
     people.race[i] = _pick(tables.race_cdf, uniform(rng))
     people.ethnicity[i] = _pick(tables.ethnicity_cdf, uniform(rng))
     start = 0.0 if lifetime else age
-    target = _cumulative_at(hazard[s], tail[s], start) + exponential(rng)
-    people.death_t[i] = people.birth_t[i] + _inverse_cumulative(hazard[s], tail[s], target) * DAYS_PER_YEAR
+    target = cumulative_at(hazard[s], tail[s], start) + exponential(rng)
+    people.death_t[i] = people.birth_t[i] + inverse_cumulative(hazard[s], tail[s], target) * DAYS_PER_YEAR
     _draw_identity(rng, tables, people, i)
 
 
@@ -221,6 +221,21 @@ def standard_utc_offset_days(time_zone: str, year: int) -> float:
     return min(offset.total_seconds() for offset in offsets if offset is not None) / 86400.0
 
 
+def background_hazard(library: Library, background_share: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The background hazard by sex (rows male, female): cumulative at whole ages, and past the table;
+    the life tables scaled by `background_share` (age, male, female), else by the rules' fitted share."""
+    hazards, tails = [], []
+    mortality = library.mortality
+    shares = background_share if background_share is not None else fitted_background_share(library)
+    for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
+        table = pd.read_csv(library.rules_dir / csv)
+        share = None if shares is None else background_share_by_age(shares, sex, len(table))
+        cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share)
+        hazards.append(cum)
+        tails.append(tail)
+    return np.vstack(hazards), np.array(tails)
+
+
 def build_people_tables(
     library: Library, reference_date: date, background_share: pd.DataFrame | None = None
 ) -> PeopleTables:
@@ -229,18 +244,15 @@ def build_people_tables(
     demographics = library.demographics
     pyramid = pd.read_csv(rules / demographics.population_csv)
     counts = np.concatenate([pyramid["male"].to_numpy(float), pyramid["female"].to_numpy(float)])
-    hazards, tails, deaths, background = [], [], [], []
+    cum_hazard, tail_rate = background_hazard(library, background_share)
+    deaths, background = [], []
     mortality = library.mortality
     shares = background_share if background_share is not None else fitted_background_share(library)
     for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
         table = pd.read_csv(rules / csv)
         share = None if shares is None else background_share_by_age(shares, sex, len(table))
-        qx, ex_last = table["qx"].to_numpy(float), float(table["ex"].iloc[-1])
-        cum, tail = life_table_hazard(qx, ex_last, share)
-        hazards.append(cum)
-        tails.append(tail)
         alive = _by_age(pyramid[sex].to_numpy(float), len(table))
-        rates = annual_rates(qx, ex_last)
+        rates = annual_rates(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]))
         deaths.append(alive * -np.expm1(-rates))
         background.append(alive * -np.expm1(-rates * (1.0 if share is None else share)))
     death_cdf = _cdf(list(np.concatenate(background)))
@@ -261,8 +273,8 @@ def build_people_tables(
         age_sex_cdf=_cdf(list(counts)),
         race_cdf=_cdf([r.share for r in demographics.race]),
         ethnicity_cdf=_cdf([e.share for e in demographics.ethnicity]),
-        cum_hazard=np.vstack(hazards),
-        tail_rate=np.asarray(tails),
+        cum_hazard=cum_hazard,
+        tail_rate=tail_rate,
         n_name_lists=np.asarray(lengths, dtype=np.int64),
         city_utc_offset_days=np.asarray(
             [standard_utc_offset_days(c.time_zone, reference_date.year) for c in names.cities], dtype=np.float64

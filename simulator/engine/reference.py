@@ -33,7 +33,11 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      - scheduling a state's hazards (on entry, at a re-evaluation wake-up, or when settling finds a
        changed hazard-ratio product): one exponential, the cumulative hazard to reach;
      - a hazard firing: one uniform, which of the competing hazards it was.
-  3. at a background death with a cause table (mortality.causes): one uniform from stream 1, its cause.
+  3. at a background death with a cause table (mortality.causes): one uniform from stream 1, its cause
+     (among the causes certifiable then: `since`).
+  A background hazard ratio (mortality.hazard_ratios) draws nothing: when the product of the ratios of the
+  diagnosed conditions changes, the cumulative hazard left before the background death is spent at the
+  new product.
   Distributions: exact draws nothing; uniform and exponential one uniform; normal and lognormal one
   normal (two uniforms, Box-Muller); gamma follows kernel.gamma (Marsaglia-Tsang, with one extra
   uniform first when shape < 1). Values with a unit are in days.
@@ -55,6 +59,7 @@ from simulator.days import DAYS_PER_YEAR, EPOCH
 from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import (
     MINUTES_PER_DAY,
+    cause_since_t,
     is_clinic_visit,
     module_stream,
     round_interval_days,
@@ -62,7 +67,7 @@ from simulator.engine.compiler import (
     state_observations,
 )
 from simulator.engine.guards import GUARD_KINDS, INF
-from simulator.engine.people import People
+from simulator.engine.people import People, background_hazard, cumulative_at, inverse_cumulative
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model import schema
 from simulator.model.calendar import SYSTEM_NAMES
@@ -256,6 +261,7 @@ class PatientRun:
         self.join: int | None = None  # a wellness visit started since the last settle
         self.dirty = False  # something a guard may read changed since the last settle
         self.dead = False
+        self.background_ratio = 1.0  # the background hazard ratio death_t is drawn at
         self.events: list[Event] = []
 
     # --- the main loop ---------------------------------------------------------------------------
@@ -285,6 +291,27 @@ class PatientRun:
             self.settle(t)
         return self.events
 
+    def move_background_death(self, condition: str, t: float) -> None:
+        """After `condition` was diagnosed or resolved at t: when the product of the background hazard ratios
+        of the diagnosed conditions (mortality.hazard_ratios) changed, the cumulative background hazard left
+        before death is spent at the new ratio."""
+        ratios = {}
+        for entry in self.library.mortality.hazard_ratios:
+            for name in entry.conditions:
+                ratios[name] = ratios.get(name, 1.0) * entry.hazard_ratio
+        if ratios.get(condition, 1.0) == 1.0:
+            return
+        ratio = math.prod(ratios.get(name, 1.0) for name in self.conditions if name in self.diagnosed)
+        if ratio == self.background_ratio or self.death_t <= t:
+            return
+        cum_hazard, tail_rate = background_hazard(self.library)
+        cum, tail = cum_hazard["MF".index(self.sex)], float(tail_rate["MF".index(self.sex)])
+        now = cumulative_at(cum, tail, (t - self.birth_t) / DAYS_PER_YEAR)
+        left = cumulative_at(cum, tail, (self.death_t - self.birth_t) / DAYS_PER_YEAR) - now
+        reached = inverse_cumulative(cum, tail, now + left * self.background_ratio / ratio)
+        self.death_t = self.birth_t + reached * DAYS_PER_YEAR
+        self.background_ratio = ratio
+
     def background_cause(self, t: float) -> Code:
         """The underlying cause of a background death at t: one uniform from the patient-level stream
         against the cumulative shares of the deaths in the patient's age band and sex."""
@@ -294,10 +321,11 @@ class PatientRun:
         age = (t - self.birth_t) / DAYS_PER_YEAR
         band = max(k for k, start in enumerate(mortality.causes.age) if start <= age)
         sex = "male" if self.sex == "M" else "female"
-        deaths = np.array([getattr(cause, sex)[band] for cause in mortality.causes.causes], np.float64)
+        certifiable = [k for k, cause in enumerate(mortality.causes.causes) if cause_since_t(cause) <= t]
+        deaths = np.array([getattr(mortality.causes.causes[k], sex)[band] for k in certifiable], np.float64)
         cumulative = np.cumsum(deaths) / max(deaths.sum(), 1.0)
         pick = uniform(self.rng)
-        chosen = next((k for k, share in enumerate(cumulative[:-1]) if pick < share), len(deaths) - 1)
+        chosen = certifiable[next((k for k, share in enumerate(cumulative[:-1]) if pick < share), len(deaths) - 1)]
         return mortality.causes.causes[chosen].code
 
     def settle(self, t: float) -> None:
@@ -668,12 +696,16 @@ class PatientRun:
                 self.diagnosed.add(condition)
                 emit("condition_diagnosis", self.conditions[condition])
                 self.dirty = True
+                self.move_background_death(condition, t)
         for condition in state.resolve:
             if condition in self.active:
+                was_diagnosed = condition in self.diagnosed
                 self.active.discard(condition)
                 self.diagnosed.discard(condition)
                 emit("condition_resolved", self.conditions[condition])
                 self.dirty = True
+                if was_diagnosed:
+                    self.move_background_death(condition, t)
         for medication in state.start_medication:
             course = self.recorded(self.medications[medication], t)
             if course is not None and not self.product_taken(medication):

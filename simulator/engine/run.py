@@ -283,7 +283,7 @@ class Simulator:
         )
         lives = Lives(stream=stream.astype(np.int64), t_end=t_end, base=base, capacity=capacity.astype(np.int64))
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-            simulate(self.model, self.config.seed, people, lives, events, outcome)
+            simulate(self.model, self.config.seed, people, lives, events, outcome, self.people_tables)
         return events, outcome.n_events, outcome.error, outcome.entered
 
 

@@ -196,7 +196,7 @@ def counted_events(
             starts = np.flatnonzero(hit & np.isin(encounter_class, HOSPITAL))
             hit[starts[_same_events(pos[starts], t[starts], pos[ended], t[ended])]] = False  # transfers
         else:
-            wanted_kind = K_DEATH if criterion.kind == "death" else K_ONSET
+            wanted_kind = {"death": K_DEATH, "onset": K_ONSET, "diagnosis": K_DIAGNOSIS}[criterion.kind]
             hit = (kind == wanted_kind) & np.isin(code_key, wanted)
         out[key] = (pos[hit], t[hit])
     return out

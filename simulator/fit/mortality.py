@@ -6,9 +6,12 @@ rate would count those causes twice and the cohort would die years too early. Th
 birth cohort, measures the modules' death rate per age band and sex, and scales the background
 hazard to the share of life-table mortality that is left:
 
-    share = 1 - (module deaths in band) / (deaths the life table expects from the band's person-years)
+    share = (life-table deaths - module deaths in band) / (life-table deaths at the background hazard ratios)
 
-floored at MIN_SHARE. Each pass measures the modules' deaths in the cohort the previous share
+where the life-table deaths are those the table expects from the band's person-years, and the last term
+counts each person-year lived with a diagnosed condition that has a background hazard ratio
+(rules/mortality.yaml hazard_ratios) that many times; without ratios it is 1 - module deaths / expected.
+Floored at MIN_SHARE. Each pass measures the modules' deaths in the cohort the previous share
 produced (the modules' death rates hardly depend on it, so two passes settle it).
 """
 
@@ -26,7 +29,7 @@ import pandas as pd
 from ruamel.yaml import YAML
 
 from simulator.days import DAYS_PER_YEAR
-from simulator.engine.codes import K_DEATH
+from simulator.engine.codes import K_DEATH, K_DIAGNOSIS
 from simulator.engine.people import annual_rates, build_people_tables, reference_date_of
 from simulator.engine.run import RunConfig, Simulator
 from simulator.files import write_all
@@ -43,6 +46,7 @@ class CohortDeaths:
     and sex, split into background and module deaths; and life expectancy at birth by sex and all."""
 
     person_years: np.ndarray  # float64[2, 101]
+    ratio_person_years: np.ndarray  # float64[2, 101]: person-years weighted by the background hazard ratio
     module_deaths: np.ndarray  # float64[2, 101]
     background_deaths: np.ndarray  # float64[2, 101]
     life_expectancy: dict[str, float]
@@ -62,7 +66,10 @@ def cohort_deaths(sim: Simulator, patients: int, chunk_size: int = 5_000) -> Coh
     """Simulate `patients` of a lifetime-mode simulator (kernel only) and count their deaths."""
     n_ages = 101
     person_years = np.zeros((2, n_ages))
+    ratio_person_years = np.zeros((2, n_ages))
     deaths = np.zeros((2, 2, n_ages))  # [module?, sex, age]
+    code_ratio = np.ones(len(sim.names.codes))
+    code_ratio[sim.model.cond_code] = sim.model.cond_bg_hr
     ages_at_death: list[np.ndarray] = []
     sexes: list[np.ndarray] = []
     for start in range(0, patients, chunk_size):
@@ -73,15 +80,35 @@ def cohort_deaths(sim: Simulator, patients: int, chunk_size: int = 5_000) -> Coh
         sex = run.people.sex[row].astype(np.int64)
         by_module = (run.events.state[is_death] >= 0).astype(np.int64)
         np.add.at(deaths, (by_module, sex, np.minimum(age.astype(np.int64), n_ages - 1)), 1.0)
-        lived = np.clip(age[:, None] - np.arange(n_ages)[None, :], 0.0, 1.0)
-        lived[:, -1] = np.maximum(age - (n_ages - 1), 0.0)  # the open interval 100+
+        lived = _lived(age, n_ages)
         for s in (0, 1):
             person_years[s] += lived[sex == s].sum(axis=0)
+            ratio_person_years[s] += lived[sex == s].sum(axis=0)
+        # a diagnosis with a background hazard ratio r: the years lived after it count r times (the modules
+        # give a patient one such diagnosis, never resolved)
+        death_age = np.full(len(run.people.birth_t), np.nan)  # the counts above cover the dead only
+        death_age[row] = age
+        is_ratio = (run.events.kind == K_DIAGNOSIS) & (code_ratio[run.events.code] != 1.0)
+        is_ratio[is_ratio] = np.isfinite(death_age[run.patient[is_ratio] - start])
+        ratio_row = run.patient[is_ratio] - start
+        since = (run.events.t[is_ratio] - run.people.birth_t[ratio_row]) / DAYS_PER_YEAR
+        extra = (_lived(death_age[ratio_row], n_ages) - _lived(since, n_ages)) * (
+            code_ratio[run.events.code[is_ratio]] - 1.0
+        )[:, None]
+        for s in (0, 1):
+            ratio_person_years[s] += extra[run.people.sex[ratio_row] == s].sum(axis=0)
         ages_at_death.append(age)
         sexes.append(sex)
     age, sex = np.concatenate(ages_at_death), np.concatenate(sexes)
     expectancy = {"all": float(age.mean())} | {name: float(age[sex == s].mean()) for s, name in enumerate(SEXES)}
-    return CohortDeaths(person_years, deaths[1], deaths[0], expectancy)
+    return CohortDeaths(person_years, ratio_person_years, deaths[1], deaths[0], expectancy)
+
+
+def _lived(age: np.ndarray, n_ages: int) -> np.ndarray:
+    """Years lived in each single year of age 0..n_ages-1 (the last open) by people who reach `age` (rows)."""
+    lived = np.clip(age[:, None] - np.arange(n_ages)[None, :], 0.0, 1.0)
+    lived[:, -1] = np.maximum(age - (n_ages - 1), 0.0)  # the open interval 100+
+    return lived
 
 
 def life_table_rates(library: Library) -> np.ndarray:
@@ -101,8 +128,9 @@ def background_shares(deaths: CohortDeaths, rates: np.ndarray) -> pd.DataFrame:
         values = []
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             expected = float((deaths.person_years[s, lo:hi] * rates[s, lo:hi]).sum())
+            weighted = float((deaths.ratio_person_years[s, lo:hi] * rates[s, lo:hi]).sum())
             modelled = float(deaths.module_deaths[s, lo:hi].sum())
-            values.append(1.0 if expected <= 0 else max(MIN_SHARE, 1.0 - modelled / expected))
+            values.append(1.0 if expected <= 0 else min(1.0, max(MIN_SHARE, (expected - modelled) / weighted)))
         columns[name] = np.round(values, 4).tolist()
     return pd.DataFrame(columns)
 
@@ -146,9 +174,10 @@ def write_shares(fit: MortalityFit, library: Library, path: Path) -> None:
     }
     header = (
         "# Background mortality share by age band and sex: written by `ehrsim calibrate mortality`\n"
-        "# (see rules/mortality.yaml). Not a published figure: 1 - module deaths / the deaths the life\n"
-        "# table expects from a simulated birth cohort's person-years, floored at 0.05. It applies only\n"
-        "# to a library with exactly these modules; refit it when a module's mortality changes.\n"
+        "# (see rules/mortality.yaml). Not a published figure: (the deaths the life table expects from a\n"
+        "# simulated birth cohort's person-years - module deaths) / the deaths it expects at the background\n"
+        "# hazard ratios, floored at 0.05. It applies only to a library with exactly these modules;\n"
+        "# refit it when a module's mortality changes.\n"
     )
     text = io.StringIO()
     text.write(header)

@@ -759,6 +759,7 @@ class CauseOfDeath(Strict):
     icd10: Annotated[str, Field(min_length=3)]
     male: list[Annotated[int, Field(ge=0)]]
     female: list[Annotated[int, Field(ge=0)]]
+    since: int | None = Field(None, ge=1900, le=2100)  # first year a death can have this cause (a new disease)
 
 
 class DeathCauses(Strict):
@@ -782,6 +783,15 @@ class DeathCauses(Strict):
         return self
 
 
+class BackgroundHazardRatio(Strict):
+    """A hazard ratio on background death for patients with a diagnosed condition: from its diagnosis
+    until it resolves (ratios of several diagnosed conditions multiply)."""
+
+    conditions: list[Name] = Field(min_length=1)  # module condition names; names no loaded module declares are skipped
+    hazard_ratio: float = Field(gt=0)
+    source: str = Field(min_length=1)
+
+
 class Mortality(Strict):
     """Background mortality: single-year life tables by sex (columns age, qx).
 
@@ -789,7 +799,8 @@ class Mortality(Strict):
     (a BackgroundShare file) scales the life-table hazard down to the deaths the disease modules do
     not produce themselves; `ehrsim calibrate mortality` measures and writes it, so that all-cause
     mortality stays that of the life tables. A background death's cause is drawn from `causes` (by age
-    band and sex), else it is `cause`."""
+    band and sex), else it is `cause`. `hazard_ratios` multiply the background hazard of patients with a
+    diagnosed condition (the excess mortality no module carries)."""
 
     male_csv: str
     female_csv: str
@@ -797,6 +808,7 @@ class Mortality(Strict):
     background_share: str | None = None
     cause: Code
     causes: DeathCauses | None = None
+    hazard_ratios: list[BackgroundHazardRatio] = []
     source: str
 
 

@@ -75,9 +75,9 @@ Criterion = Annotated[
 class EventCriterion(Frozen):
     """Events a rate counts: `encounter` (a stay or visit of one of `classes` for one of the
     conditions `reasons`; hospital encounters joined by a transfer at the same instant are one
-    stay), `death` (from one of the causes `reasons`) or `onset` (of one of the conditions)."""
+    stay), `death` (from one of the causes `reasons`), `onset` or `diagnosis` (of one of the conditions)."""
 
-    kind: Literal["encounter", "death", "onset"]
+    kind: Literal["encounter", "death", "onset", "diagnosis"]
     reasons: list[str] = Field(min_length=1)  # condition names or SYSTEM:code
     classes: list[Literal[ENCOUNTER_CLASSES]] = []  # type: ignore[valid-type]
 
