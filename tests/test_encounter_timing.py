@@ -137,6 +137,12 @@ def test_emergency_arrival_is_deferred_less_than_a_day(shipped_library: Library)
     delay = pairs["time"] - pairs["onset"]
     assert (delay >= pd.Timedelta(days=1)).all()
     assert (delay <= pd.Timedelta(days=4)).all()
+    # a myocardial infarction goes straight to the emergency department: its onset moves with the arrival
+    mi_onsets = events[(events["kind"] == "condition_onset") & (events["state"] == "mi_onset")]
+    mi_visits = events[(events["kind"] == "encounter_start") & (events["state"] == "mi_emergency")]
+    assert len(mi_visits) > 10
+    same_instant = mi_visits[["patient", "time"]].merge(mi_onsets[["patient", "time"]].drop_duplicates())
+    assert len(same_instant) == len(mi_visits)
 
 
 def test_wellness_joins_follow_the_booked_visit(cohort: simulator.Population) -> None:

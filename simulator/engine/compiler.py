@@ -497,7 +497,7 @@ class _Builder:
             delay=delay,
             wait_wellness=state.wait_for == "wellness",
             clinic=is_clinic_visit(self.library, state),
-            hours=start_hours(self.library, state),
+            hours=start_hours(self.library, module, state),
             ends=state.end_encounter,
             next=nxt,
             sub_start=sub_start,
@@ -538,15 +538,24 @@ def is_clinic_visit(library: Library, state: State) -> bool:
     return state.encounter is not None and state.encounter.encounter_class in hours.encounter_classes
 
 
-def start_hours(library: Library, state: State) -> int:
-    """Index of the encounter_hours rule for when the encounter the state starts starts (-1: none)."""
-    rules = library.providers.encounter_hours
-    if (
-        state.encounter is None
-        or (rule := library.providers.hours_of(state.encounter.encounter_class, "start")) is None
-    ):
-        return -1
-    return rules.index(rule)
+def start_hours(library: Library, module: DiseaseModule, state: State) -> int:
+    """Index of the encounter_hours rule that times a state entered after a wait (-1: none): the rule for
+    the start of an encounter the state starts, or that a state it leads to at once (by next, branches or
+    cases, with no wait between) starts, so that an illness whose onset goes straight to the emergency
+    department has its onset, not only its arrival, at the drawn time; the lowest such rule if several."""
+    providers, found, seen, todo = library.providers, set(), set(), [state]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        encounter = current.encounter
+        if encounter is not None and (rule := providers.hours_of(encounter.encounter_class, "start")) is not None:
+            found.add(providers.encounter_hours.index(rule))
+        if current.after is None and current.hazards is None and current.wait_for is None:
+            targets = [current.next, current.otherwise, *(b.to for b in current.branches or [])]
+            todo += [module.states[t] for t in [*targets, *(c.to for c in current.cases or [])] if t is not None]
+    return min(found, default=-1)
 
 
 def end_hours(library: Library, encounter_class: str) -> int:

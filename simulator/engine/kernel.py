@@ -947,19 +947,18 @@ def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
 def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float, booked: bool) -> None:
     """Enter state s of module m at time t and follow instantaneous exits until the module waits. A state
     that starts a clinic visit outside clinic hours is entered at the next clinic slot instead, one that
-    starts or ends an encounter timed by encounter_hours at the next time of day drawn from them (`booked`:
-    s is entered at the time it was deferred to)."""
+    starts (or leads at once to a state that starts) or ends an encounter timed by encounter_hours at the
+    next time of day drawn from them; `booked`: s is entered at the time it was deferred to, and the states
+    it leads to at once are not timed again."""
     for _ in range(MAX_STEPS):
         sc.cur_state[m] = s
-        if not booked:
-            rule = deferral_rule(model, sc, m, s)
-            if rule >= 0 or (model.state_clinic[s] and not clinic_open(model, p, t)):
-                use_stream(sc, m)
-                sc.wait_kind[m] = WAIT_CLINIC
-                sc.wake_t[m] = hours_time(model, sc, p, rule, t) if rule >= 0 else clinic_slot(model, sc, p, t)
-                sc.wake_kind[m] = W_CLINIC
-                return
-        booked = False
+        rule = -1 if booked else deferral_rule(model, sc, m, s)
+        if rule >= 0 or (model.state_clinic[s] and not clinic_open(model, p, t)):
+            use_stream(sc, m)
+            sc.wait_kind[m] = WAIT_CLINIC
+            sc.wake_t[m] = hours_time(model, sc, p, rule, t) if rule >= 0 else clinic_slot(model, sc, p, t)
+            sc.wake_kind[m] = W_CLINIC
+            return
         sc.entered_t[s] = t
         sc.wait_kind[m] = WAIT_NONE
         sc.wake_t[m] = np.inf

@@ -61,6 +61,7 @@ from simulator.engine.compiler import (
     is_clinic_visit,
     module_stream,
     round_interval_days,
+    start_hours,
     start_observations,
     state_observations,
 )
@@ -327,19 +328,18 @@ class PatientRun:
     def enter(self, track: Track, name: str, t: float, booked: bool = False) -> None:
         """Enter a state, run its actions, and follow instantaneous exits until the module waits; a state that
         starts a clinic visit outside clinic hours is entered at the next clinic slot instead, one that starts
-        or ends an encounter timed by encounter_hours at the next time of day drawn from them (`booked`: the
-        state is entered at the time it was deferred to)."""
+        (or leads at once to a state that starts) or ends an encounter timed by encounter_hours at the next
+        time of day drawn from them (`booked`: the state is entered at the time it was deferred to, and the
+        states it leads to at once are not timed again)."""
         while True:
             state = track.module.states[name]
-            if not booked:
-                rule = self.deferral_rule(track, state)
-                if rule is not None or (is_clinic_visit(self.library, state) and not self.clinic_open(t)):
-                    track.state, track.waiting, track.wake = name, "clinic", "clinic"
-                    track.wake_t = (
-                        self.hours_time(rule, t, track.rng) if rule is not None else self.clinic_slot(t, track.rng)
-                    )
-                    return
-            booked = False
+            rule = None if booked else self.deferral_rule(track, state)
+            if rule is not None or (is_clinic_visit(self.library, state) and not self.clinic_open(t)):
+                track.state, track.waiting, track.wake = name, "clinic", "clinic"
+                track.wake_t = (
+                    self.hours_time(rule, t, track.rng) if rule is not None else self.clinic_slot(t, track.rng)
+                )
+                return
             track.state, track.waiting, track.wake_t, track.wake = name, "", INF, ""
             self.entered[(track.module.name, name)] = t
             self.run_actions(track, name, state, t)
@@ -425,10 +425,11 @@ class PatientRun:
     # --- hours of acute care ---------------------------------------------------------------------
 
     def deferral_rule(self, track: Track, state: State) -> EncounterHours | None:
-        """The encounter_hours rule for the start of the encounter the state starts, else for the end of the
-        module's open-ended encounter it ends (None: the state is not timed)."""
+        """The encounter_hours rule for the start of the encounter the state starts or leads to at once, else
+        for the end of the module's open-ended encounter it ends (None: the state is not timed)."""
         providers = self.library.providers
-        rule = providers.hours_of(state.encounter.encounter_class, "start") if state.encounter else None
+        index = start_hours(self.library, track.module, state)
+        rule = providers.encounter_hours[index] if index >= 0 else None
         if rule is None and state.end_encounter:
             for pending in self.pending:
                 if pending.module == track.module.name and pending.t_end == INF:
