@@ -128,7 +128,8 @@ def _symptoms(ev: pd.DataFrame, kind: np.ndarray, seed: int) -> pd.DataFrame:
     ).set_index("position")
     every = table.assign(module=table["module"].astype(str))
     following = every.groupby([*keys, "code"], sort=False)["time"].shift(-1)  # the next onset of the same
-    before_next = found["seen_time"] < following.reindex(found.index).fillna(pd.Timestamp.max.tz_localize("UTC"))
+    next_onset = following.reindex(found.index)
+    before_next = next_onset.isna() | (found["seen_time"] < next_onset)
     reported = found[found["seen_time"].notna() & before_next.to_numpy()]
     table.loc[reported.index, "reported_time"] = reported["seen_time"].to_numpy()
     table.loc[reported.index, "encounter_id"] = reported["seen_encounter"].to_numpy()
