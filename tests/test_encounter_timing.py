@@ -27,6 +27,12 @@ def cohort() -> simulator.Population:
     return simulator.generate(patients=600, seed=23, chunk_size=256)
 
 
+@pytest.fixture(scope="module")
+def acute_cohort() -> simulator.Population:
+    """Enough emergency visits and hospital stays for their hours' shares (a few thousand of each)."""
+    return simulator.generate(patients=3000, seed=7, chunk_size=1500)
+
+
 def _starts(population: simulator.Population, classes: tuple[str, ...]) -> pd.DataFrame:
     events = population.events
     starts = events[(events["kind"] == "encounter_start") & events["encounter_class"].isin(classes)]
@@ -79,6 +85,69 @@ def test_deferral_is_a_few_days_at_most(cohort: simulator.Population) -> None:
     assert len(newborn) > 0
     assert (delay >= pd.Timedelta(0)).all()
     assert (delay < pd.Timedelta(days=4)).all()
+
+
+def _local_hours(events: pd.DataFrame, library: Library) -> pd.Series:
+    """Each event's time of day in hours, in the local standard time of the patient's city."""
+    zones = {(c.city, c.state): c.time_zone for c in library.names.cities}
+    places = zip(events["city"], events["us_state"], strict=True)
+    offset_days = [standard_utc_offset_days(zones[place], 2024) for place in places]
+    local = events["time"].dt.tz_localize(None) + pd.to_timedelta(offset_days, unit="D")
+    return (local - local.dt.normalize()) / pd.Timedelta(hours=1)
+
+
+def test_emergency_arrivals_follow_the_day_and_night_shares(
+    acute_cohort: simulator.Population, shipped_library: Library
+) -> None:
+    """providers.yaml encounter_hours: 64% of emergency arrivals between 06:00 and 18:00, the rest at night,
+    evenly within each (wsha_ed_hours); before the rule every hour had the same share (50% by day)."""
+    hours = _local_hours(_starts(acute_cohort, ("emergency",)), shipped_library)
+    assert len(hours) > 500
+    assert abs(((hours >= 6) & (hours < 18)).mean() - 0.64) < 0.05
+    assert abs(((hours >= 8) & (hours < 20)).mean() - (0.64 * 10 / 12 + 0.36 * 2 / 12)) < 0.05
+    night = hours[(hours < 6) | (hours >= 18)]
+    assert abs((night < 6).mean() - 0.5) < 0.1  # evenly within the night block
+
+
+def test_inpatient_stays_end_in_discharge_hours(acute_cohort: simulator.Population, shipped_library: Library) -> None:
+    """Every inpatient stay that does not end in death ends between 08:00 and 20:00 local standard time,
+    13% before noon and 42.2% before 15:00 (florida_discharge_times)."""
+    events = acute_cohort.events
+    starts = _starts(acute_cohort, ("inpatient",))[["patient", "encounter", "city", "us_state"]]
+    ends = events[events["kind"] == "encounter_end"].merge(starts, on=["patient", "encounter"])
+    deaths = events[events["kind"] == "death"][["patient", "time"]]
+    ends = ends.merge(deaths, on="patient", how="left", suffixes=("", "_death"))
+    discharges = ends[ends["time"] != ends["time_death"]]
+    hours = _local_hours(discharges, shipped_library)
+    assert len(hours) > 200
+    assert ((hours >= 8 - 1e-6) & (hours < 20)).all()
+    assert abs((hours < 12).mean() - 0.13) < 0.06
+    assert abs((hours < 15).mean() - 0.422) < 0.08
+
+
+def test_emergency_arrival_is_deferred_less_than_a_day(acute_cohort: simulator.Population) -> None:
+    """The arrival moves forward to the drawn time of day, never back, by less than a day: a pneumonia's
+    emergency visit starts 1-3 days after its onset (assumption_care_delay), plus the deferral."""
+    events = acute_cohort.events
+    onsets = events[(events["kind"] == "condition_onset") & (events["state"] == "cap_onset")]
+    visits = events[(events["kind"] == "encounter_start") & (events["state"] == "cap_ed_visit")]
+    pairs = pd.merge_asof(
+        visits.sort_values("time")[["patient", "time"]],
+        onsets.sort_values("time")[["patient", "time"]].rename(columns={"time": "onset"}),
+        left_on="time",
+        right_on="onset",
+        by="patient",
+    )
+    assert len(pairs) > 20
+    delay = pairs["time"] - pairs["onset"]
+    assert (delay >= pd.Timedelta(days=1)).all()
+    assert (delay <= pd.Timedelta(days=4)).all()
+    # a myocardial infarction goes straight to the emergency department: its onset moves with the arrival
+    mi_onsets = events[(events["kind"] == "condition_onset") & (events["state"] == "mi_onset")]
+    mi_visits = events[(events["kind"] == "encounter_start") & (events["state"] == "mi_emergency")]
+    assert len(mi_visits) > 10
+    same_instant = mi_visits[["patient", "time"]].merge(mi_onsets[["patient", "time"]].drop_duplicates())
+    assert len(same_instant) == len(mi_visits)
 
 
 def test_wellness_joins_follow_the_booked_visit(cohort: simulator.Population) -> None:

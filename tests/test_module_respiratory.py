@@ -149,3 +149,19 @@ def test_rough_prevalence_of_asthma_and_copd(shipped_population: simulator.Popul
     ):
         share = prevalence(shipped_population, code, low, high)
         assert target / 2 < share < target * 2, (code, low, high, share)
+
+
+def test_childrens_asthma_attacks_peak_in_september(shipped_population: simulator.Population) -> None:
+    """asthma.yaml derived_attack_season: a child's attack is 1.96 times as likely in September as in the
+    average month (the share 1.96 / 12 = 0.16), an adult's has no season (1 / 12 = 0.083)."""
+    events = shipped_population.events
+    visits = events[
+        (events["kind"] == "encounter_start")
+        & events["state"].isin(["asthma_office_attack_visit", "asthma_emergency_visit"])
+    ]
+    births = shipped_population.patients.set_index("index")["birth_time"].reindex(visits["patient"])
+    child = (visits["time"].to_numpy() - births.to_numpy()) < pd.Timedelta(days=18 * 365.25)
+    september = (visits["time"].dt.month == 9).to_numpy()
+    assert child.sum() > 300 and (~child).sum() > 300
+    assert abs(september[child].mean() - 1.96 / 12) < 0.04
+    assert abs(september[~child].mean() - 1 / 12) < 0.03

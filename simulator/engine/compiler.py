@@ -57,6 +57,7 @@ from simulator.engine.codes import (
 from simulator.engine.guards import GUARD_KINDS
 from simulator.model.calendar import SYSTEM_NAMES, Calendar
 from simulator.model.library import Library
+from simulator.model.providers import EncounterHours
 from simulator.model.schema import (
     CODE_SYSTEMS,
     DAYS_PER_UNIT,
@@ -207,6 +208,15 @@ class CompiledModel(NamedTuple):
     clinic_closes_days: float
     clinic_slot_days: float  # an appointment starts a whole number of these after opening
     clinic_n_slots: int  # appointments of a day
+    # hours of acute care (rules/providers.yaml encounter_hours): times of day drawn from blocks, per rule
+    state_hours: np.ndarray  # int32[n_states]: rule for when the encounter the state starts starts (-1: any time)
+    state_ends: np.ndarray  # bool[n_states]: the state ends its module's open-ended encounter
+    class_end_hours: np.ndarray  # int32[n_classes]: rule for when an encounter of the class ends (-1: any time)
+    hours_block_start: np.ndarray  # int32[n_rules] into the block arrays
+    hours_block_n: np.ndarray  # int32[n_rules]
+    block_from_days: np.ndarray  # float64[n_blocks]: the block's start, as a fraction of the day
+    block_length_days: np.ndarray  # float64[n_blocks]
+    block_cum: np.ndarray  # float64[n_blocks]: share of the rule's encounters up to the end of this block
     # observations repeated while an encounter stays open (rules/vital_signs.yaml observe_every_hours)
     class_obs_start: np.ndarray  # int32[n_classes] into class_obs: what an encounter of the class records at its start
     class_obs_n: np.ndarray  # int32[n_classes]
@@ -505,6 +515,8 @@ class _Builder:
             delay=delay,
             wait_wellness=state.wait_for == "wellness",
             clinic=is_clinic_visit(self.library, state),
+            hours=start_hours(self.library, module, state),
+            ends=state.end_encounter,
             next=nxt,
             sub_start=sub_start,
             sub_n=sub_n,
@@ -551,6 +563,44 @@ def is_clinic_visit(library: Library, state: State) -> bool:
     """Whether the state starts an encounter of a class that clinics see only in their hours."""
     hours = library.providers.clinic_hours
     return state.encounter is not None and state.encounter.encounter_class in hours.encounter_classes
+
+
+def start_hours(library: Library, module: DiseaseModule, state: State) -> int:
+    """Index of the encounter_hours rule that times a state entered after a wait (-1: none): the rule for
+    the start of an encounter the state starts, or that a state it leads to at once (by next, branches or
+    cases, with no wait between) starts, so that an illness whose onset goes straight to the emergency
+    department has its onset, not only its arrival, at the drawn time; the lowest such rule if several."""
+    providers, found, seen, todo = library.providers, set(), set(), [state]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        encounter = current.encounter
+        if encounter is not None and (rule := providers.hours_of(encounter.encounter_class, "start")) is not None:
+            found.add(providers.encounter_hours.index(rule))
+        if current.after is None and current.hazards is None and current.wait_for is None:
+            targets = [current.next, current.otherwise, *(b.to for b in current.branches or [])]
+            todo += [module.states[t] for t in [*targets, *(c.to for c in current.cases or [])] if t is not None]
+    return min(found, default=-1)
+
+
+def end_hours(library: Library, encounter_class: str) -> int:
+    """Index of the encounter_hours rule for when an encounter of the class ends (-1: none)."""
+    rule = library.providers.hours_of(encounter_class, "end")
+    return -1 if rule is None else library.providers.encounter_hours.index(rule)
+
+
+def hour_blocks(hours: EncounterHours) -> list[tuple[float, float, float]]:
+    """A rule's blocks with a share, as (start, length, cumulative share) in fractions of a day and of one."""
+    total = sum(block.percent for block in hours.blocks)
+    blocks, cum = [], 0.0
+    for block in hours.blocks:
+        if block.percent > 0:
+            start, length = block.span_minutes()
+            cum += block.percent / total
+            blocks.append((start / MINUTES_PER_DAY, length / MINUTES_PER_DAY, cum))
+    return blocks
 
 
 def _index(mappings: object) -> dict[str, int]:
@@ -632,6 +682,8 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
 
     i32, i8, f8 = np.int32, np.int8, np.float64
     hours = library.providers.clinic_hours
+    rule_blocks = [hour_blocks(rule) for rule in library.providers.encounter_hours]
+    blocks = [block for rule in rule_blocks for block in rule]
     at_start = [[b.observables[name] for name in start_observations(library, c)] for c in ENCOUNTER_CLASSES]
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
     model = CompiledModel(
@@ -727,6 +779,14 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         clinic_closes_days=hours.minutes(hours.closes) / MINUTES_PER_DAY,
         clinic_slot_days=hours.slot_minutes / MINUTES_PER_DAY,
         clinic_n_slots=-(-(hours.minutes(hours.closes) - hours.minutes(hours.opens)) // hours.slot_minutes),
+        state_hours=b.column("state", "hours", i32),
+        state_ends=b.column("state", "ends", np.bool_),
+        class_end_hours=_frozen([end_hours(library, c) for c in ENCOUNTER_CLASSES], i32),
+        hours_block_start=_frozen([sum(len(r) for r in rule_blocks[:k]) for k in range(len(rule_blocks))], i32),
+        hours_block_n=_frozen([len(r) for r in rule_blocks], i32),
+        block_from_days=_frozen([start for start, _, _ in blocks], f8),
+        block_length_days=_frozen([length for _, length, _ in blocks], f8),
+        block_cum=_frozen([cum for _, _, cum in blocks], f8),
         class_obs_start=_frozen(np.cumsum([0] + [len(o) for o in at_start[:-1]]).tolist(), i32),
         class_obs_n=_frozen([len(o) for o in at_start], i32),
         class_obs=_frozen([o for names in at_start for o in names], i32),

@@ -30,6 +30,7 @@ from simulator.engine.civil import completed_years_between, next_month_flip, yea
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People, PeopleTables, cumulative_at, inverse_cumulative
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
+from simulator.model.schema import SYMPTOM_SCALE_MAX
 
 # The compiled model, one NamedTuple of some 115 arrays, is passed into the parallel loop, where Numba
 # unpacks a tuple only up to this many fields (default 100).
@@ -69,7 +70,7 @@ STACK = 64
 C_EVENTS, C_ENCOUNTERS, C_DIRTY, C_DEAD, C_JOIN, C_PENDING, C_ERROR, C_STREAM = 0, 1, 2, 3, 4, 5, 6, 7
 # error bits
 E_OVERLOAD, E_RUNAWAY, E_NO_ENCOUNTER = 1, 2, 4
-# wake kinds (W_CLINIC: enter the state cur_state now, the clinic slot its entry was deferred to)
+# wake kinds (W_CLINIC: enter the state cur_state now, the clinic slot or hour its entry was deferred to)
 W_NONE, W_FIRE, W_REEVALUATE, W_CLINIC = 0, 1, 2, 3
 # wait kinds
 WAIT_NONE, WAIT_WELLNESS, WAIT_CASES, WAIT_CLINIC = 0, 1, 2, 3
@@ -695,6 +696,39 @@ def clinic_slot(model: CompiledModel, sc: Scratch, p: Person, t: float) -> float
 
 
 @njit(cache=True, _nrt=False)
+def hours_time(model: CompiledModel, sc: Scratch, p: Person, rule: int, t: float) -> float:
+    """The first time at or after t whose local standard time of day is drawn from the rule's blocks (one
+    uniform: its block by the blocks' shares, then where in the block)."""
+    u = uniform(sc.rng)
+    start = model.hours_block_start[rule]
+    k = start + model.hours_block_n[rule] - 1
+    for j in range(start, k):
+        if u < model.block_cum[j]:
+            k = j
+            break
+    below = model.block_cum[k - 1] if k > start else 0.0
+    clock = model.block_from_days[k] + model.block_length_days[k] * (u - below) / (model.block_cum[k] - below)
+    clock -= math.floor(clock)
+    local = t + p.utc_offset_days
+    at = math.floor(local) + clock
+    if at < local:
+        at += 1.0
+    return at - p.utc_offset_days
+
+
+@njit(cache=True, _nrt=False)
+def deferral_rule(model: CompiledModel, sc: Scratch, m: int, s: int) -> int:
+    """The encounter_hours rule that times state s of module m: the one for the start of the encounter it
+    starts, else the one for the end of the open-ended encounter it ends (-1: none)."""
+    rule = model.state_hours[s]
+    if rule < 0 and model.state_ends[s]:
+        for k in range(sc.counters[C_PENDING]):
+            if sc.pend_module[k] == m and sc.pend_t[k] == np.inf:
+                return model.class_end_hours[sc.pend_class[k]]
+    return rule
+
+
+@njit(cache=True, _nrt=False)
 def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
     """Whether medication d's product (its code) is taken now, under d or another module's name: a
     product is never ordered twice at once, so starting it then records nothing."""
@@ -847,6 +881,8 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 continue
             duration = model.act_duration[a]
             sc.pend_t[n] = t + max(0.0, draw(model, duration, sc.rng)) if duration >= 0 else np.inf
+            if duration >= 0 and model.class_end_hours[target] >= 0:  # a stay of set length ends in its hours
+                sc.pend_t[n] = hours_time(model, sc, p, model.class_end_hours[target], sc.pend_t[n])
             sc.pend_id[n] = enc
             sc.pend_module[n] = m
             sc.pend_state[n] = s
@@ -931,7 +967,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             if not math.isnan(value):
                 record(model, ev, sc, p, target, value, t, need_encounter(sc, m, t), s)
         elif kind == codes.A_SYMPTOM:
-            severity = draw(model, model.act_dist[a], sc.rng)
+            severity = min(max(draw(model, model.act_dist[a], sc.rng), 0.0), SYMPTOM_SCALE_MAX)
             emit(ev, sc, p, t, codes.K_SYMPTOM, target, severity, attached(sc, m, t), s, -1, -1)
         elif kind == codes.A_ENC_END:
             for k in range(sc.counters[C_PENDING]):
@@ -975,15 +1011,19 @@ def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
 
 
 @njit(cache=True, _nrt=False)
-def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float, booked: bool) -> None:
     """Enter state s of module m at time t and follow instantaneous exits until the module waits. A state
-    that starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
+    that starts a clinic visit outside clinic hours is entered at the next clinic slot instead, one that
+    starts (or leads at once to a state that starts) or ends an encounter timed by encounter_hours at the
+    next time of day drawn from them; `booked`: s is entered at the time it was deferred to, and the states
+    it leads to at once are not timed again."""
     for _ in range(MAX_STEPS):
         sc.cur_state[m] = s
-        if model.state_clinic[s] and not clinic_open(model, p, t):
+        rule = -1 if booked else deferral_rule(model, sc, m, s)
+        if rule >= 0 or (model.state_clinic[s] and not clinic_open(model, p, t)):
             use_stream(sc, m)
             sc.wait_kind[m] = WAIT_CLINIC
-            sc.wake_t[m] = clinic_slot(model, sc, p, t)
+            sc.wake_t[m] = hours_time(model, sc, p, rule, t) if rule >= 0 else clinic_slot(model, sc, p, t)
             sc.wake_kind[m] = W_CLINIC
             return
         sc.entered_t[s] = t
@@ -1021,7 +1061,7 @@ def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: f
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
     if sc.wake_kind[m] == W_CLINIC:
-        enter(model, ev, sc, p, m, s, t)
+        enter(model, ev, sc, p, m, s, t, True)
         return
     if model.state_exit[s] == codes.X_HAZARDS:
         if sc.wake_kind[m] == W_REEVALUATE:
@@ -1033,7 +1073,7 @@ def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: f
         if target < 0:
             wait_for_cases(model, sc, p, m, s, t)
             return
-    enter(model, ev, sc, p, m, target, t)
+    enter(model, ev, sc, p, m, target, t, False)
 
 
 @njit(cache=True, _nrt=False)
@@ -1085,7 +1125,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
     n_modules = model.module_start.shape[0]
     for m in range(n_modules):
         if not sc.counters[C_DEAD]:
-            enter(model, ev, sc, p, m, model.module_start[m], t)
+            enter(model, ev, sc, p, m, model.module_start[m], t, False)
     settle(model, ev, sc, p, t)
     while not sc.counters[C_DEAD]:
         t_next = np.inf

@@ -27,6 +27,8 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
        observable a started encounter records at its start, before the state's own, and at its rounds,
        from the stream of the module that started it);
      - entering a state that starts a clinic visit outside clinic hours: one uniform, the booked slot;
+       entering a state that starts or ends an encounter timed by encounter_hours: one uniform, the time;
+     - an encounter with a duration whose end is timed by encounter_hours: one uniform, the time it ends;
      - `symptom`: its severity;
      - a state with `after`, once its actions ran: the delay;
      - leaving by `branches`: one uniform;
@@ -60,9 +62,11 @@ from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import (
     MINUTES_PER_DAY,
     cause_since_t,
+    hour_blocks,
     is_clinic_visit,
     module_stream,
     round_interval_days,
+    start_hours,
     start_observations,
     state_observations,
 )
@@ -72,8 +76,10 @@ from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stre
 from simulator.model import schema
 from simulator.model.calendar import SYSTEM_NAMES
 from simulator.model.library import Library
+from simulator.model.providers import EncounterHours
 from simulator.model.schema import (
     DAYS_PER_UNIT,
+    SYMPTOM_SCALE_MAX,
     WEEKDAYS,
     AgeCurve,
     AllGuard,
@@ -357,14 +363,20 @@ class PatientRun:
 
     # --- states ----------------------------------------------------------------------------------
 
-    def enter(self, track: Track, name: str, t: float) -> None:
+    def enter(self, track: Track, name: str, t: float, booked: bool = False) -> None:
         """Enter a state, run its actions, and follow instantaneous exits until the module waits; a state that
-        starts a clinic visit outside clinic hours is entered at the next clinic slot instead."""
+        starts a clinic visit outside clinic hours is entered at the next clinic slot instead, one that starts
+        (or leads at once to a state that starts) or ends an encounter timed by encounter_hours at the next
+        time of day drawn from them (`booked`: the state is entered at the time it was deferred to, and the
+        states it leads to at once are not timed again)."""
         while True:
             state = track.module.states[name]
-            if is_clinic_visit(self.library, state) and not self.clinic_open(t):
-                track.state, track.waiting = name, "clinic"
-                track.wake_t, track.wake = self.clinic_slot(t, track.rng), "clinic"
+            rule = None if booked else self.deferral_rule(track, state)
+            if rule is not None or (is_clinic_visit(self.library, state) and not self.clinic_open(t)):
+                track.state, track.waiting, track.wake = name, "clinic", "clinic"
+                track.wake_t = (
+                    self.hours_time(rule, t, track.rng) if rule is not None else self.clinic_slot(t, track.rng)
+                )
                 return
             track.state, track.waiting, track.wake_t, track.wake = name, "", INF, ""
             self.entered[(track.module.name, name)] = t
@@ -389,7 +401,7 @@ class PatientRun:
     def leave(self, track: Track, t: float) -> None:
         """The module's wait ends at t: take the state's exit, or keep waiting (or enter a deferred state)."""
         if track.wake == "clinic":
-            self.enter(track, track.state, t)
+            self.enter(track, track.state, t, booked=True)
             return
         state = track.module.states[track.state]
         if state.hazards is not None:
@@ -447,6 +459,35 @@ class PatientRun:
                 day += 1.0
         slot = math.floor(uniform(rng) * self.n_slots)
         return day + self.opens_days + slot * self.slot_days - self.utc_offset_days
+
+    # --- hours of acute care ---------------------------------------------------------------------
+
+    def deferral_rule(self, track: Track, state: State) -> EncounterHours | None:
+        """The encounter_hours rule for the start of the encounter the state starts or leads to at once, else
+        for the end of the module's open-ended encounter it ends (None: the state is not timed)."""
+        providers = self.library.providers
+        index = start_hours(self.library, track.module, state)
+        rule = providers.encounter_hours[index] if index >= 0 else None
+        if rule is None and state.end_encounter:
+            for pending in self.pending:
+                if pending.module == track.module.name and pending.t_end == INF:
+                    return providers.hours_of(pending.encounter_class, "end")
+        return rule
+
+    def hours_time(self, rule: EncounterHours, t: float, rng: np.ndarray) -> float:
+        """The first time at or after t whose local time of day is drawn from the rule's blocks."""
+        u = uniform(rng)
+        blocks = hour_blocks(rule)
+        k = next((j for j, (_, _, cum) in enumerate(blocks[:-1]) if u < cum), len(blocks) - 1)
+        start, length, cum = blocks[k]
+        below = blocks[k - 1][2] if k > 0 else 0.0
+        clock = start + length * (u - below) / (cum - below)
+        clock -= math.floor(clock)
+        local = t + self.utc_offset_days
+        at = math.floor(local) + clock
+        if at < local:
+            at += 1.0
+        return at - self.utc_offset_days
 
     # --- guards ----------------------------------------------------------------------------------
 
@@ -664,6 +705,9 @@ class PatientRun:
             emit("encounter_start", state.encounter.code, encounter=number)
             duration = state.encounter.duration
             t_end = t + max(0.0, draw(duration, track.rng)) if duration is not None else INF
+            ends = self.library.providers.hours_of(state.encounter.encounter_class, "end")
+            if duration is not None and ends is not None:  # a stay of set length ends in its hours
+                t_end = self.hours_time(ends, t_end, track.rng)
             encounter_class = state.encounter.encounter_class
             round_t = t + round_interval_days(self.library, encounter_class)
             self.pending.append(Pending(t_end, number, module, name, state.encounter.code, encounter_class, round_t))
@@ -726,7 +770,7 @@ class PatientRun:
             if not math.isnan(value):
                 self.record(observable, value, t, self.attached(track, t), module, name)
         for symptom in state.symptom:
-            emit("symptom", symptom.code, draw(symptom.severity, track.rng))
+            emit("symptom", symptom.code, min(max(draw(symptom.severity, track.rng), 0.0), SYMPTOM_SCALE_MAX))
         if state.end_encounter:
             for k, pending in enumerate(self.pending):
                 if pending.module == module and pending.t_end == INF:

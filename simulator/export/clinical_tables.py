@@ -55,6 +55,10 @@ _STAY = ("inpatient", "icu")
 # it: the modules admit a patient 0 to 10 minutes after the emergency visit ends (the admission decision)
 # and move a patient from the ICU to the ward when the ICU segment ends.
 TRANSFER_GAP = pd.Timedelta(hours=1)
+# A symptom that begins outside an encounter is reported at the first encounter after it in which its module
+# records something, at most this long after (an episode's visit comes days to weeks after its onset; a
+# symptom never presented by then stays in the ground truth only).
+SYMPTOM_REPORT_WITHIN = pd.Timedelta(days=90)
 
 
 def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportContext) -> dict[str, pd.DataFrame]:
@@ -80,12 +84,56 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
         "medications": _medications(ev[np.isin(kind, ["medication_start", "medication_stop"])], seed, reasons),
         "procedures": _rows(ev[kind == "procedure"], seed, "Procedure", []),
         "immunizations": _rows(ev[kind == "immunization"], seed, "Immunization", []),
-        "symptoms": _rows(ev[kind == "symptom"], seed, "Symptom", ["value"]).rename(columns={"value": "severity"}),
+        "symptoms": _symptoms(ev, kind, seed),
         "deaths": _rows(ev[kind == "death"], seed, "Death", []),
     }
     if context.history is not None:
         tables = keep_history(patients, tables, last_recorded(patients, tables), context.history)
     return tables
+
+
+def _symptoms(ev: pd.DataFrame, kind: np.ndarray, seed: int) -> pd.DataFrame:
+    """One row per symptom: `time` is when it began (the ground truth), `reported_time` and `encounter_id`
+    when and where the patient presented it. A symptom that began in an encounter is reported there; one
+    that began outside any is reported at the first encounter in which its module records something at
+    or after its onset, within SYMPTOM_REPORT_WITHIN and before the same module's next onset of the same
+    symptom; one never presented has neither (a record holds only what was presented)."""
+    table = _rows(ev[kind == "symptom"], seed, "Symptom", ["value"]).rename(columns={"value": "severity"})
+    table["reported_time"] = table["time"].where(table["encounter_id"].notna())
+    loose = table[table["encounter_id"].isna()]
+    if loose.empty:
+        return table
+    seen = ev[ev["encounter_id"].notna().to_numpy() & ~np.isin(kind, ["symptom", "encounter_end"])]
+    keys = ["patient", "module"]
+    visits = pd.DataFrame(
+        {
+            "patient": seen["patient"],
+            "module": seen["module"].astype(str),
+            "seen_time": seen["time"],
+            "seen_encounter": seen["encounter_id"],
+        }
+    ).sort_values("seen_time", kind="stable")
+    onsets = pd.DataFrame(
+        {"patient": loose["patient"], "module": loose["module"].astype(str), "time": loose["time"]}
+    ).rename_axis("position")
+    onsets = onsets.reset_index().sort_values(["time", "position"], kind="stable")
+    found = pd.merge_asof(
+        onsets,
+        visits,
+        left_on="time",
+        right_on="seen_time",
+        by=keys,
+        direction="forward",
+        tolerance=SYMPTOM_REPORT_WITHIN,
+    ).set_index("position")
+    every = table.assign(module=table["module"].astype(str))
+    following = every.groupby([*keys, "code"], sort=False)["time"].shift(-1)  # the next onset of the same
+    next_onset = following.reindex(found.index)
+    before_next = next_onset.isna() | (found["seen_time"] < next_onset)
+    reported = found[found["seen_time"].notna() & before_next.to_numpy()]
+    table.loc[reported.index, "reported_time"] = reported["seen_time"].to_numpy()
+    table.loc[reported.index, "encounter_id"] = reported["seen_encounter"].to_numpy()
+    return table
 
 
 def _kinds(ev: pd.DataFrame) -> np.ndarray:

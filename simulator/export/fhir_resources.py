@@ -508,7 +508,8 @@ def observation_resources(
         "Observation", single, single["row"].to_numpy(), parts, refs.line_end, encounter=single["encounter_id"]
     )
     panels = _blood_pressure_panels(pairs, refs, reference)
-    symptoms = tables["symptoms"].assign(category="exam")
+    symptoms = tables["symptoms"]  # as presented: at the encounter and time it was reported (never: not written)
+    symptoms = symptoms[symptoms["reported_time"].notna()].assign(time=symptoms["reported_time"], category="exam")
     symptom = build(
         "Observation",
         symptoms,

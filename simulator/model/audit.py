@@ -22,7 +22,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
 # The written tables of a patient's events a rule may name (`ehrsim generate --format csv/parquet`), and
 # their columns by name (docs/data-dictionary.md).
-Table = Literal["encounters", "conditions", "observations", "medications", "procedures", "immunizations"]
+Table = Literal["encounters", "conditions", "observations", "medications", "procedures", "immunizations", "symptoms"]
 CodedTable = Literal["observations", "medications", "procedures", "immunizations", "conditions"]
 Column = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 

@@ -4,7 +4,7 @@ taxonomy, organization and location type codes the directory is written with; an
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -113,6 +113,48 @@ class ClinicHours(Strict):
         return int(clock[:2]) * 60 + int(clock[3:])
 
 
+class HourBlock(Strict):
+    """A part of the day, from `from` up to `to` (local standard time; `to` before `from` runs past
+    midnight), holding `percent` of the encounters, spread evenly within it."""
+
+    start: ClockTime = Field(alias="from")
+    to: ClockTime
+    percent: Annotated[float, Field(ge=0, le=100)]
+
+    @model_validator(mode="after")
+    def _length(self) -> HourBlock:
+        if self.start == self.to:
+            raise ValueError("from and to must differ")
+        return self
+
+    def span_minutes(self) -> tuple[int, int]:
+        """(start, length) in minutes past midnight."""
+        start = ClinicHours.minutes(self.start)
+        return start, (ClinicHours.minutes(self.to) - start) % (24 * 60)
+
+
+class EncounterHours(Strict):
+    """When in the day encounters of `encounter_classes` start (`at: start`) or end (`at: end`): the share of
+    them in each block of the day. The engine moves the state that starts (or ends) such an encounter
+    forward to the next time of day drawn from these shares (docs/semantics.md, Encounters)."""
+
+    encounter_classes: list[EncounterClass] = Field(min_length=1)
+    at: Literal["start", "end"]
+    blocks: list[HourBlock] = Field(min_length=1)
+    source: Name
+
+    @model_validator(mode="after")
+    def _shares(self) -> EncounterHours:
+        total = sum(block.percent for block in self.blocks)
+        if abs(total - 100.0) > 0.01:
+            raise ValueError(f"blocks' percent must sum to 100 (got {total:g})")
+        covered = sorted(block.span_minutes() for block in self.blocks)
+        minutes = sum(length for _, length in covered)
+        if minutes > 24 * 60:
+            raise ValueError("blocks overlap")
+        return self
+
+
 class Providers(Strict):
     """The directory's rules. Fields are validated in this order, so that each cited one can check its
     source against `sources`."""
@@ -129,9 +171,16 @@ class Providers(Strict):
     location_types: LocationTypes
     payers: Payers
     clinic_hours: ClinicHours
+    encounter_hours: list[EncounterHours] = Field(default_factory=list)
 
     @field_validator(
-        "population", "primary_care", "hospital_staff", "hospitals", "physicians_per_clinic_source", "clinic_hours"
+        "population",
+        "primary_care",
+        "hospital_staff",
+        "hospitals",
+        "physicians_per_clinic_source",
+        "clinic_hours",
+        "encounter_hours",
     )
     @classmethod
     def _cited(cls, value: object, info: ValidationInfo) -> object:
@@ -141,9 +190,25 @@ class Providers(Strict):
         cited = [c.source for c in counts] if not isinstance(value, str) else [value]
         if isinstance(value, ClinicHours):
             cited = [value.source]
+        if isinstance(value, list):
+            cited = [hours.source for hours in value]
         if problems := uncited(info, *sorted(set(cited))):
             raise ValueError("; ".join(problems))
         return value
+
+    @model_validator(mode="after")
+    def _one_rule_each(self) -> Providers:
+        seen = {("start", c) for c in self.clinic_hours.encounter_classes}
+        for hours in self.encounter_hours:
+            for encounter_class in hours.encounter_classes:
+                if (hours.at, encounter_class) in seen:
+                    raise ValueError(f"encounter_hours: {encounter_class} encounters' {hours.at} has two rules")
+                seen.add((hours.at, encounter_class))
+        return self
+
+    def hours_of(self, encounter_class: str, at: str) -> EncounterHours | None:
+        """The rule for when encounters of a class start or end (None: any time)."""
+        return next((h for h in self.encounter_hours if h.at == at and encounter_class in h.encounter_classes), None)
 
     def people_per(self, count: NationalCount) -> float:
         """People per physician (or hospital) of a national count."""

@@ -375,10 +375,25 @@ class EncounterStart(Strict):
     model_config = ConfigDict(populate_by_name=True)  # merged with Strict's
 
 
+SYMPTOM_SCALE_MAX = 10.0  # every symptom's severity is on one 0-10 scale (docs/module-format.md, Symptom)
+
+
 class Symptom(Strict):
+    """A finding and the severity drawn for it, on the one scale of every symptom: 0 (none) to 10 (the worst),
+    as a 0-10 numeric rating scale; a uniform or exact severity lies on it, a value drawn from another
+    distribution is clipped to it."""
+
     code: Code
     severity: Distribution
     source: Name
+
+    @field_validator("severity")
+    @classmethod
+    def _on_the_scale(cls, severity: object) -> object:
+        bounds = [getattr(severity, name) for name in ("value", "low", "high") if hasattr(severity, name)]
+        if any(not 0 <= bound <= SYMPTOM_SCALE_MAX for bound in bounds):
+            raise ValueError(f"a symptom's severity is on the 0-{SYMPTOM_SCALE_MAX:g} scale (got {bounds})")
+        return severity
 
 
 class Death(Strict):

@@ -23,7 +23,6 @@ Detail = Literal["brief", "full"]
 DETAILS: tuple[Detail, ...] = ("brief", "full")
 SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
 RULES_MODULES = ("wellness", "vital_signs", "immunizations", "influenza_vaccination")  # routine care, no story
-SYMPTOM_LEAD = pd.Timedelta(days=14)  # a symptom noted outside an encounter belongs to a visit this soon after
 ADULT_YEARS = 18
 MAX_REPEATS = 3  # a moment's readings of one code are all told up to this many ('281, then 2338 ng/L')
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -247,13 +246,7 @@ def moments(record: PatientRecord) -> list[Moment]:
     key = dict(zip(encounters["id"], encounters["id"], strict=True))
     for stay in record.stays():
         key.update(dict.fromkeys(stay["id"], stay["id"].iloc[0]))
-    symptoms = record.symptoms.copy()
-    for position in symptoms.index[symptoms["encounter_id"].isna()]:  # noted before a visit: part of it
-        row = symptoms.loc[position]
-        soon = (encounters["start_time"] >= row["time"]) & (encounters["start_time"] <= row["time"] + SYMPTOM_LEAD)
-        later = encounters[soon & (encounters["module"] == row["module"])]
-        if not later.empty:
-            symptoms.loc[position, "encounter_id"] = later["id"].iloc[0]
+    symptoms = record.symptoms  # each in the encounter it was presented at (clinical_tables._symptoms)
 
     def by_key(frame: pd.DataFrame, column: str = "encounter_id") -> dict[str, pd.DataFrame]:
         return dict(tuple(frame.groupby(frame[column].map(key), sort=False))) if len(frame) else {}
