@@ -4,7 +4,10 @@ processes on this machine) or `--dask tcp://scheduler:8786` (a running cluster).
 The population is split into parts of `chunk_size` patients. Each part is a task, a pure function of
 (run config, export config, patient range): it simulates its patients and writes its own files into the
 run's partial folders (`.fhir.partial/Patient.000.ndjson`, ...; `simulator.export.writers.Part`), first in
-a folder of its own, moved beside the other parts when complete. A task that fails is run again (on
+a folder of its own, moved beside the other parts when complete. A population run's decedents come after
+its living: each living part returns the module deaths of the histories it discarded (`window_deaths`);
+the client gathers them, plans the decedents as a one-process run does (`decedent_plan`) and submits one
+task per `chunk_size` decedents, numbered after the living parts. A task that fails is run again (on
 another worker if there is one) and writes the same bytes. The client then writes the Bulk manifest
 (every part file, by type then part), the data dictionary and the run manifest (every part file with its
 size and SHA-256) and puts the run in place as a one-process run does (`simulator.files`). Concatenated in
