@@ -21,7 +21,7 @@ import pandas as pd
 # Imported here, before simulator/__init__.py binds the name `audit` to the function below: a later first
 # import of the package would rebind simulator.audit to the package.
 from simulator.audit.report import AuditReport, audit_run
-from simulator.cluster import abort_parts, check_dask, part_tasks, run_parts
+from simulator.cluster import abort_parts, check_dask, run_parts
 from simulator.engine.people import reference_date_of
 from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.errors import ConfigError
@@ -257,8 +257,6 @@ def run(
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
-    if dask is not None and config.decedent_years > 0:
-        raise ConfigError("dask", "a run on a Dask cluster does not write decedents yet: add --decedents none")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
@@ -299,8 +297,8 @@ def run(
                 report("simulate", counts["patients"], config.patients)
             files, resource_counts = writer.close(), writer.resource_counts
         else:
-            tasks = part_tasks(config, export, _context)
-            files, resource_counts = run_parts(dask, tasks, _request(config, export), counts, report)
+            request = _request(config, export)
+            files, resource_counts = run_parts(dask, sim, export, _context, request, counts, report)
         counts["resources_by_type"] = dict(sorted(resource_counts.items()))
         counts["resources"] = sum(resource_counts.values())
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}

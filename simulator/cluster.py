@@ -4,7 +4,10 @@ processes on this machine) or `--dask tcp://scheduler:8786` (a running cluster).
 The population is split into parts of `chunk_size` patients. Each part is a task, a pure function of
 (run config, export config, patient range): it simulates its patients and writes its own files into the
 run's partial folders (`.fhir.partial/Patient.000.ndjson`, ...; `simulator.export.writers.Part`), first in
-a folder of its own, moved beside the other parts when complete. A task that fails is run again (on
+a folder of its own, moved beside the other parts when complete. A population run's decedents come after
+its living: each living part returns the module deaths of the histories it discarded (`window_deaths`);
+the client gathers them, plans the decedents as a one-process run does (`decedent_plan`) and submits one
+task per `chunk_size` decedents, numbered after the living parts. A task that fails is run again (on
 another worker if there is one) and writes the same bytes. The client then writes the Bulk manifest
 (every part file, by type then part), the data dictionary and the run manifest (every part file with its
 size and SHA-256) and puts the run in place as a one-process run does (`simulator.files`). Concatenated in
@@ -28,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from simulator.engine.run import RunConfig, Simulator
+import numpy as np
+
+from simulator.engine.run import MAX_REDRAWS, RunConfig, Simulator
 from simulator.errors import ConfigError
 from simulator.export.bundles import Method
 from simulator.export.context import ExportContext
@@ -43,7 +48,7 @@ from simulator.export.writers import (
     write_finished,
 )
 from simulator.files import abort_directory, partial_path, start_directory
-from simulator.tables.chunks import chunk_tables, count_chunk
+from simulator.tables.chunks import DecedentPlan, chunk_tables, count_chunk, decedent_plan, decedent_tables
 
 RETRIES = 2  # times a failed part is run again before the run fails
 
@@ -81,8 +86,8 @@ ContextOf = Callable[[Simulator, Any], ExportContext]  # the run's ExportContext
 
 @dataclass(frozen=True)
 class PartTask:
-    """Patients [start, stop) of a run, written as `part`; `context_of` makes the exporters' context on
-    the worker."""
+    """Living patients [start, stop) of a run, or with `decedents` its decedents [start, stop), written as
+    `part`; `context_of` makes the exporters' context on the worker."""
 
     config: RunConfig
     export: ExportSettings
@@ -90,6 +95,7 @@ class PartTask:
     part: Part
     start: int
     stop: int
+    decedents: DecedentPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -97,20 +103,42 @@ class PartResult:
     files: dict[str, dict]  # run manifest entries of the part's files
     counts: dict
     resource_counts: dict[str, int]
+    window_deaths: np.ndarray  # of a living part: the module deaths of its discarded histories (`chunk_tables`)
 
 
-def part_tasks(config: RunConfig, export: ExportSettings, context_of: ContextOf) -> list[PartTask]:
-    """One task per chunk of `config.chunk_size` patients (an empty run: one empty part)."""
-    starts = range(0, config.patients, config.chunk_size) or range(1)
-    width = max(3, len(str(len(starts) - 1)))
+def part_digits(sim: Simulator) -> int:
+    """Digits of the run's part numbers, fixed before any part is written so that the names sort in
+    order: every living part, and as many decedent parts as the run could hold (each patient's every
+    redraw a module death in the window, and the background decedents and stand-ins at most)."""
+    config = sim.config
+    parts = max(1, -(-config.patients // config.chunk_size))
+    if config.decedent_years > 0:
+        most = config.patients * MAX_REDRAWS + sum(sim.background_decedents(config.patients, 0))
+        parts += -(-most // config.chunk_size)
+    return max(3, len(str(parts - 1)))
+
+
+def part_tasks(
+    config: RunConfig,
+    export: ExportSettings,
+    context_of: ContextOf,
+    digits: int,
+    decedents: DecedentPlan | None = None,
+    first: int = 0,
+) -> list[PartTask]:
+    """One task per chunk of `config.chunk_size` patients, numbered from `first`: the living (an empty
+    run: one empty part) or, with `decedents`, the decedents."""
+    total = config.patients if decedents is None else decedents.total
+    starts = range(0, total, config.chunk_size) or (range(1) if decedents is None else range(0))
     return [
         PartTask(
             config,
             export,
             context_of,
-            Part(f"{k:0{width}d}", k == 0),
+            Part(f"{first + k:0{digits}d}", first + k == 0),
             start,
-            min(start + config.chunk_size, config.patients),
+            min(start + config.chunk_size, total),
+            decedents,
         )
         for k, start in enumerate(starts)
     ]
@@ -130,9 +158,15 @@ def write_part(task: PartTask) -> PartResult:
     base_url = export.base_url or bulk_base_url(export.out)
     writer = Export(export.out, export.formats, context, export.bundle_method, base_url, export.compress, task.part)
     counts: dict = {}
+    window_deaths = []
     try:
         for start in range(task.start, task.stop, task.config.chunk_size) or [task.start]:
-            chunk = chunk_tables(sim, start, min(start + task.config.chunk_size, task.stop))
+            stop = min(start + task.config.chunk_size, task.stop)
+            if task.decedents is None:
+                chunk = chunk_tables(sim, start, stop)
+            else:
+                chunk = decedent_tables(sim, task.decedents, start, stop)
+            window_deaths.append(chunk.window_deaths)
             writer.write(chunk.patients, chunk.events)
             count_chunk(counts, chunk)
         files = writer.close()
@@ -140,7 +174,7 @@ def write_part(task: PartTask) -> PartResult:
     except BaseException:
         writer.abort()
         raise
-    return PartResult(files, counts, writer.resource_counts)
+    return PartResult(files, counts, writer.resource_counts, np.concatenate(window_deaths))
 
 
 def _add(total: dict, more: dict) -> None:
@@ -169,44 +203,56 @@ def _client(address: str) -> Iterator:
             yield client
 
 
-def _results(address: str, tasks: list[PartTask]) -> Iterator[tuple[int, PartResult]]:
-    """(task number, result) of each task as it completes; a task is retried `RETRIES` times."""
+def _results(client: Any, tasks: list[PartTask], run: str, report: Callable[[str, int, int], None]) -> list[PartResult]:
+    """The results of `tasks` in order, run on `client`'s cluster (a task is retried `RETRIES` times),
+    reporting the living patients done; `run` names this run's tasks apart from another run's on the
+    same cluster."""
     from distributed import as_completed
 
-    with _client(address) as client:
-        run = uuid.uuid4().hex  # the keys of this run's tasks, not those of another run on the same cluster
-        keys = [f"ehrsim-part-{task.part.name}-{run}" for task in tasks]
-        futures = client.map(write_part, tasks, retries=RETRIES, key=keys)
-        number = {future.key: k for k, future in enumerate(futures)}
-        for future in as_completed(futures, loop=client.loop):
-            yield number[future.key], future.result()
+    keys = [f"ehrsim-part-{task.part.name}-{run}" for task in tasks]
+    futures = client.map(write_part, tasks, retries=RETRIES, key=keys)
+    number = {future.key: k for k, future in enumerate(futures)}
+    results: dict[int, PartResult] = {}
+    done = 0
+    for future in as_completed(futures, loop=client.loop):
+        k = number[future.key]
+        results[k] = future.result()
+        if tasks[k].decedents is None:
+            done += tasks[k].stop - tasks[k].start
+            report("simulate", done, tasks[k].config.patients)
+    return [results[k] for k in range(len(tasks))]
 
 
 def run_parts(
     address: str,
-    tasks: list[PartTask],
+    sim: Simulator,
+    export: ExportSettings,
+    context_of: ContextOf,
     request: str,
     counts: dict,
     report: Callable[[str, int, int], None],
 ) -> tuple[dict[str, dict], dict[str, int]]:
-    """Write the run's parts (`part_tasks`) on the cluster at `address`, then the Bulk manifest (recording
-    `request`) and the data dictionary, all in the partial folders (the caller publishes or, on failure,
-    removes them: `abort_parts`). Returns the run's files (run manifest entries) and resources by type;
-    adds the run's counts to `counts`."""
-    config, export = tasks[0].config, tasks[0].export
+    """Write the run of `sim` in parts (`part_tasks`) on the cluster at `address`: the living, then, once
+    their discarded histories are known, the decedents (`decedent_plan`, as a one-process run), numbered
+    after them; then the Bulk manifest (recording `request`) and the data dictionary, all in the partial
+    folders (the caller publishes or, on failure, removes them: `abort_parts`). Returns the run's files
+    (run manifest entries) and resources by type; adds the run's counts to `counts`."""
+    config = sim.config
     folders = [FOLDERS[f] for f in export.formats]
     for folder in folders:
         start_directory(export.out / folder)
-    results: list[PartResult | None] = [None] * len(tasks)
-    done = 0
-    for k, result in _results(address, tasks):
-        results[k] = result
-        done += tasks[k].stop - tasks[k].start
-        report("simulate", done, config.patients)
+    digits = part_digits(sim)
+    run = uuid.uuid4().hex
+    with _client(address) as client:
+        living = part_tasks(config, export, context_of, digits)
+        results = _results(client, living, run, report)
+        if config.decedent_years > 0:
+            plan = decedent_plan(sim, [result.window_deaths for result in results])
+            decedents = part_tasks(config, export, context_of, digits, plan, len(living))
+            results += _results(client, decedents, run, report)
     files: dict[str, dict] = {}
     resource_counts: dict[str, int] = {}
     for result in results:
-        assert result is not None
         _add(counts, result.counts)
         _add(resource_counts, result.resource_counts)
         files.update(result.files)

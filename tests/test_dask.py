@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import EXPORT_RUN
+from conftest import EXPORT_RUN, FIXTURE_LIBRARY
 from typer.testing import CliRunner
 
 import simulator
@@ -79,13 +79,41 @@ def test_the_client_lists_every_part_with_its_size_and_checksum(fixture_export: 
     assert len(simulator.Population(manifest, out=dask_export).patients) == EXPORT_RUN["patients"]
 
 
+# a population run with a 30-year decedent window: 6 living parts of 20 patients, then its decedents' parts
+DECEDENT_RUN = {
+    **{"patients": 120, "seed": 7, "chunk_size": 20, "decedents": 30, "formats": "ndjson,csv"},
+    **FIXTURE_LIBRARY,
+}
+
+
+@pytest.mark.slow
+def test_the_decedents_are_parts_numbered_after_the_living(tmp_path: Path) -> None:
+    simulator.generate(out=tmp_path / "one", **DECEDENT_RUN)
+    simulator.generate(out=tmp_path / "parts", dask="local:2", **DECEDENT_RUN)
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())["counts"]
+    manifest = json.loads((tmp_path / "parts" / "manifest.json").read_text())
+    assert one["decedents"] > DECEDENT_RUN["chunk_size"]  # more than one decedent part
+    parts = -(-one["decedents"] // DECEDENT_RUN["chunk_size"]) + 6
+    assert sorted(p.name for p in (tmp_path / "parts" / "fhir").glob("Patient.*")) == [
+        f"Patient.{k:03d}.ndjson" for k in range(parts)
+    ]
+    for folder, suffix in (("fhir", ".ndjson"), ("csv", ".csv")):
+        whole = _concatenated(tmp_path / "one" / folder, suffix)
+        assert whole == _concatenated(tmp_path / "parts" / folder, suffix)
+    for key in ("patients", "decedents", "decedent_deaths", "decedent_stand_ins", "deaths", "events_by_kind"):
+        assert manifest["counts"][key] == one[key]
+    assert manifest["counts"]["resources_by_type"] == one["resources_by_type"]
+    patients = simulator.Population(manifest, out=tmp_path / "parts").patients
+    assert patients["is_decedent"].sum() == one["decedents"]
+
+
 def _tasks(out: Path, compress: str | None = None) -> list[cluster.PartTask]:
     run = {k: v for k, v in EXPORT_RUN.items() if k != "formats"}
     config = RunConfig(chunk_size=50, **run)
     export = ExportConfig(out, ("ndjson", "csv"), compress=compress)
     for folder in ("fhir", "csv"):
         start_directory(out / folder)
-    return cluster.part_tasks(config, export, _context)
+    return cluster.part_tasks(config, export, _context, 3)
 
 
 def test_a_failed_part_leaves_nothing_and_its_rerun_writes_the_same_files(

@@ -33,10 +33,32 @@ def chunk_tables(sim: Simulator, start: int, stop: int) -> Chunk:
     return Chunk(*_tables(sim, simulated, is_decedent=False), window_deaths)
 
 
-def decedent_tables(sim: Simulator, window_deaths: np.ndarray, background: int, start: int, stop: int) -> Chunk:
+@dataclass(frozen=True)
+class DecedentPlan:
+    """Who a run's decedents are, known once every living chunk is done: decedents 0.. live the sorted
+    `module_deaths` (the living's discarded histories that died in the window), then come `background`
+    background decedents, then `stand_ins` for the module deaths the window lacks."""
+
+    module_deaths: np.ndarray
+    background: int
+    stand_ins: int
+
+    @property
+    def total(self) -> int:
+        return len(self.module_deaths) + self.background + self.stand_ins
+
+
+def decedent_plan(sim: Simulator, window_deaths: list[np.ndarray]) -> DecedentPlan:
+    """The decedents of a run from its living chunks' `window_deaths` (in any order)."""
+    module_deaths = np.sort(np.concatenate([np.empty(0, np.int64), *window_deaths]))
+    background, stand_ins = sim.background_decedents(sim.config.patients, len(module_deaths))
+    return DecedentPlan(module_deaths, background, stand_ins)
+
+
+def decedent_tables(sim: Simulator, plan: DecedentPlan, start: int, stop: int) -> Chunk:
     """Decedents [start, stop) of a run (`Simulator.decedents`) as tables."""
-    simulated = sim.decedents(sim.config.patients, window_deaths, background, start, stop)
-    stand_ins = max(0, stop - max(start, len(window_deaths) + background))
+    simulated = sim.decedents(sim.config.patients, plan.module_deaths, plan.background, start, stop)
+    stand_ins = max(0, stop - max(start, len(plan.module_deaths) + plan.background))
     return Chunk(*_tables(sim, simulated, is_decedent=True), stand_ins=stand_ins)
 
 
@@ -91,8 +113,6 @@ def chunks(sim: Simulator) -> Iterator[Chunk]:
         yield chunk
     if sim.config.decedent_years <= 0:
         return
-    module_deaths = np.sort(np.concatenate(window_deaths))
-    background, stand_ins = sim.background_decedents(living, len(module_deaths))
-    total = len(module_deaths) + background + stand_ins
-    for start in range(0, total, size):
-        yield decedent_tables(sim, module_deaths, background, start, min(start + size, total))
+    plan = decedent_plan(sim, window_deaths)
+    for start in range(0, plan.total, size):
+        yield decedent_tables(sim, plan, start, min(start + size, plan.total))
