@@ -412,8 +412,12 @@ def test_a_module_that_shifts_another_modules_observable_is_fitted_with_it(shipp
 def test_a_fit_simulates_the_modules_its_modules_can_see(shipped_library: Library) -> None:
     library = shipped_library
     cut = ensemble_for(library, ["asthma", "copd"])
-    # copd reads asthma and smoking and waits for wellness visits, which record vital_signs' observables
-    assert {m.name for m in cut.modules} == {"asthma", "copd", "smoking", "wellness", "vital_signs"}
+    # copd reads asthma and smoking and waits for wellness visits, which record vital_signs' observables; its
+    # emergency visits record laboratory's basic metabolic panel (drawn from copd's stream), whose creatinine
+    # and glucose are ckd's and the diabetes modules' observables
+    kept_by_copd = {m.name for m in cut.modules}
+    assert {"asthma", "copd", "smoking", "wellness", "vital_signs", "laboratory", "ckd"} <= kept_by_copd
+    assert "immunizations" not in kept_by_copd
     kept = {m.name for m in ensemble_for(library, ["type2_diabetes"]).modules}
     assert {"obesity", "vital_signs", "wellness", "type1_diabetes"} <= kept  # shift bmi, own it, record it; read
     # t2d reads urine_acr, which ckd records; ckd reads hypertension, whose guards read blood pressure,

@@ -50,6 +50,7 @@ SCHEDULE: dict[str, tuple[float, float, int]] = {
     "HPV, quadrivalent": (10.9, 12.5, 2),
     "meningococcal MCV4P": (10.9, 16.5, 2),
     "Td (adult) preservative free": (19.0, 130.0, 12),
+    "Td (adult), adsorbed": (10.9, 130.0, 13),  # before Tdap (2005) and preservative-free Td (2003): both doses
     "zoster recombinant": (50.0, 130.0, 2),
     "zoster live": (60.0, 130.0, 2),  # the module's two-dose series gives the era's vaccine twice
     "pneumococcal polysaccharide PPV23": (65.0, 130.0, 1),

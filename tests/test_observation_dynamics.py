@@ -66,8 +66,8 @@ states:
   first_day:
     next: daily_visit
   daily_visit:
-    encounter: &visit  # emergency: an office visit would wait for clinic hours and break the exact spacing
-      class: emergency
+    encounter: &visit  # icu: an office visit waits for clinic hours, an emergency arrival for its hour of day
+      class: icu
       code: {{system: SNOMED, code: "390906007", display: Follow-up encounter (procedure)}}
       duration: {{distribution: exact, value: 10, unit: minutes, source: a}}
     observe: [daily, noisy]

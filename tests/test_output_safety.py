@@ -224,10 +224,12 @@ def test_a_dry_run_writes_nothing_and_says_what_a_run_would_write(tmp_path: Path
 def test_the_size_estimate_scales_a_pilot_of_the_first_patients(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = RunConfig(patients=60, seed=4)
+    config = RunConfig(patients=60, seed=4, decedent_years=0.0)  # no decedents: no records beyond the pilot's
     export = api.ExportConfig(tmp_path / "out", ("ndjson", "csv", "parquet"))
     whole = api.preview(config, export).estimate  # a pilot of every patient: the run's own bytes
-    written = simulator.generate(patients=60, seed=4, out=tmp_path / "written", formats="ndjson,csv,parquet")
+    written = simulator.generate(
+        patients=60, seed=4, out=tmp_path / "written", formats="ndjson,csv,parquet", decedents="none"
+    )
     for kind, folder in (("ndjson", "fhir"), ("csv", "csv"), ("parquet", "parquet")):
         actual = sum(f["bytes"] for name, f in written.manifest["files"].items() if name.startswith(folder + "/"))
         assert whole.bytes_by_format[kind] == pytest.approx(actual, rel=0.001), kind  # but the Bulk manifest's URLs

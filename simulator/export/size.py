@@ -60,9 +60,9 @@ def estimate_size(
     compress: str | None = None,
 ) -> SizeEstimate:
     """Write the run's first PILOT_PATIENTS patients to a temporary folder, in its formats, and scale the bytes
-    up to the whole run (the files' fixed parts too: an estimate, slightly high for Parquet, which
-    compresses better at length). Per-patient output varies a lot (coefficient of variation 0.67 in
-    bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
+    up to the whole run with its expected decedents (the files' fixed parts too: an estimate, slightly high
+    for Parquet, which compresses better at length). Per-patient output varies a lot (coefficient of
+    variation 0.67 in bytes per patient for the shipped modules), so 100 patients give about +-15 %."""
     n = min(PILOT_PATIENTS, sim.config.patients)
     with tempfile.TemporaryDirectory(prefix="ehrsim-pilot-") as folder:
         writer = Export(Path(folder), formats, context, bundle_method, base_url, compress)  # type: ignore[arg-type]
@@ -72,7 +72,10 @@ def estimate_size(
             files = writer.close()
         finally:
             writer.abort()
-    scale = sim.config.patients / n if n else 1.0
+    # a population run's decedents (`--decedents`) are records beyond its patients: about the life tables'
+    # deaths in the window (the pilot's living patients stand in for their size)
+    decedents = sim.config.patients * sim.people_tables.deaths * sim.config.decedent_years
+    scale = (sim.config.patients + decedents) / n if n else 1.0
     by_format = {
         kind: round(scale * sum(f["bytes"] for name, f in files.items() if name.startswith(FOLDERS[kind] + "/")))
         for kind in formats

@@ -98,16 +98,21 @@ def _names_declared(module: DiseaseModule) -> list[str]:
 def ensemble_for(library: Library, modules: list[str]) -> Library:
     """The library cut to the modules that can change what `modules` do: they and, transitively, the
     modules that own, shift (attribute `affects`) or record (`observe`) a name their guards read, the
-    owners of what they record, and the modules with encounters of a class they wait for. With one
+    owners of what they record, the modules with encounters of a class they wait for, and the modules whose
+    observables the start of their encounters records (`observe_at_start`, `labs_at_start`: drawn from the
+    encounter's module stream). With one
     random stream per module, every kept module draws exactly as in the whole library; what the cut
     leaves out is deaths from the other modules' causes, which select who is alive to be counted
     (measured in the README; the validation report always runs the whole library)."""
     owners: dict[str, set[str]] = {}
     providers: dict[str, set[str]] = {}
+    starters: dict[str, set[str]] = {}  # encounter class -> modules whose observables its encounters record
     for module in library.modules:
         owned = _names_declared(module)
         for name in owned:
             owners.setdefault(name, set()).add(module.name)
+        for encounter_class in [*module.observe_at_start, *module.labs_at_start]:
+            starters.setdefault(encounter_class, set()).add(module.name)
         provided = owned + [name for attribute in module.attributes.values() for name in attribute.affects]
         for state in module.states.values():
             provided += state.observe
@@ -124,6 +129,12 @@ def ensemble_for(library: Library, modules: list[str]) -> Library:
             *(providers.get(name, set()) for name in _names_read(module)),
             *(providers.get(f"encounter class {s.wait_for}", set()) for s in states if s.wait_for),
             *(owners.get(name, set()) for s in states for name in s.observe),
+            *(starters.get(s.encounter.encounter_class, set()) for s in states if s.encounter is not None),
+            *(
+                owners.get(name, set())
+                for names in [*module.observe_at_start.values(), *module.labs_at_start.values()]
+                for name in names
+            ),
         )
         for other in wanted - keep:
             keep.add(other)
