@@ -168,7 +168,8 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
     acute = _starts(cohort, ACUTE)
     assert len(acute) > 50
     observables = {o: m.observables[o] for m in shipped_library.modules for o in m.observables}
-    oximetry = pd.Timestamp(shipped_library.calendar.introduced_on("http://loinc.org", "59408-5"), tz="UTC")
+    calendar = shipped_library.calendar
+    oximetry = pd.Timestamp(calendar.introduced_on("http://loinc.org", "59408-5"), tz="UTC")
     for encounter_class in ACUTE:
         codes = {observables[name].code.code for name in start_observations(shipped_library, encounter_class)}
         assert {"8867-4", "9279-1", "8480-6", "8462-4", "8310-5", "59408-5"} <= codes
@@ -177,9 +178,11 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
         at_start = readings.merge(starts, on=["patient", "encounter", "time"])
         per_encounter = at_start.groupby(["patient", "encounter"])["code"].nunique()
         assert len(per_encounter) == len(starts), encounter_class
-        # pulse oximetry (59408-5) is recorded from its calendar date (1983) on: before it, one code fewer
+        # a dated code (pulse oximetry 1983, the pain score 2001, the Glasgow coma score 1974) is recorded from
+        # its calendar date on: before it, one code fewer each
         when = starts.set_index(["patient", "encounter"])["time"].reindex(per_encounter.index)
-        expected = np.where(when >= oximetry, len(codes), len(codes) - 1)
+        dates = [calendar.introduced_on("http://loinc.org", code) for code in codes]
+        expected = sum(np.asarray(when >= pd.Timestamp(d or "1800-01-01", tz="UTC")) for d in dates)
         assert (per_encounter.to_numpy() == expected).all(), encounter_class
         assert (when < oximetry).any() and (when >= oximetry).any()
 
