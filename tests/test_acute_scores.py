@@ -71,7 +71,8 @@ def test_glasgow_coma_score_where_consciousness_is_assessed(shipped_population: 
     readings = events[(events["kind"] == "observation") & (events["code"] == GCS)]
     assert _on_scale(readings["value"], 3, 15)
     icu = _at_start(shipped_population, GCS, "icu")
-    assert len(icu) >= 10 and icu["value"].notna().all()
+    scored = icu["time"] >= pd.Timestamp("1974-07-01", tz="UTC")  # the scale's publication (rules/calendar.yaml)
+    assert scored.sum() >= 10 and icu.loc[scored, "value"].notna().all() and icu.loc[~scored, "value"].isna().all()
     assert icu["value"].mean() < 14
     emergency = _at_start(shipped_population, GCS, "emergency").dropna(subset=["value"])
     stroke = emergency[emergency["module"] == "stroke"]["value"]
