@@ -189,12 +189,14 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
 
 def test_a_state_that_observes_a_start_vital_itself_reads_it_once(shipped_library: Library) -> None:
     """pneumonia_sepsis's emergency visit observes the vital signs itself: each is read once, in its order,
-    after the admission labs it does not observe itself (modules/laboratory.yaml labs_at_start)."""
+    after the start observations and admission labs it does not observe itself (the pain score of
+    modules/acute_scores.yaml, modules/laboratory.yaml labs_at_start)."""
     state = shipped_library.module("pneumonia_sepsis").states["cap_ed_visit"]
     observed = state_observations(shipped_library, state)
     assert len(observed) == len(set(observed))
     labs = shipped_library.module("laboratory").labs_at_start["emergency"]
-    assert observed == [*(name for name in labs if name not in state.observe), *state.observe]
+    at_start = [*start_observations(shipped_library, "emergency"), *labs]  # the pain score is not observed by it
+    assert observed == [*(name for name in at_start if name not in state.observe), *state.observe]
 
 
 def test_sepsis_shows_in_the_triage_heart_rate(shipped_library: Library) -> None:
