@@ -168,7 +168,8 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
     acute = _starts(cohort, ACUTE)
     assert len(acute) > 50
     observables = {o: m.observables[o] for m in shipped_library.modules for o in m.observables}
-    oximetry = pd.Timestamp(shipped_library.calendar.introduced_on("http://loinc.org", "59408-5"), tz="UTC")
+    calendar = shipped_library.calendar
+    oximetry = pd.Timestamp(calendar.introduced_on("http://loinc.org", "59408-5"), tz="UTC")
     for encounter_class in ACUTE:
         codes = {observables[name].code.code for name in start_observations(shipped_library, encounter_class)}
         assert {"8867-4", "9279-1", "8480-6", "8462-4", "8310-5", "59408-5"} <= codes
@@ -177,21 +178,25 @@ def test_every_acute_encounter_records_vital_signs_at_its_start(
         at_start = readings.merge(starts, on=["patient", "encounter", "time"])
         per_encounter = at_start.groupby(["patient", "encounter"])["code"].nunique()
         assert len(per_encounter) == len(starts), encounter_class
-        # pulse oximetry (59408-5) is recorded from its calendar date (1983) on: before it, one code fewer
+        # a dated code (pulse oximetry 1983, the pain score 2001, the Glasgow coma score 1974) is recorded from
+        # its calendar date on: before it, one code fewer each
         when = starts.set_index(["patient", "encounter"])["time"].reindex(per_encounter.index)
-        expected = np.where(when >= oximetry, len(codes), len(codes) - 1)
+        dates = [calendar.introduced_on("http://loinc.org", code) for code in codes]
+        expected = sum(np.asarray(when >= pd.Timestamp(d or "1800-01-01", tz="UTC")) for d in dates)
         assert (per_encounter.to_numpy() == expected).all(), encounter_class
         assert (when < oximetry).any() and (when >= oximetry).any()
 
 
 def test_a_state_that_observes_a_start_vital_itself_reads_it_once(shipped_library: Library) -> None:
     """pneumonia_sepsis's emergency visit observes the vital signs itself: each is read once, in its order,
-    after the admission labs it does not observe itself (modules/laboratory.yaml labs_at_start)."""
+    after the start observations and admission labs it does not observe itself (the pain score of
+    modules/acute_scores.yaml, modules/laboratory.yaml labs_at_start)."""
     state = shipped_library.module("pneumonia_sepsis").states["cap_ed_visit"]
     observed = state_observations(shipped_library, state)
     assert len(observed) == len(set(observed))
     labs = shipped_library.module("laboratory").labs_at_start["emergency"]
-    assert observed == [*(name for name in labs if name not in state.observe), *state.observe]
+    at_start = [*start_observations(shipped_library, "emergency"), *labs]  # the pain score is not observed by it
+    assert observed == [*(name for name in at_start if name not in state.observe), *state.observe]
 
 
 def test_sepsis_shows_in_the_triage_heart_rate(shipped_library: Library) -> None:
