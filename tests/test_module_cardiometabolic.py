@@ -207,7 +207,7 @@ def test_dialysis_and_transplant_only_in_end_stage_kidney_disease(shipped_lifeti
     ev = shipped_lifetime.events
     esrd = first_time(ev, "condition_onset", {ESRD})
     procedures = ev[(ev.kind == "procedure") & ev.code.isin({HEMODIALYSIS, TRANSPLANT})]
-    assert procedures.patient.nunique() >= 5
+    assert procedures.patient.nunique() >= 2  # 3 of 1,000 lifetimes on 2026-12-07 (5 before the mortality merge)
     when = procedures.patient.map(esrd)
     assert when.notna().all(), "dialysis or transplant without end-stage kidney disease"
     assert (procedures.time >= when).all(), "dialysis or transplant before end-stage kidney disease"
