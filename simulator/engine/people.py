@@ -221,18 +221,29 @@ def standard_utc_offset_days(time_zone: str, year: int) -> float:
     return min(offset.total_seconds() for offset in offsets if offset is not None) / 86400.0
 
 
-def background_hazard(library: Library, background_share: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The background hazard by sex (rows male, female): cumulative at whole ages, and past the table;
-    the life tables scaled by `background_share` (age, male, female), else by the rules' fitted share."""
-    hazards, tails = [], []
+def _life_tables(
+    library: Library, background_share: pd.DataFrame | None
+) -> list[tuple[str, np.ndarray, float, np.ndarray | None]]:
+    """(sex, qx, e(x) of the open last age, background share by year of age or None) for male then female:
+    the life tables and `background_share` (age, male, female), else the rules' fitted share."""
     mortality = library.mortality
     shares = background_share if background_share is not None else fitted_background_share(library)
+    out = []
     for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
         table = pd.read_csv(library.rules_dir / csv)
         share = None if shares is None else background_share_by_age(shares, sex, len(table))
-        cum, tail = life_table_hazard(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share)
-        hazards.append(cum)
-        tails.append(tail)
+        out.append((sex, table["qx"].to_numpy(float), float(table["ex"].iloc[-1]), share))
+    return out
+
+
+def background_hazard(library: Library, background_share: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The background hazard by sex (rows male, female): cumulative at whole ages, and past the table;
+    the life tables scaled by `background_share` (age, male, female), else by the rules' fitted share."""
+    return _background_hazard(_life_tables(library, background_share))
+
+
+def _background_hazard(tables: list[tuple[str, np.ndarray, float, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+    hazards, tails = zip(*(life_table_hazard(qx, ex_last, share) for _, qx, ex_last, share in tables), strict=True)
     return np.vstack(hazards), np.array(tails)
 
 
@@ -244,15 +255,12 @@ def build_people_tables(
     demographics = library.demographics
     pyramid = pd.read_csv(rules / demographics.population_csv)
     counts = np.concatenate([pyramid["male"].to_numpy(float), pyramid["female"].to_numpy(float)])
-    cum_hazard, tail_rate = background_hazard(library, background_share)
+    tables = _life_tables(library, background_share)
+    cum_hazard, tail_rate = _background_hazard(tables)
     deaths, background = [], []
-    mortality = library.mortality
-    shares = background_share if background_share is not None else fitted_background_share(library)
-    for sex, csv in (("male", mortality.male_csv), ("female", mortality.female_csv)):
-        table = pd.read_csv(rules / csv)
-        share = None if shares is None else background_share_by_age(shares, sex, len(table))
-        alive = _by_age(pyramid[sex].to_numpy(float), len(table))
-        rates = annual_rates(table["qx"].to_numpy(float), float(table["ex"].iloc[-1]))
+    for sex, qx, ex_last, share in tables:
+        alive = _by_age(pyramid[sex].to_numpy(float), len(qx))
+        rates = annual_rates(qx, ex_last)
         deaths.append(alive * -np.expm1(-rates))
         background.append(alive * -np.expm1(-rates * (1.0 if share is None else share)))
     death_cdf = _cdf(list(np.concatenate(background)))
