@@ -535,9 +535,11 @@ def value_present(tables: AuditTables, rule: rules.ObservationValuesRule) -> Fin
 
 @check("duplicate_records")
 def duplicate_records(tables: AuditTables, rule: rules.DuplicateRecordsRule) -> Finding:
-    """Observations that repeat an earlier one of the patient: same code, time, value and unit."""
+    """Observations that repeat an earlier one of the patient from the same step of the same module: same code,
+    time, value, unit, module and state (two modules may take the same reading at one visit)."""
     obs = tables["observations"]
     keys = [obs["patient"], obs["code"].astype(str), obs["time"], obs["value"], obs["unit"].astype(str)]
+    keys += [obs["module"].astype(str), obs["state"].astype(str)]
     bad = pd.DataFrame({str(i): k.to_numpy() for i, k in enumerate(keys)}).duplicated().to_numpy()
     detail = obs["code"][bad].astype(str) + " " + number(obs["value"][bad], 2) + " " + obs["unit"][bad].astype(str)
     return Finding(len(obs), violations(obs["patient"][bad], obs["time"][bad], "observation recorded twice", detail))
@@ -577,8 +579,10 @@ def timely_entry(tables: AuditTables, rule: rules.TimelyEntryRule) -> Finding:
     obs = tables["observations"]
     if "issued_time" not in obs:
         return Finding(len(obs), violations(obs["patient"][:0], obs["time"][:0], "", []))
-    late = (obs["issued_time"] - obs["time"]) > pd.Timedelta(days=rule.max_days)
-    detail = "taken " + minute(obs["time"][late]) + ", issued " + minute(obs["issued_time"][late])
+    # a CSV run's issued_time is read as text: the data dictionary lists the columns of a clean run
+    issued = pd.to_datetime(obs["issued_time"], utc=True, format="ISO8601")
+    late = (issued - obs["time"]) > pd.Timedelta(days=rule.max_days)
+    detail = "taken " + minute(obs["time"][late]) + ", issued " + minute(issued[late])
     return Finding(len(obs), violations(obs["patient"][late], obs["time"][late], "result entered late", detail))
 
 

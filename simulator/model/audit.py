@@ -290,7 +290,8 @@ class ObservationValuesRule(AuditRule):
 
 
 class DuplicateRecordsRule(AuditRule):
-    """No observation recorded twice: one patient, code, time, value and unit."""
+    """No observation recorded twice by one step of a module: one patient, code, time, value, unit, module and
+    state (two modules may take the same reading at one visit)."""
 
     kind: Literal["duplicate_records"]
 
