@@ -107,6 +107,7 @@ OPTIONS = {
     "compress": "--compress",
     "dask": "--dask",
     "decedent_years": "--decedents",
+    "messiness": "--messiness",
 }
 
 
