@@ -47,6 +47,7 @@ def _draws(seed: int, patient: np.ndarray, row: np.ndarray, slot: int) -> np.nda
 
 
 def _slot(kind: str) -> int:
+    """The draw slot of a kind's own choices (where a typo falls, how late an entry is)."""
     return 1 + CORRUPTION_KINDS.index(kind)
 
 
@@ -64,14 +65,12 @@ def _choose(u: np.ndarray, eligible: dict[str, np.ndarray], rates: dict[str, Kin
 
 def typo(text: str, u: float, v: float) -> str:
     """A typing error in `text`: two neighbouring letters swapped, a letter doubled or one dropped (`u`
-    picks where, `v` which)."""
+    picks where, never the first letter; `v` which)."""
     if len(text) < 4:
         return text
-    i = 1 + int(u * (len(text) - 2))  # never the first letter, never past the last
-    if v < 1 / 3 and text[i] != text[i + 1 if i + 1 < len(text) else i - 1]:
-        j = i + 1 if i + 1 < len(text) else i - 1
-        a, b = sorted((i, j))
-        return text[:a] + text[b] + text[a] + text[b + 1 :]
+    i = 1 + int(u * (len(text) - 2))  # 1 to len - 2: a letter with one after it
+    if v < 1 / 3 and text[i] != text[i + 1]:
+        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
     if v < 2 / 3:
         return text[: i + 1] + text[i] + text[i + 1 :]
     return text[:i] + text[i + 1 :]
@@ -83,7 +82,17 @@ class _Log:
     def __init__(self) -> None:
         self.parts: list[pd.DataFrame] = []
 
-    def add(self, frame: pd.DataFrame, hit: np.ndarray, kind: str, field: str, original, new, table: str) -> None:
+    def add(
+        self,
+        frame: pd.DataFrame,
+        hit: np.ndarray,
+        kind: str,
+        field: str,
+        original: np.ndarray,
+        new: np.ndarray,
+        table: str,
+    ) -> None:
+        """The rows of `frame` that `hit` selects: `field` went from `original` to `new` (whole columns)."""
         if not hit.any():
             return
         rows = frame[hit]
@@ -105,6 +114,7 @@ class _Log:
         )
 
     def frame(self) -> pd.DataFrame:
+        """Every change, in patient and record order (columns CORRUPTION_COLUMNS)."""
         if not self.parts:
             empty = pd.DataFrame({c: pd.Series(dtype=object) for c in CORRUPTION_COLUMNS})
             return empty.astype({"patient": np.int64})
@@ -125,10 +135,12 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 
 def _utc(times: pd.Series) -> np.ndarray:
+    """Times as naive UTC datetime64[ms]."""
     return pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).as_unit("ms").to_numpy()
 
 
 def _observations(obs: pd.DataFrame, messiness: Messiness, seed: int, log: _Log) -> pd.DataFrame:
+    """The observations with every kind of corruption, `issued_time` added (when each entered the record)."""
     profile, variants = messiness.profile, messiness.variants
     rates = {kind: getattr(profile, kind) for kind in CORRUPTION_KINDS}
     patient, row = obs["patient"].to_numpy(), obs["row"].to_numpy()
@@ -231,12 +243,14 @@ def _duplicates(obs: pd.DataFrame, rate: KindRate, eligible: np.ndarray, seed: i
 
 
 def _copy_ids(obs: pd.DataFrame, hit: np.ndarray, copies: pd.DataFrame) -> np.ndarray:
+    """The id of each row's copy (None for a row not filed twice)."""
     ids = np.full(len(obs), None, dtype=object)
     ids[hit] = copies["id"].to_numpy(dtype=object)
     return ids
 
 
 def _conditions(conditions: pd.DataFrame, messiness: Messiness, seed: int, log: _Log) -> pd.DataFrame:
+    """The condition episodes with sibling codes and mistyped displays."""
     rates = {kind: getattr(messiness.profile, kind) for kind in CORRUPTION_KINDS}
     patient, row = conditions["patient"].to_numpy(), conditions["row"].to_numpy()
     code = conditions["code"].astype(str).to_numpy(dtype=object)
