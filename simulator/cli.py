@@ -230,12 +230,12 @@ def generate(
     messiness: Annotated[
         str,
         typer.Option(
-            metavar="clean|typical|hostile|FILE",
-            help="Messy data: the written record (FHIR, CSV, Parquet alike) gets the errors of a real EHR extract "
-            "(missing values, duplicates, unit variants, late entries, typos, miscoding, out-of-range values, "
-            "shifted times) at the rates of the profile (rules/messiness/typical.yaml, hostile.yaml, or a profile "
-            "file), each change logged in OUT/truth/corruptions.parquet (and .csv). clean (the default): none. "
-            "See docs/messiness.md.",
+            metavar="PROFILE",
+            help="clean, typical, hostile or a profile file. Messy data: the written record (FHIR, CSV, Parquet "
+            "alike) gets the errors of a real EHR extract (missing values, duplicates, unit variants, late "
+            "entries, typos, miscoding, out-of-range values, shifted times) at the rates of the profile "
+            "(rules/messiness/typical.yaml, hostile.yaml, or a profile file), each change logged in "
+            "OUT/truth/corruptions.parquet (and .csv). clean (the default): none. See docs/messiness.md.",
         ),
     ] = "clean",
     dry_run: Annotated[
