@@ -30,14 +30,15 @@ from simulator.export.bundles import Method
 from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
-from simulator.export.writers import FOLDERS, Export, OutputFolder, publish
+from simulator.export.writers import Export, OutputFolder, publish, run_folders
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
 from simulator.fit.validation import Validation, default_targets, validate_generated, validate_run
 from simulator.load import LoadConfig, LoadReport, load_run
-from simulator.model.library import Library
+from simulator.model.library import Library, default_rules_dir
 from simulator.model.loading import load_library
+from simulator.model.messiness import load_messiness
 from simulator.model.parsing import suggest
 from simulator.tables.chunks import chunks, count_chunk
 from simulator.tables.population import Population
@@ -127,7 +128,9 @@ class ExportConfig:
     lets it write beside the files of a folder that holds no earlier run (none of them is removed or
     replaced). `history_years`: each record holds its last years and what a chart carries from before
     (`simulator.export.history`); None, the default, the whole life. `compress`: "gzip" or "zstd" writes
-    the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`)."""
+    the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`).
+    `messiness`: a messy-data profile, "typical", "hostile" or a profile file (`simulator.export.messiness`),
+    whose changes `out/truth/corruptions.parquet` logs; None or "clean", the default: none."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -136,8 +139,11 @@ class ExportConfig:
     overwrite: bool = False
     history_years: float | None = None
     compress: str | None = None
+    messiness: str | None = None
 
     def __post_init__(self) -> None:
+        if self.messiness is not None:
+            object.__setattr__(self, "messiness", None if str(self.messiness) == "clean" else str(self.messiness))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compress", check_compression(self.compress))
         try:
@@ -166,7 +172,10 @@ def _context(sim: Simulator, export: ExportConfig) -> ExportContext:
     config = sim.config
     request = _request(config, export)
     end = _end_date(sim)
-    return ExportContext.from_library(sim.library, config.seed, request, config.patients, export.history_years, end)
+    messiness = load_messiness(export.messiness, sim.library.rules_dir)
+    return ExportContext.from_library(
+        sim.library, config.seed, request, config.patients, export.history_years, end, messiness
+    )
 
 
 def _end_date(sim: Simulator) -> date:
@@ -188,6 +197,8 @@ def _request(config: RunConfig, export: ExportConfig) -> str:
         request += f" --history {export.history_years:g}"
     if config.decedent_years != decedent_years(config.mode, None, export.history_years):
         request += f" --decedents {config.decedent_years:g}" if config.decedent_years else " --decedents none"
+    if export.messiness is not None:
+        request += f" --messiness {export.messiness}"
     return request
 
 
@@ -257,6 +268,8 @@ def run(
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
+    if dask is not None and export is not None and export.messiness is not None:
+        raise ConfigError("messiness", "a messy-data profile is not yet applied by a run on a Dask cluster")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
@@ -274,6 +287,7 @@ def run(
             _patients=pd.concat([f.patients for f in frames], ignore_index=True),
             _events=pd.concat([f.events for f in frames], ignore_index=True),
         )
+    load_messiness(export.messiness, config.rules_dir or default_rules_dir())  # a bad profile stops the run here
     folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
     folder.prepare()
     for message in _folder_messages(folder):
@@ -308,8 +322,11 @@ def run(
         manifest["decedent_years"] = config.decedent_years
         manifest["compress"] = export.compress
         manifest["dask"] = dask
+        if export.messiness is not None:
+            manifest["messiness"] = export.messiness
         data = json.dumps(manifest, indent=2, sort_keys=False).encode()
-        publish(export.out, [export.out / FOLDERS[f] for f in export.formats], data, folder.earlier_files)
+        folders = run_folders(export.out, export.formats, export.messiness is not None)
+        publish(export.out, folders, data, folder.earlier_files)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -339,6 +356,7 @@ def generate(
     compress: str | None = None,
     dask: str | None = None,
     decedents: float | str | None = None,
+    messiness: str | Path | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -351,12 +369,23 @@ def generate(
     record holds; default the whole life; `compress`, "gzip" or "zstd", for the Bulk ndjson; `dask`,
     "local:N" or a scheduler address, to write the run in parts on a Dask cluster). `decedents`: years before
     the end whose deaths a population run also holds, flagged `is_decedent` in the patient table, or "none"
-    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
+    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`). `messiness`:
+    "clean" (the default), "typical", "hostile" or a profile file: the written record gets the profile's
+    errors, each logged in `out/truth/corruptions` (`simulator.export.messiness`; needs `out`)."""
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(
-        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years, compress
+        Path(out or "."),
+        formats or DEFAULT_FORMATS,
+        bundle_method,
+        base_url,
+        overwrite,
+        history_years,
+        compress,
+        None if messiness is None else str(messiness),
     )
+    if out is None and export.messiness is not None:
+        raise ConfigError("messiness", "a messy-data profile applies to a written record: give an output folder (out)")
     config = RunConfig(
         patients=patients,
         seed=seed,

@@ -107,6 +107,7 @@ OPTIONS = {
     "compress": "--compress",
     "dask": "--dask",
     "decedent_years": "--decedents",
+    "messiness": "--messiness",
 }
 
 
@@ -226,6 +227,17 @@ def generate(
             "none: the living cohort only. Validation uses the living cohort only.",
         ),
     ] = None,
+    messiness: Annotated[
+        str,
+        typer.Option(
+            metavar="PROFILE",
+            help="clean, typical, hostile or a profile file. Messy data: the written record (FHIR, CSV, Parquet "
+            "alike) gets the errors of a real EHR extract (missing values, duplicates, unit variants, late "
+            "entries, typos, miscoding, out-of-range values, shifted times) at the rates of the profile "
+            "(rules/messiness/typical.yaml, hostile.yaml, or a profile file), each change logged in "
+            "OUT/truth/corruptions.parquet (and .csv). clean (the default): none. See docs/messiness.md.",
+        ),
+    ] = "clean",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be written and its estimated size; write nothing.")
     ] = False,
@@ -262,6 +274,7 @@ def generate(
             overwrite,
             _history_years(history),
             compress and compress.lower(),
+            messiness,
         )
         config = RunConfig(
             patients=patients,

@@ -44,6 +44,7 @@ BAD_OPTIONS = [
     "--modules nowhere",
     "--rules nowhere",
     "-o afile/out",
+    "--messiness tidy",
 ]
 
 

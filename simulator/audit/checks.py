@@ -517,3 +517,90 @@ def decedents(tables: AuditTables, rule: rules.DecedentsRule) -> Finding:
     detail = np.where(dead["death_time"].isna(), "no death time", "no cause of death")[bad]
     found = violations(dead["index"][bad], dead["birth_time"][bad], "decedent without a death", detail)
     return Finding(len(dead), found)
+
+
+def _observations_with_value(tables: AuditTables) -> pd.DataFrame:
+    obs = tables["observations"]
+    return obs[obs["value"].notna().to_numpy()]
+
+
+@check("value_present")
+def value_present(tables: AuditTables, rule: rules.ObservationValuesRule) -> Finding:
+    """Observations written without a value."""
+    obs = tables["observations"]
+    bad = obs["value"].isna()
+    detail = obs["code"][bad].astype(str) + " " + obs["display"][bad].astype(str)
+    return Finding(len(obs), violations(obs["patient"][bad], obs["time"][bad], "observation without a value", detail))
+
+
+@check("duplicate_records")
+def duplicate_records(tables: AuditTables, rule: rules.DuplicateRecordsRule) -> Finding:
+    """Observations that repeat an earlier one of the patient from the same step of the same module: same code,
+    time, value, unit, module and state (two modules may take the same reading at one visit)."""
+    obs = tables["observations"]
+    keys = [obs["patient"], obs["code"].astype(str), obs["time"], obs["value"], obs["unit"].astype(str)]
+    keys += [obs["module"].astype(str), obs["state"].astype(str)]
+    bad = pd.DataFrame({str(i): k.to_numpy() for i, k in enumerate(keys)}).duplicated().to_numpy()
+    detail = obs["code"][bad].astype(str) + " " + number(obs["value"][bad], 2) + " " + obs["unit"][bad].astype(str)
+    return Finding(len(obs), violations(obs["patient"][bad], obs["time"][bad], "observation recorded twice", detail))
+
+
+@check("unit_consistency")
+def unit_consistency(tables: AuditTables, rule: rules.UnitConsistencyRule) -> Finding:
+    """Observations in another unit than the one most readings of their code have."""
+    obs = tables["observations"]
+    code, unit = obs["code"].astype(str), obs["unit"].astype(str)
+    counts = pd.DataFrame({"code": code, "unit": unit}).value_counts()
+    usual = counts.reset_index().drop_duplicates("code").set_index("code")["unit"]  # value_counts sorts by count
+    bad = unit.to_numpy() != usual.reindex(code.to_numpy()).to_numpy()
+    detail = code[bad] + " in " + unit[bad] + ", usually " + usual.reindex(code[bad].to_numpy()).to_numpy()
+    return Finding(len(obs), violations(obs["patient"][bad], obs["time"][bad], "observation in another unit", detail))
+
+
+@check("plausible_values")
+def plausible_values(tables: AuditTables, rule: rules.PlausibleValuesRule) -> Finding:
+    """Readings of the rule's codes, in the range's unit, outside the range."""
+    obs = _observations_with_value(tables)
+    findings = []
+    for code, limits in rule.ranges.items():
+        rows = obs[((obs["code"].astype(str) == code) & (obs["unit"].astype(str) == limits.unit)).to_numpy()]
+        value = rows["value"]
+        bad = (value < limits.low) | (value > limits.high)
+        detail = code + " " + number(value[bad], 1) + f" {limits.unit} (plausible {limits.low:g} to {limits.high:g})"
+        what = "implausible value"
+        findings.append(Finding(len(rows), violations(rows["patient"][bad], rows["time"][bad], what, detail)))
+    return combine(findings)
+
+
+@check("timely_entry")
+def timely_entry(tables: AuditTables, rule: rules.TimelyEntryRule) -> Finding:
+    """Observations issued more than `max_days` after they were taken (a run without issued times writes each
+    result issued when taken: none is late)."""
+    obs = tables["observations"]
+    if "issued_time" not in obs:
+        return Finding(len(obs), violations(obs["patient"][:0], obs["time"][:0], "", []))
+    # a CSV run's issued_time is read as text: the data dictionary lists the columns of a clean run
+    issued = pd.to_datetime(obs["issued_time"], utc=True, format="ISO8601")
+    late = (issued - obs["time"]) > pd.Timedelta(days=rule.max_days)
+    detail = "taken " + minute(obs["time"][late]) + ", issued " + minute(issued[late])
+    return Finding(len(obs), violations(obs["patient"][late], obs["time"][late], "result entered late", detail))
+
+
+@check("known_codes")
+def known_codes(tables: AuditTables, rule: rules.KnownCodesRule) -> Finding:
+    """Codes outside the library's terminology, or written with another display than its own."""
+    if tables.terminology is None:
+        raise ValueError("the known_codes rule needs the library's terminology (rules/terminology.csv)")
+    findings = []
+    for name in rule.tables:
+        frame = tables[name]
+        keys = list(zip(frame["system"].astype(str), frame["code"].astype(str), strict=True))
+        official = np.array([tables.terminology.get(key) for key in keys], dtype=object)
+        display = frame["display"].astype(str).to_numpy(dtype=object)
+        unknown = pd.isna(official)
+        bad = unknown | (display != official)
+        what = np.where(unknown, "code outside the terminology", "display differs from the terminology")[bad]
+        detail = frame["code"].astype(str).to_numpy(dtype=object)[bad] + " " + display[bad]
+        time = frame[TIME_OF.get(name, "time")]
+        findings.append(Finding(len(frame), violations(frame["patient"][bad], time[bad], what, detail)))
+    return combine(findings)

@@ -17,7 +17,9 @@ from simulator.export.clinical_tables import build_tables
 from simulator.export.context import ExportContext
 from simulator.files import write_all
 from simulator.model.audit import AuditRule, AuditRules
+from simulator.model.checks import load_terminology
 from simulator.model.library import Library
+from simulator.model.schema import CODE_SYSTEMS
 from simulator.teaching.record import RunRecord
 
 EXAMPLES = 3  # examples kept per rule, by default
@@ -144,9 +146,20 @@ def audit_run(
     run = RunRecord.open(run_dir)
     library = run.library
     rules = rules if rules is not None else library.audit
+    terminology = terminology_by_uri(library.rules_dir)
+    zones = city_time_zones(library.names)
     return audit_blocks(
-        str(run.path), blocks(run, library.calendar, city_time_zones(library.names), block_patients), rules, examples
+        str(run.path), blocks(run, library.calendar, zones, block_patients, terminology), rules, examples
     )
+
+
+def terminology_by_uri(rules_dir: Path) -> dict[tuple[str, str], str] | None:
+    """The library's terminology (rules/terminology.csv), display by (system URI, code) as the tables write
+    them; None without one."""
+    terminology = load_terminology(rules_dir)
+    if terminology is None:
+        return None
+    return {(CODE_SYSTEMS[system], code): display for (system, code), display in terminology.items()}
 
 
 def audit_cohort(
@@ -157,5 +170,6 @@ def audit_cohort(
     written run."""
     context = ExportContext.from_library(library, seed, "POST", len(patients))
     tables = {"patients": patients, **build_tables(patients, events, context)}
-    block = AuditTables({name: tables[name] for name in COLUMNS}, library.calendar, city_time_zones(library.names))
+    zones, terminology = city_time_zones(library.names), terminology_by_uri(library.rules_dir)
+    block = AuditTables({name: tables[name] for name in COLUMNS}, library.calendar, zones, terminology)
     return audit_blocks("in memory", [block], library.audit, examples)

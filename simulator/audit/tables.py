@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from simulator.model.calendar import Calendar
 from simulator.model.schema import Names
@@ -26,12 +27,26 @@ COLUMNS: dict[str, list[str]] = {
         "resolution_time",
         "diagnosis_encounter_id",
     ],
-    "observations": ["patient", "time", "system", "code", "display", "value", "encounter_id"],
+    "observations": [
+        "patient",
+        "time",
+        "system",
+        "code",
+        "display",
+        "value",
+        "unit",
+        "encounter_id",
+        "module",
+        "state",
+        "issued_time",
+    ],
     "medications": ["patient", "start_time", "stop_time", "system", "code", "display", "encounter_id"],
     "procedures": ["patient", "time", "system", "code", "display", "encounter_id"],
     "immunizations": ["patient", "time", "system", "code", "display", "encounter_id"],
     "symptoms": ["patient", "time", "reported_time", "system", "code", "display", "encounter_id"],
 }
+# Columns only some runs write (issued_time: a run with a messy-data profile); read where the run has them.
+OPTIONAL = {"issued_time"}
 BLOCK_PATIENTS = 2_000  # patients audited at once (Parquet; a CSV run is read whole): 2,000 lifetimes peak at 1.1 GB
 
 
@@ -39,11 +54,13 @@ BLOCK_PATIENTS = 2_000  # patients audited at once (Parquet; a CSV run is read w
 class AuditTables:
     """The tables of some patients of a run, by name (those of COLUMNS, with at least the columns a check
     reads), the calendar of introduction years (None: the introduction_year kind cannot check) and the
-    IANA time zone of each city addresses are drawn in, by "City, ST" (rules/names.yaml)."""
+    IANA time zone of each city addresses are drawn in, by "City, ST" (rules/names.yaml); the library's
+    `terminology`, display by (system URI, code) (None: the known_codes kind cannot check)."""
 
     tables: dict[str, pd.DataFrame]
     calendar: Calendar | None = None
     time_zones: dict[str, str] = field(default_factory=dict)
+    terminology: dict[tuple[str, str], str] | None = None
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.tables[name]
@@ -59,8 +76,25 @@ def city_time_zones(names: Names) -> dict[str, str]:
     return {f"{c.city}, {c.state}": c.time_zone for c in names.cities}
 
 
+def _columns(run: RunRecord, name: str) -> list[str]:
+    """The columns of COLUMNS[name] to read from the run: the optional ones only where the run wrote them."""
+    optional = [c for c in COLUMNS[name] if c in OPTIONAL]
+    if not optional:
+        return COLUMNS[name]
+    if run.folder.name == "parquet":
+        written = set(pq.read_schema(run.folder / f"{name}.parquet").names)
+    else:
+        with open(run.folder / f"{name}.csv", encoding="utf-8") as handle:
+            written = set(handle.readline().strip().split(","))
+    return [c for c in COLUMNS[name] if c not in OPTIONAL or c in written]
+
+
 def blocks(
-    run: RunRecord, calendar: Calendar | None, time_zones: dict[str, str], block_patients: int = BLOCK_PATIENTS
+    run: RunRecord,
+    calendar: Calendar | None,
+    time_zones: dict[str, str],
+    block_patients: int = BLOCK_PATIENTS,
+    terminology: dict[tuple[str, str], str] | None = None,
 ) -> Iterator[AuditTables]:
     """The run's tables, `block_patients` patients at a time (all at once from CSV, which reads whole)."""
     patients = run.table("patients")  # whole (a row a patient): a run written before decedents lacks is_decedent
@@ -70,7 +104,7 @@ def blocks(
     for start in range(0, max(len(indexes), 1), size):
         wanted = indexes[start : start + size].tolist()
         tables = {"patients": patients.iloc[start : start + size].reset_index(drop=True)}
-        for name, columns in COLUMNS.items():
+        for name in COLUMNS:
             if name != "patients":
-                tables[name] = run.table(name, None if size >= len(indexes) else wanted, columns=columns)
-        yield AuditTables(tables, calendar, time_zones)
+                tables[name] = run.table(name, None if size >= len(indexes) else wanted, columns=_columns(run, name))
+        yield AuditTables(tables, calendar, time_zones, terminology)

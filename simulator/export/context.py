@@ -10,6 +10,7 @@ import numpy as np
 from simulator.export.directory import Directory, build_directory
 from simulator.export.history import RecordWindow
 from simulator.model.library import Library
+from simulator.model.messiness import Messiness
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import CODE_SYSTEMS
 
@@ -20,7 +21,8 @@ class ExportContext:
     records); from the library: condition codes (for encounter reasons), the displays of the CDC race
     and ethnicity codes, and the UCUM units and lab reference ranges observations are written with; and the
     run's provider `directory` (sized to its `patients`); the `library` for the rest of the rules data;
-    `history`: the window of each record (`--history YEARS`; None: the whole life)."""
+    `history`: the window of each record (`--history YEARS`; None: the whole life); `messiness`: the
+    messy-data profile the written tables get (`simulator.export.messiness`; None: clean)."""
 
     seed: int
     request: str
@@ -30,6 +32,7 @@ class ExportContext:
     directory: Directory
     library: Library
     history: RecordWindow | None = None
+    messiness: Messiness | None = None
 
     @classmethod
     def from_library(
@@ -40,9 +43,10 @@ class ExportContext:
         patients: int,
         history_years: float | None = None,
         world_end: date | None = None,
+        messiness: Messiness | None = None,
     ) -> ExportContext:
         """The context of a run; `history_years` (with `world_end`, the day the simulated world ends) keeps
-        the last years of each record."""
+        the last years of each record; `messiness` corrupts the tables written."""
         conditions = {
             name: (CODE_SYSTEMS[c.code.system], c.code.code, c.code.display)
             for module in library.modules
@@ -56,4 +60,6 @@ class ExportContext:
             if world_end is None:
                 raise ValueError("a record window needs the end of the simulated world")
             history = RecordWindow(history_years, np.datetime64(world_end, "ms"), library.history)
-        return cls(seed, request, conditions, displays, library.observation_reference, directory, library, history)
+        return cls(
+            seed, request, conditions, displays, library.observation_reference, directory, library, history, messiness
+        )

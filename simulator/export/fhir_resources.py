@@ -430,10 +430,11 @@ def _observation_codes(frame: pd.DataFrame) -> pa.Array:
     codes = concepts(frame)
     for code, extra in us_core.EXTRA_CODINGS.items():
         rows = ((frame["system"] == LOINC) & (frame["code"] == code)).to_numpy()
-        if rows.any():
-            display = str(frame["display"].iloc[int(np.argmax(rows))])
+        # one concept per display: a messy record (`simulator.export.messiness`) may hold a mistyped one
+        for display in pd.unique(frame["display"].astype(str).to_numpy()[rows]).tolist():
+            these = rows & (frame["display"].astype(str) == display).to_numpy()
             concept = dumps({"coding": [{"system": LOINC, "code": code, "display": display}, *extra], "text": display})
-            codes = pc.if_else(pa.array(rows), pa.scalar(concept, TEXT), codes)
+            codes = pc.if_else(pa.array(these), pa.scalar(concept, TEXT), codes)
     return codes
 
 
@@ -445,8 +446,12 @@ def _lab_interpretation(observations: pd.DataFrame, reference: ObservationRefere
     interpretation = TERMINOLOGY + "v3-ObservationInterpretation"
     high = f',"interpretation":[{coding(interpretation, "H", "High")}]'
     normal = f',"interpretation":[{coding(interpretation, "N", "Normal")}]'
+    # a value in another unit than the limit's, or none (a messy record), gets no interpretation
+    units = pd.Categorical(observations["unit"])
+    ucum = np.array([reference.ucum(str(u)) for u in units.categories], dtype=object)[units.codes]
+    has_value = ~np.isnan(observations["value"].to_numpy(np.float64))
     for loinc, upper in reference.upper_limits.items():
-        rows = is_lab & (observations["code"] == loinc).to_numpy()
+        rows = is_lab & (observations["code"] == loinc).to_numpy() & has_value & (ucum == reference.ucum(upper.unit))
         if not rows.any():
             continue
         ucum_code = reference.ucum(upper.unit)
@@ -473,9 +478,23 @@ def _observation_parts(frame: pd.DataFrame, refs: References, profile: Piece, co
         ',"effectiveDateTime":"',
         effective,
         '","issued":"',
-        effective,
+        fhir_datetime_text(frame["issued_time"]) if "issued_time" in frame else effective,
         '"',
     ]
+
+
+def _values(frame: pd.DataFrame, reference: ObservationReference) -> list[Piece]:
+    """valueQuantity of each row, or dataAbsentReason where a messy record left the value out."""
+    values = frame["value"].to_numpy(np.float64)
+    quantity = quantities(values, frame["unit"], reference)
+    absent = np.isnan(values)
+    if not absent.any():
+        return [',"valueQuantity":', quantity]
+    reason = ',"dataAbsentReason":' + dumps(
+        {"coding": [{"system": TERMINOLOGY + "data-absent-reason", "code": "unknown", "display": "Unknown"}]}
+    )
+    with_value = pc.binary_join_element_wise(pa.scalar(',"valueQuantity":', TEXT), quantity, pa.scalar("", TEXT))
+    return [pc.if_else(pa.array(absent), pa.scalar(reason, TEXT), with_value)]
 
 
 def observation_resources(
@@ -500,8 +519,7 @@ def observation_resources(
     single = observations[~paired]
     parts = [
         *_observation_parts(single, refs, _profiles(single), _observation_codes(single)),
-        ',"valueQuantity":',
-        quantities(single["value"].to_numpy(), single["unit"], reference),
+        *_values(single, reference),
         _lab_interpretation(single, reference),
     ]
     measured = build(

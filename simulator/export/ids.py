@@ -43,6 +43,8 @@ TAGS = {
     "Allergy": 31,  # draws: which allergies each patient has, when recorded, verified, with what reaction
     "Coverage": 32,
     "Insurance": 33,  # draws: each patient's payer, insurer and member number
+    "Messiness": 60,  # draws of the messy-data pass (simulator.export.messiness)
+    "Duplicate": 61,  # the records it files twice
     # draws of the provider directory (simulator.export.directory)
     "directory/adult": 41,
     "directory/pediatrics": 42,

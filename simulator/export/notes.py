@@ -73,9 +73,11 @@ def _unit_text(units: pd.Series) -> pa.Array:
 
 
 def _values(values: np.ndarray) -> pa.Array:
-    """Numbers as a note writes them: shortest round-trip decimals, without a trailing '.0'."""
+    """Numbers as a note writes them: shortest round-trip decimals, without a trailing '.0' ('not recorded'
+    for a value a messy record left out)."""
     unique, inverse = np.unique(values, return_inverse=True)
     texts = [(text[:-2] if text.endswith(".0") else text) for text in map(repr, unique.tolist())]
+    texts = ["not recorded" if text == "nan" else text for text in texts]
     return take(texts, inverse)
 
 

@@ -43,6 +43,7 @@ from simulator.export.directory import SHARED_TYPES, Directory
 from simulator.export.fhir_resources import build_resources
 from simulator.export.fhir_text import TEXT, References, text_bytes
 from simulator.export.ids import fhir_datetime_text
+from simulator.export.messiness import CORRUPTION_COLUMNS, corrupt
 from simulator.files import (
     abort_directory,
     ensure_free,
@@ -55,6 +56,7 @@ from simulator.files import (
 )
 
 FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
+TRUTH = "truth"  # the ground truth of a run: what the messy-data pass changed (truth/corruptions)
 RUN_MANIFEST = "manifest.json"
 WRITTEN_TABLES = ("patients", "events", *TABLES)
 # Every column of every table, described: written as csv/data_dictionary.csv beside the CSV tables
@@ -354,6 +356,50 @@ class TableWriter:
         self.staging.abort()
 
 
+CORRUPTIONS_SCHEMA = pa.schema(
+    [("patient", pa.int64()), *((name, pa.string()) for name in CORRUPTION_COLUMNS if name != "patient")]
+)
+
+
+class TruthWriter:
+    """`truth/corruptions.parquet` (and `.csv` when the run writes CSV): every change of the messy-data pass,
+    chunk by chunk (`simulator.export.messiness`)."""
+
+    def __init__(self, out: Path, with_csv: bool, part: Part | None = None):
+        self.staging = Staging.start(out, TRUTH, part)
+        path = self.staging.dir / self.staging.name("corruptions", ".parquet")
+        self.parquet = pq.ParquetWriter(path, CORRUPTIONS_SCHEMA)
+        self.csv = _File(self.staging.dir / self.staging.name("corruptions", ".csv"), "rows") if with_csv else None
+        self.header = part is None or part.first
+        self.rows = 0
+        self.written = False
+
+    def write(self, corruptions: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(corruptions, schema=CORRUPTIONS_SCHEMA, preserve_index=False)
+        self.parquet.write_table(table)
+        if self.csv is not None:
+            self.csv.write(_csv_bytes(table, header=self.header and not self.written), len(table))
+        self.rows += len(table)
+        self.written = True
+
+    def close(self) -> dict[str, dict]:
+        self.parquet.close()
+        path = self.staging.dir / self.staging.name("corruptions", ".parquet")
+        self.staging.record(path.name, "rows", self.rows, path, _sha256(path))
+        if self.csv is not None:
+            self.csv.close()
+            self.staging.record(self.csv.path.name, "rows", self.csv.count, self.csv.path, self.csv.digest.hexdigest())
+        return self.staging.files
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.parquet.close()
+        if self.csv is not None:
+            with contextlib.suppress(OSError):
+                self.csv.close()
+        self.staging.abort()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -371,13 +417,20 @@ def bulk_base_url(out: Path) -> str:
 # What a run writes in each output folder: a file of such a name that no ehrsim manifest lists stops a run
 # before it starts, as the run would replace it.
 WRITES = {
+    TRUTH: ("corruptions.parquet", "corruptions.csv", "corruptions.*.parquet", "corruptions.*.csv"),
     "fhir": ("*.ndjson", *(f"*.ndjson{suffix}" for suffix in SUFFIXES.values()), "manifest.json"),
     "bundles": ("*.json",),
     "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
 }
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
-LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), RUN_MANIFEST))
+LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), TRUTH, RUN_MANIFEST))
+OUTPUT_FOLDERS = (*FOLDERS.values(), TRUTH)  # every folder a run writes
+
+
+def run_folders(out: Path, formats: tuple[str, ...], messiness: bool) -> list[Path]:
+    """The output folders of a run of `formats` (truth/ with a messy-data profile)."""
+    return [out / FOLDERS[f] for f in formats] + ([out / TRUTH] if messiness else [])
 
 
 @dataclass
@@ -419,7 +472,7 @@ class OutputFolder:
         for entry in entries:
             if entry.name in LEFTOVERS or (earlier and entry.name == RUN_MANIFEST):
                 continue
-            if entry.name in FOLDERS.values() and entry.is_dir() and not entry.is_symlink():
+            if entry.name in OUTPUT_FOLDERS and entry.is_dir() and not entry.is_symlink():
                 names = (f"{entry.name}/{file.name}" for file in sorted(entry.iterdir()))
                 kept.extend(name for name in names if name not in listed)
             else:
@@ -487,7 +540,7 @@ def _is_output_file(name: str) -> bool:
     """Whether a path of a run manifest's `files` is one a run writes, `<output folder>/<file>`: whatever
     a manifest says, nothing else (`../x`, an absolute or a deeper path) is ever removed."""
     parts = PurePosixPath(name).parts
-    return len(parts) == 2 and parts[0] in FOLDERS.values() and parts[1] not in (".", "..") and "\\" not in name
+    return len(parts) == 2 and parts[0] in OUTPUT_FOLDERS and parts[1] not in (".", "..") and "\\" not in name
 
 
 def _clashes(name: str, formats: tuple[str, ...]) -> bool:
@@ -539,7 +592,8 @@ class Export:
         self.ndjson: NdjsonWriter | None = None
         self.bundles: BundleWriter | None = None
         self.tables: list[TableWriter] = []
-        self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
+        self.truth: TruthWriter | None = None
+        self.writers: list[NdjsonWriter | BundleWriter | TableWriter | TruthWriter] = []
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
                 url = base_url or bulk_base_url(out)
@@ -552,6 +606,9 @@ class Export:
                 if kind in formats:
                     self.tables.append(TableWriter(out, kind, part))
                     self.writers.append(self.tables[-1])
+            if context.messiness is not None:
+                self.truth = TruthWriter(out, "csv" in formats, part)
+                self.writers.append(self.truth)
         except BaseException:
             self.abort()
             raise
@@ -560,7 +617,7 @@ class Export:
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
         """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time."""
         if self.tables:
-            tables = build_tables(patients, events, self.context)
+            tables = self._tables(patients, events, log=True)
             arrow = arrow_tables({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
             for writer in self.tables:
                 writer.write(arrow)
@@ -569,8 +626,19 @@ class Export:
             for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
                 self._write_fhir(some_patients, their_events)
 
-    def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
+    def _tables(self, patients: pd.DataFrame, events: pd.DataFrame, log: bool) -> dict[str, pd.DataFrame]:
+        """The clinical tables of some patients, with the messy-data profile's errors if the run has one (their
+        log written to truth/ once: by the tables' pass, else by the FHIR slices', which `log` says)."""
         tables = build_tables(patients, events, self.context)
+        if self.context.messiness is None:
+            return tables
+        tables, corruptions = corrupt(tables, self.context.messiness, self.context.seed)
+        if log and self.truth is not None:
+            self.truth.write(corruptions)
+        return tables
+
+    def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
+        tables = self._tables(patients, events, log=not self.tables)
         if self.ndjson:
             resources = build_resources(patients, tables, self.context, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)

@@ -283,6 +283,63 @@ class DecedentsRule(AuditRule):
     kind: Literal["decedents"]
 
 
+class ObservationValuesRule(AuditRule):
+    """Every observation has its value (a result written without one says only that it is missing)."""
+
+    kind: Literal["value_present"]
+
+
+class DuplicateRecordsRule(AuditRule):
+    """No observation recorded twice by one step of a module: one patient, code, time, value, unit, module and
+    state (two modules may take the same reading at one visit)."""
+
+    kind: Literal["duplicate_records"]
+
+
+class UnitConsistencyRule(AuditRule):
+    """Each observation code is written in one unit: the unit most readings of the code have."""
+
+    kind: Literal["unit_consistency"]
+
+
+class PlausibleRange(Strict):
+    """The values a living patient can have, in `unit`, from `low` to `high`; `source` cites them."""
+
+    low: float
+    high: float
+    unit: str
+    source: Name
+
+
+class PlausibleValuesRule(AuditRule):
+    """Readings of `ranges`' codes (in the range's unit) within the range."""
+
+    kind: Literal["plausible_values"]
+    ranges: dict[LoincCode, PlausibleRange] = Field(min_length=1)
+
+    @field_validator("ranges")
+    @classmethod
+    def _cited(cls, ranges: dict[str, PlausibleRange], info: ValidationInfo) -> dict[str, PlausibleRange]:
+        problems = [p for code, r in ranges.items() for p in uncited(info, r.source, where=f"ranges.{code}: ")]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return ranges
+
+
+class TimelyEntryRule(AuditRule):
+    """A result is issued within `max_days` of being taken (a run without issued times is not checked)."""
+
+    kind: Literal["timely_entry"]
+    max_days: Positive
+
+
+class KnownCodesRule(AuditRule):
+    """Codes of `tables` are codes of the library's terminology (rules/terminology.csv), with its display."""
+
+    kind: Literal["known_codes"]
+    tables: list[Literal["observations", "conditions"]] = Field(min_length=1)
+
+
 KINDS: tuple[type[AuditRule], ...] = (
     IntroductionYearRule,
     DerivedEgfrRule,
@@ -299,6 +356,12 @@ KINDS: tuple[type[AuditRule], ...] = (
     NotBeforeBirthRule,
     WithinEncounterRule,
     DecedentsRule,
+    ObservationValuesRule,
+    DuplicateRecordsRule,
+    UnitConsistencyRule,
+    PlausibleValuesRule,
+    TimelyEntryRule,
+    KnownCodesRule,
 )
 KIND_NAMES = tuple(get_args(k.model_fields["kind"].annotation)[0] for k in KINDS)
 
