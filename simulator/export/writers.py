@@ -86,7 +86,7 @@ class _File:
     def write(self, data: bytes | pa.Buffer | list[pa.Buffer], count: int) -> None:
         """Write `data` (or its pieces, one after the other), which holds `count` rows or resources."""
         pieces = data if isinstance(data, list) else [data]
-        self.write_later(lambda: pieces, sum(len(piece) for piece in pieces), count)
+        self.write_later(lambda: pieces, sum(map(len, pieces)), count)
 
     def write_later(self, make: Callable[[], list[bytes | pa.Buffer]], size: int, count: int) -> None:
         """Write the pieces `make` returns, made in the background thread too (CSV text, say); `size`:
