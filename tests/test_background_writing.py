@@ -10,8 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from simulator.engine.run import RunConfig, Simulator
 from simulator.export.background import Background
-from simulator.export.fhir_text import TEXT, Resources, no_encounter
+from simulator.export.clinical_tables import build_tables
+from simulator.export.context import ExportContext
+from simulator.export.fhir_resources import build_resources
+from simulator.export.fhir_text import TEXT, References, Resources, no_encounter
+from simulator.model.library import Library
+from simulator.tables.chunks import chunk_tables
 
 
 def test_jobs_run_in_the_order_given_in_another_thread() -> None:
@@ -90,3 +96,20 @@ def test_sorted_bytes_are_the_bytes_of_the_sorted_text(n_chunks: int) -> None:
         resources = _resources(rng, n_chunks)
         expected = "".join(resources.sorted_json().to_pylist()).encode()
         assert b"".join(piece.to_pybytes() for piece in resources.sorted_bytes()) == expected
+
+
+def test_sorted_bytes_of_a_run_are_its_sorted_text(fixture_library: Library) -> None:
+    """On real resources (several builders per type): the slices hold exactly the text in patient, row order."""
+    sim = Simulator.build(RunConfig(patients=8, seed=3, mode="lifetime"), fixture_library)
+    chunk = chunk_tables(sim, 0, 8)
+    context = ExportContext.from_library(fixture_library, seed=3, request="test", patients=8)
+    resources = build_resources(
+        chunk.patients,
+        build_tables(chunk.patients, chunk.events, context),
+        context,
+        References(urn=False, line_end="\n"),
+    )
+    assert any(group.json.num_chunks > 1 for group in resources.values())
+    for group in resources.values():
+        expected = "".join(group.sorted_json().to_pylist()).encode()
+        assert b"".join(piece.to_pybytes() for piece in group.sorted_bytes()) == expected
