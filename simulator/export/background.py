@@ -15,8 +15,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-# Output that may wait for the thread: about two slices of FHIR text (`writers.FHIR_SLICE` patients, a few
-# hundred kB each), so building and writing overlap without holding a chunk's worth of text.
+# Output that may wait for the thread: about one slice of FHIR text (`writers.FHIR_SLICE` patients, about
+# 400 MB as ndjson), so that building the next slice overlaps writing the last without holding more.
 LIMIT_BYTES = 512 << 20
 
 

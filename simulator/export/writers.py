@@ -1,10 +1,11 @@
 """Writing a run chunk by chunk: FHIR ndjson and bundles, CSV and Parquet tables, in `--out`.
 
-Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden partial
-name (`.fhir.partial/`, see `simulator.files`) and put in place only when the whole run is done, so an
+Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden partial name
+(`.fhir.partial/`, see `simulator.files`) and put in place only when the whole run is done, so an
 interrupted run leaves nothing that looks finished. Every file is counted and hashed (SHA-256) as it is
-written, for the run manifest (`manifest.json`), which lists every file of the run: the next run into the
-same folder removes exactly those (`OutputFolder`) and never a file that no ehrsim manifest lists.
+written (in a background thread, `simulator.export.background`, in order), for the run manifest
+(`manifest.json`), which lists every file of the run: the next run into the same folder removes exactly
+those (`OutputFolder`) and never a file that no ehrsim manifest lists.
 
 A run spread over processes (`simulator.cluster`) writes each range of patients as a `Part`: its files
 carry the part's number (`fhir/Patient.000.ndjson`, `csv/patients.000.csv`, `parquet/patients.000.parquet`)
