@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 
 from simulator.export.fhir_resources import RESOURCE_TYPES
-from simulator.export.fhir_text import TEXT, Resources, join, text_bytes, text_offsets
+from simulator.export.fhir_text import Resources, Runs, join
 
 Method = Literal["POST", "PUT"]
 
@@ -44,9 +44,11 @@ def shared_bundle(shared: Mapping[str, list[dict]]) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
 
 
-def _sorted_entries(resources: Mapping[str, Resources], method: Method) -> tuple[pa.Array, np.ndarray]:
-    """Every entry's text followed by a comma, in patient, resource type and row order, and the
-    patient index of each."""
+def _sorted_entries(
+    resources: Mapping[str, Resources], method: Method
+) -> tuple[list[pa.Array], np.ndarray, np.ndarray]:
+    """Every entry's text followed by a comma, in columns (one per type and builder), the order that puts
+    them in patient, resource type and row order, and the patient index of each in that order."""
     entries, patient, rank, order = [], [], [], []
     for position, resource_type in enumerate(RESOURCE_TYPES):
         group = resources[resource_type]
@@ -66,21 +68,24 @@ def _sorted_entries(resources: Mapping[str, Resources], method: Method) -> tuple
         order.append(group.order)
     patient_all = np.concatenate(patient)
     sort = np.lexsort((np.concatenate(order), np.concatenate(rank), patient_all))
-    return pa.chunked_array(entries, TEXT).take(pa.array(sort)).combine_chunks(), patient_all[sort]
+    return entries, sort, patient_all[sort]
 
 
 def patient_bundles(
     resources: Mapping[str, Resources], method: Method
-) -> Iterator[tuple[str, int, tuple[bytes, memoryview, bytes]]]:
-    """(patient id, number of entries, bundle JSON in three pieces: head, entries, tail) for each
-    patient of the chunk, in patient order. Sorted by patient, the entries of a patient are one
-    slice of the entries' bytes (a view, not a copy)."""
-    ordered, patient = _sorted_entries(resources, method)
-    data = memoryview(text_bytes(ordered))
-    offsets = text_offsets(ordered)
+) -> Iterator[tuple[str, int, tuple[bytes | pa.Buffer, ...]]]:
+    """(patient id, number of entries, bundle JSON in pieces: head, the entries, tail) for each patient
+    of the chunk, in patient order. The entries are slices of the entries' text (`Runs`: no copy), cut
+    where each patient's begin; the last one of a patient without its comma."""
     people = resources["Patient"]
-    bounds = np.searchsorted(patient, people.patient, side="left").tolist() + [len(patient)]
+    if not len(people.ids):
+        return
+    entries, sort, patient = _sorted_entries(resources, method)
+    bounds = np.searchsorted(patient, people.patient, side="left")
+    runs = Runs(entries, sort, bounds)
+    first_run = np.searchsorted(runs.first, bounds).tolist() + [len(runs.first)]
+    counts = np.diff(np.append(bounds, len(patient))).tolist()
     head = b'{"resourceType":"Bundle","type":"transaction","entry":['
     for k, patient_id in enumerate(people.ids.tolist()):
-        start, end = int(offsets[bounds[k]]), int(offsets[bounds[k + 1]]) - 1  # without the last comma
-        yield patient_id, bounds[k + 1] - bounds[k], (head, data[start:end], b"]}")
+        pieces = runs.pieces(slice(first_run[k], first_run[k + 1]), trim_last=1) if counts[k] else []
+        yield patient_id, counts[k], (head, *pieces, b"]}")

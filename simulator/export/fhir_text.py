@@ -112,6 +112,42 @@ class Resources:
             return self.json.chunk(0)
         return self.json.take(pa.array(np.lexsort((self.order, self.patient)))).combine_chunks()
 
+    def sorted_bytes(self) -> list[pa.Buffer]:
+        """The bytes of `sorted_json` without copying the text (`Runs`)."""
+        chunks = [chunk for chunk in self.json.chunks if len(chunk)]
+        if len(chunks) <= 1:
+            return [text_bytes(chunk) for chunk in chunks]
+        return Runs(chunks, np.lexsort((self.order, self.patient))).pieces()
+
+
+class Runs:
+    """Rows of several text columns taken in the order `rows` (positions in the columns one after the
+    other), as slices of the columns' bytes instead of a copy: each slice a run of rows that follow each
+    other in one column (builders make their rows in patient then row order, so the runs are few, about
+    one per column and patient). `cuts`: positions in `rows` where a run starts whatever the rows."""
+
+    def __init__(self, chunks: list[pa.Array], rows: np.ndarray, cuts: np.ndarray | None = None):
+        chunk_of = np.repeat(np.arange(len(chunks)), [len(chunk) for chunk in chunks])[rows]
+        offsets = [text_offsets(chunk) for chunk in chunks]
+        starts = np.concatenate([o[:-1] for o in offsets])[rows]
+        ends = np.concatenate([o[1:] for o in offsets])[rows]
+        is_first = np.ones(len(rows), bool)
+        is_first[1:] = (np.diff(rows) != 1) | (np.diff(chunk_of) != 0)
+        if cuts is not None:
+            is_first[cuts[cuts < len(rows)]] = True
+        self.first = np.flatnonzero(is_first)  # the position in `rows` where each run starts
+        last = np.append(self.first[1:], len(rows)) - 1
+        self.chunk, self.start, self.end = chunk_of[self.first], starts[self.first], ends[last]
+        self.data = [text_bytes(chunk) for chunk in chunks]
+
+    def pieces(self, runs: slice = slice(None), trim_last: int = 0) -> list[pa.Buffer]:
+        """The bytes of `runs` (all by default), one slice each; the last one `trim_last` bytes shorter."""
+        ends = self.end[runs].tolist()
+        if ends and trim_last:
+            ends[-1] -= trim_last
+        spans = zip(self.chunk[runs].tolist(), self.start[runs].tolist(), ends, strict=True)
+        return [self.data[k].slice(start, end - start) for k, start, end in spans]
+
 
 def meta(profile: str) -> str:
     """',"meta":{"profile":[...]}' declaring a US Core profile by its name (e.g. 'us-core-patient'); it goes

@@ -1,10 +1,11 @@
 """Writing a run chunk by chunk: FHIR ndjson and bundles, CSV and Parquet tables, in `--out`.
 
-Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden partial
-name (`.fhir.partial/`, see `simulator.files`) and put in place only when the whole run is done, so an
+Every output directory (`fhir/`, `bundles/`, `csv/`, `parquet/`) is written under a hidden partial name
+(`.fhir.partial/`, see `simulator.files`) and put in place only when the whole run is done, so an
 interrupted run leaves nothing that looks finished. Every file is counted and hashed (SHA-256) as it is
-written, for the run manifest (`manifest.json`), which lists every file of the run: the next run into the
-same folder removes exactly those (`OutputFolder`) and never a file that no ehrsim manifest lists.
+written (in a background thread, `simulator.export.background`, in order), for the run manifest
+(`manifest.json`), which lists every file of the run: the next run into the same folder removes exactly
+those (`OutputFolder`) and never a file that no ehrsim manifest lists.
 
 A run spread over processes (`simulator.cluster`) writes each range of patients as a `Part`: its files
 carry the part's number (`fhir/Patient.000.ndjson`, `csv/patients.000.csv`, `parquet/patients.000.parquet`)
@@ -22,9 +23,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -35,6 +37,7 @@ import pyarrow.parquet as pq
 from pyarrow import csv
 
 from simulator.errors import ConfigError
+from simulator.export.background import Background
 from simulator.export.bundles import SHARED_BUNDLE, Method, patient_bundles, shared_bundle
 from simulator.export.clinical_tables import TABLES, build_tables
 from simulator.export.compression import SUFFIXES, Compressor
@@ -68,30 +71,53 @@ DATA_DICTIONARY = Path(__file__).with_name("data_dictionary.csv")
 class _File:
     """An output file written in pieces, counted and hashed on the way; compressed (gzip or zstd) when
     `compress` says so (`simulator.export.compression`): the count is of what was written, the size and
-    hash of the file's bytes."""
+    hash of the file's bytes. The pieces are compressed, written and hashed by the run's `background`
+    thread, in order; `close` queues the end of the file, and the digest is the file's once the
+    background is drained."""
 
     path: Path
     unit: str  # "rows" or "resources"
+    background: Background
     compress: str | None = None
     count: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __post_init__(self) -> None:
-        self.handle = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self.handle = open(self.path, "wb")  # noqa: SIM115 (closed in close() or abort())
         self.compressor = Compressor(self.compress) if self.compress else None
 
-    def write(self, data: bytes | pa.Buffer, count: int) -> None:
-        self._put(self.compressor.write(data) if self.compressor else data)
+    def write(self, data: bytes | pa.Buffer | list[pa.Buffer], count: int) -> None:
+        """Write `data` (or its pieces, one after the other), which holds `count` rows or resources."""
+        pieces = data if isinstance(data, list) else [data]
+        self.write_later(lambda: pieces, sum(map(len, pieces)), count)
+
+    def write_later(self, make: Callable[[], list[bytes | pa.Buffer]], size: int, count: int) -> None:
+        """Write the pieces `make` returns, made in the background thread too (CSV text, say); `size`:
+        about the bytes they hold."""
+        self.background.submit(lambda: self._put_pieces(make()), size)
         self.count += count
+
+    def _put_pieces(self, pieces: list[bytes | pa.Buffer]) -> None:
+        for piece in pieces:
+            self._put(self.compressor.write(piece) if self.compressor else piece)
 
     def _put(self, data: bytes | pa.Buffer) -> None:
         self.handle.write(data)
         self.digest.update(data)
 
     def close(self) -> None:
+        """Queue the end of the file (the compressor's last bytes) and its closing."""
+        self.background.submit(self._finish, 0)
+
+    def _finish(self) -> None:
         if self.compressor and not self.handle.closed:
             self._put(self.compressor.finish())
         self.handle.close()
+
+    def abort(self) -> None:
+        """Close the file at once (after the background thread has stopped)."""
+        with contextlib.suppress(OSError):  # a full disk fails the flush too; the files go anyway
+            self.handle.close()
 
 
 @dataclass(frozen=True)
@@ -195,10 +221,12 @@ class NdjsonWriter:
         request: str,
         base_url: str,
         directory: Directory,
+        background: Background,
         compress: str | None = None,
         part: Part | None = None,
     ):
         self.staging = Staging.start(out, "fhir", part)
+        self.background = background
         self.request = request
         self.base_url = base_url
         self.compress = compress
@@ -206,28 +234,30 @@ class NdjsonWriter:
         try:
             for resource_type, resources in directory.resources.items() if part is None or part.first else ():
                 lines = [orjson.dumps(resource).decode() + "\n" for resource in resources]
-                self._append(resource_type, pa.array(lines, TEXT))
+                self._append(resource_type, [text_bytes(pa.array(lines, TEXT))], len(lines))
         except BaseException:
             self.abort()
             raise
 
-    def _append(self, resource_type: str, text: pa.Array) -> None:
-        """One write per type and chunk: the bytes of the text column (each row ends with a newline)."""
-        if not len(text):
+    def _append(self, resource_type: str, pieces: list[pa.Buffer], count: int) -> None:
+        """One write per type and slice: the bytes of `count` resources, each ending with a newline."""
+        if not count:
             return
         if resource_type not in self.files:
             suffix = ".ndjson" + (SUFFIXES[self.compress] if self.compress else "")
             path = self.staging.dir / self.staging.name(resource_type, suffix)
-            self.files[resource_type] = _File(path, "resources", self.compress)
-        self.files[resource_type].write(text_bytes(text), len(text))
+            self.files[resource_type] = _File(path, "resources", self.background, self.compress)
+        self.files[resource_type].write(pieces, count)
 
     def write(self, resources: dict) -> None:
         for resource_type, group in resources.items():
-            self._append(resource_type, group.sorted_json())
+            self._append(resource_type, group.sorted_bytes(), len(group.ids))
 
     def close(self) -> dict[str, dict]:
-        for _, file in sorted(self.files.items()):
+        for file in self.files.values():
             file.close()
+        self.background.drain()
+        for _, file in sorted(self.files.items()):
             self.staging.record(file.path.name, "resources", file.count, file.path, file.digest.hexdigest())
         if self.staging.part is None:
             data = bulk_manifest(self.request, self.base_url, self.staging.files)
@@ -235,9 +265,10 @@ class NdjsonWriter:
         return self.staging.files
 
     def abort(self) -> None:
+        """Remove what was written, once the background thread has stopped."""
+        self.background.close()
         for file in self.files.values():
-            with contextlib.suppress(OSError):  # a full disk fails the flush too; the files go anyway
-                file.close()
+            file.abort()
         self.staging.abort()
 
 
@@ -250,9 +281,12 @@ class BundleWriter:
     """The shared resources' batch (`bundles/00000000-0000-0000-shared.json`), then one transaction Bundle
     per patient (`bundles/<patient id>.json`), whose names sort in the order they load in."""
 
-    def __init__(self, out: Path, method: Method, directory: Directory, part: Part | None = None):
+    def __init__(
+        self, out: Path, method: Method, directory: Directory, background: Background, part: Part | None = None
+    ):
         self.staging = Staging.start(out, "bundles", part)
         self.method = method
+        self.background = background
         try:
             n_shared = sum(len(resources) for resources in directory.resources.values())
             if part is None or part.first:
@@ -262,7 +296,13 @@ class BundleWriter:
             raise
 
     def write(self, resources: dict) -> None:
-        for patient_id, n_entries, pieces in patient_bundles(resources, self.method):
+        """The slice's bundles, written in the background thread (one job: the files of a slice are small)."""
+        bundles = list(patient_bundles(resources, self.method))
+        size = sum(len(piece) for _, _, pieces in bundles for piece in pieces)
+        self.background.submit(lambda: self._write_all(bundles), size)
+
+    def _write_all(self, bundles: list[tuple[str, int, tuple[bytes | memoryview, ...]]]) -> None:
+        for patient_id, n_entries, pieces in bundles:
             self._write(f"{patient_id}.json", n_entries, pieces)
 
     def _write(self, name: str, n_entries: int, pieces: tuple[bytes | memoryview, ...]) -> None:
@@ -275,9 +315,11 @@ class BundleWriter:
         self.staging.record(path.name, "resources", n_entries, path, digest.hexdigest())
 
     def close(self) -> dict[str, dict]:
+        self.background.drain()
         return self.staging.files
 
     def abort(self) -> None:
+        self.background.close()
         self.staging.abort()
 
 
@@ -292,7 +334,7 @@ def arrow_tables(tables: dict[str, pd.DataFrame]) -> dict[str, pa.Table]:
     return {name: pa.Table.from_pandas(_arrow_ready(frame), preserve_index=False) for name, frame in tables.items()}
 
 
-def _csv_bytes(table: pa.Table, header: bool) -> bytes:
+def _csv_pieces(table: pa.Table, header: bool) -> list[bytes]:
     """CSV text of a table through Arrow's writer (several times faster than pandas'): times as
     ISO 8601 text with milliseconds and 'Z' ('' where missing), categories as their text."""
     for i, column in enumerate(table.columns):
@@ -303,15 +345,16 @@ def _csv_bytes(table: pa.Table, header: bool) -> bytes:
             table = table.set_column(i, table.field(i).name, column.cast(pa.string()))
     sink = pa.BufferOutputStream()
     csv.write_csv(table, sink, csv.WriteOptions(include_header=header, quoting_style="needed"))
-    return sink.getvalue().to_pybytes()
+    return [sink.getvalue()]
 
 
 class TableWriter:
     """patients, events and the per-type tables as CSV (`csv/<table>.csv`) or Parquet. A part's CSV files
     have the header only in the first part."""
 
-    def __init__(self, out: Path, kind: str, part: Part | None = None):
+    def __init__(self, out: Path, kind: str, background: Background, part: Part | None = None):
         self.staging = Staging.start(out, kind, part)
+        self.background = background
         self.header = part is None or part.first
         self.kind = kind
         self.csv: dict[str, _File] = {}
@@ -323,20 +366,25 @@ class TableWriter:
             if self.kind == "csv":
                 first = name not in self.csv
                 if first:
-                    self.csv[name] = _File(self.staging.dir / self.staging.name(name, ".csv"), "rows")
-                self.csv[name].write(_csv_bytes(table, header=first and self.header), len(table))
+                    path = self.staging.dir / self.staging.name(name, ".csv")
+                    self.csv[name] = _File(path, "rows", self.background)
+                header = first and self.header
+                make = partial(_csv_pieces, table, header)
+                self.csv[name].write_later(make, table.nbytes, len(table))
             else:
                 if name not in self.parquet:
                     path = self.staging.dir / self.staging.name(name, ".parquet")
                     self.parquet[name] = pq.ParquetWriter(path, table.schema)
                 else:
                     table = table.cast(self.parquet[name].schema)
-                self.parquet[name].write_table(table)
+                self.background.submit(partial(self.parquet[name].write_table, table), table.nbytes)
             self.rows[name] = self.rows.get(name, 0) + len(table)
 
     def close(self) -> dict[str, dict]:
         for file in self.csv.values():
             file.close()
+        self.background.drain()  # the CSV files' ends and the Parquet row groups written
+        for file in self.csv.values():
             self.staging.record(file.path.name, "rows", file.count, file.path, file.digest.hexdigest())
         if self.kind == "csv" and self.staging.part is None:
             write_data_dictionary(self.staging)
@@ -347,9 +395,10 @@ class TableWriter:
         return self.staging.files
 
     def abort(self) -> None:
+        """Remove what was written, once the background thread has stopped."""
+        self.background.close()
         for file in self.csv.values():
-            with contextlib.suppress(OSError):
-                file.close()
+            file.abort()
         for writer in self.parquet.values():
             with contextlib.suppress(OSError):
                 writer.close()
@@ -589,6 +638,7 @@ class Export:
     ):
         self.out = out
         self.context = context
+        self.background = Background()
         self.ndjson: NdjsonWriter | None = None
         self.bundles: BundleWriter | None = None
         self.tables: list[TableWriter] = []
@@ -597,14 +647,16 @@ class Export:
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
                 url = base_url or bulk_base_url(out)
-                self.ndjson = NdjsonWriter(out, context.request, url, context.directory, compress, part)
+                self.ndjson = NdjsonWriter(
+                    out, context.request, url, context.directory, self.background, compress, part
+                )
                 self.writers.append(self.ndjson)
             if "bundles" in formats:
-                self.bundles = BundleWriter(out, method, context.directory, part)
+                self.bundles = BundleWriter(out, method, context.directory, self.background, part)
                 self.writers.append(self.bundles)
             for kind in ("csv", "parquet"):
                 if kind in formats:
-                    self.tables.append(TableWriter(out, kind, part))
+                    self.tables.append(TableWriter(out, kind, self.background, part))
                     self.writers.append(self.tables[-1])
             if context.messiness is not None:
                 self.truth = TruthWriter(out, "csv" in formats, part)
@@ -659,6 +711,7 @@ class Export:
         files: dict[str, dict] = {}
         for writer in self.writers:
             files.update(writer.close())
+        self.background.close()
         return files
 
     def publish(self, manifest: bytes, replaces: tuple[str, ...] = ()) -> None:
@@ -675,6 +728,7 @@ class Export:
             writer.staging.commit()
 
     def abort(self) -> None:
+        self.background.close()
         for writer in self.writers:
             writer.abort()
 

@@ -113,3 +113,28 @@ def test_post_lets_the_server_assign_ids_and_put_keeps_the_same_resources_at_the
             assert entry["request"] == {"method": "POST", "url": entry["resource"]["resourceType"]}
         assert all(_put_at_its_id(entry) for entry in put_bundle["entry"])
         assert [e["resource"] for e in put_bundle["entry"]] == [e["resource"] for e in posted["entry"]]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_each_bundle_is_the_patients_resources_in_type_then_row_order_byte_for_byte(
+    tiny_run: tuple, method: Method
+) -> None:
+    """The bundles taken as slices of the builders' text are, byte for byte, the entries made one by one."""
+    patients, events, context = tiny_run
+    resources = build_resources(patients, build_tables(patients, events, context), context, BUNDLE_REFERENCES)
+    entries: dict[int, list[tuple[int, int, int, str]]] = {}  # rank, order, position (ties: as built), entry
+    for rank, resource_type in enumerate(RESOURCE_TYPES):
+        group = resources[resource_type]
+        texts = [text for chunk in group.json.chunks for text in chunk.to_pylist()]
+        for resource_id, patient, order, text in zip(group.ids, group.patient, group.order, texts, strict=True):
+            url = f"{resource_type}/{resource_id}" if method == "PUT" else resource_type
+            request = f'{{"method":"{method}","url":"{url}"}}'
+            entry = f'{{"fullUrl":"urn:uuid:{resource_id}","resource":{text},"request":{request}}}'
+            rows = entries.setdefault(int(patient), [])
+            rows.append((rank, int(order), len(rows), entry))
+    written = list(patient_bundles(resources, method))
+    assert [patient_id for patient_id, _, _ in written] == resources["Patient"].ids.tolist()
+    for patient, (_, n, pieces) in zip(resources["Patient"].patient.tolist(), written, strict=True):
+        mine = sorted(entries[patient])
+        expected = '{"resourceType":"Bundle","type":"transaction","entry":[' + ",".join(e for *_, e in mine) + "]}"
+        assert n == len(mine) and b"".join(bytes(piece) for piece in pieces) == expected.encode()
