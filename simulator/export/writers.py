@@ -414,38 +414,44 @@ class TruthWriter:
     """`truth/corruptions.parquet` (and `.csv` when the run writes CSV): every change of the messy-data pass,
     chunk by chunk (`simulator.export.messiness`)."""
 
-    def __init__(self, out: Path, with_csv: bool, part: Part | None = None):
+    def __init__(self, out: Path, with_csv: bool, background: Background, part: Part | None = None):
         self.staging = Staging.start(out, TRUTH, part)
+        self.background = background
         path = self.staging.dir / self.staging.name("corruptions", ".parquet")
         self.parquet = pq.ParquetWriter(path, CORRUPTIONS_SCHEMA)
-        self.csv = _File(self.staging.dir / self.staging.name("corruptions", ".csv"), "rows") if with_csv else None
+        csv_path = self.staging.dir / self.staging.name("corruptions", ".csv")
+        self.csv = _File(csv_path, "rows", background) if with_csv else None
         self.header = part is None or part.first
         self.rows = 0
         self.written = False
 
     def write(self, corruptions: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(corruptions, schema=CORRUPTIONS_SCHEMA, preserve_index=False)
-        self.parquet.write_table(table)
+        self.background.submit(partial(self.parquet.write_table, table), table.nbytes)
         if self.csv is not None:
-            self.csv.write(_csv_bytes(table, header=self.header and not self.written), len(table))
+            make = partial(_csv_pieces, table, self.header and not self.written)
+            self.csv.write_later(make, table.nbytes, len(table))
         self.rows += len(table)
         self.written = True
 
     def close(self) -> dict[str, dict]:
+        if self.csv is not None:
+            self.csv.close()
+        self.background.drain()  # the row groups and the CSV file's end written
         self.parquet.close()
         path = self.staging.dir / self.staging.name("corruptions", ".parquet")
         self.staging.record(path.name, "rows", self.rows, path, _sha256(path))
         if self.csv is not None:
-            self.csv.close()
             self.staging.record(self.csv.path.name, "rows", self.csv.count, self.csv.path, self.csv.digest.hexdigest())
         return self.staging.files
 
     def abort(self) -> None:
+        """Remove what was written, once the background thread has stopped."""
+        self.background.close()
         with contextlib.suppress(OSError):
             self.parquet.close()
         if self.csv is not None:
-            with contextlib.suppress(OSError):
-                self.csv.close()
+            self.csv.abort()
         self.staging.abort()
 
 
@@ -659,7 +665,7 @@ class Export:
                     self.tables.append(TableWriter(out, kind, self.background, part))
                     self.writers.append(self.tables[-1])
             if context.messiness is not None:
-                self.truth = TruthWriter(out, "csv" in formats, part)
+                self.truth = TruthWriter(out, "csv" in formats, self.background, part)
                 self.writers.append(self.truth)
         except BaseException:
             self.abort()
