@@ -155,7 +155,8 @@ def test_severe_hypoglycaemia_of_insulin_treated_diabetes(cohort: simulator.Popu
     insulin = events[(events["kind"] == "medication_start") & events["display"].str.contains("insulin")]
     type1 = events[(events["kind"] == "condition_diagnosis") & (events["code"] == TYPE1)]
     assert set(diagnosed["patient"]) <= set(insulin["patient"]) | set(type1["patient"])
-    assert (diagnosed["encounter_class"].astype(str) == "emergency").all()
+    visits = diagnosed[["patient", "encounter"]].merge(_encounter_starts(cohort), on=["patient", "encounter"])
+    assert len(visits) == len(diagnosed) and (visits["encounter_class"].astype(str) == "emergency").all()
     glucose = _observations(cohort, {CAPILLARY_GLUCOSE}).merge(
         diagnosed[["patient", "encounter", "time"]], on=["patient", "encounter"], suffixes=("", "_visit")
     )
