@@ -288,6 +288,25 @@ def test_add_on_only_after_the_maximum_metformin_dose(shipped_library: Library) 
     assert sorted(finding.violations["time"]) == [utc("2012-02-01"), utc("2016-01-01")]
 
 
+def test_warfarin_courses_have_their_inr_checked(shipped_library: Library) -> None:
+    meds = medications(
+        (0, "855332", "2005-01-01", "2005-03-01"),  # INR every 4 weeks: fine
+        (1, "855332", "2010-01-01", ""),  # running to the last encounter, unchecked for two months
+        (0, "855332", "1970-01-01", "1982-12-31"),  # before the INR (1983): nothing to check
+    )
+    inr = observations(
+        (0, "2005-01-08", "6301-6", 2.1),
+        (0, "2005-02-05", "6301-6", 2.6),
+        (0, "2005-02-26", "6301-6", 2.9),
+        (1, "2010-01-20", "6301-6", 2.4),
+    )
+    visits = encounters((0, "e-0", "ambulatory", "2005-02-26", ""), (1, "e-1", "ambulatory", "2010-03-30", ""))
+    finding = run_check(shipped_library, "warfarin_inr", medications=meds, observations=inr, encounters=visits)
+    assert finding.checked == 2
+    assert finding.violations["patient"].tolist() == [1]
+    assert whats(finding) == ["monitoring reading more than 35 days apart"]
+
+
 def test_visit_hours_in_local_time(shipped_library: Library) -> None:
     visits = encounters(
         (0, "a", "wellness", "2024-01-08 15:00", ""),  # Monday 09:00 in Chicago (CST)
@@ -457,8 +476,9 @@ def test_generated_cohorts_break_no_audit_rule(cohort: str, request: pytest.Fixt
     report = audit_cohort(shipped_library, population.patients, population.events, population.manifest["seed"])
     assert _failing(report) == {}
     unchecked = {r.id for r in report.rules if r.checked == 0}
-    # a birth cohort holds no decedents (a population run's extra records of the deaths in its window)
-    assert unchecked <= ({"nothing_after_death"} if cohort == "shipped_population" else {"decedents"})
+    # a birth cohort holds no decedents (a population run's extra records of the deaths in its window), and is
+    # born after apixaban's approval (2012): no warfarin course to monitor
+    assert unchecked <= ({"nothing_after_death"} if cohort == "shipped_population" else {"decedents", "warfarin_inr"})
 
 
 @pytest.mark.slow

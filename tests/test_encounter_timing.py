@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import simulator
-from simulator.engine.compiler import start_observations, state_observations
+from simulator.engine.compiler import start_labs, start_observations, state_observations
 from simulator.engine.people import standard_utc_offset_days
 from simulator.model.library import Library
 from simulator.model.schema import WEEKDAYS
@@ -194,7 +194,7 @@ def test_a_state_that_observes_a_start_vital_itself_reads_it_once(shipped_librar
     state = shipped_library.module("pneumonia_sepsis").states["cap_ed_visit"]
     observed = state_observations(shipped_library, state)
     assert len(observed) == len(set(observed))
-    labs = shipped_library.module("laboratory").labs_at_start["emergency"]
+    labs = start_labs(shipped_library, "emergency")  # laboratory.yaml's and blood_count.yaml's panels
     at_start = [*start_observations(shipped_library, "emergency"), *labs]  # the pain score is not observed by it
     assert observed == [*(name for name in at_start if name not in state.observe), *state.observe]
 

@@ -82,7 +82,8 @@ _TRANSPLANT = (
     "0.01-0.08 transplants a year on dialysis"
 )
 RARE_STATES: dict[str, str] = dict.fromkeys(
-    ("ckd.kidney_transplant", "ckd.kidney_transplanted", "ckd.transplant_followup"), _TRANSPLANT
+    ("ckd.kidney_transplant", "ckd.kidney_transplanted", "ckd.transplant_followup", "blood_count.cbc_kidney_rising"),
+    _TRANSPLANT,
 )
 
 

@@ -385,6 +385,43 @@ def prior_course(tables: AuditTables, rule: rules.PriorCourseRule) -> Finding:
     return Finding(len(courses), violations(bad["patient"], bad["start_time"], what, detail))
 
 
+@check("course_monitoring")
+def course_monitoring(tables: AuditTables, rule: rules.CourseMonitoringRule) -> Finding:
+    """Courses of `rule.courses` with a gap longer than `max_gap_days` without a reading of `rule.observation`
+    while they run (from the code's introduction; a course without a stop runs to the patient's last
+    encounter). Checked: the courses that run while the code is in use."""
+    meds = tables["medications"].assign(code=lambda m: m["code"].astype(str))
+    courses = meds[meds["code"].isin(rule.courses.members)].reset_index(drop=True)
+    last_visit = tables["encounters"].groupby("patient")["start_time"].max()
+    since = _in_use_from(tables, [rule.observation])
+    start = courses["start_time"] if since is None else courses["start_time"].clip(lower=since)
+    end = courses["stop_time"].fillna(courses["patient"].map(last_visit))
+    courses = courses.assign(course=courses.index, start=start, end=end)[lambda c: c["end"] > c["start"]]
+    obs = tables["observations"]
+    taken = obs.loc[obs["code"].astype(str) == rule.observation, ["patient", "time"]]
+    pairs = courses[["course", "patient", "start", "end"]].merge(taken, on="patient")
+    pairs = pairs[(pairs["time"] >= pairs["start"]) & (pairs["time"] <= pairs["end"])]
+    marks = [pairs[["course", "time"]], *(courses[["course", b]].rename(columns={b: "time"}) for b in ("start", "end"))]
+    times = pd.concat([m.astype({"time": "datetime64[us, UTC]"}) for m in marks], ignore_index=True)
+    times = times.sort_values(["course", "time"], kind="stable")
+    gap_days = times.groupby("course")["time"].diff().dt.total_seconds() / 86400.0
+    longest = gap_days.groupby(times["course"]).max()
+    bad = courses[courses["course"].map(longest) > rule.max_gap_days]
+    detail = (
+        bad["display"].astype(str)
+        + " "
+        + day(bad["start_time"])
+        + " to "
+        + day(bad["stop_time"], "open")
+        + ": "
+        + bad["course"].map(longest).round().astype(int).astype(str)
+        + " days without "
+        + rule.observation
+    )
+    what = f"monitoring reading more than {rule.max_gap_days:g} days apart"
+    return Finding(len(courses), violations(bad["patient"], bad["start_time"], what, detail))
+
+
 @check("overlapping_courses")
 def overlapping_courses(tables: AuditTables, rule: rules.OverlappingCoursesRule) -> Finding:
     """Pairs of a patient's medication courses in one group (or of one product) that overlap in time; a

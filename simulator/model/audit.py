@@ -213,6 +213,21 @@ class PriorCourseRule(AuditRule):
         return [self.courses, self.requires]
 
 
+class CourseMonitoringRule(AuditRule):
+    """While a course of a product of `courses` runs, readings of the LOINC code `observation` come at most
+    `max_gap_days` apart: from its start (or the day the code came into use, the calendar) to the first
+    reading, between readings, and from the last one to the course's stop (or the patient's last encounter,
+    for a course still running): a drug that needs monitoring (warfarin and its INR)."""
+
+    kind: Literal["course_monitoring"]
+    courses: DrugGroup
+    observation: Annotated[str, Field(min_length=1)]
+    max_gap_days: Positive
+
+    def drug_groups(self) -> list[DrugGroup]:
+        return [self.courses]
+
+
 class VisitHoursRule(AuditRule):
     """Encounters of `encounter_classes` start on `weekdays` between `opens` and `closes`, in the local time
     of the patient's address (the IANA zone of its city, rules/names.yaml)."""
@@ -351,6 +366,7 @@ KINDS: tuple[type[AuditRule], ...] = (
     NothingAfterDeathRule,
     OverlappingCoursesRule,
     PriorCourseRule,
+    CourseMonitoringRule,
     VisitHoursRule,
     TimeOrderRule,
     NotBeforeBirthRule,
