@@ -125,6 +125,54 @@ def test_spo2_rises_after_oxygen_and_pressure_after_norepinephrine(lifetimes, re
     assert len(rise) >= 5 and rise.mean() > 5
 
 
+def _arrival_and_discharge(events: pd.DataFrame, readings: pd.DataFrame, module: str, display: str) -> pd.DataFrame:
+    """Per admitted episode of `module`: the first reading of `display` at its emergency visit (arrival) and the
+    last one of the ward stay that follows it within a day (before discharge or death)."""
+    starts = events[(events["kind"] == "encounter_start") & (events["module"] == module)]
+    ed = starts[starts["encounter_class"] == "emergency"][["patient", "encounter", "time"]]
+    ward = starts[starts["encounter_class"] == "inpatient"][["patient", "encounter", "time"]]
+    episodes = pd.merge_asof(
+        ward.sort_values("time"),
+        ed.rename(columns={"encounter": "ed_encounter", "time": "ed_t"}).sort_values("ed_t"),
+        left_on="time",
+        right_on="ed_t",
+        by="patient",
+    ).dropna(subset=["ed_t"])
+    episodes = episodes[episodes["time"] - episodes["ed_t"] < pd.Timedelta(days=1)]
+    rows = readings[readings["display"] == display].sort_values("time")
+    arrival = rows.groupby(["patient", "encounter"])["value"].first().rename("arrival")
+    last = rows.groupby(["patient", "encounter"])["value"].last().rename("discharge")
+    episodes = episodes.join(arrival, on=["patient", "ed_encounter"]).join(last, on=["patient", "encounter"])
+    return episodes.dropna(subset=["arrival", "discharge"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "display", "fall"),
+    [
+        # The shifts of each module's presenting attribute (its sources: registry or cohort means at arrival),
+        # times the share of them gone by the last ward reading (response half-lives), less the noise of a
+        # few dozen episodes.
+        ("coronary_heart_disease", "Systolic blood pressure", 4.0),
+        ("heart_failure", "Respiratory rate", 2.0),
+        ("heart_failure", SPO2, -0.5),
+        ("copd", "Heart rate", 5.0),
+        ("copd", "Respiratory rate", 1.5),
+        ("copd", SPO2, -0.5),
+        ("asthma", "Heart rate", 5.0),
+        ("stroke", "Systolic blood pressure", 8.0),
+    ],
+)
+def test_acute_vital_signs_recover_from_arrival_to_discharge(lifetimes, readings, module, display, fall) -> None:
+    """Issue 30 part 1: the vital signs of myocardial infarction, heart failure decompensation, COPD and asthma
+    exacerbations and stroke follow the presenting state at arrival and recover over the ward rounds; a
+    negative `fall` is a rise (pulse oximetry)."""
+    episodes = _arrival_and_discharge(lifetimes.events, readings, module, display)
+    assert len(episodes) >= 15, module
+    change = (episodes["arrival"] - episodes["discharge"]).mean()
+    assert change > fall if fall > 0 else change < fall, (module, display, change)
+
+
 @pytest.mark.slow
 def test_acute_readings_stay_inside_their_limits(lifetimes, readings, shipped_library: Library) -> None:
     limits = {o.code.display: o.limits for m in shipped_library.modules for o in m.observables.values() if o.limits}
