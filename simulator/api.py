@@ -30,6 +30,7 @@ from simulator.export.bundles import Method
 from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
+from simulator.export.streams.writer import STREAM_FOLDERS, StreamPlan, StreamWriter, check_interval, parse_streams
 from simulator.export.writers import FOLDERS, Export, OutputFolder, publish
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
@@ -127,7 +128,10 @@ class ExportConfig:
     lets it write beside the files of a folder that holds no earlier run (none of them is removed or
     replaced). `history_years`: each record holds its last years and what a chart carries from before
     (`simulator.export.history`); None, the default, the whole life. `compress`: "gzip" or "zstd" writes
-    the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`)."""
+    the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`).
+    `streams`: the monitoring settings ("icu", "ward", "ed") whose stays get dense vital-sign streams, every
+    `stream_interval_s` seconds (default rules/streams.yaml's), written to `out/streams/`, `out/truth/` and
+    the Bulk ndjson (`simulator.export.streams`); none by default."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -136,10 +140,14 @@ class ExportConfig:
     overwrite: bool = False
     history_years: float | None = None
     compress: str | None = None
+    streams: tuple[str, ...] = ()
+    stream_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compress", check_compression(self.compress))
+        object.__setattr__(self, "streams", parse_streams(self.streams))
+        object.__setattr__(self, "stream_interval_s", check_interval(self.stream_interval_s))
         try:
             object.__setattr__(self, "formats", parse_formats(self.formats))
         except ValueError as exc:
@@ -188,7 +196,23 @@ def _request(config: RunConfig, export: ExportConfig) -> str:
         request += f" --history {export.history_years:g}"
     if config.decedent_years != decedent_years(config.mode, None, export.history_years):
         request += f" --decedents {config.decedent_years:g}" if config.decedent_years else " --decedents none"
+    if export.streams:
+        request += f" --streams {','.join(export.streams)}"
+        if export.stream_interval_s is not None:
+            request += f" --stream-interval {export.stream_interval_s:g}"
     return request
+
+
+def _stream_plan(sim: Simulator, export: ExportConfig) -> StreamPlan:
+    return StreamPlan.of(sim.library, export.streams, export.stream_interval_s)
+
+
+def _stream_writer(sim: Simulator, export: ExportConfig) -> Callable | None:
+    """What makes the run's stream writer beside the FHIR writer (None without `streams`)."""
+    if not export.streams:
+        return None
+    plan = _stream_plan(sim, export)
+    return lambda ndjson, part: StreamWriter(export.out, plan, sim.config.seed, ndjson, part)
 
 
 def _folder_messages(folder: OutputFolder) -> list[str]:
@@ -257,6 +281,8 @@ def run(
     scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
+    if export is not None and export.streams and dask is not None:
+        raise ConfigError("streams", "monitoring streams are not written by a run on a Dask cluster yet")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
@@ -290,7 +316,17 @@ def run(
         started = time.perf_counter()
         if dask is None:
             context = _context(sim, export)
-            writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url, export.compress)
+            streams = _stream_writer(sim, export)
+            writer = Export(
+                export.out,
+                export.formats,
+                context,
+                export.bundle_method,
+                export.base_url,
+                export.compress,
+                None,
+                streams,
+            )
             for chunk in chunks(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
@@ -308,8 +344,12 @@ def run(
         manifest["decedent_years"] = config.decedent_years
         manifest["compress"] = export.compress
         manifest["dask"] = dask
+        folders = [export.out / FOLDERS[f] for f in export.formats]
+        if export.streams:
+            manifest["streams"] = {"settings": list(export.streams), "interval_s": _stream_plan(sim, export).interval_s}
+            folders += [export.out / name for name in STREAM_FOLDERS]
         data = json.dumps(manifest, indent=2, sort_keys=False).encode()
-        publish(export.out, [export.out / FOLDERS[f] for f in export.formats], data, folder.earlier_files)
+        publish(export.out, folders, data, folder.earlier_files)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -339,6 +379,8 @@ def generate(
     compress: str | None = None,
     dask: str | None = None,
     decedents: float | str | None = None,
+    streams: str | tuple[str, ...] | list[str] | None = None,
+    stream_interval: float | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -351,12 +393,23 @@ def generate(
     record holds; default the whole life; `compress`, "gzip" or "zstd", for the Bulk ndjson; `dask`,
     "local:N" or a scheduler address, to write the run in parts on a Dask cluster). `decedents`: years before
     the end whose deaths a population run also holds, flagged `is_decedent` in the patient table, or "none"
-    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
+    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`). `streams`
+    ("icu,ward,ed") and `stream_interval` (seconds): dense monitoring streams, written with `out` only."""
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(
-        Path(out or "."), formats or DEFAULT_FORMATS, bundle_method, base_url, overwrite, history_years, compress
+        Path(out or "."),
+        formats or DEFAULT_FORMATS,
+        bundle_method,
+        base_url,
+        overwrite,
+        history_years,
+        compress,
+        parse_streams(streams),
+        stream_interval,
     )
+    if export.streams and out is None:
+        raise ConfigError("streams", "monitoring streams are written to files: give an output folder (out)")
     config = RunConfig(
         patients=patients,
         seed=seed,

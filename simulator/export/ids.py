@@ -43,6 +43,9 @@ TAGS = {
     "Allergy": 31,  # draws: which allergies each patient has, when recorded, verified, with what reaction
     "Coverage": 32,
     "Insurance": 33,  # draws: each patient's payer, insurer and member number
+    "StreamDevice": 60,  # the monitor of a streamed stay (`--streams`)
+    "StreamSegment": 61,  # an Observation holding a segment of a stream
+    "Streams": 62,  # a seed: the generator of a streamed stay's samples
     # draws of the provider directory (simulator.export.directory)
     "directory/adult": 41,
     "directory/pediatrics": 42,

@@ -22,10 +22,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -376,8 +377,15 @@ WRITES = {
     "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
 }
+# Folders of the optional outputs (`--streams`, simulator.export.streams) and what a run writes in them.
+EXTRA_WRITES = {
+    "streams": ("streams.parquet", "streams.*.parquet"),
+    "truth": ("stream_artefacts.parquet", "stream_artefacts.*.parquet"),
+}
+WRITES.update(EXTRA_WRITES)
+OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_WRITES)
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
-LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), RUN_MANIFEST))
+LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*OUTPUT_FOLDERS, RUN_MANIFEST))
 
 
 @dataclass
@@ -419,7 +427,7 @@ class OutputFolder:
         for entry in entries:
             if entry.name in LEFTOVERS or (earlier and entry.name == RUN_MANIFEST):
                 continue
-            if entry.name in FOLDERS.values() and entry.is_dir() and not entry.is_symlink():
+            if entry.name in OUTPUT_FOLDERS and entry.is_dir() and not entry.is_symlink():
                 names = (f"{entry.name}/{file.name}" for file in sorted(entry.iterdir()))
                 kept.extend(name for name in names if name not in listed)
             else:
@@ -487,12 +495,12 @@ def _is_output_file(name: str) -> bool:
     """Whether a path of a run manifest's `files` is one a run writes, `<output folder>/<file>`: whatever
     a manifest says, nothing else (`../x`, an absolute or a deeper path) is ever removed."""
     parts = PurePosixPath(name).parts
-    return len(parts) == 2 and parts[0] in FOLDERS.values() and parts[1] not in (".", "..") and "\\" not in name
+    return len(parts) == 2 and parts[0] in OUTPUT_FOLDERS and parts[1] not in (".", "..") and "\\" not in name
 
 
 def _clashes(name: str, formats: tuple[str, ...]) -> bool:
     """Whether a kept entry of the folder has a name that a run of these formats writes."""
-    folders = {FOLDERS[f] for f in formats}
+    folders = {FOLDERS[f] for f in formats} | set(EXTRA_WRITES)
     top, _, file = name.rstrip("/").partition("/")
     if not file:
         return top == RUN_MANIFEST or top in folders
@@ -519,6 +527,15 @@ def _patient_slices(
         )
 
 
+class ChunkWriter(Protocol):
+    """An optional output fed beside the formats' writers (`simulator.export.streams.writer.StreamWriter`)."""
+
+    def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None: ...
+    def close(self) -> dict[str, dict]: ...
+    def abort(self) -> None: ...
+    def folders(self) -> list[Path]: ...
+
+
 class Export:
     """All requested outputs of a run, fed chunk by chunk, then closed (every file counted and hashed, all
     still under their partial names) and published (put in place with the run manifest). A `part` of a
@@ -533,6 +550,7 @@ class Export:
         base_url: str | None = None,
         compress: str | None = None,
         part: Part | None = None,
+        streams: Callable[[NdjsonWriter | None, Part | None], ChunkWriter] | None = None,
     ):
         self.out = out
         self.context = context
@@ -540,6 +558,7 @@ class Export:
         self.bundles: BundleWriter | None = None
         self.tables: list[TableWriter] = []
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter] = []
+        self.extra: list[ChunkWriter] = []  # fed and closed before the FHIR writer, which lists their files
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
                 url = base_url or bulk_base_url(out)
@@ -552,6 +571,8 @@ class Export:
                 if kind in formats:
                     self.tables.append(TableWriter(out, kind, part))
                     self.writers.append(self.tables[-1])
+            if streams is not None:
+                self.extra.append(streams(self.ndjson, part))
         except BaseException:
             self.abort()
             raise
@@ -568,6 +589,8 @@ class Export:
         if self.ndjson or self.bundles:
             for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
                 self._write_fhir(some_patients, their_events)
+        for writer in self.extra:
+            writer.write(patients, events)
 
     def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
         tables = build_tables(patients, events, self.context)
@@ -589,7 +612,7 @@ class Export:
     def close(self) -> dict[str, dict]:
         """Close every file: the run's files (`fhir/Patient.ndjson`, ...) with their counts, sizes and SHA-256."""
         files: dict[str, dict] = {}
-        for writer in self.writers:
+        for writer in [*self.extra, *self.writers]:
             files.update(writer.close())
         return files
 
@@ -599,7 +622,8 @@ class Export:
         file is never replaced: a taken name raises FileExistsError before anything changes. At every
         moment the manifest in place lists every file of a run that is there (an interruption leaves it
         listing files that are missing, which the next run skips)."""
-        publish(self.out, [writer.staging.final for writer in self.writers], manifest, replaces)
+        folders = [writer.staging.final for writer in self.writers] + [f for w in self.extra for f in w.folders()]
+        publish(self.out, folders, manifest, replaces)
 
     def commit(self) -> None:
         """A part's files in place beside the other parts' (after `close`)."""
@@ -607,7 +631,7 @@ class Export:
             writer.staging.commit()
 
     def abort(self) -> None:
-        for writer in self.writers:
+        for writer in [*self.extra, *self.writers]:
             writer.abort()
 
 
