@@ -19,6 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 import simulator
 from simulator.errors import ConfigError
 from simulator.export.streams.signals import QUALITY, Charted, ou_path, stay_samples
+from simulator.model.checks import load_terminology
 from simulator.model.library import Library, default_rules_dir
 from simulator.model.loading import load
 from simulator.model.streams import StreamRules
@@ -270,5 +271,11 @@ def test_streams_do_not_depend_on_the_chunking(streamed: Path, tmp_path: Path) -
         ), name
 
 
-def test_library_has_the_stream_rules(shipped_library: Library) -> None:
-    assert set(shipped_library.streams.settings) == {"icu", "ward", "ed"}
+def test_the_stream_rules_use_the_terminology(shipped_library: Library) -> None:
+    rules = shipped_library.streams
+    assert set(rules.settings) == {"icu", "ward", "ed"}
+    terminology = load_terminology(shipped_library.rules_dir)
+    assert terminology is not None
+    codes = [c.code for c in rules.channels.values()] + [s.device.type for s in rules.settings.values()]
+    for code in codes:
+        assert terminology.get((code.system, code.code)) == code.display, code

@@ -156,7 +156,6 @@ class StreamWriter:
         start_ms = stays.start.dt.as_unit("ms").astype("int64").to_numpy()
         end_ms = stays.end.dt.as_unit("ms").astype("int64").to_numpy()
         episodes = []
-        devices, segments = [], []
         for k in range(len(stays.patient)):
             patient, encounter, setting = int(stays.patient[k]), int(stays.encounter[k]), stays.setting[k]
             names = tuple(self.plan.rules.settings[setting].channels)
@@ -177,16 +176,15 @@ class StreamWriter:
             )
             self._add_rows(patient, encounter, device_ids[k], start_ms[k], samples)
             episodes += [(patient, encounter, device_ids[k], e, start_ms[k]) for e in samples.episodes]
-            if self.ndjson is not None:
+            if self.ndjson is not None:  # a stay at a time, so that the text of a chunk is never held whole
                 device = self.plan.rules.settings[setting].device
-                devices.append(device_lines(device_ids[k], device, patient_ids[k], bool(stays.is_ended[k])))
+                line = device_lines(device_ids[k], device, patient_ids[k], bool(stays.is_ended[k]))
+                self.ndjson._append("Device", pa.array([line], TEXT))
                 refs = (patient_ids[k], encounter_ids[k], device_ids[k])
-                segments.append(self._segments(patient, encounter, refs, start_ms[k], samples))
+                lines = self._segments(patient, encounter, refs, start_ms[k], samples)
+                self.ndjson._append("Observation.streams", pa.array(lines, TEXT))
         self._flush(force=False)
         self._write_truth(episodes)
-        if self.ndjson is not None:
-            self.ndjson._append("Device", pa.array(devices, TEXT))
-            self.ndjson._append("Observation.streams", pa.array([line for group in segments for line in group], TEXT))
 
     @staticmethod
     def _readings(rows: pd.DataFrame | None, start_ms: int) -> Charted:
