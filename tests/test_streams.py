@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 from conftest import FIXTURE_LIBRARY, edited_rules_problems
 from fhir.resources.R4B import get_fhir_model_class
+from typer.testing import CliRunner
 
 import simulator
+from simulator.cli import app
 from simulator.errors import ConfigError
 from simulator.export.streams.signals import QUALITY, Charted, ou_path, stay_samples
 from simulator.model.checks import load_terminology
@@ -135,6 +137,14 @@ def test_bad_stream_options_are_refused(tmp_path: Path) -> None:
         simulator.generate(10, out=tmp_path / "b", streams="icu,nicu")
     with pytest.raises(ConfigError, match="output folder"):
         simulator.generate(10, streams="icu")
+
+
+def test_the_cli_refuses_a_bad_interval_in_one_line(tmp_path: Path) -> None:
+    args = ["generate", "-n", "5", "-o", str(tmp_path / "out"), "--streams", "icu", "--stream-interval", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "stream_interval" in result.stderr and "between 1 and 3600" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 # --- a run with streams ----------------------------------------------------------------------------------
