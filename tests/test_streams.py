@@ -200,6 +200,7 @@ def test_streams_agree_with_the_charted_vitals(streamed: Path) -> None:
     heart = rows[(rows["code"] == "8867-4") & (rows["quality"] == "ok")].sort_values("time")
     charted = events[(events["kind"] == "observation") & (events["code"] == "8867-4")].sort_values("time")
     charted = charted[["patient", "encounter", "time", "value"]].astype({"encounter": np.int32})
+    charted["time"] = charted["time"].dt.as_unit("ms")
     near = pd.merge_asof(
         charted,
         heart[["patient", "encounter", "time", "value"]],
