@@ -30,6 +30,7 @@ from simulator.export.bundles import Method
 from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
+from simulator.export.streams.writer import STREAM_FOLDERS, StreamPlan, StreamWriter, check_interval, parse_streams
 from simulator.export.writers import Export, OutputFolder, publish, run_folders
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
@@ -130,7 +131,10 @@ class ExportConfig:
     (`simulator.export.history`); None, the default, the whole life. `compress`: "gzip" or "zstd" writes
     the Bulk ndjson as `fhir/<Type>.ndjson.gz` or `.ndjson.zst` (`simulator.export.compression`).
     `messiness`: a messy-data profile, "typical", "hostile" or a profile file (`simulator.export.messiness`),
-    whose changes `out/truth/corruptions.parquet` logs; None or "clean", the default: none."""
+    whose changes `out/truth/corruptions.parquet` logs; None or "clean", the default: none.
+    `streams`: the monitoring settings ("icu", "ward", "ed") whose stays get dense vital-sign streams, every
+    `stream_interval_s` seconds (default rules/streams.yaml's), written to `out/streams/`, `out/truth/` and
+    the Bulk ndjson (`simulator.export.streams`); none by default."""
 
     out: Path
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -140,12 +144,16 @@ class ExportConfig:
     history_years: float | None = None
     compress: str | None = None
     messiness: str | None = None
+    streams: tuple[str, ...] = ()
+    stream_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.messiness is not None:
             object.__setattr__(self, "messiness", None if str(self.messiness) == "clean" else str(self.messiness))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "compress", check_compression(self.compress))
+        object.__setattr__(self, "streams", parse_streams(self.streams))
+        object.__setattr__(self, "stream_interval_s", check_interval(self.stream_interval_s))
         try:
             object.__setattr__(self, "formats", parse_formats(self.formats))
         except ValueError as exc:
@@ -199,7 +207,23 @@ def _request(config: RunConfig, export: ExportConfig) -> str:
         request += f" --decedents {config.decedent_years:g}" if config.decedent_years else " --decedents none"
     if export.messiness is not None:
         request += f" --messiness {export.messiness}"
+    if export.streams:
+        request += f" --streams {','.join(export.streams)}"
+        if export.stream_interval_s is not None:
+            request += f" --stream-interval {export.stream_interval_s:g}"
     return request
+
+
+def _stream_plan(sim: Simulator, export: ExportConfig) -> StreamPlan:
+    return StreamPlan.of(sim.library, export.streams, export.stream_interval_s)
+
+
+def _stream_writer(sim: Simulator, export: ExportConfig) -> Callable | None:
+    """What makes the run's stream writer beside the FHIR writer (None without `streams`)."""
+    if not export.streams:
+        return None
+    plan = _stream_plan(sim, export)
+    return lambda ndjson, truth, part: StreamWriter(export.out, plan, sim.config.seed, ndjson, truth, part)
 
 
 def _folder_messages(folder: OutputFolder) -> list[str]:
@@ -270,6 +294,8 @@ def run(
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
     if dask is not None and export is not None and export.messiness is not None:
         raise ConfigError("messiness", "a messy-data profile is not yet applied by a run on a Dask cluster")
+    if export is not None and export.streams and dask is not None:
+        raise ConfigError("streams", "monitoring streams are not written by a run on a Dask cluster yet")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
@@ -304,7 +330,17 @@ def run(
         started = time.perf_counter()
         if dask is None:
             context = _context(sim, export)
-            writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url, export.compress)
+            streams = _stream_writer(sim, export)
+            writer = Export(
+                export.out,
+                export.formats,
+                context,
+                export.bundle_method,
+                export.base_url,
+                export.compress,
+                None,
+                streams,
+            )
             for chunk in chunks(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
@@ -324,8 +360,11 @@ def run(
         manifest["dask"] = dask
         if export.messiness is not None:
             manifest["messiness"] = export.messiness
-        data = json.dumps(manifest, indent=2, sort_keys=False).encode()
         folders = run_folders(export.out, export.formats, export.messiness is not None)
+        if export.streams:
+            manifest["streams"] = {"settings": list(export.streams), "interval_s": _stream_plan(sim, export).interval_s}
+            folders += [export.out / name for name in STREAM_FOLDERS if export.out / name not in folders]
+        data = json.dumps(manifest, indent=2, sort_keys=False).encode()
         publish(export.out, folders, data, folder.earlier_files)
     except BaseException:
         if writer is not None:
@@ -357,6 +396,8 @@ def generate(
     dask: str | None = None,
     decedents: float | str | None = None,
     messiness: str | Path | None = None,
+    streams: str | tuple[str, ...] | list[str] | None = None,
+    stream_interval: float | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Population:
@@ -371,7 +412,8 @@ def generate(
     the end whose deaths a population run also holds, flagged `is_decedent` in the patient table, or "none"
     (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`). `messiness`:
     "clean" (the default), "typical", "hostile" or a profile file: the written record gets the profile's
-    errors, each logged in `out/truth/corruptions` (`simulator.export.messiness`; needs `out`)."""
+    errors, each logged in `out/truth/corruptions` (`simulator.export.messiness`; needs `out`). `streams`
+    ("icu,ward,ed") and `stream_interval` (seconds): dense monitoring streams, written with `out` only."""
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(
@@ -383,9 +425,13 @@ def generate(
         history_years,
         compress,
         None if messiness is None else str(messiness),
+        parse_streams(streams),
+        stream_interval,
     )
     if out is None and export.messiness is not None:
         raise ConfigError("messiness", "a messy-data profile applies to a written record: give an output folder (out)")
+    if export.streams and out is None:
+        raise ConfigError("streams", "monitoring streams are written to files: give an output folder (out)")
     config = RunConfig(
         patients=patients,
         seed=seed,

@@ -249,6 +249,21 @@ def generate(
             'pip install "ehrsim[zstd]"); the same seed gives the same bytes.',
         ),
     ] = None,
+    streams: Annotated[
+        str | None,
+        typer.Option(
+            metavar="icu,ward,ed",
+            help="Dense monitoring streams for every stay of these settings: heart rate, respiratory rate, SpO2, "
+            "blood pressures and temperature through the charted vital signs, with physiological variability, "
+            "sensor noise, artefacts and dropouts (rules/streams.yaml), written to OUT/streams/, "
+            "OUT/truth/stream_artefacts.parquet and, with ndjson, fhir/Device.ndjson and "
+            "fhir/Observation.streams.ndjson (valueSampledData). See docs/streams.md.",
+        ),
+    ] = None,
+    stream_interval: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Sampling interval of --streams, 1 to 3600 seconds (default 60)."),
+    ] = None,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -262,6 +277,7 @@ def generate(
 ) -> None:
     """Generate a population into OUT (the help text is GENERATE_HELP)."""
     from simulator.api import ExportConfig, decedent_years, preview, run
+    from simulator.export.streams.writer import parse_streams
 
     progress = None if quiet else RichProgress()
     notify = None if quiet else _notice
@@ -275,6 +291,8 @@ def generate(
             _history_years(history),
             compress and compress.lower(),
             messiness,
+            parse_streams(streams),
+            stream_interval,
         )
         config = RunConfig(
             patients=patients,

@@ -45,6 +45,9 @@ TAGS = {
     "Insurance": 33,  # draws: each patient's payer, insurer and member number
     "Messiness": 60,  # draws of the messy-data pass (simulator.export.messiness)
     "Duplicate": 61,  # the records it files twice
+    "StreamDevice": 62,  # the monitor of a streamed stay (`--streams`)
+    "StreamSegment": 63,  # an Observation holding a segment of a stream
+    "Streams": 64,  # a seed: the generator of a streamed stay's samples
     # draws of the provider directory (simulator.export.directory)
     "directory/adult": 41,
     "directory/pediatrics": 42,

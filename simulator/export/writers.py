@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -233,8 +234,7 @@ class NdjsonWriter:
         self.files: dict[str, _File] = {}
         try:
             for resource_type, resources in directory.resources.items() if part is None or part.first else ():
-                lines = [orjson.dumps(resource).decode() + "\n" for resource in resources]
-                self._append(resource_type, [text_bytes(pa.array(lines, TEXT))], len(lines))
+                self.append_text(resource_type, pa.array([orjson.dumps(r).decode() + "\n" for r in resources], TEXT))
         except BaseException:
             self.abort()
             raise
@@ -248,6 +248,11 @@ class NdjsonWriter:
             path = self.staging.dir / self.staging.name(resource_type, suffix)
             self.files[resource_type] = _File(path, "resources", self.background, self.compress)
         self.files[resource_type].write(pieces, count)
+
+    def append_text(self, resource_type: str, text: pa.Array) -> None:
+        """Resources given as a text column (each row one resource ending with a newline), appended to the
+        type's file (`fhir/<resource_type>.ndjson`)."""
+        self._append(resource_type, [text_bytes(text)], len(text))
 
     def write(self, resources: dict) -> None:
         for resource_type, group in resources.items():
@@ -412,16 +417,17 @@ CORRUPTIONS_SCHEMA = pa.schema(
 
 class TruthWriter:
     """`truth/corruptions.parquet` (and `.csv` when the run writes CSV): every change of the messy-data pass,
-    chunk by chunk (`simulator.export.messiness`)."""
+    chunk by chunk (`simulator.export.messiness`), in the run's truth folder (`staging`, which `Export` owns:
+    the streams' truth tables go there too)."""
 
-    def __init__(self, out: Path, with_csv: bool, background: Background, part: Part | None = None):
-        self.staging = Staging.start(out, TRUTH, part)
+    def __init__(self, staging: Staging, with_csv: bool, background: Background):
+        self.staging = staging
         self.background = background
         path = self.staging.dir / self.staging.name("corruptions", ".parquet")
         self.parquet = pq.ParquetWriter(path, CORRUPTIONS_SCHEMA)
         csv_path = self.staging.dir / self.staging.name("corruptions", ".csv")
         self.csv = _File(csv_path, "rows", background) if with_csv else None
-        self.header = part is None or part.first
+        self.header = staging.part is None or staging.part.first
         self.rows = 0
         self.written = False
 
@@ -452,7 +458,6 @@ class TruthWriter:
             self.parquet.close()
         if self.csv is not None:
             self.csv.abort()
-        self.staging.abort()
 
 
 def _sha256(path: Path) -> str:
@@ -478,9 +483,15 @@ WRITES = {
     "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
 }
+# Folders of the optional outputs (`--streams`, simulator.export.streams) and what a run writes in them.
+EXTRA_WRITES = {
+    "streams": ("streams.parquet", "streams.*.parquet"),
+    TRUTH: (*WRITES[TRUTH], "stream_artefacts.parquet", "stream_artefacts.*.parquet"),
+}
+WRITES.update(EXTRA_WRITES)
+OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_WRITES)  # every folder a run writes
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
-LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*FOLDERS.values(), TRUTH, RUN_MANIFEST))
-OUTPUT_FOLDERS = (*FOLDERS.values(), TRUTH)  # every folder a run writes
+LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*OUTPUT_FOLDERS, RUN_MANIFEST))
 
 
 def run_folders(out: Path, formats: tuple[str, ...], messiness: bool) -> list[Path]:
@@ -600,7 +611,7 @@ def _is_output_file(name: str) -> bool:
 
 def _clashes(name: str, formats: tuple[str, ...]) -> bool:
     """Whether a kept entry of the folder has a name that a run of these formats writes."""
-    folders = {FOLDERS[f] for f in formats}
+    folders = {FOLDERS[f] for f in formats} | set(EXTRA_WRITES)
     top, _, file = name.rstrip("/").partition("/")
     if not file:
         return top == RUN_MANIFEST or top in folders
@@ -627,6 +638,15 @@ def _patient_slices(
         )
 
 
+class ChunkWriter(Protocol):
+    """An optional output fed beside the formats' writers (`simulator.export.streams.writer.StreamWriter`)."""
+
+    def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None: ...
+    def close(self) -> dict[str, dict]: ...
+    def abort(self) -> None: ...
+    def folders(self) -> list[Path]: ...
+
+
 class Export:
     """All requested outputs of a run, fed chunk by chunk, then closed (every file counted and hashed, all
     still under their partial names) and published (put in place with the run manifest). A `part` of a
@@ -641,6 +661,7 @@ class Export:
         base_url: str | None = None,
         compress: str | None = None,
         part: Part | None = None,
+        streams: Callable[[NdjsonWriter | None, Staging, Part | None], ChunkWriter] | None = None,
     ):
         self.out = out
         self.context = context
@@ -650,6 +671,8 @@ class Export:
         self.tables: list[TableWriter] = []
         self.truth: TruthWriter | None = None
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter | TruthWriter] = []
+        self.extra: list[ChunkWriter] = []  # fed and closed before the FHIR writer, which lists their files
+        self.truth_folder: Staging | None = None  # truth/: what the messy-data pass changed, the streams' artefacts
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
                 url = base_url or bulk_base_url(out)
@@ -664,9 +687,13 @@ class Export:
                 if kind in formats:
                     self.tables.append(TableWriter(out, kind, self.background, part))
                     self.writers.append(self.tables[-1])
+            if context.messiness is not None or streams is not None:
+                self.truth_folder = Staging.start(out, TRUTH, part)
             if context.messiness is not None:
-                self.truth = TruthWriter(out, "csv" in formats, self.background, part)
+                self.truth = TruthWriter(self.truth_folder, "csv" in formats, self.background)
                 self.writers.append(self.truth)
+            if streams is not None:
+                self.extra.append(streams(self.ndjson, self.truth_folder, part))
         except BaseException:
             self.abort()
             raise
@@ -683,6 +710,8 @@ class Export:
         if self.ndjson or self.bundles:
             for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
                 self._write_fhir(some_patients, their_events)
+        for writer in self.extra:
+            writer.write(patients, events)
 
     def _tables(self, patients: pd.DataFrame, events: pd.DataFrame, log: bool) -> dict[str, pd.DataFrame]:
         """The clinical tables of some patients, with the messy-data profile's errors if the run has one (their
@@ -715,7 +744,7 @@ class Export:
     def close(self) -> dict[str, dict]:
         """Close every file: the run's files (`fhir/Patient.ndjson`, ...) with their counts, sizes and SHA-256."""
         files: dict[str, dict] = {}
-        for writer in self.writers:
+        for writer in [*self.extra, *self.writers]:
             files.update(writer.close())
         self.background.close()
         return files
@@ -726,7 +755,10 @@ class Export:
         file is never replaced: a taken name raises FileExistsError before anything changes. At every
         moment the manifest in place lists every file of a run that is there (an interruption leaves it
         listing files that are missing, which the next run skips)."""
-        publish(self.out, [writer.staging.final for writer in self.writers], manifest, replaces)
+        folders = [writer.staging.final for writer in self.writers] + [f for w in self.extra for f in w.folders()]
+        if self.truth_folder is not None:
+            folders.append(self.truth_folder.final)
+        publish(self.out, list(dict.fromkeys(folders)), manifest, replaces)
 
     def commit(self) -> None:
         """A part's files in place beside the other parts' (after `close`)."""
@@ -735,8 +767,10 @@ class Export:
 
     def abort(self) -> None:
         self.background.close()
-        for writer in self.writers:
+        for writer in [*self.extra, *self.writers]:
             writer.abort()
+        if self.truth_folder is not None:
+            self.truth_folder.abort()
 
 
 def publish(out: Path, folders: list[Path], manifest: bytes, replaces: tuple[str, ...] = ()) -> None:

@@ -18,6 +18,7 @@ from simulator.model.providers import Providers
 from simulator.model.record_rules import HistoryRules, LabPanels, Languages, SmokingStatus
 from simulator.model.reference_data import ObservationReference
 from simulator.model.schema import BackgroundShare, Demographics, DiseaseModule, Mortality, Names
+from simulator.model.streams import StreamRules
 
 # The rules files every library has, each read into the Library field of its name.
 RULES_FILES = {
@@ -36,6 +37,7 @@ RULES_FILES = {
     "audit.yaml": AuditRules,
     "calendar.yaml": Calendar,
     "history.yaml": HistoryRules,
+    "streams.yaml": StreamRules,
 }
 
 
@@ -76,6 +78,7 @@ class Library:
     audit: AuditRules  # clinical consistency rules `ehrsim audit` checks a written run against
     calendar: Calendar  # when each vaccine, drug, lab method and procedure came into use
     history: HistoryRules  # what a record exported with --history carries from before its window
+    streams: StreamRules  # dense monitoring streams: channels, devices, artefact rates (`--streams`)
     rules_dir: Path
     documents: dict[str, Located] = field(repr=False)
     file_sha256: dict[str, str]  # every input file, as modules/... or rules/... (from its root) -> SHA-256

@@ -1,0 +1,321 @@
+"""Writing dense monitoring streams chunk by chunk (`--streams`): `streams/streams.parquet` (patient, encounter,
+device, code, time, value, quality), `truth/stream_artefacts.parquet` (every artefact episode), and in the Bulk
+FHIR output `Device.ndjson` (one monitor per stay) and `Observation.streams.ndjson` (valueSampledData, one
+Observation per channel and segment of the stay). Each stay is sampled from its own generator seeded with
+(seed, patient, encounter), so the output does not depend on the chunking; batches are flushed every
+FLUSH_ROWS rows, so memory stays flat however long the stays or fine the interval."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simulator.errors import ConfigError
+from simulator.export.fhir_text import TEXT
+from simulator.export.ids import TAGS, resource_ids
+from simulator.export.streams.fhir import device_lines, segment_lines
+from simulator.export.streams.signals import QUALITY, Charted, StaySamples, stay_samples
+from simulator.export.writers import NdjsonWriter, Part, Staging, _sha256
+from simulator.model.library import Library
+from simulator.model.streams import StreamRules
+
+STREAM_FOLDERS = ("streams", "truth")
+FLUSH_ROWS = 2_000_000  # rows held before a Parquet write (about 60 MB of arrays)
+MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0
+SECONDS_PER_DAY = 86400.0
+
+
+def parse_streams(text: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """'icu,ed' or a sequence -> the setting names, in order, without repeats (checked against the rules by
+    `StreamPlan`)."""
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+
+
+def check_interval(interval_s: float | None) -> float | None:
+    """The sampling interval in seconds, 1 s to 1 h; ConfigError otherwise."""
+    if interval_s is not None and not MIN_INTERVAL_S <= float(interval_s) <= MAX_INTERVAL_S:
+        raise ConfigError("stream_interval", f"must be between 1 and 3600 seconds (got {interval_s:g})")
+    return None if interval_s is None else float(interval_s)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What the run streams: the settings asked for, the interval, and per channel the code of its observable
+    in the event table and the correlation time of its course (from rules/vital_signs.yaml)."""
+
+    rules: StreamRules
+    settings: tuple[str, ...]
+    interval_s: float
+    observed_code: dict[str, str]
+    slow_time_constant_s: dict[str, float]
+
+    @classmethod
+    def of(cls, library: Library, settings: tuple[str, ...], interval_s: float | None) -> StreamPlan:
+        rules = library.streams
+        unknown = [s for s in settings if s not in rules.settings]
+        if unknown:
+            known = ", ".join(rules.settings)
+            raise ConfigError("streams", f"unknown setting '{unknown[0]}' (the rules know {known})")
+        observables = {name: o for module in library.modules for name, o in module.observables.items()}
+        codes, constants = {}, {}
+        for name, channel in rules.channels.items():
+            if channel.observable is None:
+                continue
+            observable = observables.get(channel.observable)
+            if observable is None:
+                raise ConfigError("streams", f"channel {name}: no module defines the observable {channel.observable}")
+            codes[name] = observable.code.code
+            days = observable.correlation_days
+            constants[name] = channel.slow_time_constant_s or (days * SECONDS_PER_DAY if days else None)
+            if constants[name] is None:
+                raise ConfigError("streams", f"channel {name}: give slow_time_constant_s (its observable has none)")
+        interval = check_interval(interval_s) or rules.default_interval_s
+        return cls(rules, settings, interval, codes, constants)
+
+
+@dataclass(frozen=True)
+class _Stays:
+    """The monitored stays of a chunk, one row each, in patient then encounter order."""
+
+    patient: np.ndarray
+    encounter: np.ndarray
+    setting: np.ndarray  # object: the setting's name
+    start: pd.Series  # datetime64 UTC
+    end: pd.Series
+    is_ended: np.ndarray
+
+
+def monitored_stays(events: pd.DataFrame, plan: StreamPlan) -> _Stays:
+    """Every encounter of a chosen setting's class: from its start to its end (an encounter still open at the
+    end of the record: to its last event)."""
+    classes = {plan.rules.settings[s].encounter_class: s for s in plan.settings}
+    kind = events["kind"].astype(str).to_numpy()
+    starts = events.loc[(kind == "encounter_start") & events["encounter_class"].isin(list(classes))]
+    keys = ["patient", "encounter"]
+    ends = events.loc[kind == "encounter_end", [*keys, "time"]].rename(columns={"time": "end"})
+    last = events.loc[events["encounter"] >= 0].groupby(keys, sort=False)["time"].max().rename("last").reset_index()
+    stays = starts[[*keys, "time", "encounter_class"]].merge(ends, on=keys, how="left").merge(last, on=keys)
+    stays = stays.sort_values(keys, kind="stable").reset_index(drop=True)
+    return _Stays(
+        stays["patient"].to_numpy(np.int64),
+        stays["encounter"].to_numpy(np.int64),
+        stays["encounter_class"].astype(str).map(classes).to_numpy(dtype=object),
+        stays["time"],
+        stays["end"].fillna(stays["last"]),
+        stays["end"].notna().to_numpy(),
+    )
+
+
+def _charted(events: pd.DataFrame, plan: StreamPlan) -> dict[tuple[int, int, str], Charted]:
+    """The charted readings of each stay's channels, by (patient, encounter, channel)."""
+    by_code = {code: name for name, code in plan.observed_code.items()}
+    rows = events.loc[(events["kind"].astype(str) == "observation") & events["code"].isin(list(by_code))]
+    rows = rows[["patient", "encounter", "code", "time", "value"]]
+    found = {}
+    for (patient, encounter, code), group in rows.groupby(["patient", "encounter", "code"], sort=False, observed=True):
+        found[(int(patient), int(encounter), by_code[str(code)])] = group
+    return found
+
+
+class StreamWriter:
+    """The stream outputs of a run, fed chunk by chunk beside the other writers (`Export`), closed before the
+    FHIR writer so that its Bulk manifest lists the stream files."""
+
+    def __init__(
+        self,
+        out: Path,
+        plan: StreamPlan,
+        seed: int,
+        ndjson: NdjsonWriter | None,
+        truth: Staging,
+        part: Part | None = None,
+    ):
+        self.plan = plan
+        self.seed = seed
+        self.ndjson = ndjson
+        self.streams = Staging.start(out, "streams", part)
+        self.truth = truth  # the run's truth/ folder (`Export.truth_folder`), shared with the messy-data log
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.rows = {"streams": 0, "stream_artefacts": 0}
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.channel_codes = [c.code.code for c in plan.rules.channels.values()]
+        self.channel_index = {name: i for i, name in enumerate(plan.rules.channels)}
+
+    def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
+        """The streams of the chunk's monitored stays."""
+        stays = monitored_stays(events, self.plan)
+        if not len(stays.patient):
+            return
+        charted = _charted(events, self.plan)
+        ids = patients.set_index("index")["id"]
+        patient_ids = ids.loc[stays.patient].to_numpy(dtype=object)
+        encounter_ids = resource_ids(self.seed, stays.patient, "Encounter", stays.encounter)
+        device_ids = resource_ids(self.seed, stays.patient, "StreamDevice", stays.encounter)
+        start_ms = stays.start.dt.as_unit("ms").astype("int64").to_numpy()
+        end_ms = stays.end.dt.as_unit("ms").astype("int64").to_numpy()
+        episodes = []
+        for k in range(len(stays.patient)):
+            patient, encounter, setting = int(stays.patient[k]), int(stays.encounter[k]), stays.setting[k]
+            names = tuple(self.plan.rules.settings[setting].channels)
+            readings = {
+                name: self._readings(charted.get((patient, encounter, name)), start_ms[k])
+                for name in names
+                if name in self.plan.observed_code
+            }
+            rng = np.random.default_rng([self.seed, TAGS["Streams"], patient, encounter])
+            samples = stay_samples(
+                self.plan.rules,
+                names,
+                (end_ms[k] - start_ms[k]) / 1000.0,
+                self.plan.interval_s,
+                readings,
+                self.plan.slow_time_constant_s,
+                rng,
+            )
+            self._add_rows(patient, encounter, device_ids[k], start_ms[k], samples)
+            episodes += [(patient, encounter, device_ids[k], e, start_ms[k]) for e in samples.episodes]
+            if self.ndjson is not None:  # a stay at a time, so that the text of a chunk is never held whole
+                device = self.plan.rules.settings[setting].device
+                line = device_lines(device_ids[k], device, patient_ids[k], bool(stays.is_ended[k]))
+                self.ndjson.append_text("Device", pa.array([line], TEXT))
+                refs = (patient_ids[k], encounter_ids[k], device_ids[k])
+                lines = self._segments(patient, encounter, refs, start_ms[k], samples)
+                self.ndjson.append_text("Observation.streams", pa.array(lines, TEXT))
+        self._flush(force=False)
+        self._write_truth(episodes)
+
+    @staticmethod
+    def _readings(rows: pd.DataFrame | None, start_ms: int) -> Charted:
+        if rows is None:
+            return Charted(np.zeros(0), np.zeros(0))
+        t_ms = rows["time"].dt.as_unit("ms").astype("int64").to_numpy()
+        return Charted((t_ms - start_ms) / 1000.0, rows["value"].to_numpy(np.float64))
+
+    def _segments(
+        self, patient: int, encounter: int, refs: tuple[str, str, str], start_ms: int, samples: StaySamples
+    ) -> list[str]:
+        rules = self.plan.rules
+        per_segment = max(1, int(round(rules.segment_s / self.plan.interval_s)))
+        lines = []
+        for i, name in enumerate(samples.channels):
+            channel = rules.channels[name]
+            key = (encounter << 24) | (self.channel_index[name] << 16)
+            lines += segment_lines(
+                self.seed, patient, key, refs, channel, start_ms, self.plan.interval_s, samples.value[i], per_segment
+            )
+        return lines
+
+    def _add_rows(self, patient: int, encounter: int, device_id: str, start_ms: int, samples: StaySamples) -> None:
+        n_channels, n = samples.value.shape
+        time_ms = start_ms + np.round(samples.t_s * 1000.0).astype(np.int64)
+        codes = np.array([self.channel_index[name] for name in samples.channels], dtype=np.int32)
+        rows = n_channels * n
+        table = pa.table(
+            {
+                "patient": pa.array(np.full(rows, patient, np.int64)),
+                "encounter": pa.array(np.full(rows, encounter, np.int32)),
+                "device": pa.DictionaryArray.from_arrays(np.zeros(rows, np.int32), pa.array([device_id])),
+                "code": pa.DictionaryArray.from_arrays(np.repeat(codes, n), pa.array(self.channel_codes)),
+                "time": pa.array(np.tile(time_ms, n_channels), pa.timestamp("ms", tz="UTC")),
+                "value": pa.array(samples.value.ravel(), pa.float64(), from_pandas=True),
+                "quality": pa.DictionaryArray.from_arrays(samples.quality.ravel().astype(np.int32), pa.array(QUALITY)),
+            }
+        )
+        self.pending.append(table)
+        self.pending_rows += rows
+        self._flush(force=False)
+
+    def _flush(self, force: bool) -> None:
+        if not self.pending or (self.pending_rows < FLUSH_ROWS and not force):
+            return
+        table = pa.concat_tables(self.pending).unify_dictionaries().combine_chunks()
+        self._parquet(self.streams, "streams", table)
+        self.pending, self.pending_rows = [], 0
+
+    def _write_truth(self, episodes: list) -> None:
+        if not episodes:
+            return
+        codes = [self.plan.rules.channels[e.channel].code.code for _, _, _, e, _ in episodes]
+        start = np.array([s + round(e.start_s * 1000) for _, _, _, e, s in episodes], np.int64)
+        end = np.array([s + round(e.end_s * 1000) for _, _, _, e, s in episodes], np.int64)
+        table = pa.table(
+            {
+                "patient": pa.array([p for p, _, _, _, _ in episodes], pa.int64()),
+                "encounter": pa.array([c for _, c, _, _, _ in episodes], pa.int32()),
+                "device": pa.array([d for _, _, d, _, _ in episodes], pa.string()),
+                "code": pa.array(codes, pa.string()),
+                "kind": pa.array([e.kind for _, _, _, e, _ in episodes], pa.string()),
+                "start": pa.array(start, pa.timestamp("ms", tz="UTC")),
+                "end": pa.array(end, pa.timestamp("ms", tz="UTC")),
+                "samples": pa.array([e.n_samples for _, _, _, e, _ in episodes], pa.int32()),
+            }
+        )
+        self._parquet(self.truth, "stream_artefacts", table)
+
+    def _parquet(self, staging: Staging, name: str, table: pa.Table) -> None:
+        if name not in self.writers:
+            path = staging.dir / staging.name(name, ".parquet")
+            self.writers[name] = pq.ParquetWriter(path, table.schema)
+        self.writers[name].write_table(table.cast(self.writers[name].schema))
+        self.rows[name] += len(table)
+
+    def close(self) -> dict[str, dict]:
+        """Every stream file closed, with its rows, size and SHA-256; an empty run still writes both tables."""
+        self._flush(force=True)
+        files: dict[str, dict] = {}
+        for staging, name in ((self.streams, "streams"), (self.truth, "stream_artefacts")):
+            path = staging.dir / staging.name(name, ".parquet")
+            if name in self.writers:
+                self.writers[name].close()
+            else:
+                pq.write_table(_EMPTY[name], path)
+            staging.record(path.name, "rows", self.rows[name], path, _sha256(path))
+            files.update(staging.files)
+        return files
+
+    def folders(self) -> list[Path]:
+        """The output folders it writes (put in place when the run is published)."""
+        return [self.streams.final]
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            with contextlib.suppress(OSError):
+                writer.close()
+        self.streams.abort()
+
+
+_EMPTY = {
+    "streams": pa.table(
+        {
+            "patient": pa.array([], pa.int64()),
+            "encounter": pa.array([], pa.int32()),
+            "device": pa.array([], pa.dictionary(pa.int32(), pa.string())),
+            "code": pa.array([], pa.dictionary(pa.int32(), pa.string())),
+            "time": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "value": pa.array([], pa.float64()),
+            "quality": pa.array([], pa.dictionary(pa.int32(), pa.string())),
+        }
+    ),
+    "stream_artefacts": pa.table(
+        {
+            "patient": pa.array([], pa.int64()),
+            "encounter": pa.array([], pa.int32()),
+            "device": pa.array([], pa.string()),
+            "code": pa.array([], pa.string()),
+            "kind": pa.array([], pa.string()),
+            "start": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "end": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "samples": pa.array([], pa.int32()),
+        }
+    ),
+}

@@ -1,0 +1,292 @@
+"""Dense monitoring streams (issue 32 part 4, docs/streams.md): samples on the interval asked for, a course
+through the charted vital signs (so heart rate follows the clinical state), correlated physiological
+variability, artefacts and dropouts at the rates of rules/streams.yaml flagged in the quality column and in
+truth, FHIR Devices and valueSampledData Observations that validate, the same output whatever the chunking,
+and a run without streams unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from conftest import FIXTURE_LIBRARY, edited_rules_problems
+from fhir.resources.R4B import get_fhir_model_class
+from typer.testing import CliRunner
+
+import simulator
+from simulator.cli import app
+from simulator.errors import ConfigError
+from simulator.export.streams.signals import QUALITY, Charted, ou_path, stay_samples
+from simulator.model.checks import load_terminology
+from simulator.model.library import Library, default_rules_dir
+from simulator.model.loading import load
+from simulator.model.streams import StreamRules
+
+HOUR = 3600.0
+RULES = load(default_rules_dir() / "streams.yaml", StreamRules, "rules/streams.yaml")
+ICU = tuple(RULES.settings["icu"].channels)
+SLOW = {"heart_rate": 21600.0, "respiratory_rate": 21600.0, "oxygen_saturation": 21600.0, "body_temperature": 21600.0}
+SLOW |= {"systolic_bp": 7200.0, "diastolic_bp": 7200.0}
+LEVEL = {"heart_rate": 90.0, "respiratory_rate": 18.0, "oxygen_saturation": 96.0, "systolic_bp": 120.0}
+LEVEL |= {"diastolic_bp": 70.0, "body_temperature": 37.0}
+
+
+def _charted(stay_s: float, every_s: float, slope: float = 0.0, seed: int = 0) -> dict[str, Charted]:
+    """Hourly readings of every observed channel around its level (heart rate falling by `slope` per hour)."""
+    t = np.arange(0.0, stay_s, every_s)
+    noise = np.random.default_rng(seed).normal(0.0, 1.0, len(t))
+    readings = {name: Charted(t, level + noise) for name, level in LEVEL.items()}
+    readings["heart_rate"] = Charted(t, LEVEL["heart_rate"] + 30.0 - slope * t / HOUR + 3.0 * noise)
+    return readings
+
+
+def _samples(stay_s: float, step_s: float, seed: int = 1, rules: StreamRules = RULES, **kwargs: float):
+    charted = _charted(stay_s, HOUR, **kwargs)
+    return stay_samples(rules, ICU, stay_s, step_s, charted, SLOW, np.random.default_rng([seed, 62, 0, 0]))
+
+
+@pytest.mark.parametrize("step_s", [1.0, 60.0, 3600.0])
+def test_samples_are_on_the_interval(step_s: float) -> None:
+    samples = _samples(6 * HOUR, step_s)
+    assert samples.t_s[0] == 0.0 and samples.t_s[-1] < 6 * HOUR
+    assert np.allclose(np.diff(samples.t_s), step_s)
+    assert samples.value.shape == (len(ICU), len(samples.t_s))
+
+
+def test_the_stream_passes_through_the_charted_readings() -> None:
+    """At each charted time the clean heart-rate stream is the reading give or take the fast variability."""
+    stay_s = 48 * HOUR
+    samples = _samples(stay_s, 60.0, slope=1.0)
+    charted = _charted(stay_s, HOUR, slope=1.0)["heart_rate"]
+    at = np.searchsorted(samples.t_s, charted.t_s)
+    clean = samples.quality[0, at] == 0
+    difference = samples.value[0, at][clean] - charted.value[clean]
+    assert abs(np.median(difference)) < 1.5
+    assert np.median(np.abs(difference)) < 4.0  # fast SD 3 and sensor SD 1
+    # and it follows the course: the first hours are faster than the last
+    hour = int(HOUR / 60.0)
+    assert np.nanmean(samples.value[0, :hour]) - np.nanmean(samples.value[0, -hour:]) > 35
+
+
+def test_variability_is_autocorrelated_and_shared() -> None:
+    """The fast part is AR(1), not independent noise, and heart rate, respiratory rate and pressure co-vary."""
+    assert (
+        np.corrcoef(
+            ou_path(20000, 60.0, 120.0, np.random.default_rng(3))[:-1],
+            ou_path(20000, 60.0, 120.0, np.random.default_rng(3))[1:],
+        )[0, 1]
+        > 0.5
+    )
+    quiet = RULES.model_copy(update={"artefacts": {}})
+    samples = _samples(200 * HOUR, 60.0, rules=quiet)
+    fast = samples.value - pd.DataFrame(samples.value.T).rolling(121, center=True, min_periods=1).mean().to_numpy().T
+    heart, breathing, spo2 = (fast[ICU.index(name)] for name in ("heart_rate", "respiratory_rate", "oxygen_saturation"))
+    assert np.corrcoef(heart[:-1], heart[1:])[0, 1] > 0.3
+    assert np.corrcoef(heart, breathing)[0, 1] > 0.1
+    assert np.corrcoef(heart, spo2)[0, 1] < 0.0
+
+
+def test_artefacts_come_at_the_rules_rates_and_are_flagged() -> None:
+    """Over 2,000 monitored hours: episodes of each kind per hour as rules/streams.yaml says (within 4 standard
+    errors of a Poisson count), every flagged sample inside an episode of its kind, dropouts empty, probe-off
+    SpO2 at its floor."""
+    stay_s = 2000 * HOUR
+    samples = _samples(stay_s, 60.0)
+    episodes = pd.DataFrame([e.__dict__ for e in samples.episodes])
+    for kind, artefact in RULES.artefacts.items():
+        rows = episodes[episodes["kind"] == kind]
+        groups = 1 if artefact.device_wide else len([c for c in ICU if c in artefact.channels])
+        per_channel = len(rows) / len([c for c in ICU if c in artefact.channels])
+        expected = artefact.per_hour * stay_s / HOUR
+        assert abs(per_channel - expected) < 4 * np.sqrt(expected / groups) + 1, kind
+    for i, channel in enumerate(ICU):
+        mine = episodes[episodes["channel"] == channel]
+        for code, kind in enumerate(QUALITY):
+            flagged = samples.t_s[samples.quality[i] == code]
+            if kind == "ok":
+                continue
+            spans = mine[mine["kind"] == kind]
+            inside = np.zeros(len(flagged), bool)
+            for start, end in zip(spans["start_s"], spans["end_s"], strict=True):
+                inside |= (flagged >= start) & (flagged < end)
+            assert inside.all(), (channel, kind)
+    assert np.isnan(samples.value[samples.quality == QUALITY.index("dropout")]).all()
+    assert not np.isnan(samples.value[samples.quality != QUALITY.index("dropout")]).any()
+    spo2 = samples.value[ICU.index("oxygen_saturation")][samples.quality[ICU.index("oxygen_saturation")] == 2]
+    assert len(spo2) > 50 and np.median(spo2) <= 75
+    share = (samples.quality != 0).mean()
+    assert 0.005 < share < 0.06  # about 2-3% of samples carry a flag
+
+
+def test_bad_stream_rules_say_where(tmp_path: Path) -> None:
+    edit = ("channels: [heart_rate, respiratory_rate", "channels: [heart_rat, respiratory_rate")
+    rules, modules = FIXTURE_LIBRARY["rules_dir"], FIXTURE_LIBRARY["modules_dir"]
+    problems = edited_rules_problems(tmp_path, rules, {"streams.yaml": edit}, modules)
+    assert [(p.file.endswith("streams.yaml"), p.line > 1) for p in problems] == [(True, True)], problems
+    assert "channel 'heart_rat' is not declared" in problems[0].message
+
+
+def test_bad_stream_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="between 1 and 3600"):
+        simulator.generate(10, out=tmp_path / "a", streams="icu", stream_interval=0.5)
+    with pytest.raises(ConfigError, match="unknown setting 'nicu'"):
+        simulator.generate(10, out=tmp_path / "b", streams="icu,nicu")
+    with pytest.raises(ConfigError, match="output folder"):
+        simulator.generate(10, streams="icu")
+
+
+def test_the_cli_refuses_a_bad_interval_in_one_line(tmp_path: Path) -> None:
+    args = ["generate", "-n", "5", "-o", str(tmp_path / "out"), "--streams", "icu", "--stream-interval", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "stream_interval" in result.stderr and "between 1 and 3600" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+# --- a run with streams ----------------------------------------------------------------------------------
+
+RUN = {"patients": 600, "seed": 7, "mode": "lifetime", "formats": "ndjson"}
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("streams") / "run"
+    simulator.generate(**RUN, out=out, chunk_size=200, streams="icu,ward,ed", stream_interval=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("plain") / "run"
+    simulator.generate(**RUN, out=out, chunk_size=200)
+    return out
+
+
+def _ndjson(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_a_run_without_streams_is_unchanged(streamed: Path, plain: Path) -> None:
+    """Every file of the plain run is the same bytes in the streamed run, except the manifests that list more."""
+    assert not (plain / "streams").exists() and not (plain / "truth").exists()
+    manifest = orjson.loads((plain / "manifest.json").read_bytes())
+    assert "streams" not in manifest and not any(name.startswith("streams/") for name in manifest["files"])
+    for path in sorted((plain / "fhir").glob("*.ndjson")):
+        assert path.read_bytes() == (streamed / "fhir" / path.name).read_bytes(), path.name
+
+
+def test_the_streams_are_listed_and_sampled_on_the_interval(streamed: Path) -> None:
+    manifest = orjson.loads((streamed / "manifest.json").read_bytes())
+    assert manifest["streams"] == {"settings": ["icu", "ward", "ed"], "interval_s": 300.0}
+    for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet", "fhir/Device.ndjson"):
+        assert name in manifest["files"], name
+    bulk = orjson.loads((streamed / "fhir" / "manifest.json").read_bytes())
+    assert any(o["url"].endswith("Observation.streams.ndjson") and o["type"] == "Observation" for o in bulk["output"])
+    rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
+    assert list(rows.columns) == ["patient", "encounter", "device", "code", "time", "value", "quality"]
+    steps = rows.groupby(["device", "code"], observed=True)["time"].diff().dropna().dt.total_seconds()
+    assert (steps == 300.0).all()
+    assert set(rows["quality"].astype(str)) <= set(QUALITY)
+
+
+def test_streams_agree_with_the_charted_vitals(streamed: Path) -> None:
+    """Each charted heart rate of a streamed stay is close to the stream sample nearest it."""
+    events = simulator.generate(**{k: v for k, v in RUN.items() if k != "formats"}).events
+    rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
+    heart = rows[(rows["code"] == "8867-4") & (rows["quality"] == "ok")].sort_values("time")
+    charted = events[(events["kind"] == "observation") & (events["code"] == "8867-4")].sort_values("time")
+    charted = charted[["patient", "encounter", "time", "value"]].astype({"encounter": np.int32})
+    charted["time"] = charted["time"].dt.as_unit("ms")
+    near = pd.merge_asof(
+        charted,
+        heart[["patient", "encounter", "time", "value"]],
+        on="time",
+        by=["patient", "encounter"],
+        tolerance=pd.Timedelta(seconds=150),
+        direction="nearest",
+        suffixes=("", "_stream"),
+    ).dropna()
+    assert len(near) > 200
+    assert np.corrcoef(near["value"], near["value_stream"])[0, 1] > 0.8
+    assert (near["value"] - near["value_stream"]).abs().median() < 6
+
+
+def test_heart_rate_follows_septic_shock_into_recovery(streamed: Path) -> None:
+    """ICU stays are septic shock from pneumonia: the stream's heart rate in the first 6 hours of the stay is
+    above that of its last 6 hours (treatment brings the illness effects down), as in the charted readings."""
+    rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
+    devices = _ndjson(streamed / "fhir" / "Device.ndjson")
+    icu = {d["id"] for d in devices if d["deviceName"][0]["name"] == "ICU bedside monitor"}
+    heart = rows[rows["device"].isin(icu) & (rows["code"] == "8867-4") & (rows["quality"] == "ok")].copy()
+    stay = heart.groupby("device", observed=True)["time"]
+    heart["from_start"] = heart["time"] - stay.transform("min")
+    heart["to_end"] = stay.transform("max") - heart["time"]
+    six = pd.Timedelta(hours=6)
+    first = heart[heart["from_start"] < six].groupby("device", observed=True)["value"].mean()
+    last = heart[heart["to_end"] < six].groupby("device", observed=True)["value"].mean()
+    fall = (first - last).dropna()
+    assert len(fall) >= 8
+    assert fall.mean() > 4.0  # about 12/min in the charted readings of 138 stays
+
+
+def test_the_truth_lists_every_flagged_sample(streamed: Path) -> None:
+    rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
+    truth = pd.read_parquet(streamed / "truth" / "stream_artefacts.parquet")
+    assert set(truth["kind"]) == {"motion", "probe_off", "flat_line", "dropout"}
+    flagged = rows[rows["quality"] != "ok"]
+    joined = flagged.merge(truth, on=["patient", "encounter", "device", "code"], suffixes=("", "_episode"))
+    joined = joined[(joined["time"] >= joined["start"]) & (joined["time"] < joined["end"])]
+    covered = joined[joined["kind"] == joined["quality"].astype(str)][["device", "code", "time"]].drop_duplicates()
+    assert len(covered) == len(flagged)
+    assert rows.loc[rows["quality"] == "dropout", "value"].isna().all()
+
+
+def test_stream_fhir_resources_validate_and_point_to_the_record(streamed: Path) -> None:
+    devices = _ndjson(streamed / "fhir" / "Device.ndjson")
+    observations = _ndjson(streamed / "fhir" / "Observation.streams.ndjson")
+    encounters = {e["id"] for e in _ndjson(streamed / "fhir" / "Encounter.ndjson")}
+    patients = {p["id"] for p in _ndjson(streamed / "fhir" / "Patient.ndjson")}
+    device_ids = {d["id"] for d in devices}
+    for device in devices[:50]:
+        get_fhir_model_class("Device").model_validate(device)
+        assert device["patient"]["reference"].split("/")[1] in patients
+    for observation in observations[:: max(1, len(observations) // 200)]:
+        get_fhir_model_class("Observation").model_validate(observation)
+        assert observation["encounter"]["reference"].split("/")[1] in encounters
+        assert observation["device"]["reference"].split("/")[1] in device_ids
+        sampled = observation["valueSampledData"]
+        assert sampled["period"] == 300_000 and sampled["dimensions"] == 1
+        assert sampled["origin"]["system"] == "http://unitsofmeasure.org"
+        assert {c["system"] for c in observation["code"]["coding"]} == {
+            "http://loinc.org",
+            "urn:iso:std:iso:11073:10101",
+        }
+        assert 1 <= len(sampled["data"].split()) <= 12  # an hour at 300 s
+
+
+@pytest.mark.slow
+def test_streams_do_not_depend_on_the_chunking(streamed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    simulator.generate(**RUN, out=out, chunk_size=600, streams="icu,ward,ed", stream_interval=300)
+    for name in ("Device.ndjson", "Observation.streams.ndjson"):
+        assert (out / "fhir" / name).read_bytes() == (streamed / "fhir" / name).read_bytes(), name
+    for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet"):
+        a, b = pd.read_parquet(out / name), pd.read_parquet(streamed / name)
+        assert (
+            hashlib.sha256(pd.util.hash_pandas_object(a.astype(str)).values).hexdigest()
+            == hashlib.sha256(pd.util.hash_pandas_object(b.astype(str)).values).hexdigest()
+        ), name
+
+
+def test_the_stream_rules_use_the_terminology(shipped_library: Library) -> None:
+    rules = shipped_library.streams
+    assert set(rules.settings) == {"icu", "ward", "ed"}
+    terminology = load_terminology(shipped_library.rules_dir)
+    assert terminology is not None
+    codes = [c.code for c in rules.channels.values()] + [s.device.type for s in rules.settings.values()]
+    for code in codes:
+        assert terminology.get((code.system, code.code)) == code.display, code
