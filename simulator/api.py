@@ -9,8 +9,9 @@ messages go to callbacks, so a notebook, a script and the CLI each show them the
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
 from simulator.export.writers import FOLDERS, Export, OutputFolder, publish
+from simulator.files import partial_path
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
 from simulator.fit.report import write_report
@@ -39,7 +41,17 @@ from simulator.load import LoadConfig, LoadReport, load_run
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import chunks, count_chunk
+from simulator.scenario.output import (
+    TRUTH_FOLDER,
+    attach,
+    check_scenario,
+    joined,
+    scenario_chunks,
+    scenario_settings,
+    summary,
+    write_truth,
+)
+from simulator.tables.chunks import Chunk, chunks, count_chunk
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -174,11 +186,11 @@ def _end_date(sim: Simulator) -> date:
     return reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
 
 
-def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
+def _build(config: RunConfig, report: Progress, say: Notify, library: Library | None = None) -> Simulator:
     report("build", 0, 1)
     if kernel_needs_compiling():
         say(COMPILE_NOTICE)
-    return Simulator.build(config)
+    return Simulator.build(config, library)
 
 
 def _request(config: RunConfig, export: ExportConfig) -> str:
@@ -248,31 +260,57 @@ def run(
     progress: Progress | None = None,
     notify: Notify | None = None,
     dask: str | None = None,
+    scenario: str | Path | None = None,
 ) -> Population:
     """Simulate `config`; without `export` return the tables in memory, else stream every chunk to the
     files asked for (each under a temporary name, put in place when the run is complete) and return a
     Population that reads its tables back from them. The output folder is checked and created before
     anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
     (`OutputFolder`); a failed or interrupted run leaves the folder as it was. `dask` ("local:N" or a
-    scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
+    scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`). `scenario`: a scenario
+    file (docs/scenarios.md) whose patients the run holds, with their weights and ground truth (`truth/`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
+    if scenario is not None and dask is not None:
+        raise ConfigError("dask", "a scenario run is written by one process: leave out dask")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
+    plan, library = check_scenario(scenario, config.modules_dir, config.rules_dir) if scenario else (None, None)
+    if plan is not None and config.mode != plan.scenario.mode:
+        raise ConfigError("mode", f"the scenario is a {plan.scenario.mode} run (got {config.mode})")
+    if plan is not None and config.decedent_years:
+        raise ConfigError("decedent_years", "a scenario run holds its patients only: give none")
+    truth: dict[str, list[pd.DataFrame]] = {}
+
+    def source(sim: Simulator) -> Iterator[Chunk]:
+        if plan is None:
+            return chunks(sim)
+        attach(sim, plan)
+        return scenario_chunks(sim, plan, truth)
+
+    def with_scenario(manifest: dict, sim: Simulator) -> dict[str, pd.DataFrame] | None:
+        if plan is None:
+            return None
+        frames = joined(truth)
+        manifest["scenario"] = summary(plan, sim, frames)
+        return frames
+
     if export is None:
-        sim = _build(config, report, say)
+        sim = _build(config, report, say, library)
         started = time.perf_counter()
         frames = []
-        for chunk in chunks(sim):
+        for chunk in source(sim):
             frames.append(chunk)
             count_chunk(counts, chunk)
             report("simulate", counts["patients"], config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
+        manifest = _manifest(sim, counts, timings, {})
         return Population(
-            _manifest(sim, counts, timings, {}),
+            manifest,
             _patients=pd.concat([f.patients for f in frames], ignore_index=True),
             _events=pd.concat([f.events for f in frames], ignore_index=True),
+            _truth=with_scenario(manifest, sim),
         )
     folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
     folder.prepare()
@@ -280,8 +318,8 @@ def run(
         say(message)
     writer: Export | None = None
     try:
-        sim = _build(config, report, say)
-        if config.patients >= ESTIMATE_FROM_PATIENTS:
+        sim = _build(config, report, say, library)
+        if config.patients >= ESTIMATE_FROM_PATIENTS and plan is None:
             estimate = _estimate(sim, config, export)
             if estimate.total > LARGE_BYTES:
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
@@ -291,7 +329,7 @@ def run(
         if dask is None:
             context = _context(sim, export)
             writer = Export(export.out, export.formats, context, export.bundle_method, export.base_url, export.compress)
-            for chunk in chunks(sim):
+            for chunk in source(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
                 report("simulate", counts["patients"], config.patients)
@@ -303,14 +341,19 @@ def run(
         counts["resources"] = sum(resource_counts.values())
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
         manifest = _manifest(sim, counts, timings, files)
+        folders = [export.out / FOLDERS[f] for f in export.formats]
+        if (truth_frames := with_scenario(manifest, sim)) is not None:
+            files.update(write_truth(export.out, truth_frames, export.formats))
+            folders.append(export.out / TRUTH_FOLDER)
         manifest["formats"] = list(export.formats)
         manifest["history_years"] = export.history_years
         manifest["decedent_years"] = config.decedent_years
         manifest["compress"] = export.compress
         manifest["dask"] = dask
         data = json.dumps(manifest, indent=2, sort_keys=False).encode()
-        publish(export.out, [export.out / FOLDERS[f] for f in export.formats], data, folder.earlier_files)
+        publish(export.out, folders, data, folder.earlier_files)
     except BaseException:
+        shutil.rmtree(partial_path(export.out / TRUTH_FOLDER), ignore_errors=True)
         if writer is not None:
             writer.abort()
         elif dask is not None:
@@ -341,6 +384,7 @@ def generate(
     decedents: float | str | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
+    scenario: str | Path | None = None,
 ) -> Population:
     """Generate a synthetic population: `run` with keyword arguments.
 
@@ -351,7 +395,13 @@ def generate(
     record holds; default the whole life; `compress`, "gzip" or "zstd", for the Bulk ndjson; `dask`,
     "local:N" or a scheduler address, to write the run in parts on a Dask cluster). `decedents`: years before
     the end whose deaths a population run also holds, flagged `is_decedent` in the patient table, or "none"
-    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`)."""
+    (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`). `scenario`: a
+    scenario file (docs/scenarios.md): its patients, mode and history replace `patients`, `mode` and
+    `history_years`, it has no decedents, and the Population has `truth` and `weights`."""
+    if scenario is not None:
+        settings = scenario_settings(scenario)
+        patients, mode, decedents = settings.patients, settings.mode, "none"
+        history_years = settings.history.years if history_years is None else history_years
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(
@@ -368,7 +418,7 @@ def generate(
         rules_dir=Path(rules_dir) if rules_dir else None,
         decedent_years=decedent_years(mode, decedents, history_years),
     )
-    return run(config, export if out is not None else None, progress, notify, dask)
+    return run(config, export if out is not None else None, progress, notify, dask, scenario)
 
 
 def validate(

@@ -56,6 +56,7 @@ from simulator.files import (
 
 FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
 RUN_MANIFEST = "manifest.json"
+EXTRA_FOLDERS = ("truth",)  # folders of a run besides its formats' (a scenario's ground truth)
 WRITTEN_TABLES = ("patients", "events", *TABLES)
 # Every column of every table, described: written as csv/data_dictionary.csv beside the CSV tables
 # (docs/data-dictionary.md is made from it too).
@@ -487,7 +488,8 @@ def _is_output_file(name: str) -> bool:
     """Whether a path of a run manifest's `files` is one a run writes, `<output folder>/<file>`: whatever
     a manifest says, nothing else (`../x`, an absolute or a deeper path) is ever removed."""
     parts = PurePosixPath(name).parts
-    return len(parts) == 2 and parts[0] in FOLDERS.values() and parts[1] not in (".", "..") and "\\" not in name
+    folders = (*FOLDERS.values(), *EXTRA_FOLDERS)
+    return len(parts) == 2 and parts[0] in folders and parts[1] not in (".", "..") and "\\" not in name
 
 
 def _clashes(name: str, formats: tuple[str, ...]) -> bool:
