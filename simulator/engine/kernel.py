@@ -1207,8 +1207,12 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
 
 
 @njit(cache=True, _nrt=False)
-def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
+def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int, window: np.ndarray) -> None:
+    """Simulate one patient; `window`: their scenario windows (float64[n_windows, 2], years of age)."""
     reset(model, sc, p, seed)
+    for w in range(window.shape[0]):
+        sc.win[w, 0] = window[w, 0]
+        sc.win[w, 1] = window[w, 1]
     t = p.birth_t
     n_modules = model.module_start.shape[0]
     for m in range(n_modules):
@@ -1284,9 +1288,6 @@ def simulate(
     for b in prange(n_blocks):
         sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, n_windows)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
-            for w in range(n_windows):
-                sc.win[w, 0] = lives.window[i, w, 0]
-                sc.win[w, 1] = lives.window[i, w, 1]
             p = Person(
                 lives.stream[i],
                 people.birth_t[i],
@@ -1299,7 +1300,7 @@ def simulate(
                 lives.capacity[i],
                 people.utc_offset_days[i],
             )
-            simulate_patient(model, ev, sc, p, seed)
+            simulate_patient(model, ev, sc, p, seed, lives.window[i])
             n_events[i] = sc.counters[C_EVENTS]
             error[i] = sc.counters[C_ERROR]
             log_weight[i] = sc.log_weight[0]
