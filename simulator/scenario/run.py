@@ -20,6 +20,7 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR, to_datetime
 from simulator.engine import codes
+from simulator.engine.kernel import Events
 from simulator.engine.people import People, sample
 from simulator.engine.run import (
     DECEDENT_STREAMS,
@@ -166,10 +167,7 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
     )
     state_modules = np.array([s.split(".", 1)[0] for s in names.states], dtype=object)
     state_names = np.array(names.state_names, dtype=object)
-    has_state = events.state >= 0
-    path = pd.DataFrame(
-        {"patient": patient[has_state], "t": events.t[has_state], "state_id": events.state[has_state]}
-    ).drop_duplicates()
+    path = _entries(events, patient, events.state >= 0)
     states = pd.DataFrame(
         {
             "patient": path["patient"].to_numpy(),
@@ -184,6 +182,24 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
         "onsets": _onsets(events, patient, names),
         "forced": _forced(plan, chunk),
     }
+
+
+def _entries(events: Events, patient: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
+    """When the states of the events `mask` were entered (patient, t, state_id), as their events show: the
+    first event of each encounter a state recorded into (its later rounds and its end belong to that entry),
+    else each time it recorded something outside an encounter."""
+    frame = pd.DataFrame(
+        {
+            "patient": patient[mask],
+            "t": events.t[mask],
+            "state_id": events.state[mask],
+            "encounter": events.encounter[mask],
+        }
+    )
+    inside = frame["encounter"] >= 0
+    first = frame[inside].drop_duplicates(["patient", "state_id", "encounter"])
+    entries = pd.concat([first, frame[~inside].drop_duplicates(["patient", "state_id", "t"])])
+    return entries.sort_values(["patient", "t"], kind="stable")[["patient", "t", "state_id"]]
 
 
 def _onsets(events: object, patient: np.ndarray, names: object) -> pd.DataFrame:
@@ -220,7 +236,7 @@ def _forced(plan: Plan, chunk: ScenarioChunk) -> pd.DataFrame:
         target = names.states.index(f"{entry.module}.{entry.to}")
         window = window_ages(entry.window, result.people.birth_t, chunk.t_end)
         hit = (events.state == target) & (age >= window[row, 0]) & (age < window[row, 1])
-        frame = pd.DataFrame({"patient": result.patient[hit], "t": events.t[hit]}).drop_duplicates()
+        frame = _entries(events, result.patient, hit)[["patient", "t"]]
         frames.append(frame.assign(module=entry.module, state=entry.state, to=entry.to))
     forced = (
         pd.concat(frames, ignore_index=True)
