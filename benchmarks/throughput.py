@@ -36,7 +36,7 @@ def _child(mode: str, patients: int, chunk_size: int) -> None:
         events = 0
         for start in range(0, patients, chunk_size):
             index = np.arange(start, min(start + chunk_size, patients), dtype=np.int64)
-            buffers, _, errors, _, _, _ = sim.simulate(index)
+            buffers, _, errors, _, _, _, _ = sim.simulate(index)
             events += len(buffers.t)
             assert not errors.any()
         seconds = time.perf_counter() - warm

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from simulator.export.bundles import Method
 from simulator.export.compression import check_compression
 from simulator.export.context import ExportContext
 from simulator.export.size import SizeEstimate, estimate_size, human_bytes
-from simulator.export.streams.writer import STREAM_FOLDERS, StreamPlan, StreamWriter, check_interval, parse_streams
+from simulator.export.streams.writer import STREAM_FOLDER, StreamPlan, StreamWriter, check_interval, parse_streams
 from simulator.export.writers import Export, OutputFolder, publish, run_folders
 from simulator.fit.calibration import fit, fit_groups, write_fitted
 from simulator.fit.mortality import fit_background_mortality, write_shares
@@ -41,7 +41,16 @@ from simulator.model.library import Library, default_rules_dir
 from simulator.model.loading import load_library
 from simulator.model.messiness import load_messiness
 from simulator.model.parsing import suggest
-from simulator.tables.chunks import chunks, count_chunk
+from simulator.scenario.output import (
+    attach,
+    check_scenario,
+    joined,
+    scenario_chunks,
+    scenario_settings,
+    summary,
+    write_truth,
+)
+from simulator.tables.chunks import Chunk, chunks, count_chunk
 from simulator.tables.population import Population
 from simulator.version import __version__
 
@@ -191,11 +200,11 @@ def _end_date(sim: Simulator) -> date:
     return reference_date_of(sim.library) if sim.config.reference_date is None else sim.config.reference_date
 
 
-def _build(config: RunConfig, report: Progress, say: Notify) -> Simulator:
+def _build(config: RunConfig, report: Progress, say: Notify, library: Library | None = None) -> Simulator:
     report("build", 0, 1)
     if kernel_needs_compiling():
         say(COMPILE_NOTICE)
-    return Simulator.build(config)
+    return Simulator.build(config, library)
 
 
 def _request(config: RunConfig, export: ExportConfig) -> str:
@@ -283,35 +292,61 @@ def run(
     progress: Progress | None = None,
     notify: Notify | None = None,
     dask: str | None = None,
+    scenario: str | Path | None = None,
 ) -> Population:
     """Simulate `config`; without `export` return the tables in memory, else stream every chunk to the
     files asked for (each under a temporary name, put in place when the run is complete) and return a
     Population that reads its tables back from them. The output folder is checked and created before
     anything loads or compiles; an earlier run in it is replaced, files it did not write are kept
     (`OutputFolder`); a failed or interrupted run leaves the folder as it was. `dask` ("local:N" or a
-    scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`)."""
+    scheduler address) writes the run in parts on a Dask cluster (`simulator.cluster`). `scenario`: a scenario
+    file (docs/scenarios.md) whose patients the run holds, with their weights and ground truth (`truth/`)."""
     if check_dask(dask) and export is None:
         raise ConfigError("dask", "a run on a Dask cluster is written to files: give an output folder (out)")
     if dask is not None and export is not None and export.messiness is not None:
         raise ConfigError("messiness", "a messy-data profile is not yet applied by a run on a Dask cluster")
     if export is not None and export.streams and dask is not None:
         raise ConfigError("streams", "monitoring streams are not written by a run on a Dask cluster yet")
+    if scenario is not None and dask is not None:
+        raise ConfigError("dask", "a scenario run is written by one process: leave out dask")
     report = progress or _ignore
     say = notify or _ignore
     counts: dict = {}
+    plan, library = check_scenario(scenario, config.modules_dir, config.rules_dir) if scenario else (None, None)
+    if plan is not None and config.mode != plan.scenario.mode:
+        raise ConfigError("mode", f"the scenario is a {plan.scenario.mode} run (got {config.mode})")
+    if plan is not None and config.decedent_years:
+        raise ConfigError("decedent_years", "a scenario run holds its patients only: give none")
+    truth: dict[str, list[pd.DataFrame]] = {}
+
+    def source(sim: Simulator) -> Iterator[Chunk]:
+        if plan is None:
+            return chunks(sim)
+        attach(sim, plan)
+        return scenario_chunks(sim, plan, truth)
+
+    def with_scenario(manifest: dict, sim: Simulator) -> dict[str, pd.DataFrame] | None:
+        if plan is None:
+            return None
+        frames = joined(truth)
+        manifest["scenario"] = summary(plan, sim, frames)
+        return frames
+
     if export is None:
-        sim = _build(config, report, say)
+        sim = _build(config, report, say, library)
         started = time.perf_counter()
         frames = []
-        for chunk in chunks(sim):
+        for chunk in source(sim):
             frames.append(chunk)
             count_chunk(counts, chunk)
             report("simulate", counts["patients"], config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
+        manifest = _manifest(sim, counts, timings, {})
         return Population(
-            _manifest(sim, counts, timings, {}),
+            manifest,
             _patients=pd.concat([f.patients for f in frames], ignore_index=True),
             _events=pd.concat([f.events for f in frames], ignore_index=True),
+            _truth=with_scenario(manifest, sim),
         )
     load_messiness(export.messiness, config.rules_dir or default_rules_dir())  # a bad profile stops the run here
     folder = OutputFolder.inspect(export.out, export.formats, export.overwrite)
@@ -320,8 +355,8 @@ def run(
         say(message)
     writer: Export | None = None
     try:
-        sim = _build(config, report, say)
-        if config.patients >= ESTIMATE_FROM_PATIENTS:
+        sim = _build(config, report, say, library)
+        if config.patients >= ESTIMATE_FROM_PATIENTS and plan is None:
             estimate = _estimate(sim, config, export)
             if estimate.total > LARGE_BYTES:
                 say(f"this run will write {estimate.describe()}; {human_bytes(estimate.free_bytes)} free there")
@@ -341,7 +376,7 @@ def run(
                 None,
                 streams,
             )
-            for chunk in chunks(sim):
+            for chunk in source(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
                 report("simulate", counts["patients"], config.patients)
@@ -353,6 +388,8 @@ def run(
         counts["resources"] = sum(resource_counts.values())
         timings = {**sim.timings, "simulate_and_write_s": time.perf_counter() - started}
         manifest = _manifest(sim, counts, timings, files)
+        if (truth_frames := with_scenario(manifest, sim)) is not None and writer is not None:
+            files.update(write_truth(writer.truth_staging(), truth_frames, export.formats))
         manifest["formats"] = list(export.formats)
         manifest["history_years"] = export.history_years
         manifest["decedent_years"] = config.decedent_years
@@ -360,10 +397,10 @@ def run(
         manifest["dask"] = dask
         if export.messiness is not None:
             manifest["messiness"] = export.messiness
-        folders = run_folders(export.out, export.formats, export.messiness is not None)
+        folders = run_folders(export.out, export.formats, writer is not None and writer.truth_folder is not None)
         if export.streams:
             manifest["streams"] = {"settings": list(export.streams), "interval_s": _stream_plan(sim, export).interval_s}
-            folders += [export.out / name for name in STREAM_FOLDERS if export.out / name not in folders]
+            folders.append(export.out / STREAM_FOLDER)
         data = json.dumps(manifest, indent=2, sort_keys=False).encode()
         publish(export.out, folders, data, folder.earlier_files)
     except BaseException:
@@ -400,6 +437,7 @@ def generate(
     stream_interval: float | None = None,
     progress: Progress | None = None,
     notify: Notify | None = None,
+    scenario: str | Path | None = None,
 ) -> Population:
     """Generate a synthetic population: `run` with keyword arguments.
 
@@ -413,7 +451,17 @@ def generate(
     (default: the `history_years` window, else DEFAULT_DECEDENT_YEARS; see `decedent_years`). `messiness`:
     "clean" (the default), "typical", "hostile" or a profile file: the written record gets the profile's
     errors, each logged in `out/truth/corruptions` (`simulator.export.messiness`; needs `out`). `streams`
-    ("icu,ward,ed") and `stream_interval` (seconds): dense monitoring streams, written with `out` only."""
+    ("icu,ward,ed") and `stream_interval` (seconds): dense monitoring streams, written with `out` only.
+    `scenario`: a scenario file (docs/scenarios.md): its patients and mode replace `patients` and `mode`, its
+    history, streams and messiness stand where those options are not given, it has no decedents, and the
+    Population has `truth` and `weights`."""
+    if scenario is not None:
+        settings = scenario_settings(scenario)
+        patients, mode, decedents = settings.patients, settings.mode, "none"
+        history_years = settings.history.years if history_years is None else history_years
+        streams = streams if streams is not None else (tuple(settings.streams.settings) or None)
+        stream_interval = settings.streams.interval_seconds if stream_interval is None else stream_interval
+        messiness = settings.messiness if messiness is None else messiness
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(
@@ -443,7 +491,7 @@ def generate(
         rules_dir=Path(rules_dir) if rules_dir else None,
         decedent_years=decedent_years(mode, decedents, history_years),
     )
-    return run(config, export if out is not None else None, progress, notify, dask)
+    return run(config, export if out is not None else None, progress, notify, dask, scenario)
 
 
 def validate(

@@ -264,6 +264,15 @@ def generate(
         float | None,
         typer.Option(metavar="SECONDS", help="Sampling interval of --streams, 1 to 3600 seconds (default 60)."),
     ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenario",
+            help="A scenario file (docs/scenarios.md): its patients, each with the course it asks for, their "
+            "weights and ground truth in OUT/truth/; its patients, mode and history replace --patients, --mode "
+            "and --history, and it has no decedents.",
+        ),
+    ] = None,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -278,10 +287,19 @@ def generate(
     """Generate a population into OUT (the help text is GENERATE_HELP)."""
     from simulator.api import ExportConfig, decedent_years, preview, run
     from simulator.export.streams.writer import parse_streams
+    from simulator.scenario.output import scenario_settings
+    from simulator.scenario.run import ScenarioError
 
     progress = None if quiet else RichProgress()
     notify = None if quiet else _notice
     try:
+        if scenario is not None:
+            settings = scenario_settings(scenario)
+            patients, mode, decedents = settings.patients, settings.mode, "none"
+            history = history if settings.history.years is None else f"{settings.history.years:g}"
+            streams = streams if streams is not None else (",".join(settings.streams.settings) or None)
+            stream_interval = settings.streams.interval_seconds if stream_interval is None else stream_interval
+            messiness = settings.messiness if messiness == "clean" else messiness
         export = ExportConfig(
             output,
             formats,
@@ -308,11 +326,11 @@ def generate(
         if dry_run:
             plan = preview(config, export, progress, notify)
         else:
-            population = run(config, export, progress, notify, dask)
+            population = run(config, export, progress, notify, dask, scenario)
     except ConfigError as exc:
         _usage(exc)
         return
-    except (LoadError, ValueError) as exc:
+    except (LoadError, ValueError, ScenarioError) as exc:
         _fail(exc)
         return
     except OSError as exc:  # a full disk, an unwritable --out, an unreadable table: partial output is removed
@@ -336,6 +354,12 @@ def generate(
         f"in {seconds:.1f} s ({rate:,.0f} patients/s) -> {output}/ ({size})",
         markup=False,
     )
+    if (made := population.manifest.get("scenario")) is not None:
+        out.print(
+            f"scenario: {made['histories_simulated']} histories simulated for {made['patients']} patients "
+            f"({made['rejected']} rejected); weights and ground truth in {output}/truth/",
+            markup=False,
+        )
 
 
 def _notice(message: str) -> None:
@@ -375,6 +399,32 @@ def check(
     n_states = sum(len(m.states) for m in library.modules)
     named = "" if files is None else f"{len(files)} named, {'alone' if alone else 'in the library'}; "
     out.print(f"ok: {named}{len(library.modules)} modules, {n_states} states, {len(library.file_sha256)} files checked")
+
+
+scenario_app = typer.Typer(help="Scenario files: cohorts conditioned on what happens to each patient.")
+app.add_typer(scenario_app, name="scenario")
+
+
+@scenario_app.command("check")
+def scenario_check(
+    path: Annotated[Path, typer.Argument(help="A scenario file (docs/scenarios.md).")],
+    modules: ModulesOption = None,
+    rules: RulesOption = None,
+) -> None:
+    """Check a scenario file against the library; report every problem as file:line:col: path: message."""
+    from simulator.scenario.output import check_scenario
+
+    try:
+        plan, _ = check_scenario(path, modules, rules)
+    except (LoadError, OSError) as exc:
+        _fail(exc)
+        return
+    scenario = plan.scenario
+    out.print(
+        f"ok: {scenario.patients} patients, {len(scenario.require)} requirements, "
+        f"{len(scenario.force)} forced branches, {len(scenario.tilt)} tilted hazards",
+        markup=False,
+    )
 
 
 def _module_source(paths: list[Path] | None) -> list[Path] | None:
@@ -427,11 +477,16 @@ def graph(
 
 
 @app.command()
-def schema(output: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None) -> None:
-    """Print the JSON Schema of module files (for editors)."""
+def schema(
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None,
+    scenario: Annotated[bool, typer.Option("--scenario", help="The schema of scenario files instead.")] = False,
+) -> None:
+    """Print the JSON Schema of module files, or of scenario files (for editors)."""
     from simulator.model.schema import DiseaseModule
+    from simulator.scenario.schema import Scenario
 
-    text = json.dumps(DiseaseModule.model_json_schema(by_alias=True), indent=2) + "\n"
+    model = Scenario if scenario else DiseaseModule
+    text = json.dumps(model.model_json_schema(by_alias=True), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:

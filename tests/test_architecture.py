@@ -19,8 +19,15 @@ LAYERS = (
     ("simulator.engine",),
     ("simulator.tables",),
     ("simulator.export",),
-    # teaching, audit: read a run; cluster: writes one on a Dask cluster
-    ("simulator.fit", "simulator.load", "simulator.teaching", "simulator.audit", "simulator.cluster"),
+    # teaching, audit: read a run; cluster: writes one on a Dask cluster; scenario: conditions one
+    (
+        "simulator.fit",
+        "simulator.load",
+        "simulator.teaching",
+        "simulator.audit",
+        "simulator.cluster",
+        "simulator.scenario",
+    ),
     ("simulator.api",),
     ("simulator.cli", "simulator.__main__"),
 )

@@ -39,7 +39,7 @@ def build(modules_dir: Path, rules_dir: Path, mode: str, seed: int) -> Simulator
 def kernel_events(sim: Simulator, index: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """The kernel's events as the reference writes them (names instead of ids), and the event
     stream of each patient (population mode redraws patients killed before the reference date)."""
-    events, patient, errors, _, _, stream = sim.simulate(index)
+    events, patient, errors, _, _, stream, _ = sim.simulate(index)
     assert not errors.any(), f"kernel error bits {np.unique(errors)}"
     codes = np.array([f"{c.system}|{c.code}" for c in sim.names.codes] + [""], dtype=object)
     modules = np.array([s.split(".", 1)[0] for s in sim.names.states] + [""], dtype=object)
@@ -333,3 +333,46 @@ def test_a_sum_derived_value_matches_the_reference_and_its_terms(tmp_path: Path)
     assert len(obs) > 100
     expected = np.floor(np.maximum(obs["2093-3"] - obs["2085-9"] - 0.2 * obs["2571-8"], 0.0) + 0.5)
     assert np.array_equal(obs["13457-7"].to_numpy(), expected.to_numpy())
+
+
+# --- a scenario: tilted hazards, forced branches, the log likelihood ratio ---------------------------------
+
+SCENARIO = """
+patients: 60
+require: [{condition: pneumonia}]
+force:
+  - {module: pneumonia_sepsis, state: cap_hospital_severity, to: cap_severe_icu}
+  - {module: stroke, state: stroke_onset, to: haemorrhagic_emergency, window: {age: {min: 50}}}
+tilt:
+  - {module: pneumonia_sepsis, state: cap_susceptible, to: cap_onset, factor: 30, window: {age: {min: 40, max: 70}}}
+  - {module: stroke, state: stroke_free, to: stroke_onset, factor: 10, window: {years_before_end: 5}}
+  - {module: atrial_fibrillation, state: af_free, to: af_onset, factor: 3}
+"""
+
+
+@pytest.mark.slow
+def test_kernel_matches_reference_under_a_scenario(tmp_path: Path, shipped_library: Library) -> None:
+    """Tilted hazards (inside age windows, a window before the end, the whole life) and forced branches (in a
+    window and always): the same events, and the same log likelihood ratio for each patient."""
+    from simulator.scenario.output import attach
+    from simulator.scenario.plan import load_plan
+
+    path = tmp_path / "scenario.yaml"
+    path.write_text(SCENARIO)
+    sim = Simulator.build(RunConfig(seed=7), shipped_library)
+    plan = load_plan(path, shipped_library, sim.model, sim.names)
+    attach(sim, plan)
+    index = np.arange(60, dtype=np.int64)
+    kernel, stream = kernel_events(sim, index)
+    log_weight = sim.simulate(index).log_weight
+    people = sample(sim.people_tables, sim.config.seed, index, False)._replace(index=stream)
+    t_end = np.full(len(index), sim.reference_t)
+    ref = simulate(
+        sim.library, sim.config.seed, people, t_end, PatientRun, plan.conditioning, plan.window_ages(people, t_end)
+    )
+    ref["patient"] = ref["patient"].map(dict(zip(stream.tolist(), index.tolist(), strict=True)))
+    assert_same_events(kernel, ref)
+    np.testing.assert_allclose(log_weight, ref.attrs["log_weight"], rtol=1e-9, atol=1e-9)
+    assert (log_weight != 0).mean() > 0.5  # the tilts changed most lives
+    forced = kernel[kernel["state"].isin(["cap_severe_icu", "haemorrhagic_emergency"])]
+    assert len(forced) > 0

@@ -246,6 +246,13 @@ class CompiledModel(NamedTuple):
     eq_female: np.ndarray  # float64: female factor
     eq_race: np.ndarray  # int32: race the race factor applies to (-1 none)
     eq_race_factor: np.ndarray  # float64
+    # scenario conditioning (simulator.scenario; neutral here): hazards tilted inside a window of age and
+    # branches forced there; the kernel adds the log likelihood ratio of each change to the patient's weight
+    hazard_tilt: np.ndarray  # float64[n_hazards]: factor on the hazard's rate inside its window (1: none)
+    hazard_window: np.ndarray  # int32[n_hazards]: the patient's window it applies in (-1: the whole life)
+    state_tilted: np.ndarray  # bool[n_states]: some hazard of the state is tilted
+    state_force: np.ndarray  # int32[n_states]: global branch taken inside its window (-1: none)
+    state_force_window: np.ndarray  # int32[n_states]: the window (-1: the whole life)
 
 
 @dataclass(frozen=True)
@@ -686,6 +693,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     blocks = [block for rule in rule_blocks for block in rule]
     at_start = [[b.observables[name] for name in start_observations(library, c)] for c in ENCOUNTER_CLASSES]
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
+    hazard_to, n_states = b.column("hazard", "to", i32), len(b.state_index)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
         module_stream=_frozen([module_stream(m.name) for m in b.modules], np.int64),
@@ -713,7 +721,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         branch_to=b.column("branch", "to", i32),
         case_guard=b.column("case", "guard", i32),
         case_to=b.column("case", "to", i32),
-        hazard_to=b.column("hazard", "to", i32),
+        hazard_to=hazard_to,
         hazard_rate_start=b.column("hazard", "rate_start", i32),
         hazard_ratio_start=b.column("hazard", "ratio_start", i32),
         hazard_ratio_n=b.column("hazard", "ratio_n", i32),
@@ -813,6 +821,11 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         eq_female=b.column("eq", "female", f8),
         eq_race=b.column("eq", "race", i32),
         eq_race_factor=b.column("eq", "race_factor", f8),
+        hazard_tilt=_frozen([1.0] * len(hazard_to), f8),
+        hazard_window=_frozen([-1] * len(hazard_to), i32),
+        state_tilted=_frozen([False] * n_states, np.bool_),
+        state_force=_frozen([-1] * n_states, i32),
+        state_force_window=_frozen([-1] * n_states, i32),
     )
     names = Names(
         modules=tuple(m.name for m in b.modules),

@@ -120,6 +120,10 @@ class Scratch(NamedTuple):
     bg: np.ndarray  # float64[2]: background death time now, and the background hazard multiplier it was drawn at
     bg_cum_hazard: np.ndarray  # float64[2, n_ages + 1]: cumulative background hazard at whole ages, by sex (people)
     bg_tail_rate: np.ndarray  # float64[2]: background hazard per year past the table
+    win: np.ndarray  # float64[n_windows, 2]: the patient's scenario windows, [from, to) in years of age
+    log_weight: np.ndarray  # float64[1]: log likelihood ratio of the life so far, unconditioned / conditioned
+    exposure_t: np.ndarray  # float64[n_modules]: tilted hazards counted into log_weight up to here (inf: none)
+    wake_age: np.ndarray  # float64[n_modules]: start (years of age) of the stretch the scheduled hazard fires in
 
 
 class Person(NamedTuple):
@@ -151,7 +155,7 @@ class Events(NamedTuple):
 
 
 @njit(cache=True)
-def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: np.ndarray) -> Scratch:
+def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: np.ndarray, n_windows: int) -> Scratch:
     n_modules = model.module_start.shape[0]
     return Scratch(
         np.zeros(1, np.uint64),
@@ -196,6 +200,10 @@ def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: n
         np.zeros(2, np.float64),
         bg_cum_hazard,
         bg_tail_rate,
+        np.zeros((max(n_windows, 1), 2), np.float64),
+        np.zeros(1, np.float64),
+        np.zeros(n_modules, np.float64),
+        np.zeros(n_modules, np.float64),
     )
 
 
@@ -229,6 +237,8 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.obs_lag_t[:] = np.nan
     sc.entered_t[:] = -np.inf
     sc.hz_mult[:] = -1.0
+    sc.log_weight[0] = 0.0
+    sc.exposure_t[:] = np.inf
     for o in range(sc.obs_z.shape[0]):
         sc.obs_z[o] = normal(sc.rng)
 
@@ -415,15 +425,69 @@ def hazard_multipliers(model: CompiledModel, sc: Scratch, p: Person, m: int, s: 
     return changed
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def tilt_at(model: CompiledModel, sc: Scratch, h: int, age: float) -> float:
+    """The scenario's factor on hazard h at this age (1 outside its window)."""
+    w = model.hazard_window[h]
+    if w >= 0 and not sc.win[w, 0] <= age < sc.win[w, 1]:
+        return 1.0
+    return model.hazard_tilt[h]
+
+
 @njit(cache=True, _nrt=False)
-def band_rate(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int) -> float:
-    """Total rate per year of state s's competing hazards in one age band."""
+def next_window_edge(model: CompiledModel, sc: Scratch, s: int, age: float) -> float:
+    """The first edge after `age` of the windows of state s's tilted hazards (inf: none), where a rate changes."""
+    edge = np.inf
+    for h in range(model.state_sub_start[s], model.state_sub_start[s] + model.state_sub_n[s]):
+        w = model.hazard_window[h]
+        if model.hazard_tilt[h] != 1.0 and w >= 0:
+            for at in (sc.win[w, 0], sc.win[w, 1]):
+                if age < at < edge:
+                    edge = at
+    return edge
+
+
+@njit(cache=True, _nrt=False)
+def band_rate(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int, age: float) -> float:
+    """Total rate per year of state s's competing hazards in one age band, at `age` in it (scenario tilts)."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
     total = 0.0
     for k in range(model.state_sub_n[s]):
         h = model.state_sub_start[s] + k
-        total += sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+        rate = sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+        if model.state_tilted[s]:
+            rate *= tilt_at(model, sc, h, age)
+        total += rate
     return total
+
+
+@njit(cache=True, _nrt=False)
+def count_exposure(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
+    """Add to the log weight what the tilts of state s's hazards changed from exposure_t[m] to t: the
+    integral of (factor - 1) x rate (a piecewise-exponential likelihood ratio's exp(-integral of the
+    difference)), at the multipliers in hz_mult; exposure then runs on from t."""
+    t0 = sc.exposure_t[m]
+    sc.exposure_t[m] = t
+    if not t0 < t:
+        return
+    rates = model.rate_male if p.sex == 0 else model.rate_female
+    start, n_bands = model.state_band_start[s], model.state_band_n[s]
+    age, stop = age_years(p, t0), age_years(p, t)
+    band = 0
+    while band + 1 < n_bands and model.band_edge_years[start + band + 1] <= age:
+        band += 1
+    while age < stop:
+        end = model.band_edge_years[start + band + 1] if band + 1 < n_bands else np.inf
+        end = min(end, next_window_edge(model, sc, s, age), stop)
+        for k in range(model.state_sub_n[s]):
+            h = model.state_sub_start[s] + k
+            factor = tilt_at(model, sc, h, age)
+            if factor != 1.0:
+                rate = sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+                sc.log_weight[0] += (factor - 1.0) * rate * (end - age)
+        if band + 1 < n_bands and model.band_edge_years[start + band + 1] <= end:
+            band += 1
+        age = end
 
 
 @njit(cache=True, _nrt=False)
@@ -452,7 +516,11 @@ def use_stream(sc: Scratch, m: int) -> None:
 @njit(cache=True, _nrt=False)
 def schedule_hazards(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
-    the age bands; wake earlier if a hazard ratio's guard may flip before then."""
+    the age bands (and the edges of its scenario windows); wake earlier if a hazard ratio's guard may flip
+    before then."""
+    tilted = model.state_tilted[s]
+    if tilted:
+        count_exposure(model, sc, p, m, s, t)  # at the multipliers so far
     hazard_multipliers(model, sc, p, m, s, t)
     use_stream(sc, m)
     remaining = exponential(sc.rng)
@@ -464,16 +532,20 @@ def schedule_hazards(model: CompiledModel, sc: Scratch, p: Person, m: int, s: in
         band += 1
     hit_t = np.inf
     while True:
-        rate = band_rate(model, sc, p, m, s, band)
+        rate = band_rate(model, sc, p, m, s, band, age)
         end = model.band_edge_years[start + band + 1] if band + 1 < n_bands else np.inf
+        if tilted:
+            end = min(end, next_window_edge(model, sc, s, age))
         if rate > 0.0 and rate * (end - age) >= remaining:
             hit_t = p.birth_t + (age + remaining / rate) * DAYS_PER_YEAR
             break
         if end == np.inf:
             break
         remaining -= rate * (end - age)
+        if band + 1 < n_bands and model.band_edge_years[start + band + 1] <= end:
+            band += 1
         age = end
-        band += 1
+    sc.wake_age[m] = age
     recheck = hazard_recheck(model, sc, p, s, t)
     if recheck < hit_t:
         sc.wake_t[m] = recheck
@@ -490,16 +562,21 @@ def fired_hazard(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int) -
     rates = model.rate_male if p.sex == 0 else model.rate_female
     band = sc.wake_band[m]
     use_stream(sc, m)
-    pick = uniform(sc.rng) * band_rate(model, sc, p, m, s, band)
+    age = sc.wake_age[m]
+    pick = uniform(sc.rng) * band_rate(model, sc, p, m, s, band, age)
     last = model.state_sub_start[s]
     for k in range(model.state_sub_n[s]):
         h = model.state_sub_start[s] + k
         rate = sc.hz_mult[m, k] * rates[model.hazard_rate_start[h] + band]
+        if model.state_tilted[s]:
+            rate *= tilt_at(model, sc, h, age)
         if rate > 0.0:
             last = h
             if pick < rate:
-                return model.hazard_to[h]
+                break
             pick -= rate
+    if model.state_tilted[s]:  # the density ratio of the hazard that fired: rate / (factor x rate)
+        sc.log_weight[0] -= math.log(tilt_at(model, sc, last, age))
     return model.hazard_to[last]
 
 
@@ -989,6 +1066,12 @@ def choose(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> in
     if kind == codes.X_BRANCHES:
         use_stream(sc, model.state_module[s])
         pick = uniform(sc.rng)
+        forced = model.state_force[s]
+        if forced >= 0:
+            w = model.state_force_window[s]
+            if w < 0 or sc.win[w, 0] <= age_years(p, t) < sc.win[w, 1]:
+                sc.log_weight[0] += math.log(model.branch_prob[forced])  # taken with probability 1, not this
+                return model.branch_to[forced]
         for k in range(start, start + model.state_sub_n[s]):
             if pick < model.branch_prob[k]:
                 return model.branch_to[k]
@@ -1067,6 +1150,9 @@ def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: f
         if sc.wake_kind[m] == W_REEVALUATE:
             schedule_hazards(model, sc, p, m, s, t)
             return
+        if model.state_tilted[s]:
+            count_exposure(model, sc, p, m, s, t)
+            sc.exposure_t[m] = np.inf
         target = fired_hazard(model, sc, p, m, s)
     else:
         target = choose(model, sc, p, s, t)
@@ -1108,6 +1194,8 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
             if sc.wait_kind[m] == WAIT_CASES:
                 leave(model, ev, sc, p, m, t)
             elif sc.wait_kind[m] == WAIT_NONE and model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
+                if model.state_tilted[s]:
+                    count_exposure(model, sc, p, m, s, t)  # before the multipliers change
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -1119,8 +1207,12 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
 
 
 @njit(cache=True, _nrt=False)
-def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int) -> None:
+def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int, window: np.ndarray) -> None:
+    """Simulate one patient; `window`: their scenario windows (float64[n_windows, 2], years of age)."""
     reset(model, sc, p, seed)
+    for w in range(window.shape[0]):
+        sc.win[w, 0] = window[w, 0]
+        sc.win[w, 1] = window[w, 1]
     t = p.birth_t
     n_modules = model.module_start.shape[0]
     for m in range(n_modules):
@@ -1143,7 +1235,8 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
         if sc.bg[0] < t_next:
             t_next, what = sc.bg[0], 2
         if t_next >= p.t_end or what < 0:
-            return
+            t = p.t_end
+            break
         t = t_next
         if what == 0:
             end_pending(ev, sc, p, which, t)
@@ -1154,8 +1247,11 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
             leave(model, ev, sc, p, which, t)
         else:
             die(model, ev, sc, p, t, background_cause(model, sc, p, t), -1)
-            return
+            break
         settle(model, ev, sc, p, t)
+    for m in range(n_modules):  # tilted hazards still pending were exposed until the end or death
+        if sc.exposure_t[m] < np.inf:
+            count_exposure(model, sc, p, m, sc.cur_state[m], t)
 
 
 class Lives(NamedTuple):
@@ -1165,6 +1261,7 @@ class Lives(NamedTuple):
     t_end: np.ndarray  # float64: end of the simulated window, days since 1970-01-01
     base: np.ndarray  # int64: first row of the patient's region in the event buffers
     capacity: np.ndarray  # int64: rows of that region
+    window: np.ndarray  # float64[n, n_windows, 2]: scenario windows, [from, to) in years of age (CompiledModel)
 
 
 class Outcome(NamedTuple):
@@ -1173,6 +1270,7 @@ class Outcome(NamedTuple):
     n_events: np.ndarray  # int64: the true count, which may exceed capacity (then rerun with more room)
     error: np.ndarray  # int64: E_* bits
     entered: np.ndarray  # uint64[n, ceil(n_states / 64)]: bit s set when the patient ever entered global state s
+    log_weight: np.ndarray  # float64: log likelihood ratio of the life, unconditioned / scenario (0 without one)
 
 
 @njit(cache=True, parallel=True)
@@ -1185,9 +1283,10 @@ def simulate(
     n = lives.stream.shape[0]
     n_blocks = min(n, 256)
     n_states = model.state_module.shape[0]
-    n_events, error, entered = outcome  # Numba's parallel loop drops writes made through a tuple's arrays
+    n_events, error, entered, log_weight = outcome  # Numba's parallel loop drops writes made through a tuple's arrays
+    n_windows = lives.window.shape[1]
     for b in prange(n_blocks):
-        sc = new_scratch(model, tables.cum_hazard, tables.tail_rate)
+        sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, n_windows)
         for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
             p = Person(
                 lives.stream[i],
@@ -1201,9 +1300,10 @@ def simulate(
                 lives.capacity[i],
                 people.utc_offset_days[i],
             )
-            simulate_patient(model, ev, sc, p, seed)
+            simulate_patient(model, ev, sc, p, seed, lives.window[i])
             n_events[i] = sc.counters[C_EVENTS]
             error[i] = sc.counters[C_ERROR]
+            log_weight[i] = sc.log_weight[0]
             for s in range(n_states):
                 if sc.entered_t[s] > -np.inf:
                     entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)

@@ -195,12 +195,24 @@ class Track:
     wake_t: float = INF
     wake: str = ""  # "fire" | "reevaluate" | "clinic" (enter `state` at its booked slot) | "" (none scheduled)
     band: int = 0  # the age band a scheduled hazard fires in
+    wake_age: float = 0.0  # start (years of age) of the stretch a scheduled hazard fires in (scenario windows)
+    exposure_t: float = INF  # a tilted hazard's exposure is counted into the log weight up to here (inf: none)
     waiting: str = ""  # "wellness" | "cases" | "clinic" | ""
     multipliers: list[float] = field(default_factory=list)  # hazard-ratio product per hazard
     encounter: int = -1  # the encounter this module's events attach to
     encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
     encounter_t: float = 0.0
     rng: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint64))  # the module's own stream
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """A scenario's changes to the model, as the reference reads them: `tilts` (module, state, hazard number)
+    -> (factor on its rate, window), `forced` (module, state) -> (branch number, window); a window is a
+    column of the patients' windows (years of age, [from, to)), -1 the whole life."""
+
+    tilts: dict[tuple[str, str, int], tuple[float, int]] = field(default_factory=dict)
+    forced: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -232,8 +244,18 @@ class Person:
 class PatientRun:
     """One patient simulated from birth to t_end or death."""
 
-    def __init__(self, library: Library, seed: int, person: Person) -> None:
+    def __init__(
+        self,
+        library: Library,
+        seed: int,
+        person: Person,
+        conditioning: Conditioning | None = None,
+        windows: list[tuple[float, float]] | None = None,
+    ) -> None:
         self.library, self.index = library, person.index
+        self.conditioning = conditioning or Conditioning()
+        self.windows = windows or []
+        self.log_weight = 0.0  # log likelihood ratio of the life, unconditioned / conditioned
         self.birth_t, self.sex, self.race, self.ethnicity = person.birth_t, person.sex, person.race, person.ethnicity
         self.t_end, self.death_t, self.utc_offset_days = person.t_end, person.death_t, person.utc_offset_days
         hours = library.providers.clinic_hours
@@ -284,6 +306,7 @@ class PatientRun:
             wakes = [(track.wake_t, 2, k) for k, track in enumerate(self.tracks)]
             t, what, k = min([*ends, *rounds, *wakes, (self.death_t, 3, 0)])
             if t >= self.t_end:
+                t = self.t_end
                 break
             if what == 0:
                 self.end_encounter(k, t)
@@ -294,7 +317,11 @@ class PatientRun:
                 self.leave(self.tracks[k], t)
             else:
                 self.die(t, self.background_cause(t), "", "")
+                break
             self.settle(t)
+        for track in self.tracks:  # tilted hazards still pending were exposed until the end or death
+            if track.exposure_t < INF:
+                self.count_exposure(track, t)
         return self.events
 
     def move_background_death(self, condition: str, t: float) -> None:
@@ -355,6 +382,8 @@ class PatientRun:
                 if track.waiting == "cases":
                     self.leave(track, t)
                 elif track.waiting == "" and state.hazards is not None and track.wake_t > t:
+                    if self.is_tilted(track):
+                        self.count_exposure(track, t)  # before the multipliers change
                     if self.multipliers(track, state, t) != track.multipliers:
                         self.schedule_hazards(track, t)
                     elif (recheck := self.recheck_time(track, state, t)) < track.wake_t:
@@ -408,6 +437,9 @@ class PatientRun:
             if track.wake == "reevaluate":
                 self.schedule_hazards(track, t)
                 return
+            if self.is_tilted(track):
+                self.count_exposure(track, t)
+                track.exposure_t = INF
             target = self.fired_hazard(track, state)
         else:
             target = self.choose(track, state, t)
@@ -422,6 +454,10 @@ class PatientRun:
             return state.next
         if state.branches is not None:
             pick = uniform(track.rng)
+            forced = self.conditioning.forced.get((track.module.name, track.state))
+            if forced is not None and self.in_window(forced[1], (t - self.birth_t) / DAYS_PER_YEAR):
+                self.log_weight += math.log(state.branches[forced[0]].probability)  # taken with probability 1
+                return state.branches[forced[0]].to
             for branch in state.branches:
                 if pick < branch.probability:
                     return branch.to
@@ -524,12 +560,58 @@ class PatientRun:
             out.append(product)
         return out
 
-    def rates(self, track: Track, state: State, band_start: float) -> list[float]:
-        """Rate per year of each competing hazard in the band that starts at band_start."""
+    def rates(self, track: Track, state: State, band_start: float, age: float) -> list[float]:
+        """Rate per year of each competing hazard in the band that starts at band_start, at `age` in it
+        (times the scenario's tilt there)."""
         hazards = state.hazards or []
         return [
-            m * rate_at(h.rate_per_year, self.sex, band_start) for m, h in zip(track.multipliers, hazards, strict=True)
+            m * rate_at(h.rate_per_year, self.sex, band_start) * self.tilt(track, k, age)
+            for k, (m, h) in enumerate(zip(track.multipliers, hazards, strict=True))
         ]
+
+    # --- scenario conditioning -------------------------------------------------------------------
+
+    def in_window(self, window: int, age: float) -> bool:
+        return window < 0 or self.windows[window][0] <= age < self.windows[window][1]
+
+    def is_tilted(self, track: Track) -> bool:
+        return any((track.module.name, track.state) == key[:2] for key in self.conditioning.tilts)
+
+    def tilt(self, track: Track, k: int, age: float) -> float:
+        """The scenario's factor on hazard k of the module's state at this age (1: none, or outside its window)."""
+        factor, window = self.conditioning.tilts.get((track.module.name, track.state, k), (1.0, -1))
+        return factor if self.in_window(window, age) else 1.0
+
+    def window_edge(self, track: Track, age: float) -> float:
+        """The first edge after `age` of the windows of the state's tilted hazards (inf: none)."""
+        edges = [
+            edge
+            for (module, state, _), (_, window) in self.conditioning.tilts.items()
+            if (module, state) == (track.module.name, track.state) and window >= 0
+            for edge in self.windows[window]
+        ]
+        return min([edge for edge in edges if edge > age], default=INF)
+
+    def count_exposure(self, track: Track, t: float) -> None:
+        """Add (factor - 1) x the integral of each tilted hazard's rate from track.exposure_t to t to the log
+        weight (the exp(-integral of the rate difference) of a piecewise-exponential likelihood ratio)."""
+        t0, track.exposure_t = track.exposure_t, t
+        if not t0 < t:
+            return
+        state = track.module.states[track.state]
+        edges = band_edges(state)
+        age, stop = (t0 - self.birth_t) / DAYS_PER_YEAR, (t - self.birth_t) / DAYS_PER_YEAR
+        band = max([k for k, edge in enumerate(edges) if edge <= age], default=0)
+        while age < stop:
+            end = min(edges[band + 1] if band + 1 < len(edges) else INF, self.window_edge(track, age), stop)
+            for k, (m, hazard) in enumerate(zip(track.multipliers, state.hazards or [], strict=True)):
+                factor = self.tilt(track, k, age)
+                if factor != 1.0:
+                    rate = m * rate_at(hazard.rate_per_year, self.sex, edges[band])
+                    self.log_weight += (factor - 1.0) * rate * (end - age)
+            if band + 1 < len(edges) and edges[band + 1] <= end:
+                band += 1
+            age = end
 
     def recheck_time(self, track: Track, state: State, t: float) -> float:
         """When the first of the state's hazard-ratio guards may flip (inf if none can)."""
@@ -540,6 +622,8 @@ class PatientRun:
         """Draw when the first of the state's competing hazards fires, walking the age bands; wake up
         earlier to re-draw if a hazard ratio's guard may flip before then."""
         state = track.module.states[track.state]
+        if self.is_tilted(track):
+            self.count_exposure(track, t)  # at the multipliers so far
         track.multipliers = self.multipliers(track, state, t)
         remaining = exponential(track.rng)
         edges = band_edges(state)
@@ -547,15 +631,18 @@ class PatientRun:
         band = max([k for k, edge in enumerate(edges) if edge <= age], default=0)
         hit_t = INF
         while True:
-            rate = sum(self.rates(track, state, edges[band]))
-            end = edges[band + 1] if band + 1 < len(edges) else INF
+            rate = sum(self.rates(track, state, edges[band], age))
+            end = min(edges[band + 1] if band + 1 < len(edges) else INF, self.window_edge(track, age))
             if rate > 0.0 and rate * (end - age) >= remaining:
                 hit_t = self.birth_t + (age + remaining / rate) * DAYS_PER_YEAR
                 break
             if end == INF:
                 break
             remaining -= rate * (end - age)
-            age, band = end, band + 1
+            if band + 1 < len(edges) and edges[band + 1] <= end:
+                band += 1
+            age = end
+        track.wake_age = age
         recheck = self.recheck_time(track, state, t)
         if recheck < hit_t:
             track.wake_t, track.wake = recheck, "reevaluate"
@@ -564,17 +651,17 @@ class PatientRun:
 
     def fired_hazard(self, track: Track, state: State) -> str:
         """Which hazard fired: chosen in proportion to the rates in the band it fired in."""
-        rates = self.rates(track, state, band_edges(state)[track.band])
+        rates = self.rates(track, state, band_edges(state)[track.band], track.wake_age)
         pick = uniform(track.rng) * sum(rates)
-        hazards = state.hazards or []
-        chosen = hazards[0]
-        for hazard, rate in zip(hazards, rates, strict=True):
+        chosen = 0
+        for k, rate in enumerate(rates):
             if rate > 0.0:
-                chosen = hazard
+                chosen = k
                 if pick < rate:
-                    return hazard.to
+                    break
                 pick -= rate
-        return chosen.to
+        self.log_weight -= math.log(self.tilt(track, chosen, track.wake_age))  # rate / (factor x rate)
+        return (state.hazards or [])[chosen].to
 
     # --- actions ---------------------------------------------------------------------------------
 
@@ -837,14 +924,22 @@ class PatientRun:
 
 
 def simulate(
-    library: Library, seed: int, people: People, t_end: np.ndarray, run_class: type[PatientRun] = PatientRun
+    library: Library,
+    seed: int,
+    people: People,
+    t_end: np.ndarray,
+    run_class: type[PatientRun] = PatientRun,
+    conditioning: Conditioning | None = None,
+    windows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Events of `people` (as population.sample draws them) up to t_end[i] each, one row per event in
     the order they happen: patient (index), t (days), kind (an EVENT_KINDS name), code ("SYSTEM|code"),
-    value, encounter (per-patient number, -1 none), module and state ("" for background death)."""
+    value, encounter (per-patient number, -1 none), module and state ("" for background death). Under a
+    scenario's `conditioning` (`windows`: float64[n, n_windows, 2], years of age) each patient's log likelihood
+    ratio is in the frame's attrs["log_weight"]."""
     races = [c.name for c in library.demographics.race]
     ethnicities = [c.name for c in library.demographics.ethnicity]
-    rows = []
+    rows, log_weights = [], []
     for i, index in enumerate(people.index.tolist()):
         sex, race, ethnicity = "MF"[int(people.sex[i])], races[people.race[i]], ethnicities[people.ethnicity[i]]
         person = Person(
@@ -857,7 +952,12 @@ def simulate(
             float(people.death_t[i]),
             float(people.utc_offset_days[i]),
         )
+        patient_windows = [] if windows is None else [(float(a), float(b)) for a, b in windows[i]]
+        run = run_class(library, seed, person, conditioning, patient_windows)
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-            events = run_class(library, seed, person).run()
+            events = run.run()
+        log_weights.append(run.log_weight)
         rows += [(index, e.t, e.kind, code_text(e.code), e.value, e.encounter, e.module, e.state) for e in events]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame.attrs["log_weight"] = log_weights
+    return frame

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -99,8 +100,9 @@ class RunConfig:
 class Simulated(NamedTuple):
     """What the kernel made of patients `index`: flat event buffers (patient order), the patient of
     each event, per-patient error bits, the drawn people, which states each patient entered
-    (uint64[n, ceil(n_states / 64)], bit s of a row: global state s), and the event stream each
-    patient's history came from (int64[n]; the index itself unless redrawn in population mode)."""
+    (uint64[n, ceil(n_states / 64)], bit s of a row: global state s), the event stream each
+    patient's history came from (int64[n]; the index itself unless redrawn in population mode), and the
+    log likelihood ratio of each history against the unconditioned model (float64[n]; 0 without a scenario)."""
 
     events: Events
     patient: np.ndarray
@@ -108,6 +110,7 @@ class Simulated(NamedTuple):
     people: People
     entered: np.ndarray
     stream: np.ndarray
+    log_weight: np.ndarray
 
     def state_patients(self) -> np.ndarray:
         """Number of patients who entered each global state (int64[n_states])."""
@@ -126,6 +129,8 @@ class Simulator:
     people_tables: PeopleTables
     config: RunConfig
     capacity: int = 1024  # events per patient in the first pass; grows with what patients need
+    # a scenario's windows (simulator.scenario): float64[n, n_windows, 2] in years of age, from people and t_end
+    windows: Callable[[People, np.ndarray], np.ndarray] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -244,11 +249,11 @@ class Simulator:
         horizon = people.birth_t + LIFETIME_HORIZON_YEARS * DAYS_PER_YEAR
         t_end = horizon if lifetime else np.full(len(index), self.reference_t)
         capacity = np.full(len(index), self.capacity, np.int64)
-        events, counts, errors, entered = self._run(stream, people, t_end, capacity)
+        events, counts, errors, entered, log_weight = self._run(stream, people, t_end, capacity)
         over = counts > capacity
         if over.any():
             capacity2 = counts[over]
-            events2, _, errors[over], entered[over] = self._run(
+            events2, _, errors[over], entered[over], log_weight[over] = self._run(
                 stream[over], _subset(people, over), t_end[over], capacity2
             )
             events = _merge(events, capacity, counts, events2, capacity2, over)
@@ -256,11 +261,11 @@ class Simulator:
                 self.capacity = int(min(4 * self.capacity, max(self.capacity, np.percentile(counts, 99.5) * 1.25)))
         else:
             events = _compact(events, capacity, counts)
-        return Simulated(events, np.repeat(index, counts), errors, people, entered, stream), counts
+        return Simulated(events, np.repeat(index, counts), errors, people, entered, stream, log_weight), counts
 
     def _run(
         self, stream: np.ndarray, people: People, t_end: np.ndarray, capacity: np.ndarray
-    ) -> tuple[Events, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[Events, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One kernel call: patient i lives event stream `stream[i]`, writing into its own region of
         `capacity[i]` rows."""
         n = len(stream)
@@ -280,11 +285,13 @@ class Simulator:
             n_events=np.zeros(n, np.int64),
             error=np.zeros(n, np.int64),
             entered=np.zeros((n, (len(self.names.state_names) + 63) // 64), np.uint64),
+            log_weight=np.zeros(n),
         )
-        lives = Lives(stream=stream.astype(np.int64), t_end=t_end, base=base, capacity=capacity.astype(np.int64))
+        window = np.zeros((n, 0, 2)) if self.windows is None else self.windows(people, t_end)
+        lives = Lives(stream.astype(np.int64), t_end, base, capacity.astype(np.int64), window)
         with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
             simulate(self.model, self.config.seed, people, lives, events, outcome, self.people_tables)
-        return events, outcome.n_events, outcome.error, outcome.entered
+        return events, outcome.n_events, outcome.error, outcome.entered, outcome.log_weight
 
 
 def _splice(
@@ -295,10 +302,12 @@ def _splice(
     merged_counts = counts.copy()
     merged_counts[mask] = counts2
     errors, entered, stream = first.errors.copy(), first.entered.copy(), first.stream.copy()
+    log_weight = first.log_weight.copy()
     errors[mask], entered[mask], stream[mask] = second.errors, second.entered, second.stream
+    log_weight[mask] = second.log_weight
     events = _merge(first.events, counts, merged_counts, second.events, counts2, mask)
     patient = np.repeat(first.people.index, merged_counts)
-    return Simulated(events, patient, errors, first.people, entered, stream), merged_counts
+    return Simulated(events, patient, errors, first.people, entered, stream, log_weight), merged_counts
 
 
 def _death_times(result: Simulated, counts: np.ndarray) -> np.ndarray:
@@ -325,6 +334,7 @@ def _relabel(parts: list[tuple[Simulated, np.ndarray]], index: np.ndarray) -> Si
         people._replace(index=index),
         np.concatenate([r.entered for r in results]),
         np.concatenate([r.stream for r in results]),
+        np.concatenate([r.log_weight for r in results]),
     )
 
 

@@ -486,7 +486,12 @@ WRITES = {
 # Folders of the optional outputs (`--streams`, simulator.export.streams) and what a run writes in them.
 EXTRA_WRITES = {
     "streams": ("streams.parquet", "streams.*.parquet"),
-    TRUTH: (*WRITES[TRUTH], "stream_artefacts.parquet", "stream_artefacts.*.parquet"),
+    TRUTH: (
+        *WRITES[TRUTH],
+        "stream_artefacts.parquet",
+        "stream_artefacts.*.parquet",
+        *(f"{name}.{suffix}" for name in ("weights", "states", "onsets", "forced") for suffix in ("parquet", "csv")),
+    ),
 }
 WRITES.update(EXTRA_WRITES)
 OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_WRITES)  # every folder a run writes
@@ -494,9 +499,9 @@ OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_WRITES)  # every folder a run writes
 LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*OUTPUT_FOLDERS, RUN_MANIFEST))
 
 
-def run_folders(out: Path, formats: tuple[str, ...], messiness: bool) -> list[Path]:
-    """The output folders of a run of `formats` (truth/ with a messy-data profile)."""
-    return [out / FOLDERS[f] for f in formats] + ([out / TRUTH] if messiness else [])
+def run_folders(out: Path, formats: tuple[str, ...], truth: bool) -> list[Path]:
+    """The output folders of a run of `formats` (and truth/ if it wrote ground truth)."""
+    return [out / FOLDERS[f] for f in formats] + ([out / TRUTH] if truth else [])
 
 
 @dataclass
@@ -672,7 +677,8 @@ class Export:
         self.truth: TruthWriter | None = None
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter | TruthWriter] = []
         self.extra: list[ChunkWriter] = []  # fed and closed before the FHIR writer, which lists their files
-        self.truth_folder: Staging | None = None  # truth/: what the messy-data pass changed, the streams' artefacts
+        self.out_part = part
+        self.truth_folder: Staging | None = None  # truth/ once a writer asks for it (`truth_staging`)
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
                 url = base_url or bulk_base_url(out)
@@ -687,17 +693,22 @@ class Export:
                 if kind in formats:
                     self.tables.append(TableWriter(out, kind, self.background, part))
                     self.writers.append(self.tables[-1])
-            if context.messiness is not None or streams is not None:
-                self.truth_folder = Staging.start(out, TRUTH, part)
             if context.messiness is not None:
-                self.truth = TruthWriter(self.truth_folder, "csv" in formats, self.background)
+                self.truth = TruthWriter(self.truth_staging(), "csv" in formats, self.background)
                 self.writers.append(self.truth)
             if streams is not None:
-                self.extra.append(streams(self.ndjson, self.truth_folder, part))
+                self.extra.append(streams(self.ndjson, self.truth_staging(), part))
         except BaseException:
             self.abort()
             raise
         self.resource_counts: dict[str, int] = {}
+
+    def truth_staging(self) -> Staging:
+        """The run's truth/ folder, one for all the ground-truth tables (the messy-data log, the streams'
+        artefacts, a scenario's truth), started when first asked for."""
+        if self.truth_folder is None:
+            self.truth_folder = Staging.start(self.out, TRUTH, self.out_part)
+        return self.truth_folder
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
         """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time."""

@@ -22,6 +22,23 @@ class Population:
     out: Path | None = None
     _patients: pd.DataFrame | None = None
     _events: pd.DataFrame | None = None
+    _truth: dict[str, pd.DataFrame] | None = None
+
+    @cached_property
+    def truth(self) -> dict[str, pd.DataFrame]:
+        """A scenario run's ground truth (simulator.scenario.run.truth_tables): table name -> DataFrame."""
+        if self._truth is not None:
+            return self._truth
+        folder = None if self.out is None else self.out / "truth"
+        if folder is None or not folder.is_dir():
+            raise FileNotFoundError("this run holds no ground truth: only a scenario run (--scenario) has one")
+        return {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
+
+    @cached_property
+    def weights(self) -> pd.Series:
+        """Each patient's importance weight against the unconditioned model (a scenario run's), by patient."""
+        weights = self.truth["weights"]
+        return pd.Series(weights["weight"].to_numpy(), index=weights["patient"].to_numpy(), name="weight")
 
     @cached_property
     def patients(self) -> pd.DataFrame:

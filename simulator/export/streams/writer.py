@@ -25,7 +25,7 @@ from simulator.export.writers import NdjsonWriter, Part, Staging, _sha256
 from simulator.model.library import Library
 from simulator.model.streams import StreamRules
 
-STREAM_FOLDERS = ("streams", "truth")
+STREAM_FOLDER = "streams"
 FLUSH_ROWS = 2_000_000  # rows held before a Parquet write (about 60 MB of arrays)
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0
 SECONDS_PER_DAY = 86400.0
@@ -142,7 +142,7 @@ class StreamWriter:
         self.plan = plan
         self.seed = seed
         self.ndjson = ndjson
-        self.streams = Staging.start(out, "streams", part)
+        self.streams = Staging.start(out, STREAM_FOLDER, part)
         self.truth = truth  # the run's truth/ folder (`Export.truth_folder`), shared with the messy-data log
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.rows = {"streams": 0, "stream_artefacts": 0}

@@ -1,0 +1,88 @@
+"""A scenario run's chunks, its ground truth (in memory and as OUT/truth/ tables) and its manifest entry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulator.engine.compiler import compile_library
+from simulator.engine.run import Simulator
+from simulator.export.writers import Staging
+from simulator.model.library import Library
+from simulator.model.loading import load_library
+from simulator.model.parsing import parse_yaml, validate
+from simulator.scenario.plan import Plan, load_plan
+from simulator.scenario.run import simulate_scenario, truth_tables
+from simulator.scenario.schema import Scenario
+from simulator.tables.chunks import Chunk, _tables
+
+TRUTH_TABLES = ("weights", "states", "onsets", "forced")
+
+
+def check_scenario(
+    path: str | Path, modules_dir: Path | None = None, rules_dir: Path | None = None
+) -> tuple[Plan, Library]:
+    """Read and check a scenario file against the library (LoadError: every problem, file:line:col)."""
+    library = load_library(modules_dir, rules_dir)
+    model, names = compile_library(library)
+    return load_plan(path, library, model, names), library
+
+
+def scenario_settings(path: str | Path) -> Scenario:
+    """The scenario file's own settings, checked as a file alone (the names it uses are checked by
+    `check_scenario`)."""
+    return validate(parse_yaml(Path(path)), Scenario)
+
+
+def attach(sim: Simulator, plan: Plan) -> None:
+    """Make `sim` simulate under the scenario's changes (its model, and each patient's windows)."""
+    sim.model = plan.model
+    sim.windows = plan.window_ages if plan.windows else None
+
+
+def scenario_chunks(sim: Simulator, plan: Plan, truth: dict[str, list[pd.DataFrame]]) -> Iterator[Chunk]:
+    """The scenario run's chunks in patient order; each chunk's truth tables are added to `truth`."""
+    size, n = sim.config.chunk_size, sim.config.patients
+    for start in range(0, n, size):
+        chunk = simulate_scenario(sim, plan, np.arange(start, min(start + size, n), dtype=np.int64))
+        for name, frame in truth_tables(sim, plan, chunk).items():
+            truth.setdefault(name, []).append(frame)
+        patients, events = _tables(sim, chunk.simulated, is_decedent=False)
+        yield Chunk(patients, events)
+
+
+def joined(truth: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    return {name: pd.concat(truth[name], ignore_index=True) for name in TRUTH_TABLES}
+
+
+def summary(plan: Plan, sim: Simulator, frames: dict[str, pd.DataFrame]) -> dict:
+    """The scenario's entry of the run manifest: what was asked and how many histories it took."""
+    weights = frames["weights"]
+    return {
+        "file": plan.file,
+        "patients": len(weights),
+        "histories_simulated": int(weights["attempts"].sum()),
+        "rejected": int(weights["attempts"].sum() - len(weights)),
+        "passed_over": int(weights["passed_over"].sum()),
+        "demographic_share": plan.demographic_share(sim.people_tables),
+        "scenario": plan.scenario.model_dump(mode="json"),
+    }
+
+
+def write_truth(staging: Staging, frames: dict[str, pd.DataFrame], formats: tuple[str, ...]) -> dict[str, dict]:
+    """The truth tables as Parquet (and CSV when csv is among the formats) in the run's truth/ folder
+    (`Export.truth_staging`, put in place with the run), and their manifest entries."""
+    suffixes = [".parquet", ".csv"] if "csv" in formats else [".parquet"]
+    for name, frame in frames.items():
+        for suffix in suffixes:
+            path = staging.dir / f"{name}{suffix}"
+            if suffix == ".csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.to_parquet(path, index=False)
+            staging.record(path.name, "rows", len(frame), path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return staging.files

@@ -1,0 +1,255 @@
+"""Simulating a scenario: each patient drawn inside `who`, living a history under the scenario's tilts and
+forced branches, kept if it holds what the scenario requires, else drawn again (a bounded, counted step).
+
+Patient i's candidates are the streams i + k * REDRAW_STRIDE, k = 0, 1, ... (people and events alike): who
+they are is drawn first, and a candidate outside `who` is passed over without simulating it; the first
+candidate whose history satisfies the scenario is patient i. So everything still depends on (seed, i) alone.
+Each kept patient's weight is exp(log likelihood ratio of the history) x the demographic share: the
+importance weight of the draw against the unconditioned model, so that over all the histories simulated
+(`draws`, the rejected ones with weight 0) the mean weight estimates the scenario's probability, and
+weighted means over the patients estimate the population's figures among those the scenario describes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from simulator.days import DAYS_PER_YEAR, to_datetime
+from simulator.engine import codes
+from simulator.engine.kernel import Events
+from simulator.engine.people import People, sample
+from simulator.engine.run import (
+    DECEDENT_STREAMS,
+    LIFETIME_HORIZON_YEARS,
+    REDRAW_STRIDE,
+    Simulated,
+    Simulator,
+    _relabel,
+    _subset,
+)
+from simulator.errors import ConfigError
+from simulator.scenario.plan import Plan, window_ages
+
+MAX_CANDIDATES = DECEDENT_STREAMS // REDRAW_STRIDE  # candidate streams of one patient (below the decedents')
+
+
+class ScenarioError(RuntimeError):
+    """A patient for whom no history in the allowed attempts satisfied the scenario."""
+
+
+@dataclass
+class ScenarioChunk:
+    """Patients of a scenario run as the kernel made them, with how many histories each took."""
+
+    simulated: Simulated
+    counts: np.ndarray  # events of each patient
+    attempts: np.ndarray  # histories simulated for each patient (1: the first was kept)
+    passed_over: np.ndarray  # candidates drawn outside `who` before each patient (not simulated)
+    t_end: np.ndarray
+
+
+def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> ScenarioChunk:
+    """Patients `index` of the scenario run (see the module docstring)."""
+    index = index.astype(np.int64)
+    n = len(index)
+    scenario = plan.scenario
+    lifetime = scenario.mode == "lifetime"
+    k = np.zeros(n, np.int64)
+    attempts = np.zeros(n, np.int64)
+    passed_over = np.zeros(n, np.int64)
+    done = np.zeros(n, bool)
+    parts: list[tuple[Simulated, np.ndarray]] = []
+    order: list[np.ndarray] = []
+    while not done.all():
+        todo = np.flatnonzero(~done)
+        stuck = todo[(attempts[todo] >= scenario.max_attempts) | (k[todo] >= MAX_CANDIDATES)]
+        if len(stuck):
+            i = stuck[0]
+            raise ScenarioError(
+                f"{plan.file}: patient {index[i]}: none of {attempts[i]} histories simulated (of {k[i]} candidates "
+                f"drawn) satisfied the scenario (max_attempts: {scenario.max_attempts}); make it likelier with "
+                "force or a larger tilt factor, or raise max_attempts"
+            )
+        stream = index[todo] + k[todo] * REDRAW_STRIDE
+        k[todo] += 1
+        people = sample(sim.people_tables, sim.config.seed, stream, lifetime)
+        t_end = _t_end(sim, people, lifetime)
+        inside = plan.in_who(people) & (lifetime | plan.in_who_age(people, t_end))
+        passed_over[todo[~inside]] += 1
+        if not inside.any():
+            continue
+        tried = todo[inside]
+        attempts[tried] += 1
+        people, t_end = _subset(people, inside), t_end[inside]
+        result, counts = sim._simulate_streams(people.index, people.index, people=people)
+        row = np.repeat(np.arange(len(tried)), counts)
+        ok = plan.satisfied(result.events, row, result.people, t_end)
+        done[tried[ok]] = True
+        if ok.any():
+            parts.append(_select(result, counts, ok))
+            order.append(tried[ok])
+    log_share = math.log(plan.demographic_share(sim.people_tables))
+    simulated = _in_order(parts, np.concatenate(order) if order else np.empty(0, np.int64), index)
+    simulated = simulated._replace(log_weight=simulated.log_weight + log_share)
+    counts = np.bincount(np.searchsorted(index, simulated.patient), minlength=n) if n else np.zeros(0, np.int64)
+    people = simulated.people._replace(index=simulated.stream)
+    return ScenarioChunk(simulated, counts, attempts, passed_over, _t_end(sim, people, lifetime))
+
+
+def _t_end(sim: Simulator, people: People, lifetime: bool) -> np.ndarray:
+    if lifetime:
+        return people.birth_t + LIFETIME_HORIZON_YEARS * DAYS_PER_YEAR
+    return np.full(len(people.index), sim.reference_t)
+
+
+def _select(result: Simulated, counts: np.ndarray, keep: np.ndarray) -> tuple[Simulated, np.ndarray]:
+    """The patients `keep` of `result`, and their event counts."""
+    rows = np.repeat(keep, counts)
+    events = type(result.events)(*(column[rows] for column in result.events))
+    kept = Simulated(
+        events,
+        result.patient[rows],
+        result.errors[keep],
+        _subset(result.people, keep),
+        result.entered[keep],
+        result.stream[keep],
+        result.log_weight[keep],
+    )
+    return kept, counts[keep]
+
+
+def _in_order(parts: list[tuple[Simulated, np.ndarray]], position: np.ndarray, index: np.ndarray) -> Simulated:
+    """The kept patients of every round, put back in patient order and numbered `index`."""
+    joined = _relabel(parts, np.arange(len(position), dtype=np.int64)) if parts else None
+    if joined is None:
+        raise ConfigError("patients", "a scenario run needs at least one patient")
+    counts = np.bincount(joined.patient, minlength=len(position))
+    order = np.argsort(position, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rows = np.concatenate([np.arange(starts[j], starts[j] + counts[j]) for j in order]).astype(np.int64)
+    events = type(joined.events)(*(column[rows] for column in joined.events))
+    people = People(*(column[order] for column in joined.people))._replace(index=index)
+    return Simulated(
+        events,
+        np.repeat(index, counts[order]),
+        joined.errors[order],
+        people,
+        joined.entered[order],
+        joined.stream[order],
+        joined.log_weight[order],
+    )
+
+
+# --- ground truth ----------------------------------------------------------------------------------
+
+
+def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, pd.DataFrame]:
+    """What really happened to the chunk's patients, apart from what their record shows: `weights` (each
+    patient's weight, its log, the histories simulated and the stream kept), `states` (every state that
+    recorded something, with when: the path through each module), `onsets` (each true onset, and the
+    diagnosis of it that followed, if any), `forced` (the entries into a forced branch's target inside its
+    window)."""
+    result, names = chunk.simulated, sim.names
+    events, patient = result.events, result.patient
+    weights = pd.DataFrame(
+        {
+            "patient": result.people.index,
+            "weight": np.exp(result.log_weight),
+            "log_weight": result.log_weight,
+            "attempts": chunk.attempts,
+            "passed_over": chunk.passed_over,
+            "stream": result.stream,
+        }
+    )
+    state_modules = np.array([s.split(".", 1)[0] for s in names.states], dtype=object)
+    state_names = np.array(names.state_names, dtype=object)
+    path = _entries(events, patient, events.state >= 0)
+    states = pd.DataFrame(
+        {
+            "patient": path["patient"].to_numpy(),
+            "time": to_datetime(path["t"].to_numpy()),
+            "module": state_modules[path["state_id"].to_numpy()],
+            "state": state_names[path["state_id"].to_numpy()],
+        }
+    )
+    return {
+        "weights": weights,
+        "states": states,
+        "onsets": _onsets(events, patient, names),
+        "forced": _forced(plan, chunk),
+    }
+
+
+def _entries(events: Events, patient: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
+    """When the states of the events `mask` were entered (patient, t, state_id), as their events show: the
+    first event of each encounter a state recorded into (its later rounds and its end belong to that entry),
+    else each time it recorded something outside an encounter."""
+    frame = pd.DataFrame(
+        {
+            "patient": patient[mask],
+            "t": events.t[mask],
+            "state_id": events.state[mask],
+            "encounter": events.encounter[mask],
+        }
+    )
+    inside = frame["encounter"] >= 0
+    first = frame[inside].drop_duplicates(["patient", "state_id", "encounter"])
+    entries = pd.concat([first, frame[~inside].drop_duplicates(["patient", "state_id", "t"])])
+    return entries.sort_values(["patient", "t"], kind="stable")[["patient", "t", "state_id"]]
+
+
+def _onsets(events: object, patient: np.ndarray, names: object) -> pd.DataFrame:
+    onset = events.kind == codes.K_ONSET  # type: ignore[attr-defined]
+    diagnosis = events.kind == codes.K_DIAGNOSIS  # type: ignore[attr-defined]
+    frame = pd.DataFrame(
+        {"patient": patient[onset], "condition_id": events.subject[onset], "onset_t": events.t[onset]}  # type: ignore[attr-defined]
+    )
+    diagnosed = pd.DataFrame(
+        {"patient": patient[diagnosis], "condition_id": events.subject[diagnosis], "diagnosis_t": events.t[diagnosis]}  # type: ignore[attr-defined]
+    )
+    merged = frame.merge(diagnosed, on=["patient", "condition_id"], how="left")
+    merged = merged[~(merged["diagnosis_t"] < merged["onset_t"])]
+    first = merged.sort_values(["patient", "onset_t", "diagnosis_t"]).drop_duplicates(
+        ["patient", "condition_id", "onset_t"]
+    )
+    return pd.DataFrame(
+        {
+            "patient": first["patient"].to_numpy(),
+            "condition": np.array(names.conditions, dtype=object)[first["condition_id"].to_numpy()],  # type: ignore[attr-defined]
+            "onset_time": to_datetime(first["onset_t"].to_numpy()),
+            "diagnosis_time": to_datetime(first["diagnosis_t"].to_numpy()),
+        }
+    )
+
+
+def _forced(plan: Plan, chunk: ScenarioChunk) -> pd.DataFrame:
+    result = chunk.simulated
+    events, names = result.events, plan.names
+    row = np.searchsorted(result.people.index, result.patient)
+    age = (events.t - result.people.birth_t[row]) / DAYS_PER_YEAR
+    frames = []
+    for entry in plan.scenario.force:
+        target = names.states.index(f"{entry.module}.{entry.to}")
+        window = window_ages(entry.window, result.people.birth_t, chunk.t_end)
+        hit = (events.state == target) & (age >= window[row, 0]) & (age < window[row, 1])
+        frame = _entries(events, result.patient, hit)[["patient", "t"]]
+        frames.append(frame.assign(module=entry.module, state=entry.state, to=entry.to))
+    forced = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["patient", "t", "module", "state", "to"])
+    )
+    forced = forced.sort_values(["patient", "t"], kind="stable")
+    return pd.DataFrame(
+        {
+            "patient": forced["patient"].to_numpy(np.int64),
+            "time": to_datetime(forced["t"].to_numpy(float)),
+            "module": forced["module"].to_numpy(object),
+            "state": forced["state"].to_numpy(object),
+            "to": forced["to"].to_numpy(object),
+        }
+    )

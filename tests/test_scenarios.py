@@ -1,0 +1,278 @@
+"""Scenario files (simulator.scenario): checked like module files, conditioned cohorts whose weights re-weight
+to the unconditioned population, ground truth, and the shipped examples checked against the written FHIR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA, REPO, read_ndjson
+from typer.testing import CliRunner
+
+import simulator
+from simulator.cli import app
+from simulator.days import DAYS_PER_YEAR
+from simulator.engine.codes import K_ONSET
+from simulator.engine.run import RunConfig, Simulated, Simulator
+from simulator.model.library import Library
+from simulator.scenario.output import attach, check_scenario
+from simulator.scenario.run import simulate_scenario
+
+PLAIN = 6000  # lifetimes of the plain cohort the weighted estimates are compared with
+BROKEN = sorted((DATA / "scenarios_broken").glob("*.yaml"))
+EXAMPLES = REPO / "examples" / "scenarios"
+
+
+@pytest.fixture
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # messages name files relative to the working directory
+
+
+@pytest.mark.usefixtures("_in_repo")
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_broken_scenario_gives_golden_messages(path: Path) -> None:
+    result = CliRunner().invoke(app, ["scenario", "check", str(path.relative_to(REPO))])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr == path.with_suffix(".expected").read_text()
+
+
+@pytest.mark.usefixtures("_in_repo")
+def test_generate_with_a_broken_scenario_fails_cleanly(tmp_path: Path) -> None:
+    path = (DATA / "scenarios_broken" / "names.yaml").relative_to(REPO)
+    result = CliRunner().invoke(app, ["generate", "--scenario", str(path), "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 1
+    assert "unknown module 'pneumonia_sepis'" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_examples_pass_the_check(path: Path) -> None:
+    result = CliRunner().invoke(app, ["scenario", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: ")
+
+
+def test_scenario_schema_command() -> None:
+    result = CliRunner().invoke(app, ["schema", "--scenario"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert {"patients", "who", "require", "force", "tilt", "streams", "messiness", "history"} <= set(
+        schema["properties"]
+    )
+    assert schema["additionalProperties"] is False
+
+
+# --- re-weighting: weighted estimates from a scenario cohort match the unconditioned population's -----------
+
+PNEUMONIA_60S = """
+patients: {n}
+mode: lifetime
+who: {{sex: [female]}}
+require:
+  - {{condition: pneumonia, window: {{age: {{min: 60, max: 70}}}}}}
+tilt:
+  - module: pneumonia_sepsis
+    state: cap_susceptible
+    to: cap_onset
+    factor: 8
+    window: {{age: {{min: 60, max: 70}}}}
+"""
+AF_60_80 = """
+patients: {n}
+mode: lifetime
+require:
+  - {{condition: atrial_fibrillation, window: {{age: {{min: 60, max: 80}}}}}}
+tilt:
+  - {{module: atrial_fibrillation, state: af_free, to: af_onset, factor: 6, window: {{age: {{min: 60, max: 80}}}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_lifetimes(shipped_library: Library) -> tuple[Simulated, tuple[str, ...]]:
+    """A plain birth cohort as the kernel made it, and the library's condition names."""
+    sim = Simulator.build(RunConfig(mode="lifetime", seed=11), shipped_library)
+    return sim.simulate(np.arange(PLAIN, dtype=np.int64)), sim.names.conditions
+
+
+def _first_onset_age(result: Simulated, condition: int, low: float, high: float) -> pd.Series:
+    """Age at each patient's first onset of `condition` in [low, high) years, by patient (those with one)."""
+    events = result.events
+    row = np.searchsorted(result.people.index, result.patient)
+    age = (events.t - result.people.birth_t[row]) / DAYS_PER_YEAR
+    hit = (events.kind == K_ONSET) & (events.subject == condition) & (age >= low) & (age < high)
+    return pd.Series(age[hit], index=result.patient[hit]).groupby(level=0).min()
+
+
+def _scenario_cohort(path: Path, library: Library, seed: int) -> tuple[Simulated, np.ndarray, int]:
+    """The scenario's patients as the kernel made them, their weights, and the histories simulated."""
+    plan, _ = check_scenario(path)
+    sim = Simulator.build(RunConfig(mode=plan.scenario.mode, seed=seed), library)
+    attach(sim, plan)
+    chunk = simulate_scenario(sim, plan, np.arange(plan.scenario.patients, dtype=np.int64))
+    weights = np.exp(chunk.simulated.log_weight)
+    return chunk.simulated, weights, int(chunk.attempts.sum())
+
+
+@pytest.mark.slow
+def test_weights_estimate_the_probability_of_a_scenario(
+    tmp_path: Path, plain_lifetimes: tuple[Simulated, tuple[str, ...]], shipped_library: Library
+) -> None:
+    """P(female and a pneumonia onset at 60-69) in a plain birth cohort vs sum(weights) / histories simulated."""
+    path = tmp_path / "pneumonia.yaml"
+    path.write_text(PNEUMONIA_60S.format(n=400))
+    _, weights, draws = _scenario_cohort(path, shipped_library, seed=3)
+    estimate = weights.sum() / draws
+    spread = np.sqrt(((np.concatenate([weights, np.zeros(draws - len(weights))]) - estimate) ** 2).mean() / draws)
+    plain, conditions = plain_lifetimes
+    cases = _first_onset_age(plain, conditions.index("pneumonia"), 60, 70).index
+    is_case = np.isin(plain.people.index, cases) & (plain.people.sex == 1)
+    p = is_case.mean()
+    plain_spread = np.sqrt(p * (1 - p) / PLAIN)
+    assert abs(estimate - p) < 3.5 * np.hypot(spread, plain_spread), (estimate, p, spread, plain_spread)
+    assert 0.01 < p < 0.2  # the test has power: the event is neither certain nor unseen
+
+
+@pytest.mark.slow
+def test_weights_estimate_the_mean_age_at_the_event(
+    tmp_path: Path, plain_lifetimes: tuple[Simulated, tuple[str, ...]], shipped_library: Library
+) -> None:
+    """Mean age at a first AF onset at 60-79 among those who have one: the weighted scenario cohort vs a
+    plain birth cohort."""
+    path = tmp_path / "af.yaml"
+    path.write_text(AF_60_80.format(n=400))
+    result, weights, _ = _scenario_cohort(path, shipped_library, seed=4)
+    plain, conditions = plain_lifetimes
+    af = conditions.index("atrial_fibrillation")
+    ages = _first_onset_age(result, af, 60, 80)
+    assert len(ages) == 400  # every patient has one
+    w = weights[np.searchsorted(result.people.index, ages.index)]
+    weighted = np.average(ages.to_numpy(), weights=w)
+    n_eff = w.sum() ** 2 / (w**2).sum()
+    spread = np.sqrt(np.average((ages.to_numpy() - weighted) ** 2, weights=w) / n_eff)
+    plain = _first_onset_age(plain, af, 60, 80)
+    plain_spread = plain.std() / np.sqrt(len(plain))
+    assert len(plain) > 100
+    assert abs(weighted - plain.mean()) < 3.5 * np.hypot(spread, plain_spread), (weighted, plain.mean())
+
+
+# --- determinism and ground truth -----------------------------------------------------------------------
+
+
+def test_same_seed_same_bytes_whatever_the_chunks(tmp_path: Path) -> None:
+    path = EXAMPLES / "dka_teen.yaml"
+    one = simulator.generate(scenario=path, seed=5, out=tmp_path / "a", formats="ndjson,parquet")
+    two = simulator.generate(scenario=path, seed=5, out=tmp_path / "b", formats="ndjson,parquet", chunk_size=7)
+    for name, entry in one.manifest["files"].items():
+        if name.endswith(".parquet"):  # row groups follow the chunks: the same tables
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(tmp_path / "a" / name), pd.read_parquet(tmp_path / "b" / name)
+            )
+        elif name != "fhir/manifest.json":  # the Bulk manifest names its folder
+            assert two.manifest["files"][name]["sha256"] == entry["sha256"], name
+    assert any(name.startswith("truth/") for name in one.manifest["files"])
+
+
+def test_truth_tables(tmp_path: Path) -> None:
+    pop = simulator.generate(scenario=EXAMPLES / "dka_teen.yaml", seed=6, out=tmp_path / "o", formats="parquet,csv")
+    truth = pop.truth
+    assert set(truth) == {"weights", "states", "onsets", "forced"}
+    assert (tmp_path / "o" / "truth" / "weights.csv").exists()
+    corruptions = pd.read_parquet(tmp_path / "o" / "truth" / "corruptions.parquet")  # the example's messy data
+    assert len(corruptions) and set(corruptions["patient"]) <= set(range(50))
+    weights = truth["weights"]
+    assert len(weights) == 50 and (weights["weight"] > 0).all() and (weights["attempts"] >= 1).all()
+    onsets = truth["onsets"]
+    t1d = onsets[onsets["condition"] == "t1d"]
+    assert set(t1d["patient"]) == set(range(50))
+    assert (t1d["diagnosis_time"] >= t1d["onset_time"]).all()  # the true onset comes first
+    forced = truth["forced"]
+    assert set(forced["patient"]) <= set(range(50)) and (forced["to"] == "t1d_dka_emergency").all()
+    states = truth["states"]
+    assert {"t1d_onset", "t1d_dka_emergency"} <= set(states["state"])
+
+
+# --- the examples, each patient checked against the written FHIR -----------------------------------------
+
+END = pd.Timestamp("2024-07-01")  # the demographics file's Census date, the default end of the record
+
+
+def _t(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text).tz_localize(None) if pd.Timestamp(text).tzinfo else pd.Timestamp(text)
+
+
+def _displays(value: object) -> str:
+    """Every display text inside a resource or a part of it, lower case (for plain-word checks)."""
+    return json.dumps(value).lower()
+
+
+def _in_last_year(text: str) -> bool:
+    return END - pd.Timedelta(days=365.25) <= _t(text) < END
+
+
+def _conditions(resources: list[dict], words: str) -> list[dict]:
+    return [r for r in resources if words in _displays(r["code"])]
+
+
+def _check_patient(name: str, age_at: object, conditions: list[dict], encounters: list[dict], meds: list[dict]) -> None:
+    """One patient of an example against what its scenario asks, read from the FHIR resources alone."""
+    if name == "sepsis_icu":
+        assert age_at(END) >= 65
+        assert any(_in_last_year(c["onsetDateTime"]) for c in _conditions(conditions, "sepsis"))
+        assert any(e["class"]["code"] == "ACUTE" and _in_last_year(e["period"]["start"]) for e in encounters)
+    elif name == "dka_teen":
+        dka = _conditions(conditions, "ketoacidosis due to type 1")
+        assert any(10 <= age_at(c["onsetDateTime"]) < 18 for c in dka)
+        assert _conditions(conditions, "diabetes mellitus type 1")
+    elif name == "af_stroke":
+        assert age_at(END) >= 60
+        af = min(_t(c["recordedDate"]) for c in _conditions(conditions, "atrial fibrillation"))
+        admissions = [
+            _t(e["period"]["start"])
+            for e in encounters
+            if e["class"]["code"] == "IMP" and "cerebrovascular accident" in _displays(e.get("reasonCode", []))
+        ]
+        aspirin = [_t(m["authoredOn"]) for m in meds if "aspirin" in _displays(m["medicationCodeableConcept"])]
+        # The record codes every stroke as a cerebrovascular accident: an ischaemic one is told by its
+        # admission, which starts aspirin (or finds it taken already).
+        ischaemic = [t for t in admissions if t > af and any(a < t + pd.Timedelta(days=1) for a in aspirin)]
+        assert ischaemic  # an admission for stroke after the AF diagnosis, with aspirin
+    else:
+        assert age_at(END) >= 50
+        assert _conditions(conditions, "chronic obstructive")
+        assert any(
+            e["class"]["code"] == "IMP"
+            and _in_last_year(e["period"]["start"])
+            and "chronic obstructive" in _displays(e.get("reasonCode", []))
+            for e in encounters
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sepsis_icu", "dka_teen", "af_stroke", "copd_exacerbation"])
+def test_example_every_patient_satisfies_it_in_the_fhir(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    # the clean record (dka_teen asks for messy data, whose miscoded or shifted entries are meant to mislead)
+    pop = simulator.generate(scenario=EXAMPLES / f"{name}.yaml", seed=1, out=out, messiness="clean")
+    resources = read_ndjson(out)
+    if name == "sepsis_icu":  # the scenario's 1-minute monitor streams of its ICU and ward stays
+        assert pop.manifest["streams"] == {"settings": ["icu", "ward"], "interval_s": 60.0}
+        assert resources["Device"] and (out / "streams" / "streams.parquet").exists()
+    assert len(resources["Patient"]) == 50 == len(pop.weights)
+    assert (pop.weights > 0).all()
+
+    def of(kind: str, pid: str) -> list[dict]:
+        return [r for r in resources.get(kind, []) if r["subject"]["reference"] == f"Patient/{pid}"]
+
+    for patient in resources["Patient"]:
+        pid, birth = patient["id"], pd.Timestamp(patient["birthDate"])
+        assert "deceasedDateTime" not in patient
+
+        def age_at(when: object, birth: pd.Timestamp = birth) -> float:
+            return (_t(str(when)) - birth) / pd.Timedelta(days=365.25)
+
+        _check_patient(name, age_at, of("Condition", pid), of("Encounter", pid), of("MedicationRequest", pid))
