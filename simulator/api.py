@@ -544,6 +544,7 @@ def calibrate(
     dry_run: bool = False,
     alone: bool = False,
     report: Callable[[str], None] = print,
+    lifetime_patients: int | None = None,
 ) -> list[Path]:
     """Fit the declared free parameters of the modules named (default: all) to the targets, group by group,
     writing <module>.fitted.yaml where the loss improves; then, unless only modules were named, the
@@ -554,7 +555,10 @@ def calibrate(
     targets = default_targets(library)
     written: list[Path] = []
     for group in groups:
-        result = fit(library, targets, library.calibration, group, patients, seed, max_iterations, report)
+        result = fit(
+            library, targets, library.calibration, group, patients, seed, max_iterations, report,
+            lifetime_patients=lifetime_patients,
+        )  # fmt: skip
         report(f"{'target':44} {'target':>8} {'before':>8} {'after':>8}")
         for before, after in zip(result.before, result.after, strict=True):
             t = before.target

@@ -554,6 +554,14 @@ def calibrate(
             "from the step taken (Broyden), at no extra simulation."
         ),
     ] = 8,
+    lifetime_patients: Annotated[
+        int | None,
+        typer.Option(
+            "--lifetime-patients",
+            help="Lives of the birth cohort followed to death that event-rate, event-share and life-expectancy "
+            "targets are read from, simulated at each evaluation (default: --patients).",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and print, write nothing.")] = False,
     alone: Annotated[
         bool,
@@ -577,6 +585,7 @@ def calibrate(
             dry_run=dry_run,
             alone=alone,
             report=out.print,
+            lifetime_patients=lifetime_patients,
         )
     except (LoadError, ValueError) as exc:
         _fail(exc)

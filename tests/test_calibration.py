@@ -445,3 +445,62 @@ def test_a_fit_simulates_the_modules_its_modules_can_see(shipped_library: Librar
         rows.append(sorted(zip(patient[before], t[before], module[before], kind[before], strict=True)))
     assert len(rows[0]) > 1000
     assert rows[0] == rows[1]
+
+
+def test_a_death_rate_target_is_fitted_on_a_lifetime_cohort(rules: Path, tmp_path: Path) -> None:
+    """Event rates per person-year (here deaths of the toy condition) are read from a birth cohort followed
+    to death, simulated at every evaluation with the same lives; a fit to them recovers the death hazard."""
+    dying = (
+        (DATA / "calibration" / "toy.yaml")
+        .read_text()
+        .replace(
+            "    terminal: true",
+            "    hazards:\n      - {to: toy_death, rate_per_year: 0.05, source: assumed}\n"
+            "  toy_death:\n    death:\n"
+            "      cause: {system: SNOMED, code: 38341003,\n"
+            '              display: "Hypertensive disorder, systemic arterial (disorder)"}',
+        )
+    )
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "toy.yaml").write_text(dying)
+    (rules / "targets" / "definitions.yaml").write_text(
+        "measures:\n  toy_death_rate:\n    statistic: rate\n    events: {kind: death, reasons: [toy_condition]}\n"
+    )
+    truth = load_library(modules, rules)
+    with (rules / "targets" / "targets.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        for lo, hi in ((40, 64), (65, 120)):
+            row = dict.fromkeys(COLUMNS, "")
+            row.update(id=f"toy_death_rate/{lo}-{hi}", measure="toy_death_rate", condition="toy", age_lo=lo,
+                       age_hi=hi, statistic="rate", sex="all", value=1.0, unit="per_py", basis="crude",
+                       role="primary", year="2024", source="simulated truth")  # fmt: skip
+            writer.writerow(row)
+    targets = load_targets(rules / "targets")
+    vocabulary = Vocabulary.of(truth)
+    needs = needs_of(targets.definitions, vocabulary)
+    lives = Simulator.build(RunConfig(patients=4000, seed=99, mode="lifetime"), truth)
+    sim = Simulator.build(RunConfig(patients=3000, seed=99), truth)
+    population = simulate_cohort(sim, np.arange(3000), needs, sim.reference_t)
+    lifetime = simulate_cohort(lives, np.arange(4000), needs, math.inf)
+    measure = targets.definitions.measures["toy_death_rate"]
+    rates = [compare(t, measure, population, vocabulary, lifetime).simulated for t in targets.targets]
+    assert all(0 < r < 1 for r in rates), rates
+    text = (rules / "targets" / "targets.csv").read_text()
+    for rate in rates:
+        text = text.replace(",1.0,per_py", f",{rate},per_py", 1)
+    (rules / "targets" / "targets.csv").write_text(text)
+    (modules / "toy.yaml").write_text(dying.replace("rate_per_year: 0.05", "rate_per_year: 0.02"))
+    (rules / "targets" / "calibration").mkdir()
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(
+        'module: toy\ntargets: ["toy_death_rate/*"]\nparameters:\n  dying:\n'
+        '    paths: ["states.onset.hazards[0].rate_per_year"]\n    scale: [0.1, 10.0]\n'
+    )
+    library = load_library(modules, rules)
+    lines: list[str] = []
+    result = fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=3000, seed=7,
+                 report=lines.append, lifetime_patients=4000)  # fmt: skip
+    assert lines[0].endswith("3,000 patients and 4,000 lives")
+    assert result.loss_after < result.loss_before / 10
+    assert result.values["toy"]["states.onset.hazards[0].rate_per_year"] == pytest.approx(0.05, rel=0.25)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 
 LOG_STEP = 0.15  # finite-difference step of log(parameter): a 16% change
+LIFETIME_STATISTICS = ("rate", "event_share", "life_expectancy")  # read from a lifetime cohort
 
 
 def _names_read(module: DiseaseModule) -> set[str]:
@@ -228,7 +229,7 @@ class Objective:
     random numbers: the same seed and patient indices at every evaluation)."""
 
     def __init__(self, library: Library, targets: TargetSet, free: list[Free], target_ids: list[str],
-                 patients: int, seed: int, chunk_size: int = 10_000):  # fmt: skip
+                 patients: int, seed: int, chunk_size: int = 10_000, lifetime_patients: int = 0):  # fmt: skip
         from simulator.engine.people import build_people_tables, reference_date_of, sample
 
         library = ensemble_for(library, sorted({f.module for f in free}))
@@ -251,6 +252,10 @@ class Objective:
             size *= 2
         self.seed = seed
         self.chunk_size = chunk_size
+        # Event rates, event shares and life expectancy are read from a birth cohort followed to death, as
+        # in the validation report: simulated at every evaluation (the same lives) when a target needs it.
+        needs_lifetime = any(self.measures[t.measure].statistic in LIFETIME_STATISTICS for t in self.targets)
+        self.lifetime_patients = lifetime_patients if needs_lifetime else 0
         self.documents = {f.module: library.document(f.module) for f in free}
         self.evaluations = 0
         self.cache: dict[tuple[float, ...], list[Comparison]] = {}
@@ -289,8 +294,13 @@ class Objective:
         model, names = compile_library(library)
         sim = Simulator(library, model, names, self.tables, RunConfig(patients=len(self.index), seed=self.seed))
         cohort = simulate_cohort(sim, self.index, self.needs, sim.reference_t, self.chunk_size)
+        lifetime = None
+        if self.lifetime_patients:
+            config = RunConfig(patients=self.lifetime_patients, seed=self.seed, mode="lifetime")
+            lives = Simulator(library, model, names, self.tables, config)
+            lifetime = simulate_cohort(lives, np.arange(self.lifetime_patients), self.needs, math.inf, self.chunk_size)
         self.evaluations += 1
-        return [compare(t, self.measures[t.measure], cohort, self.vocabulary) for t in self.targets]
+        return [compare(t, self.measures[t.measure], cohort, self.vocabulary, lifetime) for t in self.targets]
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
         return np.array([residual(c) for c in self.comparisons(x)])
@@ -358,6 +368,7 @@ def fit(
     max_iterations: int = 8,
     report: Callable[[str], None] = print,
     broyden: bool = True,
+    lifetime_patients: int | None = None,
 ) -> FitResult:
     """Fit the free parameters of `modules` together (least squares on standardized errors). The
     Jacobian is simulated by finite differences at the start; with `broyden`, later steps update it
@@ -369,7 +380,8 @@ def fit(
     ids: list[str] = []
     for module in modules:
         ids += [i for i in declared[module].target_ids if i not in ids]
-    objective = Objective(library, targets, free, ids, patients, seed)
+    lives = patients if lifetime_patients is None else lifetime_patients
+    objective = Objective(library, targets, free, ids, patients, seed, lifetime_patients=lives)
     names = [f"{f.module}.{f.name}" for f in free]
     lo = np.array([f.log_bounds[0] for f in free])
     hi = np.array([f.log_bounds[1] for f in free])
@@ -381,7 +393,8 @@ def fit(
     start = np.clip(np.array([f.start for f in free]), lo, hi)
     x0 = np.clip(start, lo + size / 2, hi - size / 2)
     n = len(objective.index)
-    report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients")
+    lived = f" and {objective.lifetime_patients:,} lives" if objective.lifetime_patients else ""
+    report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients{lived}")
     report(f"  simulating {', '.join(m.name for m in objective.library.modules)}")
     report("  eval  loss      " + "  ".join(f"{n.split('.', 1)[1][:14]:>14}" for n in names))
 
