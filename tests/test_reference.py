@@ -278,7 +278,7 @@ def test_hazard_ratio_follows_a_drift_set_by_another_module(tmp_path: Path) -> N
     (tmp_path / "modules" / "outcome.yaml").write_text(OUTCOME)
     sim = build(tmp_path / "modules", rules, "population", seed=1)
     index = np.arange(300, dtype=np.int64)
-    events, patient, _, people, _, _ = sim.simulate(index)
+    events, patient, _, people, _, _, _ = sim.simulate(index)
     onset_age = np.full(len(index), np.nan)
     is_onset = events.kind == K_ONSET
     onset_age[patient[is_onset]] = (events.t[is_onset] - people.birth_t[patient[is_onset]]) / 365.25

@@ -180,9 +180,9 @@ def test_same_seed_same_bytes_whatever_the_chunks(tmp_path: Path) -> None:
 def test_truth_tables(tmp_path: Path) -> None:
     pop = simulator.generate(scenario=EXAMPLES / "dka_teen.yaml", seed=6, out=tmp_path / "o", formats="parquet,csv")
     truth = pop.truth
-    assert set(truth) == {"weights", "states", "onsets", "forced"}
+    assert set(truth) == {"weights", "states", "onsets", "forced", "corruptions"}  # the example is messy data
     assert (tmp_path / "o" / "truth" / "weights.csv").exists()
-    corruptions = pd.read_parquet(tmp_path / "o" / "truth" / "corruptions.parquet")  # the example's messy data
+    corruptions = truth["corruptions"]
     assert len(corruptions) and set(corruptions["patient"]) <= set(range(50))
     weights = truth["weights"]
     assert len(weights) == 50 and (weights["weight"] > 0).all() and (weights["attempts"] >= 1).all()

@@ -26,12 +26,13 @@ class Population:
 
     @cached_property
     def truth(self) -> dict[str, pd.DataFrame]:
-        """A scenario run's ground truth (simulator.scenario.run.truth_tables): table name -> DataFrame."""
+        """A run's ground truth, table name -> DataFrame: a scenario's (simulator.scenario.run.truth_tables),
+        the messy-data pass's corruptions, the streams' artefacts (OUT/truth/)."""
         if self._truth is not None:
             return self._truth
         folder = None if self.out is None else self.out / "truth"
         if folder is None or not folder.is_dir():
-            raise FileNotFoundError("this run holds no ground truth: only a scenario run (--scenario) has one")
+            raise FileNotFoundError("this run holds no ground truth (--scenario, --messiness or --streams write it)")
         return {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
 
     @cached_property
