@@ -143,7 +143,7 @@ class StreamRules(Strict):
         channels = info.data.get("channels") or {}
         problems = uncited(info, *(s.device.source for s in settings.values()))
         for name, setting in settings.items():
-            problems += [f"{name}: channel '{c}' is not declared" for c in setting.channels if c not in channels]
+            problems += _undeclared(name, setting.channels, channels)
             derived = [c for c in setting.channels if c in channels and channels[c].derived]
             missing = [i for i in PRESSURE_CHANNELS if derived and i not in setting.channels]
             problems += [f"{name}: {derived[0]} needs the channel '{i}'" for i in missing]
@@ -157,9 +157,14 @@ class StreamRules(Strict):
         channels = info.data.get("channels") or {}
         problems = uncited(info, *(a.source for a in artefacts.values()))
         for kind, artefact in artefacts.items():
-            problems += [f"{kind}: channel '{c}' is not declared" for c in artefact.channels if c not in channels]
+            problems += _undeclared(kind, artefact.channels, channels)
             if kind == "probe_off" and (artefact.floor is None or artefact.fall_s is None):
                 problems.append("probe_off: give floor and fall_s")
         if problems:
             raise ValueError("; ".join(problems))
         return artefacts
+
+
+def _undeclared(owner: str, names: list[str], channels: dict[str, Channel]) -> list[str]:
+    """A problem for each of a setting's or artefact's channels that rules/streams.yaml does not declare."""
+    return [f"{owner}: channel '{c}' is not declared" for c in names if c not in channels]
