@@ -241,6 +241,11 @@ def _check_patient(name: str, age_at: object, conditions: list[dict], encounters
         # admission, which starts aspirin (or finds it taken already).
         ischaemic = [t for t in admissions if t > af and any(a < t + pd.Timedelta(days=1) for a in aspirin)]
         assert ischaemic  # an admission for stroke after the AF diagnosis, with aspirin
+    elif name == "hypoglycaemia_t2d":
+        assert age_at(END) >= 50
+        assert _conditions(conditions, "type 2") and not _conditions(conditions, "type 1")
+        assert any(_in_last_year(c["onsetDateTime"]) for c in _conditions(conditions, "hypoglycemia"))
+        assert any("insulin" in _displays(m["medicationCodeableConcept"]) for m in meds)  # glargine, or NPH before it
     else:
         assert age_at(END) >= 50
         assert _conditions(conditions, "chronic obstructive")
@@ -253,7 +258,7 @@ def _check_patient(name: str, age_at: object, conditions: list[dict], encounters
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sepsis_icu", "dka_teen", "af_stroke", "copd_exacerbation"])
+@pytest.mark.parametrize("name", ["sepsis_icu", "dka_teen", "af_stroke", "copd_exacerbation", "hypoglycaemia_t2d"])
 def test_example_every_patient_satisfies_it_in_the_fhir(tmp_path: Path, name: str) -> None:
     out = tmp_path / name
     # the clean record (dka_teen asks for messy data, whose miscoded or shifted entries are meant to mislead)
