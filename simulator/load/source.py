@@ -153,15 +153,23 @@ class NdjsonRun:
         return found
 
     def _counts(self) -> dict[str, int]:
-        """Resources by type: from the Bulk manifest, else the lines of each file."""
+        """Resources by type: from the Bulk manifest, else the lines of each file. A type may have more than
+        one file (`Observation.ndjson` and the streams' `Observation.streams.ndjson`): their counts add up."""
+        types = {name.partition(".")[0] for name in self.files}
+        counts: dict[str, int] = {}
         try:
             manifest = orjson.loads((self.folder / "manifest.json").read_bytes())
-            counts = {item["type"]: int(item["count"]) for item in manifest["output"]}
-            if set(counts) == set(self.files):
+            for item in manifest["output"]:
+                counts[item["type"]] = counts.get(item["type"], 0) + int(item["count"])
+            if set(counts) == types:
                 return dict(sorted(counts.items()))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             pass
-        return {t: sum(1 for _ in _lines(path)) for t, path in self.files.items()}
+        counts = {}
+        for name, path in self.files.items():
+            resource_type = name.partition(".")[0]
+            counts[resource_type] = counts.get(resource_type, 0) + sum(1 for _ in _lines(path))
+        return dict(sorted(counts.items()))
 
     def shared(self) -> list[Resource]:
         order = type_order({t: self._referenced(self.files[t]) for t in self.shared_types})
