@@ -3,6 +3,7 @@ patient's record, so a large run is audited in blocks with bounded memory."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -84,8 +85,8 @@ def _columns(run: RunRecord, name: str) -> list[str]:
     if run.folder.name == "parquet":
         written = set(pq.read_schema(run.folder / f"{name}.parquet").names)
     else:
-        with open(run.folder / f"{name}.csv", encoding="utf-8") as handle:
-            written = set(handle.readline().strip().split(","))
+        with open(run.folder / f"{name}.csv", encoding="utf-8", newline="") as handle:
+            written = set(next(csv.reader(handle), []))  # the header, its names quoted as Arrow writes them
     return [c for c in COLUMNS[name] if c not in OPTIONAL or c in written]
 
 
