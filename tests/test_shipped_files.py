@@ -39,7 +39,8 @@ def test_shipped_fits_record_the_multipliers_their_values_were_written_with(ship
     own numbers, as a fit writes them, so a reader of the file sees what the simulator uses."""
     library = shipped_library
     for module, (fitted, _, _) in load_fitted(library.rules_dir, str).items():
-        free = free_parameters(library, library.calibration, [module])
+        # parameters declared since the fit (the death parameters of stroke and CHD, not yet fitted) are not in it
+        free = [f for f in free_parameters(library, library.calibration, [module]) if f.name in fitted.parameters]
         for f, parts, expected in assignments(free, [math.log(fitted.parameters[f.name]) for f in free]):
             value = fitted.values[format_path(parts)]
             written = value if isinstance(value, list) else [value]
