@@ -60,7 +60,8 @@ from simulator.files import (
 )
 
 FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
-TRUTH = "truth"  # the ground truth of a run: what the messy-data pass changed (truth/corruptions)
+TRUTH = "truth"  # the ground truth of a run (`Export.truth_staging`)
+SCENARIO_TRUTH_TABLES = ("weights", "states", "onsets", "forced")  # a scenario's (simulator.scenario.output)
 RUN_MANIFEST = "manifest.json"
 WRITTEN_TABLES = ("patients", "events", *TABLES)
 # Every column of every table, described: written as csv/data_dictionary.csv beside the CSV tables
@@ -477,24 +478,22 @@ def bulk_base_url(out: Path) -> str:
 # What a run writes in each output folder: a file of such a name that no ehrsim manifest lists stops a run
 # before it starts, as the run would replace it.
 WRITES = {
-    TRUTH: ("corruptions.parquet", "corruptions.csv", "corruptions.*.parquet", "corruptions.*.csv"),
     "fhir": ("*.ndjson", *(f"*.ndjson{suffix}" for suffix in SUFFIXES.values()), "manifest.json"),
     "bundles": ("*.json",),
     "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
-}
-# Folders of the optional outputs (`--streams`, simulator.export.streams) and what a run writes in them.
-EXTRA_WRITES = {
+    # the optional outputs: dense monitoring streams (`--streams`), and the ground truth of the messy-data pass
+    # (corruptions), the streams (stream_artefacts) and a scenario (SCENARIO_TRUTH_TABLES)
     "streams": ("streams.parquet", "streams.*.parquet"),
-    TRUTH: (
-        *WRITES[TRUTH],
-        "stream_artefacts.parquet",
-        "stream_artefacts.*.parquet",
-        *(f"{name}.{suffix}" for name in ("weights", "states", "onsets", "forced") for suffix in ("parquet", "csv")),
+    TRUTH: tuple(
+        f"{name}{part}.{suffix}"
+        for name in ("corruptions", "stream_artefacts", *SCENARIO_TRUTH_TABLES)
+        for part in ("", ".*")
+        for suffix in ("parquet", "csv")
     ),
 }
-WRITES.update(EXTRA_WRITES)
-OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_WRITES)  # every folder a run writes
+EXTRA_FOLDERS = ("streams", TRUTH)  # written by some runs whatever their formats
+OUTPUT_FOLDERS = (*FOLDERS.values(), *EXTRA_FOLDERS)  # every folder a run writes
 # The hidden names a run writes under until it is done: what an interrupted run leaves, ours by name.
 LEFTOVERS = frozenset(partial_path(Path(name)).name for name in (*OUTPUT_FOLDERS, RUN_MANIFEST))
 
@@ -616,7 +615,7 @@ def _is_output_file(name: str) -> bool:
 
 def _clashes(name: str, formats: tuple[str, ...]) -> bool:
     """Whether a kept entry of the folder has a name that a run of these formats writes."""
-    folders = {FOLDERS[f] for f in formats} | set(EXTRA_WRITES)
+    folders = {FOLDERS[f] for f in formats} | set(EXTRA_FOLDERS)
     top, _, file = name.rstrip("/").partition("/")
     if not file:
         return top == RUN_MANIFEST or top in folders
@@ -677,7 +676,7 @@ class Export:
         self.truth: TruthWriter | None = None
         self.writers: list[NdjsonWriter | BundleWriter | TableWriter | TruthWriter] = []
         self.extra: list[ChunkWriter] = []  # fed and closed before the FHIR writer, which lists their files
-        self.out_part = part
+        self.part = part
         self.truth_folder: Staging | None = None  # truth/ once a writer asks for it (`truth_staging`)
         try:  # a writer that cannot start (full disk, unwritable --out) removes those already started
             if "ndjson" in formats:
@@ -707,7 +706,7 @@ class Export:
         """The run's truth/ folder, one for all the ground-truth tables (the messy-data log, the streams'
         artefacts, a scenario's truth), started when first asked for."""
         if self.truth_folder is None:
-            self.truth_folder = Staging.start(self.out, TRUTH, self.out_part)
+            self.truth_folder = Staging.start(self.out, TRUTH, self.part)
         return self.truth_folder
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:

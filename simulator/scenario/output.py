@@ -11,7 +11,7 @@ import pandas as pd
 
 from simulator.engine.compiler import compile_library
 from simulator.engine.run import Simulator
-from simulator.export.writers import Staging
+from simulator.export.writers import SCENARIO_TRUTH_TABLES, Staging
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import parse_yaml, validate
@@ -19,8 +19,6 @@ from simulator.scenario.plan import Plan, load_plan
 from simulator.scenario.run import simulate_scenario, truth_tables
 from simulator.scenario.schema import Scenario
 from simulator.tables.chunks import Chunk, _tables
-
-TRUTH_TABLES = ("weights", "states", "onsets", "forced")
 
 
 def check_scenario(
@@ -56,7 +54,7 @@ def scenario_chunks(sim: Simulator, plan: Plan, truth: dict[str, list[pd.DataFra
 
 
 def joined(truth: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    return {name: pd.concat(truth[name], ignore_index=True) for name in TRUTH_TABLES}
+    return {name: pd.concat(truth[name], ignore_index=True) for name in SCENARIO_TRUTH_TABLES}
 
 
 def summary(plan: Plan, sim: Simulator, frames: dict[str, pd.DataFrame]) -> dict:
