@@ -196,6 +196,30 @@ def test_truth_tables(tmp_path: Path) -> None:
     assert {"t1d_onset", "t1d_dka_emergency"} <= set(states["state"])
 
 
+def test_hidden_attributes_in_truth(tmp_path: Path) -> None:
+    """truth/attributes (asked with hidden_attributes): every value a state set, each patient's history lived
+    again by the reference twin (which must match the kernel's events)."""
+    path = tmp_path / "dka.yaml"
+    path.write_text(
+        (EXAMPLES / "dka_teen.yaml")
+        .read_text()
+        .replace("patients: 50", "patients: 3")
+        .replace("messiness: typical", "hidden_attributes: true")
+    )
+    pop = simulator.generate(scenario=path, seed=6, out=tmp_path / "o", formats="parquet,csv")
+    attributes, onsets = pop.truth["attributes"], pop.truth["onsets"]
+    assert list(attributes.columns) == ["patient", "time", "module", "state", "attribute", "value", "per_year"]
+    assert (tmp_path / "o" / "truth" / "attributes.csv").exists()
+    dka = attributes[(attributes["attribute"] == "t1d_dka") & (attributes["state"] == "t1d_dka_emergency")]
+    assert set(dka.loc[dka["value"] == 1, "patient"]) == {0, 1, 2}  # set at each patient's ketoacidosis
+    initial = attributes[attributes["state"] == ""]
+    assert (initial.groupby("patient")["time"].nunique() == 1).all() and len(initial) % 3 == 0  # birth values
+    onset = onsets[onsets["condition"] == "t1d"].groupby("patient")["onset_time"].min()
+    excess = attributes[(attributes["attribute"] == "t1d_glycemic_excess") & (attributes["value"] == 6)]
+    lead = (onset - excess.groupby("patient")["time"].min()) / pd.Timedelta(days=30.44)
+    assert ((lead > 1.9) & (lead < 4.1)).all()  # glycaemia rises 2-4 months before the onset the record shows
+
+
 # --- the examples, each patient checked against the written FHIR -----------------------------------------
 
 END = pd.Timestamp("2024-07-01")  # the demographics file's Census date, the default end of the record

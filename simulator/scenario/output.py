@@ -54,7 +54,7 @@ def scenario_chunks(sim: Simulator, plan: Plan, truth: dict[str, list[pd.DataFra
 
 
 def joined(truth: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    return {name: pd.concat(truth[name], ignore_index=True) for name in SCENARIO_TRUTH_TABLES}
+    return {name: pd.concat(truth[name], ignore_index=True) for name in SCENARIO_TRUTH_TABLES if name in truth}
 
 
 def summary(plan: Plan, sim: Simulator, frames: dict[str, pd.DataFrame]) -> dict:
