@@ -19,6 +19,7 @@ from simulator.engine.codes import K_ONSET
 from simulator.engine.run import RunConfig, Simulated, Simulator
 from simulator.model.library import Library
 from simulator.scenario.output import attach, check_scenario
+from simulator.scenario.plan import AUTO_EVENTS
 from simulator.scenario.run import simulate_scenario
 
 PLAIN = 6000  # lifetimes of the plain cohort the weighted estimates are compared with
@@ -90,6 +91,37 @@ require:
 tilt:
   - {{module: atrial_fibrillation, state: af_free, to: af_onset, factor: 6, window: {{age: {{min: 60, max: 80}}}}}}
 """
+
+
+AUTO = """
+patients: 5
+mode: lifetime
+who: {sex: [female]}
+require:
+  - {condition: atrial_fibrillation, window: {age: {min: 60, max: 80}}}
+tilt:
+  - {module: atrial_fibrillation, state: af_free, to: af_onset, window: {age: {min: 60, max: 80}}}
+  - {module: hypoglycaemia, state: hypo_on_insulin, to: hypo_event, factor: 30, window: {age: {min: 60}}}
+"""
+
+
+def test_a_tilt_without_a_factor_expects_auto_events_in_its_window(tmp_path: Path, shipped_library: Library) -> None:
+    """The computed factor makes the hazard's expected count over the window AUTO_EVENTS (its rate table
+    integrated over the window, for the sexes of `who`); a factor given is kept."""
+    path = tmp_path / "auto.yaml"
+    path.write_text(AUTO)
+    plan, library = check_scenario(path)
+    af = next(m for m in library.modules if m.name == "atrial_fibrillation").states["af_free"].hazards
+    rate = next(h for h in af if h.to == "af_onset").rate_per_year
+    edges = [*rate.ages, 200.0]
+    expected = sum(
+        value * max(0.0, min(80.0, hi) - max(60.0, lo))
+        for lo, hi, value in zip(edges[:-1], edges[1:], rate.female, strict=True)
+    )
+    assert plan.factors[0] == pytest.approx(AUTO_EVENTS / expected) and plan.factors[0] > 1
+    assert plan.factors[1] == 30
+    tilted = plan.model.hazard_tilt[plan.model.hazard_tilt != 1.0]
+    assert sorted(tilted) == pytest.approx(sorted(plan.factors))
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +207,7 @@ def test_same_seed_same_bytes_whatever_the_chunks(tmp_path: Path) -> None:
         elif name != "fhir/manifest.json":  # the Bulk manifest names its folder
             assert two.manifest["files"][name]["sha256"] == entry["sha256"], name
     assert any(name.startswith("truth/") for name in one.manifest["files"])
+    assert one.manifest["scenario"]["tilt_factors"] == [pytest.approx(1365.7, rel=1e-3)]  # computed: 3 onsets
 
 
 def test_truth_tables(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
         people, t_end = _subset(people, flat), t_end[flat]
         ok = np.zeros(valid.shape, bool)
         if flat.any():
-            result, counts = sim._simulate_streams(people.index, people.index, people=people)
+            # the buffer grows to the scenario's lives (longer than most): fewer kernel calls run again for room
+            result, counts = sim._simulate_streams(people.index, people.index, learn_capacity=True, people=people)
             row = np.repeat(np.arange(len(t_end)), counts)
             satisfied = plan.satisfied(result.events, row, result.people, t_end)
             ok[take] = satisfied
