@@ -4,8 +4,9 @@
 The kernel keeps attributes in its scratch and records no event when one is set, so the kept histories are
 lived again by the reference twin (simulator/engine/reference.py), which follows the kernel draw for draw
 (tests/test_reference.py), with each `set` logged. The replay's events are checked against the kernel's,
-so the table is the attributes of the very histories the record was made from. Scenario cohorts are small
-(tens to thousands of patients), and the replay costs about as much per patient as the export does.
+so the table is the attributes of the very histories the record was made from. The replay is slow (about
+0.5 s a patient of 60 on the busy 2-core development machine, 2026-12-07): a scenario asks for it with
+`hidden_attributes: true`.
 """
 
 from __future__ import annotations

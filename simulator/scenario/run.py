@@ -38,6 +38,7 @@ from simulator.scenario.plan import Plan, window_ages
 
 MAX_CANDIDATES = DECEDENT_STREAMS // REDRAW_STRIDE  # candidate streams of one patient (below the decedents')
 MAX_BATCH = 64  # histories a patient tries in one round
+MAX_WIDTH = 4096  # candidates a patient draws in one round (a narrow `who` takes several rounds)
 
 
 class ScenarioError(RuntimeError):
@@ -91,7 +92,7 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
         rate = max(kept / tried if tried else 1.0, 1.0 / MAX_BATCH)  # of histories kept in the chunk so far
         b = 1 if r == 0 else min(MAX_BATCH, math.ceil(2 ** (r - 1) / rate))
         quota = np.minimum(b, scenario.max_attempts - attempts[todo])
-        width = math.ceil(b / share * 1.5) + 8  # candidates drawn to find b inside `who`
+        width = min(math.ceil(b / max(share, 1e-6) * 1.5) + 8, MAX_WIDTH)  # candidates drawn to find b in `who`
         position = k[todo][:, None] + np.arange(width)
         valid = position < MAX_CANDIDATES
         stream = index[todo][:, None] + position * REDRAW_STRIDE

@@ -138,5 +138,5 @@ class Scenario(Frozen):
     messiness: str = "clean"
     history: History = History()
     # truth/attributes: each kept history lived again by the reference twin with every attribute logged (about
-    # as long again as the export of the patient: off unless asked)
+    # 0.5 s a patient: off unless asked)
     hidden_attributes: bool = False
