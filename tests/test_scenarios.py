@@ -18,6 +18,7 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_ONSET
 from simulator.engine.run import RunConfig, Simulated, Simulator
 from simulator.model.library import Library
+from simulator.scenario import run as scenario_run
 from simulator.scenario.output import attach, check_scenario
 from simulator.scenario.plan import AUTO_EVENTS
 from simulator.scenario.run import simulate_scenario
@@ -190,6 +191,26 @@ def test_weights_estimate_the_mean_age_at_the_event(
     plain_spread = plain.std() / np.sqrt(len(plain))
     assert len(plain) > 100
     assert abs(weighted - plain.mean()) < 3.5 * np.hypot(spread, plain_spread), (weighted, plain.mean())
+
+
+def test_rounds_of_several_histories_keep_the_patients_of_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, shipped_library: Library
+) -> None:
+    """Trying several candidates a round (simulate_scenario) keeps the first that satisfies the scenario: the
+    same patients, weights, attempts and passed-over counts as trying one at a time."""
+    plan, _ = check_scenario(EXAMPLES / "hypoglycaemia_t2d.yaml")
+    sim = Simulator.build(RunConfig(seed=2), shipped_library)
+    attach(sim, plan)
+    index = np.arange(8, dtype=np.int64)
+    batched = simulate_scenario(sim, plan, index)
+    monkeypatch.setattr(scenario_run, "MAX_BATCH", 1)
+    single = simulate_scenario(sim, plan, index)
+    assert batched.attempts.max() > 2  # some patients needed several rounds
+    for name in ("attempts", "passed_over", "counts"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(single, name))
+    np.testing.assert_array_equal(batched.simulated.stream, single.simulated.stream)
+    np.testing.assert_array_equal(batched.simulated.log_weight, single.simulated.log_weight)
+    np.testing.assert_array_equal(batched.simulated.events.t, single.simulated.events.t)
 
 
 # --- determinism and ground truth -----------------------------------------------------------------------
