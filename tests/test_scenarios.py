@@ -18,7 +18,9 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_ONSET
 from simulator.engine.run import RunConfig, Simulated, Simulator
 from simulator.model.library import Library
+from simulator.scenario import run as scenario_run
 from simulator.scenario.output import attach, check_scenario
+from simulator.scenario.plan import AUTO_EVENTS
 from simulator.scenario.run import simulate_scenario
 
 PLAIN = 6000  # lifetimes of the plain cohort the weighted estimates are compared with
@@ -92,6 +94,37 @@ tilt:
 """
 
 
+AUTO = """
+patients: 5
+mode: lifetime
+who: {sex: [female]}
+require:
+  - {condition: atrial_fibrillation, window: {age: {min: 60, max: 80}}}
+tilt:
+  - {module: atrial_fibrillation, state: af_free, to: af_onset, window: {age: {min: 60, max: 80}}}
+  - {module: hypoglycaemia, state: hypo_on_insulin, to: hypo_event, factor: 30, window: {age: {min: 60}}}
+"""
+
+
+def test_a_tilt_without_a_factor_expects_auto_events_in_its_window(tmp_path: Path, shipped_library: Library) -> None:
+    """The computed factor makes the hazard's expected count over the window AUTO_EVENTS (its rate table
+    integrated over the window, for the sexes of `who`); a factor given is kept."""
+    path = tmp_path / "auto.yaml"
+    path.write_text(AUTO)
+    plan, library = check_scenario(path)
+    af = next(m for m in library.modules if m.name == "atrial_fibrillation").states["af_free"].hazards
+    rate = next(h for h in af if h.to == "af_onset").rate_per_year
+    edges = [*rate.ages, 200.0]
+    expected = sum(
+        value * max(0.0, min(80.0, hi) - max(60.0, lo))
+        for lo, hi, value in zip(edges[:-1], edges[1:], rate.female, strict=True)
+    )
+    assert plan.factors[0] == pytest.approx(AUTO_EVENTS / expected) and plan.factors[0] > 1
+    assert plan.factors[1] == 30
+    tilted = plan.model.hazard_tilt[plan.model.hazard_tilt != 1.0]
+    assert sorted(tilted) == pytest.approx(sorted(plan.factors))
+
+
 @pytest.fixture(scope="module")
 def plain_lifetimes(shipped_library: Library) -> tuple[Simulated, tuple[str, ...]]:
     """A plain birth cohort as the kernel made it, and the library's condition names."""
@@ -160,6 +193,26 @@ def test_weights_estimate_the_mean_age_at_the_event(
     assert abs(weighted - plain.mean()) < 3.5 * np.hypot(spread, plain_spread), (weighted, plain.mean())
 
 
+def test_rounds_of_several_histories_keep_the_patients_of_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, shipped_library: Library
+) -> None:
+    """Trying several candidates a round (simulate_scenario) keeps the first that satisfies the scenario: the
+    same patients, weights, attempts and passed-over counts as trying one at a time."""
+    plan, _ = check_scenario(EXAMPLES / "hypoglycaemia_t2d.yaml")
+    sim = Simulator.build(RunConfig(seed=2), shipped_library)
+    attach(sim, plan)
+    index = np.arange(8, dtype=np.int64)
+    batched = simulate_scenario(sim, plan, index)
+    monkeypatch.setattr(scenario_run, "MAX_BATCH", 1)
+    single = simulate_scenario(sim, plan, index)
+    assert batched.attempts.max() > 2  # some patients needed several rounds
+    for name in ("attempts", "passed_over", "counts"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(single, name))
+    np.testing.assert_array_equal(batched.simulated.stream, single.simulated.stream)
+    np.testing.assert_array_equal(batched.simulated.log_weight, single.simulated.log_weight)
+    np.testing.assert_array_equal(batched.simulated.events.t, single.simulated.events.t)
+
+
 # --- determinism and ground truth -----------------------------------------------------------------------
 
 
@@ -175,6 +228,7 @@ def test_same_seed_same_bytes_whatever_the_chunks(tmp_path: Path) -> None:
         elif name != "fhir/manifest.json":  # the Bulk manifest names its folder
             assert two.manifest["files"][name]["sha256"] == entry["sha256"], name
     assert any(name.startswith("truth/") for name in one.manifest["files"])
+    assert one.manifest["scenario"]["tilt_factors"] == [pytest.approx(1365.7, rel=1e-3)]  # computed: 3 onsets
 
 
 def test_truth_tables(tmp_path: Path) -> None:
@@ -194,6 +248,30 @@ def test_truth_tables(tmp_path: Path) -> None:
     assert set(forced["patient"]) <= set(range(50)) and (forced["to"] == "t1d_dka_emergency").all()
     states = truth["states"]
     assert {"t1d_onset", "t1d_dka_emergency"} <= set(states["state"])
+
+
+def test_hidden_attributes_in_truth(tmp_path: Path) -> None:
+    """truth/attributes (asked with hidden_attributes): every value a state set, each patient's history lived
+    again by the reference twin (which must match the kernel's events)."""
+    path = tmp_path / "dka.yaml"
+    path.write_text(
+        (EXAMPLES / "dka_teen.yaml")
+        .read_text()
+        .replace("patients: 50", "patients: 3")
+        .replace("messiness: typical", "hidden_attributes: true")
+    )
+    pop = simulator.generate(scenario=path, seed=6, out=tmp_path / "o", formats="parquet,csv")
+    attributes, onsets = pop.truth["attributes"], pop.truth["onsets"]
+    assert list(attributes.columns) == ["patient", "time", "module", "state", "attribute", "value", "per_year"]
+    assert (tmp_path / "o" / "truth" / "attributes.csv").exists()
+    dka = attributes[(attributes["attribute"] == "t1d_dka") & (attributes["state"] == "t1d_dka_emergency")]
+    assert set(dka.loc[dka["value"] == 1, "patient"]) == {0, 1, 2}  # set at each patient's ketoacidosis
+    initial = attributes[attributes["state"] == ""]
+    assert (initial.groupby("patient")["time"].nunique() == 1).all() and len(initial) % 3 == 0  # birth values
+    onset = onsets[onsets["condition"] == "t1d"].groupby("patient")["onset_time"].min()
+    excess = attributes[(attributes["attribute"] == "t1d_glycemic_excess") & (attributes["value"] == 6)]
+    lead = (onset - excess.groupby("patient")["time"].min()) / pd.Timedelta(days=30.44)
+    assert ((lead > 1.9) & (lead < 4.1)).all()  # glycaemia rises 2-4 months before the onset the record shows
 
 
 # --- the examples, each patient checked against the written FHIR -----------------------------------------

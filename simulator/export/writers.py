@@ -61,7 +61,7 @@ from simulator.files import (
 
 FOLDERS = {"ndjson": "fhir", "bundles": "bundles", "csv": "csv", "parquet": "parquet"}  # format -> folder
 TRUTH = "truth"  # the ground truth of a run (`Export.truth_staging`)
-SCENARIO_TRUTH_TABLES = ("weights", "states", "onsets", "forced")  # a scenario's (simulator.scenario.output)
+SCENARIO_TRUTH_TABLES = ("weights", "states", "onsets", "forced", "attributes")  # simulator.scenario.output
 RUN_MANIFEST = "manifest.json"
 WRITTEN_TABLES = ("patients", "events", *TABLES)
 # Every column of every table, described: written as csv/data_dictionary.csv beside the CSV tables

@@ -54,7 +54,7 @@ def scenario_chunks(sim: Simulator, plan: Plan, truth: dict[str, list[pd.DataFra
 
 
 def joined(truth: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    return {name: pd.concat(truth[name], ignore_index=True) for name in SCENARIO_TRUTH_TABLES}
+    return {name: pd.concat(truth[name], ignore_index=True) for name in SCENARIO_TRUTH_TABLES if name in truth}
 
 
 def summary(plan: Plan, sim: Simulator, frames: dict[str, pd.DataFrame]) -> dict:
@@ -67,6 +67,7 @@ def summary(plan: Plan, sim: Simulator, frames: dict[str, pd.DataFrame]) -> dict
         "rejected": int(weights["attempts"].sum() - len(weights)),
         "passed_over": int(weights["passed_over"].sum()),
         "demographic_share": plan.demographic_share(sim.people_tables),
+        "tilt_factors": list(plan.factors),  # each tilt's, computed where the file gives none
         "scenario": plan.scenario.model_dump(mode="json"),
     }
 

@@ -17,13 +17,17 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
 from simulator.engine.compiler import CompiledModel, Names
 from simulator.engine.kernel import Events
-from simulator.engine.people import People, PeopleTables
+from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of
 from simulator.engine.reference import Conditioning
+from simulator.engine.run import LIFETIME_HORIZON_YEARS
 from simulator.model.library import Library
 from simulator.model.messiness import PROFILES
 from simulator.model.parsing import LoadError, Located, Problem, parse_yaml, suggest, validate
-from simulator.model.schema import ENCOUNTER_CLASSES
+from simulator.model.schema import ENCOUNTER_CLASSES, Hazard, RateTable
 from simulator.scenario.schema import Scenario, Window
+
+AUTO_EVENTS = 3.0  # expected events of a tilt without a factor inside its window: at least one with probability ~95%
+MAX_FACTOR = 1e6  # the largest tilt factor (as the file's)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Plan:
     names: Names
     windows: tuple[Window, ...]
     conditioning: Conditioning
+    factors: tuple[float, ...]  # of each tilt, computed where the file gives none (auto_factor)
 
     def window_ages(self, people: People, t_end: np.ndarray) -> np.ndarray:
         """float64[n, n_windows, 2]: each patient's windows, [from, to) in years of age."""
@@ -49,18 +54,7 @@ class Plan:
         """The share of the unconditioned population whose sex, age at the end, race and ethnicity are inside
         `who` (patients are drawn from these alone; each weight carries the share)."""
         who = self.scenario.who
-        n_ages = len(tables.age_sex_cdf) // 2
-        cells = np.diff(tables.age_sex_cdf, prepend=0.0).reshape(2, n_ages)
-        sexes = [0, 1] if who.sex is None else [("male", "female").index(s) for s in who.sex]
-        share = 0.0
-        if self.scenario.mode == "lifetime":
-            male = tables.age_sex_cdf[0] / (tables.age_sex_cdf[0] + cells[1, 0])
-            share = sum((male, 1 - male)[s] for s in sexes)
-        else:
-            low, high = (0.0, math.inf) if who.age_at_end is None else (who.age_at_end.min, who.age_at_end.max)
-            ages = np.arange(n_ages, dtype=float)
-            overlap = np.clip(np.minimum(ages + 1, high) - np.maximum(ages, low), 0.0, 1.0)
-            share = float(sum((cells[s] * overlap).sum() for s in sexes))
+        share = float(who_cells(self.scenario, tables)[2].sum())
         for chosen, cdf, labels in (
             (who.race, tables.race_cdf, self.names.races),
             (who.ethnicity, tables.ethnicity_cdf, self.names.ethnicities),
@@ -137,6 +131,51 @@ class Plan:
         return match & (events.value < requirement.below)  # type: ignore[attr-defined]
 
 
+def who_cells(scenario: Scenario, tables: PeopleTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unconditioned population inside `who`'s sex and age at the end, as cells: sex (0 male, 1 female),
+    age at the end (years; the middle of the part of the one-year band inside `who`, the lifetime horizon in
+    lifetime mode) and share of the population."""
+    who = scenario.who
+    n_ages = len(tables.age_sex_cdf) // 2
+    cells = np.diff(tables.age_sex_cdf, prepend=0.0).reshape(2, n_ages)
+    sexes = [0, 1] if who.sex is None else [("male", "female").index(s) for s in who.sex]
+    if scenario.mode == "lifetime":
+        male = tables.age_sex_cdf[0] / (tables.age_sex_cdf[0] + cells[1, 0])
+        return (
+            np.array(sexes),
+            np.full(len(sexes), LIFETIME_HORIZON_YEARS),
+            np.array([(male, 1 - male)[s] for s in sexes]),
+        )
+    low, high = (0.0, math.inf) if who.age_at_end is None else (who.age_at_end.min, who.age_at_end.max)
+    ages = np.arange(n_ages, dtype=float)
+    from_, to = np.maximum(ages, low), np.minimum(ages + 1, high)
+    overlap = np.clip(to - from_, 0.0, 1.0)
+    sex = np.repeat(sexes, n_ages)
+    return sex, np.tile((from_ + to) / 2, len(sexes)), np.concatenate([cells[s] * overlap for s in sexes])
+
+
+def auto_factor(scenario: Scenario, hazard: Hazard, window: Window, tables: PeopleTables) -> float:
+    """The tilt factor that makes the hazard's expected number of events inside `window` AUTO_EVENTS, on
+    average over the patients of `who` who sit in its state throughout the window (its rate by age and sex,
+    without hazard ratios): at least one event then has probability about 1 - exp(-AUTO_EVENTS). The factor
+    is a constant of the model, so the weights stay exact likelihood ratios; never below 1."""
+    sex, end_age, share = who_cells(scenario, tables)
+    low = np.full(len(end_age), 0.0 if window.age is None else window.age.min)
+    high = end_age if window.age is None else np.minimum(end_age, window.age.max)
+    if window.years_before_end is not None:
+        low = np.maximum(low, end_age - window.years_before_end)
+    rate = hazard.rate_per_year
+    if isinstance(rate, RateTable):
+        edges = np.array([*rate.ages, math.inf])
+        values = np.array([rate.male, rate.female])[sex]  # [cell, band]
+        span = np.clip(np.minimum(high[:, None], edges[1:]) - np.maximum(low[:, None], edges[:-1]), 0.0, None)
+        expected = (values * span).sum(axis=1)
+    else:
+        expected = rate * np.clip(high - low, 0.0, None)
+    mean = float((expected * share).sum() / share.sum()) if share.sum() > 0 else 0.0
+    return 1.0 if mean <= 0.0 else float(np.clip(AUTO_EVENTS / mean, 1.0, MAX_FACTOR))
+
+
 def window_ages(window: Window, birth_t: np.ndarray, t_end: np.ndarray) -> np.ndarray:
     """float64[n, 2]: a window as [from, to) in years of age of each patient (empty: from >= to)."""
     end_age = (t_end - birth_t) / DAYS_PER_YEAR
@@ -170,7 +209,8 @@ def load_plan(path: str | Path, library: Library, model: CompiledModel, names: N
     problems = _name_problems(doc, scenario, library, names)
     if problems:
         raise LoadError(problems)
-    return _plan(doc.file, scenario, library, model, names)
+    tables = build_people_tables(library, reference_date_of(library))  # the pyramid of the auto tilt factors
+    return _plan(doc.file, scenario, library, model, names, tables)
 
 
 def _name_problems(doc: Located, scenario: Scenario, library: Library, names: Names) -> list[Problem]:
@@ -268,7 +308,9 @@ def _records(state: int, names: Names, library: Library) -> bool:
     return recorded or entered.encounter is not None or entered.death is not None
 
 
-def _plan(file: str, scenario: Scenario, library: Library, model: CompiledModel, names: Names) -> Plan:
+def _plan(
+    file: str, scenario: Scenario, library: Library, model: CompiledModel, names: Names, tables: PeopleTables
+) -> Plan:
     """The compiled model with the scenario's changes (a forced branch or a tilt per (module, state))."""
     windows: list[Window] = []
 
@@ -285,13 +327,17 @@ def _plan(file: str, scenario: Scenario, library: Library, model: CompiledModel,
     tilted, force, force_window = model.state_tilted.copy(), model.state_force.copy(), model.state_force_window.copy()
     tilts: dict[tuple[str, str, int], tuple[float, int]] = {}
     forced: dict[tuple[str, str], tuple[int, int]] = {}
+    factors = []
     for entry in scenario.tilt:
         s = state_index[f"{entry.module}.{entry.state}"]
-        k = [h.to for h in modules[entry.module].states[entry.state].hazards or []].index(entry.to)
+        hazards = modules[entry.module].states[entry.state].hazards or []
+        k = [h.to for h in hazards].index(entry.to)
+        factor = auto_factor(scenario, hazards[k], entry.window, tables) if entry.factor is None else entry.factor
+        factors.append(factor)
         w = window_of(entry.window)
         h = model.state_sub_start[s] + k
-        tilt_factor[h], tilt_window[h], tilted[s] = entry.factor, w, True
-        tilts[(entry.module, entry.state, k)] = (entry.factor, w)
+        tilt_factor[h], tilt_window[h], tilted[s] = factor, w, True
+        tilts[(entry.module, entry.state, k)] = (factor, w)
     for entry in scenario.force:
         s = state_index[f"{entry.module}.{entry.state}"]
         k = [b.to for b in modules[entry.module].states[entry.state].branches or []].index(entry.to)
@@ -307,4 +353,4 @@ def _plan(file: str, scenario: Scenario, library: Library, model: CompiledModel,
         state_force=force,
         state_force_window=force_window,
     )
-    return Plan(scenario, file, changed, names, tuple(windows), Conditioning(tilts, forced))
+    return Plan(scenario, file, changed, names, tuple(windows), Conditioning(tilts, forced), tuple(factors))

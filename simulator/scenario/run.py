@@ -12,6 +12,7 @@ weighted means over the patients estimate the population's figures among those t
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -32,9 +33,12 @@ from simulator.engine.run import (
     _subset,
 )
 from simulator.errors import ConfigError
+from simulator.scenario.attributes import attribute_table
 from simulator.scenario.plan import Plan, window_ages
 
 MAX_CANDIDATES = DECEDENT_STREAMS // REDRAW_STRIDE  # candidate streams of one patient (below the decedents')
+MAX_BATCH = 64  # histories a patient tries in one round
+MAX_WIDTH = 4096  # candidates a patient draws in one round (a narrow `who` takes several rounds)
 
 
 class ScenarioError(RuntimeError):
@@ -53,19 +57,30 @@ class ScenarioChunk:
 
 
 def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> ScenarioChunk:
-    """Patients `index` of the scenario run (see the module docstring)."""
+    """Patients `index` of the scenario run (see the module docstring).
+
+    The candidates are tried in rounds, each one kernel call: in round r each patient still without a
+    history tries their next b candidates inside `who` at once, b = 2^(r-1) / (the share of histories kept so
+    far in the chunk), at most MAX_BATCH (b = 1 in the first round), and keeps the first that satisfies the
+    scenario; the histories simulated after it are dropped, uncounted. So the patients, their weights and
+    `attempts` are those of trying one candidate at a time, whatever b is, in far fewer rounds (each
+    round's fixed cost, a kernel and a people call, outweighs a history on a busy machine)."""
     index = index.astype(np.int64)
     n = len(index)
     scenario = plan.scenario
     lifetime = scenario.mode == "lifetime"
+    share = plan.demographic_share(sim.people_tables)
     k = np.zeros(n, np.int64)
     attempts = np.zeros(n, np.int64)
     passed_over = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
     parts: list[tuple[Simulated, np.ndarray]] = []
     order: list[np.ndarray] = []
-    while not done.all():
+    kept = tried = 0
+    for r in itertools.count():
         todo = np.flatnonzero(~done)
+        if not len(todo):
+            break
         stuck = todo[(attempts[todo] >= scenario.max_attempts) | (k[todo] >= MAX_CANDIDATES)]
         if len(stuck):
             i = stuck[0]
@@ -74,25 +89,45 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
                 f"drawn) satisfied the scenario (max_attempts: {scenario.max_attempts}); make it likelier with "
                 "force or a larger tilt factor, or raise max_attempts"
             )
-        stream = index[todo] + k[todo] * REDRAW_STRIDE
-        k[todo] += 1
-        people = sample(sim.people_tables, sim.config.seed, stream, lifetime)
+        rate = max(kept / tried if tried else 1.0, 1.0 / MAX_BATCH)  # of histories kept in the chunk so far
+        b = 1 if r == 0 else min(MAX_BATCH, math.ceil(2 ** (r - 1) / rate))
+        quota = np.minimum(b, scenario.max_attempts - attempts[todo])
+        width = min(math.ceil(b / max(share, 1e-6) * 1.5) + 8, MAX_WIDTH)  # candidates drawn to find b in `who`
+        position = k[todo][:, None] + np.arange(width)
+        valid = position < MAX_CANDIDATES
+        stream = index[todo][:, None] + position * REDRAW_STRIDE
+        people = sample(sim.people_tables, sim.config.seed, stream[valid], lifetime)
         t_end = _t_end(sim, people, lifetime)
-        inside = plan.in_who(people) & (lifetime | plan.in_who_age(people, t_end))
-        passed_over[todo[~inside]] += 1
-        if not inside.any():
-            continue
-        tried = todo[inside]
-        attempts[tried] += 1
-        people, t_end = _subset(people, inside), t_end[inside]
-        result, counts = sim._simulate_streams(people.index, people.index, people=people)
-        row = np.repeat(np.arange(len(tried)), counts)
-        ok = plan.satisfied(result.events, row, result.people, t_end)
-        done[tried[ok]] = True
-        if ok.any():
-            parts.append(_select(result, counts, ok))
-            order.append(tried[ok])
-    log_share = math.log(plan.demographic_share(sim.people_tables))
+        inside = np.zeros(valid.shape, bool)
+        inside[valid] = plan.in_who(people) & (lifetime | plan.in_who_age(people, t_end))
+        take = inside & (np.cumsum(inside, axis=1) <= quota[:, None])
+        full = take.sum(axis=1) == quota
+        last = np.where(full, width - 1 - np.argmax(take[:, ::-1], axis=1), width - 1)  # scanned up to here
+        flat = take[valid]
+        people, t_end = _subset(people, flat), t_end[flat]
+        ok = np.zeros(valid.shape, bool)
+        if flat.any():
+            # the buffer grows to the scenario's lives (longer than most): fewer kernel calls run again for room
+            result, counts = sim._simulate_streams(people.index, people.index, learn_capacity=True, people=people)
+            row = np.repeat(np.arange(len(t_end)), counts)
+            satisfied = plan.satisfied(result.events, row, result.people, t_end)
+            ok[take] = satisfied
+            first = np.argmax(ok, axis=1)
+            found = ok.any(axis=1)
+            last = np.where(found, first, last)
+            chosen = np.zeros(valid.shape, bool)
+            chosen[np.flatnonzero(found), first[found]] = True
+            if found.any():
+                parts.append(_select(result, counts, chosen[take]))
+                order.append(todo[found])
+            done[todo[found]] = True
+        scanned = np.arange(width) <= last[:, None]
+        simulated = (take & scanned).sum(axis=1)
+        attempts[todo] += simulated
+        passed_over[todo] += (valid & ~inside & scanned).sum(axis=1)
+        k[todo] += last + 1
+        kept, tried = kept + int(ok.any(axis=1).sum()), tried + int(simulated.sum())
+    log_share = math.log(share)
     simulated = _in_order(parts, np.concatenate(order) if order else np.empty(0, np.int64), index)
     simulated = simulated._replace(log_weight=simulated.log_weight + log_share)
     counts = np.bincount(np.searchsorted(index, simulated.patient), minlength=n) if n else np.zeros(0, np.int64)
@@ -152,7 +187,7 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
     patient's weight, its log, the histories simulated and the stream kept), `states` (every state that
     recorded something, with when: the path through each module), `onsets` (each true onset, and the
     diagnosis of it that followed, if any), `forced` (the entries into a forced branch's target inside its
-    window)."""
+    window), and with `hidden_attributes`, `attributes` (the values modules set: simulator.scenario.attributes)."""
     result, names = chunk.simulated, sim.names
     events, patient = result.events, result.patient
     weights = pd.DataFrame(
@@ -176,12 +211,24 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
             "state": state_names[path["state_id"].to_numpy()],
         }
     )
-    return {
+    tables = {
         "weights": weights,
         "states": states,
         "onsets": _onsets(events, patient, names),
         "forced": _forced(plan, chunk),
     }
+    if plan.scenario.hidden_attributes:
+        tables["attributes"] = _attributes(sim, plan, chunk)
+    return tables
+
+
+def _attributes(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> pd.DataFrame:
+    result = chunk.simulated
+    windows = plan.window_ages(result.people, chunk.t_end) if plan.windows else None
+    times = np.split(result.events.t, np.cumsum(chunk.counts)[:-1]) if len(chunk.counts) else []
+    return attribute_table(
+        sim.library, sim.config.seed, result.people, result.stream, chunk.t_end, plan.conditioning, windows, times
+    )
 
 
 def _entries(events: Events, patient: np.ndarray, mask: np.ndarray) -> pd.DataFrame:

@@ -96,12 +96,13 @@ class Forced(Frozen):
 class Tilt(Frozen):
     """A hazard of `state` (the one leading `to`) multiplied by `factor` inside `window`; outside it, and for
     every other hazard, the model as it is. Without a window it is a parameter override of the module (the
-    weights still answer to the unconditioned model)."""
+    weights still answer to the unconditioned model). No factor: the one that makes the hazard's expected
+    count over the window AUTO_EVENTS for the patients of `who` (simulator.scenario.plan.auto_factor)."""
 
     module: Name
     state: Name
     to: Name
-    factor: float = Field(gt=0, le=1e6)
+    factor: float | None = Field(None, gt=0, le=1e6)
     window: Window = Window()
 
 
@@ -136,3 +137,6 @@ class Scenario(Frozen):
     streams: Streams = Streams()
     messiness: str = "clean"
     history: History = History()
+    # truth/attributes: each kept history lived again by the reference twin with every attribute logged (about
+    # 0.5 s a patient: off unless asked)
+    hidden_attributes: bool = False

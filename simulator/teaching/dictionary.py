@@ -34,6 +34,24 @@ ROWS = {
     "deaths": "one row per death",
 }
 
+# The ground truth a scenario run writes beside the record (truth/<table>.parquet, .csv with csv), apart from the
+# CSV tables above: the tables that hold what the FHIR record never shows directly (docs/scenarios.md has all)
+TRUTH = {
+    "attributes": (
+        "one row per value a hidden attribute took: its initial value at birth, then each value a module state "
+        "set (scenario runs; the others of truth/ are in [scenarios.md](scenarios.md#ground-truth))",
+        [
+            ("patient", "integer", "The patient's index (patients.index)"),
+            ("time", "datetime", "When the value was set (the patient's birth for the initial value)"),
+            ("module", "text", "The module whose state set it (for the initial value, the module declaring it)"),
+            ("state", "text", "The module state that set it; empty for the initial value"),
+            ("attribute", "text", "The attribute (a latent value such as blood-pressure excess, GFR or HbA1c excess)"),
+            ("value", "number", "Its value from then on, in the unit of the module's description"),
+            ("per_year", "number", "Its drift from then on, in those units a year (0: constant)"),
+        ],
+    ),
+}
+
 
 def markdown() -> str:
     """The text of docs/data-dictionary.md."""
@@ -74,6 +92,17 @@ def markdown() -> str:
             for c, t, d in zip(rows["column"], rows["type"], rows["description"], strict=True)
         ]
         lines.append("")
+    for table, (rows_are, described) in TRUTH.items():
+        lines += [
+            f"## truth/{table}",
+            "",
+            f"{rows_are.capitalize()}.",
+            "",
+            "| column | type | description |",
+            "|---|---|---|",
+            *(f"| `{c}` | {t} | {d} |" for c, t, d in described),
+            "",
+        ]
     return "\n".join(lines)
 
 
