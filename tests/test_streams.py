@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import simulator
 from simulator.cli import app
 from simulator.errors import ConfigError
-from simulator.export.streams.home import cgm_samples, cgm_windows
+from simulator.export.streams.home import abpm_samples, abpm_visits, cgm_samples, cgm_windows
 from simulator.export.streams.signals import QUALITY, Charted, Irregular, ou_path, stay_samples
 from simulator.model.checks import load_terminology
 from simulator.model.library import Library, default_rules_dir
@@ -214,6 +214,38 @@ def test_compression_lows_come_at_night_and_are_flagged() -> None:
     assert flagged.any() and np.nanmedian(samples.value[0][flagged]) < np.nanmedian(samples.value[0][~flagged])
 
 
+def test_abpm_records_24_hours_every_30_minutes_with_nocturnal_dipping() -> None:
+    """A recording from each hypertension confirmation visit since 2015: 48 readings, the day around the office
+    reading less 5 mm Hg, the night 10-20% lower."""
+    abpm, setting = RULES.abpm, RULES.settings["abpm"]
+    visit_times = ["2012-05-01 15:00", "2020-05-01 15:00"]  # the first before ABPM was recommended
+    times = pd.to_datetime([t for t in visit_times for _ in range(2)], format="ISO8601").tz_localize("UTC")
+    events = pd.DataFrame(
+        {
+            "patient": [0] * 4,
+            "time": times,
+            "kind": pd.Categorical(["observation"] * 4),
+            "code": pd.Categorical(["8480-6", "8462-4"] * 2),
+            "value": [150.0, 95.0, 150.0, 95.0],
+            "module": pd.Categorical(["hypertension"] * 4),
+            "state": pd.Categorical(["htn_confirmation_visit"] * 4),
+        }
+    )
+    visits = abpm_visits(events, {0: END_MS}, abpm, ("8480-6", "8462-4"))
+    assert len(visits) == 1 and visits[0].office == (150.0, 95.0)
+    ratios = []
+    for seed in range(40):
+        samples = abpm_samples(RULES, setting, visits[0], np.random.default_rng(seed))
+        assert len(samples.t_s) == 48 and np.allclose(np.diff(samples.t_s), 1800)
+        hour = ((visits[0].start_ms / 1000 + samples.t_s) % 86400) / 3600
+        night = (hour >= 23) | (hour < 7)
+        systolic = samples.value[0]
+        day = np.nanmean(systolic[~night])
+        assert abs(day - 145) < 10
+        ratios.append(np.nanmean(systolic[night]) / day)
+    assert 0.8 < np.mean(ratios) < 0.9  # dipping 10-20%
+
+
 def test_bad_stream_rules_say_where(tmp_path: Path) -> None:
     edit = ("channels: [heart_rate, respiratory_rate", "channels: [heart_rat, respiratory_rate")
     rules, modules = FIXTURE_LIBRARY["rules_dir"], FIXTURE_LIBRARY["modules_dir"]
@@ -247,7 +279,7 @@ RUN = {"patients": 600, "seed": 7, "mode": "lifetime", "formats": "ndjson"}
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("streams") / "run"
-    simulator.generate(**RUN, out=out, chunk_size=200, streams="icu,ward,ed,cgm", stream_interval=300)
+    simulator.generate(**RUN, out=out, chunk_size=200, streams="icu,ward,ed,cgm,abpm", stream_interval=300)
     return out
 
 
@@ -273,7 +305,7 @@ def test_a_run_without_streams_is_unchanged(streamed: Path, plain: Path) -> None
 
 def test_the_streams_are_listed_and_sampled_on_the_interval(streamed: Path) -> None:
     manifest = orjson.loads((streamed / "manifest.json").read_bytes())
-    assert manifest["streams"] == {"settings": ["icu", "ward", "ed", "cgm"], "interval_s": 300.0}
+    assert manifest["streams"] == {"settings": ["icu", "ward", "ed", "cgm", "abpm"], "interval_s": 300.0}
     for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet", "truth/stream_events.parquet"):
         assert name in manifest["files"], name
     bulk = orjson.loads((streamed / "fhir" / "manifest.json").read_bytes())
@@ -281,7 +313,8 @@ def test_the_streams_are_listed_and_sampled_on_the_interval(streamed: Path) -> N
     rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
     assert list(rows.columns) == ["patient", "encounter", "device", "code", "time", "value", "quality"]
     steps = rows.groupby(["device", "code"], observed=True)["time"].diff().dropna().dt.total_seconds()
-    assert (steps == 300.0).all()
+    abpm = rows["encounter"].isna() & rows["code"].isin(["8480-6", "8462-4"]).to_numpy()
+    assert (steps[~abpm] == 300.0).all() and (steps[abpm] == 1800.0).all()  # an ABPM reads every 30 minutes
     assert set(rows["quality"].astype(str)) <= set(QUALITY)
 
 
@@ -348,15 +381,17 @@ def test_stream_fhir_resources_validate_and_point_to_the_record(streamed: Path) 
         assert device["patient"]["reference"].split("/")[1] in patients
     cgm = [o for o in observations if o["code"]["coding"][0]["code"] == "99504-3"]
     assert cgm and cgm[0]["valueSampledData"]["origin"]["unit"] == "mg/dL"
-    for observation in observations[:: max(1, len(observations) // 200)] + cgm[:20]:
+    abpm = [o for o in observations if "encounter" not in o and o not in cgm]
+    assert abpm and abpm[0]["valueSampledData"]["period"] == 1_800_000
+    for observation in observations[:: max(1, len(observations) // 200)] + cgm[:20] + abpm[:20]:
         get_fhir_model_class("Observation").model_validate(observation)
-        home = observation in cgm  # a home device's: no encounter, no MDC code
-        assert home or observation["encounter"]["reference"].split("/")[1] in encounters
+        assert "encounter" not in observation or observation["encounter"]["reference"].split("/")[1] in encounters
         assert observation["device"]["reference"].split("/")[1] in device_ids
         sampled = observation["valueSampledData"]
-        assert sampled["period"] == 300_000 and sampled["dimensions"] == 1
+        assert sampled["period"] in (300_000, 1_800_000) and sampled["dimensions"] == 1
         assert sampled["origin"]["system"] == "http://unitsofmeasure.org"
-        systems = {"http://loinc.org"} | (set() if home else {"urn:iso:std:iso:11073:10101"})
+        glucose = observation in cgm  # no MDC code verified
+        systems = {"http://loinc.org"} | (set() if glucose else {"urn:iso:std:iso:11073:10101"})
         assert {c["system"] for c in observation["code"]["coding"]} == systems
         assert 1 <= len(sampled["data"].split()) <= 12  # an hour at 300 s
 
@@ -388,7 +423,7 @@ def test_cgm_and_atrial_fibrillation_in_a_run(streamed: Path) -> None:
 @pytest.mark.slow
 def test_streams_do_not_depend_on_the_chunking(streamed: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    simulator.generate(**RUN, out=out, chunk_size=150, streams="icu,ward,ed,cgm", stream_interval=300)
+    simulator.generate(**RUN, out=out, chunk_size=150, streams="icu,ward,ed,cgm,abpm", stream_interval=300)
     for name in ("Device.ndjson", "Observation.streams.ndjson"):
         assert (out / "fhir" / name).read_bytes() == (streamed / "fhir" / name).read_bytes(), name
     names = ("streams/streams.parquet", "truth/stream_artefacts.parquet", "truth/stream_events.parquet")
@@ -398,7 +433,7 @@ def test_streams_do_not_depend_on_the_chunking(streamed: Path, tmp_path: Path) -
 
 def test_the_stream_rules_use_the_terminology(shipped_library: Library) -> None:
     rules = shipped_library.streams
-    assert set(rules.settings) == {"icu", "ward", "ed", "cgm"}
+    assert set(rules.settings) == {"icu", "ward", "ed", "cgm", "abpm"}
     terminology = load_terminology(shipped_library.rules_dir)
     assert terminology is not None
     codes = [c.code for c in rules.channels.values()] + [

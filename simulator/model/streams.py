@@ -47,7 +47,7 @@ class Channel(Strict):
     """One monitored vital sign. `observable`: the rules/vital_signs.yaml observable whose charted readings
     anchor the stream (the stream passes through each of them); `derived`: mean arterial pressure, taken
     from the systolic and diastolic channels as DBP + (SBP - DBP) / 3, or the CGM's glucose (the file's `cgm`
-    section makes its course). `slow_time_constant_s`: the
+    section makes its course), or an ambulatory pressure (the `abpm` section). `slow_time_constant_s`: the
     correlation time of the course between charted readings where the observable has none."""
 
     code: Code
@@ -56,7 +56,7 @@ class Channel(Strict):
     decimals: Annotated[int, Field(ge=0, le=3)]
     limits: Pair
     observable: Name | None = None
-    derived: Literal["mean_arterial_pressure", "cgm_glucose"] | None = None
+    derived: Literal["mean_arterial_pressure", "cgm_glucose", "abpm"] | None = None
     slow_time_constant_s: Positive | None = None
     variability: Variability
     sensor_sd: Annotated[float, Field(ge=0)]
@@ -172,6 +172,26 @@ class Cgm(Strict):
     hypoglycaemia: Hypoglycaemia
 
 
+class Abpm(Strict):
+    """Ambulatory blood pressure monitoring: fitted at the visit of the `module`'s `state` from `from_year`
+    on, for `duration_s`, a reading every `interval_s`; the daytime level is the visit's office readings less
+    `office_offset` (systolic, diastolic), the night's (`night_hours`, UTC clock) lower by a dip drawn in
+    `dip`; each reading varies around its level by its channel's variability SD."""
+
+    module: Name
+    state: Name
+    from_year: Annotated[int, Field(ge=1900, le=2100)]
+    from_source: Name
+    duration_s: Positive
+    interval_s: Annotated[float, Field(ge=60, le=3600)]
+    interval_source: Name
+    office_offset: Pair
+    offset_source: Name
+    night_hours: Pair
+    dip: Pair
+    dip_source: Name
+
+
 class AtrialFibrillation(Strict):
     """The irregular heart rate of atrial fibrillation in the bedside streams: from the true onset of
     `condition`, `channel` gets a per-sample relative fluctuation of rr_cv / sqrt(beats_averaged)."""
@@ -196,6 +216,7 @@ class StreamRules(Strict):
     settings: dict[Name, Setting] = Field(min_length=1)
     artefacts: dict[ArtefactKind, Artefact]
     cgm: Cgm | None = None
+    abpm: Abpm | None = None
     atrial_fibrillation: AtrialFibrillation | None = None
 
     @field_validator("interval_source", "shared_source")
@@ -253,6 +274,16 @@ class StreamRules(Strict):
                 raise ValueError("; ".join(problems))
         return cgm
 
+    @field_validator("abpm")
+    @classmethod
+    def _abpm_cited(cls, abpm: Abpm | None, info: ValidationInfo) -> Abpm | None:
+        if abpm is not None:
+            cited = (abpm.from_source, abpm.interval_source, abpm.offset_source, abpm.dip_source)
+            problems = uncited(info, *cited, where="abpm: ")
+            if problems:
+                raise ValueError("; ".join(problems))
+        return abpm
+
     @field_validator("atrial_fibrillation")
     @classmethod
     def _af_channel(cls, af: AtrialFibrillation | None, info: ValidationInfo) -> AtrialFibrillation | None:
@@ -265,8 +296,9 @@ class StreamRules(Strict):
 
     @model_validator(mode="after")
     def _home_sections(self) -> StreamRules:
-        if self.cgm is None and any(s.home == "cgm" for s in self.settings.values()):
-            raise ValueError("a setting is a cgm: give the cgm section")
+        for home in ("cgm", "abpm"):
+            if getattr(self, home) is None and any(s.home == home for s in self.settings.values()):
+                raise ValueError(f"a setting is a {home}: give the {home} section")
         return self
 
 

@@ -20,7 +20,7 @@ from simulator.export.streams.signals import (
     finish,
     ou_path,
 )
-from simulator.model.streams import Cgm, Setting, StreamRules
+from simulator.model.streams import Abpm, Cgm, Setting, StreamRules
 
 MS_PER_DAY = 86_400_000
 
@@ -176,3 +176,60 @@ def cgm_samples(
         quality[0, lo:hi] = np.where((q == 0) | (q > rank), rank, q)
         episodes.append(Episode(names[0], "warm_up", float(start), float(end), int(hi - lo)))
     return StaySamples(t_s, names, finish(rules, names, value), quality, episodes), shown
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One ambulatory blood pressure recording: its patient, number, start and end (ms) and the office
+    readings (systolic, diastolic, mm Hg) of the visit that fitted it."""
+
+    patient: int
+    number: int
+    start_ms: int
+    end_ms: int
+    office: tuple[float, float]
+
+
+def abpm_visits(events: pd.DataFrame, end_ms: dict[int, int], abpm: Abpm, codes: tuple[str, str]) -> list[Visit]:
+    """A 24-hour recording from each visit of the abpm section's state (the hypertension confirmation) from
+    its year on, starting at the visit's systolic reading, cut at the end of the record."""
+    at_visit = (events["module"].astype(str) == abpm.module) & (events["state"].astype(str) == abpm.state)
+    rows = events.loc[at_visit & (events["kind"].astype(str) == "observation")]
+    systolic = rows[rows["code"].astype(str) == codes[0]]
+    diastolic = rows[rows["code"].astype(str) == codes[1]].set_index(["patient", "time"])["value"]
+    first_ms = int(pd.Timestamp(f"{abpm.from_year}-01-01", tz="UTC").value // 1_000_000)
+    visits, numbers = [], {}
+    for patient, time, value in zip(systolic["patient"], systolic["time"], systolic["value"], strict=True):
+        start = int(time.value // 1_000_000)
+        end = min(start + round(abpm.duration_s * 1000), end_ms[int(patient)])
+        other = diastolic.get((patient, time))
+        if start < first_ms or end <= start or other is None:
+            continue
+        number = numbers[int(patient)] = numbers.get(int(patient), -1) + 1
+        visits.append(Visit(int(patient), number, start, end, (float(value), float(other))))
+    return visits
+
+
+def abpm_samples(rules: StreamRules, setting: Setting, visit: Visit, rng: np.random.Generator) -> StaySamples:
+    """The readings of one recording: each channel's day level (the office reading less the offset), lower by
+    the recording's dip at night, with independent reading-to-reading variation, then the setting's
+    artefacts. Draws, in order: the dip, the variation channel by channel, the artefacts."""
+    abpm = rules.abpm
+    assert abpm is not None  # an abpm setting needs the section (StreamRules checks it)
+    names = tuple(setting.channels)
+    duration_s = (visit.end_ms - visit.start_ms) / 1000.0
+    t_s = np.arange(0.0, duration_s, abpm.interval_s)
+    hour = ((visit.start_ms / 1000.0 + t_s) % SECONDS_PER_DAY) / 3600.0
+    start, end = abpm.night_hours
+    night = (hour >= start) | (hour < end) if start > end else (hour >= start) & (hour < end)
+    dip = rng.uniform(*abpm.dip)
+    value = np.empty((len(names), len(t_s)))
+    for i, name in enumerate(names):
+        day = visit.office[i] - abpm.office_offset[i]
+        level = np.where(night, day * (1.0 - dip), day)
+        value[i] = level + rules.channels[name].variability.sd * rng.standard_normal(len(t_s))
+    quality = np.zeros(value.shape, dtype=np.int8)
+    artefacts = rules.artefacts if setting.artefacts is None else setting.artefacts
+    clock0_s = (visit.start_ms / 1000.0) % SECONDS_PER_DAY
+    episodes = apply_artefacts(rules, artefacts, names, t_s, duration_s, value, quality, rng, clock0_s)
+    return StaySamples(t_s, names, finish(rules, names, value), quality, episodes)

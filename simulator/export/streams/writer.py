@@ -22,7 +22,7 @@ from simulator.errors import ConfigError
 from simulator.export.fhir_text import TEXT
 from simulator.export.ids import TAGS, resource_ids
 from simulator.export.streams.fhir import device_lines, segment_lines
-from simulator.export.streams.home import cgm_samples, cgm_windows
+from simulator.export.streams.home import abpm_samples, abpm_visits, cgm_samples, cgm_windows
 from simulator.export.streams.signals import QUALITY, Charted, Irregular, StaySamples, stay_samples
 from simulator.export.writers import NdjsonWriter, Part, Staging, _sha256
 from simulator.model.library import Library
@@ -170,11 +170,17 @@ class StreamWriter:
         """The streams of the chunk's monitored stays and home wear windows, in patient then key order."""
         ids = patients.set_index("index")["id"]
         jobs = [(int(p), int(e), "stay", k) for k, (p, e) in enumerate(zip(*self._stays(events), strict=True))]
+        rules = self.plan.rules
         for number, setting in enumerate(self.plan.settings):
-            if self.plan.rules.settings[setting].home == "cgm":
-                end_ms = self._end_ms(patients)
-                for wear in cgm_windows(events, end_ms, self.plan.rules.cgm, self.plan.introduced_ms[setting]):
-                    jobs.append((wear.patient, HOME_KEY + (number << 16) + wear.number, setting, wear))
+            home = rules.settings[setting].home
+            if home == "cgm":
+                found = cgm_windows(events, self._end_ms(patients), rules.cgm, self.plan.introduced_ms[setting])
+            elif home == "abpm":
+                codes = tuple(rules.channels[c].code.code for c in rules.settings[setting].channels[:2])
+                found = abpm_visits(events, self._end_ms(patients), rules.abpm, codes)
+            else:
+                continue
+            jobs += [(w.patient, HOME_KEY + (number << 16) + w.number, setting, w) for w in found]
         if not jobs:
             return
         jobs.sort(key=lambda job: job[:2])
@@ -188,6 +194,9 @@ class StreamWriter:
             if what == "stay":
                 setting, samples, start_ms, found, is_ended = self._stay(patient, key, item, rng)
                 encounter = key
+            elif self.plan.rules.settings[what].home == "abpm":
+                setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
+                samples, found = abpm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng), []
             else:
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
                 samples, found = cgm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng)
