@@ -64,14 +64,18 @@ def cgm_windows(events: pd.DataFrame, end_ms: dict[int, int], cgm: Cgm, introduc
     readings = events.loc[(kind == "observation") & (code == hypo.reading.code), ["patient", "time", "value"]]
     hba1c = events.loc[(kind == "observation") & (code == cgm.hba1c.code), ["patient", "time", "value"]]
     half, span = cgm.report_days * MS_PER_DAY / 2, cgm.report_days * MS_PER_DAY
+    hba1c_of, onsets_of, readings_of = (
+        dict(tuple(f.groupby("patient", sort=False))) for f in (hba1c, onsets, readings)
+    )
+    none = onsets.iloc[:0]
     windows = []
     for patient, first in zip(since.index, _ms(since), strict=True):
         patient = int(patient)
-        mine = hba1c[hba1c["patient"] == patient]
-        if mine.empty:
+        mine = hba1c_of.get(patient)
+        if mine is None:
             continue
         end = end_ms[patient]
-        onset_ms = _ms(onsets.loc[onsets["patient"] == patient, "time"])
+        onset_ms = _ms(onsets_of.get(patient, none)["time"])
         wanted = [(end - span, end), *((t - half, t + half) for t in onset_ms)]
         earliest = max(first, introduced_ms)
         cut = sorted((max(a, earliest), min(b, end)) for a, b in wanted if min(b, end) > max(a, earliest))
@@ -83,7 +87,7 @@ def cgm_windows(events: pd.DataFrame, end_ms: dict[int, int], cgm: Cgm, introduc
                 merged.append([a, b])
         if not merged:
             continue
-        caps = readings[readings["patient"] == patient]
+        caps = readings_of.get(patient, readings.iloc[:0])
         cap_ms, cap_value = _ms(caps["time"]), caps["value"].to_numpy(np.float64)
         trough = np.array([_trough(t, cap_ms, cap_value, hypo.default_mg_dl) for t in onset_ms])
         for number, (a, b) in enumerate(merged):
