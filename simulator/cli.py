@@ -252,11 +252,13 @@ def generate(
     streams: Annotated[
         str | None,
         typer.Option(
-            metavar="icu,ward,ed",
+            metavar="icu,ward,ed,cgm,abpm",
             help="Dense monitoring streams for every stay of these settings: heart rate, respiratory rate, SpO2, "
             "blood pressures and temperature through the charted vital signs, with physiological variability, "
-            "sensor noise, artefacts and dropouts (rules/streams.yaml), written to OUT/streams/, "
-            "OUT/truth/stream_artefacts.parquet and, with ndjson, fhir/Device.ndjson and "
+            "sensor noise, artefacts and dropouts (rules/streams.yaml); cgm: the 5-minute glucose of insulin-treated "
+            "patients' home CGMs; abpm: 24-hour ambulatory blood pressure at hypertension confirmation. "
+            "Written to OUT/streams/, OUT/truth/stream_artefacts.parquet, OUT/truth/stream_events.parquet and, "
+            "with ndjson, fhir/Device.ndjson and "
             "fhir/Observation.streams.ndjson (valueSampledData). See docs/streams.md.",
         ),
     ] = None,

@@ -20,8 +20,8 @@ CVX, LOINC = CODE_SYSTEMS["CVX"], CODE_SYSTEMS["LOINC"]
 
 def emitted(library: Library) -> dict[tuple[str, str], str]:
     """(calendar system, code) -> display of every code of the kinds the calendar dates: immunizations and
-    procedures of the modules' states, medications (and the dosing file's products), observables, lab panels
-    and the smoking status observation."""
+    procedures of the modules' states, medications (and the dosing file's products), observables, lab panels,
+    the smoking status observation and the streams' channels."""
     codes: dict[tuple[str, str], str] = {}
     for module in library.modules:
         for state in module.states.values():
@@ -32,6 +32,7 @@ def emitted(library: Library) -> dict[tuple[str, str], str]:
     codes |= {("rxnorm", code): dosing.product for code, dosing in library.medication_dosing.dosing.items()}
     codes |= {("loinc", panel.code.code): panel.code.display for panel in library.lab_panels.panels}
     codes[("loinc", library.smoking_status.code.code)] = library.smoking_status.code.display
+    codes |= {("loinc", c.code.code): c.code.display for c in library.streams.channels.values()}
     eras = [e for system, code in codes for e in library.calendar.eras(SYSTEM_URIS[system], code)]
     return codes | {(e.system, e.code): e.display for e in eras}  # and the era's alternatives recorded before them
 

@@ -2,7 +2,9 @@
 through the charted vital signs (so heart rate follows the clinical state), correlated physiological
 variability, artefacts and dropouts at the rates of rules/streams.yaml flagged in the quality column and in
 truth, FHIR Devices and valueSampledData Observations that validate, the same output whatever the chunking,
-and a run without streams unchanged."""
+and a run without streams unchanged. Home CGM: 5-minute readings around the HbA1c-implied mean, a trough at
+each severe hypoglycaemia, none before the device's date; atrial fibrillation: an irregular heart rate, listed
+in truth."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typer.testing import CliRunner
 import simulator
 from simulator.cli import app
 from simulator.errors import ConfigError
-from simulator.export.streams.signals import QUALITY, Charted, ou_path, stay_samples
+from simulator.export.streams.home import abpm_samples, abpm_visits, cgm_samples, cgm_windows
+from simulator.export.streams.signals import QUALITY, Charted, Irregular, ou_path, stay_samples
 from simulator.model.checks import load_terminology
 from simulator.model.library import Library, default_rules_dir
 from simulator.model.loading import load
@@ -43,9 +46,17 @@ def _charted(stay_s: float, every_s: float, slope: float = 0.0, seed: int = 0) -
     return readings
 
 
-def _samples(stay_s: float, step_s: float, seed: int = 1, rules: StreamRules = RULES, **kwargs: float):
+def _samples(
+    stay_s: float,
+    step_s: float,
+    seed: int = 1,
+    rules: StreamRules = RULES,
+    irregular: Irregular | None = None,
+    **kwargs,
+):
     charted = _charted(stay_s, HOUR, **kwargs)
-    return stay_samples(rules, ICU, stay_s, step_s, charted, SLOW, np.random.default_rng([seed, 62, 0, 0]))
+    rng = np.random.default_rng([seed, 62, 0, 0])
+    return stay_samples(rules, ICU, stay_s, step_s, charted, SLOW, rng, irregular)
 
 
 @pytest.mark.parametrize("step_s", [1.0, 60.0, 3600.0])
@@ -115,10 +126,124 @@ def test_artefacts_come_at_the_rules_rates_and_are_flagged() -> None:
             assert inside.all(), (channel, kind)
     assert np.isnan(samples.value[samples.quality == QUALITY.index("dropout")]).all()
     assert not np.isnan(samples.value[samples.quality != QUALITY.index("dropout")]).any()
-    spo2 = samples.value[ICU.index("oxygen_saturation")][samples.quality[ICU.index("oxygen_saturation")] == 2]
+    spo2 = samples.value[ICU.index("oxygen_saturation")][
+        samples.quality[ICU.index("oxygen_saturation")] == QUALITY.index("probe_off")
+    ]
     assert len(spo2) > 50 and np.median(spo2) <= 75
     share = (samples.quality != 0).mean()
     assert 0.005 < share < 0.06  # about 2-3% of samples carry a flag
+
+
+def test_atrial_fibrillation_makes_the_heart_rate_irregular() -> None:
+    """From the onset on, the minute-to-minute change of the heart rate is far larger than in sinus rhythm."""
+    af = RULES.atrial_fibrillation
+    relative_sd = af.rr_cv / np.sqrt(af.beats_averaged)
+    quiet = RULES.model_copy(update={"artefacts": {}})
+    onset_s = 24 * HOUR
+    irregular = Irregular("heart_rate", onset_s, relative_sd, np.random.default_rng(5))
+    samples = _samples(48 * HOUR, 60.0, rules=quiet, irregular=irregular)
+    heart = samples.value[ICU.index("heart_rate")]
+    sinus, fibrillating = np.diff(heart[samples.t_s < onset_s]), np.diff(heart[samples.t_s >= onset_s])
+    assert fibrillating.std() > 2.5 * sinus.std()
+    same = _samples(48 * HOUR, 60.0, rules=quiet)  # the other channels draw what they drew without it
+    assert np.array_equal(same.value[1:], samples.value[1:])
+    assert np.array_equal(same.value[0][samples.t_s < onset_s], heart[samples.t_s < onset_s])
+
+
+def _insulin_events(hypo: str = "2024-03-01 03:00") -> pd.DataFrame:
+    """One patient on insulin glargine since 2015 with HbA1c readings and a severe hypoglycaemia (onset, then
+    the emergency visit's capillary glucose 45 minutes later)."""
+    times = ["2014-06-01", "2015-02-01", "2023-01-01", hypo, str(pd.Timestamp(hypo) + pd.Timedelta(minutes=45))]
+    return pd.DataFrame(
+        {
+            "patient": [0] * 5,
+            "time": pd.to_datetime(times, format="ISO8601").tz_localize("UTC"),
+            "kind": pd.Categorical(
+                ["observation", "medication_start", "observation", "condition_onset", "observation"]
+            ),
+            "code": pd.Categorical(["4548-4", "285018", "4548-4", "302866003", "41653-7"]),
+            "value": [8.0, np.nan, 7.5, np.nan, 33.0],
+        }
+    )
+
+
+END_MS = int(pd.Timestamp("2024-07-01", tz="UTC").value // 1_000_000)
+G6_MS = int(pd.Timestamp("2018-03-01", tz="UTC").value // 1_000_000)
+
+
+def test_cgm_windows_follow_insulin_the_device_date_and_the_hypoglycaemia() -> None:
+    """The last 14 days of the record and the 14 days around the hypoglycaemia; none before the device."""
+    windows = cgm_windows(_insulin_events(), {0: END_MS}, RULES.cgm, G6_MS)
+    assert [(w.end_ms - w.start_ms) / 86_400_000 for w in windows] == [14.0, 14.0]
+    assert windows[-1].end_ms == END_MS and len(windows[0].hypo_ms) == 1 and windows[0].hypo_mg_dl[0] == 33.0
+    early = cgm_windows(_insulin_events("2016-03-01 03:00"), {0: END_MS}, RULES.cgm, G6_MS)
+    assert len(early) == 1 and early[0].start_ms >= G6_MS  # a hypoglycaemia before the G6 is not streamed
+    assert cgm_windows(_insulin_events(), {0: G6_MS - 1}, RULES.cgm, G6_MS) == []  # a record ending before it
+
+
+def test_cgm_readings_every_5_minutes_around_the_hba1c_with_a_hypoglycaemia_trough() -> None:
+    cgm = RULES.cgm
+    wear = cgm_windows(_insulin_events(), {0: END_MS}, cgm, G6_MS)[0]
+    samples, shown = cgm_samples(RULES, RULES.settings["cgm"], wear, np.random.default_rng(2))
+    assert np.allclose(np.diff(samples.t_s), cgm.interval_s) and cgm.interval_s == 300
+    glucose, ok = samples.value[0], samples.quality[0] == 0
+    mean = cgm.eag_slope * 7.5 + cgm.eag_intercept  # ADAG, the latest HbA1c 7.5%: 168.5 mg/dL
+    assert abs(np.mean(glucose[ok]) / mean - 1) < 0.15
+    assert 0.2 < np.std(glucose[ok]) / np.mean(glucose[ok]) < 0.45  # CV around the consensus 36% limit
+    onset_s = (wear.hypo_ms[0] - wear.start_ms) / 1000.0
+    near = np.abs(samples.t_s - onset_s) <= 900
+    assert np.nanmin(glucose[near]) < 54
+    assert shown == [("severe_hypoglycaemia", onset_s, onset_s + cgm.hypoglycaemia.hold_s)]
+    warm = samples.quality[0] == QUALITY.index("warm_up")
+    assert warm[: int(cgm.warm_up_s / 300)].all() and np.isnan(glucose[warm]).all()
+    assert warm.sum() == 2 * cgm.warm_up_s / 300  # two 10-day sensors in 14 days
+
+
+def test_compression_lows_come_at_night_and_are_flagged() -> None:
+    """Over a long wear: compression lows start only between midnight and 8, read low, and are flagged."""
+    cgm, setting = RULES.cgm, RULES.settings["cgm"]
+    artefact = setting.artefacts["compression_low"]
+    busy = setting.model_copy(update={"artefacts": {"compression_low": artefact.model_copy(update={"per_hour": 0.5})}})
+    wear = cgm_windows(_insulin_events(), {0: END_MS}, cgm, G6_MS)[-1]
+    samples, _ = cgm_samples(RULES, busy, wear, np.random.default_rng(3))
+    lows = [e for e in samples.episodes if e.kind == "compression_low"]
+    assert len(lows) > 20
+    clock = ((wear.start_ms / 1000.0 + np.array([e.start_s for e in lows])) % 86400) / 3600
+    assert ((clock >= 0) & (clock < 8)).all()
+    flagged = samples.quality[0] == QUALITY.index("compression_low")
+    assert flagged.any() and np.nanmedian(samples.value[0][flagged]) < np.nanmedian(samples.value[0][~flagged])
+
+
+def test_abpm_records_24_hours_every_30_minutes_with_nocturnal_dipping() -> None:
+    """A recording from each hypertension confirmation visit since 2015: 48 readings, the day around the office
+    reading less 5 mm Hg, the night 10-20% lower."""
+    abpm, setting = RULES.abpm, RULES.settings["abpm"]
+    visit_times = ["2012-05-01 15:00", "2020-05-01 15:00"]  # the first before ABPM was recommended
+    times = pd.to_datetime([t for t in visit_times for _ in range(2)], format="ISO8601").tz_localize("UTC")
+    events = pd.DataFrame(
+        {
+            "patient": [0] * 4,
+            "time": times,
+            "kind": pd.Categorical(["observation"] * 4),
+            "code": pd.Categorical(["8480-6", "8462-4"] * 2),
+            "value": [150.0, 95.0, 150.0, 95.0],
+            "module": pd.Categorical(["hypertension"] * 4),
+            "state": pd.Categorical(["htn_confirmation_visit"] * 4),
+        }
+    )
+    visits = abpm_visits(events, {0: END_MS}, abpm, ("8480-6", "8462-4"))
+    assert len(visits) == 1 and visits[0].office == (150.0, 95.0)
+    ratios = []
+    for seed in range(40):
+        samples = abpm_samples(RULES, setting, visits[0], np.random.default_rng(seed))
+        assert len(samples.t_s) == 48 and np.allclose(np.diff(samples.t_s), 1800)
+        hour = ((visits[0].start_ms / 1000 + samples.t_s) % 86400) / 3600
+        night = (hour >= 23) | (hour < 7)
+        systolic = samples.value[0]
+        day = np.nanmean(systolic[~night])
+        assert abs(day - 145) < 10
+        ratios.append(np.nanmean(systolic[night]) / day)
+    assert 0.8 < np.mean(ratios) < 0.9  # dipping 10-20%
 
 
 def test_bad_stream_rules_say_where(tmp_path: Path) -> None:
@@ -154,7 +279,7 @@ RUN = {"patients": 600, "seed": 7, "mode": "lifetime", "formats": "ndjson"}
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("streams") / "run"
-    simulator.generate(**RUN, out=out, chunk_size=200, streams="icu,ward,ed", stream_interval=300)
+    simulator.generate(**RUN, out=out, chunk_size=200, streams="icu,ward,ed,cgm,abpm", stream_interval=300)
     return out
 
 
@@ -180,15 +305,16 @@ def test_a_run_without_streams_is_unchanged(streamed: Path, plain: Path) -> None
 
 def test_the_streams_are_listed_and_sampled_on_the_interval(streamed: Path) -> None:
     manifest = orjson.loads((streamed / "manifest.json").read_bytes())
-    assert manifest["streams"] == {"settings": ["icu", "ward", "ed"], "interval_s": 300.0}
-    for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet", "fhir/Device.ndjson"):
+    assert manifest["streams"] == {"settings": ["icu", "ward", "ed", "cgm", "abpm"], "interval_s": 300.0}
+    for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet", "truth/stream_events.parquet"):
         assert name in manifest["files"], name
     bulk = orjson.loads((streamed / "fhir" / "manifest.json").read_bytes())
     assert any(o["url"].endswith("Observation.streams.ndjson") and o["type"] == "Observation" for o in bulk["output"])
     rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
     assert list(rows.columns) == ["patient", "encounter", "device", "code", "time", "value", "quality"]
     steps = rows.groupby(["device", "code"], observed=True)["time"].diff().dropna().dt.total_seconds()
-    assert (steps == 300.0).all()
+    abpm = rows["encounter"].isna() & rows["code"].isin(["8480-6", "8462-4"]).to_numpy()
+    assert (steps[~abpm] == 300.0).all() and (steps[abpm] == 1800.0).all()  # an ABPM reads every 30 minutes
     assert set(rows["quality"].astype(str)) <= set(QUALITY)
 
 
@@ -197,6 +323,7 @@ def test_streams_agree_with_the_charted_vitals(streamed: Path) -> None:
     events = simulator.generate(**{k: v for k, v in RUN.items() if k != "formats"}).events
     rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
     heart = rows[(rows["code"] == "8867-4") & (rows["quality"] == "ok")].sort_values("time")
+    heart = heart.astype({"encounter": np.int32})  # bedside rows only (home devices have no encounter)
     charted = events[(events["kind"] == "observation") & (events["code"] == "8867-4")].sort_values("time")
     charted = charted[["patient", "encounter", "time", "value"]].astype({"encounter": np.int32})
     charted["time"] = charted["time"].dt.as_unit("ms")
@@ -235,7 +362,7 @@ def test_heart_rate_follows_septic_shock_into_recovery(streamed: Path) -> None:
 def test_the_truth_lists_every_flagged_sample(streamed: Path) -> None:
     rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
     truth = pd.read_parquet(streamed / "truth" / "stream_artefacts.parquet")
-    assert set(truth["kind"]) == {"motion", "probe_off", "flat_line", "dropout"}
+    assert {"motion", "probe_off", "flat_line", "dropout", "warm_up"} <= set(truth["kind"])
     flagged = rows[rows["quality"] != "ok"]
     joined = flagged.merge(truth, on=["patient", "encounter", "device", "code"], suffixes=("", "_episode"))
     joined = joined[(joined["time"] >= joined["start"]) & (joined["time"] < joined["end"])]
@@ -253,35 +380,67 @@ def test_stream_fhir_resources_validate_and_point_to_the_record(streamed: Path) 
     for device in devices[:50]:
         get_fhir_model_class("Device").model_validate(device)
         assert device["patient"]["reference"].split("/")[1] in patients
-    for observation in observations[:: max(1, len(observations) // 200)]:
+    cgm = [o for o in observations if o["code"]["coding"][0]["code"] == "99504-3"]
+    assert cgm and cgm[0]["valueSampledData"]["origin"]["unit"] == "mg/dL"
+    abpm = [o for o in observations if "encounter" not in o and o["code"]["coding"][0]["code"] != "99504-3"]
+    assert abpm and abpm[0]["valueSampledData"]["period"] == 1_800_000
+    for observation in observations[:: max(1, len(observations) // 200)] + cgm[:20] + abpm[:20]:
         get_fhir_model_class("Observation").model_validate(observation)
-        assert observation["encounter"]["reference"].split("/")[1] in encounters
+        assert "encounter" not in observation or observation["encounter"]["reference"].split("/")[1] in encounters
         assert observation["device"]["reference"].split("/")[1] in device_ids
         sampled = observation["valueSampledData"]
-        assert sampled["period"] == 300_000 and sampled["dimensions"] == 1
+        assert sampled["period"] in (300_000, 1_800_000) and sampled["dimensions"] == 1
         assert sampled["origin"]["system"] == "http://unitsofmeasure.org"
-        assert {c["system"] for c in observation["code"]["coding"]} == {
-            "http://loinc.org",
-            "urn:iso:std:iso:11073:10101",
-        }
+        glucose = observation["code"]["coding"][0]["code"] == "99504-3"  # no MDC code verified
+        systems = {"http://loinc.org"} | (set() if glucose else {"urn:iso:std:iso:11073:10101"})
+        assert {c["system"] for c in observation["code"]["coding"]} == systems
         assert 1 <= len(sampled["data"].split()) <= 12  # an hour at 300 s
+
+
+def test_cgm_and_atrial_fibrillation_in_a_run(streamed: Path) -> None:
+    """CGM readings only from the G6's date, in range, with each streamed hypoglycaemia a trough below 54 mg/dL;
+    each atrial fibrillation period streamed has a more irregular heart rate than the sinus stays."""
+    rows = pd.read_parquet(streamed / "streams" / "streams.parquet")
+    shown = pd.read_parquet(streamed / "truth" / "stream_events.parquet")
+    glucose = rows[rows["code"] == "99504-3"]
+    assert len(glucose) and glucose["encounter"].isna().all()
+    assert glucose["time"].min() >= pd.Timestamp("2018-03-01", tz="UTC")
+    low = []
+    for _, hypo in shown[shown["kind"] == "severe_hypoglycaemia"].iterrows():
+        since = glucose["time"] - hypo["start"]
+        near = (since >= -pd.Timedelta(minutes=15)) & (since <= pd.Timedelta(minutes=30))
+        low.append(glucose.loc[near & (glucose["device"] == hypo["device"]), "value"].min() < 54)
+    assert not low or np.mean(low) >= 0.7  # the capillary reading is below 54 in 94% of events
+    heart = rows[(rows["code"] == "8867-4") & (rows["quality"] == "ok")].sort_values(["device", "time"])
+    heart = heart.assign(step=heart.groupby("device", observed=True)["value"].diff().abs())
+    af = shown[shown["kind"] == "atrial_fibrillation"]
+    assert len(af) >= 3 and (af["code"] == "8867-4").all()
+    in_af = heart.merge(af[["device", "start", "end"]], on="device")
+    in_af = in_af[(in_af["time"] >= in_af["start"]) & (in_af["time"] < in_af["end"])]
+    sinus = heart[~heart["device"].isin(set(af["device"]))]
+    assert in_af["step"].median() > 1.5 * sinus["step"].median()
 
 
 @pytest.mark.slow
 def test_streams_do_not_depend_on_the_chunking(streamed: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    simulator.generate(**RUN, out=out, chunk_size=150, streams="icu,ward,ed", stream_interval=300)
+    simulator.generate(**RUN, out=out, chunk_size=150, streams="icu,ward,ed,cgm,abpm", stream_interval=300)
     for name in ("Device.ndjson", "Observation.streams.ndjson"):
         assert (out / "fhir" / name).read_bytes() == (streamed / "fhir" / name).read_bytes(), name
-    for name in ("streams/streams.parquet", "truth/stream_artefacts.parquet"):  # row groups follow the chunks
+    names = ("streams/streams.parquet", "truth/stream_artefacts.parquet", "truth/stream_events.parquet")
+    for name in names:  # row groups follow the chunks
         pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(streamed / name), obj=name)
 
 
 def test_the_stream_rules_use_the_terminology(shipped_library: Library) -> None:
     rules = shipped_library.streams
-    assert set(rules.settings) == {"icu", "ward", "ed"}
+    assert set(rules.settings) == {"icu", "ward", "ed", "cgm", "abpm"}
     terminology = load_terminology(shipped_library.rules_dir)
     assert terminology is not None
-    codes = [c.code for c in rules.channels.values()] + [s.device.type for s in rules.settings.values()]
+    codes = [c.code for c in rules.channels.values()] + [
+        s.device.type for s in rules.settings.values() if s.device.type
+    ]
+    codes += [*rules.cgm.insulin, *rules.cgm.diagnosed, rules.cgm.hba1c, rules.atrial_fibrillation.condition]
+    codes += [rules.cgm.hypoglycaemia.condition, rules.cgm.hypoglycaemia.reading]
     for code in codes:
         assert terminology.get((code.system, code.code)) == code.display, code

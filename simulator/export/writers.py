@@ -483,11 +483,11 @@ WRITES = {
     "csv": (*(f"{table}{part}.csv" for table in WRITTEN_TABLES for part in ("", ".*")), DATA_DICTIONARY.name),
     "parquet": tuple(f"{table}{part}.parquet" for table in WRITTEN_TABLES for part in ("", ".*")),
     # the optional outputs: dense monitoring streams (`--streams`), and the ground truth of the messy-data pass
-    # (corruptions), the streams (stream_artefacts) and a scenario (SCENARIO_TRUTH_TABLES)
+    # (corruptions), the streams (stream_artefacts, stream_events) and a scenario (SCENARIO_TRUTH_TABLES)
     "streams": ("streams.parquet", "streams.*.parquet"),
     TRUTH: tuple(
         f"{name}{part}.{suffix}"
-        for name in ("corruptions", "stream_artefacts", *SCENARIO_TRUTH_TABLES)
+        for name in ("corruptions", "stream_artefacts", "stream_events", *SCENARIO_TRUTH_TABLES)
         for part in ("", ".*")
         for suffix in ("parquet", "csv")
     ),

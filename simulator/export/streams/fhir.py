@@ -14,9 +14,10 @@ from simulator.export.ids import fhir_datetime_text, resource_ids
 from simulator.model.streams import Channel, Device
 
 MDC = "urn:iso:std:iso:11073:10101"
-_CATEGORY = [
-    {"coding": [{"system": TERMINOLOGY + "observation-category", "code": "vital-signs", "display": "Vital Signs"}]}
-]
+_CATEGORY = {
+    code: [{"coding": [{"system": TERMINOLOGY + "observation-category", "code": code, "display": display}]}]
+    for code, display in (("vital-signs", "Vital Signs"), ("laboratory", "Laboratory"))
+}
 
 
 def device_lines(device_id: str, device: Device, patient_id: str, is_ended: bool) -> str:
@@ -27,7 +28,11 @@ def device_lines(device_id: str, device: Device, patient_id: str, is_ended: bool
         "identifier": [{"system": ID_SYSTEM + "device", "value": device_id}],
         "status": "inactive" if is_ended else "active",
         "deviceName": [{"name": device.name, "type": "user-friendly-name"}],
-        "type": {"coding": [{"system": SNOMED, "code": device.type.code, "display": device.type.display}]},
+        **(
+            {"type": {"coding": [{"system": SNOMED, "code": device.type.code, "display": device.type.display}]}}
+            if device.type is not None
+            else {}
+        ),
         "patient": {"reference": f"Patient/{patient_id}"},
     }
     return dumps(resource) + "\n"
@@ -44,15 +49,17 @@ def segment_lines(
     seed: int,
     patient: int,
     key: int,
-    refs: tuple[str, str, str],
+    refs: tuple[str, str | None, str],
     channel: Channel,
     start_ms: int,
     interval_s: float,
     values: np.ndarray,
     per_segment: int,
+    category: str = "vital-signs",
 ) -> list[str]:
     """One Observation line per segment of `per_segment` samples of a channel's `values`; `key` identifies the
-    stay and channel (the segment number is added to it for the ids); `refs`: patient, encounter, device ids."""
+    stay and channel (the segment number is added to it for the ids); `refs`: patient, encounter (None for a
+    home device) and device ids; `category`: vital-signs, or laboratory (a CGM's glucose, as the HL7 CGM IG)."""
     patient_id, encounter_id, device_id = refs
     n_segments = -(-len(values) // per_segment)
     first = np.arange(n_segments) * per_segment
@@ -62,13 +69,11 @@ def segment_lines(
     times = fhir_datetime_text(pd.DatetimeIndex(np.concatenate([starts, ends]).astype("datetime64[ms]"), tz="UTC"))
     texts = times.to_pylist()
     ids = resource_ids(seed, np.full(n_segments, patient), "StreamSegment", key + np.arange(n_segments))
-    code = {
-        "coding": [
-            {"system": LOINC, "code": channel.code.code, "display": channel.code.display},
-            {"system": MDC, "code": channel.mdc.code, "display": channel.mdc.display},
-        ],
-        "text": channel.code.display,
-    }
+    coding = [{"system": LOINC, "code": channel.code.code, "display": channel.code.display}]
+    if channel.mdc is not None:
+        coding.append({"system": MDC, "code": channel.mdc.code, "display": channel.mdc.display})
+    code = {"coding": coding, "text": channel.code.display}
+    encounter = {"encounter": {"reference": f"Encounter/{encounter_id}"}} if encounter_id is not None else {}
     sampled = {
         "origin": {"value": 0, "unit": channel.unit, "system": UCUM, "code": channel.unit},
         "period": interval_s * 1000.0,
@@ -84,10 +89,10 @@ def segment_lines(
             "resourceType": "Observation",
             "id": ids[s],
             "status": "final",
-            "category": _CATEGORY,
+            "category": _CATEGORY[category],
             "code": code,
             "subject": {"reference": f"Patient/{patient_id}"},
-            "encounter": {"reference": f"Encounter/{encounter_id}"},
+            **encounter,
             "effectivePeriod": {"start": texts[s], "end": texts[n_segments + s]},
             "device": {"reference": f"Device/{device_id}"},
             "valueSampledData": {**sampled, "data": data},

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
-from simulator.model.streams import PRESSURE_CHANNELS, QUALITY_ORDER, StreamRules
+from simulator.model.streams import PRESSURE_CHANNELS, QUALITY_ORDER, Artefact, StreamRules
 
 QUALITY = ("ok", *QUALITY_ORDER)  # the quality column's values; its codes index this
 Q_OK = 0
 _RANK = {kind: QUALITY.index(kind) for kind in QUALITY_ORDER}  # lower rank = stronger flag
+SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ class Episode:
     start_s: float
     end_s: float
     n_samples: int  # samples of the grid inside it (whatever flag a stronger episode gave them)
+
+
+@dataclass(frozen=True)
+class Irregular:
+    """An irregular rhythm on one channel from `from_s` (seconds from the stay's start) on: a per-sample
+    relative fluctuation of SD `relative_sd`, drawn from its own generator so that the stays without one
+    draw exactly what they drew before."""
+
+    channel: str
+    from_s: float
+    relative_sd: float
+    rng: np.random.Generator
 
 
 @dataclass(frozen=True)
@@ -99,11 +112,17 @@ def course(t_s: np.ndarray, charted: Charted, time_constant_s: float, noise: np.
 
 
 def _episodes(
-    kind: str, rules: StreamRules, names: tuple[str, ...], stay_s: float, rng: np.random.Generator
+    kind: str,
+    artefact: Artefact,
+    names: tuple[str, ...],
+    stay_s: float,
+    rng: np.random.Generator,
+    clock0_s: float = 0.0,
 ) -> list[tuple[str, float, float]]:
     """(channel, start, end) of the episodes of one artefact kind in a stay of `stay_s` seconds: a Poisson
-    number at the kind's hourly rate, uniform starts, uniform durations, cut at the stay's end."""
-    artefact = rules.artefacts[kind]
+    number at the kind's hourly rate, uniform starts, uniform durations, cut at the stay's end. With `hours`,
+    only the starts inside those hours of the day (the stay starting `clock0_s` seconds into its day) are kept,
+    so that the rate is per hour of that window."""
     hit = [c for c in names if c in artefact.channels]
     if not hit:
         return []
@@ -113,6 +132,10 @@ def _episodes(
         n = int(rng.poisson(artefact.per_hour * stay_s / 3600.0))
         starts = rng.uniform(0.0, stay_s, n)
         ends = np.minimum(starts + rng.uniform(*artefact.duration_s, n), stay_s)
+        if artefact.hours is not None:
+            hour = ((clock0_s + starts) % SECONDS_PER_DAY) / 3600.0
+            keep = (hour >= artefact.hours[0]) & (hour < artefact.hours[1])
+            starts, ends = starts[keep], ends[keep]
         found += [(c, float(s), float(e)) for s, e in zip(starts, ends, strict=True) for c in group]
     return found
 
@@ -125,11 +148,13 @@ def stay_samples(
     charted: dict[str, Charted],
     slow_time_constant_s: dict[str, float],
     rng: np.random.Generator,
+    irregular: Irregular | None = None,
 ) -> StaySamples:
     """Sample the channels `names` (a setting's, in order) over a stay of `stay_s` seconds every `step_s`.
     `charted`: the readings of each channel's observable in the stay; `slow_time_constant_s`: the correlation
-    time of each observed channel's course. Draws, in order: the shared fluctuation, then per channel the
-    course noise, its own fluctuation and the sensor noise, then the artefacts kind by kind."""
+    time of each observed channel's course; `irregular`: an irregular rhythm (atrial fibrillation) on one
+    channel. Draws, in order: the shared fluctuation, then per channel the course noise, its own fluctuation
+    and the sensor noise, then the artefacts kind by kind."""
     t_s = np.arange(0.0, stay_s, step_s) if stay_s > 0 else np.zeros(1)
     n = len(t_s)
     shared = ou_path(n, step_s, rules.shared_time_constant_s, rng)
@@ -146,6 +171,9 @@ def stay_samples(
             fast = v.sd * (v.direction * np.sqrt(v.shared) * shared + np.sqrt(1.0 - v.shared) * own)
             physiology[name] = slow + fast
         sensor[name] = channel.sensor_sd * rng.standard_normal(n)
+    if irregular is not None and irregular.channel in physiology:
+        beats = irregular.relative_sd * irregular.rng.standard_normal(n)
+        physiology[irregular.channel] *= 1.0 + np.where(t_s >= irregular.from_s, beats, 0.0)
     systolic, diastolic = (physiology.get(c) for c in PRESSURE_CHANNELS)
     value = np.empty((len(names), n))
     for i, name in enumerate(names):
@@ -153,32 +181,40 @@ def stay_samples(
         level = diastolic + (systolic - diastolic) / 3.0 if channel.derived else physiology[name]
         value[i] = level + sensor[name]
     quality = np.zeros((len(names), n), dtype=np.int8)
-    episodes = _apply_artefacts(rules, names, t_s, stay_s, value, quality, rng)
+    episodes = apply_artefacts(rules, rules.artefacts, names, t_s, stay_s, value, quality, rng)
+    return StaySamples(t_s, names, finish(rules, names, value), quality, episodes)
+
+
+def finish(rules: StreamRules, names: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    """Values clipped to each channel's limits and rounded to its decimals (NaN stays NaN)."""
     for i, name in enumerate(names):
         channel = rules.channels[name]
         value[i] = np.round(np.clip(value[i], *channel.limits), channel.decimals)
-    return StaySamples(t_s, names, value, quality, episodes)
+    return value
 
 
-def _apply_artefacts(
+def apply_artefacts(
     rules: StreamRules,
+    artefacts: dict[str, Artefact],
     names: tuple[str, ...],
     t_s: np.ndarray,
     stay_s: float,
     value: np.ndarray,
     quality: np.ndarray,
     rng: np.random.Generator,
+    clock0_s: float = 0.0,
 ) -> list[Episode]:
-    """Corrupt `value` in place, kind by kind from the weakest flag to the strongest (motion, flat line, probe
-    off, dropout), so that the strongest episode decides what a sample holds and says; `quality` gets the
-    strongest flag of each sample. Returns every episode."""
+    """Corrupt `value` in place with the episodes of `artefacts` (the file's, or a setting's own), kind by
+    kind from the weakest flag to the strongest (motion, compression low, flat line, probe off, dropout), so
+    that the strongest episode decides what a sample holds and says; `quality` gets the strongest flag of each
+    sample. Returns every episode."""
     row = {name: i for i, name in enumerate(names)}
     episodes = []
     for kind in reversed(QUALITY_ORDER):
-        if kind not in rules.artefacts:
+        if kind not in artefacts:
             continue
-        artefact = rules.artefacts[kind]
-        for name, start, end in _episodes(kind, rules, names, stay_s, rng):
+        artefact = artefacts[kind]
+        for name, start, end in _episodes(kind, artefact, names, stay_s, rng, clock0_s):
             i, channel = row[name], rules.channels[name]
             lo, hi = np.searchsorted(t_s, [start, end])
             inside = slice(lo, hi)
@@ -186,6 +222,9 @@ def _apply_artefacts(
             if kind == "motion":
                 jolt = channel.motion_sd * rng.standard_normal(m)
                 value[i, inside] += -np.abs(jolt) if channel.motion_direction == "down" else jolt
+            elif kind == "compression_low":
+                fall = np.minimum((t_s[inside] - start) / artefact.fall_s, 1.0)
+                value[i, inside] *= 1.0 - rng.uniform(*artefact.depth) * fall
             elif kind == "flat_line" and m:
                 value[i, inside] = value[i, lo]
             elif kind == "probe_off":

@@ -1,9 +1,11 @@
 """Writing dense monitoring streams chunk by chunk (`--streams`): `streams/streams.parquet` (patient, encounter,
-device, code, time, value, quality), `truth/stream_artefacts.parquet` (every artefact episode), and in the Bulk
-FHIR output `Device.ndjson` (one monitor per stay) and `Observation.streams.ndjson` (valueSampledData, one
-Observation per channel and segment of the stay). Each stay is sampled from its own generator seeded with
-(seed, patient, encounter), so the output does not depend on the chunking; batches are flushed every
-FLUSH_ROWS rows, so memory stays flat however long the stays or fine the interval."""
+device, code, time, value, quality), `truth/stream_artefacts.parquet` (every artefact episode),
+`truth/stream_events.parquet` (the clinical episodes a stream shows: atrial fibrillation, severe
+hypoglycaemia), and in the Bulk FHIR output `Device.ndjson` (one device per stay or home wear window) and
+`Observation.streams.ndjson` (valueSampledData, one Observation per channel and segment). Each stay or window
+is sampled from its own generator seeded with (seed, patient, key), and a chunk's are written in patient then
+key order, so the output does not depend on the chunking; batches are flushed every FLUSH_ROWS rows, so
+memory stays flat however long the stays or fine the interval."""
 
 from __future__ import annotations
 
@@ -20,15 +22,18 @@ from simulator.errors import ConfigError
 from simulator.export.fhir_text import TEXT
 from simulator.export.ids import TAGS, resource_ids
 from simulator.export.streams.fhir import device_lines, segment_lines
-from simulator.export.streams.signals import QUALITY, Charted, StaySamples, stay_samples
+from simulator.export.streams.home import abpm_samples, abpm_visits, cgm_samples, cgm_windows
+from simulator.export.streams.signals import QUALITY, Charted, Irregular, StaySamples, stay_samples
 from simulator.export.writers import NdjsonWriter, Part, Staging, _sha256
 from simulator.model.library import Library
+from simulator.model.schema import CODE_SYSTEMS
 from simulator.model.streams import StreamRules
 
 STREAM_FOLDER = "streams"
 FLUSH_ROWS = 2_000_000  # rows held before a Parquet write (about 60 MB of arrays)
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0
 SECONDS_PER_DAY = 86400.0
+HOME_KEY = 1 << 30  # keys of home wear windows: above every encounter number, HOME_KEY + setting << 16 + window
 
 
 def parse_streams(text: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -57,9 +62,13 @@ class StreamPlan:
     interval_s: float
     observed_code: dict[str, str]
     slow_time_constant_s: dict[str, float]
+    end_ms: int  # the end of the record of every living patient
+    introduced_ms: dict[str, int]  # the date each home setting's first channel came into use (rules/calendar.yaml)
 
     @classmethod
-    def of(cls, library: Library, settings: tuple[str, ...], interval_s: float | None) -> StreamPlan:
+    def of(
+        cls, library: Library, settings: tuple[str, ...], interval_s: float | None, end_t_days: float = 0.0
+    ) -> StreamPlan:
         rules = library.streams
         unknown = [s for s in settings if s not in rules.settings]
         if unknown:
@@ -79,7 +88,13 @@ class StreamPlan:
             if constants[name] is None:
                 raise ConfigError("streams", f"channel {name}: give slow_time_constant_s (its observable has none)")
         interval = check_interval(interval_s) or rules.default_interval_s
-        return cls(rules, settings, interval, codes, constants)
+        introduced = {}
+        for name in settings:
+            if rules.settings[name].home is not None:
+                code = rules.channels[rules.settings[name].channels[0]].code
+                day = library.calendar.introduced_on(CODE_SYSTEMS[code.system], code.code)
+                introduced[name] = 0 if day is None else int(pd.Timestamp(day).value // 1_000_000)
+        return cls(rules, settings, interval, codes, constants, round(end_t_days * SECONDS_PER_DAY * 1000), introduced)
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,7 @@ class _Stays:
 def monitored_stays(events: pd.DataFrame, plan: StreamPlan) -> _Stays:
     """Every encounter of a chosen setting's class: from its start to its end (an encounter still open at the
     end of the record: to its last event)."""
-    classes = {plan.rules.settings[s].encounter_class: s for s in plan.settings}
+    classes = {plan.rules.settings[s].encounter_class: s for s in plan.settings if plan.rules.settings[s].home is None}
     kind = events["kind"].astype(str).to_numpy()
     starts = events.loc[(kind == "encounter_start") & events["encounter_class"].isin(list(classes))]
     keys = ["patient", "encounter"]
@@ -115,11 +130,15 @@ def monitored_stays(events: pd.DataFrame, plan: StreamPlan) -> _Stays:
     )
 
 
-def _charted(events: pd.DataFrame, plan: StreamPlan) -> dict[tuple[int, int, str], Charted]:
-    """The charted readings of each stay's channels, by (patient, encounter, channel)."""
+def _charted(events: pd.DataFrame, plan: StreamPlan, stays: _Stays) -> dict[tuple[int, int, str], pd.DataFrame]:
+    """The charted readings of each stay's channels, by (patient, encounter, channel): only the monitored
+    stays' rows are grouped (every visit charts vital signs; grouping them all was most of the writer's time)."""
     by_code = {code: name for name, code in plan.observed_code.items()}
     rows = events.loc[(events["kind"].astype(str) == "observation") & events["code"].isin(list(by_code))]
-    rows = rows[["patient", "encounter", "code", "time", "value"]]
+    key = rows["patient"].to_numpy(np.int64) * (1 << 32) + rows["encounter"].to_numpy(np.int64)
+    rows = rows.loc[
+        np.isin(key, stays.patient * (1 << 32) + stays.encounter), ["patient", "encounter", "code", "time", "value"]
+    ]
     found = {}
     for (patient, encounter, code), group in rows.groupby(["patient", "encounter", "code"], sort=False, observed=True):
         found[(int(patient), int(encounter), by_code[str(code)])] = group
@@ -145,54 +164,122 @@ class StreamWriter:
         self.streams = Staging.start(out, STREAM_FOLDER, part)
         self.truth = truth  # the run's truth/ folder (`Export.truth_folder`), shared with the messy-data log
         self.writers: dict[str, pq.ParquetWriter] = {}
-        self.rows = {"streams": 0, "stream_artefacts": 0}
+        self.rows = {"streams": 0, "stream_artefacts": 0, "stream_events": 0}
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.channel_codes = [c.code.code for c in plan.rules.channels.values()]
         self.channel_index = {name: i for i, name in enumerate(plan.rules.channels)}
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
-        """The streams of the chunk's monitored stays."""
-        stays = monitored_stays(events, self.plan)
-        if not len(stays.patient):
-            return
-        charted = _charted(events, self.plan)
+        """The streams of the chunk's monitored stays and home wear windows, in patient then key order."""
         ids = patients.set_index("index")["id"]
-        patient_ids = ids.loc[stays.patient].to_numpy(dtype=object)
-        encounter_ids = resource_ids(self.seed, stays.patient, "Encounter", stays.encounter)
-        device_ids = resource_ids(self.seed, stays.patient, "StreamDevice", stays.encounter)
-        start_ms = stays.start.dt.as_unit("ms").astype("int64").to_numpy()
-        end_ms = stays.end.dt.as_unit("ms").astype("int64").to_numpy()
-        episodes = []
-        for k in range(len(stays.patient)):
-            patient, encounter, setting = int(stays.patient[k]), int(stays.encounter[k]), stays.setting[k]
-            names = tuple(self.plan.rules.settings[setting].channels)
-            readings = {
-                name: self._readings(charted.get((patient, encounter, name)), start_ms[k])
-                for name in names
-                if name in self.plan.observed_code
-            }
-            rng = np.random.default_rng([self.seed, TAGS["Streams"], patient, encounter])
-            samples = stay_samples(
-                self.plan.rules,
-                names,
-                (end_ms[k] - start_ms[k]) / 1000.0,
-                self.plan.interval_s,
-                readings,
-                self.plan.slow_time_constant_s,
-                rng,
-            )
-            self._add_rows(patient, encounter, device_ids[k], start_ms[k], samples)
-            episodes += [(patient, encounter, device_ids[k], e, start_ms[k]) for e in samples.episodes]
-            if self.ndjson is not None:  # a stay at a time, so that the text of a chunk is never held whole
-                device = self.plan.rules.settings[setting].device
-                line = device_lines(device_ids[k], device, patient_ids[k], bool(stays.is_ended[k]))
+        jobs = [(int(p), int(e), "stay", k) for k, (p, e) in enumerate(zip(*self._stays(events), strict=True))]
+        rules = self.plan.rules
+        for number, setting in enumerate(self.plan.settings):
+            home = rules.settings[setting].home
+            if home == "cgm":
+                found = cgm_windows(events, self._end_ms(patients), rules.cgm, self.plan.introduced_ms[setting])
+            elif home == "abpm":
+                codes = tuple(rules.channels[c].code.code for c in rules.settings[setting].channels[:2])
+                found = abpm_visits(events, self._end_ms(patients), rules.abpm, codes)
+            else:
+                continue
+            jobs += [(w.patient, HOME_KEY + (number << 16) + w.number, setting, w) for w in found]
+        if not jobs:
+            return
+        jobs.sort(key=lambda job: job[:2])
+        keys = np.array([key for _, key, _, _ in jobs], np.int64)
+        patients_of = np.array([patient for patient, _, _, _ in jobs], np.int64)
+        device_ids = resource_ids(self.seed, patients_of, "StreamDevice", keys)
+        patient_ids = ids.loc[patients_of].to_numpy(dtype=object)
+        episodes, shown = [], []
+        for k, (patient, key, what, item) in enumerate(jobs):
+            rng = np.random.default_rng([self.seed, TAGS["Streams"], patient, key])
+            if what == "stay":
+                setting, samples, start_ms, found, is_ended = self._stay(patient, key, item, rng)
+                encounter = key
+            elif self.plan.rules.settings[what].home == "abpm":
+                setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
+                samples, found = abpm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng), []
+            else:
+                setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
+                samples, found = cgm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng)
+            self._add_rows(patient, encounter, device_ids[k], start_ms, samples)
+            episodes += [(patient, encounter, device_ids[k], e, start_ms) for e in samples.episodes]
+            channel = samples.channels[0] if what != "stay" else self.plan.rules.atrial_fibrillation.channel
+            shown += [(patient, encounter, device_ids[k], channel, f, start_ms) for f in found]
+            if self.ndjson is not None:  # one at a time, so that the text of a chunk is never held whole
+                setting_rules = self.plan.rules.settings[setting]
+                line = device_lines(device_ids[k], setting_rules.device, patient_ids[k], is_ended)
                 self.ndjson.append_text("Device", pa.array([line], TEXT))
-                refs = (patient_ids[k], encounter_ids[k], device_ids[k])
-                lines = self._segments(patient, encounter, refs, start_ms[k], samples)
+                encounter_id = self._encounter_ids[(patient, key)] if encounter is not None else None
+                refs = (patient_ids[k], encounter_id, device_ids[k])
+                category = "laboratory" if setting_rules.home == "cgm" else "vital-signs"
+                lines = self._segments(patient, key, refs, start_ms, samples, category)
                 self.ndjson.append_text("Observation.streams", pa.array(lines, TEXT))
         self._flush(force=False)
         self._write_truth(episodes)
+        self._write_shown(shown)
+
+    def _stays(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's monitored stays, kept for `_stay` (by encounter), and their patients and encounters."""
+        stays = monitored_stays(events, self.plan)
+        self._charted = _charted(events, self.plan, stays) if len(stays.patient) else {}
+        self._chunk_stays = stays
+        encounter_ids = resource_ids(self.seed, stays.patient, "Encounter", stays.encounter)
+        pairs = zip(stays.patient.tolist(), stays.encounter.tolist(), strict=True)
+        self._encounter_ids = dict(zip(pairs, encounter_ids, strict=True))
+        self._af_onset_ms = self._af_onsets(events)
+        return stays.patient, stays.encounter
+
+    def _af_onsets(self, events: pd.DataFrame) -> dict[int, int]:
+        """Each patient's true onset of atrial fibrillation (ms), where the rules stream it."""
+        af = self.plan.rules.atrial_fibrillation
+        if af is None:
+            return {}
+        rows = events.loc[(events["kind"].astype(str) == "condition_onset") & (events["code"] == af.condition.code)]
+        first = rows.groupby("patient", sort=False)["time"].min()
+        return dict(zip(first.index.astype(int), first.dt.as_unit("ms").astype("int64"), strict=True))
+
+    def _stay(
+        self, patient: int, encounter: int, k: int, rng: np.random.Generator
+    ) -> tuple[str, StaySamples, int, list, bool]:
+        """The samples of the chunk's stay `k`, with the atrial fibrillation it shows."""
+        stays = self._chunk_stays
+        setting = stays.setting[k]
+        start_ms = int(stays.start.iloc[k].value // 1_000_000)
+        stay_s = (int(stays.end.iloc[k].value // 1_000_000) - start_ms) / 1000.0
+        names = tuple(self.plan.rules.settings[setting].channels)
+        readings = {
+            name: self._readings(self._charted.get((patient, encounter, name)), start_ms)
+            for name in names
+            if name in self.plan.observed_code
+        }
+        irregular, found = None, []
+        af = self.plan.rules.atrial_fibrillation
+        onset = self._af_onset_ms.get(patient)
+        if af is not None and af.channel in names and onset is not None and (onset - start_ms) / 1000.0 < stay_s:
+            from_s = max(0.0, (onset - start_ms) / 1000.0)
+            af_rng = np.random.default_rng([self.seed, TAGS["Streams"], patient, encounter, 1])
+            irregular = Irregular(af.channel, from_s, af.rr_cv / np.sqrt(af.beats_averaged), af_rng)
+            found = [("atrial_fibrillation", from_s, stay_s)]
+        samples = stay_samples(
+            self.plan.rules,
+            names,
+            stay_s,
+            self.plan.interval_s,
+            readings,
+            self.plan.slow_time_constant_s,
+            rng,
+            irregular,
+        )
+        return setting, samples, start_ms, found, bool(stays.is_ended[k])
+
+    def _end_ms(self, patients: pd.DataFrame) -> dict[int, int]:
+        """Each patient's end of record (ms): death, else the run's end."""
+        death = patients["death_time"]
+        ms = np.where(death.isna(), self.plan.end_ms, death.dt.as_unit("ms").astype("int64", errors="ignore"))
+        return dict(zip(patients["index"].astype(int), ms.astype(np.int64), strict=True))
 
     @staticmethod
     def _readings(rows: pd.DataFrame | None, start_ms: int) -> Charted:
@@ -202,20 +289,29 @@ class StreamWriter:
         return Charted((t_ms - start_ms) / 1000.0, rows["value"].to_numpy(np.float64))
 
     def _segments(
-        self, patient: int, encounter: int, refs: tuple[str, str, str], start_ms: int, samples: StaySamples
+        self,
+        patient: int,
+        key: int,
+        refs: tuple[str, str | None, str],
+        start_ms: int,
+        samples: StaySamples,
+        category: str,
     ) -> list[str]:
         rules = self.plan.rules
-        per_segment = max(1, int(round(rules.segment_s / self.plan.interval_s)))
+        step = float(samples.t_s[1] - samples.t_s[0]) if len(samples.t_s) > 1 else self.plan.interval_s
+        per_segment = max(1, int(round(rules.segment_s / step)))
         lines = []
         for i, name in enumerate(samples.channels):
             channel = rules.channels[name]
-            key = (encounter << 24) | (self.channel_index[name] << 16)
+            first = (key << 24) | (self.channel_index[name] << 16)
             lines += segment_lines(
-                self.seed, patient, key, refs, channel, start_ms, self.plan.interval_s, samples.value[i], per_segment
+                self.seed, patient, first, refs, channel, start_ms, step, samples.value[i], per_segment, category
             )
         return lines
 
-    def _add_rows(self, patient: int, encounter: int, device_id: str, start_ms: int, samples: StaySamples) -> None:
+    def _add_rows(
+        self, patient: int, encounter: int | None, device_id: str, start_ms: int, samples: StaySamples
+    ) -> None:
         n_channels, n = samples.value.shape
         time_ms = start_ms + np.round(samples.t_s * 1000.0).astype(np.int64)
         codes = np.array([self.channel_index[name] for name in samples.channels], dtype=np.int32)
@@ -223,7 +319,7 @@ class StreamWriter:
         table = pa.table(
             {
                 "patient": pa.array(np.full(rows, patient, np.int64)),
-                "encounter": pa.array(np.full(rows, encounter, np.int32)),
+                "encounter": _encounters(encounter, rows),
                 "device": pa.DictionaryArray.from_arrays(np.zeros(rows, np.int32), pa.array([device_id])),
                 "code": pa.DictionaryArray.from_arrays(np.repeat(codes, n), pa.array(self.channel_codes)),
                 "time": pa.array(np.tile(time_ms, n_channels), pa.timestamp("ms", tz="UTC")),
@@ -262,6 +358,24 @@ class StreamWriter:
         )
         self._parquet(self.truth, "stream_artefacts", table)
 
+    def _write_shown(self, shown: list) -> None:
+        """truth/stream_events: one row per clinical episode a stream shows (kind, start, end), for scoring a
+        detector (an atrial fibrillation period of a stay, a severe hypoglycaemia's trough)."""
+        if not shown:
+            return
+        table = pa.table(
+            {
+                "patient": pa.array([p for p, _, _, _, _, _ in shown], pa.int64()),
+                "encounter": pa.array([c for _, c, _, _, _, _ in shown], pa.int32()),
+                "device": pa.array([d for _, _, d, _, _, _ in shown], pa.string()),
+                "code": pa.array([self.plan.rules.channels[c].code.code for _, _, _, c, _, _ in shown], pa.string()),
+                "kind": pa.array([f[0] for _, _, _, _, f, _ in shown], pa.string()),
+                "start": pa.array([s + round(f[1] * 1000) for _, _, _, _, f, s in shown], pa.timestamp("ms", tz="UTC")),
+                "end": pa.array([s + round(f[2] * 1000) for _, _, _, _, f, s in shown], pa.timestamp("ms", tz="UTC")),
+            }
+        )
+        self._parquet(self.truth, "stream_events", table)
+
     def _parquet(self, staging: Staging, name: str, table: pa.Table) -> None:
         if name not in self.writers:
             path = staging.dir / staging.name(name, ".parquet")
@@ -273,7 +387,11 @@ class StreamWriter:
         """Every stream file closed, with its rows, size and SHA-256; an empty run still writes both tables."""
         self._flush(force=True)
         files: dict[str, dict] = {}
-        for staging, name in ((self.streams, "streams"), (self.truth, "stream_artefacts")):
+        for staging, name in (
+            (self.streams, "streams"),
+            (self.truth, "stream_artefacts"),
+            (self.truth, "stream_events"),
+        ):
             path = staging.dir / staging.name(name, ".parquet")
             if name in self.writers:
                 self.writers[name].close()
@@ -292,6 +410,13 @@ class StreamWriter:
             with contextlib.suppress(OSError):
                 writer.close()
         self.streams.abort()
+
+
+def _encounters(encounter: int | None, rows: int) -> pa.Array:
+    """The encounter column of a stay's rows (null for a home device's)."""
+    if encounter is None:
+        return pa.nulls(rows, pa.int32())
+    return pa.array(np.full(rows, encounter, np.int32))
 
 
 _EMPTY = {
@@ -316,6 +441,17 @@ _EMPTY = {
             "start": pa.array([], pa.timestamp("ms", tz="UTC")),
             "end": pa.array([], pa.timestamp("ms", tz="UTC")),
             "samples": pa.array([], pa.int32()),
+        }
+    ),
+    "stream_events": pa.table(
+        {
+            "patient": pa.array([], pa.int64()),
+            "encounter": pa.array([], pa.int32()),
+            "device": pa.array([], pa.string()),
+            "code": pa.array([], pa.string()),
+            "kind": pa.array([], pa.string()),
+            "start": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "end": pa.array([], pa.timestamp("ms", tz="UTC")),
         }
     ),
 }
