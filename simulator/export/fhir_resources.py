@@ -427,15 +427,19 @@ def _profiles(frame: pd.DataFrame) -> pa.Array:
 
 def _observation_codes(frame: pd.DataFrame) -> pa.Array:
     """The code of each Observation row, with the codings its profile adds (`us_core.EXTRA_CODINGS`)."""
-    codes = concepts(frame)
+    extended = np.zeros(len(frame), np.int64)  # 0: the plain concept; k: the k-th concept with extra codings
+    texts = [""]
     for code, extra in us_core.EXTRA_CODINGS.items():
-        rows = ((frame["system"] == LOINC) & (frame["code"] == code)).to_numpy()
+        rows = np.flatnonzero(((frame["system"] == LOINC) & (frame["code"] == code)).to_numpy())
+        displays = frame["display"].iloc[rows].astype(str).to_numpy()
         # one concept per display: a messy record (`simulator.export.messiness`) may hold a mistyped one
-        for display in pd.unique(frame["display"].astype(str).to_numpy()[rows]).tolist():
-            these = rows & (frame["display"].astype(str) == display).to_numpy()
-            concept = dumps({"coding": [{"system": LOINC, "code": code, "display": display}, *extra], "text": display})
-            codes = pc.if_else(pa.array(these), pa.scalar(concept, TEXT), codes)
-    return codes
+        for display in pd.unique(displays).tolist():
+            extended[rows[displays == display]] = len(texts)
+            texts.append(
+                dumps({"coding": [{"system": LOINC, "code": code, "display": display}, *extra], "text": display})
+            )
+    codes = concepts(frame)
+    return pc.if_else(pa.array(extended > 0), take(texts, extended), codes) if len(texts) > 1 else codes
 
 
 def _lab_interpretation(observations: pd.DataFrame, reference: ObservationReference) -> np.ndarray:
