@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import EXPORT_RUN, FIXTURE_LIBRARY, read_bundles, read_ndjson
 
 import simulator
+from simulator.export import writers
+from simulator.export.fhir_resources import _groups
 from simulator.export.writers import BundleWriter
 
 
@@ -33,6 +36,30 @@ def test_same_seed_gives_the_same_bytes_whatever_the_chunk_size(fixture_export: 
         a = pd.read_parquet(fixture_export / "parquet" / f"{table}.parquet")
         b = pd.read_parquet(again / "parquet" / f"{table}.parquet")
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_fhir_slices_of_the_tables_built_once_give_the_same_bytes(
+    fixture_export: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A run that writes tables and FHIR builds a chunk's clinical tables once and takes each FHIR slice's rows
+    of them: with slices of 16 patients in chunks of 64, the same files as one slice per chunk."""
+    monkeypatch.setattr(writers, "FHIR_SLICE", 16)
+    sliced = tmp_path / "sliced"
+    simulator.generate(out=sliced, chunk_size=64, **{**EXPORT_RUN, "formats": "ndjson,csv"})
+    first, second = _data_files(fixture_export), _data_files(sliced)
+    assert second.keys() and second.keys() <= first.keys()
+    assert [name for name in second if first[name] != second[name]] == []
+
+
+def test_groups_number_key_combinations_as_factorize_numbers_a_multiindex() -> None:
+    rng = np.random.default_rng(0)
+    keys = [
+        rng.integers(0, 3, 200),
+        rng.choice(np.array(["a", "b", None], dtype=object), 200),
+        rng.choice(np.array([1.5, np.nan]), 200),
+    ]
+    expected, _ = pd.factorize(pd.MultiIndex.from_arrays(keys))
+    assert (_groups(*keys) == expected).all()
 
 
 @pytest.mark.slow

@@ -103,7 +103,12 @@ def _symptoms(ev: pd.DataFrame, kind: np.ndarray, seed: int) -> pd.DataFrame:
     loose = table[table["encounter_id"].isna()]
     if loose.empty:
         return table
-    seen = ev[ev["encounter_id"].notna().to_numpy() & ~np.isin(kind, ["symptom", "encounter_end"])]
+    # only the events of a patient and module with a symptom to present can present it: the rest are left
+    # out before the sort and the match (most of a chunk's events are in an encounter)
+    of_loose = np.isin(ev["patient"].to_numpy(), loose["patient"].unique()) & np.isin(
+        ev["module"].cat.codes.to_numpy(), loose["module"].cat.codes.unique()
+    )
+    seen = ev[of_loose & ev["encounter_id"].notna().to_numpy() & ~np.isin(kind, ["symptom", "encounter_end"])]
     keys = ["patient", "module"]
     visits = pd.DataFrame(
         {

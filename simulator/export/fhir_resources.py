@@ -427,15 +427,19 @@ def _profiles(frame: pd.DataFrame) -> pa.Array:
 
 def _observation_codes(frame: pd.DataFrame) -> pa.Array:
     """The code of each Observation row, with the codings its profile adds (`us_core.EXTRA_CODINGS`)."""
-    codes = concepts(frame)
+    extended = np.zeros(len(frame), np.int64)  # 0: the plain concept; k: the k-th concept with extra codings
+    texts = [""]
     for code, extra in us_core.EXTRA_CODINGS.items():
-        rows = ((frame["system"] == LOINC) & (frame["code"] == code)).to_numpy()
+        rows = np.flatnonzero(((frame["system"] == LOINC) & (frame["code"] == code)).to_numpy())
+        displays = frame["display"].iloc[rows].astype(str).to_numpy()
         # one concept per display: a messy record (`simulator.export.messiness`) may hold a mistyped one
-        for display in pd.unique(frame["display"].astype(str).to_numpy()[rows]).tolist():
-            these = rows & (frame["display"].astype(str) == display).to_numpy()
-            concept = dumps({"coding": [{"system": LOINC, "code": code, "display": display}, *extra], "text": display})
-            codes = pc.if_else(pa.array(these), pa.scalar(concept, TEXT), codes)
-    return codes
+        for display in pd.unique(displays).tolist():
+            extended[rows[displays == display]] = len(texts)
+            texts.append(
+                dumps({"coding": [{"system": LOINC, "code": code, "display": display}, *extra], "text": display})
+            )
+    codes = concepts(frame)
+    return pc.if_else(pa.array(extended > 0), take(texts, extended), codes) if len(texts) > 1 else codes
 
 
 def _lab_interpretation(observations: pd.DataFrame, reference: ObservationReference) -> np.ndarray:
@@ -672,22 +676,33 @@ def _smoking_answers(visits: pd.DataFrame, conditions: pd.DataFrame, rules: Smok
     return answer
 
 
+def _groups(*keys: np.ndarray) -> np.ndarray:
+    """A number for each distinct combination of the keys' values, in the order of first appearance (as
+    `pd.factorize` numbers a MultiIndex, without making a tuple per row)."""
+    group = np.zeros(len(keys[0]), np.int64)
+    for key in keys:
+        codes, distinct = pd.factorize(key, use_na_sentinel=False)  # a missing value is one of the values
+        group, _ = pd.factorize(group * len(distinct) + codes)  # at most rows x distinct values: no overflow
+    return group
+
+
 def diagnostic_report_resources(
     observations: pd.DataFrame, encounters: pd.DataFrame, panels: LabPanels, seed: int, refs: References
 ) -> Resources:
     """One US Core laboratory DiagnosticReport per (encounter, time, panel) with lab results: the results of a
     panel (`panels`) together, coded with the panel; any other result alone, coded with its own code."""
-    labs = observations[observations["category"].to_numpy(dtype=object) == "laboratory"]
+    labs = observations[(observations["category"] == "laboratory").to_numpy()]
     lab_code = pd.Categorical(labs["code"])
     panel_of = {member: i for i, panel in enumerate(panels.panels) for member in panel.members}
     code_panel = np.array([panel_of.get(str(c), -1) for c in lab_code.categories], np.int64)
     panel = code_panel[lab_code.codes]
     # a panel's results share its key; a result of no panel is keyed by its own code
     report_key = np.where(panel >= 0, panel, len(panels.panels) + lab_code.codes)
-    group, _ = pd.factorize(
-        pd.MultiIndex.from_arrays(
-            [labs["patient"], labs["encounter_id"].fillna(""), utc_ms(labs["time"]).view(np.int64), report_key]
-        )
+    group = _groups(
+        labs["patient"].to_numpy(),
+        labs["encounter_id"].fillna("").to_numpy(),
+        utc_ms(labs["time"]).view(np.int64),
+        report_key,
     )
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order], prepend=-1, append=-2))

@@ -642,6 +642,29 @@ def _patient_slices(
         )
 
 
+def _table_slices(
+    patients: pd.DataFrame, tables: dict[str, pd.DataFrame], size: int
+) -> Iterator[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]:
+    """The chunk's patients `size` at a time, in order, each with its rows of the chunk's clinical tables:
+    the tables `build_tables` makes of those patients alone, as a table's rows are in patient order and each
+    patient's depend on that patient only (one empty slice for an empty chunk)."""
+    where = pd.Index(patients["index"].to_numpy())
+    bounds = {}
+    for name, table in tables.items():
+        slice_of = where.get_indexer(table["patient"].to_numpy()) // size
+        if len(slice_of) and (slice_of.min() < 0 or np.any(np.diff(slice_of) < 0)):
+            raise ValueError(f"the {name} table is not in the order of the chunk's patients")
+        bounds[name] = np.searchsorted(slice_of, np.arange(max(1, -(-len(patients) // size)) + 1))
+    for k in range(len(bounds[next(iter(bounds))]) - 1):
+        yield (
+            patients.iloc[k * size : (k + 1) * size].reset_index(drop=True),
+            {
+                name: table.iloc[bounds[name][k] : bounds[name][k + 1]].reset_index(drop=True)
+                for name, table in tables.items()
+            },
+        )
+
+
 class ChunkWriter(Protocol):
     """An optional output fed beside the formats' writers (`simulator.export.streams.writer.StreamWriter`)."""
 
@@ -710,32 +733,38 @@ class Export:
         return self.truth_folder
 
     def write(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
-        """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time."""
+        """Tables of the whole chunk (CSV, Parquet); FHIR resources a slice of patients at a time, from the
+        same clinical tables when the run writes both (built once), else from each slice's own."""
+        tables = None
         if self.tables:
-            tables = self._tables(patients, events, log=True)
+            tables = self._tables(patients, events)
             arrow = arrow_tables({"patients": patients, "events": events, **{name: tables[name] for name in TABLES}})
             for writer in self.tables:
                 writer.write(arrow)
-            del tables, arrow  # each output's intermediates are freed before the next is built
+            del arrow  # each output's intermediates are freed before the next is built
         if self.ndjson or self.bundles:
-            for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
-                self._write_fhir(some_patients, their_events)
+            if tables is None:
+                for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
+                    self._write_fhir(some_patients, self._tables(some_patients, their_events))
+            else:
+                for some_patients, their_tables in _table_slices(patients, tables, FHIR_SLICE):
+                    self._write_fhir(some_patients, their_tables)
+        del tables
         for writer in self.extra:
             writer.write(patients, events)
 
-    def _tables(self, patients: pd.DataFrame, events: pd.DataFrame, log: bool) -> dict[str, pd.DataFrame]:
+    def _tables(self, patients: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """The clinical tables of some patients, with the messy-data profile's errors if the run has one (their
-        log written to truth/ once: by the tables' pass, else by the FHIR slices', which `log` says)."""
+        log written to truth/, once for each patient: the tables are built once for each)."""
         tables = build_tables(patients, events, self.context)
         if self.context.messiness is None:
             return tables
         tables, corruptions = corrupt(tables, self.context.messiness, self.context.seed)
-        if log and self.truth is not None:
+        if self.truth is not None:
             self.truth.write(corruptions)
         return tables
 
-    def _write_fhir(self, patients: pd.DataFrame, events: pd.DataFrame) -> None:
-        tables = self._tables(patients, events, log=not self.tables)
+    def _write_fhir(self, patients: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> None:
         if self.ndjson:
             resources = build_resources(patients, tables, self.context, References(urn=False, line_end="\n"))
             self.ndjson.write(resources)
