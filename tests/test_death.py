@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import simulator
+from simulator.engine.compiler import admission_observations
 from simulator.model.loading import load_library
 
 FIXTURE = Path(__file__).parent / "data" / "fixture"
@@ -171,9 +172,12 @@ def test_deaths_outside_an_encounter_end_a_terminal_stay_at_the_share_of_deaths_
     assert n > 100
     assert abs(k / n - share) <= 4 * np.sqrt(share * (1 - share) / n), (k, n, share)
     during = events.merge(stays, on="patient")
-    during = during[(during["time"] >= during["time_start"]) & (during["time"] < during["death"])]
-    assert (during["encounter_x"] == during["encounter_y"]).all()  # nothing else happens in the stay
-    assert during["module_x"].isna().all()
-    first = during[during["time"] == during["time_start"]]
-    heart_rates = first[first["code"].astype(str) == "LOINC|8867-4"]
-    assert set(heart_rates["patient"]) == set(stays["patient"])  # vital signs at admission
+    in_stay = during["encounter_x"] == during["encounter_y"]
+    later = during[(during["time"] > during["time_start"]) & (during["time"] < during["death"])]
+    assert (later["encounter_x"] == later["encounter_y"]).all()  # nothing else happens in the stay
+    assert during.loc[in_stay, "module"].isna().all()
+    admission = during[in_stay & (during["time"] == during["time_start"]) & (during["kind"] == "observation")]
+    observables = {name: o for m in library.modules for name, o in m.observables.items()}
+    first_reading = observables[admission_observations(library)[0]].code
+    readings = admission[admission["code"].astype(str) == first_reading.code]
+    assert set(readings["patient"]) == set(stays["patient"])  # the inpatient start's readings at admission
