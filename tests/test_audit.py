@@ -256,6 +256,23 @@ def test_nothing_after_death(shipped_library: Library) -> None:
     ]
 
 
+def test_death_in_hospital(shipped_library: Library) -> None:
+    stays = encounters(
+        (1, "e-1", "inpatient", "2019-12-28", "2020-01-01"),  # the terminal stay: ends at death, expired
+        (1, "e-2", "emergency", "2019-12-31", "2020-01-02"),  # died during it, but it goes on
+        (1, "e-3", "icu", "2019-12-30", "2020-01-01"),  # ends at death, sent home
+        (1, "e-4", "ambulatory", "2019-12-31", "2020-01-02"),  # not a hospital encounter
+        (1, "e-5", "inpatient", "2019-11-01", "2019-11-05"),  # ended before death
+        (0, "e-6", "inpatient", "2019-12-30", ""),  # patient 0 lives
+    ).assign(discharge_disposition=["exp", None, "home", None, "home", None])
+    found = run_check(shipped_library, "death_in_hospital", encounters=stays)
+    assert found.checked == 3
+    assert sorted(whats(found)) == ["hospital death not as expired", "hospital death not at the encounter's end"]
+    unwritten = stays.drop(columns="discharge_disposition")
+    unwritten = run_check(shipped_library, "death_in_hospital", encounters=unwritten)
+    assert whats(unwritten) == ["hospital death not at the encounter's end"]  # a run written without dispositions
+
+
 def test_duplicate_drug_class_and_product(shipped_library: Library) -> None:
     meds = medications(
         (0, "314076", "2015-01-01", "2020-01-01"),  # lisinopril

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import simulator
+from simulator.engine.compiler import admission_observations
 from simulator.model.loading import load_library
 
 FIXTURE = Path(__file__).parent / "data" / "fixture"
@@ -135,3 +136,48 @@ def test_background_death_causes_follow_the_table_by_age_and_sex(cohort: str, re
         checked += 1
     assert checked >= 2
     assert set(deaths["code"].astype(str)) <= set(expected.columns)
+
+
+def _terminal_stays(events: pd.DataFrame) -> pd.DataFrame:
+    """The terminal stays (inpatient encounters no module started) with their admission, end and the patient's
+    death and previous event times."""
+    stays = events[(events["kind"] == "encounter_start") & events["module"].isna()][["patient", "encounter", "time"]]
+    ends = events[(events["kind"] == "encounter_end") & events["module"].isna()][["patient", "encounter", "time"]]
+    deaths = events[events["kind"] == "death"].set_index("patient")["time"]
+    stays = stays.merge(ends, on=["patient", "encounter"], suffixes=("_start", "_end"))
+    stays["death"] = stays["patient"].map(deaths)
+    return stays
+
+
+@pytest.mark.parametrize("cohort", LIFETIMES)
+def test_deaths_outside_an_encounter_end_a_terminal_stay_at_the_share_of_deaths_in_hospital(
+    cohort: str, request: pytest.FixtureRequest
+) -> None:
+    """Among background deaths with no encounter open, the share ending a terminal stay is `in_hospital.share`
+    (within 4 standard errors); a stay ends at death and starts before it, nothing but its own records happens
+    while it lasts, and its admission records the acute vital signs."""
+    population = request.getfixturevalue(cohort)
+    library = load_library(**(FIXTURE_LIBRARY if cohort == "fixture_population" else {}))
+    share = library.mortality.in_hospital.share
+    events = population.events
+    deaths = events[events["kind"] == "death"].set_index("patient")["time"]
+    ends_at_death = events[(events["kind"] == "encounter_end") & (events["time"] == events["patient"].map(deaths))]
+    in_module_encounter = set(ends_at_death.loc[ends_at_death["module"].notna(), "patient"])
+    background = events[(events["kind"] == "death") & events["module"].isna()]["patient"]
+    outside = background[~background.isin(in_module_encounter)]
+    stays = _terminal_stays(events)
+    assert stays["patient"].is_unique
+    assert (stays["time_end"] == stays["death"]).all() and (stays["time_start"] < stays["death"]).all()
+    n, k = len(outside), outside.isin(set(stays["patient"])).sum()
+    assert n > 100
+    assert abs(k / n - share) <= 4 * np.sqrt(share * (1 - share) / n), (k, n, share)
+    during = events.merge(stays, on="patient")
+    in_stay = during["encounter_x"] == during["encounter_y"]
+    later = during[(during["time"] > during["time_start"]) & (during["time"] < during["death"])]
+    assert (later["encounter_x"] == later["encounter_y"]).all()  # nothing else happens in the stay
+    assert during.loc[in_stay, "module"].isna().all()
+    admission = during[in_stay & (during["time"] == during["time_start"]) & (during["kind"] == "observation")]
+    observables = {name: o for m in library.modules for name, o in m.observables.items()}
+    first_reading = observables[admission_observations(library)[0]].code
+    readings = admission[admission["code"].astype(str) == first_reading.code]
+    assert set(readings["patient"]) == set(stays["patient"])  # the inpatient start's readings at admission

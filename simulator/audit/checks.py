@@ -543,6 +543,35 @@ def within_encounter(tables: AuditTables, rule: rules.WithinEncounterRule) -> Fi
     return combine(findings)
 
 
+@check("death_in_hospital")
+def death_in_hospital(tables: AuditTables, rule: rules.DeathInHospitalRule) -> Finding:
+    """Encounters of the rule's classes that a dead patient was in at death (started before it, not ended
+    before it) and that do not end at the death time with the rule's disposition (where the run has one)."""
+    encounters = tables["encounters"]
+    death = tables.patient_column("death_time", encounters["patient"])
+    start, end = encounters["start_time"], encounters["end_time"]
+    during = (
+        encounters["encounter_class"].isin(rule.encounter_classes).to_numpy()
+        & death.notna().to_numpy()
+        & (start < death).to_numpy()
+        & (end.isna() | (end >= death)).to_numpy()
+    )
+    wrong_end = during & (end != death).to_numpy()
+    written = "discharge_disposition" in encounters
+    disposition = encounters.get("discharge_disposition", pd.Series(None, index=encounters.index, dtype=object))
+    bad = wrong_end | (during & (disposition.astype(object) != rule.disposition).to_numpy() & written)
+    detail = (
+        "ends "
+        + minute(end[bad])
+        + ", disposition "
+        + disposition[bad].fillna("none").astype(str).to_numpy()
+        + "; died "
+        + minute(death[bad])
+    )
+    what = np.where(wrong_end[bad], "hospital death not at the encounter's end", "hospital death not as expired")
+    return Finding(int(during.sum()), violations(encounters["patient"][bad], death[bad], what, detail))
+
+
 @check("decedents")
 def decedents(tables: AuditTables, rule: rules.DecedentsRule) -> Finding:
     """Decedents without a death time or a cause of death (a run written before decedents has none)."""

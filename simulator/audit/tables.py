@@ -17,7 +17,7 @@ from simulator.teaching.record import RunRecord
 # The columns the checks read, by table (rules name their time columns among these).
 COLUMNS: dict[str, list[str]] = {
     "patients": ["index", "id", "birth_time", "sex", "state", "city", "death_time", "death_cause_code", "is_decedent"],
-    "encounters": ["patient", "id", "start_time", "end_time", "encounter_class"],
+    "encounters": ["patient", "id", "start_time", "end_time", "encounter_class", "discharge_disposition"],
     "conditions": [
         "patient",
         "system",
@@ -46,8 +46,9 @@ COLUMNS: dict[str, list[str]] = {
     "immunizations": ["patient", "time", "system", "code", "display", "encounter_id"],
     "symptoms": ["patient", "time", "reported_time", "system", "code", "display", "encounter_id"],
 }
-# Columns only some runs write (issued_time: a run with a messy-data profile); read where the run has them.
-OPTIONAL = {"issued_time"}
+# Columns only some runs write (issued_time: a run with a messy-data profile; discharge_disposition: a run
+# written since hospital stays carry one); read where the run has them.
+OPTIONAL = {"issued_time", "discharge_disposition"}
 BLOCK_PATIENTS = 2_000  # patients audited at once (Parquet; a CSV run is read whole): 2,000 lifetimes peak at 1.1 GB
 
 

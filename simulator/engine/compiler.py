@@ -198,6 +198,13 @@ class CompiledModel(NamedTuple):
     death_cause_deaths_male: np.ndarray  # float64[n_cause_bands, n_causes]: the table's deaths in each band
     death_cause_deaths_female: np.ndarray  # float64[n_cause_bands, n_causes]
     death_cause_since_t: np.ndarray  # float64[n_causes]: no death has the cause before it (-inf: always)
+    # deaths in hospital (rules/mortality.yaml in_hospital): a terminal inpatient stay before a death outside
+    # any encounter
+    terminal_share: float  # probability of the stay (0: never)
+    terminal_stay: int  # distribution of its length, days before death (-1: none)
+    terminal_code: int  # code of its encounter (-1: none)
+    terminal_class: int  # ENCOUNTER_CLASSES index of inpatient
+    terminal_obs: np.ndarray  # int32: what its admission records (an inpatient start's observations, then labs)
     # background hazard ratios (rules/mortality.yaml hazard_ratios): a patient's background hazard is the
     # life table's (times the fitted share) times the product of the ratios of their diagnosed conditions
     cond_bg_hr: np.ndarray  # float64[n_conditions]: 1 when the condition has none
@@ -546,6 +553,12 @@ def start_labs(library: Library, encounter_class: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def admission_observations(library: Library) -> list[str]:
+    """What the admission of a terminal stay records, in order: an inpatient start's observations, then its
+    labs (each once)."""
+    return list(dict.fromkeys([*start_observations(library, "inpatient"), *start_labs(library, "inpatient")]))
+
+
 def state_observations(library: Library, state: State) -> list[str]:
     """What entering a state observes, in order: what the start of the encounter it starts records (its
     `observe_at_start`, then its `labs_at_start`, less what the state observes itself), then the state's own
@@ -682,6 +695,9 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     cond_codes = [b.code(c.code) for c in cond_all.values()]
     med_codes = [b.code(d.code) for d in med_all.values()]
     death_code = b.code(library.mortality.cause)
+    in_hospital = library.mortality.in_hospital
+    terminal_stay = b.distribution(in_hospital.stay) if in_hospital is not None else -1
+    terminal_code = b.code(in_hospital.encounter) if in_hospital is not None else -1
     b.eras(library.calendar)
     for obs in obs_all.values():
         kind, source, min_age, eq_start = b.kidney(obs, obs_all)
@@ -780,6 +796,11 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
             np.bool_,
         ),
         **_death_causes(b, library.mortality.causes),
+        terminal_share=in_hospital.share if in_hospital is not None else 0.0,
+        terminal_stay=terminal_stay,
+        terminal_code=terminal_code,
+        terminal_class=ENCOUNTER_CLASSES.index("inpatient"),
+        terminal_obs=_frozen([b.observables[name] for name in admission_observations(library)], i32),
         cond_bg_hr=_frozen(_background_ratios(library, list(cond_all)), f8),
         state_clinic=b.column("state", "clinic", np.bool_),
         clinic_days=_frozen([day in hours.weekdays for day in WEEKDAYS], np.bool_),

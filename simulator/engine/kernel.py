@@ -124,6 +124,7 @@ class Scratch(NamedTuple):
     log_weight: np.ndarray  # float64[1]: log likelihood ratio of the life so far, unconditioned / conditioned
     exposure_t: np.ndarray  # float64[n_modules]: tilted hazards counted into log_weight up to here (inf: none)
     wake_age: np.ndarray  # float64[n_modules]: start (years of age) of the stretch the scheduled hazard fires in
+    last_t: np.ndarray  # float64[1]: time of the patient's last event (birth before the first)
 
 
 class Person(NamedTuple):
@@ -204,6 +205,7 @@ def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: n
         np.zeros(1, np.float64),
         np.zeros(n_modules, np.float64),
         np.zeros(n_modules, np.float64),
+        np.zeros(1, np.float64),
     )
 
 
@@ -218,6 +220,7 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.cur_state[:] = -1
     sc.bg[0] = p.death_t
     sc.bg[1] = 1.0
+    sc.last_t[0] = p.birth_t
     sc.wake_t[:] = np.inf
     sc.wake_kind[:] = W_NONE
     sc.wait_kind[:] = WAIT_NONE
@@ -311,6 +314,7 @@ def emit(
         ev.subject[row] = subject
         ev.reason[row] = reason
     sc.counters[C_EVENTS] = k + 1
+    sc.last_t[0] = t
 
 
 @njit(cache=True, _nrt=False)
@@ -816,9 +820,48 @@ def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
 
 
 @njit(cache=True, _nrt=False)
+def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
+    """Maybe admit the patient who dies at t, with no encounter open, for the stay they die in: from the
+    patient-level stream one uniform (in hospital with probability terminal_share), then its length. The
+    admission is that long before t but not before the last event (nothing else happens in between: death
+    was the next event), records the inpatient start's observations and labs, repeats the observations on
+    the inpatient rounds before t, and stays open for die to close at t. Draws come after every other draw
+    of the patient, so none of them moves."""
+    if model.terminal_stay < 0 or sc.counters[C_PENDING] > 0:
+        return
+    patient_stream = model.module_stream.shape[0]
+    use_stream(sc, patient_stream)
+    if uniform(sc.rng) >= model.terminal_share:
+        return
+    admitted = max(t - max(0.0, draw(model, model.terminal_stay, sc.rng)), sc.last_t[0])
+    if admitted >= t:
+        return
+    enc = sc.counters[C_ENCOUNTERS]
+    sc.counters[C_ENCOUNTERS] = enc + 1
+    c = model.terminal_class
+    emit(ev, sc, p, admitted, codes.K_ENCOUNTER_START, model.terminal_code, np.nan, enc, -1, c, -1)
+    for j in range(model.terminal_obs.shape[0]):
+        value = observe(model, sc, p, model.terminal_obs[j], admitted)
+        if not math.isnan(value):
+            record(model, ev, sc, p, model.terminal_obs[j], value, admitted, enc, -1)
+    sc.pend_t[0] = t
+    sc.pend_id[0] = enc
+    sc.pend_module[0] = patient_stream
+    sc.pend_state[0] = -1
+    sc.pend_code[0] = model.terminal_code
+    sc.pend_class[0] = c
+    sc.pend_round_t[0] = admitted + model.class_round_days[c]
+    sc.counters[C_PENDING] = 1
+    while sc.pend_round_t[0] < t:
+        take_round(model, ev, sc, p, 0, sc.pend_round_t[0])
+
+
+@njit(cache=True, _nrt=False)
 def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Stop every active medication at t (in medication order, each as the state that started it),
-    close every open encounter, then record death; nothing happens after this."""
+    close every open encounter, then record death; nothing happens after this. A death with no encounter
+    open may come at the end of a terminal stay (terminal_stay)."""
+    terminal_stay(model, ev, sc, p, t)
     for d in range(sc.med_active.shape[0]):
         if sc.med_active[d]:
             sc.med_active[d] = False

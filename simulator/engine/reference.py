@@ -37,6 +37,9 @@ Draw order. Draws come from the patient's streams, stream_state(seed, index, str
      - a hazard firing: one uniform, which of the competing hazards it was.
   3. at a background death with a cause table (mortality.causes): one uniform from stream 1, its cause
      (among the causes certifiable then: `since`).
+  4. at any death with no encounter open, with mortality.in_hospital: one uniform from stream 1 (a terminal
+     stay or not), then for a stay its length and the draws of its admission's and rounds' observations,
+     from stream 1 too.
   A background hazard ratio (mortality.hazard_ratios) draws nothing: when the product of the ratios of the
   diagnosed conditions changes, the cumulative hazard left before the background death is spent at the
   new product.
@@ -61,6 +64,7 @@ from simulator.days import DAYS_PER_YEAR, EPOCH
 from simulator.engine.codes import EVENT_KINDS
 from simulator.engine.compiler import (
     MINUTES_PER_DAY,
+    admission_observations,
     cause_since_t,
     hour_blocks,
     is_clinic_visit,
@@ -907,9 +911,35 @@ class PatientRun:
         if track.encounter == pending.encounter:
             track.encounter = -1
 
+    def terminal_stay(self, t: float) -> None:
+        """For a death at t with no encounter open (mortality.in_hospital): one uniform from the patient-level
+        stream (a stay with probability `share`), then its length; the inpatient admission is that long before
+        t but not before the last event, records an inpatient start's observations and labs, and repeats the
+        observations on the inpatient rounds before t; it is open until death."""
+        in_hospital = self.library.mortality.in_hospital
+        if in_hospital is None or self.pending or uniform(self.rng) >= in_hospital.share:
+            return
+        last_t = self.events[-1].t if self.events else self.birth_t
+        admitted = max(t - max(0.0, draw(in_hospital.stay, self.rng)), last_t)
+        if admitted >= t:
+            return
+        number, self.n_encounters = self.n_encounters, self.n_encounters + 1
+        self.events.append(Event(admitted, "encounter_start", in_hospital.encounter, math.nan, number, "", ""))
+        observed, at = admission_observations(self.library), admitted
+        interval = round_interval_days(self.library, "inpatient")
+        while at < t:
+            for observable in observed:
+                value = self.observe(observable, at, self.rng)
+                if not math.isnan(value):
+                    self.record(observable, value, at, number, "", "")
+            observed, at = start_observations(self.library, "inpatient"), at + interval
+        self.pending.append(Pending(t, number, "", "", in_hospital.encounter, "inpatient", INF))
+
     def die(self, t: float, cause: Code, module: str, state: str) -> None:
         """Stop every active medication at t (in library order, each as the state that started it),
-        close every open encounter, then record death; nothing happens after it."""
+        close every open encounter, then record death; nothing happens after it. A death with no encounter
+        open may end a terminal stay (terminal_stay)."""
+        self.terminal_stay(t)
         for medication in [name for name in self.medications if name in self.taking]:
             module_started, state_started, code = self.taking[medication]
             self.events.append(Event(t, "medication_stop", code, math.nan, -1, module_started, state_started))

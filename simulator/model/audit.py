@@ -291,6 +291,16 @@ class WithinEncounterRule(AuditRule):
         return [(e.table, c) for e in self.events for c in (e.time, e.encounter)]
 
 
+class DeathInHospitalRule(AuditRule):
+    """A patient who dies during an encounter of `encounter_classes` (started before death, not ended
+    before it) dies at its end: the encounter ends at the death time, and says so (discharge disposition
+    `disposition`, where the run writes dispositions)."""
+
+    kind: Literal["death_in_hospital"]
+    encounter_classes: list[EncounterClass] = Field(min_length=1)
+    disposition: Text
+
+
 class DecedentsRule(AuditRule):
     """A decedent (a patient a population run holds because they died in its decedent window, `is_decedent`)
     has a death time and a cause of death (Patient.deceasedDateTime)."""
@@ -371,6 +381,7 @@ KINDS: tuple[type[AuditRule], ...] = (
     TimeOrderRule,
     NotBeforeBirthRule,
     WithinEncounterRule,
+    DeathInHospitalRule,
     DecedentsRule,
     ObservationValuesRule,
     DuplicateRecordsRule,

@@ -807,6 +807,17 @@ class BackgroundHazardRatio(Strict):
     source: str = Field(min_length=1)
 
 
+class DeathInHospital(Strict):
+    """Deaths in hospital: a death with no encounter open (a background death, or a module death outside a
+    stay) happens in hospital with probability `share`, at the end of a terminal stay (an inpatient
+    `encounter` admitted `stay` before death, no earlier than the patient's last recorded event)."""
+
+    share: float = Field(ge=0, le=1)
+    stay: Duration
+    encounter: Code
+    source: str = Field(min_length=1)
+
+
 class Mortality(Strict):
     """Background mortality: single-year life tables by sex (columns age, qx).
 
@@ -815,7 +826,8 @@ class Mortality(Strict):
     not produce themselves; `ehrsim calibrate mortality` measures and writes it, so that all-cause
     mortality stays that of the life tables. A background death's cause is drawn from `causes` (by age
     band and sex), else it is `cause`. `hazard_ratios` multiply the background hazard of patients with a
-    diagnosed condition (the excess mortality no module carries)."""
+    diagnosed condition (the excess mortality no module carries). `in_hospital` gives a share of the deaths
+    outside any encounter a terminal hospital stay."""
 
     male_csv: str
     female_csv: str
@@ -824,6 +836,7 @@ class Mortality(Strict):
     cause: Code
     causes: DeathCauses | None = None
     hazard_ratios: list[BackgroundHazardRatio] = []
+    in_hospital: DeathInHospital | None = None
     source: str
 
 
