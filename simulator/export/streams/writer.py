@@ -443,15 +443,6 @@ _EMPTY = {
             "samples": pa.array([], pa.int32()),
         }
     ),
-    "stream_events": pa.table(
-        {
-            "patient": pa.array([], pa.int64()),
-            "encounter": pa.array([], pa.int32()),
-            "device": pa.array([], pa.string()),
-            "code": pa.array([], pa.string()),
-            "kind": pa.array([], pa.string()),
-            "start": pa.array([], pa.timestamp("ms", tz="UTC")),
-            "end": pa.array([], pa.timestamp("ms", tz="UTC")),
-        }
-    ),
 }
+# A truth/stream_events row is an episode without a sample count.
+_EMPTY["stream_events"] = _EMPTY["stream_artefacts"].drop_columns(["samples"])
