@@ -141,6 +141,15 @@ def teaching_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def parquet_2000(tmp_path_factory) -> Path:
+    """Parquet of 2,000 patients of the shipped modules: the acceptance-sized cohort the cohort browser and the
+    case writer are tried on (tests/test_browse.py, tests/test_cases.py); made once, as it takes half a minute."""
+    out = tmp_path_factory.mktemp("parquet_2000") / "out"
+    simulator.generate(patients=2_000, seed=4, out=out, formats="parquet")
+    return out
+
+
 def read_ndjson(out: Path) -> dict[str, list[dict]]:
     """out/fhir/<Type>.ndjson -> resources by type."""
     import orjson

@@ -17,7 +17,6 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from typer.testing import CliRunner
 
-import simulator
 from simulator.cli import app
 from simulator.teaching.browse import write_browser
 
@@ -212,14 +211,12 @@ def test_cli_browse(teaching_run: Path, tmp_path: Path) -> None:
 
 
 def test_a_2000_patient_cohort_opens_filters_and_shows_a_patient(
-    browser: Browser, tmp_path_factory: pytest.TempPathFactory, record_property: pytest.RecordProperty
+    browser: Browser, parquet_2000: Path, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
     """The acceptance cohort: 2,000 patients (Parquet only; no FHIR JSON embedded). The time to the first
     rows is recorded (`-rP` or the JUnit XML shows it), never asserted."""
-    out = tmp_path_factory.mktemp("browse_2000") / "out"
-    simulator.generate(patients=2_000, seed=4, out=out, formats="parquet")
-    index = write_browser(out, out / "browse", fhir_patients=0)
-    patients = pd.read_parquet(out / "parquet" / "patients.parquet")
+    index = write_browser(parquet_2000, tmp_path / "browse", fhir_patients=0)
+    patients = pd.read_parquet(parquet_2000 / "parquet" / "patients.parquet")
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     errors: list[str] = []

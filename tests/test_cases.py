@@ -19,7 +19,6 @@ import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
-import simulator
 from simulator.cli import app
 from simulator.export.writers import DATA_DICTIONARY
 from simulator.teaching import dictionary
@@ -296,9 +295,8 @@ def test_teaching_example_answers_its_three_questions(teaching_run: Path) -> Non
 
 
 @pytest.mark.slow
-def test_twenty_cases_of_copd_diabetes_and_infarction_from_2000_patients(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    simulator.generate(patients=2000, seed=7, out=run, formats="parquet")
+def test_twenty_cases_of_copd_diabetes_and_infarction_from_2000_patients(parquet_2000: Path, tmp_path: Path) -> None:
+    run = parquet_2000
     out = tmp_path / "cases"
     write_cases(run, out, patients=20, conditions=["copd", "type2_diabetes", "myocardial_infarction"], seed=0)
     assert check_answers(run, out) == 20

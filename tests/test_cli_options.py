@@ -105,7 +105,7 @@ def test_a_cold_numba_cache_is_detected(tmp_path: Path) -> None:
 
 
 def test_help_says_what_happens_to_the_output_folder_and_how_big_a_run_is() -> None:
-    result = runner.invoke(app, ["generate", "--help"], terminal_width=200)
+    result = runner.invoke(app, ["generate", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     text = " ".join(result.stdout.split())
     for phrase in (
         "An earlier ehrsim run in OUT is replaced",
