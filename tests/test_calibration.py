@@ -590,3 +590,19 @@ def test_a_bad_subset_is_one_line_naming_the_option(rules: Path, monkeypatch: py
         assert "Traceback" not in result.output and result.stdout == "", (args, result.output)
         transcript.append(f"$ ehrsim calibrate {args}\n{result.stderr}")
     assert "".join(transcript) == (DATA / "golden" / "calibrate_params.expected").read_text()
+
+
+def test_calibrate_params_and_targets_from_the_command_line(rules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--params` and `--targets` reach the fit (which fits only the named module, as --alone)."""
+    from typer.testing import CliRunner
+
+    import simulator.api
+    from simulator.cli import app
+
+    toy = _toy_declared(rules)
+    monkeypatch.setattr(simulator.api, "load_library", lambda: load_library([toy], rules))
+    args = "calibrate toy --params young --targets toy_prevalence/18-34,toy_prevalence/35-49 --dry-run -n 300"
+    result = CliRunner().invoke(app, [*args.split(), "--max-iterations", "2"])
+    assert result.exit_code == 0, result.output
+    assert "fitting 1 parameters (1 held) of toy to 2 targets, 300 patients" in result.output
+    assert "toy_prevalence/50-64" not in result.output and "nothing written" in result.output
