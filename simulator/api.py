@@ -545,19 +545,29 @@ def calibrate(
     alone: bool = False,
     report: Callable[[str], None] = print,
     lifetime_patients: int | None = None,
+    params: list[str] | None = None,
+    targets: list[str] | None = None,
 ) -> list[Path]:
     """Fit the declared free parameters of the modules named (default: all) to the targets, group by group,
     writing <module>.fitted.yaml where the loss improves; then, unless only modules were named, the
-    background mortality net of module deaths. Returns the files written (none with `dry_run`)."""
+    background mortality net of module deaths. Returns the files written (none with `dry_run`).
+    `params`: fit only these declared parameters of the modules named (`name` or `module.name`), every other
+    one held at its current value; `targets`: patterns of the named modules' declared target ids that the fit
+    answers to (default: all of them). Either implies `alone`."""
     asked = list(names or [])
+    for field, given in (("params", params), ("targets", targets)):
+        if given is not None and not given:
+            raise ConfigError(field, "name at least one")
+    if (params or targets) and not [name for name in asked if name != "mortality"]:
+        raise ConfigError("params" if params else "targets", "name the module to fit (ehrsim calibrate MODULE ...)")
     library = load_library()
-    groups = calibration_groups(library, asked, alone)
-    targets = default_targets(library)
+    groups = calibration_groups(library, asked, alone or bool(params) or bool(targets))
+    fitted_targets = default_targets(library)
     written: list[Path] = []
     for group in groups:
         result = fit(
-            library, targets, library.calibration, group, patients, seed, max_iterations, report,
-            lifetime_patients=lifetime_patients,
+            library, fitted_targets, library.calibration, group, patients, seed, max_iterations, report,
+            lifetime_patients=lifetime_patients, params=params, target_patterns=targets,
         )  # fmt: skip
         report(f"{'target':44} {'target':>8} {'before':>8} {'after':>8}")
         for before, after in zip(result.before, result.after, strict=True):

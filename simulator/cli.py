@@ -84,7 +84,7 @@ def _fail_writing(exc: OSError, where: str) -> None:
     _fail(OSError(f"{place}: {exc.strerror or exc} (the run stopped; nothing was left half-written)"))
 
 
-# The option of each setting of RunConfig, ExportConfig and LoadConfig (a ConfigError names its setting).
+# The option of each setting of RunConfig, ExportConfig, LoadConfig and calibrate (a ConfigError names its setting).
 OPTIONS = {
     "patients": "--patients",
     "seed": "--seed",
@@ -108,6 +108,8 @@ OPTIONS = {
     "dask": "--dask",
     "decedent_years": "--decedents",
     "messiness": "--messiness",
+    "params": "--params",
+    "targets": "--targets",
 }
 
 
@@ -115,6 +117,11 @@ def _usage(exc: ConfigError) -> None:
     """An option that cannot be used: one line naming it, exit code 2 (a usage error, as typer's own)."""
     err.print(f"error: {OPTIONS.get(exc.field, exc.field)}: {exc.message}", markup=False)
     raise typer.Exit(2)
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list option as its items (None when not given)."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _date(text: str | None) -> date | None:
@@ -573,6 +580,25 @@ def calibrate(
             "fitted values; without it a named module is fitted with its group.",
         ),
     ] = False,
+    params: Annotated[
+        str | None,
+        typer.Option(
+            "--params",
+            metavar="NAME[,NAME...]",
+            help="Fit only these declared parameters of the named modules (NAME or MODULE.NAME), holding every "
+            "other one at its current (fitted or module file) value; the fitted file records which moved. "
+            "Implies --alone.",
+        ),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            metavar="PATTERN[,PATTERN...]",
+            help="Fit to only the declared targets whose ids match these shell-style patterns, e.g. "
+            "'stroke_history/*'. Implies --alone.",
+        ),
+    ] = None,
 ) -> None:
     """Fit the declared free parameters to the targets; write <module>.fitted.yaml when the loss improves.
     Then fit the background mortality so that all-cause mortality stays that of the life tables."""
@@ -588,7 +614,11 @@ def calibrate(
             alone=alone,
             report=out.print,
             lifetime_patients=lifetime_patients,
+            params=_names(params),
+            targets=_names(targets),
         )
+    except ConfigError as exc:
+        _usage(exc)
     except (LoadError, ValueError) as exc:
         _fail(exc)
     except OSError as exc:

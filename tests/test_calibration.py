@@ -24,6 +24,7 @@ from simulator.fit.calibration import (
     fit,
     fit_groups,
     fits_outside_bounds,
+    fitted_numbers,
     free_parameters,
     sparse_broyden,
     stale_fits,
@@ -109,12 +110,13 @@ def _toy_to_fit(rules: Path, tmp_path: Path, rates: str, declaration: str) -> Pa
     return start
 
 
-def _write_fitted_file(rules: Path, values: dict[str, float]) -> None:
+def _write_fitted_file(rules: Path, values: dict[str, float], parameters: str = "{}") -> None:
     """A hand-written toy.fitted.yaml whose `values` (path: number) start on line 10."""
     (rules / "targets" / "calibration").mkdir(exist_ok=True)
     (rules / "targets" / "calibration" / "toy.fitted.yaml").write_text(
         "module: toy\nfitted: '2026-12-01'\npatients: 1\nseed: 1\nloss_before: 1\nloss_after: 0\n"
-        "targets: []\nparameters: {}\nvalues:\n" + "".join(f"  {path}: {value}\n" for path, value in values.items())
+        f"targets: []\nparameters: {parameters}\nvalues:\n"
+        + "".join(f"  {path}: {value}\n" for path, value in values.items())
     )
 
 
@@ -504,3 +506,103 @@ def test_a_death_rate_target_is_fitted_on_a_lifetime_cohort(rules: Path, tmp_pat
     assert lines[0].endswith("3,000 patients and 4,000 lives")
     assert result.loss_after < result.loss_before / 10
     assert result.values["toy"]["states.onset.hazards[0].rate_per_year"] == pytest.approx(0.05, rel=0.25)
+
+
+YOUNG_PATHS = ["states.healthy.hazards[0].rate_per_year.male[0]", "states.healthy.hazards[0].rate_per_year.female[0]"]
+OLD_PATHS = ["states.healthy.hazards[0].rate_per_year.male[1]", "states.healthy.hazards[0].rate_per_year.female[1]"]
+
+
+def _toy_declared(rules: Path, declaration: str = DECLARATION) -> Path:
+    """Flat toy targets (0.3 in every band) and `declaration`; returns the toy module file."""
+    _write_targets(rules / "targets", {band: 0.3 for band in BANDS})
+    (rules / "targets" / "calibration").mkdir(exist_ok=True)
+    (rules / "targets" / "calibration" / "toy.yaml").write_text(declaration)
+    return DATA / "calibration" / "toy.yaml"
+
+
+def test_a_subset_fit_moves_only_the_named_parameters(rules: Path) -> None:
+    """`params`: young is fitted, old is held at its shipped fitted value (0.02, not the module file's 0.030),
+    which the new fitted file keeps as it was, and the file records that only young moved."""
+    toy = _toy_declared(rules)
+    _write_fitted_file(rules, dict.fromkeys(OLD_PATHS, 0.02), parameters="{old: 0.666667}")
+    library = load_library([toy], rules)
+    lines: list[str] = []
+    result = fit(library, load_targets(rules / "targets"), library.calibration, ["toy"], patients=500, seed=7,
+                 max_iterations=3, report=lines.append, params=["young"])  # fmt: skip
+    assert lines[0].startswith("fitting 1 parameters (1 held) of toy to 4 targets")
+    evaluated = [float(line.split()[2]) for line in lines if line.split()[0].isdigit()]
+    assert all(len(line.split()) == 3 for line in lines if line.split()[0].isdigit())  # young's column only
+    assert any(value != pytest.approx(1.0) for value in evaluated)  # young was stepped
+    assert result.moved == {"toy": ["young"]}
+    assert result.parameters["toy"]["old"] == 0.666667
+    assert [result.values["toy"][path] for path in OLD_PATHS] == [0.02, 0.02]
+    assert result.values["toy"][YOUNG_PATHS[0]] != pytest.approx(0.010)  # the prevalence 0.3 needs more onset
+    write_fitted(result, library, 500, 7)
+    written = (rules / "targets" / "calibration" / "toy.fitted.yaml").read_text()
+    assert "moved:\n- young\n" in written
+    reloaded = load_library([toy], rules).module("toy").states["healthy"].hazards[0].rate_per_year
+    assert reloaded.male[1] == reloaded.female[1] == 0.02
+    assert reloaded.male[0] == pytest.approx(result.values["toy"][YOUNG_PATHS[0]])
+
+
+def test_a_held_parameter_without_a_fit_is_left_to_the_module_file(rules: Path) -> None:
+    """A held parameter that no fitted file sets writes nothing (the module file's numbers stay in force),
+    unless it is declared `over` a moving one: then its numbers follow that one's."""
+    library = load_library([_toy_declared(rules)], rules)
+    free = free_parameters(library, library.calibration, ["toy"])
+    x = [math.log(2.0), 0.0]
+    values, parameters = fitted_numbers(library, free, np.array([True, False]), np.array(x))
+    assert set(values["toy"]) == set(YOUNG_PATHS) and parameters["toy"] == {"young": 2.0}
+    over = DECLARATION.replace(OLD_SCALE, 'over: young\n    scale: [1.0, 6.0]\n    targets: ["toy_prevalence/50')
+    library = load_library([_toy_declared(rules, over)], rules)
+    free = free_parameters(library, library.calibration, ["toy"])
+    values, parameters = fitted_numbers(
+        library, free, np.array([True, False]), np.array([math.log(2.0), free[1].start])
+    )
+    assert values["toy"][OLD_PATHS[0]] == pytest.approx(0.06)  # 3 x young's 0.020, the ratio held
+    assert parameters["toy"] == {"young": 2.0, "old": 3.0}
+
+
+BAD_SUBSETS = [
+    "toy --params yuong",
+    "toy --params ,",
+    "--params young",
+    "toy --targets toy_prevalance/*",
+    "toy --params old --targets toy_prevalence/18-34",
+]
+
+
+def test_a_bad_subset_is_one_line_naming_the_option(rules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown parameters (the closest suggested, the declared ones listed), no module named, a pattern that
+    matches no declared target, a parameter that moves none of the chosen targets: one line, exit 2, no
+    traceback, no simulation (golden transcript)."""
+    from typer.testing import CliRunner
+
+    import simulator.api
+    from simulator.cli import app
+
+    toy = _toy_declared(rules)
+    monkeypatch.setattr(simulator.api, "load_library", lambda: load_library([toy], rules))
+    transcript = []
+    for args in BAD_SUBSETS:
+        result = CliRunner().invoke(app, ["calibrate", *args.split()])
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output and result.stdout == "", (args, result.output)
+        transcript.append(f"$ ehrsim calibrate {args}\n{result.stderr}")
+    assert "".join(transcript) == (DATA / "golden" / "calibrate_params.expected").read_text()
+
+
+def test_calibrate_params_and_targets_from_the_command_line(rules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--params` and `--targets` reach the fit (which fits only the named module, as --alone)."""
+    from typer.testing import CliRunner
+
+    import simulator.api
+    from simulator.cli import app
+
+    toy = _toy_declared(rules)
+    monkeypatch.setattr(simulator.api, "load_library", lambda: load_library([toy], rules))
+    args = "calibrate toy --params young --targets toy_prevalence/18-34,toy_prevalence/35-49 --dry-run -n 300"
+    result = CliRunner().invoke(app, [*args.split(), "--max-iterations", "2"])
+    assert result.exit_code == 0, result.output
+    assert "fitting 1 parameters (1 held) of toy to 2 targets, 300 patients" in result.output
+    assert "toy_prevalence/50-64" not in result.output and "nothing written" in result.output

@@ -17,12 +17,15 @@ out makes the asthma fit five times cheaper. A parameter may name the targets it
 steps parameters that move disjoint targets in one simulation; later steps update that Jacobian
 from the step taken (sparse Broyden, the same zeros), so a step after the first costs one simulation.
 The optimizer works in units of each parameter's difference step, so that its first trust region is
-about as wide as the steps the Jacobian was differenced over.
+about as wide as the steps the Jacobian was differenced over. A fit may move only some of the declared
+parameters (`--params`), the others held at their current values, and answer to only some of the
+declared targets (`--targets`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import io
 import math
 import time
@@ -39,6 +42,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
 from simulator.days import DAYS_PER_YEAR
+from simulator.errors import ConfigError
 from simulator.files import write_all
 from simulator.fit.cohort import Vocabulary, needs_of
 from simulator.fit.statistics import Z95, Comparison, compare
@@ -52,7 +56,7 @@ from simulator.model.fitted import (
     _numbers,
     load_fitted,
 )
-from simulator.model.parsing import format_path, validate
+from simulator.model.parsing import format_path, suggest, validate
 from simulator.model.schema import DiseaseModule
 from simulator.model.targets import TargetSet
 
@@ -212,6 +216,7 @@ class FitResult:
     seconds: float
     values: dict[str, dict[str, float | list[float]]]
     parameters: dict[str, dict[str, float]]
+    moved: dict[str, list[str]]  # the parameters of each module this fit moved (the others were held)
 
 
 def residual(c: Comparison) -> float:
@@ -327,6 +332,38 @@ def free_parameters(library: Library, declared: dict[str, Declared], modules: li
     return free
 
 
+def chosen_parameters(declared: dict[str, Declared], modules: list[str], names: list[str]) -> set[tuple[str, str]]:
+    """(module, parameter) of each name asked for (`name`, or `module.name` where two modules declare it);
+    an unknown or ambiguous name is a ConfigError of `params` that lists the declared parameters."""
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for module in modules:
+        for name in declared[module].declaration.parameters:
+            by_name.setdefault(name, []).append((module, name))
+            by_name[f"{module}.{name}"] = [(module, name)]
+    chosen: set[tuple[str, str]] = set()
+    for name in names:
+        found = by_name.get(name, [])
+        if len(found) > 1:
+            options = ", ".join(f"{m}.{n}" for m, n in found)
+            raise ConfigError("params", f"'{name}' is declared by {len(found)} modules: name one of {options}")
+        if not found:
+            listed = "; ".join(f"{m} declares {', '.join(declared[m].declaration.parameters)}" for m in modules)
+            raise ConfigError("params", f"no declared parameter '{name}'{suggest(name, list(by_name))}; {listed}")
+        chosen.add(found[0])
+    return chosen
+
+
+def chosen_targets(ids: list[str], patterns: list[str]) -> list[str]:
+    """The declared target ids that match any of `patterns` (shell-style), in declared order; a pattern that
+    matches none of them is a ConfigError of `targets`."""
+    measures = sorted({f"{i.split('/', 1)[0]}/*" for i in ids})
+    for pattern in patterns:
+        if not fnmatch.filter(ids, pattern):
+            close = suggest(pattern, [*measures, *ids])
+            raise ConfigError("targets", f"'{pattern}' matches none of the {len(ids)} declared targets{close}")
+    return [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
+
+
 def sparsity(free: list[Free], ids: list[str]) -> np.ndarray:
     """bool[target, parameter]: the targets each parameter is declared to move."""
     return np.array([[i in f.moves for f in free] for i in ids], bool).reshape(len(ids), len(free))
@@ -369,10 +406,14 @@ def fit(
     report: Callable[[str], None] = print,
     broyden: bool = True,
     lifetime_patients: int | None = None,
+    params: list[str] | None = None,
+    target_patterns: list[str] | None = None,
 ) -> FitResult:
     """Fit the free parameters of `modules` together (least squares on standardized errors). The
     Jacobian is simulated by finite differences at the start; with `broyden`, later steps update it
-    from the step just taken (one simulation a step instead of one per difference group)."""
+    from the step just taken (one simulation a step instead of one per difference group). `params`: move
+    only these declared parameters (`name` or `module.name`), holding the others at their current values;
+    `target_patterns`: answer to only the declared targets they match (default: all of them)."""
     from scipy.optimize import least_squares
 
     started = time.perf_counter()
@@ -380,9 +421,18 @@ def fit(
     ids: list[str] = []
     for module in modules:
         ids += [i for i in declared[module].target_ids if i not in ids]
+    chosen = chosen_parameters(declared, modules, params) if params else {(f.module, f.name) for f in free}
+    if target_patterns:
+        ids = chosen_targets(ids, target_patterns)
+    moving = np.array([(f.module, f.name) in chosen for f in free])
+    rows = sparsity(free, ids)
+    idle = [f"{f.module}.{f.name}" for f, m, r in zip(free, moving, rows.T, strict=True) if m and not r.any()]
+    if idle:
+        message = f"{', '.join(idle)} moves none of the targets chosen"
+        raise ConfigError("targets", f"{message}: add one of its own, or leave it out of --params")
     lives = patients if lifetime_patients is None else lifetime_patients
     objective = Objective(library, targets, free, ids, patients, seed, lifetime_patients=lives)
-    names = [f"{f.module}.{f.name}" for f in free]
+    names = [f"{f.module}.{f.name}" for f, m in zip(free, moving, strict=True) if m]
     lo = np.array([f.log_bounds[0] for f in free])
     hi = np.array([f.log_bounds[1] for f in free])
     # The difference step of each parameter: an eighth of its bounds' width where that is narrower
@@ -390,32 +440,40 @@ def fit(
     size = np.minimum(LOG_STEP, (hi - lo) / 8)
     # A start on a bound moves half a step inside: scipy sizes its first trust region by the start's
     # distance from the bounds, and one on a bound gave a region of 1e-5 steps, too small to change anyone.
-    start = np.clip(np.array([f.start for f in free]), lo, hi)
-    x0 = np.clip(start, lo + size / 2, hi - size / 2)
+    # A held parameter stays exactly where it is, inside its bounds or not.
+    current = np.array([f.start for f in free])
+    start = np.where(moving, np.clip(current, lo, hi), current)
+    x0 = np.where(moving, np.clip(start, lo + size / 2, hi - size / 2), current)
     n = len(objective.index)
     lived = f" and {objective.lifetime_patients:,} lives" if objective.lifetime_patients else ""
-    report(f"fitting {len(free)} parameters of {', '.join(modules)} to {len(ids)} targets, {n:,} patients{lived}")
+    held = f" ({len(free) - len(names)} held)" if len(names) < len(free) else ""
+    fitted = f"{len(names)} parameters{held} of {', '.join(modules)}"
+    report(f"fitting {fitted} to {len(ids)} targets, {n:,} patients{lived}")
     report(f"  simulating {', '.join(m.name for m in objective.library.modules)}")
     report("  eval  loss      " + "  ".join(f"{n.split('.', 1)[1][:14]:>14}" for n in names))
 
     def traced(x: np.ndarray) -> np.ndarray:
         r = objective.residuals(x)
-        shown = "  ".join(f"{math.exp(xi):>14.4g}" for xi in x)
+        shown = "  ".join(f"{math.exp(xi):>14.4g}" for xi in x[moving])
         report(f"  {objective.evaluations:4d}  {float(r @ r):8.2f}  {shown}")
         return r
 
-    rows = sparsity(free, ids)
+    rows = rows[:, moving]
     groups = column_groups(rows)
-    report(f"  Jacobian: {len(free)} columns in {len(groups)} simultaneous difference groups")
+    report(f"  Jacobian: {len(names)} columns in {len(groups)} simultaneous difference groups")
 
     steps_taken = 0
     last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, residuals, Jacobian) of the last call
+    lo_m, hi_m, size_m, x0_m = lo[moving], hi[moving], size[moving], x0[moving]
 
     def at(u: np.ndarray) -> np.ndarray:
-        """The optimizer works in difference steps from the start, u = (x - x0) / size: scipy's first
-        trust region is then one step wide (from x itself it would be |x0|, several e-folds, and the first
-        steps overshoot a Jacobian that is linear only about one step far)."""
-        return np.clip(x0 + u * size, lo, hi)
+        """All parameters' x, the moving ones at u (the held ones where they are). The optimizer works in
+        difference steps from the start, u = (x - x0) / size: scipy's first trust region is then one step
+        wide (from x itself it would be |x0|, several e-folds, and the first steps overshoot a Jacobian that
+        is linear only about one step far)."""
+        x = x0.copy()
+        x[moving] = np.clip(x0_m + u * size_m, lo_m, hi_m)
+        return x
 
     def fun(u: np.ndarray) -> np.ndarray:
         nonlocal steps_taken
@@ -429,45 +487,73 @@ def fit(
         After the first, a Broyden update instead (`broyden`). After the last evaluation allowed,
         scipy stops without using the Jacobian: none is simulated."""
         nonlocal last
-        x = at(u)
-        r0 = traced(x)
+        x_all = at(u)
+        x = x_all[moving]
+        r0 = traced(x_all)
         if steps_taken >= max_iterations:
             return np.zeros((len(r0), len(x)))
         if broyden and last is not None:
             x_last, r_last, jac_last = last
             jac = sparse_broyden(jac_last, x - x_last, r0 - r_last, rows)
         else:
-            steps = np.where(x + size <= hi, size, -size)
+            steps = np.where(x + size_m <= hi_m, size_m, -size_m)
             jac = np.zeros((len(r0), len(x)))
             for group in groups:
-                moved = x.copy()
-                moved[group] += steps[group]
+                moved = x_all.copy()
+                moved[np.flatnonzero(moving)[group]] += steps[group]
                 change = traced(moved) - r0
                 for j in group:
                     jac[rows[:, j], j] = change[rows[:, j]] / steps[j]
         last = (x.copy(), r0, jac)
-        return jac * size
+        return jac * size_m
 
     before = objective.comparisons(start)
     solution = least_squares(
-        fun, np.zeros(len(x0)), jac=jacobian, bounds=((lo - x0) / size, (hi - x0) / size),
+        fun, np.zeros(len(x0_m)), jac=jacobian, bounds=((lo_m - x0_m) / size_m, (hi_m - x0_m) / size_m),
         max_nfev=max_iterations, xtol=1e-3, ftol=1e-3, x_scale=1.0,
     )  # fmt: skip
     x_fit = at(solution.x)
     after = objective.comparisons(x_fit)
     loss = [float(sum(residual(c) ** 2 for c in cs)) for cs in (before, after)]
-    values: dict[str, dict[str, float | list[float]]] = {m: {} for m in modules}
-    parameters: dict[str, dict[str, float]] = {m: {} for m in modules}
-    for f, xi in zip(free, x_fit, strict=True):
-        parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
-    for f, parts, numbers in assignments(free, x_fit):
-        is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
-        digits = _digits if f.parameter.scale is not None and not f.complements else _probability
-        values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
+    values, parameters = fitted_numbers(library, free, moving, x_fit)
+    moved = {m: [f.name for f, mv in zip(free, moving, strict=True) if mv and f.module == m] for m in modules}
     return FitResult(
         modules, names, x_fit, before, after, loss[0], loss[1], objective.evaluations,
-        time.perf_counter() - started, values, parameters,
+        time.perf_counter() - started, values, parameters, moved,
     )  # fmt: skip
+
+
+def fitted_numbers(
+    library: Library, free: list[Free], moving: np.ndarray, x: np.ndarray
+) -> tuple[dict[str, dict[str, float | list[float]]], dict[str, dict[str, float]]]:
+    """The numbers to write (by module and path) and the parameters' values (by module and name) at x. A held
+    parameter keeps what the module's fitted file holds for it (nothing if it has none: the module file's
+    numbers stay in force), unless it is declared `over` a moving one, whose numbers it scales."""
+    modules = sorted({f.module for f in free})
+    previous = load_fitted(library.rules_dir, str)
+    values: dict[str, dict[str, float | list[float]]] = {m: {} for m in modules}
+    parameters: dict[str, dict[str, float]] = {m: {} for m in modules}
+    follows = {(f.module, f.name): bool(m) for f, m in zip(free, moving, strict=True)}
+    for f in free:  # declared order: an `over` parameter comes after the one it scales
+        follows[(f.module, f.name)] |= bool(f.parameter.over and follows[(f.module, f.parameter.over)])
+    numbers_of: dict[tuple[str, str], list[tuple[PathParts, list[float]]]] = {}
+    for f, parts, numbers in assignments(free, x):
+        numbers_of.setdefault((f.module, f.name), []).append((parts, numbers))
+    for f, xi in zip(free, x, strict=True):
+        if follows[(f.module, f.name)]:
+            digits = _digits if f.parameter.scale is not None and not f.complements else _probability
+            for parts, numbers in numbers_of[(f.module, f.name)]:
+                is_list = isinstance(_lookup(library.document(f.module).data, parts), CommentedSeq)
+                values[f.module][format_path(parts)] = [digits(v) for v in numbers] if is_list else digits(numbers[0])
+            parameters[f.module][f.name] = round(math.exp(float(xi)), 6)
+        elif f.module in previous:
+            fitted = previous[f.module][0]
+            for text in map(format_path, (*f.paths, *f.complements)):
+                if text in fitted.values:
+                    values[f.module][text] = fitted.values[text]
+            if f.name in fitted.parameters:
+                parameters[f.module][f.name] = fitted.parameters[f.name]
+    return values, parameters
 
 
 def stale_fits(library: Library) -> list[str]:
@@ -504,7 +590,8 @@ def _probability(value: float) -> float:
 
 
 def write_fitted(result: FitResult, library: Library, patients: int, seed: int) -> list[Path]:
-    """One <module>.fitted.yaml per module of the fit, beside its declaration (all of them or none)."""
+    """One <module>.fitted.yaml per module of the fit that moved any parameter, beside its declaration (all of
+    them or none)."""
     declared = library.calibration
     texts: dict[Path, str] = {}
     when = datetime.now(UTC).isoformat(timespec="seconds")
@@ -512,7 +599,7 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.width = 200
-    for module in result.modules:
+    for module in (m for m in result.modules if result.moved[m]):
         d = declared[module]
         mine = [i for i in ids if i in d.target_ids]
         document = {
@@ -524,6 +611,7 @@ def write_fitted(result: FitResult, library: Library, patients: int, seed: int) 
             "loss_after": round(result.loss_after, 4),
             "targets": mine,
             "parameters": result.parameters[module],
+            "moved": result.moved[module],
             "values": result.values[module],
             "module_data_sha256": library.data_sha256[module],
         }

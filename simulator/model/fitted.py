@@ -81,6 +81,7 @@ class Fitted(Frozen):
     loss_after: float
     targets: list[str]
     parameters: dict[str, float]
+    moved: list[str] = []  # the parameters this fit moved, the others held as they were ([]: not recorded)
     values: dict[str, float | list[float]]
     module_data_sha256: str = ""  # the parsed data of the module the fit started from ("": not recorded)
 
