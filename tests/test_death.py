@@ -11,6 +11,8 @@ import pytest
 
 import simulator
 from simulator.engine.compiler import admission_observations
+from simulator.export.clinical_tables import build_tables
+from simulator.export.context import ExportContext
 from simulator.model.loading import load_library
 
 FIXTURE = Path(__file__).parent / "data" / "fixture"
@@ -175,9 +177,44 @@ def test_deaths_outside_an_encounter_end_a_terminal_stay_at_the_share_of_deaths_
     in_stay = during["encounter_x"] == during["encounter_y"]
     later = during[(during["time"] > during["time_start"]) & (during["time"] < during["death"])]
     assert (later["encounter_x"] == later["encounter_y"]).all()  # nothing else happens in the stay
-    assert during.loc[in_stay, "module"].isna().all()
+    assert during.loc[in_stay & (during["kind"] != "death"), "module"].isna().all()  # a module's death ends it
     admission = during[in_stay & (during["time"] == during["time_start"]) & (during["kind"] == "observation")]
     observables = {name: o for m in library.modules for name, o in m.observables.items()}
     first_reading = observables[admission_observations(library)[0]].code
     readings = admission[admission["code"].astype(str) == first_reading.code]
     assert set(readings["patient"]) == set(stays["patient"])  # the inpatient start's readings at admission
+
+
+def test_a_terminal_stay_reads_like_a_death_in_hospital(fixture_population) -> None:
+    """The death that ends a terminal stay records its encounter, the stay is an emergency admission (`emd`),
+    the deaths table links each death to the encounter it ended (the stay, or a module's expired one), and
+    the stay's readings shift toward death by the rule's shift times 1 - hours before death / window (the
+    fixture shifts height by 10 cm over 48 hours)."""
+    library = load_library(**FIXTURE_LIBRARY)
+    deteriorate = library.mortality.in_hospital.deteriorate
+    events, patients = fixture_population.events, fixture_population.patients
+    stays = _terminal_stays(events)
+    deaths = events[events["kind"] == "death"].set_index("patient")
+    assert (deaths.loc[stays["patient"], "encounter"].to_numpy() == stays["encounter"].to_numpy()).all()
+    others = deaths.drop(index=stays["patient"])
+    assert others["encounter"].isna().all() or (others["encounter"] < 0).all()
+
+    tables = build_tables(patients, events, ExportContext.from_library(library, 8, "test", len(patients)))
+    admissions = tables["encounters"][tables["encounters"]["module"].isna()]
+    assert len(admissions) == len(stays) and (admissions["admit_source"] == "emd").all()
+    died_in = set(tables["deaths"]["encounter_id"].dropna())
+    expired = tables["encounters"].loc[tables["encounters"]["discharge_disposition"] == "exp", "id"]
+    assert set(admissions["id"]) <= died_in and died_in == set(expired)
+
+    height = library.modules[[m.name for m in library.modules].index("vitals")].observables["height"].code.code
+    readings = events[(events["kind"] == "observation") & (events["code"].astype(str) == height)].merge(
+        stays, on=["patient", "encounter"]
+    )
+    hours = (readings["death"] - readings["time"]) / pd.Timedelta(hours=1)
+    weight = np.clip(1 - hours / deteriorate.window_hours, 0, None)
+    by = readings["patient"]
+    dw = weight - weight.groupby(by).transform("mean")
+    dr = readings["value"] - readings["value"].groupby(by).transform("mean")
+    assert (dw**2).sum() > 1
+    slope = (dw * dr).sum() / (dw**2).sum()
+    assert abs(slope - deteriorate.shifts["height"]) < 3, slope

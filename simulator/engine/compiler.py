@@ -68,6 +68,7 @@ from simulator.model.schema import (
     CauseOfDeath,
     Code,
     DeathCauses,
+    Deterioration,
     DiseaseModule,
     Exact,
     Exponential,
@@ -205,6 +206,8 @@ class CompiledModel(NamedTuple):
     terminal_code: int  # code of its encounter (-1: none)
     terminal_class: int  # ENCOUNTER_CLASSES index of inpatient
     terminal_obs: np.ndarray  # int32: what its admission records (an inpatient start's observations, then labs)
+    dying_shift: np.ndarray  # float64[n_obs]: each reading's shift at death in a terminal stay (0: none)
+    dying_window: float  # days before death the shift starts growing from 0 (inf: no deterioration)
     # background hazard ratios (rules/mortality.yaml hazard_ratios): a patient's background hazard is the
     # life table's (times the fitted share) times the product of the ratios of their diagnosed conditions
     cond_bg_hr: np.ndarray  # float64[n_conditions]: 1 when the condition has none
@@ -559,6 +562,19 @@ def admission_observations(library: Library) -> list[str]:
     return list(dict.fromkeys([*start_observations(library, "inpatient"), *start_labs(library, "inpatient")]))
 
 
+def _deterioration(deteriorate: Deterioration | None, observables: dict[str, int]) -> dict[str, object]:
+    """The per-observable shifts at death of a terminal stay's readings (by observable index) and their window
+    in days (mortality.in_hospital.deteriorate); names no loaded module declares are skipped."""
+    shift = np.zeros(len(observables), np.float64)
+    for name, size in (deteriorate.shifts if deteriorate is not None else {}).items():
+        if name in observables:
+            shift[observables[name]] = size
+    return {
+        "dying_shift": _frozen(shift.tolist(), np.float64),
+        "dying_window": deteriorate.window_hours / 24.0 if deteriorate is not None else np.inf,
+    }
+
+
 def state_observations(library: Library, state: State) -> list[str]:
     """What entering a state observes, in order: what the start of the encounter it starts records (its
     `observe_at_start`, then its `labs_at_start`, less what the state observes itself), then the state's own
@@ -801,6 +817,7 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         terminal_code=terminal_code,
         terminal_class=ENCOUNTER_CLASSES.index("inpatient"),
         terminal_obs=_frozen([b.observables[name] for name in admission_observations(library)], i32),
+        **_deterioration(in_hospital.deteriorate if in_hospital is not None else None, b.observables),
         cond_bg_hr=_frozen(_background_ratios(library, list(cond_all)), f8),
         state_clinic=b.column("state", "clinic", np.bool_),
         clinic_days=_frozen([day in hours.weekdays for day in WEEKDAYS], np.bool_),

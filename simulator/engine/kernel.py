@@ -820,30 +820,45 @@ def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
 
 
 @njit(cache=True, _nrt=False)
-def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
+def dying(model: CompiledModel, o: int, value: float, before: float) -> float:
+    """A reading of observable o in a terminal stay, `before` days before death, shifted toward death: by its
+    shift at death times 1 - before / window (none earlier; mortality.in_hospital.deteriorate), then bounded
+    and rounded as observe does. Draws nothing."""
+    weight = 1.0 - before / model.dying_window
+    if weight <= 0.0 or model.dying_shift[o] == 0.0 or math.isnan(value):
+        return value
+    value = min(max(value + model.dying_shift[o] * weight, model.obs_low[o]), model.obs_high[o])
+    scale = 10.0 ** model.obs_decimals[o]
+    return math.floor(value * scale + 0.5) / scale
+
+
+@njit(cache=True, _nrt=False)
+def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> int:
     """Maybe admit the patient who dies at t, with no encounter open, for the stay they die in: from the
     patient-level stream one uniform (in hospital with probability terminal_share), then its length. The
     admission is that long before t but not before the last event (nothing else happens in between: death
     was the next event), records the inpatient start's observations and labs, repeats the observations on
     the inpatient rounds before t, and stays open for die to close at t. Draws come after every other draw
-    of the patient, so none of them moves."""
+    of the patient, so none of them moves. Returns the stay's encounter number (-1: none), which the death
+    records as the encounter it ended."""
     if model.terminal_stay < 0 or sc.counters[C_PENDING] > 0:
-        return
+        return -1
     patient_stream = model.module_stream.shape[0]
     use_stream(sc, patient_stream)
     if uniform(sc.rng) >= model.terminal_share:
-        return
+        return -1
     admitted = max(t - max(0.0, draw(model, model.terminal_stay, sc.rng)), sc.last_t[0])
     if admitted >= t:
-        return
+        return -1
     enc = sc.counters[C_ENCOUNTERS]
     sc.counters[C_ENCOUNTERS] = enc + 1
     c = model.terminal_class
     emit(ev, sc, p, admitted, codes.K_ENCOUNTER_START, model.terminal_code, np.nan, enc, -1, c, -1)
     for j in range(model.terminal_obs.shape[0]):
-        value = observe(model, sc, p, model.terminal_obs[j], admitted)
+        o = model.terminal_obs[j]
+        value = dying(model, o, observe(model, sc, p, o, admitted), t - admitted)
         if not math.isnan(value):
-            record(model, ev, sc, p, model.terminal_obs[j], value, admitted, enc, -1)
+            record(model, ev, sc, p, o, value, admitted, enc, -1)
     sc.pend_t[0] = t
     sc.pend_id[0] = enc
     sc.pend_module[0] = patient_stream
@@ -854,14 +869,15 @@ def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: f
     sc.counters[C_PENDING] = 1
     while sc.pend_round_t[0] < t:
         take_round(model, ev, sc, p, 0, sc.pend_round_t[0])
+    return enc
 
 
 @njit(cache=True, _nrt=False)
 def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Stop every active medication at t (in medication order, each as the state that started it),
     close every open encounter, then record death; nothing happens after this. A death with no encounter
-    open may come at the end of a terminal stay (terminal_stay)."""
-    terminal_stay(model, ev, sc, p, t)
+    open may come at the end of a terminal stay (terminal_stay): the death records that stay's encounter."""
+    stay = terminal_stay(model, ev, sc, p, t)
     for d in range(sc.med_active.shape[0]):
         if sc.med_active[d]:
             sc.med_active[d] = False
@@ -881,7 +897,7 @@ def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, caus
             -1,
         )
     sc.counters[C_PENDING] = 0
-    emit(ev, sc, p, t, codes.K_DEATH, cause, np.nan, -1, state, -1, -1)
+    emit(ev, sc, p, t, codes.K_DEATH, cause, np.nan, stay, state, -1, -1)
     sc.counters[C_DEAD] = 1
     sc.wake_t[:] = np.inf
 
@@ -973,12 +989,16 @@ def record(
 @njit(cache=True, _nrt=False)
 def take_round(model: CompiledModel, ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Repeat the start observations of open encounter k (a ward round, an ICU hour), drawing from the stream
-    of the module that started it, and schedule the next."""
+    of the module that started it, and schedule the next. The rounds of a terminal stay (the patient-level
+    stream's) deteriorate toward its end, the death (dying)."""
     use_stream(sc, sc.pend_module[k])
     c = sc.pend_class[k]
+    terminal = sc.pend_module[k] == model.module_stream.shape[0]
     for j in range(model.class_obs_start[c], model.class_obs_start[c] + model.class_obs_n[c]):
         o = model.class_obs[j]
         value = observe(model, sc, p, o, t)
+        if terminal:
+            value = dying(model, o, value, sc.pend_t[k] - t)
         if not math.isnan(value):
             record(model, ev, sc, p, o, value, t, sc.pend_id[k], sc.pend_state[k])
     sc.pend_round_t[k] = t + model.class_round_days[c]

@@ -911,35 +911,53 @@ class PatientRun:
         if track.encounter == pending.encounter:
             track.encounter = -1
 
-    def terminal_stay(self, t: float) -> None:
+    def dying(self, name: str, value: float, before: float) -> float:
+        """A terminal stay's reading `before` days before death, shifted toward death by its shift at death
+        times 1 - before / window (none earlier; mortality.in_hospital.deteriorate), bounded and rounded."""
+        in_hospital = self.library.mortality.in_hospital
+        deteriorate = in_hospital.deteriorate if in_hospital is not None else None
+        if deteriorate is None or name not in deteriorate.shifts or math.isnan(value):
+            return value
+        weight = 1.0 - before / (deteriorate.window_hours / 24.0)
+        if weight <= 0.0 or deteriorate.shifts[name] == 0.0:
+            return value
+        obs = self.observables[name]
+        low, high = obs.limits if obs.limits is not None else (-INF, INF)
+        scale = 10.0**obs.decimals
+        return math.floor(min(max(value + deteriorate.shifts[name] * weight, low), high) * scale + 0.5) / scale
+
+    def terminal_stay(self, t: float) -> int:
         """For a death at t with no encounter open (mortality.in_hospital): one uniform from the patient-level
         stream (a stay with probability `share`), then its length; the inpatient admission is that long before
         t but not before the last event, records an inpatient start's observations and labs, and repeats the
-        observations on the inpatient rounds before t; it is open until death."""
+        observations on the inpatient rounds before t, deteriorating toward death (dying); it is open until
+        death. Returns the stay's encounter
+        number (-1: none), which the death records."""
         in_hospital = self.library.mortality.in_hospital
         if in_hospital is None or self.pending or uniform(self.rng) >= in_hospital.share:
-            return
+            return -1
         last_t = self.events[-1].t if self.events else self.birth_t
         admitted = max(t - max(0.0, draw(in_hospital.stay, self.rng)), last_t)
         if admitted >= t:
-            return
+            return -1
         number, self.n_encounters = self.n_encounters, self.n_encounters + 1
         self.events.append(Event(admitted, "encounter_start", in_hospital.encounter, math.nan, number, "", ""))
         observed, at = admission_observations(self.library), admitted
         interval = round_interval_days(self.library, "inpatient")
         while at < t:
             for observable in observed:
-                value = self.observe(observable, at, self.rng)
+                value = self.dying(observable, self.observe(observable, at, self.rng), t - at)
                 if not math.isnan(value):
                     self.record(observable, value, at, number, "", "")
             observed, at = start_observations(self.library, "inpatient"), at + interval
         self.pending.append(Pending(t, number, "", "", in_hospital.encounter, "inpatient", INF))
+        return number
 
     def die(self, t: float, cause: Code, module: str, state: str) -> None:
         """Stop every active medication at t (in library order, each as the state that started it),
         close every open encounter, then record death; nothing happens after it. A death with no encounter
-        open may end a terminal stay (terminal_stay)."""
-        self.terminal_stay(t)
+        open may end a terminal stay (terminal_stay): the death records that stay's encounter."""
+        stay = self.terminal_stay(t)
         for medication in [name for name in self.medications if name in self.taking]:
             module_started, state_started, code = self.taking[medication]
             self.events.append(Event(t, "medication_stop", code, math.nan, -1, module_started, state_started))
@@ -947,7 +965,7 @@ class PatientRun:
         for pending in self.pending:
             self.close(pending, t)
         self.pending.clear()
-        self.events.append(Event(t, "death", cause, math.nan, -1, module, state))
+        self.events.append(Event(t, "death", cause, math.nan, stay, module, state))
         self.dead = True
         for track in self.tracks:
             track.wake_t = INF

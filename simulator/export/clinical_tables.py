@@ -85,11 +85,19 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
         "procedures": _rows(ev[kind == "procedure"], seed, "Procedure", []),
         "immunizations": _rows(ev[kind == "immunization"], seed, "Immunization", []),
         "symptoms": _symptoms(ev, kind, seed),
-        "deaths": _rows(ev[kind == "death"], seed, "Death", []),
+        "deaths": _died_in(_rows(ev[kind == "death"], seed, "Death", []), encounters),
     }
     if context.history is not None:
         tables = keep_history(patients, tables, last_recorded(patients, tables), context.history)
     return tables
+
+
+def _died_in(deaths: pd.DataFrame, encounters: pd.DataFrame) -> pd.DataFrame:
+    """The deaths with the encounter each ended: the terminal stay the death event records, else the acute
+    encounter that ended with the patient expired (discharge disposition `exp`); empty outside one."""
+    expired = encounters[encounters["discharge_disposition"] == "exp"].drop_duplicates("patient")
+    ended = deaths["patient"].map(expired.set_index("patient")["id"]).astype(object)
+    return deaths.assign(encounter_id=deaths["encounter_id"].astype(object).fillna(ended))
 
 
 def _symptoms(ev: pd.DataFrame, kind: np.ndarray, seed: int) -> pd.DataFrame:
@@ -260,8 +268,9 @@ def _hospital_stays(encounters: pd.DataFrame, deaths: pd.DataFrame) -> pd.DataFr
     that one ended or within TRANSFER_GAP of its end: after an emergency visit it is an admission from the
     emergency department, after another segment a transfer within the hospital. The stay is its first
     segment (the admission encounter): the emergency visit that led to it and every later segment point to
-    it (`part_of_encounter_id`). The admission's `admit_source` is `emd` from the emergency department, else
-    `mp` (a planned admission: a physician's referral). `discharge_disposition` (acute encounters that
+    it (`part_of_encounter_id`). The admission's `admit_source` is `emd` from the emergency department or for
+    a terminal stay (no module: a dying patient comes in as an emergency, mortality.in_hospital), else `mp`
+    (a planned admission: a physician's referral). `discharge_disposition` (acute encounters that
     ended): `exp` when the patient died as it ended, none when it continues into a segment (a transfer or an
     admission is not a discharge), else `home`. Codes of http://terminology.hl7.org/CodeSystem/admit-source
     and discharge-disposition."""
@@ -291,7 +300,8 @@ def _hospital_stays(encounters: pd.DataFrame, deaths: pd.DataFrame) -> pd.DataFr
     part_of[transfer] = ids[stay[transfer]]
     part_of[previous[from_emergency]] = ids[from_emergency]
     admission = np.isin(klass, _STAY) & ~transfer
-    admit_source = np.where(admission, np.where(from_emergency, "emd", "mp"), None).astype(object)
+    emergency = from_emergency | encounters["module"].isna().to_numpy()
+    admit_source = np.where(admission, np.where(emergency, "emd", "mp"), None).astype(object)
     death_at = pd.Series(utc_ms(deaths["time"]), index=deaths["patient"].to_numpy())
     died = end == death_at.reindex(patient).to_numpy()
     followed = np.zeros(n, bool)

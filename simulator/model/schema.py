@@ -807,14 +807,27 @@ class BackgroundHazardRatio(Strict):
     source: str = Field(min_length=1)
 
 
+class Deterioration(Strict):
+    """How the readings of a terminal stay deteriorate toward death: each named observable's reading is
+    shifted by its `shifts` value times the weight 1 - (hours before death) / `window_hours` (0 earlier), a
+    shift that grows linearly from the window's start to its full size at death. Names no loaded module
+    declares are skipped."""
+
+    window_hours: float = Field(gt=0)
+    shifts: dict[Name, float] = Field(min_length=1)
+    source: str = Field(min_length=1)
+
+
 class DeathInHospital(Strict):
     """Deaths in hospital: a death with no encounter open (a background death, or a module death outside a
     stay) happens in hospital with probability `share`, at the end of a terminal stay (an inpatient
-    `encounter` admitted `stay` before death, no earlier than the patient's last recorded event)."""
+    `encounter` admitted `stay` before death, no earlier than the patient's last recorded event), whose
+    readings `deteriorate` as death nears."""
 
     share: float = Field(ge=0, le=1)
     stay: Duration
     encounter: Code
+    deteriorate: Deterioration | None = None
     source: str = Field(min_length=1)
 
 
