@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import simulator
+from simulator.fit.validation import Validation, validate_generated
 from simulator.model.library import Library
 from simulator.model.loading import load_library
 from simulator.model.parsing import LoadError, Problem
@@ -75,6 +76,13 @@ def bare_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shipped_population() -> simulator.Population:
     return simulator.generate(patients=3000, seed=11, chunk_size=1000)
+
+
+@pytest.fixture(scope="session")
+def kernel_validation_36000() -> Validation:
+    """The validation of a kernel-only cohort of 36,000 (seed 7, no lifetimes): the statistical tests of rows that
+    need tens of thousands of patients share it (hypertension control by sex, adult type 1 diabetes)."""
+    return validate_generated(patients=36_000, seed=7, lifetime_patients=0)
 
 
 @pytest.fixture(scope="session")
