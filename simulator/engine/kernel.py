@@ -740,6 +740,12 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
         value = measured(model, sc, p, o, t)
     if math.isnan(value):
         return value
+    return bounded(model, o, value)
+
+
+@njit(cache=True, _nrt=False)
+def bounded(model: CompiledModel, o: int, value: float) -> float:
+    """A reading of observable o inside its limits, rounded to its decimals."""
     value = min(max(value, model.obs_low[o]), model.obs_high[o])
     scale = 10.0 ** model.obs_decimals[o]
     return math.floor(value * scale + 0.5) / scale
@@ -822,14 +828,12 @@ def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
 @njit(cache=True, _nrt=False)
 def dying(model: CompiledModel, o: int, value: float, before: float) -> float:
     """A reading of observable o in a terminal stay, `before` days before death, shifted toward death: by its
-    shift at death times 1 - before / window (none earlier; mortality.in_hospital.deteriorate), then bounded
-    and rounded as observe does. Draws nothing."""
+    shift at death times 1 - before / window (none earlier; mortality.in_hospital.deteriorate), then kept
+    inside its limits and rounded (bounded). Draws nothing."""
     weight = 1.0 - before / model.dying_window
     if weight <= 0.0 or model.dying_shift[o] == 0.0 or math.isnan(value):
         return value
-    value = min(max(value + model.dying_shift[o] * weight, model.obs_low[o]), model.obs_high[o])
-    scale = 10.0 ** model.obs_decimals[o]
-    return math.floor(value * scale + 0.5) / scale
+    return bounded(model, o, value + model.dying_shift[o] * weight)
 
 
 @njit(cache=True, _nrt=False)

@@ -774,6 +774,11 @@ class PatientRun:
             value = self.measured(name, t, rng)
         if math.isnan(value):
             return value
+        return self.bounded(name, value)
+
+    def bounded(self, name: str, value: float) -> float:
+        """A reading of observable `name` inside its limits, rounded to its decimals."""
+        obs = self.observables[name]
         low, high = obs.limits if obs.limits is not None else (-INF, INF)
         scale = 10.0**obs.decimals
         return math.floor(min(max(value, low), high) * scale + 0.5) / scale
@@ -921,10 +926,7 @@ class PatientRun:
         weight = 1.0 - before / (deteriorate.window_hours / 24.0)
         if weight <= 0.0 or deteriorate.shifts[name] == 0.0:
             return value
-        obs = self.observables[name]
-        low, high = obs.limits if obs.limits is not None else (-INF, INF)
-        scale = 10.0**obs.decimals
-        return math.floor(min(max(value + deteriorate.shifts[name] * weight, low), high) * scale + 0.5) / scale
+        return self.bounded(name, value + deteriorate.shifts[name] * weight)
 
     def terminal_stay(self, t: float) -> int:
         """For a death at t with no encounter open (mortality.in_hospital): one uniform from the patient-level
