@@ -628,26 +628,12 @@ def _clashes(name: str, formats: tuple[str, ...]) -> bool:
 FHIR_SLICE = 500
 
 
-def _patient_slices(
-    patients: pd.DataFrame, events: pd.DataFrame, size: int
-) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """The chunk's patients (and their events, sorted by patient) `size` at a time, in order;
-    one empty slice for an empty chunk."""
-    starts = np.searchsorted(events["patient"].to_numpy(), patients["index"].to_numpy()[::size]).tolist()
-    bounds = [*starts, len(events)] if len(patients) else [0, len(events)]
-    for k in range(len(bounds) - 1):
-        yield (
-            patients.iloc[k * size : (k + 1) * size].reset_index(drop=True),
-            events.iloc[bounds[k] : bounds[k + 1]].reset_index(drop=True),
-        )
-
-
 def _table_slices(
     patients: pd.DataFrame, tables: dict[str, pd.DataFrame], size: int
 ) -> Iterator[tuple[pd.DataFrame, dict[str, pd.DataFrame]]]:
-    """The chunk's patients `size` at a time, in order, each with its rows of the chunk's clinical tables:
-    the tables `build_tables` makes of those patients alone, as a table's rows are in patient order and each
-    patient's depend on that patient only (one empty slice for an empty chunk)."""
+    """The chunk's patients `size` at a time, in order, each with its rows of the chunk's tables (its events, or
+    its clinical tables: those `build_tables` makes of those patients alone, as a table's rows are in patient
+    order and each patient's depend on that patient only); one empty slice for an empty chunk."""
     where = pd.Index(patients["index"].to_numpy())
     bounds = {}
     for name, table in tables.items():
@@ -743,12 +729,11 @@ class Export:
                 writer.write(arrow)
             del arrow  # each output's intermediates are freed before the next is built
         if self.ndjson or self.bundles:
-            if tables is None:
-                for some_patients, their_events in _patient_slices(patients, events, FHIR_SLICE):
-                    self._write_fhir(some_patients, self._tables(some_patients, their_events))
-            else:
-                for some_patients, their_tables in _table_slices(patients, tables, FHIR_SLICE):
-                    self._write_fhir(some_patients, their_tables)
+            sliced = {"events": events} if tables is None else tables
+            for some_patients, theirs in _table_slices(patients, sliced, FHIR_SLICE):
+                self._write_fhir(
+                    some_patients, self._tables(some_patients, theirs["events"]) if tables is None else theirs
+                )
         del tables
         for writer in self.extra:
             writer.write(patients, events)
