@@ -34,6 +34,7 @@ FLUSH_ROWS = 2_000_000  # rows held before a Parquet write (about 60 MB of array
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0
 SECONDS_PER_DAY = 86400.0
 HOME_KEY = 1 << 30  # keys of home wear windows: above every encounter number, HOME_KEY + setting << 16 + window
+TIME_MS = pa.timestamp("ms", tz="UTC")  # the time columns of streams/ and truth/
 
 
 def parse_streams(text: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -175,13 +176,14 @@ class StreamWriter:
         ids = patients.set_index("index")["id"]
         jobs = [(int(p), int(e), "stay", k) for k, (p, e) in enumerate(zip(*self._stays(events), strict=True))]
         rules = self.plan.rules
+        end_ms = self._end_ms(patients)
         for number, setting in enumerate(self.plan.settings):
             home = rules.settings[setting].home
             if home == "cgm":
-                found = cgm_windows(events, self._end_ms(patients), rules.cgm, self.plan.introduced_ms[setting])
+                found = cgm_windows(events, end_ms, rules.cgm, self.plan.introduced_ms[setting])
             elif home == "abpm":
                 codes = tuple(rules.channels[c].code.code for c in rules.settings[setting].channels[:2])
-                found = abpm_visits(events, self._end_ms(patients), rules.abpm, codes)
+                found = abpm_visits(events, end_ms, rules.abpm, codes)
             else:
                 continue
             jobs += [(w.patient, HOME_KEY + (number << 16) + w.number, setting, w) for w in found]
@@ -205,9 +207,12 @@ class StreamWriter:
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
                 samples, found = cgm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng)
             self._add_rows(patient, encounter, device_ids[k], start_ms, samples)
-            episodes += [(patient, encounter, device_ids[k], e, start_ms) for e in samples.episodes]
+            episodes += [
+                (patient, encounter, device_ids[k], e.channel, e.kind, e.start_s, e.end_s, start_ms, e.n_samples)
+                for e in samples.episodes
+            ]
             channel = samples.channels[0] if what != "stay" else self.plan.rules.atrial_fibrillation.channel
-            shown += [(patient, encounter, device_ids[k], channel, f, start_ms) for f in found]
+            shown += [(patient, encounter, device_ids[k], channel, *f, start_ms) for f in found]
             if self.ndjson is not None:  # one at a time, so that the text of a chunk is never held whole
                 setting_rules = self.plan.rules.settings[setting]
                 line = device_lines(device_ids[k], setting_rules.device, patient_ids[k], is_ended)
@@ -218,8 +223,8 @@ class StreamWriter:
                 lines = self._segments(patient, key, refs, start_ms, samples, category)
                 self.ndjson.append_text("Observation.streams", pa.array(lines, TEXT))
         self._flush(force=False)
-        self._write_truth(episodes)
-        self._write_shown(shown)
+        self._write_episodes("stream_artefacts", episodes)  # the artefacts and dropouts, with their samples
+        self._write_episodes("stream_events", shown)
 
     def _stays(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's monitored stays, kept for `_stay` (by encounter), and their patients and encounters."""
@@ -322,7 +327,7 @@ class StreamWriter:
                 "encounter": _encounters(encounter, rows),
                 "device": pa.DictionaryArray.from_arrays(np.zeros(rows, np.int32), pa.array([device_id])),
                 "code": pa.DictionaryArray.from_arrays(np.repeat(codes, n), pa.array(self.channel_codes)),
-                "time": pa.array(np.tile(time_ms, n_channels), pa.timestamp("ms", tz="UTC")),
+                "time": pa.array(np.tile(time_ms, n_channels), TIME_MS),
                 "value": pa.array(samples.value.ravel(), pa.float64(), from_pandas=True),
                 "quality": pa.DictionaryArray.from_arrays(samples.quality.ravel().astype(np.int32), pa.array(QUALITY)),
             }
@@ -338,43 +343,26 @@ class StreamWriter:
         self._parquet(self.streams, "streams", table)
         self.pending, self.pending_rows = [], 0
 
-    def _write_truth(self, episodes: list) -> None:
-        if not episodes:
+    def _write_episodes(self, name: str, rows: list[tuple]) -> None:
+        """truth/<name>: one row per episode of a stream, from (patient, encounter, device, channel, kind, start
+        and end in seconds after the stream's start, the stream's start in ms[, samples flagged]): the
+        artefacts and dropouts (stream_artefacts), or the clinical episodes a stream shows, for scoring a
+        detector (stream_events: an atrial fibrillation period of a stay, a severe hypoglycaemia's trough)."""
+        if not rows:
             return
-        codes = [self.plan.rules.channels[e.channel].code.code for _, _, _, e, _ in episodes]
-        start = np.array([s + round(e.start_s * 1000) for _, _, _, e, s in episodes], np.int64)
-        end = np.array([s + round(e.end_s * 1000) for _, _, _, e, s in episodes], np.int64)
-        table = pa.table(
-            {
-                "patient": pa.array([p for p, _, _, _, _ in episodes], pa.int64()),
-                "encounter": pa.array([c for _, c, _, _, _ in episodes], pa.int32()),
-                "device": pa.array([d for _, _, d, _, _ in episodes], pa.string()),
-                "code": pa.array(codes, pa.string()),
-                "kind": pa.array([e.kind for _, _, _, e, _ in episodes], pa.string()),
-                "start": pa.array(start, pa.timestamp("ms", tz="UTC")),
-                "end": pa.array(end, pa.timestamp("ms", tz="UTC")),
-                "samples": pa.array([e.n_samples for _, _, _, e, _ in episodes], pa.int32()),
-            }
-        )
-        self._parquet(self.truth, "stream_artefacts", table)
-
-    def _write_shown(self, shown: list) -> None:
-        """truth/stream_events: one row per clinical episode a stream shows (kind, start, end), for scoring a
-        detector (an atrial fibrillation period of a stay, a severe hypoglycaemia's trough)."""
-        if not shown:
-            return
-        table = pa.table(
-            {
-                "patient": pa.array([p for p, _, _, _, _, _ in shown], pa.int64()),
-                "encounter": pa.array([c for _, c, _, _, _, _ in shown], pa.int32()),
-                "device": pa.array([d for _, _, d, _, _, _ in shown], pa.string()),
-                "code": pa.array([self.plan.rules.channels[c].code.code for _, _, _, c, _, _ in shown], pa.string()),
-                "kind": pa.array([f[0] for _, _, _, _, f, _ in shown], pa.string()),
-                "start": pa.array([s + round(f[1] * 1000) for _, _, _, _, f, s in shown], pa.timestamp("ms", tz="UTC")),
-                "end": pa.array([s + round(f[2] * 1000) for _, _, _, _, f, s in shown], pa.timestamp("ms", tz="UTC")),
-            }
-        )
-        self._parquet(self.truth, "stream_events", table)
+        patient, encounter, device, channel, kind, start_s, end_s, start_ms, *samples = zip(*rows, strict=True)
+        columns = {
+            "patient": pa.array(patient, pa.int64()),
+            "encounter": pa.array(encounter, pa.int32()),
+            "device": pa.array(device, pa.string()),
+            "code": pa.array([self.plan.rules.channels[c].code.code for c in channel], pa.string()),
+            "kind": pa.array(kind, pa.string()),
+            "start": pa.array([s + round(a * 1000) for s, a in zip(start_ms, start_s, strict=True)], TIME_MS),
+            "end": pa.array([s + round(a * 1000) for s, a in zip(start_ms, end_s, strict=True)], TIME_MS),
+        }
+        if samples:
+            columns["samples"] = pa.array(samples[0], pa.int32())
+        self._parquet(self.truth, name, pa.table(columns))
 
     def _parquet(self, staging: Staging, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -426,7 +414,7 @@ _EMPTY = {
             "encounter": pa.array([], pa.int32()),
             "device": pa.array([], pa.dictionary(pa.int32(), pa.string())),
             "code": pa.array([], pa.dictionary(pa.int32(), pa.string())),
-            "time": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "time": pa.array([], TIME_MS),
             "value": pa.array([], pa.float64()),
             "quality": pa.array([], pa.dictionary(pa.int32(), pa.string())),
         }
@@ -438,8 +426,8 @@ _EMPTY = {
             "device": pa.array([], pa.string()),
             "code": pa.array([], pa.string()),
             "kind": pa.array([], pa.string()),
-            "start": pa.array([], pa.timestamp("ms", tz="UTC")),
-            "end": pa.array([], pa.timestamp("ms", tz="UTC")),
+            "start": pa.array([], TIME_MS),
+            "end": pa.array([], TIME_MS),
             "samples": pa.array([], pa.int32()),
         }
     ),
