@@ -21,8 +21,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
-from numba.core import config as numba_config
+from numba import njit
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
@@ -32,12 +31,13 @@ from simulator.engine.people import People, PeopleTables, cumulative_at, inverse
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model.schema import SYMPTOM_SCALE_MAX
 
-# The compiled model, one NamedTuple of some 115 arrays, is passed into the parallel loop, where Numba
-# unpacks a tuple only up to this many fields (default 100).
-numba_config.PARFOR_MAX_TUPLE_SIZE = max(numba_config.PARFOR_MAX_TUPLE_SIZE, 256)
+# Numba builds a CPython wrapper for each compiled function; for a function that takes the compiled model (one
+# NamedTuple of some 115 arrays) building it cost more than the function itself, for most of a first compile of
+# several minutes. Only `simulate` is called from Python: the kernel's other functions go without.
+internal = njit(cache=True, _nrt=False, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def draw(model: CompiledModel, dist: int, rng: np.ndarray) -> float:
     """One value of a compiled distribution, times its unit in days (1 when unitless)."""
     kind = model.dist_kind[dist]
@@ -75,6 +75,11 @@ W_NONE, W_FIRE, W_REEVALUATE, W_CLINIC = 0, 1, 2, 3
 # wait kinds
 WAIT_NONE, WAIT_WELLNESS, WAIT_CASES, WAIT_CLINIC = 0, 1, 2, 3
 THURSDAY = 3  # the weekday (Monday 0) of day 0, 1970-01-01
+# -1 ("none") and 0 as int64 values, not literals: Numba compiles a separate copy of a function, and of all it
+# calls, for each literal it is first called with (a variable set to -1 before a loop counts), which doubled the
+# first compile of the kernel.
+NONE = np.int64(-1)
+FIRST = np.int64(0)
 
 
 class Scratch(NamedTuple):
@@ -209,7 +214,7 @@ def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: n
     )
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     n_modules = model.module_stream.shape[0]
     for m in range(n_modules):
@@ -271,7 +276,7 @@ def compare(x: float, cmp: int, v: float) -> bool:
     return x != v
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def curve_at(model: CompiledModel, curve: int, sex: int, age: float) -> float:
     """Linear interpolation in a curve for this sex (flat outside its ages)."""
     start = model.curve_start[curve]
@@ -287,7 +292,7 @@ def curve_at(model: CompiledModel, curve: int, sex: int, age: float) -> float:
     return values[start + n - 1]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def emit(
     ev: Events,
     sc: Scratch,
@@ -317,7 +322,7 @@ def emit(
     sc.last_t[0] = t
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def attached(sc: Scratch, m: int, t: float) -> int:
     """The encounter module m's events belong to now: an open-ended one, or one joined this instant."""
     enc = sc.enc_cur[m]
@@ -326,7 +331,7 @@ def attached(sc: Scratch, m: int, t: float) -> int:
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def need_encounter(sc: Scratch, m: int, t: float) -> int:
     enc = attached(sc, m, t)
     if enc < 0:
@@ -334,7 +339,7 @@ def need_encounter(sc: Scratch, m: int, t: float) -> int:
     return enc
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> bool:
     """Run a postfix guard program on a small boolean stack."""
     top = 0
@@ -383,7 +388,7 @@ def eval_guard(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -
     return sc.stack[0]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float) -> float:
     """Earliest time after t at which a continuously changing operand of guard g crosses its
     threshold (age, time since a state, a drifting attribute, a calendar date or month); inf if none."""
@@ -413,7 +418,7 @@ def next_crossing(model: CompiledModel, sc: Scratch, p: Person, g: int, t: float
     return best
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def hazard_multipliers(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> bool:
     """Recompute the hazard-ratio products of state s into hz_mult[m]; True if any changed."""
     changed = False
@@ -438,7 +443,7 @@ def tilt_at(model: CompiledModel, sc: Scratch, h: int, age: float) -> float:
     return model.hazard_tilt[h]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def next_window_edge(model: CompiledModel, sc: Scratch, s: int, age: float) -> float:
     """The first edge after `age` of the windows of state s's tilted hazards (inf: none), where a rate changes."""
     edge = np.inf
@@ -451,7 +456,7 @@ def next_window_edge(model: CompiledModel, sc: Scratch, s: int, age: float) -> f
     return edge
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def band_rate(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, band: int, age: float) -> float:
     """Total rate per year of state s's competing hazards in one age band, at `age` in it (scenario tilts)."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
@@ -465,7 +470,7 @@ def band_rate(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, band
     return total
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def count_exposure(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Add to the log weight what the tilts of state s's hazards changed from exposure_t[m] to t: the
     integral of (factor - 1) x rate (a piecewise-exponential likelihood ratio's exp(-integral of the
@@ -494,7 +499,7 @@ def count_exposure(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
         age = end
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def hazard_recheck(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> float:
     """When the first hazard-ratio guard of state s may flip (a threshold of age, time since a state
     or a drifting attribute); inf if none can."""
@@ -517,7 +522,7 @@ def use_stream(sc: Scratch, m: int) -> None:
         sc.counters[C_STREAM] = m
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def schedule_hazards(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     """Draw the time of the first competing hazard from t by inverting the cumulative hazard over
     the age bands (and the edges of its scenario windows); wake earlier if a hazard ratio's guard may flip
@@ -560,7 +565,7 @@ def schedule_hazards(model: CompiledModel, sc: Scratch, p: Person, m: int, s: in
         sc.wake_band[m] = band
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def fired_hazard(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int) -> int:
     """Which competing hazard fired: chosen in proportion to the rates in the band it fired in."""
     rates = model.rate_male if p.sex == 0 else model.rate_female
@@ -595,7 +600,7 @@ def attr_seen(sc: Scratch, a: int, t: float) -> float:
     return value + (sc.attr_seen_level[a] - value) * 0.5 ** ((t - sc.attr_seen_t[a]) / half_life)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def effect_target(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     """Sum of coefficient x attribute over observable o's effects at t (what a lagged level moves toward)."""
     target = 0.0
@@ -604,7 +609,7 @@ def effect_target(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     return target
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def lag_to(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     """Bring observable o's lagged effect level up to t, first order toward its target now (starting at
     the target on first use); return it."""
@@ -619,7 +624,7 @@ def lag_to(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     return level
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def lag_before_set(model: CompiledModel, sc: Scratch, a: int, t: float) -> None:
     """Attribute a is about to change at t: bring each lagged observable it affects up to t with the old
     target, so that a step change is followed exactly."""
@@ -631,7 +636,7 @@ def lag_before_set(model: CompiledModel, sc: Scratch, a: int, t: float) -> None:
                     break
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def visit_component(model: CompiledModel, sc: Scratch, o: int, t: float) -> float:
     """z_visit of a reading of o at t from one standard normal: fresh, or an Ornstein-Uhlenbeck step
     from the previous reading when the observable has a correlation time."""
@@ -646,7 +651,7 @@ def visit_component(model: CompiledModel, sc: Scratch, o: int, t: float) -> floa
     return z
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def measured(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A measured observable's reading before clipping and rounding: mean, attribute effects (lagged or
     not), the patient and visit components, and the measurement error when declared."""
@@ -666,7 +671,7 @@ def measured(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> 
     return value
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def era_code(model: CompiledModel, c: int, p: Person, t: float) -> int:
     """The code a record at time t contains for code c (rules/calendar.yaml): c itself when not dated, else
     the newest era started by t at the patient's age; -1: nothing in this era."""
@@ -684,7 +689,7 @@ def era_code(model: CompiledModel, c: int, p: Person, t: float) -> int:
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def gfr_base(model: CompiledModel, e: int, p: Person, age: float) -> float:
     """Equation e without its creatinine terms: scale, age, sex and race factors."""
     value = model.eq_scale[e] * model.eq_age_factor[e] ** age * age ** model.eq_age_power[e]
@@ -695,7 +700,7 @@ def gfr_base(model: CompiledModel, e: int, p: Person, age: float) -> float:
     return value
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def kidney_value(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """An estimated GFR from the latest creatinine by the equation of the era's code (the observable's own
     when the era reports none; NaN below the minimum age or without a creatinine), or a creatinine that the
@@ -722,7 +727,7 @@ def kidney_value(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float)
     return creatinine + curve_at(model, model.obs_sd_start[o], sex, age_years(p, t)) * normal(sc.rng)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> float:
     """A value from the observable's model (NaN when a derived input was never measured)."""
     n_factors = model.obs_derived_n[o]
@@ -743,7 +748,7 @@ def observe(model: CompiledModel, sc: Scratch, p: Person, o: int, t: float) -> f
     return bounded(model, o, value)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def bounded(model: CompiledModel, o: int, value: float) -> float:
     """A reading of observable o inside its limits, rounded to its decimals."""
     value = min(max(value, model.obs_low[o]), model.obs_high[o])
@@ -757,7 +762,7 @@ def is_clinic_day(model: CompiledModel, day: float) -> bool:
     return model.clinic_days[(int(day) % 7 + 7 + THURSDAY) % 7]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def clinic_open(model: CompiledModel, p: Person, t: float) -> bool:
     """Whether t falls in the clinic hours of a working day, in the patient's local standard time. Both ends
     move EPS_DAYS earlier: a booked slot counts as open however the float arithmetic rounded it, and a time
@@ -769,7 +774,7 @@ def clinic_open(model: CompiledModel, p: Person, t: float) -> bool:
     return is_clinic_day(model, day) and opens <= into < closes
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def clinic_slot(model: CompiledModel, sc: Scratch, p: Person, t: float) -> float:
     """An appointment on the next working day whose opening is after t, drawn uniformly among its slots."""
     local = t + p.utc_offset_days
@@ -782,7 +787,7 @@ def clinic_slot(model: CompiledModel, sc: Scratch, p: Person, t: float) -> float
     return day + model.clinic_opens_days + slot * model.clinic_slot_days - p.utc_offset_days
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def hours_time(model: CompiledModel, sc: Scratch, p: Person, rule: int, t: float) -> float:
     """The first time at or after t whose local standard time of day is drawn from the rule's blocks (one
     uniform: its block by the blocks' shares, then where in the block)."""
@@ -803,7 +808,7 @@ def hours_time(model: CompiledModel, sc: Scratch, p: Person, rule: int, t: float
     return at - p.utc_offset_days
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def deferral_rule(model: CompiledModel, sc: Scratch, m: int, s: int) -> int:
     """The encounter_hours rule that times state s of module m: the one for the start of the encounter it
     starts, else the one for the end of the open-ended encounter it ends (-1: none)."""
@@ -815,7 +820,7 @@ def deferral_rule(model: CompiledModel, sc: Scratch, m: int, s: int) -> int:
     return rule
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
     """Whether medication d's product (its code) is taken now, under d or another module's name: a
     product is never ordered twice at once, so starting it then records nothing."""
@@ -825,7 +830,7 @@ def product_taken(model: CompiledModel, sc: Scratch, d: int) -> bool:
     return False
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def dying(model: CompiledModel, o: int, value: float, before: float) -> float:
     """A reading of observable o in a terminal stay, `before` days before death, shifted toward death: by its
     shift at death times 1 - before / window (none earlier; mortality.in_hospital.deteriorate), then kept
@@ -836,7 +841,7 @@ def dying(model: CompiledModel, o: int, value: float, before: float) -> float:
     return bounded(model, o, value + model.dying_shift[o] * weight)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> int:
     """Maybe admit the patient who dies at t, with no encounter open, for the stay they die in: from the
     patient-level stream one uniform (in hospital with probability terminal_share), then its length. The
@@ -872,11 +877,11 @@ def terminal_stay(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: f
     sc.pend_round_t[0] = admitted + model.class_round_days[c]
     sc.counters[C_PENDING] = 1
     while sc.pend_round_t[0] < t:
-        take_round(model, ev, sc, p, 0, sc.pend_round_t[0])
+        take_round(model, ev, sc, p, FIRST, sc.pend_round_t[0])
     return enc
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, cause: int, state: int) -> None:
     """Stop every active medication at t (in medication order, each as the state that started it),
     close every open encounter, then record death; nothing happens after this. A death with no encounter
@@ -906,7 +911,7 @@ def die(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float, caus
     sc.wake_t[:] = np.inf
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def rescale_background(model: CompiledModel, sc: Scratch, p: Person, t: float) -> None:
     """Move the background death after the background hazard ratio changed at t (a condition with a ratio
     was diagnosed or resolved): the cumulative hazard still to go before death, drawn at the old ratio, is
@@ -925,7 +930,7 @@ def rescale_background(model: CompiledModel, sc: Scratch, p: Person, t: float) -
     sc.bg[1] = ratio
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> int:
     """The underlying cause of a background death at t (a code index): one uniform from the patient-level
     stream picks a cause in proportion to the deaths of the patient's age band and sex, among the causes
@@ -956,7 +961,7 @@ def background_cause(model: CompiledModel, sc: Scratch, p: Person, t: float) -> 
     return model.death_cause_code[last]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Emit the end of pending encounter k and drop it from the list (order kept)."""
     kind, code, state = codes.K_ENCOUNTER_END, sc.pend_code[k], sc.pend_state[k]
@@ -976,7 +981,7 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     sc.counters[C_PENDING] = n - 1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def record(
     model: CompiledModel, ev: Events, sc: Scratch, p: Person, o: int, value: float, t: float, encounter: int, state: int
 ) -> None:
@@ -990,7 +995,7 @@ def record(
         sc.counters[C_DIRTY] = 1
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def take_round(model: CompiledModel, ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     """Repeat the start observations of open encounter k (a ward round, an ICU hour), drawing from the stream
     of the module that started it, and schedule the next. The rounds of a terminal stay (the patient-level
@@ -1008,7 +1013,7 @@ def take_round(model: CompiledModel, ev: Events, sc: Scratch, p: Person, k: int,
     sc.pend_round_t[k] = t + model.class_round_days[c]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     use_stream(sc, m)
     for a in range(model.state_act_start[s], model.state_act_start[s] + model.state_act_n[s]):
@@ -1123,7 +1128,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             return
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def choose(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> int:
     """Target of a next/branches/cases exit at time t (-1: no case holds yet, keep waiting)."""
     kind = model.state_exit[s]
@@ -1150,7 +1155,7 @@ def choose(model: CompiledModel, sc: Scratch, p: Person, s: int, t: float) -> in
     return model.state_next[s]
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int, t: float) -> None:
     sc.wait_kind[m] = WAIT_CASES
     recheck = np.inf
@@ -1160,7 +1165,7 @@ def wait_for_cases(model: CompiledModel, sc: Scratch, p: Person, m: int, s: int,
     sc.wake_kind[m] = W_REEVALUATE if recheck < np.inf else W_NONE
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: int, t: float, booked: bool) -> None:
     """Enter state s of module m at time t and follow instantaneous exits until the module waits. A state
     that starts a clinic visit outside clinic hours is entered at the next clinic slot instead, one that
@@ -1206,7 +1211,7 @@ def enter(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, s: i
     sc.wake_t[m] = np.inf
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: float) -> None:
     """Module m's current state ends its wait at t: take its exit (or keep waiting)."""
     s = sc.cur_state[m]
@@ -1229,7 +1234,7 @@ def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: f
     enter(model, ev, sc, p, m, target, t, False)
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
     """After anything changed at t: let waiting modules join a wellness visit that just started,
     re-check waiting cases, re-draw hazards whose ratios changed and bring forward the re-check of
@@ -1273,7 +1278,7 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
     sc.counters[C_ERROR] |= E_RUNAWAY
 
 
-@njit(cache=True, _nrt=False)
+@internal
 def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, seed: int, window: np.ndarray) -> None:
     """Simulate one patient; `window`: their scenario windows (float64[n_windows, 2], years of age)."""
     reset(model, sc, p, seed)
@@ -1289,7 +1294,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
     while not sc.counters[C_DEAD]:
         t_next = np.inf
         what = -1  # 0: encounter end, 1: module, 2: background death, 3: an open encounter's round
-        which = -1
+        which = NONE
         for k in range(sc.counters[C_PENDING]):
             if sc.pend_t[k] < t_next:
                 t_next, what, which = sc.pend_t[k], 0, k
@@ -1313,7 +1318,7 @@ def simulate_patient(model: CompiledModel, ev: Events, sc: Scratch, p: Person, s
             sc.wake_t[which] = np.inf
             leave(model, ev, sc, p, which, t)
         else:
-            die(model, ev, sc, p, t, background_cause(model, sc, p, t), -1)
+            die(model, ev, sc, p, t, background_cause(model, sc, p, t), NONE)
             break
         settle(model, ev, sc, p, t)
     for m in range(n_modules):  # tilted hazards still pending were exposed until the end or death
@@ -1340,37 +1345,42 @@ class Outcome(NamedTuple):
     log_weight: np.ndarray  # float64: log likelihood ratio of the life, unconditioned / scenario (0 without one)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def simulate(
-    model: CompiledModel, seed: int, people: People, lives: Lives, ev: Events, outcome: Outcome, tables: PeopleTables
+    model: CompiledModel,
+    seed: int,
+    people: People,
+    lives: Lives,
+    ev: Events,
+    outcome: Outcome,
+    tables: PeopleTables,
+    first: int,
+    stop: int,
 ) -> None:
-    """Simulate each patient i (`people` row i, drawing from stream `lives.stream[i]`) into rows
+    """Simulate patients first..stop-1 (`people` row i, drawing from stream `lives.stream[i]`) into rows
     [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the codes.K_DEATH events.
-    `tables`: the background hazard people's deaths were drawn from (a hazard ratio moves a death on it)."""
-    n = lives.stream.shape[0]
-    n_blocks = min(n, 256)
+    `tables`: the background hazard people's deaths were drawn from (a hazard ratio moves a death on it).
+    Without the GIL: threads run disjoint ranges at once (simulator.engine.run), which Numba compiles in a
+    fraction of the time its parallel loop took over this many arguments."""
     n_states = model.state_module.shape[0]
-    n_events, error, entered, log_weight = outcome  # Numba's parallel loop drops writes made through a tuple's arrays
-    n_windows = lives.window.shape[1]
-    for b in prange(n_blocks):
-        sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, n_windows)
-        for i in range(b * n // n_blocks, (b + 1) * n // n_blocks):
-            p = Person(
-                lives.stream[i],
-                people.birth_t[i],
-                people.sex[i],
-                people.race[i],
-                people.ethnicity[i],
-                lives.t_end[i],
-                people.death_t[i],
-                lives.base[i],
-                lives.capacity[i],
-                people.utc_offset_days[i],
-            )
-            simulate_patient(model, ev, sc, p, seed, lives.window[i])
-            n_events[i] = sc.counters[C_EVENTS]
-            error[i] = sc.counters[C_ERROR]
-            log_weight[i] = sc.log_weight[0]
-            for s in range(n_states):
-                if sc.entered_t[s] > -np.inf:
-                    entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)
+    sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
+    for i in range(first, stop):
+        p = Person(
+            lives.stream[i],
+            people.birth_t[i],
+            people.sex[i],
+            people.race[i],
+            people.ethnicity[i],
+            lives.t_end[i],
+            people.death_t[i],
+            lives.base[i],
+            lives.capacity[i],
+            people.utc_offset_days[i],
+        )
+        simulate_patient(model, ev, sc, p, seed, lives.window[i])
+        outcome.n_events[i] = sc.counters[C_EVENTS]
+        outcome.error[i] = sc.counters[C_ERROR]
+        outcome.log_weight[i] = sc.log_weight[0]
+        for s in range(n_states):
+            if sc.entered_t[s] > -np.inf:
+                outcome.entered[i, s >> 6] |= np.uint64(1) << np.uint64(s & 63)

@@ -10,6 +10,7 @@ import pickle
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -289,9 +290,26 @@ class Simulator:
         )
         window = np.zeros((n, 0, 2)) if self.windows is None else self.windows(people, t_end)
         lives = Lives(stream.astype(np.int64), t_end, base, capacity.astype(np.int64), window)
-        with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-            simulate(self.model, self.config.seed, people, lives, events, outcome, self.people_tables)
+        args = (self.model, self.config.seed, people, lives, events, outcome, self.people_tables)
+
+        def run(patients: tuple[int, int]) -> None:
+            with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
+                simulate(*args, *patients)
+
+        threads = numba.get_num_threads()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, _ranges(n, threads)))
         return events, outcome.n_events, outcome.error, outcome.entered, outcome.log_weight
+
+
+RANGES_PER_THREAD = 8  # patients' lives differ in length: more, smaller ranges keep every thread busy to the end
+
+
+def _ranges(n: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of patients 0..n-1 the kernel's threads take in turn (the result does not depend
+    on them: each patient draws from their own streams and writes their own rows)."""
+    bounds = np.linspace(0, n, min(n, threads * RANGES_PER_THREAD) + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _splice(
