@@ -155,11 +155,11 @@ GENERATE_HELP = "\n\n".join(
         "holds no ehrsim run is refused unless --overwrite. A file that no ehrsim manifest lists is never removed "
         "or replaced: a run that would write a file of the same name stops before it starts. The hidden "
         ".fhir.partial/ (and the like) folders of an interrupted run are removed.",
-        "Size per patient: about 850 kB as ndjson, 950 kB as bundles, 350 kB as csv, 49 kB as parquet (shipped "
-        "modules, 300 patients, seed 1): 10,000 patients as ndjson are about 8.5 GB. --dry-run estimates a run's "
+        "Size per patient: about 860 kB as ndjson, 960 kB as bundles, 360 kB as csv, 49 kB as parquet (shipped "
+        "modules, 1,000 patients, seed 42): 10,000 patients as ndjson are about 8.7 GB. --dry-run estimates a run's "
         "size from its first 100 patients and writes nothing; a run of 2,000 patients or more says its estimate "
         "before it writes, when over 1 GB. Records are whole lives; --history 10 writes about a third as much "
-        "(296 kB against 845 kB a patient as ndjson, its 10 years of decedents included).",
+        "(315 kB against 861 kB a patient as ndjson, its 10 years of decedents included).",
         "The first run compiles the simulation kernel (1-2 minutes); later runs reuse it. Progress and messages "
         "go to stderr, the summary line to stdout.",
     ]

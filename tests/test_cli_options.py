@@ -112,7 +112,7 @@ def test_help_says_what_happens_to_the_output_folder_and_how_big_a_run_is() -> N
         "refused unless --overwrite",
         "never removed or replaced",
         ".fhir.partial/",
-        "about 850 kB as ndjson",
+        "about 860 kB as ndjson",
         "--dry-run",
         "compiles the simulation kernel",
         "1900-01-01 to 2100-12-31",
