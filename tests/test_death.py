@@ -186,10 +186,10 @@ def test_deaths_outside_an_encounter_end_a_terminal_stay_at_the_share_of_deaths_
 
 
 def test_a_terminal_stay_reads_like_a_death_in_hospital(fixture_population) -> None:
-    """The death that ends a terminal stay records its encounter, the stay is an emergency admission (`emd`),
-    the deaths table links each death to the encounter it ended (the stay, or a module's expired one), and
-    the stay's readings shift toward death by the rule's shift times 1 - hours before death / window (the
-    fixture shifts height by 10 cm over 48 hours)."""
+    """The death that ends a terminal stay records its encounter, the stay is an emergency admission (`emd`) for
+    the cause of the death (unless unspecified), the deaths table links each death to the encounter it ended
+    (the stay, or a module's expired one), and the stay's readings shift toward death by the rule's shift
+    times 1 - hours before death / window (the fixture shifts height by 10 cm over 48 hours)."""
     library = load_library(**FIXTURE_LIBRARY)
     deteriorate = library.mortality.in_hospital.deteriorate
     events, patients = fixture_population.events, fixture_population.patients
@@ -205,6 +205,13 @@ def test_a_terminal_stay_reads_like_a_death_in_hospital(fixture_population) -> N
     died_in = set(tables["deaths"]["encounter_id"].dropna())
     expired = tables["encounters"].loc[tables["encounters"]["discharge_disposition"] == "exp", "id"]
     assert set(admissions["id"]) <= died_in and died_in == set(expired)
+    # the stay is for the cause of the death, unless that is the unspecified Death (event)
+    cause = tables["deaths"].set_index("patient")["code"].reindex(admissions["patient"]).to_numpy(dtype=object)
+    specified = cause != library.mortality.cause.code
+    reason = admissions["reason_code"].to_numpy(dtype=object)
+    assert specified.any() and (~specified).any()
+    assert (reason[specified] == cause[specified]).all() and pd.isna(reason[~specified]).all()
+    assert admissions["reason_display"].notna().sum() == specified.sum()
 
     height = library.modules[[m.name for m in library.modules].index("vitals")].observables["height"].code.code
     readings = events[(events["kind"] == "observation") & (events["code"].astype(str) == height)].merge(

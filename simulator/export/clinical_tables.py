@@ -20,6 +20,7 @@ import pandas as pd
 from simulator.export.context import ExportContext
 from simulator.export.history import keep_history
 from simulator.export.ids import resource_ids, utc_ms
+from simulator.model.schema import Mortality
 
 # Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
 # here is an error, so a new kind cannot be dropped silently.
@@ -73,9 +74,10 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
     ev = _with_keys(patients, events, seed)
     kind = _kinds(ev)
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
-    encounters = _encounters(ev, kind, seed, conditions, context.condition_codes)
+    deaths = ev[kind == "death"]
+    encounters = _encounters(ev, kind, seed, conditions, context.condition_codes, deaths, context.library.mortality)
     encounters = encounters.join(context.directory.encounter_providers(encounters, patients))
-    encounters = _hospital_stays(encounters, ev[kind == "death"])
+    encounters = _hospital_stays(encounters, deaths)
     reasons = encounters.set_index("id")["reason_condition_id"]
     tables = {
         "encounters": encounters,
@@ -85,7 +87,7 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
         "procedures": _rows(ev[kind == "procedure"], seed, "Procedure", []),
         "immunizations": _rows(ev[kind == "immunization"], seed, "Immunization", []),
         "symptoms": _symptoms(ev, kind, seed),
-        "deaths": _died_in(_rows(ev[kind == "death"], seed, "Death", []), encounters),
+        "deaths": _died_in(_rows(deaths, seed, "Death", []), encounters),
     }
     if context.history is not None:
         tables = keep_history(patients, tables, last_recorded(patients, tables), context.history)
@@ -244,8 +246,12 @@ def _encounters(
     seed: int,
     conditions: pd.DataFrame,
     condition_codes: Mapping[str, tuple[str, str, str]],
+    deaths: pd.DataFrame,
+    mortality: Mortality,
 ) -> pd.DataFrame:
-    """One row per encounter: start, end (missing while open), class, type, reason."""
+    """One row per encounter: start, end (missing while open), class, type, reason: the module's, and for
+    a terminal stay (the encounter a death event records, rules/mortality.yaml in_hospital) the cause of the
+    death, unless that is the unspecified cause (`mortality.cause`, Death (event))."""
     starts = ev[kind == "encounter_start"]
     ends = ev[kind == "encounter_end"][["patient", "encounter", "time"]].rename(columns={"time": "end_time"})
     out = starts[
@@ -257,6 +263,12 @@ def _encounters(
     for position, column in enumerate(("reason_system", "reason_code", "reason_display")):
         labels = {name: code[position] for name, code in condition_codes.items()}
         out[column] = pd.Series(reason.map(labels).to_numpy(dtype=object), dtype=object)
+    specified = deaths[(deaths["encounter"] >= 0) & (deaths["code"].astype(object) != mortality.cause.code)]
+    cause = specified.set_index(["patient", "encounter"])[_CODED].astype(object)
+    cause = cause.reindex(pd.MultiIndex.from_frame(out[["patient", "encounter"]]))
+    terminal = out["reason_code"].isna().to_numpy() & cause["code"].notna().to_numpy()
+    for column in _CODED:
+        out.loc[terminal, f"reason_{column}"] = cause[column].to_numpy(dtype=object)[terminal]
     out["reason_condition_id"] = pd.Series(_reason_conditions(out, conditions), dtype=object)
     return out
 
