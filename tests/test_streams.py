@@ -20,12 +20,13 @@ from typer.testing import CliRunner
 
 import simulator
 from simulator.cli import app
+from simulator.engine.people import standard_utc_offset_days
 from simulator.errors import ConfigError
 from simulator.export.streams.home import abpm_samples, abpm_visits, cgm_samples, cgm_windows
 from simulator.export.streams.signals import QUALITY, Charted, Irregular, ou_path, stay_samples
 from simulator.model.checks import load_terminology
 from simulator.model.library import Library, default_rules_dir
-from simulator.model.loading import load
+from simulator.model.loading import load, load_library
 from simulator.model.streams import StreamRules
 
 HOUR = 3600.0
@@ -168,6 +169,7 @@ def _insulin_events(hypo: str = "2024-03-01 03:00") -> pd.DataFrame:
 
 
 END_MS = int(pd.Timestamp("2024-07-01", tz="UTC").value // 1_000_000)
+NEW_YORK_S = -5 * 3600.0  # a patient's standard UTC offset: home devices follow their local clock
 G6_MS = int(pd.Timestamp("2018-03-01", tz="UTC").value // 1_000_000)
 
 
@@ -184,7 +186,7 @@ def test_cgm_windows_follow_insulin_the_device_date_and_the_hypoglycaemia() -> N
 def test_cgm_readings_every_5_minutes_around_the_hba1c_with_a_hypoglycaemia_trough() -> None:
     cgm = RULES.cgm
     wear = cgm_windows(_insulin_events(), {0: END_MS}, cgm, G6_MS)[0]
-    samples, shown = cgm_samples(RULES, RULES.settings["cgm"], wear, np.random.default_rng(2))
+    samples, shown = cgm_samples(RULES, RULES.settings["cgm"], wear, np.random.default_rng(2), 0.0)
     assert np.allclose(np.diff(samples.t_s), cgm.interval_s) and cgm.interval_s == 300
     glucose, ok = samples.value[0], samples.quality[0] == 0
     mean = cgm.eag_slope * 7.5 + cgm.eag_intercept  # ADAG, the latest HbA1c 7.5%: 168.5 mg/dL
@@ -200,15 +202,16 @@ def test_cgm_readings_every_5_minutes_around_the_hba1c_with_a_hypoglycaemia_trou
 
 
 def test_compression_lows_come_at_night_and_are_flagged() -> None:
-    """Over a long wear: compression lows start only between midnight and 8, read low, and are flagged."""
+    """Over a long wear: compression lows start only between midnight and 8 on the patient's clock (New York's
+    standard time here, UTC-5), read low, and are flagged."""
     cgm, setting = RULES.cgm, RULES.settings["cgm"]
     artefact = setting.artefacts["compression_low"]
     busy = setting.model_copy(update={"artefacts": {"compression_low": artefact.model_copy(update={"per_hour": 0.5})}})
     wear = cgm_windows(_insulin_events(), {0: END_MS}, cgm, G6_MS)[-1]
-    samples, _ = cgm_samples(RULES, busy, wear, np.random.default_rng(3))
+    samples, _ = cgm_samples(RULES, busy, wear, np.random.default_rng(3), NEW_YORK_S)
     lows = [e for e in samples.episodes if e.kind == "compression_low"]
     assert len(lows) > 20
-    clock = ((wear.start_ms / 1000.0 + np.array([e.start_s for e in lows])) % 86400) / 3600
+    clock = ((wear.start_ms / 1000.0 + NEW_YORK_S + np.array([e.start_s for e in lows])) % 86400) / 3600
     assert ((clock >= 0) & (clock < 8)).all()
     flagged = samples.quality[0] == QUALITY.index("compression_low")
     assert flagged.any() and np.nanmedian(samples.value[0][flagged]) < np.nanmedian(samples.value[0][~flagged])
@@ -216,7 +219,7 @@ def test_compression_lows_come_at_night_and_are_flagged() -> None:
 
 def test_abpm_records_24_hours_every_30_minutes_with_nocturnal_dipping() -> None:
     """A recording from each hypertension confirmation visit since 2015: 48 readings, the day around the office
-    reading less 5 mm Hg, the night 10-20% lower."""
+    reading less 5 mm Hg, the night (23-7 on the patient's clock, New York's here) 10-20% lower."""
     abpm, setting = RULES.abpm, RULES.settings["abpm"]
     visit_times = ["2012-05-01 15:00", "2020-05-01 15:00"]  # the first before ABPM was recommended
     times = pd.to_datetime([t for t in visit_times for _ in range(2)], format="ISO8601").tz_localize("UTC")
@@ -235,9 +238,9 @@ def test_abpm_records_24_hours_every_30_minutes_with_nocturnal_dipping() -> None
     assert len(visits) == 1 and visits[0].office == (150.0, 95.0)
     ratios = []
     for seed in range(40):
-        samples = abpm_samples(RULES, setting, visits[0], np.random.default_rng(seed))
+        samples = abpm_samples(RULES, setting, visits[0], np.random.default_rng(seed), NEW_YORK_S)
         assert len(samples.t_s) == 48 and np.allclose(np.diff(samples.t_s), 1800)
-        hour = ((visits[0].start_ms / 1000 + samples.t_s) % 86400) / 3600
+        hour = ((visits[0].start_ms / 1000 + NEW_YORK_S + samples.t_s) % 86400) / 3600
         night = (hour >= 23) | (hour < 7)
         systolic = samples.value[0]
         day = np.nanmean(systolic[~night])
@@ -316,6 +319,25 @@ def test_the_streams_are_listed_and_sampled_on_the_interval(streamed: Path) -> N
     abpm = rows["encounter"].isna() & rows["code"].isin(["8480-6", "8462-4"]).to_numpy()
     assert (steps[~abpm] == 300.0).all() and (steps[abpm] == 1800.0).all()  # an ABPM reads every 30 minutes
     assert set(rows["quality"].astype(str)) <= set(QUALITY)
+
+
+def test_home_devices_follow_the_patients_local_clock(streamed: Path) -> None:
+    """CGM compression lows start between midnight and 8 on each wearer's clock, the standard UTC offset of their
+    city's time zone (as the kernel's clinic hours), in every zone of the run's wearers."""
+    zones = {(c.city, c.state, c.zip): c.time_zone for c in load_library().names.cities}
+    address = {p["id"]: p["address"][0] for p in _ndjson(streamed / "fhir" / "Patient.ndjson")}
+    owner = {
+        d["id"]: d["patient"]["reference"].removeprefix("Patient/")
+        for d in _ndjson(streamed / "fhir" / "Device.ndjson")
+    }
+    lows = pd.read_parquet(streamed / "truth" / "stream_artefacts.parquet").query("kind == 'compression_low'")
+    where = [address[owner[device]] for device in lows["device"]]
+    zone = [zones[(a["city"], a["state"], a["postalCode"])] for a in where]
+    offset_h = np.array([standard_utc_offset_days(z, 2024) * 24 for z in zone])
+    start = lows["start"].dt
+    clock = (start.hour + start.minute / 60 + offset_h) % 24
+    assert len(set(zone)) >= 3 and len(lows) > 20
+    assert ((clock >= 0) & (clock < 8)).all()
 
 
 def test_streams_agree_with_the_charted_vitals(streamed: Path) -> None:

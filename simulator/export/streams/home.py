@@ -136,10 +136,11 @@ def _standard(x: np.ndarray) -> np.ndarray:
 
 
 def cgm_samples(
-    rules: StreamRules, setting: Setting, wear: Wear, rng: np.random.Generator
+    rules: StreamRules, setting: Setting, wear: Wear, rng: np.random.Generator, utc_offset_s: float
 ) -> tuple[StaySamples, list[tuple[str, float, float]]]:
     """The readings of one wear window on the device's grid, and the hypoglycaemias it shows (kind, start,
-    end: seconds from the window's start). Draws, in order: the meals, the slow wander, the sensor error, then
+    end: seconds from the window's start); meals and nights on the patient's local clock (`utc_offset_s`: the
+    standard UTC offset of their time zone). Draws, in order: the meals, the slow wander, the sensor error, then
     the setting's artefacts."""
     names = tuple(setting.channels)
     cgm = rules.cgm
@@ -148,7 +149,7 @@ def cgm_samples(
     step = cgm.interval_s
     t_s = np.arange(0.0, duration_s, step) if duration_s > 0 else np.zeros(1)
     n = len(t_s)
-    clock0_s = (wear.start_ms / 1000.0) % SECONDS_PER_DAY
+    clock0_s = (wear.start_ms / 1000.0 + utc_offset_s) % SECONDS_PER_DAY
     time_ms = wear.start_ms + t_s * 1000.0
     latest = np.searchsorted(wear.hba1c_ms, time_ms, side="right") - 1
     mean = cgm.eag_slope * wear.hba1c[np.clip(latest, 0, len(wear.hba1c) - 1)] + cgm.eag_intercept
@@ -214,16 +215,20 @@ def abpm_visits(events: pd.DataFrame, end_ms: dict[int, int], abpm: Abpm, codes:
     return visits
 
 
-def abpm_samples(rules: StreamRules, setting: Setting, visit: Visit, rng: np.random.Generator) -> StaySamples:
+def abpm_samples(
+    rules: StreamRules, setting: Setting, visit: Visit, rng: np.random.Generator, utc_offset_s: float
+) -> StaySamples:
     """The readings of one recording: each channel's day level (the office reading less the offset), lower by
-    the recording's dip at night, with independent reading-to-reading variation, then the setting's
-    artefacts. Draws, in order: the dip, the variation channel by channel, the artefacts."""
+    the recording's dip at night (on the patient's local clock: `utc_offset_s`, the standard UTC offset of their
+    time zone), with independent reading-to-reading variation, then the setting's artefacts. Draws, in order:
+    the dip, the variation channel by channel, the artefacts."""
     abpm = rules.abpm
     assert abpm is not None  # an abpm setting needs the section (StreamRules checks it)
     names = tuple(setting.channels)
     duration_s = (visit.end_ms - visit.start_ms) / 1000.0
     t_s = np.arange(0.0, duration_s, abpm.interval_s)
-    hour = ((visit.start_ms / 1000.0 + t_s) % SECONDS_PER_DAY) / 3600.0
+    clock0_s = (visit.start_ms / 1000.0 + utc_offset_s) % SECONDS_PER_DAY
+    hour = ((clock0_s + t_s) % SECONDS_PER_DAY) / 3600.0
     start, end = abpm.night_hours
     night = (hour >= start) | (hour < end) if start > end else (hour >= start) & (hour < end)
     dip = rng.uniform(*abpm.dip)
@@ -234,6 +239,5 @@ def abpm_samples(rules: StreamRules, setting: Setting, visit: Visit, rng: np.ran
         value[i] = level + rules.channels[name].variability.sd * rng.standard_normal(len(t_s))
     quality = np.zeros(value.shape, dtype=np.int8)
     artefacts = rules.artefacts if setting.artefacts is None else setting.artefacts
-    clock0_s = (visit.start_ms / 1000.0) % SECONDS_PER_DAY
     episodes = apply_artefacts(rules, artefacts, names, t_s, duration_s, value, quality, rng, clock0_s)
     return StaySamples(t_s, names, finish(rules, names, value), quality, episodes)

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simulator.engine.people import standard_utc_offset_days
 from simulator.errors import ConfigError
 from simulator.export.fhir_text import TEXT
 from simulator.export.ids import TAGS, resource_ids
@@ -65,6 +66,9 @@ class StreamPlan:
     slow_time_constant_s: dict[str, float]
     end_ms: int  # the end of the record of every living patient
     introduced_ms: dict[str, int]  # the date each home setting's first channel came into use (rules/calendar.yaml)
+    # each city's standard UTC offset (s) in the run's end year, by (city, state, zip): home devices follow the
+    # patient's local clock, as the kernel's clinic hours do (simulator.engine.people.PeopleTables)
+    utc_offset_s: dict[tuple[str, str, str], float]
 
     @classmethod
     def of(
@@ -95,7 +99,13 @@ class StreamPlan:
                 code = rules.channels[rules.settings[name].channels[0]].code
                 day = library.calendar.introduced_on(CODE_SYSTEMS[code.system], code.code)
                 introduced[name] = 0 if day is None else int(pd.Timestamp(day).value // 1_000_000)
-        return cls(rules, settings, interval, codes, constants, round(end_t_days * SECONDS_PER_DAY * 1000), introduced)
+        year = pd.Timestamp(end_t_days, unit="D").year
+        offsets = {
+            (c.city, c.state, c.zip): standard_utc_offset_days(c.time_zone, year) * SECONDS_PER_DAY
+            for c in library.names.cities
+        }
+        end_ms = round(end_t_days * SECONDS_PER_DAY * 1000)
+        return cls(rules, settings, interval, codes, constants, end_ms, introduced, offsets)
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,8 @@ class StreamWriter:
         jobs = [(int(p), int(e), "stay", k) for k, (p, e) in enumerate(zip(*self._stays(events), strict=True))]
         rules = self.plan.rules
         end_ms = self._end_ms(patients)
+        cities = zip(patients["city"], patients["state"], patients["zip"], strict=True)
+        utc_offset_s = dict(zip(patients["index"].astype(int), map(self.plan.utc_offset_s.get, cities), strict=True))
         for number, setting in enumerate(self.plan.settings):
             home = rules.settings[setting].home
             if home == "cgm":
@@ -202,10 +214,12 @@ class StreamWriter:
                 encounter = key
             elif self.plan.rules.settings[what].home == "abpm":
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
-                samples, found = abpm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng), []
+                setting_rules = self.plan.rules.settings[what]
+                samples, found = abpm_samples(self.plan.rules, setting_rules, item, rng, utc_offset_s[patient]), []
             else:
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
-                samples, found = cgm_samples(self.plan.rules, self.plan.rules.settings[what], item, rng)
+                setting_rules = self.plan.rules.settings[what]
+                samples, found = cgm_samples(self.plan.rules, setting_rules, item, rng, utc_offset_s[patient])
             self._add_rows(patient, encounter, device_ids[k], start_ms, samples)
             episodes += [
                 (patient, encounter, device_ids[k], e.channel, e.kind, e.start_s, e.end_s, start_ms, e.n_samples)
