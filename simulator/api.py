@@ -224,7 +224,7 @@ def _request(config: RunConfig, export: ExportConfig) -> str:
 
 
 def _stream_plan(sim: Simulator, export: ExportConfig) -> StreamPlan:
-    return StreamPlan.of(sim.library, export.streams, export.stream_interval_s, sim.reference_t)
+    return StreamPlan.of(sim.library, export.streams, export.stream_interval_s, sim.people_tables)
 
 
 def _stream_writer(sim: Simulator, export: ExportConfig) -> Callable | None:

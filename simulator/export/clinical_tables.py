@@ -20,7 +20,6 @@ import pandas as pd
 from simulator.export.context import ExportContext
 from simulator.export.history import keep_history
 from simulator.export.ids import resource_ids, utc_ms
-from simulator.model.schema import Mortality
 
 # Which table each event kind of the kernel feeds (simulator.kernel.EVENT_KINDS); a kind missing
 # here is an error, so a new kind cannot be dropped silently.
@@ -75,7 +74,8 @@ def build_tables(patients: pd.DataFrame, events: pd.DataFrame, context: ExportCo
     kind = _kinds(ev)
     conditions = _conditions(ev[np.isin(kind, ["condition_onset", "condition_diagnosis", "condition_resolved"])], seed)
     deaths = ev[kind == "death"]
-    encounters = _encounters(ev, kind, seed, conditions, context.condition_codes, deaths, context.library.mortality)
+    unspecified = context.library.mortality.cause.code
+    encounters = _encounters(ev, kind, seed, conditions, context.condition_codes, deaths, unspecified)
     encounters = encounters.join(context.directory.encounter_providers(encounters, patients))
     encounters = _hospital_stays(encounters, deaths)
     reasons = encounters.set_index("id")["reason_condition_id"]
@@ -247,7 +247,7 @@ def _encounters(
     conditions: pd.DataFrame,
     condition_codes: Mapping[str, tuple[str, str, str]],
     deaths: pd.DataFrame,
-    mortality: Mortality,
+    unspecified_cause: str,
 ) -> pd.DataFrame:
     """One row per encounter: start, end (missing while open), class, type, reason: the module's, and for
     a terminal stay (the encounter a death event records, rules/mortality.yaml in_hospital) the cause of the
@@ -263,7 +263,7 @@ def _encounters(
     for position, column in enumerate(("reason_system", "reason_code", "reason_display")):
         labels = {name: code[position] for name, code in condition_codes.items()}
         out[column] = pd.Series(reason.map(labels).to_numpy(dtype=object), dtype=object)
-    specified = deaths[(deaths["encounter"] >= 0) & (deaths["code"].astype(object) != mortality.cause.code)]
+    specified = deaths[(deaths["encounter"] >= 0) & (deaths["code"].astype(object) != unspecified_cause)]
     cause = specified.set_index(["patient", "encounter"])[_CODED].astype(object)
     cause = cause.reindex(pd.MultiIndex.from_frame(out[["patient", "encounter"]]))
     terminal = out["reason_code"].isna().to_numpy() & cause["code"].notna().to_numpy()

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simulator.engine.people import standard_utc_offset_days
+from simulator.engine.people import PeopleTables
 from simulator.errors import ConfigError
 from simulator.export.fhir_text import TEXT
 from simulator.export.ids import TAGS, resource_ids
@@ -66,14 +66,15 @@ class StreamPlan:
     slow_time_constant_s: dict[str, float]
     end_ms: int  # the end of the record of every living patient
     introduced_ms: dict[str, int]  # the date each home setting's first channel came into use (rules/calendar.yaml)
-    # each city's standard UTC offset (s) in the run's end year, by (city, state, zip): home devices follow the
-    # patient's local clock, as the kernel's clinic hours do (simulator.engine.people.PeopleTables)
+    # each city's standard UTC offset (s) by (city, state, zip): home devices follow the patient's local clock,
+    # the one the kernel's clinic hours keep (PeopleTables.city_utc_offset_days)
     utc_offset_s: dict[tuple[str, str, str], float]
 
     @classmethod
     def of(
-        cls, library: Library, settings: tuple[str, ...], interval_s: float | None, end_t_days: float = 0.0
+        cls, library: Library, settings: tuple[str, ...], interval_s: float | None, tables: PeopleTables
     ) -> StreamPlan:
+        """The plan of a run of `library` whose people come from `tables` (its end and its cities' clocks)."""
         rules = library.streams
         unknown = [s for s in settings if s not in rules.settings]
         if unknown:
@@ -99,12 +100,11 @@ class StreamPlan:
                 code = rules.channels[rules.settings[name].channels[0]].code
                 day = library.calendar.introduced_on(CODE_SYSTEMS[code.system], code.code)
                 introduced[name] = 0 if day is None else int(pd.Timestamp(day).value // 1_000_000)
-        year = pd.Timestamp(end_t_days, unit="D").year
         offsets = {
-            (c.city, c.state, c.zip): standard_utc_offset_days(c.time_zone, year) * SECONDS_PER_DAY
-            for c in library.names.cities
+            (c.city, c.state, c.zip): days * SECONDS_PER_DAY
+            for c, days in zip(library.names.cities, tables.city_utc_offset_days, strict=True)
         }
-        end_ms = round(end_t_days * SECONDS_PER_DAY * 1000)
+        end_ms = round(tables.reference_t * SECONDS_PER_DAY * 1000)
         return cls(rules, settings, interval, codes, constants, end_ms, introduced, offsets)
 
 
@@ -212,14 +212,12 @@ class StreamWriter:
             if what == "stay":
                 setting, samples, start_ms, found, is_ended = self._stay(patient, key, item, rng)
                 encounter = key
-            elif self.plan.rules.settings[what].home == "abpm":
+            elif rules.settings[what].home == "abpm":
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
-                setting_rules = self.plan.rules.settings[what]
-                samples, found = abpm_samples(self.plan.rules, setting_rules, item, rng, utc_offset_s[patient]), []
+                samples, found = abpm_samples(rules, rules.settings[what], item, rng, utc_offset_s[patient]), []
             else:
                 setting, start_ms, is_ended, encounter = what, item.start_ms, True, None
-                setting_rules = self.plan.rules.settings[what]
-                samples, found = cgm_samples(self.plan.rules, setting_rules, item, rng, utc_offset_s[patient])
+                samples, found = cgm_samples(rules, rules.settings[what], item, rng, utc_offset_s[patient])
             self._add_rows(patient, encounter, device_ids[k], start_ms, samples)
             episodes += [
                 (patient, encounter, device_ids[k], e.channel, e.kind, e.start_s, e.end_s, start_ms, e.n_samples)
