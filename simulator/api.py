@@ -319,6 +319,9 @@ def run(
         raise ConfigError("decedent_years", "a scenario run holds its patients only: give none")
     truth: dict[str, list[pd.DataFrame]] = {}
 
+    def done() -> int:  # patients simulated: a scenario's decedents are among its patients, a plain run's extra
+        return counts["patients"] + (counts.get("decedents", 0) if plan is not None else 0)
+
     def source(sim: Simulator) -> Iterator[Chunk]:
         if plan is None:
             return chunks(sim)
@@ -339,7 +342,7 @@ def run(
         for chunk in source(sim):
             frames.append(chunk)
             count_chunk(counts, chunk)
-            report("simulate", counts["patients"], config.patients)
+            report("simulate", done(), config.patients)
         timings = {**sim.timings, "simulate_s": time.perf_counter() - started}
         manifest = _manifest(sim, counts, timings, {})
         return Population(
@@ -379,7 +382,7 @@ def run(
             for chunk in source(sim):
                 writer.write(chunk.patients, chunk.events)
                 count_chunk(counts, chunk)
-                report("simulate", counts["patients"], config.patients)
+                report("simulate", done(), config.patients)
             files, resource_counts = writer.close(), writer.resource_counts
         else:
             request = _request(config, export)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,11 +16,12 @@ from typer.testing import CliRunner
 import simulator
 from simulator.cli import app
 from simulator.days import DAYS_PER_YEAR
-from simulator.engine.codes import K_ONSET
+from simulator.engine.codes import K_DEATH, K_ONSET
+from simulator.engine.kernel import Events
 from simulator.engine.run import RunConfig, Simulated, Simulator
 from simulator.model.library import Library
 from simulator.scenario import run as scenario_run
-from simulator.scenario.output import attach, check_scenario
+from simulator.scenario.output import attach, check_scenario, scenario_settings
 from simulator.scenario.plan import AUTO_EVENTS
 from simulator.scenario.run import simulate_scenario
 
@@ -213,6 +215,41 @@ def test_rounds_of_several_histories_keep_the_patients_of_one_at_a_time(
     np.testing.assert_array_equal(batched.simulated.events.t, single.simulated.events.t)
 
 
+DECEDENTS = """
+patients: 3
+who: {{age_at_end: {{min: 60}}}}
+decedent_years: {years}
+require:
+  - {{condition: sepsis}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("years", "kept"), [(0, [True, False, False]), (1, [True, True, False]), (3, [True, True, True])]
+)
+def test_population_scenarios_keep_the_deaths_of_their_decedent_window(
+    tmp_path: Path, years: float, kept: list[bool]
+) -> None:
+    """A population scenario keeps a history that satisfies it and ends alive, or in a death inside the last
+    `decedent_years` (an extract's decedents); a death before that rejects it. Three sepsis histories: alive,
+    dead 0.5 years before the end, dead 2 years before it."""
+    path = tmp_path / "decedents.yaml"
+    path.write_text(DECEDENTS.format(years=years))
+    plan, _ = check_scenario(path)
+    end = 20000.0
+    sepsis = plan.names.conditions.index("sepsis")
+    kind = [K_ONSET, K_ONSET, K_DEATH, K_ONSET, K_DEATH]
+    t = [end - 3000, end - 1000, end - DAYS_PER_YEAR / 2, end - 1000, end - 2 * DAYS_PER_YEAR]
+    n = len(kind)
+    events = Events(
+        np.array(t), np.array(kind, np.int8), np.zeros(n, np.int32), np.full(n, np.nan), np.full(n, -1, np.int32),
+        np.full(n, -1, np.int32), np.array([sepsis, sepsis, 0, sepsis, 0], np.int32), np.full(n, -1, np.int32),
+    )  # fmt: skip
+    row = np.array([0, 1, 1, 2, 2])
+    people = SimpleNamespace(birth_t=np.full(3, end - 70 * DAYS_PER_YEAR))
+    assert plan.satisfied(events, row, people, np.full(3, end)).tolist() == kept  # type: ignore[arg-type]
+
+
 # --- determinism and ground truth -----------------------------------------------------------------------
 
 
@@ -363,7 +400,9 @@ def _check_cgm_troughs(out: Path, resources: dict[str, list[dict]]) -> None:
 def test_example_every_patient_satisfies_it_in_the_fhir(tmp_path: Path, name: str) -> None:
     out = tmp_path / name
     # the clean record (dka_teen asks for messy data, whose miscoded or shifted entries are meant to mislead)
-    pop = simulator.generate(scenario=EXAMPLES / f"{name}.yaml", seed=1, out=out, messiness="clean")
+    pop = simulator.generate(
+        scenario=EXAMPLES / f"{name}.yaml", seed=1, out=out, messiness="clean", formats="ndjson,parquet"
+    )
     resources = read_ndjson(out)
     if name == "sepsis_icu":  # the scenario's 1-minute monitor streams of its ICU and ward stays
         assert pop.manifest["streams"] == {"settings": ["icu", "ward"], "interval_s": 60.0}
@@ -376,9 +415,15 @@ def test_example_every_patient_satisfies_it_in_the_fhir(tmp_path: Path, name: st
     def of(kind: str, pid: str) -> list[dict]:
         return [r for r in resources.get(kind, []) if r["subject"]["reference"] == f"Patient/{pid}"]
 
+    # alive at the end, or dead in the scenario's decedent window and flagged so (sepsis_icu: the ICU sepsis
+    # kills about a third)
+    since = END - pd.Timedelta(days=365.25 * scenario_settings(EXAMPLES / f"{name}.yaml").decedent_years)
+    died = {p["id"]: _t(p["deceasedDateTime"]) for p in resources["Patient"] if "deceasedDateTime" in p}
+    assert all(since <= t < END for t in died.values())
+    assert set(pop.patients["id"][pop.patients["is_decedent"]]) == set(died)
+    assert len(died) >= 5 or name != "sepsis_icu"
     for patient in resources["Patient"]:
         pid, birth = patient["id"], pd.Timestamp(patient["birthDate"])
-        assert "deceasedDateTime" not in patient
 
         def age_at(when: object, birth: pd.Timestamp = birth) -> float:
             return (_t(str(when)) - birth) / pd.Timedelta(days=365.25)

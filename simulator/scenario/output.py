@@ -50,6 +50,8 @@ def scenario_chunks(sim: Simulator, plan: Plan, truth: dict[str, list[pd.DataFra
         for name, frame in truth_tables(sim, plan, chunk).items():
             truth.setdefault(name, []).append(frame)
         patients, events = _tables(sim, chunk.simulated, is_decedent=False)
+        if plan.scenario.decedent_years:  # population mode: whoever died did so in the window, as a decedent
+            patients["is_decedent"] = patients["death_time"].notna().to_numpy()
         yield Chunk(patients, events)
 
 

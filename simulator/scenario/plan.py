@@ -88,7 +88,7 @@ class Plan:
         """bool[n]: the histories that hold everything the scenario asks (read from their events, as a record
         would show them): its conditions, each requirement at least `at_least` times in its window (in
         order, each after the previous one was met, with `in_order`), and, in population mode, alive at the
-        end of the record."""
+        end of the record or dead in its last `decedent_years`."""
         n = len(t_end)
         scenario, names = self.scenario, self.names
         ok = np.ones(n, bool)
@@ -97,8 +97,9 @@ class Plan:
             ok &= _count(onset & (events.subject == names.conditions.index(name)), patient_row, n) > 0
         for name in scenario.who.conditions.excluded:
             ok &= _count(onset & (events.subject == names.conditions.index(name)), patient_row, n) == 0
-        if scenario.mode == "population":
-            ok &= _count(events.kind == codes.K_DEATH, patient_row, n) == 0
+        if scenario.mode == "population":  # alive at the end, or dead inside the decedent window
+            since = t_end - scenario.decedent_years * DAYS_PER_YEAR
+            ok &= _count((events.kind == codes.K_DEATH) & (events.t < since[patient_row]), patient_row, n) == 0
         age = (events.t - people.birth_t[patient_row]) / DAYS_PER_YEAR
         after = np.full(n, -np.inf)
         for requirement in scenario.require:
@@ -242,6 +243,8 @@ def _name_problems(doc: Located, scenario: Scenario, library: Library, names: Na
     lifetime = scenario.mode == "lifetime"
     if lifetime and who.age_at_end is not None:
         problems.append(doc.problem(("who", "age_at_end"), "a lifetime run has no age at the end: ask an age window"))
+    if lifetime and scenario.decedent_years:
+        problems.append(doc.problem(("decedent_years",), "a lifetime run follows every life to its death: give none"))
     windows: list[tuple[tuple, Window]] = []
     for k, requirement in enumerate(scenario.require):
         path = ("require", k)

@@ -134,6 +134,9 @@ class Scenario(Frozen):
     force: list[Forced] = []
     tilt: list[Tilt] = []
     max_attempts: int = Field(200, ge=1, le=100_000)
+    # population mode: a history that ends in a death in the last decedent_years years of the record is kept
+    # too (is_decedent), as a real extract holds the patients who died in its window; 0: the living only
+    decedent_years: float = Field(0.0, ge=0, le=130)
     streams: Streams = Streams()
     messiness: str = "clean"
     history: History = History()
