@@ -503,3 +503,24 @@ def test_written_runs_break_no_audit_rule(teaching_run: Path, shipped_export: Pa
     """What `ehrsim audit` reads: the Parquet tables of the shared written runs."""
     for run in (teaching_run, shipped_export):
         assert _failing(simulator.audit(run)) == {}, run
+
+
+def test_observable_limits_lie_inside_the_plausible_ranges(shipped_library: Library) -> None:
+    """No observable can be drawn beyond the range `plausible_values` checks its code against (limits up to
+    90/min once gave a newborn's wellness visit a respiratory rate of 85/min in 10,000 patients)."""
+    ranges = {
+        code: bounds
+        for rule in shipped_library.audit.rules.values()
+        if rule.kind == "plausible_values"
+        for code, bounds in rule.ranges.items()  # type: ignore[attr-defined]
+    }
+    checked = []
+    for module in shipped_library.modules:
+        for name, observable in module.observables.items():
+            bounds = ranges.get(observable.code.code)
+            if bounds is None:
+                continue
+            assert observable.unit == bounds.unit and observable.limits is not None, (module.name, name)
+            assert bounds.low <= observable.limits[0] and observable.limits[1] <= bounds.high, (module.name, name)
+            checked.append(observable.code.code)
+    assert {"8867-4", "9279-1", "8310-5", "59408-5"} <= set(checked)
