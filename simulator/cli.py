@@ -421,19 +421,14 @@ def scenario_check(
     rules: RulesOption = None,
 ) -> None:
     """Check a scenario file against the library; report every problem as file:line:col: path: message."""
-    from simulator.scenario.output import check_scenario
+    from simulator.scenario.output import check_scenario, scenario_summary
 
     try:
-        plan, _ = check_scenario(path, modules, rules)
+        plan, library = check_scenario(path, modules, rules)
     except (LoadError, OSError) as exc:
         _fail(exc)
         return
-    scenario = plan.scenario
-    out.print(
-        f"ok: {scenario.patients} patients, {len(scenario.require)} requirements, "
-        f"{len(scenario.force)} forced branches, {len(scenario.tilt)} tilted hazards",
-        markup=False,
-    )
+    out.print(f"ok: {scenario_summary(plan, library)}", markup=False)
 
 
 def _module_source(paths: list[Path] | None) -> list[Path] | None:

@@ -58,6 +58,11 @@ def test_generate_with_a_broken_scenario_fails_cleanly(tmp_path: Path) -> None:
 def test_examples_pass_the_check(path: Path) -> None:
     result = CliRunner().invoke(app, ["scenario", "check", str(path)])
     assert result.exit_code == 0, result.output
+    if path.stem == "sepsis_icu":  # what the run will do: its factors, decedents and the share drawn from
+        assert result.stdout.startswith("ok: 50 patients, 2 requirements, 2 forced branches, 1 tilted hazard (x100), ")
+        assert "the dead of the last year kept" in result.stdout
+        share = float(result.stdout.split("drawn from ")[1].split("%")[0])
+        assert 15 < share < 21  # adults 65+: 18% of the US population in 2024 (Census)
     assert result.stdout.startswith("ok: ")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.engine.compiler import compile_library
+from simulator.engine.people import build_people_tables, reference_date_of
 from simulator.engine.run import Simulator
 from simulator.export.writers import SCENARIO_TRUTH_TABLES, Staging
 from simulator.model.library import Library
@@ -34,6 +35,29 @@ def scenario_settings(path: str | Path) -> Scenario:
     """The scenario file's own settings, checked as a file alone (the names it uses are checked by
     `check_scenario`)."""
     return validate(parse_yaml(Path(path)), Scenario)
+
+
+def scenario_summary(plan: Plan, library: Library) -> str:
+    """What a checked scenario asks, in one line: the counts, each tilt's factor (computed where the file
+    gives none), the decedent window and the share of the population its patients are drawn from."""
+    scenario = plan.scenario
+    factors = ", ".join(f"x{factor:.3g}" if factor < 1000 else f"x{factor:,.0f}" for factor in plan.factors)
+    tables = build_people_tables(library, reference_date_of(library))
+    parts = [
+        _counted(scenario.patients, "patient"),
+        _counted(len(scenario.require), "requirement"),
+        _counted(len(scenario.force), "forced branch", "es"),
+        _counted(len(scenario.tilt), "tilted hazard") + (f" ({factors})" if factors else ""),
+    ]
+    if scenario.decedent_years:
+        years = scenario.decedent_years
+        parts.append("the dead of the last " + ("year" if years == 1 else _counted(years, "year")) + " kept")
+    parts.append(f"drawn from {plan.demographic_share(tables):.1%} of the population")
+    return ", ".join(parts)
+
+
+def _counted(n: float, noun: str, plural: str = "s") -> str:
+    return f"{n:g} {noun}" + ("" if n == 1 else plural)
 
 
 def attach(sim: Simulator, plan: Plan) -> None:
