@@ -18,7 +18,8 @@ from simulator.cli import app
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine.codes import K_DEATH, K_ONSET
 from simulator.engine.kernel import Events
-from simulator.engine.run import RunConfig, Simulated, Simulator
+from simulator.engine.people import sample
+from simulator.engine.run import RunConfig, Simulated, Simulator, _subset
 from simulator.model.library import Library
 from simulator.scenario import run as scenario_run
 from simulator.scenario.output import attach, check_scenario, scenario_settings
@@ -198,6 +199,46 @@ def test_weights_estimate_the_mean_age_at_the_event(
     plain_spread = plain.std() / np.sqrt(len(plain))
     assert len(plain) > 100
     assert abs(weighted - plain.mean()) < 3.5 * np.hypot(spread, plain_spread), (weighted, plain.mean())
+
+
+SURVIVORS = """
+patients: 600
+who: {age_at_end: {min: 80}}
+require:
+  - {encounter_class: wellness, window: {years_before_end: 5}}
+"""
+
+
+@pytest.mark.slow
+def test_population_weights_count_the_lives_a_plain_run_lives_again(tmp_path: Path, shipped_library: Library) -> None:
+    """A plain population run keeps only the lives that reach the end date, living the others again (at 80 and
+    over a module ends about a third of first lives); a scenario rejects those and divides each weight by the
+    chance of surviving (Plan.log_survival). Sum(weights) / histories simulated then estimates the share of a
+    plain run's patients the scenario describes: the pyramid's share of people 80+ times the share of such plain
+    patients with a wellness visit in their last 5 years (an allowance of 4% for the life tables' survival
+    against the modules'; without the division the estimate is about a third low)."""
+    path = tmp_path / "survivors.yaml"
+    path.write_text(SURVIVORS)
+    plan, _ = check_scenario(path)
+    sim = Simulator.build(RunConfig(seed=9), shipped_library)
+    drawn = sample(sim.people_tables, 9, np.arange(30_000, dtype=np.int64) + 10**9, lifetime=False)
+    t_end = np.full(len(drawn.index), sim.reference_t)
+    plain = _subset(drawn, plan.in_who_age(drawn, t_end))
+    result, counts = sim._simulate_streams(plain.index, plain.index, people=plain)
+    result, counts, _ = sim._redraw_the_dead(result, counts, 0, np.inf)
+    row = np.repeat(np.arange(len(counts)), counts)
+    satisfied = plan.satisfied(result.events, row, result.people, np.full(len(counts), sim.reference_t))
+    share = plan.demographic_share(sim.people_tables)
+    truth, truth_spread = share * satisfied.mean(), share * satisfied.std() / np.sqrt(len(counts))
+
+    attach(sim, plan)
+    chunk = simulate_scenario(sim, plan, np.arange(600, dtype=np.int64))
+    draws = int(chunk.attempts.sum())
+    values = np.concatenate([np.exp(chunk.simulated.log_weight), np.zeros(draws - 600)])
+    estimate, spread = values.mean(), values.std() / np.sqrt(draws)
+    assert draws > 750  # lives a module ended were rejected
+    tolerance = 3.5 * np.hypot(spread, truth_spread) + 0.04 * truth
+    assert abs(estimate - truth) < tolerance, (estimate, truth, spread, truth_spread)
 
 
 def test_rounds_of_several_histories_keep_the_patients_of_one_at_a_time(

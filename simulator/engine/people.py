@@ -242,6 +242,19 @@ def background_hazard(library: Library, background_share: pd.DataFrame | None = 
     return _background_hazard(_life_tables(library, background_share))
 
 
+def module_hazard(library: Library) -> tuple[np.ndarray, np.ndarray]:
+    """The hazard of death the life tables leave to the modules, by sex (rows male, female), as
+    `background_hazard` gives it: the life tables less the background (1 - the rules' fitted share); zero
+    without a fitted share. The modules' deaths were fitted to it (`ehrsim calibrate mortality`), so exp(-H(age))
+    is the chance that no module has ended a life by that age."""
+    hazards, tails = [], []
+    for _, qx, ex_last, share in _life_tables(library, None):
+        cum, tail = life_table_hazard(qx, ex_last, None if share is None else 1.0 - share)
+        hazards.append(cum if share is not None else np.zeros_like(cum))
+        tails.append(tail if share is not None else 0.0)
+    return np.vstack(hazards), np.array(tails)
+
+
 def _background_hazard(tables: list[tuple[str, np.ndarray, float, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
     hazards, tails = zip(*(life_table_hazard(qx, ex_last, share) for _, qx, ex_last, share in tables), strict=True)
     return np.vstack(hazards), np.array(tails)

@@ -17,7 +17,14 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
 from simulator.engine.compiler import CompiledModel, Names
 from simulator.engine.kernel import Events
-from simulator.engine.people import People, PeopleTables, build_people_tables, reference_date_of
+from simulator.engine.people import (
+    People,
+    PeopleTables,
+    build_people_tables,
+    cumulative_at,
+    module_hazard,
+    reference_date_of,
+)
 from simulator.engine.reference import Conditioning
 from simulator.engine.run import LIFETIME_HORIZON_YEARS
 from simulator.model.library import Library
@@ -43,6 +50,9 @@ class Plan:
     windows: tuple[Window, ...]
     conditioning: Conditioning
     factors: tuple[float, ...]  # of each tilt, computed where the file gives none (auto_factor)
+    # population mode: the hazard the life tables leave to the modules, by sex (cumulative at whole ages, and
+    # past the table: simulator.engine.people.module_hazard); None in lifetime mode
+    module_hazard: tuple[np.ndarray, np.ndarray] | None = None
 
     def window_ages(self, people: People, t_end: np.ndarray) -> np.ndarray:
         """float64[n, n_windows, 2]: each patient's windows, [from, to) in years of age."""
@@ -63,6 +73,17 @@ class Plan:
                 shares = np.diff(cdf, prepend=0.0)
                 share *= float(sum(shares[labels.index(name)] for name in chosen))
         return share
+
+    def log_survival(self, people: People, t_end: np.ndarray) -> np.ndarray:
+        """float64[n]: the log of the chance that no module ends a life of each one's sex before their age at
+        the end, from the life tables the modules' deaths were fitted to (0 in lifetime mode). A plain
+        population run lives a life a module ends again until one reaches the end date, so each sex and age
+        holds its survivors as if every life survived: a history's weight is divided by this chance."""
+        if self.module_hazard is None:
+            return np.zeros(len(t_end))
+        cum, tails = self.module_hazard
+        age = (t_end - people.birth_t) / DAYS_PER_YEAR
+        return -np.array([cumulative_at(cum[s], tails[s], a) for s, a in zip(people.sex, age, strict=True)])
 
     def in_who(self, people: People) -> np.ndarray:
         """bool[n]: the people whose sex, age at the end, race and ethnicity are inside `who`."""
@@ -356,4 +377,5 @@ def _plan(
         state_force=force,
         state_force_window=force_window,
     )
-    return Plan(scenario, file, changed, names, tuple(windows), Conditioning(tilts, forced), tuple(factors))
+    hazard = module_hazard(library) if scenario.mode == "population" else None
+    return Plan(scenario, file, changed, names, tuple(windows), Conditioning(tilts, forced), tuple(factors), hazard)

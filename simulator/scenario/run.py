@@ -4,10 +4,13 @@ forced branches, kept if it holds what the scenario requires, else drawn again (
 Patient i's candidates are the streams i + k * REDRAW_STRIDE, k = 0, 1, ... (people and events alike): who
 they are is drawn first, and a candidate outside `who` is passed over without simulating it; the first
 candidate whose history satisfies the scenario is patient i. So everything still depends on (seed, i) alone.
-Each kept patient's weight is exp(log likelihood ratio of the history) x the demographic share: the
-importance weight of the draw against the unconditioned model, so that over all the histories simulated
-(`draws`, the rejected ones with weight 0) the mean weight estimates the scenario's probability, and
-weighted means over the patients estimate the population's figures among those the scenario describes.
+Each kept patient's weight is exp(log likelihood ratio of the history) x the demographic share, and in
+population mode over the chance that no module ends a life of that sex before that age at the end
+(`Plan.log_survival`: a plain population run keeps only the lives that reach the end date, re-drawing the
+others): the importance weight of the draw against the unconditioned model, so that over all the histories
+simulated (`draws`, the rejected ones with weight 0) the mean weight estimates the scenario's probability
+(population mode: the share of a plain run's patients it describes), and weighted means over the patients
+estimate the population's figures among those the scenario describes.
 """
 
 from __future__ import annotations
@@ -127,12 +130,12 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
         passed_over[todo] += (valid & ~inside & scanned).sum(axis=1)
         k[todo] += last + 1
         kept, tried = kept + int(ok.any(axis=1).sum()), tried + int(simulated.sum())
-    log_share = math.log(share)
     simulated = _in_order(parts, np.concatenate(order) if order else np.empty(0, np.int64), index)
-    simulated = simulated._replace(log_weight=simulated.log_weight + log_share)
+    t_end = _t_end(sim, simulated.people, lifetime)
+    log_weight = simulated.log_weight + math.log(share) - plan.log_survival(simulated.people, t_end)
+    simulated = simulated._replace(log_weight=log_weight)
     counts = np.bincount(np.searchsorted(index, simulated.patient), minlength=n) if n else np.zeros(0, np.int64)
-    people = simulated.people._replace(index=simulated.stream)
-    return ScenarioChunk(simulated, counts, attempts, passed_over, _t_end(sim, people, lifetime))
+    return ScenarioChunk(simulated, counts, attempts, passed_over, t_end)
 
 
 def _t_end(sim: Simulator, people: People, lifetime: bool) -> np.ndarray:
