@@ -247,12 +247,10 @@ def module_hazard(library: Library) -> tuple[np.ndarray, np.ndarray]:
     `background_hazard` gives it: the life tables less the background (1 - the rules' fitted share); zero
     without a fitted share. The modules' deaths were fitted to it (`ehrsim calibrate mortality`), so exp(-H(age))
     is the chance that no module has ended a life by that age."""
-    hazards, tails = [], []
-    for _, qx, ex_last, share in _life_tables(library, None):
-        cum, tail = life_table_hazard(qx, ex_last, None if share is None else 1.0 - share)
-        hazards.append(cum if share is not None else np.zeros_like(cum))
-        tails.append(tail if share is not None else 0.0)
-    return np.vstack(hazards), np.array(tails)
+    tables = _life_tables(library, None)
+    return _background_hazard(
+        [(sex, qx, ex_last, np.zeros(len(qx)) if share is None else 1.0 - share) for sex, qx, ex_last, share in tables]
+    )
 
 
 def _background_hazard(tables: list[tuple[str, np.ndarray, float, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
