@@ -39,6 +39,7 @@ from simulator.model.parsing import LoadError
 from simulator.model.targets import COLUMNS, load_targets
 
 TRUE_RATES = (0.010, 0.030)  # tests/data/calibration/toy.yaml
+CASE_FATALITY_BANDS = ["under_55", "55_64", "65_74", "75_84", "85_plus"]  # stroke.yaml, coronary_heart_disease.yaml
 BANDS = ((18, 34), (35, 49), (50, 64), (65, 120))
 DECLARATION = """\
 module: toy
@@ -606,3 +607,17 @@ def test_calibrate_params_and_targets_from_the_command_line(rules: Path, monkeyp
     assert result.exit_code == 0, result.output
     assert "fitting 1 parameters (1 held) of toy to 2 targets, 300 patients" in result.output
     assert "toy_prevalence/50-64" not in result.output and "nothing written" in result.output
+
+
+@pytest.mark.parametrize(
+    ("module", "kinds"),
+    [("stroke", ["ischaemic_outcome", "haemorrhagic_outcome"]), ("coronary_heart_disease", ["mi_outcome"])],
+)
+def test_in_hospital_case_fatality_rises_with_age(shipped_library: Library, module: str, kinds: list[str]) -> None:
+    """Stroke and infarction case fatality is given by age band (fitted to the NCHS death rates by age); the
+    shipped values rise from the youngest band to the oldest (nis_stroke_age, assumption_inhospital_death)."""
+    states = shipped_library.module(module).states
+    for kind in kinds:
+        fatality = [states[f"{kind}_{band}"].branches[0].probability for band in CASE_FATALITY_BANDS]  # type: ignore[index]
+        assert fatality == sorted(fatality), (kind, fatality)
+        assert fatality[-1] > 2 * fatality[0], (kind, fatality)
