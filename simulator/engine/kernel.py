@@ -25,6 +25,7 @@ from numba import njit
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
+from simulator.engine.byref import by_ref
 from simulator.engine.civil import completed_years_between, next_month_flip, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People, PeopleTables, cumulative_at, inverse_cumulative
@@ -1377,7 +1378,8 @@ def simulate(
     Without the GIL: threads run disjoint ranges at once (simulator.engine.run), which Numba compiles in a
     fraction of the time its parallel loop took over this many arguments."""
     n_states = model.state_module.shape[0]
-    sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
+    scratch = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
+    compiled, sc, events = by_ref(model), by_ref(scratch), by_ref(ev)  # one pointer each to the helpers
     for i in range(first, stop):
         p = Person(
             lives.stream[i],
@@ -1391,7 +1393,7 @@ def simulate(
             lives.capacity[i],
             people.utc_offset_days[i],
         )
-        simulate_patient(model, ev, sc, p, seed, lives.window[i])
+        simulate_patient(compiled, events, sc, p, seed, lives.window[i])
         outcome.n_events[i] = sc.counters[C_EVENTS]
         outcome.error[i] = sc.counters[C_ERROR]
         outcome.log_weight[i] = sc.log_weight[0]
