@@ -81,10 +81,11 @@ Notify = Callable[[str], None]
 a large run will write, which earlier run in the output folder it replaces."""
 
 # Numba JIT-compiles the kernel on a first run (and after the kernel's source changes), then loads it from
-# its cache. Measured on the 2-core development machine (2026-12-07): a first 10-patient run 91 s with an empty
-# NUMBA_CACHE_DIR (405 s before the kernel's inner functions lost their CPython wrappers), 2.5 s from the cache.
+# its cache. Measured on the 2-core development machine (2026-12-07): a first 10-patient run 39 s with an empty
+# NUMBA_CACHE_DIR (91 s before the kernel's helpers took the model by pointer, 405 s before they lost their
+# CPython wrappers), 2.5 s from the cache.
 COMPILE_NOTICE = (
-    "compiling the simulation kernel: a first run takes about 1-2 minutes (90 s on 2 cores); "
+    "compiling the simulation kernel: a first run takes under a minute (about 40 s on 2 cores); "
     "later runs reuse the compiled kernel"
 )
 ESTIMATE_FROM_PATIENTS = 2_000  # `run` estimates its size first from this size up (the pilot costs <= 5 %)

@@ -160,7 +160,7 @@ GENERATE_HELP = "\n\n".join(
         "size from its first 100 patients and writes nothing; a run of 2,000 patients or more says its estimate "
         "before it writes, when over 1 GB. Records are whole lives; --history 10 writes about a third as much "
         "(315 kB against 861 kB a patient as ndjson, its 10 years of decedents included).",
-        "The first run compiles the simulation kernel (1-2 minutes); later runs reuse it. Progress and messages "
+        "The first run compiles the simulation kernel (under a minute); later runs reuse it. Progress and messages "
         "go to stderr, the summary line to stdout.",
     ]
 )

@@ -8,6 +8,7 @@ by `*_start` / `*_n` pairs. Guards are compiled to postfix programs evaluated wi
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -183,11 +184,12 @@ class CompiledModel(NamedTuple):
     wellness_class: int  # ENCOUNTER_CLASSES index of wellness
     death_code: int  # code of background (life-table) death
     max_hazards: int  # most competing hazards in one state
-    # what some guard reads: a change to anything else cannot change a guard, so needs no re-check
-    attr_guarded: np.ndarray  # bool[n_attributes]
-    cond_guarded: np.ndarray  # bool[n_conditions]
-    med_guarded: np.ndarray  # bool[n_medications]
-    obs_guarded: np.ndarray  # bool[n_observables]
+    # which modules' guards read what: a change re-checks the waiting cases and hazard ratios of those
+    # modules only (a change to anything no guard reads re-checks none)
+    attr_readers: np.ndarray  # bool[n_attributes, n_modules]
+    cond_readers: np.ndarray  # bool[n_conditions, n_modules]
+    med_readers: np.ndarray  # bool[n_medications, n_modules]
+    obs_readers: np.ndarray  # bool[n_observables, n_modules]
     # how readings evolve (Observable.correlation_days, measurement_sd, response_half_life_days)
     obs_correlation_days: np.ndarray  # float64[n_observables]: correlation time of z_visit (0: fresh each reading)
     obs_measurement_sd: np.ndarray  # float64[n_observables]: measurement error SD (NaN: none, no draw)
@@ -358,7 +360,7 @@ class _Builder:
     def guard(self, guard: object, module: DiseaseModule) -> int:
         start = self.size("ginst")
         self._emit_guard(guard, module)
-        return self.add("guards", start=start, n=self.size("ginst") - start)
+        return self.add("guards", start=start, n=self.size("ginst") - start, module=self.modules.index(module))
 
     def _inst(self, op: int, i0: int = 0, cmp: str = "==", f0: float = 0.0) -> None:
         self.add("ginst", op=op, i0=i0, cmp=COMPARISONS.index(cmp), f0=f0)
@@ -725,6 +727,8 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
     blocks = [block for rule in rule_blocks for block in rule]
     at_start = [[b.observables[name] for name in start_observations(library, c)] for c in ENCOUNTER_CLASSES]
     ginst_op, ginst_i0 = b.column("ginst", "op", i8), b.column("ginst", "i0", i32)
+    ginst_module = np.repeat(b.column("guards", "module", i32), b.column("guards", "n", i32))
+    readers = functools.partial(_readers, ginst_op, ginst_i0, ginst_module, len(b.modules))
     hazard_to, n_states = b.column("hazard", "to", i32), len(b.state_index)
     model = CompiledModel(
         module_start=_frozen([b.state_index[(m.name, m.start)] for m in b.modules], i32),
@@ -800,10 +804,10 @@ def compile_library(library: Library) -> tuple[CompiledModel, Names]:
         wellness_class=ENCOUNTER_CLASSES.index("wellness"),
         death_code=death_code,
         max_hazards=max([len(s.hazards or []) for m in b.modules for s in m.states.values()], default=0),
-        attr_guarded=_guarded(ginst_op, ginst_i0, (G_ATTR,), len(attr_all)),
-        cond_guarded=_guarded(ginst_op, ginst_i0, (G_COND_ACTIVE, G_COND_DIAGNOSED), len(cond_codes)),
-        med_guarded=_guarded(ginst_op, ginst_i0, (G_MED,), len(med_codes)),
-        obs_guarded=_guarded(ginst_op, ginst_i0, (G_OBS,), len(obs_all)),
+        attr_readers=readers((G_ATTR,), len(attr_all)),
+        cond_readers=readers((G_COND_ACTIVE, G_COND_DIAGNOSED), len(cond_codes)),
+        med_readers=readers((G_MED,), len(med_codes)),
+        obs_readers=readers((G_OBS,), len(obs_all)),
         obs_correlation_days=b.column("obs", "correlation_days", f8),
         obs_measurement_sd=b.column("obs", "measurement_sd", f8),
         obs_half_life_days=b.column("obs", "half_life_days", f8),
@@ -913,10 +917,14 @@ def _background_ratios(library: Library, conditions: list[str]) -> list[float]:
     return list(ratios.values())
 
 
-def _guarded(op: np.ndarray, i0: np.ndarray, kinds: tuple[int, ...], n: int) -> np.ndarray:
-    """bool[n]: which indices some guard instruction of these kinds reads."""
-    flags = np.zeros(n, np.bool_)
-    flags[i0[np.isin(op, kinds)]] = True
+def _readers(
+    op: np.ndarray, i0: np.ndarray, module: np.ndarray, n_modules: int, kinds: tuple[int, ...], n: int
+) -> np.ndarray:
+    """bool[n, n_modules]: which modules have a guard instruction of these kinds reading each index
+    (`module`: the module of each instruction's guard)."""
+    flags = np.zeros((n, n_modules), np.bool_)
+    read = np.isin(op, kinds)
+    flags[i0[read], module[read]] = True
     flags.setflags(write=False)
     return flags
 

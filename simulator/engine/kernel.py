@@ -25,6 +25,7 @@ from numba import njit
 
 from simulator.days import DAYS_PER_YEAR
 from simulator.engine import codes
+from simulator.engine.byref import by_ref
 from simulator.engine.civil import completed_years_between, next_month_flip, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
 from simulator.engine.people import People, PeopleTables, cumulative_at, inverse_cumulative
@@ -130,6 +131,7 @@ class Scratch(NamedTuple):
     exposure_t: np.ndarray  # float64[n_modules]: tilted hazards counted into log_weight up to here (inf: none)
     wake_age: np.ndarray  # float64[n_modules]: start (years of age) of the stretch the scheduled hazard fires in
     last_t: np.ndarray  # float64[1]: time of the patient's last event (birth before the first)
+    dirty: np.ndarray  # bool[n_modules]: something the module's guards read changed since its last re-check
 
 
 class Person(NamedTuple):
@@ -211,6 +213,7 @@ def new_scratch(model: CompiledModel, bg_cum_hazard: np.ndarray, bg_tail_rate: n
         np.zeros(n_modules, np.float64),
         np.zeros(n_modules, np.float64),
         np.zeros(1, np.float64),
+        np.zeros(n_modules, np.bool_),
     )
 
 
@@ -222,6 +225,7 @@ def reset(model: CompiledModel, sc: Scratch, p: Person, seed: int) -> None:
     sc.rng[0] = stream_state(seed, p.stream, STREAM_EVENTS)
     sc.counters[:] = 0
     sc.counters[C_STREAM] = n_modules
+    sc.dirty[:] = False
     sc.cur_state[:] = -1
     sc.bg[0] = p.death_t
     sc.bg[1] = 1.0
@@ -981,6 +985,16 @@ def end_pending(ev: Events, sc: Scratch, p: Person, k: int, t: float) -> None:
     sc.counters[C_PENDING] = n - 1
 
 
+@njit(cache=True, inline="always", _nrt=False)
+def wake_readers(sc: Scratch, readers: np.ndarray) -> None:
+    """Something changed that the guards of the modules flagged in `readers` (bool[n_modules]) read: the next
+    settle re-checks them (their waiting cases and hazard ratios), and no other module."""
+    for m in range(readers.shape[0]):
+        if readers[m]:
+            sc.dirty[m] = True
+            sc.counters[C_DIRTY] = 1
+
+
 @internal
 def record(
     model: CompiledModel, ev: Events, sc: Scratch, p: Person, o: int, value: float, t: float, encounter: int, state: int
@@ -991,8 +1005,7 @@ def record(
     code = era_code(model, model.obs_code[o], p, t)
     if code >= 0:
         emit(ev, sc, p, t, codes.K_OBSERVATION, code, value, encounter, state, o, -1)
-    if model.obs_guarded[o]:
-        sc.counters[C_DIRTY] = 1
+    wake_readers(sc, model.obs_readers[o])
 
 
 @internal
@@ -1062,21 +1075,18 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
             sc.attr_t0[target] = t
             if not math.isnan(drift):
                 sc.attr_slope[target] = drift
-            if model.attr_guarded[target]:
-                sc.counters[C_DIRTY] = 1
+            wake_readers(sc, model.attr_readers[target])
         elif kind == codes.A_ONSET or kind == codes.A_DIAGNOSE:  # noqa: SIM109 (numba)
             code = model.cond_code[target]
             if not sc.cond_active[target]:
                 sc.cond_active[target] = True
                 sc.cond_diagnosed[target] = False
                 emit(ev, sc, p, t, codes.K_ONSET, code, np.nan, attached(sc, m, t), s, target, -1)
-                if model.cond_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                wake_readers(sc, model.cond_readers[target])
             if kind == codes.A_DIAGNOSE and not sc.cond_diagnosed[target]:
                 sc.cond_diagnosed[target] = True
                 emit(ev, sc, p, t, codes.K_DIAGNOSIS, code, np.nan, need_encounter(sc, m, t), s, target, -1)
-                if model.cond_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                wake_readers(sc, model.cond_readers[target])
                 if model.cond_bg_hr[target] != 1.0:
                     rescale_background(model, sc, p, t)
         elif kind == codes.A_RESOLVE:
@@ -1085,8 +1095,7 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 sc.cond_active[target] = False
                 sc.cond_diagnosed[target] = False
                 emit(ev, sc, p, t, codes.K_RESOLVED, model.cond_code[target], np.nan, attached(sc, m, t), s, target, -1)
-                if model.cond_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                wake_readers(sc, model.cond_readers[target])
                 if was_diagnosed and model.cond_bg_hr[target] != 1.0:
                     rescale_background(model, sc, p, t)
         elif kind == codes.A_MED_START:
@@ -1097,15 +1106,13 @@ def run_actions(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int
                 sc.med_course_code[target] = code
                 encounter = need_encounter(sc, m, t)
                 emit(ev, sc, p, t, codes.K_MED_START, code, np.nan, encounter, s, target, -1)
-                if model.med_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                wake_readers(sc, model.med_readers[target])
         elif kind == codes.A_MED_STOP:
             if sc.med_active[target]:
                 sc.med_active[target] = False
                 code = sc.med_course_code[target]
                 emit(ev, sc, p, t, codes.K_MED_STOP, code, np.nan, attached(sc, m, t), s, target, -1)
-                if model.med_guarded[target]:
-                    sc.counters[C_DIRTY] = 1
+                wake_readers(sc, model.med_readers[target])
         elif kind == codes.A_PROCEDURE or kind == codes.A_IMMUNIZATION:  # noqa: SIM109 (numba)
             event_kind = codes.K_PROCEDURE if kind == codes.A_PROCEDURE else codes.K_IMMUNIZATION
             code = era_code(model, target, p, t)
@@ -1236,9 +1243,12 @@ def leave(model: CompiledModel, ev: Events, sc: Scratch, p: Person, m: int, t: f
 
 @internal
 def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -> None:
-    """After anything changed at t: let waiting modules join a wellness visit that just started,
-    re-check waiting cases, re-draw hazards whose ratios changed and bring forward the re-check of
-    hazards whose ratio guards may now flip sooner; repeat until quiet."""
+    """After anything changed at t: let waiting modules join a wellness visit that just started; in the
+    modules whose guards read what changed, re-check waiting cases, re-draw hazards whose ratios changed and
+    bring forward the re-check of hazards whose ratio guards may now flip sooner; repeat until quiet. (A
+    module whose guards read nothing that changed would decide as before: its guards' crossings in time
+    are already scheduled. Tilted hazards count their exposure at every settle that re-checks anything,
+    so that the log weight sums the same pieces.)"""
     n_modules = model.module_start.shape[0]
     for _ in range(MAX_STEPS):
         if sc.counters[C_DEAD]:
@@ -1263,11 +1273,16 @@ def settle(model: CompiledModel, ev: Events, sc: Scratch, p: Person, t: float) -
             if sc.counters[C_DEAD]:
                 return
             s = sc.cur_state[m]
+            dirty = sc.dirty[m]
+            sc.dirty[m] = False
             if sc.wait_kind[m] == WAIT_CASES:
-                leave(model, ev, sc, p, m, t)
+                if dirty:
+                    leave(model, ev, sc, p, m, t)
             elif sc.wait_kind[m] == WAIT_NONE and model.state_exit[s] == codes.X_HAZARDS and sc.wake_t[m] > t:
                 if model.state_tilted[s]:
                     count_exposure(model, sc, p, m, s, t)  # before the multipliers change
+                if not dirty:
+                    continue
                 if hazard_multipliers(model, sc, p, m, s, t):
                     schedule_hazards(model, sc, p, m, s, t)
                 else:  # same ratios, but a guard may flip sooner now (e.g. an attribute began drifting)
@@ -1363,7 +1378,8 @@ def simulate(
     Without the GIL: threads run disjoint ranges at once (simulator.engine.run), which Numba compiles in a
     fraction of the time its parallel loop took over this many arguments."""
     n_states = model.state_module.shape[0]
-    sc = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
+    scratch = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
+    compiled, sc, events = by_ref(model), by_ref(scratch), by_ref(ev)  # one pointer each to the helpers
     for i in range(first, stop):
         p = Person(
             lives.stream[i],
@@ -1377,7 +1393,7 @@ def simulate(
             lives.capacity[i],
             people.utc_offset_days[i],
         )
-        simulate_patient(model, ev, sc, p, seed, lives.window[i])
+        simulate_patient(compiled, events, sc, p, seed, lives.window[i])
         outcome.n_events[i] = sc.counters[C_EVENTS]
         outcome.error[i] = sc.counters[C_ERROR]
         outcome.log_weight[i] = sc.log_weight[0]

@@ -190,6 +190,20 @@ class Pending:
     round_t: float  # when its start observations are next repeated (inf: never)
 
 
+def guard_reads(module: DiseaseModule) -> frozenset[tuple[str, str]]:
+    """(namespace, name) of every attribute, condition, medication and observable that the module's waiting
+    cases and hazard ratios read."""
+    guards = [case.when for state in module.states.values() for case in state.cases or []]
+    guards += [r.when for state in module.states.values() for h in state.hazards or [] for r in h.hazard_ratios]
+    return frozenset(
+        (namespace, name)
+        for guard in guards
+        for _, atom in guard_atoms(guard)
+        for namespace, name, _ in atom.references()
+        if namespace in ("attributes", "conditions", "medications", "observables")
+    )
+
+
 @dataclass
 class Track:
     """Where one disease module is for this patient, and what it waits for."""
@@ -207,6 +221,8 @@ class Track:
     encounter_open: bool = False  # ... is open-ended (else: only at encounter_t)
     encounter_t: float = 0.0
     rng: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint64))  # the module's own stream
+    reads: frozenset[tuple[str, str]] = frozenset()  # (namespace, name) its waiting cases and hazard ratios read
+    dirty: bool = False  # something it reads changed since its last re-check
 
 
 @dataclass(frozen=True)
@@ -285,13 +301,13 @@ class PatientRun:
         self.lagged: dict[str, tuple[float, float]] = {}  # lagged observable -> (t, level) of its effects
         self.entered: dict[tuple[str, str], float] = {}  # (module, state) -> last entry time
         self.pending: list[Pending] = []  # in the order they started
-        self.tracks = [Track(m) for m in declared if m.states]
+        self.tracks = [Track(m, reads=guard_reads(m)) for m in declared if m.states]
         for track in self.tracks:
             track.rng[0] = stream_state(seed, person.index, module_stream(track.module.name))
         self.track_of = {track.module.name: track for track in self.tracks}
         self.n_encounters = 0
         self.join: int | None = None  # a wellness visit started since the last settle
-        self.dirty = False  # something a guard may read changed since the last settle
+        self.dirty = False  # something a module's guards read changed since the last settle
         self.dead = False
         self.background_ratio = 1.0  # the background hazard ratio death_t is drawn at
         self.events: list[Event] = []
@@ -365,7 +381,17 @@ class PatientRun:
         chosen = certifiable[next((k for k, share in enumerate(cumulative[:-1]) if pick < share), len(deaths) - 1)]
         return mortality.causes.causes[chosen].code
 
+    def changed(self, namespace: str, name: str) -> None:
+        """Something guards may read changed: the next settle re-checks the modules whose guards read it."""
+        for track in self.tracks:
+            if (namespace, name) in track.reads:
+                track.dirty = self.dirty = True
+
     def settle(self, t: float) -> None:
+        """After a change, re-check the waiting cases and hazard ratios of the modules whose guards read it,
+        until quiet. A module whose guards read nothing that changed is left alone: the crossings in time of
+        its guards are scheduled wakes, so its decisions do not depend on other modules' events. (Tilted
+        hazards count their exposure at every settle that re-checks anything, as the kernel does.)"""
         while not self.dead:
             if self.join is not None:
                 encounter, self.join = self.join, None
@@ -383,11 +409,15 @@ class PatientRun:
                 if self.dead:
                     return
                 state = track.module.states[track.state]
+                dirty, track.dirty = track.dirty, False
                 if track.waiting == "cases":
-                    self.leave(track, t)
+                    if dirty:
+                        self.leave(track, t)
                 elif track.waiting == "" and state.hazards is not None and track.wake_t > t:
                     if self.is_tilted(track):
                         self.count_exposure(track, t)  # before the multipliers change
+                    if not dirty:
+                        continue
                     if self.multipliers(track, state, t) != track.multipliers:
                         self.schedule_hazards(track, t)
                     elif (recheck := self.recheck_time(track, state, t)) < track.wake_t:
@@ -825,17 +855,17 @@ class PatientRun:
             attribute.level, attribute.t0 = level, t
             if slope is not None:
                 attribute.slope_per_year = slope
-            self.dirty = True
+            self.changed("attributes", setter.attribute)
         for condition, is_diagnosis in [*((c, False) for c in state.onset), *((c, True) for c in state.diagnose)]:
             if condition not in self.active:  # a diagnosis implies onset
                 self.active.add(condition)
                 self.diagnosed.discard(condition)
                 emit("condition_onset", self.conditions[condition])
-                self.dirty = True
+                self.changed("conditions", condition)
             if is_diagnosis and condition not in self.diagnosed:
                 self.diagnosed.add(condition)
                 emit("condition_diagnosis", self.conditions[condition])
-                self.dirty = True
+                self.changed("conditions", condition)
                 self.move_background_death(condition, t)
         for condition in state.resolve:
             if condition in self.active:
@@ -843,7 +873,7 @@ class PatientRun:
                 self.active.discard(condition)
                 self.diagnosed.discard(condition)
                 emit("condition_resolved", self.conditions[condition])
-                self.dirty = True
+                self.changed("conditions", condition)
                 if was_diagnosed:
                     self.move_background_death(condition, t)
         for medication in state.start_medication:
@@ -851,11 +881,11 @@ class PatientRun:
             if course is not None and not self.product_taken(medication):
                 self.taking[medication] = (module, name, course)
                 emit("medication_start", course)
-                self.dirty = True
+                self.changed("medications", medication)
         for medication in state.stop_medication:
             if medication in self.taking:
                 emit("medication_stop", self.taking.pop(medication)[2])
-                self.dirty = True
+                self.changed("medications", medication)
         for kind, codes in (("procedure", state.procedure), ("immunization", state.immunization)):
             for code in codes:
                 given = self.recorded(code, t)
@@ -890,7 +920,7 @@ class PatientRun:
         code = self.recorded(self.observables[observable].code, t)
         if code is not None:  # an era with no code for it records nothing
             self.events.append(Event(t, "observation", code, value, encounter, module, state))
-        self.dirty = True
+        self.changed("observables", observable)
 
     def take_round(self, pending: Pending, t: float) -> None:
         """Repeat the start observations of an open encounter (a ward round, an ICU hour), drawing from the

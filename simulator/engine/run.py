@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from simulator.days import DAYS_PER_YEAR
+from simulator.engine.blocks import copy_blocks
 from simulator.engine.codes import K_DEATH
 from simulator.engine.compiler import CompiledModel, Names, compile_library
 from simulator.engine.kernel import Events, Lives, Outcome, simulate
@@ -366,17 +367,15 @@ def _starts(lengths: np.ndarray) -> np.ndarray:
     return np.cumsum(lengths) - lengths
 
 
-def _gather_index(base: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Row numbers of each patient's first `lengths` rows, patient after patient."""
-    total = int(lengths.sum())
-    starts = np.repeat(base - _starts(lengths), lengths)
-    return starts + np.arange(total)
-
-
 def _compact(events: Events, capacity: np.ndarray, counts: np.ndarray) -> Events:
-    base = _starts(capacity)
-    rows = _gather_index(base, counts)
-    return Events(*(column[rows] for column in events))
+    """Each patient's first counts[i] rows of their region of capacity[i] rows, patient after patient."""
+    base, out_base = _starts(capacity), _starts(counts)
+    columns = []
+    for column in events:
+        out = np.empty(int(counts.sum()), column.dtype)
+        copy_blocks(column, base, counts, out, out_base)
+        columns.append(out)
+    return Events(*columns)
 
 
 def _merge(
@@ -393,13 +392,11 @@ def _merge(
     base = _starts(capacity)
     base2 = _starts(capacity2)
     kept = ~over
-    to_kept, from_kept = _gather_index(out_base[kept], counts[kept]), _gather_index(base[kept], counts[kept])
-    to_over, from_over = _gather_index(out_base[over], counts[over]), _gather_index(base2, counts[over])
     columns = []
     for a, b in zip(first, second, strict=True):
         column = np.empty(int(counts.sum()), a.dtype)
-        column[to_kept] = a[from_kept]
-        column[to_over] = b[from_over]
+        copy_blocks(a, base[kept], counts[kept], column, out_base[kept])
+        copy_blocks(b, base2, counts[over], column, out_base[over])
         columns.append(column)
     return Events(*columns)
 

@@ -208,8 +208,26 @@ def test_a_nested_guard_compiles_to_a_postfix_program(tiny) -> None:
     case = model.state_sub_start[2]
     assert model.case_to[case] == 3
     assert _program(model, model.case_guard[case]) == [(G_AGE, 0, ">=", 65.0)]
-    assert model.attr_guarded.tolist() == [True]  # a change of score re-checks guards
-    assert model.cond_guarded.tolist() == [False]  # nothing reads dz
+    assert model.attr_readers.tolist() == [[True]]  # a change of score re-checks the one module's guards
+    assert model.cond_readers.tolist() == [[False]]  # nothing reads dz
+
+
+def test_a_change_wakes_only_the_modules_whose_guards_read_it(tmp_path: Path, bare_rules: Path) -> None:
+    """Compiled together, tiny reads its attribute score and care its observable temperature and condition
+    flu: each change re-checks the one module that reads it (the kernel's settle), nothing re-checks the
+    other."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tiny.yaml").write_text(TINY)
+    (tmp_path / "b" / "care.yaml").write_text(CARE)
+    model, names = compile_library(
+        load_library([tmp_path / "a" / "tiny.yaml", tmp_path / "b" / "care.yaml"], bare_rules)
+    )
+    assert [names.states[model.module_start[m]].split(".")[0] for m in range(2)] == ["tiny", "care"]
+    assert model.attr_readers[names.attributes.index("score")].tolist() == [True, False]
+    assert model.obs_readers[names.observables.index("temperature")].tolist() == [False, True]
+    assert model.cond_readers[names.conditions.index("flu")].tolist() == [False, True]
+    assert model.cond_readers[names.conditions.index("dz")].tolist() == [False, False]
 
 
 def test_actions_in_kernel_order_with_their_operands(tiny, care) -> None:
@@ -263,8 +281,8 @@ def test_observables_curves_and_the_guards_that_read_them(care) -> None:
         (G_COND_DIAGNOSED, 0, "==", 0.0),
         (G_OR, 2, "==", 0.0),
     ]
-    assert (model.obs_guarded.tolist(), model.cond_guarded.tolist(), model.med_guarded.tolist()) == (
-        [True],
-        [True],
-        [False],
+    assert (model.obs_readers.tolist(), model.cond_readers.tolist(), model.med_readers.tolist()) == (
+        [[True]],
+        [[True]],
+        [[False]],
     )
