@@ -5,7 +5,9 @@ machine words each, so every call of a kernel helper that LLVM did not inline co
 on the stack (perf: 88% of the kernel's time went to those copies). `by_ref(t)` stores the tuple once
 on the stack of the function that calls it and returns a pointer; its fields read as the tuple's
 (`ref.name`), so the helpers are written as before. The pointer is valid only while that function
-runs: take it in the entry point and pass it down, never return it.
+runs: take it in the entry point and pass it down, never return it. It does not own the tuple's arrays:
+Numba frees a tuple made inside the function right after its last use, which is the `by_ref` call itself,
+so only tuples the caller holds (arguments) may be taken by pointer.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from simulator.engine import codes
 from simulator.engine.byref import by_ref
 from simulator.engine.civil import completed_years_between, next_month_flip, year_month
 from simulator.engine.compiler import OBS_ESTIMATED, OBS_MEASURED, CompiledModel
-from simulator.engine.people import People, PeopleTables, cumulative_at, inverse_cumulative
+from simulator.engine.people import People, cumulative_at, inverse_cumulative
 from simulator.engine.rng import STREAM_EVENTS, exponential, gamma, normal, stream_state, uniform
 from simulator.model.schema import SYMPTOM_SCALE_MAX
 
@@ -1368,17 +1368,17 @@ def simulate(
     lives: Lives,
     ev: Events,
     outcome: Outcome,
-    tables: PeopleTables,
+    scratch: Scratch,
     first: int,
     stop: int,
 ) -> None:
     """Simulate patients first..stop-1 (`people` row i, drawing from stream `lives.stream[i]`) into rows
     [base, base + capacity) of `ev`, and report their `outcome`. Deaths are the codes.K_DEATH events.
-    `tables`: the background hazard people's deaths were drawn from (a hazard ratio moves a death on it).
+    `scratch`: this call's working memory (`new_scratch`), made and held by the caller: the helpers reach it
+    through a pointer, which does not keep a tuple made here alive (byref.py).
     Without the GIL: threads run disjoint ranges at once (simulator.engine.run), which Numba compiles in a
     fraction of the time its parallel loop took over this many arguments."""
     n_states = model.state_module.shape[0]
-    scratch = new_scratch(model, tables.cum_hazard, tables.tail_rate, lives.window.shape[1])
     compiled, sc, events = by_ref(model), by_ref(scratch), by_ref(ev)  # one pointer each to the helpers
     for i in range(first, stop):
         p = Person(

@@ -23,7 +23,7 @@ from simulator.days import DAYS_PER_YEAR
 from simulator.engine.blocks import copy_blocks
 from simulator.engine.codes import K_DEATH
 from simulator.engine.compiler import CompiledModel, Names, compile_library
-from simulator.engine.kernel import Events, Lives, Outcome, simulate
+from simulator.engine.kernel import Events, Lives, Outcome, new_scratch, simulate
 from simulator.engine.people import (
     People,
     PeopleTables,
@@ -291,11 +291,13 @@ class Simulator:
         )
         window = np.zeros((n, 0, 2)) if self.windows is None else self.windows(people, t_end)
         lives = Lives(stream.astype(np.int64), t_end, base, capacity.astype(np.int64), window)
-        args = (self.model, self.config.seed, people, lives, events, outcome, self.people_tables)
+        args = (self.model, self.config.seed, people, lives, events, outcome)
+        tables = self.people_tables
 
         def run(patients: tuple[int, int]) -> None:
             with np.errstate(over="ignore"):  # SplitMix64 wraps on purpose (warns only without JIT)
-                simulate(*args, *patients)
+                scratch = new_scratch(self.model, tables.cum_hazard, tables.tail_rate, window.shape[1])
+                simulate(*args, scratch, *patients)
 
         threads = numba.get_num_threads()
         with ThreadPoolExecutor(threads) as pool:
