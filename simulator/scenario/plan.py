@@ -123,8 +123,9 @@ class Plan:
             ok &= _count((events.kind == codes.K_DEATH) & (events.t < since[patient_row]), patient_row, n) == 0
         age = (events.t - people.birth_t[patient_row]) / DAYS_PER_YEAR
         after = np.full(n, -np.inf)
+        closing = _closing(events, patient_row, n)
         for requirement in scenario.require:
-            match = self.requirement_events(requirement, events)
+            match = self.requirement_events(requirement, events) & ~closing
             window = window_ages(requirement.window, people.birth_t, t_end)
             match &= (age >= window[patient_row, 0]) & (age < window[patient_row, 1])
             if scenario.in_order:
@@ -151,6 +152,16 @@ class Plan:
         if requirement.above is not None:  # type: ignore[attr-defined]
             return match & (events.value > requirement.above)  # type: ignore[attr-defined]
         return match & (events.value < requirement.below)  # type: ignore[attr-defined]
+
+
+def _closing(events: Events, patient_row: np.ndarray, n: int) -> np.ndarray:
+    """bool[n_events]: events that close what a state opened rather than show it entered: encounter ends, and
+    the medication stops a death records (tagged with the state that started each course, years before)."""
+    death = events.kind == codes.K_DEATH
+    death_t = np.full(n, np.inf)
+    np.minimum.at(death_t, patient_row[death], events.t[death])
+    stopped_at_death = (events.kind == codes.K_MED_STOP) & (events.t == death_t[patient_row])
+    return (events.kind == codes.K_ENCOUNTER_END) | stopped_at_death
 
 
 def who_cells(scenario: Scenario, tables: PeopleTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
