@@ -157,9 +157,7 @@ class Plan:
 def _closing(events: Events, patient_row: np.ndarray, n: int) -> np.ndarray:
     """bool[n_events]: events that close what a state opened rather than show it entered: encounter ends, and
     the medication stops a death records (tagged with the state that started each course, years before)."""
-    death = events.kind == codes.K_DEATH
-    death_t = np.full(n, np.inf)
-    np.minimum.at(death_t, patient_row[death], events.t[death])
+    death_t = _nth_time(events.kind == codes.K_DEATH, events.t, patient_row, n, 1)
     stopped_at_death = (events.kind == codes.K_MED_STOP) & (events.t == death_t[patient_row])
     return (events.kind == codes.K_ENCOUNTER_END) | stopped_at_death
 
