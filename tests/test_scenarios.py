@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import simulator
 from simulator.cli import app
-from simulator.days import DAYS_PER_YEAR
-from simulator.engine.codes import K_DEATH, K_ONSET
+from simulator.days import DAYS_PER_YEAR, to_datetime
+from simulator.engine.codes import K_DEATH, K_ENCOUNTER_END, K_MED_STOP, K_ONSET
 from simulator.engine.kernel import Events
 from simulator.engine.people import sample
 from simulator.engine.run import RunConfig, Simulated, Simulator, _subset
@@ -331,6 +331,28 @@ def test_truth_tables(tmp_path: Path) -> None:
     assert set(forced["patient"]) <= set(range(50)) and (forced["to"] == "t1d_dka_emergency").all()
     states = truth["states"]
     assert {"t1d_onset", "t1d_dka_emergency"} <= set(states["state"])
+
+
+def test_truth_states_are_entries_not_the_ends_a_death_records(shipped_library: Library) -> None:
+    """`truth/states` lists each state when its events show it entered. A death stops every medication and ends
+    the open encounters, and those events carry the state that started each course or visit (years before in
+    the states' terms): they are not entries of those states at the death."""
+    plan, _ = check_scenario(EXAMPLES / "sepsis_icu.yaml")  # adults 65+, the dead of the last year kept
+    sim = Simulator.build(RunConfig(seed=3), shipped_library)
+    attach(sim, plan)
+    chunk = simulate_scenario(sim, plan, np.arange(40, dtype=np.int64))
+    states = scenario_run.truth_tables(sim, plan, chunk)["states"]
+    events, patient = chunk.simulated.events, chunk.simulated.patient
+    death_t = pd.Series(events.t[events.kind == K_DEATH], index=patient[events.kind == K_DEATH])
+    at_death = (events.state >= 0) & (events.t == death_t.reindex(patient).to_numpy())
+    stops = at_death & np.isin(events.kind, [K_MED_STOP, K_ENCOUNTER_END])
+    shown = at_death & ~np.isin(events.kind, [K_MED_STOP, K_ENCOUNTER_END])
+    assert stops.sum() > 10  # the dead of this cohort had courses and stays open at their death
+    state_names = np.array(sim.names.state_names, dtype=object)
+    entered_at_death = set(zip(patient[shown], state_names[events.state[shown]], strict=True))
+    rows = states.merge(death_t.rename("death_t").rename_axis("patient").reset_index(), on="patient")
+    listed = rows[(rows["time"] == pd.to_datetime(to_datetime(rows["death_t"].to_numpy())))]
+    assert set(zip(listed["patient"], listed["state"], strict=True)) <= entered_at_death
 
 
 def test_hidden_attributes_in_truth(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class Plan:
             ok &= _count((events.kind == codes.K_DEATH) & (events.t < since[patient_row]), patient_row, n) == 0
         age = (events.t - people.birth_t[patient_row]) / DAYS_PER_YEAR
         after = np.full(n, -np.inf)
-        closing = _closing(events, patient_row, n)
+        closing = closing_events(events, patient_row, n)
         for requirement in scenario.require:
             match = self.requirement_events(requirement, events) & ~closing
             window = window_ages(requirement.window, people.birth_t, t_end)
@@ -154,7 +154,7 @@ class Plan:
         return match & (events.value < requirement.below)  # type: ignore[attr-defined]
 
 
-def _closing(events: Events, patient_row: np.ndarray, n: int) -> np.ndarray:
+def closing_events(events: Events, patient_row: np.ndarray, n: int) -> np.ndarray:
     """bool[n_events]: events that close what a state opened rather than show it entered: encounter ends, and
     the medication stops a death records (tagged with the state that started each course, years before)."""
     death_t = _nth_time(events.kind == codes.K_DEATH, events.t, patient_row, n, 1)

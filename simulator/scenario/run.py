@@ -15,7 +15,6 @@ estimate the population's figures among those the scenario describes.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -37,10 +36,11 @@ from simulator.engine.run import (
 )
 from simulator.errors import ConfigError
 from simulator.scenario.attributes import attribute_table
-from simulator.scenario.plan import Plan, window_ages
+from simulator.scenario.plan import Plan, closing_events, window_ages
 
 MAX_CANDIDATES = DECEDENT_STREAMS // REDRAW_STRIDE  # candidate streams of one patient (below the decedents')
 MAX_BATCH = 64  # histories a patient tries in one round
+ROUND_HISTORIES = 256  # histories a round simulates at least while patients wait (a round costs a kernel call)
 MAX_WIDTH = 4096  # candidates a patient draws in one round (a narrow `who` takes several rounds)
 
 
@@ -62,12 +62,11 @@ class ScenarioChunk:
 def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> ScenarioChunk:
     """Patients `index` of the scenario run (see the module docstring).
 
-    The candidates are tried in rounds, each one kernel call: in round r each patient still without a
-    history tries their next b candidates inside `who` at once, b = 2^(r-1) / (the share of histories kept so
-    far in the chunk), at most MAX_BATCH (b = 1 in the first round), and keeps the first that satisfies the
-    scenario; the histories simulated after it are dropped, uncounted. So the patients, their weights and
-    `attempts` are those of trying one candidate at a time, whatever b is, in far fewer rounds (each
-    round's fixed cost, a kernel and a people call, outweighs a history on a busy machine)."""
+    The candidates are tried in rounds, each one kernel call: in each round every patient still without a
+    history tries their next b candidates inside `who` at once (`_batch`: 1 while many patients wait, more as
+    few are left) and keeps the first that satisfies the scenario; the histories simulated after it are
+    dropped, uncounted. So the patients, their weights and `attempts` are those of trying one candidate at a
+    time, whatever b is, in far fewer rounds than the slowest patient's attempts."""
     index = index.astype(np.int64)
     n = len(index)
     scenario = plan.scenario
@@ -80,7 +79,7 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
     parts: list[tuple[Simulated, np.ndarray]] = []
     order: list[np.ndarray] = []
     kept = tried = 0
-    for r in itertools.count():
+    while True:
         todo = np.flatnonzero(~done)
         if not len(todo):
             break
@@ -92,8 +91,7 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
                 f"drawn) satisfied the scenario (max_attempts: {scenario.max_attempts}); make it likelier with "
                 "force or a larger tilt factor, or raise max_attempts"
             )
-        rate = max(kept / tried if tried else 1.0, 1.0 / MAX_BATCH)  # of histories kept in the chunk so far
-        b = 1 if r == 0 else min(MAX_BATCH, math.ceil(2 ** (r - 1) / rate))
+        b = _batch(len(todo), kept / tried if tried else 1.0)
         quota = np.minimum(b, scenario.max_attempts - attempts[todo])
         width = min(math.ceil(b / max(share, 1e-6) * 1.5) + 8, MAX_WIDTH)  # candidates drawn to find b in `who`
         position = k[todo][:, None] + np.arange(width)
@@ -136,6 +134,16 @@ def simulate_scenario(sim: Simulator, plan: Plan, index: np.ndarray) -> Scenario
     simulated = simulated._replace(log_weight=log_weight)
     counts = np.bincount(np.searchsorted(index, simulated.patient), minlength=n) if n else np.zeros(0, np.int64)
     return ScenarioChunk(simulated, counts, attempts, passed_over, t_end)
+
+
+def _batch(waiting: int, rate: float) -> int:
+    """Candidates each of `waiting` patients tries in the next round, the chunk having kept `rate` of its
+    histories so far: one while the round is large enough to keep the kernel busy (every history after a
+    patient's first kept one is wasted), then enough for a round of about ROUND_HISTORIES, at most the
+    1 / rate a patient is expected to need twice over, and MAX_BATCH."""
+    if waiting >= ROUND_HISTORIES:
+        return 1
+    return max(1, min(MAX_BATCH, math.ceil(ROUND_HISTORIES / waiting), math.ceil(2 / max(rate, 1 / MAX_BATCH))))
 
 
 def _t_end(sim: Simulator, people: People, lifetime: bool) -> np.ndarray:
@@ -205,7 +213,9 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
     )
     state_modules = np.array([s.split(".", 1)[0] for s in names.states], dtype=object)
     state_names = np.array(names.state_names, dtype=object)
-    path = _entries(events, patient, events.state >= 0)
+    row = _rows(chunk)
+    opened = (events.state >= 0) & ~closing_events(events, row, len(chunk.counts))
+    path = _entries(events, patient, opened)
     states = pd.DataFrame(
         {
             "patient": path["patient"].to_numpy(),
@@ -218,11 +228,16 @@ def truth_tables(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> dict[str, 
         "weights": weights,
         "states": states,
         "onsets": _onsets(events, patient, names),
-        "forced": _forced(plan, chunk),
+        "forced": _forced(plan, chunk, row, opened),
     }
     if plan.scenario.hidden_attributes:
         tables["attributes"] = _attributes(sim, plan, chunk)
     return tables
+
+
+def _rows(chunk: ScenarioChunk) -> np.ndarray:
+    """The row in `chunk.simulated.people` of each event's patient."""
+    return np.repeat(np.arange(len(chunk.counts)), chunk.counts)
 
 
 def _attributes(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> pd.DataFrame:
@@ -235,21 +250,16 @@ def _attributes(sim: Simulator, plan: Plan, chunk: ScenarioChunk) -> pd.DataFram
 
 
 def _entries(events: Events, patient: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
-    """When the states of the events `mask` were entered (patient, t, state_id), as their events show: the
-    first event of each encounter a state recorded into (its later rounds and its end belong to that entry),
-    else each time it recorded something outside an encounter."""
-    frame = pd.DataFrame(
-        {
-            "patient": patient[mask],
-            "t": events.t[mask],
-            "state_id": events.state[mask],
-            "encounter": events.encounter[mask],
-        }
-    )
-    inside = frame["encounter"] >= 0
-    first = frame[inside].drop_duplicates(["patient", "state_id", "encounter"])
-    entries = pd.concat([first, frame[~inside].drop_duplicates(["patient", "state_id", "t"])])
-    return entries.sort_values(["patient", "t"], kind="stable")[["patient", "t", "state_id"]]
+    """When the states of the events `mask` were entered (patient, t, state_id), in event order, as their
+    events show: the first event of each encounter a state recorded into (its later rounds belong to that
+    entry), else each time it recorded something outside an encounter. `mask` leaves out the events that
+    close what a state opened (`closing_events`)."""
+    rows = np.flatnonzero(mask)
+    who, t, state, encounter = patient[rows], events.t[rows], events.state[rows], events.encounter[rows]
+    inside = encounter >= 0
+    key = pd.DataFrame({"patient": who, "state": state, "encounter": encounter, "t": np.where(inside, 0.0, t)})
+    first = ~key.duplicated().to_numpy()
+    return pd.DataFrame({"patient": who[first], "t": t[first], "state_id": state[first]})
 
 
 def _onsets(events: object, patient: np.ndarray, names: object) -> pd.DataFrame:
@@ -276,16 +286,17 @@ def _onsets(events: object, patient: np.ndarray, names: object) -> pd.DataFrame:
     )
 
 
-def _forced(plan: Plan, chunk: ScenarioChunk) -> pd.DataFrame:
+def _forced(plan: Plan, chunk: ScenarioChunk, row: np.ndarray, opened: np.ndarray) -> pd.DataFrame:
+    """Entries into each forced branch's target inside its window (`row`: each event's patient row; `opened`:
+    the events that show a state entered)."""
     result = chunk.simulated
     events, names = result.events, plan.names
-    row = np.searchsorted(result.people.index, result.patient)
     age = (events.t - result.people.birth_t[row]) / DAYS_PER_YEAR
     frames = []
     for entry in plan.scenario.force:
         target = names.states.index(f"{entry.module}.{entry.to}")
         window = window_ages(entry.window, result.people.birth_t, chunk.t_end)
-        hit = (events.state == target) & (age >= window[row, 0]) & (age < window[row, 1])
+        hit = opened & (events.state == target) & (age >= window[row, 0]) & (age < window[row, 1])
         frame = _entries(events, result.patient, hit)[["patient", "t"]]
         frames.append(frame.assign(module=entry.module, state=entry.state, to=entry.to))
     forced = (
