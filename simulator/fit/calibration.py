@@ -235,8 +235,12 @@ class Objective:
 
     def __init__(self, library: Library, targets: TargetSet, free: list[Free], target_ids: list[str],
                  patients: int, seed: int, chunk_size: int = 10_000, lifetime_patients: int = 0):  # fmt: skip
-        from simulator.engine.people import build_people_tables, reference_date_of, sample
+        from simulator.engine.people import build_people_tables, fitted_background_share, reference_date_of, sample
 
+        # The background mortality fitted with every module (rules/life_tables/background_share.yaml): the cut
+        # below is another module set, for which the library has no fitted share, and without one the whole
+        # life table would be background, on top of the modules' own deaths.
+        share = fitted_background_share(library)
         library = ensemble_for(library, sorted({f.module for f in free}))
         self.library = library
         self.free = free
@@ -245,7 +249,7 @@ class Objective:
         self.measures = targets.definitions.measures
         self.vocabulary = Vocabulary.of(library)
         self.needs = needs_of(targets.definitions, self.vocabulary)
-        self.tables = build_people_tables(library, reference_date_of(library))
+        self.tables = build_people_tables(library, reference_date_of(library), share)
         youngest = min(t.age_lo for t in self.targets)
         size = 2 * patients + 100
         while True:  # the first `patients` indices old enough for the youngest target (same people every time)
