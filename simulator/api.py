@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
@@ -457,15 +458,24 @@ def generate(
     errors, each logged in `out/truth/corruptions` (`simulator.export.messiness`; needs `out`). `streams`
     ("icu,ward,ed") and `stream_interval` (seconds): dense monitoring streams, written with `out` only.
     `scenario`: a scenario file (docs/scenarios.md): its patients and mode replace `patients` and `mode`, its
-    history, streams and messiness stand where those options are not given, it has no decedents, and the
+    history, streams and messiness stand where those options are not given (its streams and messiness only
+    for a written run: in memory they are left out, with a warning), it has no decedents, and the
     Population has `truth` and `weights`."""
     if scenario is not None:
         settings = scenario_settings(scenario)
         patients, mode, decedents = settings.patients, settings.mode, "none"
         history_years = settings.history.years if history_years is None else history_years
-        streams = streams if streams is not None else (tuple(settings.streams.settings) or None)
+        file_streams = tuple(settings.streams.settings) if streams is None else ()
+        file_messiness = settings.messiness if messiness is None and settings.messiness != "clean" else None
+        if out is None and (file_streams or file_messiness):
+            named = {"streams": ",".join(file_streams), "messiness": file_messiness}
+            left_out = " and ".join(f"{key}: {value}" for key, value in named.items() if value)
+            message = f"{scenario}: {left_out} apply to a written run (give out): left out in memory"
+            warnings.warn(message, stacklevel=2)
+        elif out is not None:
+            streams = file_streams or streams
+            messiness = file_messiness or messiness
         stream_interval = settings.streams.interval_seconds if stream_interval is None else stream_interval
-        messiness = settings.messiness if messiness is None else messiness
     # the export settings are checked even for a run that stays in memory (first: the decedent window
     # follows the history's)
     export = ExportConfig(

@@ -20,6 +20,7 @@ from simulator.engine.codes import K_DEATH, K_ENCOUNTER_END, K_MED_STOP, K_ONSET
 from simulator.engine.kernel import Events
 from simulator.engine.people import sample
 from simulator.engine.run import RunConfig, Simulated, Simulator, _subset
+from simulator.errors import ConfigError
 from simulator.model.library import Library
 from simulator.scenario import run as scenario_run
 from simulator.scenario.output import attach, check_scenario, scenario_settings
@@ -312,6 +313,23 @@ def test_same_seed_same_bytes_whatever_the_chunks(tmp_path: Path) -> None:
             assert two.manifest["files"][name]["sha256"] == entry["sha256"], name
     assert any(name.startswith("truth/") for name in one.manifest["files"])
     assert one.manifest["scenario"]["tilt_factors"] == [pytest.approx(1365.7, rel=1e-3)]  # computed: 3 onsets
+
+
+@pytest.mark.parametrize(
+    ("name", "left_out"), [("dka_teen", "messiness: typical"), ("sepsis_icu", "streams: icu,ward")]
+)
+def test_a_scenario_in_memory_leaves_its_file_outputs_out_and_says_so(name: str, left_out: str) -> None:
+    """`simulator.generate(scenario=...)` without `out` returns the population, its truth and weights; the
+    streams and messy data the file asks for are written outputs, left out with a warning that names them
+    (given as arguments without `out`, they stay an error)."""
+    path = EXAMPLES / f"{name}.yaml"
+    with pytest.warns(UserWarning, match=f"{left_out} apply to a written run"):
+        pop = simulator.generate(scenario=path, seed=2)
+    assert pop.weights.index.tolist() == list(range(50)) and (pop.weights > 0).all()
+    assert {"weights", "states", "onsets"} <= set(pop.truth) and "corruptions" not in pop.truth
+    assert pop.patients["index"].tolist() == list(range(50))
+    with pytest.raises(ConfigError, match="give an output folder"):
+        simulator.generate(scenario=path, seed=2, streams="icu", messiness="clean")
 
 
 def test_truth_tables(tmp_path: Path) -> None:
