@@ -274,7 +274,7 @@ class Simulator:
         n = len(stream)
         base = _starts(capacity)
         total = int(capacity.sum())
-        events = Events(*(_sparse_empty(total, dtype) for dtype in EVENT_DTYPES))
+        events = Events(*(_small_pages_empty(total, dtype) for dtype in EVENT_DTYPES))
         outcome = Outcome(
             n_events=np.zeros(n, np.int64),
             error=np.zeros(n, np.int64),
@@ -300,13 +300,14 @@ class Simulator:
 EVENT_DTYPES = (np.float64, np.int8, np.int32, np.float64, np.int32, np.int32, np.int32, np.int32)  # Events' columns
 
 
-def _sparse_empty(n: int, dtype: type) -> np.ndarray:
-    """An uninitialised array whose memory the system provides page by page as it is first written.
+def _small_pages_empty(n: int, dtype: type) -> np.ndarray:
+    """An uninitialised array in an anonymous map of ordinary 4 kB pages, provided as first written.
 
-    The kernel's event buffers give every patient room for a long life, and most patients write a
-    third of theirs. NumPy asks Linux for transparent huge pages on large arrays, so the first write
-    to a region made the system zero 2 MB around it: about a quarter of a kernel call went to zeroing
-    memory never used. An anonymous map without huge pages is zeroed 4 kB at a time, as touched."""
+    NumPy asks Linux for transparent huge pages on arrays over 4 MB. For the kernel's event buffers, which
+    give every patient room for a long life of which most write a third, the first write to a region made
+    the system zero the 2 MB around it: memory never used, a quarter of a kernel call's time. For the
+    compacted buffers, which are written whole, the huge pages cost the system's compaction of memory to
+    find them (10% of a kernel call, 2026-12-07)."""
     size = max(n, 1) * np.dtype(dtype).itemsize
     memory = mmap.mmap(-1, size)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere the system's default pages
@@ -383,7 +384,7 @@ def _compact(events: Events, capacity: np.ndarray, counts: np.ndarray) -> Events
     base, out_base = _starts(capacity), _starts(counts)
     columns = []
     for column in events:
-        out = np.empty(int(counts.sum()), column.dtype)
+        out = _small_pages_empty(int(counts.sum()), column.dtype)
         copy_blocks(column, base, counts, out, out_base)
         columns.append(out)
     return Events(*columns)
@@ -405,7 +406,7 @@ def _merge(
     kept = ~over
     columns = []
     for a, b in zip(first, second, strict=True):
-        column = np.empty(int(counts.sum()), a.dtype)
+        column = _small_pages_empty(int(counts.sum()), a.dtype)
         copy_blocks(a, base[kept], counts[kept], column, out_base[kept])
         copy_blocks(b, base2, counts[over], column, out_base[over])
         columns.append(column)
