@@ -16,7 +16,7 @@ spread in the weights).
 With `--end-to-end N`, also the cost of a patient of a whole run written to FHIR ndjson (`simulator.generate`,
 the scenario's own streams and messy data included) over that of a plain run's patient (`x plain, e2e`): the
 time of N patients less that of N / 5, over 4N / 5, so that the start-up of a run (loading the library and
-Numba's cache) counts in neither.
+Numba's cache) counts in neither, after a run of 10 patients that warms up what a process does only once.
 """
 
 from __future__ import annotations
