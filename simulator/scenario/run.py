@@ -23,6 +23,7 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR, to_datetime
 from simulator.engine import codes
+from simulator.engine.blocks import copy_blocks
 from simulator.engine.kernel import Events
 from simulator.engine.people import People, sample
 from simulator.engine.run import (
@@ -31,7 +32,7 @@ from simulator.engine.run import (
     REDRAW_STRIDE,
     Simulated,
     Simulator,
-    _relabel,
+    _starts,
     _subset,
 )
 from simulator.errors import ConfigError
@@ -154,40 +155,63 @@ def _t_end(sim: Simulator, people: People, lifetime: bool) -> np.ndarray:
 
 def _select(result: Simulated, counts: np.ndarray, keep: np.ndarray) -> tuple[Simulated, np.ndarray]:
     """The patients `keep` of `result`, and their event counts."""
-    rows = np.repeat(keep, counts)
-    events = type(result.events)(*(column[rows] for column in result.events))
+    lengths = counts[keep]
+    events = _placed([(result.events, _starts(counts)[keep], lengths, _starts(lengths))], int(lengths.sum()))
     kept = Simulated(
         events,
-        result.patient[rows],
+        np.repeat(result.people.index[keep], lengths),
         result.errors[keep],
         _subset(result.people, keep),
         result.entered[keep],
         result.stream[keep],
         result.log_weight[keep],
     )
-    return kept, counts[keep]
+    return kept, lengths
 
 
 def _in_order(parts: list[tuple[Simulated, np.ndarray]], position: np.ndarray, index: np.ndarray) -> Simulated:
-    """The kept patients of every round, put back in patient order and numbered `index`."""
-    joined = _relabel(parts, np.arange(len(position), dtype=np.int64)) if parts else None
-    if joined is None:
+    """The kept patients of every round, put back in patient order and numbered `index`: `position` holds
+    each kept patient's place (0..n-1, every place once), round after round."""
+    if not parts:
         raise ConfigError("patients", "a scenario run needs at least one patient")
-    counts = np.bincount(joined.patient, minlength=len(position))
-    order = np.argsort(position, kind="stable")
-    starts = np.cumsum(counts) - counts
-    rows = np.concatenate([np.arange(starts[j], starts[j] + counts[j]) for j in order]).astype(np.int64)
-    events = type(joined.events)(*(column[rows] for column in joined.events))
-    people = People(*(column[order] for column in joined.people))._replace(index=index)
+    n = len(position)
+    found = np.concatenate([c for _, c in parts])  # events of each kept patient, in the order found
+    counts = np.zeros(n, np.int64)
+    counts[position] = found
+    out_starts = _starts(counts)
+    blocks, done = [], 0
+    for result, lengths in parts:
+        places = position[done : done + len(lengths)]
+        blocks.append((result.events, _starts(lengths), lengths, out_starts[places]))
+        done += len(lengths)
+
+    def placed(values: list[np.ndarray]) -> np.ndarray:
+        joined = np.concatenate(values)
+        out = np.empty_like(joined)
+        out[position] = joined
+        return out
+
+    people = People(*(placed(list(column)) for column in zip(*(r.people for r, _ in parts), strict=True)))
     return Simulated(
-        events,
-        np.repeat(index, counts[order]),
-        joined.errors[order],
-        people,
-        joined.entered[order],
-        joined.stream[order],
-        joined.log_weight[order],
+        _placed(blocks, int(counts.sum())),
+        np.repeat(index, counts),
+        placed([r.errors for r, _ in parts]),
+        people._replace(index=index),
+        placed([r.entered for r, _ in parts]),
+        placed([r.stream for r, _ in parts]),
+        placed([r.log_weight for r, _ in parts]),
     )
+
+
+def _placed(blocks: list[tuple[Events, np.ndarray, np.ndarray, np.ndarray]], total: int) -> Events:
+    """Events of `total` rows made of blocks: for each (events, starts, lengths, out_starts), the rows
+    starts[i]:starts[i] + lengths[i] of events at out_starts[i] (compiled copies, no gather by row index)."""
+    first = blocks[0][0]
+    columns = [np.empty(total, column.dtype) for column in first]
+    for events, starts, lengths, out_starts in blocks:
+        for column, out in zip(events, columns, strict=True):
+            copy_blocks(column, starts, lengths, out, out_starts)
+    return Events(*columns)
 
 
 # --- ground truth ----------------------------------------------------------------------------------
