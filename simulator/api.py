@@ -23,6 +23,7 @@ import pandas as pd
 # import of the package would rebind simulator.audit to the package.
 from simulator.audit.report import AuditReport, audit_run
 from simulator.cluster import abort_parts, check_dask, run_parts
+from simulator.collector import fewer_collections
 from simulator.engine.people import reference_date_of
 from simulator.engine.run import Mode, RunConfig, Simulator, kernel_needs_compiling, runtime
 from simulator.errors import ConfigError
@@ -288,6 +289,7 @@ def preview(
     return Preview(config, export, folder, _estimate(sim, config, export))
 
 
+@fewer_collections()
 def run(
     config: RunConfig,
     export: ExportConfig | None = None,

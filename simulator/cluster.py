@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from simulator.collector import fewer_collections
 from simulator.engine.run import MAX_REDRAWS, RunConfig, Simulator
 from simulator.errors import ConfigError
 from simulator.export.bundles import Method
@@ -150,6 +151,7 @@ def _simulator(config: RunConfig) -> Simulator:
     return Simulator.build(config)
 
 
+@fewer_collections()
 def write_part(task: PartTask) -> PartResult:
     """Simulate and write one part (a pure function of the task: run twice, the same files)."""
     sim = _simulator(task.config)

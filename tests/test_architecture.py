@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).parent.parent / "simulator"
 
 # Each layer may import its own and the layers before it, never one after it.
 LAYERS = (
-    ("simulator.days", "simulator.errors", "simulator.files", "simulator.version"),
+    ("simulator.collector", "simulator.days", "simulator.errors", "simulator.files", "simulator.version"),
     ("simulator.model",),
     ("simulator.engine",),
     ("simulator.tables",),
