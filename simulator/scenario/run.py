@@ -185,21 +185,21 @@ def _in_order(parts: list[tuple[Simulated, np.ndarray]], position: np.ndarray, i
         blocks.append((result.events, _starts(lengths), lengths, out_starts[places]))
         done += len(lengths)
 
-    def placed(values: list[np.ndarray]) -> np.ndarray:
+    def in_place(values: list[np.ndarray]) -> np.ndarray:  # one row a kept patient, rounds joined
         joined = np.concatenate(values)
         out = np.empty_like(joined)
         out[position] = joined
         return out
 
-    people = People(*(placed(list(column)) for column in zip(*(r.people for r, _ in parts), strict=True)))
+    people = People(*(in_place(list(column)) for column in zip(*(r.people for r, _ in parts), strict=True)))
     return Simulated(
         _placed(blocks, int(counts.sum())),
         np.repeat(index, counts),
-        placed([r.errors for r, _ in parts]),
+        in_place([r.errors for r, _ in parts]),
         people._replace(index=index),
-        placed([r.entered for r, _ in parts]),
-        placed([r.stream for r, _ in parts]),
-        placed([r.log_weight for r, _ in parts]),
+        in_place([r.entered for r, _ in parts]),
+        in_place([r.stream for r, _ in parts]),
+        in_place([r.log_weight for r, _ in parts]),
     )
 
 
