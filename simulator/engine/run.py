@@ -379,15 +379,22 @@ def _starts(lengths: np.ndarray) -> np.ndarray:
     return np.cumsum(lengths) - lengths
 
 
+Block = tuple[Events, np.ndarray, np.ndarray, np.ndarray]  # events, starts, lengths, out_starts
+
+
+def place_blocks(blocks: list[Block], total: int) -> Events:
+    """Events of `total` rows made of blocks: for each (events, starts, lengths, out_starts), the rows
+    starts[i]:starts[i] + lengths[i] of events at out_starts[i] (compiled copies, no gather by row index)."""
+    columns = [_small_pages_empty(total, column.dtype) for column in blocks[0][0]]
+    for events, starts, lengths, out_starts in blocks:
+        for column, out in zip(events, columns, strict=True):
+            copy_blocks(column, starts, lengths, out, out_starts)
+    return Events(*columns)
+
+
 def _compact(events: Events, capacity: np.ndarray, counts: np.ndarray) -> Events:
     """Each patient's first counts[i] rows of their region of capacity[i] rows, patient after patient."""
-    base, out_base = _starts(capacity), _starts(counts)
-    columns = []
-    for column in events:
-        out = _small_pages_empty(int(counts.sum()), column.dtype)
-        copy_blocks(column, base, counts, out, out_base)
-        columns.append(out)
-    return Events(*columns)
+    return place_blocks([(events, _starts(capacity), counts, _starts(counts))], int(counts.sum()))
 
 
 def _merge(
@@ -399,18 +406,14 @@ def _merge(
     over: np.ndarray,
 ) -> Events:
     """Patients that overflowed take their rows from the rerun, the others from the first pass
-    (gathered straight into the output, without copying either buffer whole)."""
+    (copied straight into the output, without copying either buffer whole)."""
     out_base = _starts(counts)
-    base = _starts(capacity)
-    base2 = _starts(capacity2)
     kept = ~over
-    columns = []
-    for a, b in zip(first, second, strict=True):
-        column = _small_pages_empty(int(counts.sum()), a.dtype)
-        copy_blocks(a, base[kept], counts[kept], column, out_base[kept])
-        copy_blocks(b, base2, counts[over], column, out_base[over])
-        columns.append(column)
-    return Events(*columns)
+    blocks = [
+        (first, _starts(capacity)[kept], counts[kept], out_base[kept]),
+        (second, _starts(capacity2), counts[over], out_base[over]),
+    ]
+    return place_blocks(blocks, int(counts.sum()))
 
 
 def runtime() -> dict:

@@ -23,7 +23,6 @@ import pandas as pd
 
 from simulator.days import DAYS_PER_YEAR, to_datetime
 from simulator.engine import codes
-from simulator.engine.blocks import copy_blocks
 from simulator.engine.kernel import Events
 from simulator.engine.people import People, sample
 from simulator.engine.run import (
@@ -34,6 +33,7 @@ from simulator.engine.run import (
     Simulator,
     _starts,
     _subset,
+    place_blocks,
 )
 from simulator.errors import ConfigError
 from simulator.scenario.attributes import attribute_table
@@ -156,7 +156,7 @@ def _t_end(sim: Simulator, people: People, lifetime: bool) -> np.ndarray:
 def _select(result: Simulated, counts: np.ndarray, keep: np.ndarray) -> tuple[Simulated, np.ndarray]:
     """The patients `keep` of `result`, and their event counts."""
     lengths = counts[keep]
-    events = _placed([(result.events, _starts(counts)[keep], lengths, _starts(lengths))], int(lengths.sum()))
+    events = place_blocks([(result.events, _starts(counts)[keep], lengths, _starts(lengths))], int(lengths.sum()))
     kept = Simulated(
         events,
         np.repeat(result.people.index[keep], lengths),
@@ -193,7 +193,7 @@ def _in_order(parts: list[tuple[Simulated, np.ndarray]], position: np.ndarray, i
 
     people = People(*(in_place(list(column)) for column in zip(*(r.people for r, _ in parts), strict=True)))
     return Simulated(
-        _placed(blocks, int(counts.sum())),
+        place_blocks(blocks, int(counts.sum())),
         np.repeat(index, counts),
         in_place([r.errors for r, _ in parts]),
         people._replace(index=index),
@@ -201,17 +201,6 @@ def _in_order(parts: list[tuple[Simulated, np.ndarray]], position: np.ndarray, i
         in_place([r.stream for r, _ in parts]),
         in_place([r.log_weight for r, _ in parts]),
     )
-
-
-def _placed(blocks: list[tuple[Events, np.ndarray, np.ndarray, np.ndarray]], total: int) -> Events:
-    """Events of `total` rows made of blocks: for each (events, starts, lengths, out_starts), the rows
-    starts[i]:starts[i] + lengths[i] of events at out_starts[i] (compiled copies, no gather by row index)."""
-    first = blocks[0][0]
-    columns = [np.empty(total, column.dtype) for column in first]
-    for events, starts, lengths, out_starts in blocks:
-        for column, out in zip(events, columns, strict=True):
-            copy_blocks(column, starts, lengths, out, out_starts)
-    return Events(*columns)
 
 
 # --- ground truth ----------------------------------------------------------------------------------
